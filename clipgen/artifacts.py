@@ -1,0 +1,140 @@
+"""Writing artifacts safely: temporary name + rename, configs beside artifacts, hashes.
+
+Every command that writes an artifact also writes its resolved configuration (a dataclass) as JSON next
+to it, with the clipgen version and the command line, so any figure can be traced back to its inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from clipgen import __version__
+from clipgen.errors import ClipgenError, option_error
+
+CONFIG_SUFFIX = ".config.json"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def command_line() -> str:
+    """The command line of this process, as a user would retype it."""
+    import shlex
+
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("clipgen", "clipgen.exe")):
+        argv[0] = "clipgen"
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths, tuples, sets and numpy scalars/arrays to plain JSON types."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        seq = sorted(obj) if isinstance(obj, (set, frozenset)) else obj
+        return [to_jsonable(v) for v in seq]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    return obj
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, force: bool = True, option: str = "--force") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block completes.
+
+    With ``force=False`` an existing ``path`` is refused (exit 2, naming ``option``). On any exception the
+    temporary file or directory is removed, so no half-written output is ever left under the final name.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise ClipgenError(f"{path}: already exists (pass {option} to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp_name)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str, *, force: bool = True, option: str = "--force") -> Path:
+    with atomic_path(path, force=force, option=option) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, force: bool = True, indent: int = 2) -> Path:
+    return write_text_atomic(path, json.dumps(to_jsonable(obj), indent=indent) + "\n", force=force)
+
+
+def config_path_for(artifact: str | Path) -> Path:
+    """Where an artifact's config lives: ``DIR/config.json`` for a folder, ``name.config.json`` beside a file."""
+    artifact = Path(artifact)
+    if artifact.is_dir() or artifact.suffix == "":
+        return artifact / "config.json"
+    return artifact.with_name(artifact.stem + CONFIG_SUFFIX)
+
+
+def config_record(command: str, config: Any) -> dict[str, Any]:
+    return {
+        "command": command,
+        "clipgen_version": __version__,
+        "created": utc_now(),
+        "command_line": command_line(),
+        "config": to_jsonable(config),
+    }
+
+
+def write_config(artifact: str | Path, command: str, config: Any) -> Path:
+    """Write the resolved configuration of ``command`` next to ``artifact`` and return its path."""
+    path = config_path_for(artifact)
+    return write_json_atomic(path, config_record(command, config))
+
+
+def ensure_writable_output(path: str | Path, force: bool, option: str = "--force") -> Path:
+    """Refuse an existing output unless ``force``; the caller then writes through :func:`atomic_path`."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise option_error(option, f"output {path} already exists; pass {option} to overwrite it")
+    return path

@@ -1,0 +1,97 @@
+"""The root ``clipgen`` app.
+
+Each command group lives in its own module and imports only Typer at module level; library code (and torch,
+open_clip, umap) is imported inside command bodies, so ``clipgen --help`` answers in well under a second.
+
+Errors: a :class:`~clipgen.errors.ClipgenError` or a usage error becomes one line on stderr
+(``error: ...``) and exit code 2; anything else is a bug and keeps its traceback (exit code 1).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.24 ships its own copy of click
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as _cx
+
+from clipgen import __version__
+from clipgen.errors import ClipgenError
+
+
+class ClipgenGroup(TyperGroup):
+    """Root group: turns bad input into a single ``error:`` line with exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClipgenError as e:
+            _fail(str(e), e.exit_code)
+        except _cx.NoArgsIsHelpError as e:  # a bare group name: show its help
+            e.show()
+            sys.exit(0)
+        except _cx.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            _fail(" ".join(e.format_message().split()) + hint, 2)
+        except (typer.Exit, getattr(_cx, "Exit", typer.Exit)) as e:
+            sys.exit(e.exit_code)
+        except (typer.Abort, getattr(_cx, "Abort", typer.Abort), KeyboardInterrupt):
+            typer.echo("aborted", err=True)
+            sys.exit(130)
+        except _cx.ClickException as e:
+            _fail(" ".join(e.format_message().split()), e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+app = typer.Typer(
+    name="clipgen",
+    cls=ClipgenGroup,
+    help="Reproduce and extend 'When and How Does CLIP Enable Domain and Compositional Generalization?' "
+    "(ICML 2025): data mixtures, CLIP training, zero-shot evaluation, activation stores and mechanistic analyses.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clipgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """clipgen: the paper's whole study, from data mixtures to circuits."""
+
+
+def _register() -> None:
+    from clipgen.cli import data
+
+    app.add_typer(data.app, name="data")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point; ``argv`` makes it callable from Python and tests."""
+    app(args=argv, prog_name="clipgen")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Data preparation: synthetic DomainNet, captions, mixtures, base datasets."""

@@ -1,0 +1,257 @@
+"""The DomainNet vocabulary (domains, letters, classes, held-out classes, caption terms) and split-file reader.
+
+Labels always come from the split files (``{domain}_{split}.txt``, lines ``relative/path label``), never from
+sorting folder names: DomainNet's label order is not Python's ``sorted()`` order (``cello`` comes before
+``cell_phone``), and some folders carry capitals or hyphens (``The_Eiffel_Tower``, ``teddy-bear``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from clipgen.errors import ClipgenError, file_error, option_error
+
+#: The six domains in the fixed order used for mixture names (``c i p q r s``).
+DOMAINS: tuple[str, ...] = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
+DOMAIN_LETTERS: dict[str, str] = {d[0]: d for d in DOMAINS}
+#: "real" is never a test domain.
+TEST_DOMAINS: tuple[str, ...] = tuple(d for d in DOMAINS if d != "real")
+SPLITS: tuple[str, ...] = ("train", "test")
+NUM_CLASSES = 345
+
+#: The paper's 15 held-out (C2) classes, by name.
+HELD_OUT_CLASSES: tuple[str, ...] = (
+    "aircraft carrier", "axe", "banana", "barn", "bed", "candle", "lion", "mountain", "necklace", "penguin",
+    "pizza", "saxophone", "television", "tractor", "traffic light",
+)
+
+#: Caption terms (spec 1.4): two generic terms plus two per domain.
+GENERIC_TERMS: tuple[str, ...] = ("image", "picture")
+DOMAIN_TERMS: dict[str, tuple[str, ...]] = {
+    "clipart": ("clipart", "illustration"),
+    "infograph": ("infograph", "informational chart"),
+    "painting": ("painting", "art"),
+    "quickdraw": ("quickdraw", "doodle"),
+    "real": ("photo", "snapshot"),
+    "sketch": ("sketch", "drawing"),
+}
+#: Article before a term: "an " for vowel-initial terms, "" for "art", "a " otherwise.
+TERM_ARTICLES: dict[str, str] = {
+    "image": "an ", "picture": "a ", "clipart": "a ", "illustration": "an ", "infograph": "an ",
+    "informational chart": "an ", "painting": "a ", "art": "", "quickdraw": "a ", "doodle": "a ", "photo": "a ",
+    "snapshot": "a ", "sketch": "a ", "drawing": "a ",
+}
+#: The six caption templates of the paper ({A} article, {T} term, {C} class name).
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{A}{T} of a {C}.",
+    "a {C} {T}.",
+    "{A}{T} depicting a {C}.",
+    "a {C} depicted in {A}{T}.",
+    "{A}{T} showing a {C}.",
+    "a {C} is visible in {A}{T}.",
+)
+
+
+@dataclass(frozen=True)
+class DNClass:
+    """One DomainNet class: its official label, its name (lower case, spaces) and its folder on disk."""
+
+    label: int
+    name: str
+    folder: str
+
+
+def _resource_text(name: str) -> str:
+    return resources.files("clipgen.resources").joinpath(name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def class_table() -> tuple[DNClass, ...]:
+    """The 345 DomainNet classes in label order."""
+    rows = list(csv.DictReader(_resource_text("domainnet_classes.tsv").splitlines(), delimiter="\t"))
+    table = tuple(DNClass(int(r["index"]), r["name"], r["folder"]) for r in rows)
+    assert [c.label for c in table] == list(range(NUM_CLASSES))
+    return table
+
+
+@lru_cache(maxsize=1)
+def _class_lookup() -> dict[str, DNClass]:
+    lookup: dict[str, DNClass] = {}
+    for c in class_table():
+        for key in (c.name, c.folder, c.folder.replace("_", " ")):
+            lookup[normalise_class_name(key)] = c
+    return lookup
+
+
+def normalise_class_name(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def class_by_name(name: str, option: str = "--classes") -> DNClass:
+    """Look a class up by name or folder (case-insensitive, ``_`` or space); unknown names are an error."""
+    c = _class_lookup().get(normalise_class_name(name))
+    if c is None:
+        import difflib
+
+        close = difflib.get_close_matches(normalise_class_name(name), [x.name for x in class_table()], n=3)
+        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+        raise option_error(option, f"unknown DomainNet class {name!r}{hint}")
+    return c
+
+
+def class_by_label(label: int) -> DNClass:
+    if not 0 <= label < NUM_CLASSES:
+        raise ClipgenError(f"label {label} is out of range 0..{NUM_CLASSES - 1}")
+    return class_table()[label]
+
+
+def folder_to_name(folder: str) -> str:
+    """The caption class name of a folder, as the published caption script forms it (``_`` -> space)."""
+    return folder.replace("_", " ")
+
+
+def parse_domains(spec: str | Sequence[str], option: str = "--domains", allowed: Sequence[str] = DOMAINS) -> tuple[
+        str, ...]:
+    """Parse ``all``, a letter string (``cipqrs``), or comma/space separated names into canonical order."""
+    if isinstance(spec, str):
+        s = spec.strip().lower()
+        if s == "all":
+            return tuple(d for d in DOMAINS if d in allowed)
+        parts = [p for p in s.replace(",", " ").split() if p]
+        if len(parts) == 1 and parts[0] not in DOMAINS:
+            word = parts[0]
+            bad = sorted({ch for ch in word if ch not in DOMAIN_LETTERS})
+            if bad:
+                raise option_error(option, f"unknown domain or domain letters {spec!r} (letters: c i p q r s; names: "
+                                           f"{', '.join(DOMAINS)})")
+            if len(set(word)) != len(word):
+                raise option_error(option, f"repeated domain letter in {spec!r}")
+            parts = [DOMAIN_LETTERS[ch] for ch in word]
+    else:
+        parts = [p.strip().lower() for p in spec]
+    out = []
+    for p in parts:
+        d = DOMAIN_LETTERS.get(p, p)
+        if d not in DOMAINS:
+            raise option_error(option, f"unknown domain {p!r} (one of {', '.join(DOMAINS)})")
+        if d not in allowed:
+            raise option_error(option, f"domain {d!r} is not allowed here (one of {', '.join(allowed)})")
+        if d not in out:
+            out.append(d)
+    if not out:
+        raise option_error(option, "no domain given")
+    return tuple(d for d in DOMAINS if d in out)
+
+
+def parse_test_domain(name: str, option: str = "--test-domain") -> str:
+    d = DOMAIN_LETTERS.get(name.strip().lower(), name.strip().lower())
+    if d not in TEST_DOMAINS:
+        raise option_error(option, f"{name!r} is not a test domain (one of {', '.join(TEST_DOMAINS)})")
+    return d
+
+
+def domain_letters(domains: Iterable[str]) -> str:
+    """``['real', 'sketch']`` -> ``'rs'``, always in the order c i p q r s."""
+    ds = set(domains)
+    return "".join(d[0] for d in DOMAINS if d in ds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Split files
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One line of a split file."""
+
+    path: str  # relative to the DomainNet root, e.g. "clipart/aircraft_carrier/clipart_001_000001.jpg"
+    label: int
+    domain: str
+    line: int  # 1-based line in the split file
+
+    @property
+    def folder(self) -> str:
+        parts = self.path.split("/")
+        return parts[1] if len(parts) > 2 else ""
+
+
+def split_file(root: str | Path, domain: str, split: str) -> Path:
+    return Path(root) / f"{domain}_{split}.txt"
+
+
+def read_split(root: str | Path, domain: str, split: str, *, num_classes: int = NUM_CLASSES,
+               check_files: bool = False) -> list[Sample]:
+    """Read ``{root}/{domain}_{split}.txt`` with full validation (file:line in every error)."""
+    path = split_file(root, domain, split)
+    if not path.is_file():
+        raise file_error(path, f"split file not found (is {Path(root)} a DomainNet root?)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise file_error(path, f"cannot read split file ({e.__class__.__name__}: {e})") from None
+    samples: list[Sample] = []
+    root = Path(root)
+    for i, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise file_error(path, f"expected 2 fields 'relative/path label', found {len(fields)}", line=i)
+        rel, lab = fields
+        try:
+            label = int(lab)
+        except ValueError:
+            raise file_error(path, f"label {lab!r} is not an integer", line=i) from None
+        if not 0 <= label < num_classes:
+            raise file_error(path, f"label {label} out of range 0..{num_classes - 1}", line=i)
+        if check_files and not (root / rel).is_file():
+            raise file_error(path, f"image {root / rel} does not exist", line=i)
+        samples.append(Sample(rel, label, domain, i))
+    return samples
+
+
+def read_splits(root: str | Path, domains: Iterable[str], split: str, **kw) -> dict[str, list[Sample]]:
+    return {d: read_split(root, d, split, **kw) for d in domains}
+
+
+def folders_by_label(samples: Iterable[Sample], source: str = "split files") -> dict[int, str]:
+    """Map label -> class folder as the split files say, checking that each label has one folder."""
+    out: dict[int, str] = {}
+    for s in samples:
+        f = s.folder
+        prev = out.setdefault(s.label, f)
+        if prev != f:
+            raise ClipgenError(f"{source}: label {s.label} is used for two class folders ({prev!r} and {f!r})")
+    return out
+
+
+def held_out_labels(names: Sequence[str], samples: Iterable[Sample], option: str = "--held-out") -> dict[str, int]:
+    """Resolve held-out class names to labels *as the split files give them* (via each class's folder)."""
+    by_folder = {folder: label for label, folder in folders_by_label(samples).items()}
+    out: dict[str, int] = {}
+    for name in names:
+        c = class_by_name(name, option=option)
+        if c.folder not in by_folder:
+            raise option_error(option, f"held-out class {c.name!r} (folder {c.folder}) has no images in the data")
+        out[c.name] = by_folder[c.folder]
+    return out
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_index() -> dict[int, tuple[str, str]]:
+    """ImageNet-1k index -> (WordNet id, class name)."""
+    raw = json.loads(_resource_text("imagenet_class_index.json"))
+    return {int(k): (v[0], v[1]) for k, v in raw.items()}
+
+
+@lru_cache(maxsize=1)
+def imagenet_to_domainnet() -> dict[str, list[int] | None]:
+    """DomainNet class name -> list of ImageNet-1k indices (or None), in DomainNet label order."""
+    return json.loads(_resource_text("in_to_dn_mapping.json"))

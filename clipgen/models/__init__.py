@@ -1,0 +1,1 @@
+"""Models: the open_clip registry plus clipgen's small configurations, layer catalogues, supervised heads."""

@@ -1,0 +1,1 @@
+"""Reference data shipped with clipgen (DomainNet classes, ImageNet mapping and class index)."""

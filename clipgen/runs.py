@@ -1,0 +1,206 @@
+"""Run directories: the manifest every training run writes, its checkpoints, and loading a model from them.
+
+A run directory (``<logs>/<name>/``) holds open_clip's ``checkpoints/epoch_N.pt`` and ``params.txt`` plus
+``clipgen-run.json``, the manifest: model name and configuration, preset, hyper-parameters, training data with
+sha256, seed, clipgen version and command. Every later command takes ``--model-dir RUN_DIR`` (and ``--epoch``)
+and finds the architecture here, so nobody retypes the model name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipgen import __version__
+from clipgen.artifacts import command_line, sha256_file, utc_now, write_json_atomic
+from clipgen.errors import ClipgenError, file_error, option_error
+
+MANIFEST_NAME = "clipgen-run.json"
+RUN_FORMAT = "clipgen-run"
+RUN_VERSION = 1
+_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+@dataclass
+class RunManifest:
+    """What a run is: enough to rebuild the model and to know which experiment it belongs to."""
+
+    kind: str  # "clip" or "supervised"
+    name: str
+    model: str
+    model_config: dict[str, Any]
+    preset: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # {"train": {"path", "sha256", "rows"}, "val": {...}}
+    seed: int = 0
+    mixture: dict[str, Any] | None = None  # the MixtureInfo of the training TSV, when known
+    command: str = field(default_factory=command_line)
+    clipgen_version: str = __version__
+    created: str = field(default_factory=utc_now)
+    format: str = RUN_FORMAT
+    version: int = RUN_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def manifest_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / MANIFEST_NAME
+
+
+def write_manifest(run_dir: str | Path, manifest: RunManifest) -> Path:
+    return write_json_atomic(manifest_path(run_dir), asdict(manifest))
+
+
+def read_manifest(run_dir: str | Path, option: str = "--model-dir") -> RunManifest:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise option_error(option, f"{run_dir} is not a directory")
+    path = manifest_path(run_dir)
+    if not path.is_file():
+        raise file_error(path, "no clipgen run manifest here; for a run trained elsewhere pass the checkpoint "
+                               "file(s) and --model NAME explicitly")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise file_error(path, f"unreadable manifest ({e})") from None
+    if raw.get("format") != RUN_FORMAT:
+        raise file_error(path, f"not a clipgen run manifest (format {raw.get('format')!r})")
+    if int(raw.get("version", 0)) > RUN_VERSION:
+        raise file_error(path, f"manifest version {raw.get('version')} is newer than this clipgen reads "
+                               f"({RUN_VERSION}); upgrade clipgen")
+    known = set(RunManifest.__dataclass_fields__)
+    try:
+        return RunManifest(**{k: v for k, v in raw.items() if k in known})
+    except TypeError as e:
+        raise file_error(path, f"incomplete manifest ({e})") from None
+
+
+def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """``{epoch: path}`` of ``checkpoints/epoch_N.pt``, sorted by epoch."""
+    ck = Path(run_dir) / "checkpoints"
+    found = {}
+    if ck.is_dir():
+        for p in ck.iterdir():
+            m = _EPOCH_RE.match(p.name)
+            if m:
+                found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def parse_epochs(spec: str, available: list[int], option: str = "--epochs") -> list[int]:
+    """``all``, ``last``, ``N``, ``A-B`` or a comma list of those; every epoch must exist."""
+    if not available:
+        raise option_error(option, "the run has no checkpoints")
+    s = spec.strip().lower()
+    if s == "all":
+        return list(available)
+    if s == "last":
+        return [available[-1]]
+    out: list[int] = []
+    for part in s.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                out.extend(range(a, b + 1))
+            elif part:
+                out.append(int(part))
+        except ValueError:
+            raise option_error(option, f"cannot parse {part!r} (use all, last, N, A-B or a comma list)") from None
+    missing = [e for e in out if e not in available]
+    if missing:
+        raise option_error(option, f"no checkpoint for epoch(s) {', '.join(map(str, missing))}; available: "
+                                   f"{_ranges(available)}")
+    return sorted(set(out))
+
+
+def _ranges(xs: list[int]) -> str:
+    if not xs:
+        return "none"
+    if xs == list(range(xs[0], xs[-1] + 1)) and len(xs) > 2:
+        return f"{xs[0]}-{xs[-1]}"
+    return ", ".join(map(str, xs))
+
+
+def resolve_checkpoint(run_dir: str | Path, epoch: int | None = None, option: str = "--epoch") -> tuple[int, Path]:
+    """The checkpoint of ``epoch`` (default: the last one)."""
+    cks = list_checkpoints(run_dir)
+    if not cks:
+        raise option_error("--model-dir", f"{run_dir} has no checkpoints/epoch_N.pt files")
+    if epoch is None:
+        epoch = max(cks)
+    if epoch not in cks:
+        raise option_error(option, f"no checkpoint for epoch {epoch} in {run_dir}; available: {_ranges(list(cks))}")
+    return epoch, cks[epoch]
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """The model weights of an open_clip (or clipgen) checkpoint; a corrupt file is a one-line error."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "checkpoint not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise file_error(path, f"corrupt or unreadable checkpoint ({e.__class__.__name__})") from None
+    sd = ck.get("state_dict", ck) if isinstance(ck, dict) else None
+    if not isinstance(sd, dict) or not sd:
+        raise file_error(path, "checkpoint holds no state_dict")
+    if next(iter(sd)).startswith("module."):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+@dataclass
+class LoadedModel:
+    """A CLIP model ready for inference, with where it came from."""
+
+    model: Any
+    preprocess: Any  # evaluation transform
+    tokenizer: Any
+    model_name: str
+    model_config: dict[str, Any]
+    epoch: int | None
+    checkpoint: Path
+    manifest: RunManifest | None
+
+    def checkpoint_sha256(self) -> str:
+        return sha256_file(self.checkpoint)
+
+
+def load_clip(run_dir: str | Path | None = None, epoch: int | None = None, *, checkpoint: str | Path | None = None,
+              model_name: str | None = None, device: Any = "cpu") -> LoadedModel:
+    """Load a trained CLIP in eval mode.
+
+    Either ``run_dir`` (the manifest names the architecture; ``epoch`` defaults to the last), or an explicit
+    ``checkpoint`` file with ``model_name`` for checkpoints trained outside clipgen.
+    """
+    from clipgen.models.registry import create_model, get_tokenizer, model_config
+
+    manifest = None
+    if run_dir is not None:
+        manifest = read_manifest(run_dir)
+        if manifest.kind != "clip":
+            raise option_error("--model-dir", f"{run_dir} is a {manifest.kind} run, not a CLIP run")
+        if checkpoint is None:
+            epoch, checkpoint = resolve_checkpoint(run_dir, epoch)
+        name, cfg = manifest.model, manifest.model_config
+    else:
+        if checkpoint is None or model_name is None:
+            raise ClipgenError("pass --model-dir RUN_DIR, or a checkpoint file together with --model NAME")
+        name, cfg = model_name, model_config(model_name)
+        m = _EPOCH_RE.match(Path(checkpoint).name)
+        epoch = int(m.group(1)) if m and epoch is None else epoch
+    sd = load_state_dict(checkpoint)
+    model, _, preprocess = create_model(name, model_config_override=cfg)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise file_error(checkpoint, f"weights do not fit model {name} ({first})") from None
+    model.to(device).eval()
+    return LoadedModel(model, preprocess, get_tokenizer(name, cfg), name, cfg, epoch, Path(checkpoint), manifest)

@@ -1,0 +1,83 @@
+"""Image-text TSV files (``filepath<TAB>title``), the format open_clip's csv loader reads.
+
+Written with the csv module (tab delimiter, minimal quoting), which pandas' ``read_csv(sep="\\t")`` in
+open_clip_train reads back exactly, also for captions that contain quote characters.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from clipgen.artifacts import atomic_path
+from clipgen.errors import file_error
+
+HEADER = ("filepath", "title")
+
+
+def clean_caption(text: str) -> str:
+    """One line, single spaces: tabs and newlines inside captions would break the TSV."""
+    return " ".join(text.split())
+
+
+def iter_tsv(path: str | Path, *, columns: tuple[str, ...] = HEADER, check_files: bool = False) -> Iterator[
+        tuple[str, str]]:
+    """Yield ``(filepath, title)`` rows, validating the header and field counts (file:line in errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "TSV file not found")
+    try:
+        f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise file_error(path, f"cannot read TSV ({e})") from None
+    with f:
+        reader = csv.reader(f, delimiter="\t")
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise file_error(path, "empty TSV (expected a header 'filepath<TAB>title')") from None
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise file_error(path, f"unreadable TSV ({e})", line=1) from None
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise file_error(path, f"header {header!r} lacks column(s) {', '.join(missing)}", line=1)
+        idx = [header.index(c) for c in columns]
+        n = len(header)
+        line = 1
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) != n:
+                    raise file_error(path, f"expected {n} tab-separated fields, found {len(row)}", line=line)
+                fp, title = row[idx[0]], row[idx[1]]
+                if not fp:
+                    raise file_error(path, "empty filepath", line=line)
+                if check_files and not Path(fp).is_file():
+                    raise file_error(path, f"image {fp} does not exist", line=line)
+                yield fp, title
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise file_error(path, f"malformed TSV ({e})", line=line) from None
+
+
+def read_tsv(path: str | Path, **kw) -> list[tuple[str, str]]:
+    return list(iter_tsv(path, **kw))
+
+
+def count_rows(path: str | Path) -> int:
+    return sum(1 for _ in iter_tsv(path))
+
+
+def write_tsv(path: str | Path, rows: Iterable[tuple[str, str]], *, force: bool = True,
+              option: str = "--force") -> int:
+    """Write rows atomically (temporary name, renamed when complete); returns the number of rows."""
+    n = 0
+    with atomic_path(path, force=force, option=option) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        w.writerow(HEADER)
+        for fp, title in rows:
+            w.writerow((fp, clean_caption(title)))
+            n += 1
+    return n

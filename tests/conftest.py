@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny synthetic DomainNet, a CLI runner, and cross-worker caching of expensive artifacts.
+
+Expensive fixtures (datasets, trained models, stores) are built once per test session even under
+pytest-xdist: :func:`shared_artifact` builds into a folder shared by all workers, under a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _shared_root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker has basetemp/<popen-gwN>; the parent is shared by the session
+    root = base.parent if base.name.startswith("popen-gw") else base
+    d = root / "shared-artifacts"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def shared_artifact(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """Build ``name`` once per session (across xdist workers) with ``build(path)``, and return its path."""
+    root = _shared_root(tmp_path_factory)
+    target = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (target / ".complete").exists():
+                if target.exists():
+                    shutil.rmtree(target)
+                target.mkdir(parents=True)
+                build(target)
+                (target / ".complete").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+#: The tiny synthetic DomainNet the suite shares: 6 classes (2 of the paper's held-out classes), 6 domains.
+TINY_SYNTH = dict(n_classes=6, n_held_out=2, train_per_class=8, test_per_class=4, base_per_class=8,
+                  base_extra_classes=2, image_size=64, seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A tiny synthetic DomainNet root (read-only for tests: copy it before modifying)."""
+    from clipgen.data.synth import SynthConfig, generate
+
+    def build(path: Path) -> None:
+        generate(SynthConfig(out=path / "dn", **TINY_SYNTH), progress=False)
+
+    return shared_artifact(tmp_path_factory, "synth-tiny", build) / "dn"
+
+
+class CliResult:
+    def __init__(self, exit_code: int, stdout: str, stderr: str, exception: BaseException | None):
+        self.exit_code, self.stdout, self.stderr, self.exception = exit_code, stdout, stderr, exception
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __repr__(self) -> str:
+        return f"CliResult(exit_code={self.exit_code}, stderr={self.stderr[-500:]!r})"
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliResult]:
+    """Run ``clipgen ARGS...`` in-process and return exit code, stdout and stderr."""
+    from typer.testing import CliRunner
+
+    from clipgen.cli.main import app
+
+    def run(*args: str | Path) -> CliResult:
+        runner = CliRunner()
+        r = runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
+        exc = r.exception if not isinstance(r.exception, SystemExit) else None
+        return CliResult(r.exit_code, r.stdout, r.stderr, exc)
+
+    return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip GPU-marked tests when CUDA is absent."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

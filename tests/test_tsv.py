@@ -1,0 +1,64 @@
+import csv
+
+import pytest
+
+from clipgen.errors import ClipgenError
+from clipgen.tsv import count_rows, read_tsv, write_tsv
+
+
+def test_roundtrip_with_quotes_tabs_and_newlines(tmp_path):
+    rows = [("/a.jpg", 'a "quoted" word'), ("/b.jpg", "tab\there\nnewline"), ("/c.jpg", '"starts with quote')]
+    p = tmp_path / "x.tsv"
+    assert write_tsv(p, rows) == 3
+    back = read_tsv(p)
+    assert back[0] == ("/a.jpg", 'a "quoted" word')
+    assert back[1] == ("/b.jpg", "tab here newline")
+    assert back[2] == ("/c.jpg", '"starts with quote')
+    assert count_rows(p) == 3
+
+
+def test_pandas_reads_what_we_write(tmp_path):
+    """open_clip_train reads TSVs with pandas.read_csv(sep='\\t'); it must see the same captions."""
+    pd = pytest.importorskip("pandas")
+    rows = [("/a.jpg", 'a "quoted" word'), ("/c.jpg", '"starts with quote'), ("/d.jpg", "plain")]
+    p = tmp_path / "x.tsv"
+    write_tsv(p, rows)
+    df = pd.read_csv(p, sep="\t")
+    assert list(df["filepath"]) == [r[0] for r in rows]
+    assert list(df["title"]) == [r[1] for r in rows]
+
+
+def test_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "bad.tsv"
+    p.write_text("filepath\ttitle\n/a.jpg\tok\n/b.jpg\n")
+    with pytest.raises(ClipgenError, match=r"bad.tsv:3: expected 2"):
+        read_tsv(p)
+    p.write_text("path\tcaption\n")
+    with pytest.raises(ClipgenError, match=r"bad.tsv:1: header"):
+        read_tsv(p)
+    p.write_text("")
+    with pytest.raises(ClipgenError, match="empty TSV"):
+        read_tsv(p)
+    p.write_text("filepath\ttitle\n/nonexistent.jpg\tx\n")
+    with pytest.raises(ClipgenError, match=r"bad.tsv:2: image /nonexistent.jpg does not exist"):
+        read_tsv(p, check_files=True)
+    with pytest.raises(ClipgenError, match="not found"):
+        read_tsv(tmp_path / "missing.tsv")
+
+
+def test_write_refuses_existing_without_force_and_leaves_no_partial(tmp_path):
+    p = tmp_path / "x.tsv"
+    write_tsv(p, [("/a", "b")])
+    with pytest.raises(ClipgenError, match="already exists"):
+        write_tsv(p, [("/c", "d")], force=False)
+
+    def rows():
+        yield ("/e", "f")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        write_tsv(p, rows())
+    assert read_tsv(p) == [("/a", "b")]  # old file intact
+    assert [f.name for f in tmp_path.iterdir()] == ["x.tsv"]  # no temporary left behind
+    with open(p) as f:
+        assert next(csv.reader(f, delimiter="\t")) == ["filepath", "title"]
