@@ -102,3 +102,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def make_random_run(path: Path, model: str = "RN-tiny", epochs: tuple[int, ...] = (0, 1, 2), seed: int = 0) -> Path:
+    """A run directory with a manifest and randomly initialised checkpoints (one seed per epoch).
+
+    Stands in for a trained run where a test checks computations, not learning.
+    """
+    import torch
+
+    from clipgen.models.registry import create_model, model_config
+    from clipgen.runs import RunManifest, write_manifest
+
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for e in epochs:
+        torch.manual_seed(seed * 1000 + e)
+        m, _, _ = create_model(model)
+        ck = {"epoch": e, "name": path.name, "state_dict": m.state_dict()}
+        torch.save(ck, path / "checkpoints" / f"epoch_{e}.pt")
+    write_manifest(path, RunManifest(kind="clip", name=path.name, model=model, model_config=model_config(model),
+                                     seed=seed))
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_run_dir(tmp_path_factory) -> Path:
+    """An RN-tiny run directory with random-weight checkpoints for epochs 0, 1, 2 (read-only for tests)."""
+    return shared_artifact(tmp_path_factory, "run-random-rn-tiny", lambda p: make_random_run(p / "run")) / "run"

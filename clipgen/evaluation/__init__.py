@@ -1,0 +1,1 @@
+"""Zero-shot and supervised evaluation, metrics, and summaries across runs."""

@@ -1,0 +1,73 @@
+"""The paper's zero-shot classifier: template-averaged, normalised class text embeddings; cosine similarity.
+
+Templates: the 80 OpenAI ImageNet templates (taken from open_clip's own metadata, not retyped) plus the paper's
+six domain templates, 86 in all. ``templates_named_domain`` is the paper's ``--domain_invariant`` option under
+an honest name: it keeps only the templates that *name* a domain (painting, sketch, clipart, infograph,
+quickdraw), 10 of the 86.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from clipgen.errors import option_error
+
+#: The paper's six additional domain templates.
+DOMAIN_TEMPLATES: tuple[str, ...] = (
+    "a clipart of the {}.", "a clipart of a {}.", "an infograph of the {}.", "an infograph of a {}.",
+    "a quickdraw of the {}.", "a quickdraw of a {}.",
+)
+_DOMAIN_WORDS = ("clipart", "infograph", "painting", "quickdraw", "sketch")
+TEMPLATE_SETS = ("paper", "openai", "named-domain", "simple")
+
+
+def openai_templates() -> list[str]:
+    """The 80 OpenAI ImageNet templates as ``{}`` format strings, from open_clip's metadata."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
+
+def templates(name: str = "paper", option: str = "--templates") -> list[str]:
+    """A named template set: ``paper`` (80 + 6 = 86, the default), ``openai`` (80), ``named-domain``
+    (the 10 of ``paper`` that name a domain: the published ``--domain_invariant``), ``simple`` (1)."""
+    if name == "paper":
+        return openai_templates() + list(DOMAIN_TEMPLATES)
+    if name == "openai":
+        return openai_templates()
+    if name == "named-domain":
+        return [t for t in templates("paper") if any(w in t for w in _DOMAIN_WORDS)]
+    if name == "simple":
+        return ["a photo of a {}."]
+    raise option_error(option, f"unknown template set {name!r} (one of {', '.join(TEMPLATE_SETS)})")
+
+
+def imagenet_classnames() -> list[str]:
+    """OpenAI's 1000 ImageNet class names (open_clip metadata)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], template_list: Sequence[str],
+                     device: Any = "cpu", classes_per_batch: int = 10):
+    """``(K, D)`` float32 class embeddings: embed every template, L2-normalise, average, re-normalise.
+
+    Uses open_clip's ``build_zero_shot_classifier`` (which returns ``(D, K)``) and transposes.
+    """
+    import torch
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        w = build_zero_shot_classifier(model, tokenizer, list(classnames), list(template_list),
+                                       num_classes_per_batch=classes_per_batch, device=device)
+    model.train(was_training)
+    return w.T.float().contiguous()
+
+
+def classnames_from_folders(folders: Sequence[str]) -> list[str]:
+    """Prompt class names as the paper forms them: the class folder with ``_`` replaced by a space."""
+    return [f.replace("_", " ") for f in folders]
