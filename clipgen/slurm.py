@@ -39,14 +39,15 @@ class SlurmConfig:
     use_srun: bool = False  # prefix each task with srun (one process per task/GPU, MASTER_ADDR/PORT set)
 
 
-def render_array_script(tasks_file: str | Path, n_tasks: int, cfg: SlurmConfig) -> str:
+def render_array_script(tasks_file: str | Path, n_tasks: int, cfg: SlurmConfig,
+                        log_dir: str | Path | None = None) -> str:
     if n_tasks < 1:
         raise ClipgenError("no tasks to submit (everything is done already?)")
     array = f"0-{n_tasks - 1}" + (f"%{cfg.max_parallel}" if cfg.max_parallel else "")
     lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name={cfg.job_name}", f"#SBATCH --array={array}",
              f"#SBATCH --time={cfg.time}", f"#SBATCH --nodes={cfg.nodes}",
              f"#SBATCH --ntasks-per-node={cfg.ntasks_per_node}", f"#SBATCH --cpus-per-task={cfg.cpus_per_task}",
-             f"#SBATCH --output={cfg.log_dir}/%x-%A_%a.out"]
+             f"#SBATCH --output={Path(log_dir or cfg.log_dir).resolve()}/%x-%A_%a.out"]
     if cfg.gpus_per_node:
         lines.append(f"#SBATCH --gres=gpu:{cfg.gpus_per_node}")
     for opt, val in (("partition", cfg.partition), ("account", cfg.account), ("qos", cfg.qos), ("mem", cfg.mem)):
@@ -73,7 +74,7 @@ def write_array_job(out_dir: str | Path, name: str, tasks: Sequence[Sequence[str
     tasks_file = out_dir / f"{name}.tasks"
     write_text_atomic(tasks_file, "".join(shlex.join(list(t)) + "\n" for t in tasks))
     script = out_dir / f"{name}.sbatch"
-    write_text_atomic(script, render_array_script(tasks_file, len(tasks), cfg))
+    write_text_atomic(script, render_array_script(tasks_file, len(tasks), cfg, log_dir))
     script.chmod(0o755)
     return script
 
