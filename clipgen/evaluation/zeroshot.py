@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from clipgen.errors import option_error
+from clipgen.errors import ClipgenError, option_error
 
 #: The paper's six additional domain templates.
 DOMAIN_TEMPLATES: tuple[str, ...] = (
@@ -71,3 +71,60 @@ def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], temp
 def classnames_from_folders(folders: Sequence[str]) -> list[str]:
     """Prompt class names as the paper forms them: the class folder with ``_`` replaced by a space."""
     return [f.replace("_", " ") for f in folders]
+
+
+def encode_images(model: Any, records: Sequence[Any], transform: Any, *, device: Any = "cpu",
+                  precision: str = "fp32", batch_size: int = 256, workers: int = 0, on_error: str = "fail",
+                  progress: Any = None, description: str = "images"):
+    """``(N, D)`` float32 L2-normalised image embeddings of ``records`` (rows of skipped images are NaN).
+
+    ``progress`` is an optional rich Progress to which a task over the images is added.
+    """
+    import torch
+
+    from clipgen.datasets import make_loader
+    from clipgen.devices import autocast
+
+    loader = make_loader(records, transform, batch_size=batch_size, workers=workers, on_error=on_error,
+                         pin_memory=getattr(device, "type", str(device)) == "cuda")
+    feats: torch.Tensor | None = None
+    task = progress.add_task(description, total=len(records)) if progress is not None else None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for images, kept, skipped in loader:
+            if images is not None:
+                with autocast(device, precision):
+                    f = model.encode_image(images.to(device, non_blocking=True))
+                f = torch.nn.functional.normalize(f.float(), dim=-1).cpu()
+                if feats is None:
+                    feats = torch.full((len(records), f.shape[1]), float("nan"))
+                feats[kept] = f
+            if progress is not None:
+                progress.advance(task, len(kept) + len(skipped))
+    model.train(was_training)
+    if progress is not None:
+        progress.remove_task(task)
+    if feats is None:
+        raise ClipgenError(f"none of the {len(records)} images could be read")
+    return feats
+
+
+def predict_topk(image_features: Any, class_embeddings: Any, class_labels: Sequence[int], k: int = 5):
+    """``(N, min(k, K))`` int64 labels of the ``k`` most similar classes (cosine similarity), best first.
+
+    ``image_features`` ``(N, D)`` and ``class_embeddings`` ``(K, D)`` are L2-normalised; rows that are NaN
+    (skipped images) get ``-1``.
+    """
+    import numpy as np
+    import torch
+
+    x = torch.as_tensor(image_features, dtype=torch.float32)
+    w = torch.as_tensor(class_embeddings, dtype=torch.float32).to(x.device)
+    k = min(k, w.shape[0])
+    bad = torch.isnan(x).any(dim=1)
+    scores = torch.nan_to_num(x) @ w.T
+    idx = scores.topk(k, dim=1).indices.cpu().numpy()
+    out = np.asarray(class_labels, dtype=np.int64)[idx]
+    out[bad.cpu().numpy()] = -1
+    return out

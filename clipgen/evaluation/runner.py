@@ -1,0 +1,181 @@
+"""What zero-shot and supervised evaluation share: checkpoints to evaluate, run identity, the epoch loop.
+
+:func:`evaluate_checkpoints` evaluates each checkpoint not yet in ``results.json`` (reruns skip finished
+epochs), computes the metrics of every domain from the top-k predictions a *predictor* returns, and adds the
+epoch to the results at once, so an interruption loses at most the checkpoint in progress.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipgen import domainnet as dn
+from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.evaluation.metrics import domain_metrics, topk_accuracy
+from clipgen.evaluation.protocol import EvalImageSet
+from clipgen.evaluation.results import EpochResult, ResultsWriter
+from clipgen.runs import RunManifest, list_checkpoints, parse_epochs, read_manifest
+
+_EPOCH_IN_NAME = re.compile(r"epoch_(\d+)")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    epoch: int
+    path: Path
+
+
+def resolve_checkpoints(model_dir: str | Path | None, epochs: str, checkpoints: Sequence[str | Path] = (),
+                        model: str | None = None, kind: str = "clip") -> tuple[RunManifest | None, list[CheckpointRef]]:
+    """The checkpoints to evaluate: ``--model-dir RUN_DIR --epochs SPEC``, or explicit files with ``--model``."""
+    if model_dir is not None and checkpoints:
+        raise option_error("--model-dir", "pass either --model-dir RUN_DIR or checkpoint files, not both")
+    if model_dir is not None:
+        manifest = read_manifest(model_dir)
+        if manifest.kind != kind:
+            other = "supervised" if manifest.kind == "supervised" else "zero-shot"
+            raise option_error("--model-dir", f"{model_dir} is a {manifest.kind} run; evaluate it with "
+                                              f"'clipgen eval {other}'")
+        cks = list_checkpoints(model_dir)
+        if not cks:
+            raise option_error("--model-dir", f"{model_dir} has no checkpoints/epoch_N.pt files")
+        return manifest, [CheckpointRef(e, cks[e]) for e in parse_epochs(epochs, list(cks))]
+    if not checkpoints:
+        raise option_error("--model-dir", "pass --model-dir RUN_DIR, or checkpoint files together with --model NAME")
+    if model is None:
+        raise option_error("--model", "explicit checkpoint files need --model NAME (the architecture); a clipgen run "
+                                      "directory names it itself: pass --model-dir RUN_DIR instead")
+    refs: dict[int, CheckpointRef] = {}
+    for p in checkpoints:
+        p = Path(p)
+        if not p.is_file():
+            raise file_error(p, "checkpoint not found")
+        m = _EPOCH_IN_NAME.search(p.name)
+        if m is None:
+            raise file_error(p, "cannot tell the epoch from the file name (name it epoch_N.pt)")
+        e = int(m.group(1))
+        if e in refs:
+            raise file_error(p, f"epoch {e} given twice (also {refs[e].path})")
+        refs[e] = CheckpointRef(e, p)
+    return None, [refs[e] for e in sorted(refs)]
+
+
+def run_info(manifest: RunManifest | None, model_dir: str | Path | None, model: str | None,
+             checkpoints: Sequence[CheckpointRef]) -> dict[str, Any]:
+    """The run's identity, copied into results.json so summaries never parse file names."""
+    if manifest is not None:
+        mix = manifest.mixture or {}
+        return {
+            "name": manifest.name, "dir": str(Path(model_dir).resolve()), "kind": manifest.kind,
+            "model": manifest.model, "seed": manifest.seed, "preset": manifest.preset,
+            "setup": mix.get("setup"), "mixture_test_domain": mix.get("test_domain"), "mixture": manifest.mixture,
+        }
+    first = checkpoints[0].path.resolve()
+    run_dir = first.parent.parent if first.parent.name == "checkpoints" else first.parent
+    return {"name": run_dir.name, "dir": str(run_dir), "kind": None, "model": model, "seed": None, "preset": None,
+            "setup": None, "mixture_test_domain": None, "mixture": None}
+
+
+def default_test_domain(manifest: RunManifest | None, test_domain: str | None) -> str:
+    if test_domain:
+        return dn.parse_test_domain(test_domain)
+    mix = (manifest.mixture or {}) if manifest is not None else {}
+    if mix.get("test_domain"):
+        return str(mix["test_domain"])
+    raise option_error("--test-domain", "required: the run's mixture names no test domain (natural-only runs serve "
+                                        f"every test domain: {', '.join(dn.TEST_DOMAINS)})")
+
+
+def default_out_dir(out: str | Path | None, model_dir: str | Path | None, kind: str, test_domain: str) -> Path:
+    """``--out``, else ``RUN_DIR/eval/<kind>/<test domain>``."""
+    if out is not None:
+        return Path(out)
+    if model_dir is None:
+        raise option_error("--out", "required with explicit checkpoint files")
+    return Path(model_dir) / "eval" / kind / test_domain
+
+
+def class_header(image_set: EvalImageSet) -> dict[str, Any]:
+    return {"count": len(image_set.class_labels), "labels": image_set.class_labels,
+            "names": image_set.class_names, "folders": image_set.class_folders}
+
+
+@dataclass
+class Prediction:
+    """What a predictor returns for one checkpoint."""
+
+    topk: np.ndarray  # (N, k) DomainNet labels, best first; -1 rows for images skipped as unreadable
+    checkpoint: dict[str, Any]  # sha256, features, precision, device, ... (path and seconds are added)
+    imagenet_topk: np.ndarray | None = None
+
+
+Predictor = Callable[[CheckpointRef, Any], Prediction]
+
+
+@dataclass
+class EvalOutcome:
+    out_dir: Path
+    results: dict[str, Any] | None
+    evaluated: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # already in results.json
+
+
+def epoch_metrics(image_set: EvalImageSet, held_out: Sequence[int], topk: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Metrics of every evaluated domain from one checkpoint's predictions (unreadable images excluded)."""
+    topk = np.asarray(topk)
+    ok = topk[:, 0] >= 0
+    out = {}
+    for d in image_set.domains:
+        m = (image_set.domain_ids == dn.DOMAINS.index(d)) & ok
+        out[d] = domain_metrics(image_set.labels[m], topk[m], held_out, image_set.class_labels)
+    return out
+
+
+def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalImageSet, held_out: Sequence[int],
+                         refs: Sequence[CheckpointRef], predict: Predictor, *,
+                         imagenet_labels: np.ndarray | None = None, force: bool = False,
+                         progress: bool = True) -> EvalOutcome:
+    """Evaluate the checkpoints of ``refs`` that ``out_dir/results.json`` lacks."""
+    from clipgen.progress import console, make_progress
+
+    writer = ResultsWriter(out_dir, header, records_paths=image_set.rel_paths, labels=image_set.labels,
+                           domain_ids=image_set.domain_ids, imagenet_labels=imagenet_labels, force=force)
+    done = set(writer.done_epochs())
+    todo = [r for r in refs if r.epoch not in done]
+    outcome = EvalOutcome(out_dir, None, [], [r.epoch for r in refs if r.epoch in done])
+    if outcome.skipped:
+        console.print(f"[dim]{out_dir}: epoch(s) {', '.join(map(str, outcome.skipped))} already evaluated; "
+                      f"skipping (--force re-evaluates)[/]")
+    with make_progress(disable=not progress) as bar:
+        task = bar.add_task(f"{header['kind']} {header['test_domain']}", total=len(todo))
+        for ref in todo:
+            t0 = time.perf_counter()
+            pred = predict(ref, bar)
+            if pred.topk.shape[0] != len(image_set):
+                raise ClipgenError(f"internal: {pred.topk.shape[0]} predictions for {len(image_set)} images")
+            metrics = epoch_metrics(image_set, held_out, pred.topk)
+            in_metrics = None
+            if imagenet_labels is not None and pred.imagenet_topk is not None:
+                itk = np.asarray(pred.imagenet_topk)
+                ok = itk[:, 0] >= 0
+                in_metrics = {"acc": float(np.mean(itk[ok, 0] == imagenet_labels[ok])) if ok.any() else None,
+                              "top5": topk_accuracy(imagenet_labels[ok], itk[ok])}
+            info = {"path": str(ref.path.resolve()), **pred.checkpoint,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "skipped_images": int(np.sum(pred.topk[:, 0] < 0))}
+            outcome.results = writer.add(EpochResult(ref.epoch, info, pred.topk, metrics, pred.imagenet_topk,
+                                                     in_metrics))
+            outcome.evaluated.append(ref.epoch)
+            bar.advance(task)
+    if outcome.results is None and writer.path.exists():
+        from clipgen.evaluation.results import read_results
+
+        outcome.results = read_results(writer.path)
+    return outcome

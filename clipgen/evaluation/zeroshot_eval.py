@@ -1,0 +1,129 @@
+"""``clipgen eval zero-shot``: the paper's zero-shot evaluation of a CLIP run over its checkpoints.
+
+For each checkpoint: class text embeddings once (template-averaged, :func:`build_classifier`), image
+embeddings once (one forward pass over the test-split images of the test domain and real, or the ``embedding``
+layer of a matching activation store), cosine-similarity top-k predictions, and the metrics of
+:mod:`clipgen.evaluation.metrics` for both domains; optionally 1000-way ImageNet-val accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipgen.artifacts import sha256_file, write_config
+from clipgen.evaluation.protocol import build_eval_set, fingerprint_records, imagenet_val_records, resolve_held_out
+from clipgen.evaluation.runner import (
+    CheckpointRef,
+    EvalOutcome,
+    Prediction,
+    class_header,
+    default_out_dir,
+    default_test_domain,
+    evaluate_checkpoints,
+    resolve_checkpoints,
+    run_info,
+)
+from clipgen.evaluation.zeroshot import build_classifier, encode_images, imagenet_classnames, predict_topk, templates
+
+TOP_K = 5
+
+
+@dataclass
+class ZeroShotConfig:
+    """Options of ``clipgen eval zero-shot``."""
+
+    data_root: Path
+    model_dir: Path | None = None
+    checkpoints: list[Path] = field(default_factory=list)
+    model: str | None = None  # with explicit checkpoints
+    epochs: str = "all"
+    test_domain: str | None = None  # default: the run's mixture test domain
+    out: Path | None = None  # default: RUN_DIR/eval/zero-shot/<test domain>
+    templates: str = "paper"  # one of TEMPLATE_SETS
+    held_out: list[str] | None = None  # default: manifest's mixture, else the paper's 15
+    imagenet: Path | None = None
+    stores: list[Path] = field(default_factory=list)
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 256
+    workers: int = 0
+    on_error: str = "fail"
+    force: bool = False
+    progress: bool = True
+
+
+def template_header(name: str) -> dict[str, Any]:
+    ts = templates(name)
+    return {"classifier": "zero-shot: template-averaged class text embeddings, cosine similarity",
+            "templates": name, "n_templates": len(ts),
+            "templates_sha256": hashlib.sha256("\n".join(ts).encode()).hexdigest(), "template_list": ts}
+
+
+def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
+    """Evaluate the checkpoints of ``cfg`` (skipping those already in the output's results.json)."""
+    from clipgen.devices import resolve_device, resolve_precision
+
+    method = template_header(cfg.templates)  # an unknown template set is a one-line error
+    manifest, refs = resolve_checkpoints(cfg.model_dir, cfg.epochs, cfg.checkpoints, cfg.model, kind="clip")
+    test_domain = default_test_domain(manifest, cfg.test_domain)
+    out_dir = default_out_dir(cfg.out, cfg.model_dir, "zero-shot", test_domain)
+    image_set = build_eval_set(cfg.data_root, test_domain)
+    held = resolve_held_out(image_set, cfg.held_out, (manifest.mixture or {}).get("held_out_labels")
+                            if manifest is not None else None)
+    in_records = imagenet_val_records(cfg.imagenet) if cfg.imagenet is not None else None
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    header = {
+        "kind": "zero-shot",
+        "run": run_info(manifest, cfg.model_dir, cfg.model, refs),
+        "test_domain": test_domain,
+        "domains": list(image_set.domains),
+        "data": image_set.describe(),
+        "classes": class_header(image_set),
+        "held_out": held.describe(),
+        "method": method,
+        "imagenet": None if in_records is None else {
+            "root": str(Path(cfg.imagenet).resolve()), "n_images": len(in_records), "classes": 1000,
+            "fingerprint": fingerprint_records(in_records)},
+    }
+    ts = templates(cfg.templates)
+
+    def predict(ref: CheckpointRef, bar: Any) -> Prediction:
+        import torch
+
+        from clipgen.devices import autocast
+        from clipgen.runs import load_clip
+
+        sha = sha256_file(ref.path)
+        loaded = load_clip(cfg.model_dir, ref.epoch, checkpoint=ref.path, model_name=cfg.model, device=device)
+        with autocast(device, precision):
+            w = build_classifier(loaded.model, loaded.tokenizer, image_set.class_names, ts, device=device)
+        feats = encode_images(loaded.model, image_set.records, loaded.preprocess, device=device,
+                              precision=precision, batch_size=cfg.batch_size, workers=cfg.workers,
+                              on_error=cfg.on_error, progress=bar, description=f"epoch {ref.epoch} images")
+        topk = predict_topk(feats, w.cpu(), image_set.class_labels, TOP_K)
+        in_topk = None
+        if in_records is not None:
+            with autocast(device, precision):
+                w_in = build_classifier(loaded.model, loaded.tokenizer, imagenet_classnames(), ts, device=device)
+            f_in = encode_images(loaded.model, in_records, loaded.preprocess, device=device, precision=precision,
+                                 batch_size=cfg.batch_size, workers=cfg.workers, on_error=cfg.on_error,
+                                 progress=bar, description=f"epoch {ref.epoch} ImageNet")
+            in_topk = predict_topk(f_in, w_in.cpu(), np.arange(1000), TOP_K)
+        del loaded
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return Prediction(topk, {"sha256": sha, "features": "forward", "store": None, "precision": precision,
+                                 "device": str(device)}, in_topk)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
+                                   imagenet_labels=None if in_records is None else
+                                   np.array([r.label for r in in_records]), force=cfg.force, progress=cfg.progress)
+    write_config(out_dir / "results.json", "eval zero-shot", cfg)
+    return outcome
