@@ -1,0 +1,132 @@
+"""The activation store's schema (version 1): names, attributes, fingerprint, chunking.
+
+One HDF5 file per (checkpoint, image set) extraction. Layout (docs/store.md documents it in full)::
+
+    /                     attrs: format, schema_version, clipgen_version, created, complete, n_samples, layers,
+                                 dtype, fingerprint, provenance (JSON), held_out_labels (JSON), shard (JSON)
+    /samples/path         (N,) utf-8   absolute image path
+    /samples/index        (N,) int64   row of the image-set index the sample came from
+    /samples/label        (N,) int64   DomainNet label (-1 unknown)
+    /samples/domain       (N,) int64   domain id (-1 unknown); attr ``names``: JSON list id -> name
+    /samples/split        (N,) utf-8
+    /layers/<name>        (N, C) pooled activations (or (N, *shape) with pooling "none"); attrs: channels,
+                                 original_shape, pooling, kind, dtype
+    /embeddings/image     (N, D) float32 L2-normalised image embedding (the layer called ``embedding``)
+    /classes/label, /classes/name   (K,) label -> prompt class name
+    /text/label (K,) int64, /text/embedding (K, D) float32, /text/template (T,) utf-8
+    /skipped/index, /skipped/path, /skipped/reason   images left out (``--on-error skip``), never silently
+    /progress             attrs: block_rows, n_blocks, rows_done, parts (folder of an extraction in progress)
+
+The fingerprint is the sha256 of the provenance fields that decide what the numbers are (model and weights,
+image set, preprocessing, pooling, layers, dtype, precision, templates); shards and resumed extractions must match
+it. Everything that only says *how* the store was made (device, batch size, command line, dates) stays out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from clipgen import domainnet as dn
+
+FORMAT = "clipgen-activations"
+SCHEMA_VERSION = "1.0"
+SCHEMA_MAJOR = 1
+
+#: The name of the L2-normalised image embedding among the layers, and where it lives.
+EMBEDDING = "embedding"
+EMBEDDING_PATH = "embeddings/image"
+
+#: Provenance keys (dotted for nested ones) that make up the fingerprint.
+FINGERPRINT_KEYS = (
+    "model.name", "model.config", "checkpoint.sha256", "epoch", "image_set.sha256", "preprocess", "pooling",
+    "layers", "dtype", "precision", "text.templates",
+)
+
+DTYPES = ("float16", "float32")
+#: Target size of one compressed chunk before compression (rows x channels x itemsize).
+CHUNK_BYTES = 1 << 18
+MIN_CHUNK_ROWS = 16
+
+
+def dataset_path(layer: str) -> str:
+    """Where a layer's dataset lives in the file."""
+    return EMBEDDING_PATH if layer == EMBEDDING else f"layers/{layer}"
+
+
+def parse_version(text: Any) -> tuple[int, int]:
+    """``"1.0"`` -> (1, 0); anything unparsable -> (-1, 0)."""
+    try:
+        s = text.decode() if isinstance(text, bytes) else str(text)
+        major, _, minor = s.partition(".")
+        return int(major), int(minor or 0)
+    except (ValueError, AttributeError):
+        return -1, 0
+
+
+def _get(d: dict, dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def identity(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The part of the provenance the fingerprint covers."""
+    return {k: _get(provenance, k) for k in FINGERPRINT_KEYS}
+
+
+def canonical_json(obj: Any) -> str:
+    from clipgen.artifacts import to_jsonable
+
+    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def fingerprint(provenance: dict[str, Any]) -> str:
+    """sha256 (hex) of the identity fields of ``provenance``."""
+    return hashlib.sha256(canonical_json(identity(provenance)).encode()).hexdigest()
+
+
+def fingerprint_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The identity fields in which two provenances differ (for error messages)."""
+    ia, ib = identity(a), identity(b)
+    return [k for k in FINGERPRINT_KEYS if canonical_json(ia[k]) != canonical_json(ib[k])]
+
+
+def image_set_sha256(paths, labels, domains, splits) -> str:
+    """sha256 of the rows of an image set (path, label, domain, split per line): what decides the store's rows."""
+    h = hashlib.sha256()
+    for p, lab, d, s in zip(paths, labels, domains, splits, strict=True):
+        h.update(f"{p}\t{int(lab)}\t{d or ''}\t{s or ''}\n".encode())
+    return h.hexdigest()
+
+
+def domain_table(names) -> tuple[list[str], list[int]]:
+    """Domain names per row -> (id -> name list, id per row); None/"" -> -1.
+
+    When every name is a DomainNet domain the ids are the canonical ones (c0 i1 p2 q3 r4 s5) and the table lists
+    all six domains, so ids agree across stores; otherwise names get ids in order of first appearance.
+    """
+    seen = [n for n in dict.fromkeys(names) if n]
+    if all(n in dn.DOMAINS for n in seen):
+        table = list(dn.DOMAINS)
+    else:
+        table = [d for d in dn.DOMAINS if d in seen] + [n for n in seen if n not in dn.DOMAINS]
+    ids = {n: i for i, n in enumerate(table)}
+    return table, [ids[n] if n else -1 for n in names]
+
+
+def chunk_rows(per_row_values: int, itemsize: int, block_rows: int | None = None) -> int:
+    """Rows per chunk: a power of two near CHUNK_BYTES per chunk, dividing ``block_rows`` when given."""
+    per_row = max(1, per_row_values * itemsize)
+    rows = MIN_CHUNK_ROWS
+    while rows * 2 * per_row <= CHUNK_BYTES:
+        rows *= 2
+    if block_rows:
+        while rows > 1 and block_rows % rows:
+            rows //= 2
+        rows = min(rows, block_rows)
+    return max(1, rows)
