@@ -1,0 +1,686 @@
+"""Centered kernel alignment (CKA) between domains, layer by layer (spec 5b, Fig. 6a).
+
+For every layer and every unordered pair of domains, each domain is represented by its **class-mean activation
+matrix** (one row per class, the mean over that domain's images of the class; float64), restricted to the classes
+present in *both* domains of the pair and to a class subset (``all``, ``id`` = not held out, ``ood`` = held out).
+The two matrices are compared with CKA::
+
+    CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
+
+with a linear (``K = X Xᵀ``) or RBF kernel (``K_ij = exp(-|x_i - x_j|² / (2σ²))``, σ² = the median of the non-zero
+squared pairwise distances of that matrix, separately for X and Y), and either the unbiased HSIC estimator of Song
+et al. (2012) (the paper's choice, the default) or the biased one ``tr(KHLH) / (n-1)²``.
+
+The sweep is organised so that nothing is computed twice: class means once per (layer, domain); a Gram matrix, its
+centred/zero-diagonal form and its self-HSIC once per (layer, domain, class set, kernel, estimator); then, for all
+pairs sharing a class set, every cross term ``tr(K̃L̃)`` comes out of a single matrix product of the flattened Gram
+matrices. Fewer than :data:`MIN_CLASSES` classes (the unbiased estimator divides by ``n(n-3)``) or a degenerate
+(constant) representation is an error, never a NaN in the output.
+
+The published script takes the class list of *every* pair from a leaked loop variable (always painting's classes):
+clipgen uses the classes present in both domains of each pair (see docs/analysis-cka-embeddings.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clipgen.errors import ClipgenError, option_error
+
+KERNELS: tuple[str, ...] = ("linear", "rbf")
+ESTIMATORS: tuple[str, ...] = ("unbiased", "biased")
+SUBSETS: tuple[str, ...] = ("all", "id", "ood")
+#: The unbiased HSIC estimator needs n > 3 (it divides by n(n-3)); clipgen requires at least 4 classes for both.
+MIN_CLASSES = 4
+RESULT_FIELDS: tuple[str, ...] = ("layer", "domain_a", "domain_b", "subset", "kernel", "estimator", "n_classes", "cka")
+FORMAT = "clipgen-cka"
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels and estimators on plain arrays
+# ---------------------------------------------------------------------------------------------------------------
+
+def linear_gram(x: np.ndarray) -> np.ndarray:
+    """``X Xᵀ`` in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return x @ x.T
+
+
+def squared_distances(gram: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows behind a linear Gram matrix (zero diagonal, no negatives).
+
+    Entries below the rounding noise of the Gram formula (``1e-12 * (|x_i|² + |x_j|²)``) are set to exactly 0, so
+    identical rows count as zero distance, as they would with an explicit difference.
+    """
+    g = np.asarray(gram, dtype=np.float64)
+    sq = np.diag(g)
+    d = sq[:, None] + sq[None, :] - 2.0 * g
+    d[d <= 1e-12 * (sq[:, None] + sq[None, :])] = 0.0
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def rbf_sigma2(sq_dists: np.ndarray) -> float:
+    """σ² for the RBF kernel: the median of the non-zero squared pairwise distances (each pair counted once)."""
+    d = np.asarray(sq_dists, dtype=np.float64)
+    iu = np.triu_indices(d.shape[0], k=1)
+    v = d[iu]
+    v = v[v > 0]
+    if v.size == 0:
+        raise ClipgenError("RBF kernel undefined: all rows (class means) are identical")
+    return float(np.median(v))
+
+
+def rbf_gram_from_distances(sq_dists: np.ndarray, sigma2: float | None = None) -> np.ndarray:
+    """``exp(-D / (2σ²))`` with σ² from :func:`rbf_sigma2` unless given."""
+    if sigma2 is None:
+        sigma2 = rbf_sigma2(sq_dists)
+    return np.exp(-np.asarray(sq_dists, dtype=np.float64) / (2.0 * sigma2))
+
+
+def rbf_gram(x: np.ndarray, sigma2: float | None = None) -> np.ndarray:
+    """RBF Gram matrix of the rows of ``x`` (σ² = median non-zero squared distance unless given)."""
+    return rbf_gram_from_distances(squared_distances(linear_gram(x)), sigma2)
+
+
+def gram(x: np.ndarray, kernel: str = "linear") -> np.ndarray:
+    """The Gram matrix of the rows of ``x`` for ``kernel`` (``linear`` or ``rbf``)."""
+    if kernel == "linear":
+        return linear_gram(x)
+    if kernel == "rbf":
+        return rbf_gram(x)
+    raise option_error("--kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
+
+
+def _check_n(n: int, estimator: str) -> None:
+    if n < MIN_CLASSES:
+        raise ClipgenError(f"CKA needs at least {MIN_CLASSES} rows (classes), got {n}"
+                           + (" (the unbiased estimator divides by n(n-3))" if estimator == "unbiased" else ""))
+
+
+def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741 - the paper's notation
+    """The unbiased HSIC estimator of Song et al. (2012) on two n x n Gram matrices (n >= 4)."""
+    return hsic_prepared(prepare_gram(k, "unbiased"), prepare_gram(l, "unbiased"))
+
+
+def hsic_biased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    """The biased HSIC estimator ``tr(K H L H) / (n-1)²`` with ``H = I - 11ᵀ/n``."""
+    return hsic_prepared(prepare_gram(k, "biased"), prepare_gram(l, "biased"))
+
+
+def hsic(k: np.ndarray, l: np.ndarray, estimator: str = "unbiased") -> float:  # noqa: E741
+    return hsic_prepared(prepare_gram(k, estimator), prepare_gram(l, estimator))
+
+
+@dataclass
+class PreparedGram:
+    """A Gram matrix in the form the estimator needs, plus the sums its cross terms use.
+
+    unbiased: ``mat`` = K with a zeroed diagonal (K̃), ``rows`` = K̃1, ``total`` = 1ᵀK̃1.
+    biased: ``mat`` = HKH (double-centred K); ``rows`` and ``total`` are zero.
+    """
+
+    estimator: str
+    mat: np.ndarray
+    rows: np.ndarray
+    total: float
+
+    @property
+    def n(self) -> int:
+        return self.mat.shape[0]
+
+
+def prepare_gram(k: np.ndarray, estimator: str = "unbiased") -> PreparedGram:
+    k = np.array(k, dtype=np.float64, copy=True)
+    n = k.shape[0]
+    if k.ndim != 2 or k.shape[1] != n:
+        raise ValueError(f"a Gram matrix must be square, got shape {k.shape}")
+    _check_n(n, estimator)
+    if estimator == "unbiased":
+        np.fill_diagonal(k, 0.0)
+        rows = k.sum(axis=1)
+        return PreparedGram("unbiased", k, rows, float(rows.sum()))
+    if estimator == "biased":
+        k -= k.mean(axis=0, keepdims=True)
+        k -= k.mean(axis=1, keepdims=True)
+        return PreparedGram("biased", k, np.zeros(n), 0.0)
+    raise option_error("--estimators", f"unknown estimator {estimator!r} (choose from {', '.join(ESTIMATORS)})")
+
+
+def _hsic_from_terms(estimator: str, n: int, trace: np.ndarray | float, total_k, total_l, rows_dot) -> np.ndarray:
+    """HSIC from ``tr(K̃L̃)`` (or ``tr(HKH HLH)``), ``1ᵀK̃1``, ``1ᵀL̃1`` and ``1ᵀK̃L̃1``; works elementwise on arrays."""
+    if estimator == "biased":
+        return np.asarray(trace) / (n - 1) ** 2
+    return (np.asarray(trace) + np.asarray(total_k) * np.asarray(total_l) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * np.asarray(rows_dot)) / (n * (n - 3))
+
+
+def hsic_prepared(a: PreparedGram, b: PreparedGram) -> float:
+    if a.estimator != b.estimator or a.n != b.n:
+        raise ValueError("prepared Gram matrices differ in estimator or size")
+    trace = float(np.einsum("ij,ij->", a.mat, b.mat))  # both symmetric: tr(AB) = sum(A * B)
+    return float(_hsic_from_terms(a.estimator, a.n, trace, a.total, b.total, float(a.rows @ b.rows)))
+
+
+def _cka_value(cross: float, self_a: float, self_b: float, what: str) -> float:
+    denom = self_a * self_b
+    if not np.isfinite(denom) or denom <= 0.0:
+        raise ClipgenError(f"CKA undefined for {what}: a representation is constant (self-HSIC "
+                           f"{self_a:.3g}, {self_b:.3g}); check the stored activations")
+    return float(cross / np.sqrt(denom))
+
+
+def cka_from_grams(k: np.ndarray, l: np.ndarray, estimator: str = "unbiased") -> float:  # noqa: E741
+    """CKA of two Gram matrices of the same n x n size."""
+    a, b = prepare_gram(k, estimator), prepare_gram(l, estimator)
+    return _cka_value(hsic_prepared(a, b), hsic_prepared(a, a), hsic_prepared(b, b), "these matrices")
+
+
+def cka(x: np.ndarray, y: np.ndarray, kernel: str = "linear", estimator: str = "unbiased") -> float:
+    """CKA between two representations of the same n items (rows); the widths may differ."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA needs two 2-D arrays with the same number of rows, got {x.shape} and {y.shape}")
+    return cka_from_grams(gram(x, kernel), gram(y, kernel), estimator)
+
+
+def linear_cka_features(x: np.ndarray, y: np.ndarray) -> float:
+    """Biased linear CKA in feature space: ``|Ycᵀ Xc|²_F / (|Xcᵀ Xc|_F |Ycᵀ Yc|_F)`` (columns centred).
+
+    Equal to ``cka(x, y, "linear", "biased")``; cheaper when the widths are smaller than the number of rows.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    return _cka_value(cross, np.linalg.norm(x.T @ x) ** 2, np.linalg.norm(y.T @ y) ** 2, "these features")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Class subsets
+# ---------------------------------------------------------------------------------------------------------------
+
+def subset_classes(present: Iterable[int], subset: str, held_out: Iterable[int]) -> np.ndarray:
+    """The labels of ``present`` that belong to ``subset`` (``all``, ``id`` = not held out, ``ood`` = held out)."""
+    present = np.unique(np.asarray(list(present), dtype=np.int64))
+    held = np.asarray(sorted(set(int(h) for h in held_out)), dtype=np.int64)
+    if subset == "all":
+        return present
+    if subset == "id":
+        return present[~np.isin(present, held)]
+    if subset == "ood":
+        return present[np.isin(present, held)]
+    raise option_error("--subsets", f"unknown class subset {subset!r} (choose from {', '.join(SUBSETS)})")
+
+
+def pair_classes(present_a: Iterable[int], present_b: Iterable[int], subset: str,
+                 held_out: Iterable[int]) -> np.ndarray:
+    """Sorted labels present in *both* domains of a pair and in ``subset``."""
+    both = np.intersect1d(np.asarray(list(present_a), dtype=np.int64), np.asarray(list(present_b), dtype=np.int64))
+    return subset_classes(both, subset, held_out)
+
+
+def domain_pairs(domains: Sequence[str]) -> list[tuple[str, str]]:
+    """All unordered pairs, in the order of ``domains``."""
+    return list(itertools.combinations(domains, 2))
+
+
+def plan_class_sets(present: Mapping[str, Iterable[int]], pairs: Sequence[tuple[str, str]], subsets: Sequence[str],
+                    held_out: Iterable[int], class_name: Callable[[int], str] | None = None,
+                    ) -> dict[tuple[str, str, str], np.ndarray]:
+    """The class set of every (domain_a, domain_b, subset); an error (naming pair and subset) below MIN_CLASSES."""
+    held = sorted(set(int(h) for h in held_out))
+    if "ood" in subsets and not held:
+        raise option_error("--subsets", "'ood' needs held-out classes, but none are known (the store lists none; "
+                                        "pass --held-out NAMES or leave 'ood' out of --subsets)")
+    plan: dict[tuple[str, str, str], np.ndarray] = {}
+    for a, b in pairs:
+        for s in subsets:
+            cls = pair_classes(present[a], present[b], s, held)
+            if cls.size < MIN_CLASSES:
+                raise option_error("--subsets", f"subset {s!r} of the pair {a}/{b} has {cls.size} classes present "
+                                                f"in both domains; CKA needs at least {MIN_CLASSES}")
+            plan[(a, b, s)] = cls
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CKARecord:
+    layer: str
+    domain_a: str
+    domain_b: str
+    subset: str
+    kernel: str
+    estimator: str
+    n_classes: int
+    cka: float
+
+    def as_row(self) -> dict:
+        return {f: getattr(self, f) for f in RESULT_FIELDS}
+
+
+#: ``means_for(layer, domain) -> (labels_present (K,), class means (K, C) float64)``, labels sorted ascending.
+MeansFn = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
+
+
+class _LayerCache:
+    """Per-layer cache: class means and base Gram/distance matrices per domain, prepared Grams per class set."""
+
+    def __init__(self, layer: str, means_for: MeansFn):
+        self.layer = layer
+        self.means_for = means_for
+        self.base: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self.prepared: dict[tuple, PreparedGram] = {}
+
+    def _base(self, domain: str, need_dist: bool):
+        if domain not in self.base:
+            labels, means = self.means_for(self.layer, domain)
+            labels = np.asarray(labels, dtype=np.int64)
+            order = np.argsort(labels, kind="stable")
+            labels = labels[order]
+            means = np.asarray(means, dtype=np.float64)[order]
+            self.base[domain] = (labels, linear_gram(means), None)
+        labels, g, d = self.base[domain]
+        if need_dist and d is None:
+            d = squared_distances(g)
+            self.base[domain] = (labels, g, d)
+        return labels, g, d
+
+    def prepared_gram(self, domain: str, classes: np.ndarray, kernel: str, estimator: str) -> PreparedGram:
+        key = (domain, classes.tobytes(), kernel, estimator)
+        if key not in self.prepared:
+            labels, g, d = self._base(domain, kernel == "rbf")
+            idx = np.searchsorted(labels, classes)
+            if np.any(idx >= labels.size) or np.any(labels[np.minimum(idx, labels.size - 1)] != classes):
+                raise ClipgenError(f"layer {self.layer!r}: domain {domain!r} lacks class means for some classes")
+            sub = np.ix_(idx, idx)
+            if kernel == "linear":
+                k = g[sub]
+            elif kernel == "rbf":
+                try:
+                    k = rbf_gram_from_distances(d[sub])
+                except ClipgenError as e:
+                    raise ClipgenError(f"layer {self.layer!r}, domain {domain!r}: {e}") from None
+            else:
+                raise option_error("--kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
+            self.prepared[key] = prepare_gram(k, estimator)
+        return self.prepared[key]
+
+
+def cka_layer(layer: str, means_for: MeansFn, plan: Mapping[tuple[str, str, str], np.ndarray],
+              kernels: Sequence[str], estimators: Sequence[str]) -> list[CKARecord]:
+    """Every (pair, subset, kernel, estimator) of one layer, vectorised over the pairs sharing a class set."""
+    cache = _LayerCache(layer, means_for)
+    # group the (pair, subset) cells by class set: within a group all cross terms come from one matrix product
+    groups: dict[bytes, list[tuple[str, str, str]]] = {}
+    sets: dict[bytes, np.ndarray] = {}
+    for key, cls in plan.items():
+        groups.setdefault(cls.tobytes(), []).append(key)
+        sets[cls.tobytes()] = cls
+    out: dict[tuple, CKARecord] = {}
+    for gkey, cells in groups.items():
+        cls = sets[gkey]
+        n = int(cls.size)
+        doms = list(dict.fromkeys(d for a, b, _ in cells for d in (a, b)))
+        pos = {d: i for i, d in enumerate(doms)}
+        for kernel in kernels:
+            for est in estimators:
+                preps = [cache.prepared_gram(d, cls, kernel, est) for d in doms]
+                flat = np.stack([p.mat.ravel() for p in preps])
+                traces = flat @ flat.T
+                rows = np.stack([p.rows for p in preps])
+                rows_dot = rows @ rows.T
+                totals = np.array([p.total for p in preps])
+                h = _hsic_from_terms(est, n, traces, totals[:, None], totals[None, :], rows_dot)
+                for a, b, s in cells:
+                    i, j = pos[a], pos[b]
+                    val = _cka_value(h[i, j], h[i, i], h[j, j],
+                                     f"layer {layer!r}, pair {a}/{b}, subset {s!r}, {kernel} kernel")
+                    out[(a, b, s, kernel, est)] = CKARecord(layer, a, b, s, kernel, est, n, val)
+    # stable order: pair, subset, kernel, estimator as planned
+    order = [(a, b, s, k, e) for (a, b, s) in plan for k in kernels for e in estimators]
+    return [out[o] for o in order]
+
+
+def cka_sweep(layers: Sequence[str], means_for: MeansFn, plan: Mapping[tuple[str, str, str], np.ndarray],
+              kernels: Sequence[str] = KERNELS, estimators: Sequence[str] = ("unbiased",),
+              on_layer: Callable[[str], None] | None = None) -> list[CKARecord]:
+    """CKA for every layer x planned (pair, subset) x kernel x estimator."""
+    records: list[CKARecord] = []
+    for layer in layers:
+        records.extend(cka_layer(layer, means_for, plan, kernels, estimators))
+        if on_layer is not None:
+            on_layer(layer)
+    return records
+
+
+def naive_cka_sweep(layers: Sequence[str], means_for: MeansFn, plan: Mapping[tuple[str, str, str], np.ndarray],
+                    kernels: Sequence[str] = KERNELS, estimators: Sequence[str] = ("unbiased",)) -> list[CKARecord]:
+    """The straightforward loop (benchmark baseline and cross-check): per layer, pair, subset, kernel and estimator,
+    fetch both domains' class means, build both Gram matrices and evaluate the estimator with explicit matrix
+    products (``H K H`` and ``K̃ L̃``), as a direct transcription of the formulas would."""
+    records = []
+    for layer in layers:
+        for (a, b, s), cls in plan.items():
+            la, xa = means_for(layer, a)
+            lb, xb = means_for(layer, b)
+            xa = np.asarray(xa, dtype=np.float64)[np.searchsorted(np.asarray(la), cls)]
+            xb = np.asarray(xb, dtype=np.float64)[np.searchsorted(np.asarray(lb), cls)]
+            for kernel in kernels:
+                k, l = gram(xa, kernel), gram(xb, kernel)  # noqa: E741
+                for est in estimators:
+                    f = _naive_hsic_unbiased if est == "unbiased" else _naive_hsic_biased
+                    val = f(k, l) / np.sqrt(f(k, k) * f(l, l))
+                    records.append(CKARecord(layer, a, b, s, kernel, est, int(cls.size), float(val)))
+    return records
+
+
+def _naive_hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    n = k.shape[0]
+    kt, lt = k.copy(), l.copy()
+    np.fill_diagonal(kt, 0.0)
+    np.fill_diagonal(lt, 0.0)
+    one = np.ones(n)
+    kl = kt @ lt
+    return float((np.trace(kl) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+                  - 2.0 / (n - 2) * (one @ kl @ one)) / (n * (n - 3)))
+
+
+def _naive_hsic_biased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    n = k.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    return float(np.trace(k @ h @ l @ h) / (n - 1) ** 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# From a store, with outputs
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CKAConfig:
+    """``clipgen cka STORE``: the resolved configuration, written as ``config.json`` beside the results."""
+
+    store: Path
+    out: Path
+    layers: list[str] | None = None  # None: every stored layer, in forward order
+    domains: list[str] | None = None  # None: every stored domain, in the store's order
+    subsets: list[str] = field(default_factory=lambda: list(SUBSETS))
+    kernels: list[str] = field(default_factory=lambda: list(KERNELS))
+    estimators: list[str] = field(default_factory=lambda: ["unbiased"])
+    held_out: list[str] | None = None  # class names overriding the store's held-out classes
+    highlight: str = "quickdraw"
+    figures: bool = True
+    force: bool = False
+
+
+@dataclass
+class CKAResult:
+    layers: list[str]
+    domains: list[str]
+    pairs: list[tuple[str, str]]
+    subsets: list[str]
+    kernels: list[str]
+    estimators: list[str]
+    held_out_classes: list[str]
+    class_counts: dict[str, dict[str, int]]  # subset -> "a/b" -> n classes
+    records: list[CKARecord]
+    out: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def table(self) -> dict[tuple[str, str, str, str, str, str], float]:
+        return {(r.layer, r.domain_a, r.domain_b, r.subset, r.kernel, r.estimator): r.cka for r in self.records}
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "layers": self.layers,
+            "domains": self.domains,
+            "pairs": [list(p) for p in self.pairs],
+            "subsets": self.subsets,
+            "kernels": self.kernels,
+            "estimators": self.estimators,
+            "held_out_classes": self.held_out_classes,
+            "n_classes": self.class_counts,
+            "fields": list(RESULT_FIELDS),
+            "results": [r.as_row() for r in self.records],
+        }
+
+
+def _parse_choices(values: Sequence[str], allowed: Sequence[str], option: str) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        v = v.strip().lower()
+        if not v:
+            continue
+        if v not in allowed:
+            raise option_error(option, f"unknown value {v!r} (choose from {', '.join(allowed)})")
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise option_error(option, "needs at least one value")
+    return out
+
+
+def _class_name_map(store) -> dict[int, str]:
+    names = store.class_names
+    if isinstance(names, Mapping):
+        return {int(k): str(v) for k, v in names.items()}
+    return {i: str(n) for i, n in enumerate(names)}
+
+
+def resolve_held_out(store, names: Sequence[str] | None, option: str = "--held-out") -> list[int]:
+    """Held-out labels: the store's, or the given class names looked up in the store's class names."""
+    if names is None:
+        return sorted(int(h) for h in store.held_out_labels)
+    by_name = {n.lower(): lab for lab, n in _class_name_map(store).items()}
+    labels = []
+    for n in names:
+        key = " ".join(n.replace("_", " ").split()).lower()
+        if key not in by_name:
+            raise option_error(option, f"class {n!r} is not in the store's class names")
+        labels.append(by_name[key])
+    return sorted(set(labels))
+
+
+def resolve_layers(store, layers: Sequence[str] | None, option: str = "--layers") -> list[str]:
+    if not layers:
+        return list(store.layers)
+    missing = [name for name in layers if name not in store.layers]
+    if missing:
+        raise option_error(option, f"layer {missing[0]!r} is not in the store (it has: {', '.join(store.layers)})")
+    return list(dict.fromkeys(layers))
+
+
+def store_domain_names(store) -> list[str]:
+    """The store's domain names in id order (only domains with at least one row)."""
+    names = store.samples.domain_names
+    items = sorted(names.items()) if isinstance(names, Mapping) else list(enumerate(names))
+    ids = np.asarray(store.samples.domains)
+    return [str(n) for i, n in items if np.any(ids == int(i))]
+
+
+def resolve_domains(store, domains: Sequence[str] | None, option: str = "--domains", minimum: int = 2) -> list[str]:
+    have = store_domain_names(store)
+    if not domains:
+        chosen = have
+    else:
+        chosen = list(dict.fromkeys(d.strip().lower() for d in domains if d.strip()))
+        missing = [d for d in chosen if d not in have]
+        if missing:
+            raise option_error(option, f"domain {missing[0]!r} is not in the store (it has: {', '.join(have)})")
+    if len(chosen) < minimum:
+        raise option_error(option, f"needs at least {minimum} domains, got {len(chosen)}")
+    return chosen
+
+
+def present_labels(store, domains: Sequence[str]) -> dict[str, np.ndarray]:
+    """The labels with at least one stored row, per domain (from the sample table; no layer is read)."""
+    names = store.samples.domain_names
+    items = sorted(names.items()) if isinstance(names, Mapping) else list(enumerate(names))
+    name_to_id = {str(n): int(i) for i, n in items}
+    dom = np.asarray(store.samples.domains)
+    lab = np.asarray(store.samples.labels)
+    return {d: np.unique(lab[dom == name_to_id[d]]).astype(np.int64) for d in domains}
+
+
+def store_means_fn(store) -> MeansFn:
+    """Class means streamed from the store in float64, labels sorted."""
+
+    def means_for(layer: str, domain: str) -> tuple[np.ndarray, np.ndarray]:
+        labels, means = store.class_means(layer, domain, dtype=np.float64)
+        return np.asarray(labels, dtype=np.int64), np.asarray(means, dtype=np.float64)
+
+    return means_for
+
+
+def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence[str] | None = None,
+                subsets: Sequence[str] = SUBSETS, kernels: Sequence[str] = KERNELS,
+                estimators: Sequence[str] = ("unbiased",), held_out: Sequence[str] | None = None,
+                progress: bool = False) -> CKAResult:
+    """The full sweep on an open store (see :func:`clipgen.store.open_store`); validates everything before reading."""
+    subsets = _parse_choices(subsets, SUBSETS, "--subsets")
+    kernels = _parse_choices(kernels, KERNELS, "--kernels")
+    estimators = _parse_choices(estimators, ESTIMATORS, "--estimators")
+    layers = resolve_layers(store, layers)
+    domains = resolve_domains(store, domains)
+    held = resolve_held_out(store, held_out)
+    pairs = domain_pairs(domains)
+    plan = plan_class_sets(present_labels(store, domains), pairs, subsets, held)
+    names = _class_name_map(store)
+    counts = {s: {f"{a}/{b}": int(plan[(a, b, s)].size) for a, b in pairs} for s in subsets}
+
+    means_for = store_means_fn(store)
+    if progress:
+        from clipgen.progress import make_progress
+
+        with make_progress() as bar:
+            task = bar.add_task("CKA", total=len(layers))
+            records = cka_sweep(layers, means_for, plan, kernels, estimators,
+                                on_layer=lambda layer: bar.update(task, advance=1, description=f"CKA {layer}"))
+    else:
+        records = cka_sweep(layers, means_for, plan, kernels, estimators)
+    return CKAResult(layers=layers, domains=domains, pairs=pairs, subsets=subsets, kernels=kernels,
+                     estimators=estimators, held_out_classes=[names.get(h, str(h)) for h in held],
+                     class_counts=counts, records=records)
+
+
+def records_csv(records: Sequence[CKARecord]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(RESULT_FIELDS), lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        row = r.as_row()
+        row["cka"] = repr(float(r.cka))
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def plot_pairs(result: CKAResult, subset: str, kernel: str, estimator: str, path: Path) -> Path:
+    """Similarity vs layer, one line per domain pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = result.table()
+    x = np.arange(len(result.layers))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 2), 4.5))
+    cmap = plt.get_cmap("tab20")
+    for i, (a, b) in enumerate(result.pairs):
+        y = [t[(layer, a, b, subset, kernel, estimator)] for layer in result.layers]
+        ax.plot(x, y, marker="o", ms=3, lw=1.2, color=cmap(i % 20), label=f"{a}/{b}")
+    _decorate(ax, result, subset, kernel, estimator)
+    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_highlight(result: CKAResult, subset: str, kernel: str, estimator: str, highlight: str, path: Path) -> Path:
+    """Pairs that include ``highlight`` vs all other pairs: mean line and min-max band per group (Fig. 6a)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = result.table()
+    x = np.arange(len(result.layers))
+    groups = {f"pairs with {highlight}": [p for p in result.pairs if highlight in p],
+              "other pairs": [p for p in result.pairs if highlight not in p]}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 2), 4.5))
+    for (label, pairs), color in zip(groups.items(), ("tab:red", "tab:blue"), strict=True):
+        if not pairs:
+            continue
+        y = np.array([[t[(layer, a, b, subset, kernel, estimator)] for layer in result.layers] for a, b in pairs])
+        for row in y:
+            ax.plot(x, row, color=color, lw=0.6, alpha=0.35)
+        ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=color, alpha=0.12)
+        ax.plot(x, y.mean(axis=0), color=color, lw=2.2, marker="o", ms=3, label=f"{label} (n={len(pairs)})")
+    _decorate(ax, result, subset, kernel, estimator)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _decorate(ax, result: CKAResult, subset: str, kernel: str, estimator: str) -> None:
+    ax.set_xticks(np.arange(len(result.layers)))
+    ax.set_xticklabels(result.layers, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(f"{kernel} CKA ({estimator} HSIC)")
+    ax.set_title(f"cross-domain CKA of class means, subset '{subset}'", fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def run_cka(cfg: CKAConfig, *, progress: bool = True) -> CKAResult:
+    """``clipgen cka``: compute the sweep from ``cfg.store`` and write ``cfg.out`` (a folder) atomically.
+
+    The folder holds ``cka.json``, ``cka.csv``, ``config.json`` and, with ``cfg.figures``, per subset x kernel x
+    estimator ``pairs_<subset>_<kernel>_<estimator>.png`` and ``highlight_<subset>_<kernel>_<estimator>.png``.
+    """
+    from clipgen.artifacts import atomic_path, ensure_writable_output, write_config, write_json_atomic
+    from clipgen.store import open_store
+
+    out = Path(cfg.out)
+    ensure_writable_output(out, cfg.force)
+    with open_store(cfg.store) as store:
+        domains = resolve_domains(store, cfg.domains)
+        if cfg.figures and cfg.highlight not in domains:
+            raise option_error("--highlight", f"domain {cfg.highlight!r} is not among the analysed domains "
+                                              f"({', '.join(domains)})")
+        result = compute_cka(store, layers=cfg.layers, domains=domains, subsets=cfg.subsets, kernels=cfg.kernels,
+                             estimators=cfg.estimators, held_out=cfg.held_out, progress=progress)
+    cfg.layers, cfg.domains, cfg.subsets = result.layers, result.domains, result.subsets
+    cfg.kernels, cfg.estimators = result.kernels, result.estimators
+    with atomic_path(out, force=cfg.force) as tmp:
+        tmp.mkdir()
+        write_json_atomic(tmp / "cka.json", {"store": str(cfg.store), **result.to_json()})
+        (tmp / "cka.csv").write_text(records_csv(result.records), encoding="utf-8")
+        names = ["cka.json", "cka.csv"]
+        if cfg.figures:
+            for s in result.subsets:
+                for k in result.kernels:
+                    for e in result.estimators:
+                        plot_pairs(result, s, k, e, tmp / f"pairs_{s}_{k}_{e}.png")
+                        plot_highlight(result, s, k, e, cfg.highlight, tmp / f"highlight_{s}_{k}_{e}.png")
+                        names += [f"pairs_{s}_{k}_{e}.png", f"highlight_{s}_{k}_{e}.png"]
+        write_config(tmp, "cka", cfg)
+        names.append("config.json")
+    result.out = out
+    result.files = [out / n for n in names]
+    return result

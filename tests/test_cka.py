@@ -1,0 +1,219 @@
+"""CKA maths (plain arrays), the class-subset logic, the vectorised sweep, and the store-backed sweep."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from clipgen.analysis import cka as C
+from clipgen.errors import ClipgenError
+
+# ----------------------------------------------------------------------------- independent reference formulas
+
+
+def ref_hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    """Song et al. (2012), Theorem 2: the U-statistic with explicit sums over distinct index tuples."""
+    n = k.shape[0]
+    t1 = sum(k[i, j] * l[i, j] for i, j in itertools.permutations(range(n), 2))
+    t2 = sum(k[i, j] * l[q, r] for i, j, q, r in itertools.permutations(range(n), 4))
+    t3 = sum(k[i, j] * l[i, q] for i, j, q in itertools.permutations(range(n), 3))
+
+    def falling(m: int, r: int) -> int:
+        out = 1
+        for t in range(r):
+            out *= m - t
+        return out
+
+    return t1 / falling(n, 2) + t2 / falling(n, 4) - 2.0 * t3 / falling(n, 3)
+
+
+def ref_hsic_biased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    """tr(KHLH) / (n-1)^2 written out as sums: sum k_ij l_ij - 2/n sum k_ij l_iq + 1/n^2 sum k sum l."""
+    n = k.shape[0]
+    s1 = sum(k[i, j] * l[i, j] for i in range(n) for j in range(n))
+    s2 = sum(k[i, j] * l[i, q] for i in range(n) for j in range(n) for q in range(n))
+    s3 = sum(k[i, j] for i in range(n) for j in range(n)) * sum(l[i, j] for i in range(n) for j in range(n))
+    return (s1 - 2.0 / n * s2 + s3 / n**2) / (n - 1) ** 2
+
+
+def ref_rbf(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    d = np.array([[float(np.sum((x[i] - x[j]) ** 2)) for j in range(n)] for i in range(n)])
+    nz = sorted(d[i, j] for i in range(n) for j in range(i + 1, n) if d[i, j] > 0)
+    m = len(nz)
+    sigma2 = nz[m // 2] if m % 2 else 0.5 * (nz[m // 2 - 1] + nz[m // 2])
+    return np.exp(-d / (2 * sigma2))
+
+
+def rand(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape)
+
+
+# ----------------------------------------------------------------------------- estimators and kernels
+
+
+@pytest.mark.parametrize("n", [4, 6])
+def test_unbiased_hsic_matches_u_statistic(n):
+    x, y = rand((n, 3), 1), rand((n, 5), 2)
+    for k, l in [(C.linear_gram(x), C.linear_gram(y)), (ref_rbf(x), ref_rbf(y))]:  # noqa: E741
+        assert C.hsic_unbiased(k, l) == pytest.approx(ref_hsic_unbiased(k, l), rel=1e-10, abs=1e-12)
+
+
+def test_biased_hsic_matches_sums():
+    x, y = rand((5, 3), 3), rand((5, 2), 4)
+    k, l = C.linear_gram(x), C.rbf_gram(y)  # noqa: E741
+    assert C.hsic_biased(k, l) == pytest.approx(ref_hsic_biased(k, l), rel=1e-10)
+    # and the textbook matrix form
+    n = 5
+    h = np.eye(n) - np.ones((n, n)) / n
+    assert C.hsic_biased(k, l) == pytest.approx(np.trace(k @ h @ l @ h) / (n - 1) ** 2, rel=1e-10)
+
+
+def test_hand_computed_tiny_case():
+    # 4 points on a line, one feature: K = x x^T with x = (0, 1, 2, 3); L = K -> CKA 1, and a worked value of HSIC
+    x = np.arange(4.0)[:, None]
+    k = C.linear_gram(x)
+    # biased: centred x = (-1.5, -.5, .5, 1.5), |x_c|^2 = 5, tr(KHKH) = |x_c|^4 = 25, / (n-1)^2 = 9
+    assert C.hsic_biased(k, k) == pytest.approx(25 / 9)
+    assert C.hsic_unbiased(k, k) == pytest.approx(ref_hsic_unbiased(k, k))
+    assert C.cka_from_grams(k, k) == pytest.approx(1.0)
+
+
+def test_rbf_sigma_is_median_of_nonzero_distances():
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])  # rows 1 and 2 identical
+    np.testing.assert_allclose(C.rbf_gram(x), ref_rbf(x), rtol=1e-12)
+    d = C.squared_distances(C.linear_gram(x))
+    assert d[1, 2] == 0.0 and np.all(np.diag(d) == 0)
+    # non-zero upper-triangle distances: 1,1,4,10, 5,5,5,5, 5(3-4? no) ... computed explicitly:
+    pairs = [float(np.sum((x[i] - x[j]) ** 2)) for i in range(5) for j in range(i + 1, 5)]
+    assert C.rbf_sigma2(d) == pytest.approx(float(np.median([p for p in pairs if p > 0])))
+    with pytest.raises(ClipgenError, match="identical"):
+        C.rbf_gram(np.ones((5, 3)))
+
+
+@pytest.mark.parametrize("kernel", C.KERNELS)
+@pytest.mark.parametrize("estimator", C.ESTIMATORS)
+def test_cka_self_is_one_and_symmetric(kernel, estimator):
+    x, y = rand((12, 7), 5), rand((12, 4), 6)
+    assert C.cka(x, x, kernel, estimator) == pytest.approx(1.0, abs=1e-12)
+    assert C.cka(x, y, kernel, estimator) == pytest.approx(C.cka(y, x, kernel, estimator), abs=1e-12)
+    assert C.cka(x, y, kernel, estimator) < 0.9
+
+
+@pytest.mark.parametrize("kernel", C.KERNELS)
+@pytest.mark.parametrize("estimator", C.ESTIMATORS)
+def test_invariance_to_orthogonal_transform_and_isotropic_scaling(kernel, estimator):
+    x, y = rand((15, 6), 7), rand((15, 9), 8)
+    q, _ = np.linalg.qr(rand((6, 6), 9))
+    base = C.cka(x, y, kernel, estimator)
+    assert C.cka(x @ q, y, kernel, estimator) == pytest.approx(base, abs=1e-10)
+    assert C.cka(3.7 * x, 0.01 * y, kernel, estimator) == pytest.approx(base, abs=1e-10)
+    # an anisotropic scaling does change it (so the test above can fail)
+    assert abs(C.cka(x * np.array([10, 1, 1, 1, 1, 1.0]), y, kernel, estimator) - base) > 1e-3
+
+
+def test_linear_cka_invariant_to_translation_biased():
+    x, y = rand((10, 5), 10), rand((10, 3), 11)
+    assert C.cka(x + 5.0, y, "linear", "biased") == pytest.approx(C.cka(x, y, "linear", "biased"), abs=1e-10)
+
+
+def test_gram_form_equals_feature_form():
+    for seed in range(3):
+        x, y = rand((20, 6), seed), rand((20, 30), seed + 10)
+        assert C.cka(x, y, "linear", "biased") == pytest.approx(C.linear_cka_features(x, y), rel=1e-10)
+    # CKA is a similarity of Gram matrices: equal Gram matrices (X -> X Q for rectangular orthonormal Q) give 1
+    x = rand((9, 4), 3)
+    q, _ = np.linalg.qr(rand((8, 8), 4))
+    assert C.cka(x, np.hstack([x, np.zeros((9, 4))]) @ q, "linear", "unbiased") == pytest.approx(1.0, abs=1e-12)
+
+
+def test_fewer_than_four_rows_is_an_error_not_nan():
+    x = rand((3, 5), 0)
+    for est in C.ESTIMATORS:
+        with pytest.raises(ClipgenError, match="at least 4"):
+            C.cka(x, x, "linear", est)
+
+
+def test_constant_representation_is_an_error_not_nan():
+    x = np.ones((6, 4))
+    with pytest.raises(ClipgenError, match="constant"):
+        C.cka(x, rand((6, 4)), "linear", "biased")
+
+
+# ----------------------------------------------------------------------------- class subsets
+
+
+def test_pair_classes_use_the_intersection_of_both_domains():
+    held = [0, 5]
+    a = [0, 1, 2, 3, 4, 5, 6]
+    b = [0, 1, 2, 4, 5, 6, 7]  # lacks 3, has 7
+    np.testing.assert_array_equal(C.pair_classes(a, b, "all", held), [0, 1, 2, 4, 5, 6])
+    np.testing.assert_array_equal(C.pair_classes(a, b, "id", held), [1, 2, 4, 6])
+    np.testing.assert_array_equal(C.pair_classes(a, b, "ood", held), [0, 5])
+    with pytest.raises(ClipgenError, match="--subsets"):
+        C.pair_classes(a, b, "odd", held)
+
+
+def test_plan_class_sets_per_pair_and_errors():
+    present = {"real": np.arange(8), "painting": np.array([0, 1, 2, 4, 5, 6, 7]), "sketch": np.arange(8)}
+    pairs = C.domain_pairs(["real", "painting", "sketch"])
+    assert pairs == [("real", "painting"), ("real", "sketch"), ("painting", "sketch")]
+    plan = C.plan_class_sets(present, pairs, ["all", "id"], held_out=[0, 1, 2])
+    assert plan[("real", "sketch", "all")].tolist() == list(range(8))
+    assert plan[("real", "painting", "all")].tolist() == [0, 1, 2, 4, 5, 6, 7]  # not painting's list for every pair
+    assert plan[("painting", "sketch", "id")].tolist() == [4, 5, 6, 7]
+    assert plan[("real", "sketch", "id")].tolist() == [3, 4, 5, 6, 7]
+    with pytest.raises(ClipgenError, match=r"'ood' of the pair real/painting has 3 classes"):
+        C.plan_class_sets(present, pairs, ["all", "ood"], held_out=[0, 1, 2])
+    with pytest.raises(ClipgenError, match="'ood' needs held-out classes"):
+        C.plan_class_sets(present, pairs, ["ood"], held_out=[])
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _toy_means(layers, domains, n_classes=9, missing=None, seed=0):
+    rng = np.random.default_rng(seed)
+    shared = {layer: rng.normal(size=(n_classes, w)) for layer, w in layers.items()}
+    out = {}
+    for di, d in enumerate(domains):
+        labels = np.array([c for c in range(n_classes) if not (missing and d == missing[0] and c == missing[1])])
+        for layer, w in layers.items():
+            out[(layer, d)] = (labels, shared[layer][labels] + (0.3 + 0.4 * di) * rng.normal(size=(labels.size, w)))
+    return out
+
+
+def test_vectorised_sweep_equals_naive_loop_and_direct_cka():
+    layers = {"l1": 3, "l2": 11, "l3": 5}
+    domains = ["real", "quickdraw", "painting", "sketch"]
+    means = _toy_means(layers, domains, missing=("painting", 4))
+    calls = []
+
+    def means_for(layer, domain):
+        calls.append((layer, domain))
+        return means[(layer, domain)]
+
+    present = {d: means[("l1", d)][0] for d in domains}
+    pairs = C.domain_pairs(domains)
+    plan = C.plan_class_sets(present, pairs, ["all", "id", "ood"], held_out=[0, 1, 2, 3, 4])
+    recs = C.cka_sweep(list(layers), means_for, plan, C.KERNELS, C.ESTIMATORS)
+    assert len(recs) == 3 * 6 * 3 * 2 * 2
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 3 * 4  # class means once per (layer, domain)
+    naive = C.naive_cka_sweep(list(layers), means_for, plan, C.KERNELS, C.ESTIMATORS)
+    assert [r[:7] for r in map(_tuple, recs)] == [r[:7] for r in map(_tuple, naive)]
+    np.testing.assert_allclose([r.cka for r in recs], [r.cka for r in naive], rtol=1e-9, atol=1e-12)
+    # one cell against the plain-array API on hand-picked rows
+    r = next(r for r in recs if (r.layer, r.domain_a, r.domain_b, r.subset, r.kernel, r.estimator)
+             == ("l2", "quickdraw", "painting", "ood", "rbf", "unbiased"))
+    assert r.n_classes == 4  # held-out 0..4 minus painting's missing class 4
+    la, xa = means[("l2", "quickdraw")]
+    lb, xb = means[("l2", "painting")]
+    cls = [0, 1, 2, 3]
+    assert r.cka == pytest.approx(C.cka(xa[np.isin(la, cls)], xb[np.isin(lb, cls)], "rbf", "unbiased"), rel=1e-10)
+    assert all(np.isfinite(r.cka) for r in recs)
+
+
+def _tuple(r):
+    return (r.layer, r.domain_a, r.domain_b, r.subset, r.kernel, r.estimator, r.n_classes, r.cka)
