@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from clipgen.datasets import domainnet_records, load_image
+from clipgen.errors import ClipgenError
+from clipgen.evaluation.zeroshot import (
+    build_classifier,
+    classnames_from_folders,
+    encode_images,
+    predict_topk,
+    templates,
+)
+from clipgen.runs import load_clip
+
+
+def test_template_sets():
+    paper = templates("paper")
+    assert len(paper) == 86 and len(templates("openai")) == 80 and paper[:80] == templates("openai")
+    named = templates("named-domain")
+    assert len(named) == 10
+    assert all(any(w in t for w in ("clipart", "infograph", "painting", "quickdraw", "sketch")) for t in named)
+    assert "a quickdraw of a {}." in paper and "a photo of a {}." in paper
+    with pytest.raises(ClipgenError, match="--templates: unknown template set 'nope'"):
+        templates("nope")
+    assert classnames_from_folders(["The_Eiffel_Tower", "axe"]) == ["The Eiffel Tower", "axe"]
+
+
+def test_classifier_equals_hand_built(random_run_dir):
+    m = load_clip(random_run_dir, 1)
+    names = ["axe", "The Eiffel Tower", "cell phone"]
+    ts = templates("paper")
+    w = build_classifier(m.model, m.tokenizer, names, ts, classes_per_batch=2)
+    assert w.shape == (3, m.model_config["embed_dim"]) and w.dtype == torch.float32
+    with torch.no_grad():
+        rows = []
+        for n in names:
+            e = torch.stack([m.model.encode_text(m.tokenizer([t.format(n)]))[0] for t in ts])
+            e = e / e.norm(dim=-1, keepdim=True)
+            mean = e.mean(0)
+            rows.append(mean / mean.norm())
+    torch.testing.assert_close(w, torch.stack(rows), atol=1e-5, rtol=1e-5)
+    # different template sets give different classifiers
+    w1 = build_classifier(m.model, m.tokenizer, names, templates("simple"))
+    assert not torch.allclose(w, w1)
+
+
+def test_encode_images_matches_direct_forward(random_run_dir, synth_root):
+    m = load_clip(random_run_dir, 0)
+    recs = domainnet_records(synth_root, ["sketch"], "test")[:5]
+    f = encode_images(m.model, recs, m.preprocess, batch_size=2)
+    with torch.no_grad():
+        x = torch.stack([m.preprocess(load_image(r.path)) for r in recs])
+        ref = torch.nn.functional.normalize(m.model.encode_image(x), dim=-1)
+    torch.testing.assert_close(f, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(f.norm(dim=1), torch.ones(5))
+
+
+def test_predict_topk_maps_to_labels_and_marks_skipped():
+    w = torch.eye(3)  # class k points along axis k
+    x = torch.tensor([[0.1, 0.9, 0.3], [0.8, 0.1, 0.5], [float("nan")] * 3])
+    top = predict_topk(x, w, [11, 66, 308], k=5)
+    assert top.shape == (3, 3)  # k is capped at the number of classes
+    assert top[0].tolist() == [66, 308, 11] and top[1].tolist() == [11, 308, 66]
+    assert (top[2] == -1).all()
+    assert predict_topk(x[:2], w, np.array([1, 2, 3]), k=1).tolist() == [[2], [1]]
