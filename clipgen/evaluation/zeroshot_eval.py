@@ -9,6 +9,7 @@ layer of a matching activation store), cosine-similarity top-k predictions, and 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from clipgen.artifacts import sha256_file, write_config
-from clipgen.evaluation.protocol import build_eval_set, fingerprint_records, imagenet_val_records, resolve_held_out
+from clipgen.evaluation.protocol import (
+    EvalImageSet,
+    build_eval_set,
+    fingerprint_records,
+    imagenet_val_records,
+    resolve_held_out,
+)
 from clipgen.evaluation.runner import (
     CheckpointRef,
     EvalOutcome,
@@ -31,6 +38,70 @@ from clipgen.evaluation.runner import (
 from clipgen.evaluation.zeroshot import build_classifier, encode_images, imagenet_classnames, predict_topk, templates
 
 TOP_K = 5
+
+
+@dataclass
+class StoreHit:
+    """Image embeddings (and possibly class text embeddings) of one checkpoint, read from a store."""
+
+    features: Any  # (N, D) float32 torch tensor, NaN rows for images the store skipped
+    text: Any  # (K, D) class embeddings in class_labels order, or None (then the model builds them)
+    info: dict[str, Any]
+
+
+def _image_key(path: str) -> str:
+    """domain/class_folder/file: the part of an image path that identifies it in any DomainNet root."""
+    return "/".join(Path(path).parts[-3:])
+
+
+def store_features(stores: Sequence[Path], sha256: str, image_set: EvalImageSet, template_list: Sequence[str],
+                   on_error: str = "fail") -> tuple[StoreHit | None, list[str]]:
+    """The first store of ``stores`` made from the checkpoint with ``sha256`` that covers every evaluated image.
+
+    Returns ``(hit or None, notes)``; notes say why a store of the same checkpoint was not used. Images are
+    matched by ``domain/class_folder/file`` (so a moved DomainNet root still matches) and must carry the same
+    label. Images the store skipped as unreadable count as covered only with ``on_error="skip"``.
+    """
+    import torch
+
+    from clipgen.store import open_store
+
+    notes: list[str] = []
+    for path in stores:
+        with open_store(path) as st:
+            prov = st.provenance
+            if (prov.get("checkpoint") or {}).get("sha256") != sha256:
+                continue
+            if "embedding" not in st.layers:
+                notes.append(f"{path}: same checkpoint but no 'embedding' layer")
+                continue
+            row_of = {_image_key(p): i for i, p in enumerate(st.samples.paths)}
+            skipped = {_image_key(p) for _, p, _ in st.skipped}
+            keys = [_image_key(r.path) for r in image_set.records]
+            rows = np.array([row_of.get(k, -1) for k in keys], dtype=np.int64)
+            missing = [k for k, r in zip(keys, rows, strict=True) if r < 0]
+            if missing and (on_error != "skip" or not set(missing) <= skipped):
+                notes.append(f"{path}: same checkpoint but {len(missing)} of {len(keys)} evaluated images are "
+                             f"missing (first: {missing[0]})")
+                continue
+            ok = rows >= 0
+            if not np.array_equal(st.samples.labels[rows[ok]], image_set.labels[ok]):
+                notes.append(f"{path}: same checkpoint but labels differ from the evaluated split files")
+                continue
+            uniq = np.unique(rows[ok])
+            data = st.read_layer("embedding", rows=uniq)
+            feats = torch.full((len(keys), data.shape[1]), float("nan"))
+            feats[torch.from_numpy(ok)] = torch.from_numpy(data[np.searchsorted(uniq, rows[ok])])
+            text = None
+            te = st.text_embeddings
+            if te is not None and list(te[2]) == list(template_list):
+                t_rows = {int(lab): i for i, lab in enumerate(te[0])}
+                if all(c in t_rows for c in image_set.class_labels):
+                    text = torch.from_numpy(te[1][[t_rows[c] for c in image_set.class_labels]])
+            info = {"store": str(Path(path).resolve()), "store_fingerprint": st.fingerprint,
+                    "store_precision": prov.get("precision"), "text_from_store": text is not None}
+            return StoreHit(feats, text, info), notes
+    return None, notes
 
 
 @dataclass
@@ -97,15 +168,30 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
         import torch
 
         from clipgen.devices import autocast
+        from clipgen.progress import console
         from clipgen.runs import load_clip
 
         sha = sha256_file(ref.path)
-        loaded = load_clip(cfg.model_dir, ref.epoch, checkpoint=ref.path, model_name=cfg.model, device=device)
-        with autocast(device, precision):
-            w = build_classifier(loaded.model, loaded.tokenizer, image_set.class_names, ts, device=device)
-        feats = encode_images(loaded.model, image_set.records, loaded.preprocess, device=device,
-                              precision=precision, batch_size=cfg.batch_size, workers=cfg.workers,
-                              on_error=cfg.on_error, progress=bar, description=f"epoch {ref.epoch} images")
+        hit, notes = store_features(cfg.stores, sha, image_set, ts, cfg.on_error) if cfg.stores else (None, [])
+        for n in notes:
+            console.print(f"[yellow]note:[/] {n}")
+        if cfg.stores and hit is None:
+            console.print(f"[yellow]note:[/] no --store holds epoch {ref.epoch}'s embeddings of these images; "
+                          "running the model")
+        loaded = None
+        if hit is None or hit.text is None or in_records is not None:
+            loaded = load_clip(cfg.model_dir, ref.epoch, checkpoint=ref.path, model_name=cfg.model, device=device)
+        if hit is not None and hit.text is not None:
+            w = hit.text
+        else:
+            with autocast(device, precision):
+                w = build_classifier(loaded.model, loaded.tokenizer, image_set.class_names, ts, device=device)
+        if hit is not None:
+            feats = hit.features
+        else:
+            feats = encode_images(loaded.model, image_set.records, loaded.preprocess, device=device,
+                                  precision=precision, batch_size=cfg.batch_size, workers=cfg.workers,
+                                  on_error=cfg.on_error, progress=bar, description=f"epoch {ref.epoch} images")
         topk = predict_topk(feats, w.cpu(), image_set.class_labels, TOP_K)
         in_topk = None
         if in_records is not None:
@@ -118,8 +204,11 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
         del loaded
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return Prediction(topk, {"sha256": sha, "features": "forward", "store": None, "precision": precision,
-                                 "device": str(device)}, in_topk)
+        info: dict[str, Any] = {"sha256": sha, "features": "forward", "store": None, "precision": precision,
+                                "device": str(device)}
+        if hit is not None:
+            info.update(features="store", precision=hit.info["store_precision"] or "unknown", **hit.info)
+        return Prediction(topk, info, in_topk)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
