@@ -1005,11 +1005,8 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
             last_train = _last_log_record(out / LOG_FILE, "train")
         trained = (step - start_step) * b
         sps = trained / seconds if seconds > 0 and trained else 0.0
-        sae_file = {"format": SAE_FORMAT, "version": SAE_VERSION, "arch": dataclasses.asdict(arch),
-                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "layer": cfg.layer, "steps": step, "samples": step * b, "train_config": to_jsonable(cfg),
-                    "data": to_jsonable(data.info)}
-        _save_atomic(sae_file, out / SAE_FILE)
+        save_sae(out / SAE_FILE, model, layer=cfg.layer, steps=step, samples=step * b, train_config=cfg,
+                 data=data.info)
         metrics = {"steps": step, "samples": step * b, "epochs": cfg.epochs, "steps_per_epoch": spe,
                    "train_rows": src.n_rows, "layer": cfg.layer, "arch": dataclasses.asdict(arch), "l1": l1,
                    "final_train": last_train, "val": last_val, "resample_checks": resample_checks,
@@ -1055,6 +1052,19 @@ def _check_resume(ck: dict, path: Path, cfg: SAETrainConfig, info: dict[str, Any
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
+
+
+def save_sae(path: str | Path, model: SparseAutoencoder, *, layer: str, steps: int = 0, samples: int = 0,
+             train_config: Any = None, data: dict[str, Any] | None = None) -> Path:
+    """Write a final SAE file (what :func:`load_sae` and ``clipgen sae features`` read), atomically."""
+    from clipgen.artifacts import to_jsonable
+
+    obj = {"format": SAE_FORMAT, "version": SAE_VERSION, "arch": dataclasses.asdict(model.arch),
+           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "layer": layer,
+           "steps": int(steps), "samples": int(samples), "train_config": to_jsonable(train_config or {}),
+           "data": to_jsonable(data or {})}
+    _save_atomic(obj, Path(path))
+    return Path(path)
 
 
 def load_sae(path: str | Path, device: torch.device | str = "cpu") -> tuple[SparseAutoencoder, dict[str, Any]]:
