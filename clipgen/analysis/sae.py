@@ -572,7 +572,7 @@ class SAETrainConfig:
     val_every: int = 10_000_000
     checkpoint_every: int = 10_000_000
     keep_checkpoints: int = 2
-    buffer_mb: int = 4096  # training rows up to this size are held in memory; larger sets stream
+    buffer_mb: float = 4096  # training rows up to this size (MiB) are held in memory; larger sets stream
     block_rows: int = 16_384
     device: str = "auto"
     precision: str = "auto"  # fp32 or bf16 (bf16: matrix products in bf16, fp32 master weights)
@@ -699,7 +699,7 @@ def open_training_data(cfg: SAETrainConfig, stack: Any, *, device: torch.device)
     n_keep = int(keep.sum())
     if n_keep == 0:
         raise option_error("--split" if cfg.split else "STORE", "no training rows")
-    budget_rows = max(1, (cfg.buffer_mb << 20) // (4 * width))
+    budget_rows = max(1, int(cfg.buffer_mb * (1 << 20)) // (4 * width))
     if n_keep <= budget_rows:
         arr = np.empty((n_keep, width), dtype=np.float32)
         pos = 0
@@ -737,13 +737,15 @@ def _interval_steps(samples: int | None, batch_size: int) -> int:
 
 
 def _check_config(cfg: SAETrainConfig) -> None:
-    for name in ("batch_size", "epochs", "expansion", "block_rows", "buffer_mb", "log_every", "keep_checkpoints"):
+    for name in ("batch_size", "epochs", "expansion", "block_rows", "log_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise option_error("--" + name.replace("_", "-"), f"must be at least 1, got {getattr(cfg, name)}")
     for name in ("resample_every", "resample_max", "resample_samples", "dead_window", "val_every",
                  "checkpoint_every", "val_max_rows"):
         if getattr(cfg, name) < 0:
             raise option_error("--" + name.replace("_", "-"), f"must not be negative, got {getattr(cfg, name)}")
+    if not cfg.buffer_mb > 0:
+        raise option_error("--buffer-mb", f"must be positive, got {cfg.buffer_mb}")
     if cfg.resample_window is not None and cfg.resample_window < 1:
         raise option_error("--resample-window", f"must be at least 1, got {cfg.resample_window}")
     if not 0.0 <= cfg.val_fraction < 1.0:

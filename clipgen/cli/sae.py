@@ -1,0 +1,179 @@
+"""``clipgen sae``: train sparse autoencoders on stored activations and measure feature sharing (spec 5a)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Sparse autoencoders on an activation store: train, and SAE feature sharing between domains.",
+                  no_args_is_help=True)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("train")
+def train(
+    stores: list[Path] = typer.Argument(..., help="Activation store(s) with the training rows (read only)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Output folder (default: first STORE without suffix + '-sae' beside it)."),
+    layer: str = typer.Option("embedding", "--layer", help="Stored layer to train on (embedding: the "
+                                                             "L2-normalised image embedding, as in the paper)."),
+    split: str | None = typer.Option(None, "--split", help="Train only on store rows of this split (default: all "
+                                                          "rows)."),
+    val_store: Path | None = typer.Option(None, "--val-store", help="Store with the validation rows."),
+    val_split: str | None = typer.Option(None, "--val-split", help="Split of --val-store to validate on."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction",
+                                       help="Without --val-store: seeded fraction of the training rows held out "
+                                            "for validation (0: none)."),
+    val_max_rows: int = typer.Option(65_536, "--val-max-rows", help="At most this many validation rows."),
+    expansion: int = typer.Option(4, "--expansion", help="Latents per input dimension (paper: 4)."),
+    activation: str = typer.Option("relu", "--activation", help="relu (paper) or topk."),
+    k: int = typer.Option(32, "--k", help="Active latents per sample for --activation topk."),
+    l1: float | None = typer.Option(None, "--l1", help="L1 coefficient (default: 1e-4 (paper) for relu, 0 for "
+                                                       "topk)."),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (paper: 1e-4)."),
+    batch_size: int = typer.Option(2048, "--batch-size", help="Batch size (paper: 2048)."),
+    epochs: int = typer.Option(200, "--epochs", help="Passes over the training rows (paper: 200)."),
+    seed: int = typer.Option(49, "--seed", help="Seed of the initialisation and data order (paper: 49)."),
+    resample_every: int | None = typer.Option(None, "--resample-every",
+                                              help="Samples between dead-latent resampling checks; 0 never "
+                                                   "resamples (default: 10,000,000; 0 with --paper)."),
+    resample_max: int = typer.Option(4, "--resample-max", help="Resampling checks at most (0: unlimited)."),
+    resample_window: int | None = typer.Option(None, "--resample-window",
+                                               help="A latent is dead after this many samples without firing "
+                                                    "(default: --resample-every)."),
+    resample_samples: int = typer.Option(819_200, "--resample-samples",
+                                         help="Inputs whose loss decides where dead latents are re-initialised."),
+    paper: bool = typer.Option(False, "--paper",
+                               help="The published configuration exactly: no resampling (its resampler never "
+                                    "fires, see docs/analysis-sae.md)."),
+    dead_window: int = typer.Option(1_000_000, "--dead-window",
+                                    help="Samples without firing after which the logs count a latent as dead."),
+    log_every: int = typer.Option(1_000_000, "--log-every", help="Samples between log lines."),
+    val_every: int = typer.Option(10_000_000, "--val-every", help="Samples between validations (0: only at the "
+                                                                  "end)."),
+    checkpoint_every: int = typer.Option(10_000_000, "--checkpoint-every",
+                                         help="Samples between checkpoints (0: only at the end)."),
+    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Checkpoints kept (newest)."),
+    buffer_mb: float = typer.Option(4096, "--buffer-mb",
+                                    help="Training rows up to this size (MiB, float32) are held in memory (on the "
+                                         "GPU when it has room); larger sets stream in shuffled buffers."),
+    block_rows: int = typer.Option(16_384, "--block-rows", help="Rows per contiguous read when streaming."),
+    scale_inputs: bool = typer.Option(False, "--scale-inputs",
+                                      help="Scale inputs so their mean norm is sqrt(width) (useful for raw layers; "
+                                           "the paper trains on the unit-norm embedding unscaled)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="fp32 or bf16 matrix products (fp32 master weights) (auto: bf16 on GPU)."),
+    step_mode: str = typer.Option("auto", "--step-mode",
+                                  help="eager, or graph (the whole step captured in a CUDA graph) (auto: graph on "
+                                       "GPU)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over, replacing the run in --out."),
+) -> None:
+    """Train a sparse autoencoder on one stored layer (the paper's SAE: tied bias, ReLU, unit-norm decoder, L1).
+
+    Writes OUT/sae.pt, OUT/config.json, OUT/log.jsonl (loss parts, L0, dead latents, variance explained per
+    interval), OUT/metrics.json and OUT/checkpoints/. Never loads a CLIP model.
+    """
+    from clipgen.analysis.sae import SAETrainConfig, train_sae
+    from clipgen.errors import option_error
+    from clipgen.progress import out as con
+
+    if paper and resample_every not in (None, 0):
+        raise option_error("--paper", "cannot be combined with --resample-every (the published run never resamples)")
+    if resume and force:
+        raise option_error("--resume", "cannot be combined with --force")
+    if out is None:
+        out = stores[0].with_name(stores[0].stem + "-sae")
+    cfg = SAETrainConfig(
+        stores=[str(s) for s in stores], out=str(out), layer=layer, split=split,
+        val_store=str(val_store) if val_store else None, val_split=val_split, val_fraction=val_fraction,
+        val_max_rows=val_max_rows, expansion=expansion, activation=activation.strip().lower(), k=k,
+        scale_inputs=scale_inputs, l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed,
+        resample_every=0 if paper else (10_000_000 if resample_every is None else resample_every),
+        resample_max=resample_max, resample_window=resample_window, resample_samples=resample_samples,
+        dead_window=dead_window, log_every=log_every, val_every=val_every, checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints, buffer_mb=buffer_mb, block_rows=block_rows, device=device,
+        precision=precision, step_mode=step_mode,
+    )
+    res = train_sae(cfg, resume=resume, force=force)
+    f = res.final or {}
+    if res.already_complete:
+        con.print(f"[bold]SAE[/] {res.out} was already complete ({res.steps} steps, {res.epochs} epochs)")
+    else:
+        con.print(f"[bold]SAE[/] {res.out}: {res.steps} steps ({res.samples:,} samples, {res.samples_per_s:,.0f} "
+                  f"samples/s), {res.revived} latents resampled in {res.resample_checks} checks")
+    if f:
+        con.print(f"train: loss {f['loss']:.4g} (mse {f['mse']:.4g} + l1 {f['l1_loss']:.4g}), L0 {f['l0']:.1f}, "
+                  f"dead {f['dead']}, variance explained {f['fve']:.3f}")
+    if res.val:
+        v = res.val
+        con.print(f"val ({v['rows']} rows): loss {v['loss']:.4g}, L0 {v['l0']:.1f}, variance explained "
+                  f"{v['fve']:.3f}, never active {v['dead']}")
+    con.print(f"sae: {res.out / 'sae.pt'}")
+
+
+@app.command("features")
+def features(
+    store: Path = typer.Argument(..., help="Activation store with the images to analyse (read only)."),
+    sae: Path = typer.Option(..., "--sae", help="SAE: a 'clipgen sae train' folder, its sae.pt or a checkpoint."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Output folder (default: 'features' inside the SAE folder)."),
+    layer: str | None = typer.Option(None, "--layer", help="Stored layer (default: the SAE's training layer)."),
+    test_domain: str | None = typer.Option(None, "--test-domain",
+                                           help="Domain whose row is scored against the others (default: the "
+                                                "run's mixture test domain recorded in the store)."),
+    classes: str | None = typer.Option(None, "--classes",
+                                       help="Comma-separated class names (default: the store's held-out classes)."),
+    split: str = typer.Option("auto", "--split",
+                              help="Rows to use: a split name, 'all', or auto (the test split when the store has "
+                                   "one, as in the paper)."),
+    top: int = typer.Option(20, "--top", help="Top active latents per image that enter the histograms (paper: 20)."),
+    ks: str = typer.Option("5,10,15,20", "--ks", help="k values averaged by mpct (paper: 5,10,15,20)."),
+    zero_bins: str = typer.Option("include", "--zero-bins",
+                                  help="include (paper): zero-count latents may fill a top-k set (ties by index); "
+                                       "exclude: only latents counted at least once."),
+    batch_size: int = typer.Option(4096, "--batch-size", help="Rows encoded at a time."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing results in --out."),
+) -> None:
+    """SAE feature sharing between domains (paper App. C.1, Alg. 1-2): per class and domain the histogram of the
+    top-20 active latents, mpct for every domain pair, the class mean and the test domain's score.
+
+    Writes OUT/feature-sharing.json, OUT/histograms.npz, OUT/feature-sharing.png, OUT/feature-sharing-classes.png
+    and OUT/config.json.
+    """
+    from clipgen.analysis.feature_sharing import FeatureSharingConfig, run_feature_sharing
+    from clipgen.errors import option_error
+    from clipgen.progress import out as con
+
+    try:
+        k_values = [int(v) for v in _csv(ks) or []]
+    except ValueError:
+        raise option_error("--ks", f"expected comma-separated integers, got {ks!r}") from None
+    if out is None:
+        out = (sae if sae.is_dir() else sae.parent) / "features"
+    cfg = FeatureSharingConfig(store=str(store), sae=str(sae), out=str(out), layer=layer, test_domain=test_domain,
+                               classes=_csv(classes), split=split, top=top, ks=k_values,
+                               zero_bins=zero_bins.strip().lower(), batch_size=batch_size, device=device)
+    res, path = run_feature_sharing(cfg, force=force)
+    w = max(len(d) for d in res.domains)
+    con.print(f"[bold]feature sharing[/] (mpct over k={','.join(map(str, res.ks))}, top {res.top}), "
+              f"{len(res.classes)} classes: {', '.join(res.classes)}")
+    con.print(" " * (w + 1) + " ".join(f"{d[:6]:>6}" for d in res.domains))
+    for i, d in enumerate(res.domains):
+        cells = " ".join("     -" if v != v else f"{v:6.3f}" for v in res.mean[i])
+        con.print(f"{d:>{w}} {cells}")
+    score = res.score
+    line = f"score({res.test_domain}) = " + ("undefined" if score is None or score != score else f"{score:.4f}")
+    sk = res.scores.get("sketch")
+    if res.test_domain != "sketch" and sk is not None and sk == sk:
+        line += f"  (the published code would report the sketch row: {sk:.4f})"
+    con.print(line)
+    con.print(f"results: {path / 'feature-sharing.json'}")
