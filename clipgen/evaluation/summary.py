@@ -199,12 +199,22 @@ def _fmt(mu: float, sd: float, n: int, pct: bool = True) -> str:
     return f"{mu * s:.1f} ± {sd * s:.1f} (n={n})" if not math.isnan(sd) else f"{mu * s:.1f} (n={n})"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], metric: str, domain: str) -> str:
-    """Per family: rows = test domains, columns = setups, cells "mean ± std (n)" in percent."""
+def setup_order(groups: Sequence[Group]) -> list[str]:
+    """Setup labels in the paper's order (natural-only, CG low, CG high, leave-out-domain, then variants)."""
+    return list(dict.fromkeys(g.setup_label for g in sorted(groups, key=lambda g: g.setup_key)))
+
+
+def _setups(rows: Sequence[dict[str, Any]], order: Sequence[str]) -> list[str]:
+    present = {r["setup"] for r in rows}
+    return [s for s in order if s in present]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], metric: str, domain: str, order: Sequence[str]) -> str:
+    """Per family: rows = test domains, columns = setups (in ``order``), cells "mean ± std (n)" in percent."""
     out = []
     for fam in dict.fromkeys(r["family"] for r in rows):
         fr = [r for r in rows if r["family"] == fam]
-        setups = list(dict.fromkeys(r["setup"] for r in fr))
+        setups = _setups(fr, order)
         tds = list(dict.fromkeys(r["test_domain"] for r in fr))
         where = "the test domain" if domain == "test" else domain
         out.append(f"### {fam}: {metric} on {where} (%, mean ± std over seeds)\n")
@@ -231,7 +241,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def bar_chart(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None:
+def bar_chart(rows: Sequence[dict[str, Any]], metric: str, order: Sequence[str], path: Path) -> None:
     """Grouped bars: test domains on x, one bar per setup, error bars = std over seeds."""
     import matplotlib
 
@@ -239,10 +249,11 @@ def bar_chart(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fams = list(dict.fromkeys(r["family"] for r in rows))
+    colours = {s: f"C{i % 10}" for i, s in enumerate(order)}  # one colour per setup across families
     fig, axes = plt.subplots(len(fams), 1, figsize=(11, 3.8 * len(fams)), squeeze=False)
     for ax, fam in zip(axes[:, 0], fams, strict=True):
         fr = [r for r in rows if r["family"] == fam]
-        setups = list(dict.fromkeys(r["setup"] for r in fr))
+        setups = _setups(fr, order)
         tds = list(dict.fromkeys(r["test_domain"] for r in fr))
         width = 0.8 / max(1, len(setups))
         for j, s in enumerate(setups):
@@ -254,9 +265,10 @@ def bar_chart(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None:
                     ys.append(100 * hit[0][f"{metric}_mean"])
                     sd = hit[0][f"{metric}_std"]
                     es.append(0.0 if math.isnan(sd) else 100 * sd)
-            ax.bar(xs, ys, width, yerr=es, capsize=2, label=s)
+            ax.bar(xs, ys, width, yerr=es, capsize=2, label=s, color=colours[s])
         ax.set_xticks(range(len(tds)), tds)
         ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylim(0, 100)
         ax.set_title(fam, fontsize=9)
         ax.legend(fontsize=7, ncol=2)
         ax.grid(axis="y", alpha=0.3)
@@ -270,6 +282,7 @@ def curves(groups: Sequence[Group], metric: str, domain: str, path: Path) -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = list(dict.fromkeys((g.family, g.test_domain) for g in groups))
     ncol = min(3, len(panels))
@@ -292,6 +305,7 @@ def curves(groups: Sequence[Group], metric: str, domain: str, path: Path) -> Non
                 ax.fill_between(common, mu - sd, mu + sd, color=line.get_color(), alpha=0.2)
         ax.set_title(f"{td}\n{fam}", fontsize=8)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -330,10 +344,11 @@ def summarise(cfg: SummaryConfig) -> SummaryOutcome:
     runs = [load_run(p) for p in find_results(cfg.inputs)]
     groups = group_runs(runs)
     rows = summary_rows(groups, cfg.metric, cfg.epoch, cfg.domain)
-    md = markdown_table(rows, cfg.metric, cfg.domain)
+    order = setup_order(groups)
+    md = markdown_table(rows, cfg.metric, cfg.domain, order)
     out.mkdir(parents=True, exist_ok=True)
     files = [write_text_atomic(out / "summary.csv", csv_text(rows)), write_text_atomic(out / "summary.md", md)]
-    bar_chart(rows, cfg.metric, out / "figure2.png")
+    bar_chart(rows, cfg.metric, order, out / "figure2.png")
     curves(groups, cfg.metric, cfg.domain, out / "curves.png")
     files += [out / "figure2.png", out / "curves.png", write_config(out, "eval summary", cfg)]
     return SummaryOutcome(out, rows, md, files)
