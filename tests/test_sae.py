@@ -360,3 +360,68 @@ def test_graph_step_matches_eager_on_gpu(planted):
         results.append({k: v.detach().cpu() for k, v in m.state_dict().items()})
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-6)
+
+
+# -- from stores ----------------------------------------------------------------------------------------------
+
+
+def _store_cfg(out, stores, **kw):
+    base = dict(stores=[str(s) for s in stores], out=str(out), expansion=2, l1=1e-3, lr=1e-2, batch_size=16,
+                epochs=2, seed=0, resample_every=0, log_every=16 * 4, val_every=0, checkpoint_every=0, device="cpu")
+    base.update(kw)
+    return SAETrainConfig(**base)
+
+
+def test_train_from_store_with_split_and_held_out_validation(tmp_path):
+    from tests._fixtures_sae import make_store
+
+    store, x = make_store(tmp_path / "s.h5")  # 4 labels x 3 domains x 6 rows x 2 splits = 144 rows
+    res = train_sae(_store_cfg(tmp_path / "run", [store], split="train", val_fraction=0.25), progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train_rows"] == 72 - 18 and res.val["rows"] == 18
+    assert res.steps == 2 * (54 // 16)
+    ck = torch.load(tmp_path / "run" / "sae.pt", weights_only=False)
+    assert ck["data"]["stores"][0]["rows"] == 144 and ck["data"]["mode"] == "resident"
+    assert ck["data"]["val"] == {"source": "held-out fraction", "fraction": 0.25, "rows": 18}
+
+
+def test_store_streaming_reads_exactly_the_training_rows(tmp_path):
+    from clipgen.analysis.sae import open_training_data
+    from tests._fixtures_sae import make_store
+
+    n = 144
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None], 4, axis=1)  # row i holds i
+    store, _ = make_store(tmp_path / "s.h5", width=4, x=x)
+    store2, _ = make_store(tmp_path / "t.h5", width=4, x=x + n)
+    from contextlib import ExitStack
+
+    for buffer_mb in (1.0, 40 * 16 / 2**20):  # resident, then streaming with 40-row buffers
+        cfg = _store_cfg(tmp_path / "r", [store, store2], split="test", val_fraction=0.1, block_rows=10,
+                         buffer_mb=buffer_mb, batch_size=1)
+        with ExitStack() as stack:
+            data = open_training_data(cfg, stack, device=torch.device("cpu"))
+            seen = torch.cat(list(data.source.batches(0, 0, 1)))[:, 0].numpy()
+            val = data.val[:, 0].numpy()
+        expected = np.r_[np.arange(72, 144), np.arange(72, 144) + n]  # the test rows of both stores
+        assert sorted(np.r_[seen, val].tolist()) == expected.tolist()
+        assert len(val) == 14 and not set(val) & set(seen)
+        assert data.info["mode"] == ("resident" if buffer_mb == 1.0 else "streaming")
+
+
+def test_store_refusals(tmp_path):
+    from tests._fixtures_sae import make_store
+
+    store, _ = make_store(tmp_path / "s.h5")
+    wide, _ = make_store(tmp_path / "w.h5", width=20)
+    with pytest.raises(ClipgenError, match="^--layer: .*s.h5: no layer 'resblock1'"):
+        train_sae(_store_cfg(tmp_path / "a", [store], layer="resblock1"), progress=False)
+    with pytest.raises(ClipgenError, match="^STORE: layer 'embedding' has different widths"):
+        train_sae(_store_cfg(tmp_path / "b", [store, wide]), progress=False)
+    with pytest.raises(ClipgenError, match="^--split: .*no rows of split 'val' .*splits: test, train"):
+        train_sae(_store_cfg(tmp_path / "c", [store], split="val"), progress=False)
+    with pytest.raises(ClipgenError, match="^--val-store: .*w.h5: layer 'embedding' is 20 wide"):
+        train_sae(_store_cfg(tmp_path / "d", [store], val_store=str(wide)), progress=False)
+    with pytest.raises(ClipgenError, match="not an HDF5 file"):
+        (tmp_path / "junk.h5").write_text("junk")
+        train_sae(_store_cfg(tmp_path / "e", [tmp_path / "junk.h5"]), progress=False)
+    assert not any((tmp_path / n).exists() for n in "abcde")

@@ -1,0 +1,73 @@
+"""``clipgen sae train`` and ``clipgen sae features`` end to end on tiny stores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests._fixtures_sae import make_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return make_store(tmp_path / "s.h5", provenance={"run": {"mixture": {"test_domain": "clipart"}}})[0]
+
+
+def _train(cli, store, out, *extra):
+    return cli("sae", "train", store, "--out", out, "--split", "train", "--batch-size", "16", "--epochs", "2",
+               "--l1", "1e-3", "--lr", "1e-2", "--log-every", "32", "--device", "cpu", *extra)
+
+
+def test_train_then_features(cli, store, tmp_path):
+    out = tmp_path / "sae"
+    r = _train(cli, store, out)
+    assert r.exit_code == 0, r.output
+    assert "variance explained" in r.stdout and f"sae: {out / 'sae.pt'}" in r.stdout
+    for name in ("sae.pt", "config.json", "log.jsonl", "metrics.json"):
+        assert (out / name).is_file()
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["resample_every"] == 10_000_000 and cfg["expansion"] == 4 and cfg["layer"] == "embedding"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"loss", "mse", "l1", "l0", "dead", "fve"} <= set(log[0])
+    # an existing run needs --resume or --force
+    r = _train(cli, store, out)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--resume" in r.stderr
+    r = _train(cli, store, out, "--resume")
+    assert r.exit_code == 0 and "already complete" in r.stdout
+    r = cli("sae", "features", store, "--sae", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "features" / "feature-sharing.json").read_text())
+    assert res["test_domain"] == "clipart" and res["classes"] == ["axe", "banana"]
+    assert f"score(clipart) = {res['score']:.4f}" in r.stdout
+    assert "published code would report the sketch row" in r.stdout
+    r = cli("sae", "features", store, "--sae", out, "--device", "cpu")
+    assert r.exit_code == 2 and "--force" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_paper_setting_and_option_errors(cli, store, tmp_path):
+    r = _train(cli, store, tmp_path / "p", "--paper")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["config"]["resample_every"] == 0
+    r = _train(cli, store, tmp_path / "q", "--paper", "--resample-every", "100")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --paper:")
+    r = _train(cli, store, tmp_path / "q", "--layer", "attnpool")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --layer:") and r.stderr.count("\n") == 1
+    r = _train(cli, store, tmp_path / "q", "--batch-size", "4096")
+    assert r.exit_code == 2 and "--batch-size" in r.stderr
+    assert not (tmp_path / "q").exists()
+
+
+def test_features_refusals(cli, store, tmp_path):
+    assert _train(cli, store, tmp_path / "sae").exit_code == 0
+    wide = make_store(tmp_path / "wide.h5", width=24)[0]
+    r = cli("sae", "features", wide, "--sae", tmp_path / "sae", "--test-domain", "sketch", "--device", "cpu")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+    assert "SAE expects 16-wide inputs, but layer 'embedding'" in r.stderr
+    none = make_store(tmp_path / "none.h5", held_out=())[0]
+    r = cli("sae", "features", none, "--sae", tmp_path / "sae", "--test-domain", "sketch", "--device", "cpu")
+    assert r.exit_code == 2 and "records no held-out classes" in r.stderr and r.stderr.count("\n") == 1
+    r = cli("sae", "features", store, "--sae", tmp_path / "sae", "--ks", "5,x")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --ks:")
+    r = cli("sae", "features", store, "--sae", tmp_path / "nothing")
+    assert r.exit_code == 2 and "no such SAE file" in r.stderr
