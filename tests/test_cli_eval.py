@@ -1,0 +1,49 @@
+import json
+
+from clipgen.evaluation.results import read_results
+from tests._fixtures_eval import fake_results, uneven_root
+
+FIXTURES = (uneven_root,)
+
+
+def test_zero_shot_command(cli, random_run_dir, uneven_root, tmp_path):
+    out = tmp_path / "o"
+    r = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "p",
+            "--epochs", "last", "--templates", "simple", "--out", out, "--no-progress", "--held-out", "axe")
+    assert r.exit_code == 0, r.stderr
+    doc = read_results(out)
+    assert doc["test_domain"] == "painting" and doc["held_out"]["names"] == ["axe"]
+    assert "painting" in r.stdout and "skipped classes without images: teddy-bear" in r.stdout
+    assert f"results: {out / 'results.json'}" in r.stdout
+    again = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "p",
+                "--epochs", "last", "--templates", "simple", "--out", out, "--no-progress", "--held-out", "axe")
+    assert again.exit_code == 0 and "already evaluated: epoch(s) 2" in again.stdout
+
+
+def test_errors_are_one_line(cli, random_run_dir, uneven_root, tmp_path):
+    (tmp_path / "bare").mkdir()
+    r = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", tmp_path / "bare", "--test-domain", "s")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: ") and "pass the checkpoint file(s) and --model NAME" in r.stderr
+    r = cli("eval", "supervised", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "s")
+    assert r.exit_code == 2 and "evaluate it with 'clipgen eval zero-shot'" in r.stderr
+    r = cli("eval", "grid", random_run_dir, "--data-root", uneven_root, "--dry-run", "--local")
+    assert r.exit_code == 2 and r.stderr.strip() == "error: --dry-run and --local exclude each other"
+    assert not (tmp_path / "eval-grid").exists()
+
+
+def test_summary_and_grid_commands(cli, random_run_dir, uneven_root, tmp_path, monkeypatch):
+    for seed, v in enumerate((0.2, 0.4)):
+        fake_results(tmp_path / "r" / f"s{seed}" / "results.json", setup="cg-high", test_domain="quickdraw",
+                     seed=seed, values=[v])
+    r = cli("eval", "summary", tmp_path / "r", "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.stderr
+    assert "| quickdraw | 30.0 ± 14.1 (n=2) |" in r.stdout
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["command"] == "eval summary" and cfg["config"]["metric"] == "ood_acc"
+    monkeypatch.chdir(tmp_path)
+    r = cli("eval", "grid", random_run_dir, "--data-root", uneven_root, "--test-domains", "sketch",
+            "--epochs", "last", "--partition", "gpu")
+    assert r.exit_code == 0, r.stderr
+    assert "1 tasks; job script" in r.stdout and "--test-domain sketch" in r.stdout
+    assert "#SBATCH --partition=gpu" in (tmp_path / "eval-grid" / "eval-grid.sbatch").read_text()
