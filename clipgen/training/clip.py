@@ -1,0 +1,457 @@
+"""CLIP training with OpenCLIP's own trainer (``open_clip_train``): presets, the argument list, and the run.
+
+clipgen does not re-implement the training loop. It checks the inputs, builds ``open_clip_train``'s argument
+list from a mixture TSV and a named preset (every value overridable, extra arguments passed through
+untouched), writes the run manifest, and runs :mod:`clipgen.training.open_clip_entry` in a subprocess - one
+process, ``torchrun`` for several GPUs, or one ``srun`` task per GPU - while showing a progress bar.
+
+Run directory ``<logs>/<name>/``::
+
+    checkpoints/epoch_0.pt ... epoch_N.pt   open_clip's checkpoints ({"epoch", "name", "state_dict",
+                                            "optimizer"}); epoch 0 = the untrained model
+    checkpoints/results.jsonl               open_clip's validation metrics per epoch (with --val)
+    params.txt, out.log                     open_clip's resolved arguments and log
+    clipgen-run.json                        the clipgen manifest (clipgen.runs.RunManifest, kind "clip")
+    config.json                             the resolved ClipTrainConfig of the command
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from clipgen.errors import ClipgenError, option_error
+
+ENTRY_MODULE = "clipgen.training.open_clip_entry"
+
+
+class TrainingFailed(ClipgenError):
+    """The training process itself failed (its log tail has been shown): exit status 1."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class ClipPreset:
+    """A named set of open_clip_train hyper-parameters.
+
+    ``batch_size`` is per process; ``effective_batch`` (batch x processes x gradient accumulation) is kept
+    constant by deriving ``--accum-freq`` from the number of processes, unless ``--accum-freq`` is given.
+    ``precision`` applies on GPU; CPU runs use fp32 unless ``--precision`` says otherwise (open_clip_train's
+    ``amp`` default is about ten times slower on CPU). Adam betas and epsilon are left to open_clip_train's
+    model-dependent defaults (ResNets: 0.9, 0.999, 1e-8) unless given.
+    """
+
+    name: str
+    description: str
+    model: str
+    epochs: int
+    lr: float
+    warmup: int
+    batch_size: int
+    effective_batch: int | None = None
+    wd: float = 0.2
+    precision: str = "amp"
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    grad_checkpointing: bool = True
+    workers: int = 6
+    log_every_n_steps: int = 50
+    reference_gpus: int = 1  # the number of GPUs the published scripts used (documentation)
+    seeds: tuple[int, ...] = (0,)  # the seeds of the paper's grid
+
+
+PRESETS: dict[str, ClipPreset] = {
+    p.name: p
+    for p in (
+        ClipPreset("imagenet-captions", "the paper's main runs: RN50 from scratch on ImageNet-Captions + DomainNet",
+                   model="RN50", epochs=32, lr=1e-3, warmup=500, batch_size=128, effective_batch=1024,
+                   reference_gpus=4, seeds=(0, 1, 2)),
+        ClipPreset("ccxm", "the base-dataset ablation: RN50 on CC3M/CC12M + DomainNet (lr: open_clip's default)",
+                   model="RN50", epochs=32, lr=5e-4, warmup=2000, batch_size=128, effective_batch=2048,
+                   log_every_n_steps=100, reference_gpus=8, seeds=(0,)),
+        ClipPreset("synthetic", "small CPU runs on the synthetic DomainNet (tests, demo)", model="RN-tiny",
+                   epochs=10, lr=1e-3, warmup=10, batch_size=32, effective_batch=None, precision="fp32",
+                   local_loss=False, gather_with_grad=False, grad_checkpointing=False, workers=0,
+                   log_every_n_steps=1, reference_gpus=0, seeds=(0, 1, 2)),
+    )
+}
+
+
+def get_preset(name: str, presets: dict[str, Any] | None = None, option: str = "--preset"):
+    presets = PRESETS if presets is None else presets
+    if name not in presets:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(presets), n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise option_error(option, f"unknown preset {name!r} (one of {', '.join(presets)}){hint}")
+    return presets[name]
+
+
+@dataclass
+class ClipTrainConfig:
+    """Options of ``clipgen train clip``; ``None`` means "the preset's value"."""
+
+    train: Path
+    val: Path | None = None
+    logs: Path = Path("logs")
+    name: str | None = None
+    preset: str = "synthetic"
+    model: str | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    batch_size: int | None = None
+    effective_batch: int | None = None
+    accum_freq: int | None = None
+    wd: float | None = None
+    precision: str | None = None
+    workers: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    gpus: int | None = None
+    nproc: int | None = None
+    launcher: str = "auto"
+    resume: bool = False
+    force: bool = False
+    extra_args: list[str] = field(default_factory=list)
+    log: str = "bar"  # "bar": progress bar + warnings; "live": every trainer line; "quiet": nothing but the result
+    check_sample: int = 256  # image paths checked to exist before training
+
+
+@dataclass
+class ClipHyper:
+    """The resolved hyper-parameters (what the manifest records)."""
+
+    model: str
+    epochs: int
+    lr: float
+    warmup: int
+    batch_size: int
+    accum_freq: int
+    world_size: int
+    effective_batch: int
+    wd: float
+    precision: str
+    workers: int
+    local_loss: bool
+    gather_with_grad: bool
+    grad_checkpointing: bool
+    log_every_n_steps: int
+    device: str
+    launcher: str
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    lr_scheduler: str = "cosine"
+    extra_args: list[str] = field(default_factory=list)
+
+
+def default_run_name(train: str | Path, model: str, seed: int) -> str:
+    stem = Path(train).name
+    for suf in (".tsv", ".csv"):
+        stem = stem.removesuffix(suf)
+    return f"{stem}-{model}-s{seed}"
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9._+=@-][A-Za-z0-9._+=@/-]*$")
+
+
+def check_run_name(name: str) -> str:
+    if not _NAME_RE.match(name) or ".." in name.split("/") or name.endswith("/"):
+        raise option_error("--name", f"{name!r} is not a usable run name (letters, digits, . _ - + = @, and / for "
+                                     f"sub-folders)")
+    return name
+
+
+def resolve_hyper(cfg: ClipTrainConfig, world_size: int, device: str, launcher: str) -> ClipHyper:
+    """Preset values overridden by the config; derives gradient accumulation from the effective batch."""
+    p = get_preset(cfg.preset)
+    model = cfg.model or p.model
+    batch = cfg.batch_size or p.batch_size
+    for opt, v in (("--batch-size", batch), ("--epochs", cfg.epochs), ("--accum-freq", cfg.accum_freq),
+                   ("--effective-batch", cfg.effective_batch)):
+        if v is not None and v < 1:
+            raise option_error(opt, "must be >= 1")
+    if cfg.accum_freq is not None:
+        accum = cfg.accum_freq
+        if cfg.effective_batch is not None and cfg.effective_batch != batch * world_size * accum:
+            raise option_error("--effective-batch", f"{cfg.effective_batch} != batch {batch} x {world_size} "
+                                                    f"process(es) x accum {accum}; give only one of them")
+    else:
+        eff = cfg.effective_batch or p.effective_batch
+        if eff is None:
+            accum = 1
+        else:
+            per_step = batch * world_size
+            if eff % per_step:
+                raise option_error("--effective-batch", f"{eff} is not a multiple of batch {batch} x {world_size} "
+                                                        f"process(es) = {per_step}; adjust --batch-size or pass "
+                                                        f"--accum-freq")
+            accum = eff // per_step
+    if cfg.precision:
+        precision = cfg.precision
+    else:
+        precision = p.precision if device == "cuda" else "fp32"
+    workers = p.workers if cfg.workers is None else cfg.workers
+    return ClipHyper(
+        model=model, epochs=cfg.epochs or p.epochs, lr=p.lr if cfg.lr is None else cfg.lr,
+        warmup=p.warmup if cfg.warmup is None else cfg.warmup, batch_size=batch, accum_freq=accum,
+        world_size=world_size, effective_batch=batch * world_size * accum, wd=p.wd if cfg.wd is None else cfg.wd,
+        precision=precision, workers=workers, local_loss=p.local_loss, gather_with_grad=p.gather_with_grad,
+        grad_checkpointing=p.grad_checkpointing, log_every_n_steps=p.log_every_n_steps, device=device,
+        launcher=launcher, extra_args=list(cfg.extra_args),
+    )
+
+
+def build_argv(hp: ClipHyper, *, train: str | Path, val: str | Path | None, logs: str | Path, name: str,
+               seed: int, resume: bool = False) -> list[str]:
+    """open_clip_train's argument list (extra arguments last, so they win over clipgen's values)."""
+    argv = [
+        "--train-data", str(train),
+        *(["--val-data", str(val)] if val else []),
+        "--dataset-type", "csv", "--csv-separator", "\t", "--csv-img-key", "filepath", "--csv-caption-key", "title",
+        "--logs", str(logs), "--name", name,
+        "--model", hp.model,
+        "--epochs", str(hp.epochs),
+        "--lr", repr(float(hp.lr)),
+        "--warmup", str(hp.warmup),
+        "--batch-size", str(hp.batch_size),
+        "--accum-freq", str(hp.accum_freq),
+        "--wd", repr(float(hp.wd)),
+        "--precision", hp.precision,
+        "--workers", str(hp.workers),
+        "--seed", str(seed),
+        "--device", hp.device,
+        "--save-frequency", "1",
+        "--log-every-n-steps", str(hp.log_every_n_steps),
+        "--report-to", "",
+    ]
+    for flag, on in (("--local-loss", hp.local_loss), ("--gather-with-grad", hp.gather_with_grad),
+                     ("--grad-checkpointing", hp.grad_checkpointing)):
+        if on:
+            argv.append(flag)
+    if resume:
+        argv += ["--resume", "latest"]
+    return argv + list(hp.extra_args)
+
+
+def parse_open_clip_args(argv: list[str]):
+    """Parse with open_clip_train's own parser; an unknown or malformed extra argument is a one-line error."""
+    from open_clip_train.params import parse_args
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parse_args(argv)
+    except SystemExit:
+        lines = [x for x in err.getvalue().strip().splitlines() if x.strip()]
+        msg = lines[-1] if lines else "invalid arguments"
+        msg = re.sub(r"^.*?error: ", "", msg)
+        raise ClipgenError(f"open_clip_train arguments: {msg}") from None
+
+
+@dataclass
+class ClipRunResult:
+    run_dir: Path
+    checkpoint_dir: Path
+    epochs: list[int]
+    train_loss: dict[int, float]
+    val_loss: dict[int, float]
+    skipped: bool = False  # the run was already complete
+    seconds: float = 0.0
+
+
+@dataclass
+class PreparedClipRun:
+    """Everything decided before launching: validated inputs, hyper-parameters, argv, command."""
+
+    cfg: ClipTrainConfig
+    hyper: ClipHyper
+    run_dir: Path
+    argv: list[str]
+    command: list[str]
+    plan: Any
+    data: dict[str, Any]
+    mixture: dict[str, Any] | None
+    start_epoch: int
+    complete: bool
+
+
+_RESUME_KEYS = ("model", "epochs", "lr", "warmup", "effective_batch", "wd")
+
+
+def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
+    """All checks and decisions of a run, without side effects (nothing written, nothing launched)."""
+    from clipgen.data.mixture_info import read_info
+    from clipgen.models.registry import model_config
+    from clipgen.runs import read_manifest
+    from clipgen.training.checks import check_tsv, load_checkpoint, refuse_reuse, run_state
+    from clipgen.training.launch import module_command, resolve_launch
+
+    if cfg.log not in ("bar", "live", "quiet"):
+        raise option_error("--log", f"unknown mode {cfg.log!r} (bar, live or quiet)")
+    get_preset(cfg.preset)
+    plan = resolve_launch(cfg.device, cfg.gpus, cfg.nproc, cfg.launcher)
+    hp = resolve_hyper(cfg, plan.world_size, plan.device, plan.launcher)
+    model_config(hp.model)  # unknown model: one line, before anything else
+    name = check_run_name(cfg.name or default_run_name(cfg.train, hp.model, cfg.seed))
+    logs = Path(cfg.logs)
+    run_dir = logs / name
+
+    train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+    if train.rows < hp.effective_batch:
+        raise option_error("--train", f"{cfg.train} has {train.rows} rows, fewer than one optimizer step "
+                                      f"(effective batch {hp.effective_batch}); lower --batch-size")
+    data: dict[str, Any] = {"train": train.manifest_entry()}
+    if cfg.val is not None:
+        data["val"] = check_tsv(cfg.val, "--val", sample=cfg.check_sample).manifest_entry()
+    info = read_info(cfg.train)
+    mixture = asdict(info) if info is not None else None
+
+    state = run_state(run_dir)
+    if plan.is_rank0:
+        refuse_reuse(state, resume=cfg.resume, force=cfg.force)
+    start_epoch, complete = 0, False
+    if cfg.resume and not cfg.force and state.started:
+        if state.has_manifest:
+            old = read_manifest(run_dir, option="--name")
+            if old.kind != "clip":
+                raise option_error("--resume", f"{run_dir} is a {old.kind} run, not a CLIP run")
+            old_hp = dict(old.hyperparameters, model=old.model)
+            diff = [f"{k} {old_hp.get(k)!r} -> {getattr(hp, k)!r}" for k in _RESUME_KEYS
+                    if k in old_hp and old_hp.get(k) != getattr(hp, k)]
+            old_sha = (old.data.get("train") or {}).get("sha256")
+            if old_sha and old_sha != train.sha256:
+                diff.append(f"train data sha256 {old_sha[:12]}... -> {train.sha256[:12]}...")
+            if old.seed != cfg.seed:
+                diff.append(f"seed {old.seed} -> {cfg.seed}")
+            if diff:
+                raise option_error("--resume", f"settings differ from the run's manifest ({'; '.join(diff)}); "
+                                               f"resume with the original settings or start a new --name")
+        resumable = {e: p for e, p in state.checkpoints.items() if e >= 1}
+        if resumable:
+            last = max(resumable)
+            load_checkpoint(resumable[last], required=("epoch", "state_dict", "optimizer"))
+            start_epoch = last
+            complete = last >= hp.epochs
+
+    argv = build_argv(hp, train=cfg.train, val=cfg.val, logs=logs, name=name, seed=cfg.seed,
+                      resume=cfg.resume and start_epoch > 0)
+    ns = parse_open_clip_args(argv)
+    hp = replace(hp, beta1=ns.beta1, beta2=ns.beta2, eps=ns.eps, lr_scheduler=ns.lr_scheduler, lr=ns.lr,
+                 epochs=ns.epochs, warmup=ns.warmup, wd=ns.wd, precision=ns.precision, model=ns.model)
+    model_config(hp.model)  # extra arguments may name another model
+    command = module_command(ENTRY_MODULE, argv, plan)
+    return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete)
+
+
+def _manifest(prep: PreparedClipRun, *, status: str, extra: dict[str, Any] | None = None):
+    from clipgen.models.registry import model_config
+    from clipgen.runs import RunManifest
+
+    hyper = asdict(prep.hyper)
+    hyper["open_clip_argv"] = prep.argv
+    return RunManifest(kind="clip", name=prep.run_dir.name, model=prep.hyper.model,
+                       model_config=model_config(prep.hyper.model), preset=prep.cfg.preset, hyperparameters=hyper,
+                       data=prep.data, seed=prep.cfg.seed, mixture=prep.mixture,
+                       extra={**(extra or {}), "status": status,
+                              "run_name": str(prep.run_dir.relative_to(prep.cfg.logs))})
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("open_clip_torch", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover
+            out[pkg] = "unknown"
+    return out
+
+
+def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
+    """Check, write the manifest, run open_clip_train, and summarise. The library function behind the CLI."""
+    from clipgen.artifacts import command_line, utc_now, write_config
+    from clipgen.progress import console, make_progress
+    from clipgen.runs import list_checkpoints, read_manifest, write_manifest
+    from clipgen.training.launch import child_env, stream_process
+    from clipgen.training.trainer_log import TrainLogMonitor
+
+    t0 = time.perf_counter()
+    prep = prepare_clip_run(cfg)
+    run_dir, hp = prep.run_dir, prep.hyper
+    ck_dir = run_dir / "checkpoints"
+    if prep.complete:
+        if prep.plan.is_rank0 and cfg.log != "quiet":
+            console.print(f"run {run_dir} is complete (epoch {hp.epochs} exists); nothing to do")
+        return ClipRunResult(run_dir, ck_dir, sorted(list_checkpoints(run_dir)), {}, {}, skipped=True)
+
+    if prep.plan.is_rank0:
+        if cfg.force and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        extra: dict[str, Any] = {"versions": _versions(), "started": utc_now()}
+        if cfg.resume and (run_dir / "clipgen-run.json").is_file():
+            old = read_manifest(run_dir, option="--name")
+            history = [*old.extra.get("history", []),
+                       {"resumed": utc_now(), "from_epoch": prep.start_epoch, "command": command_line()}]
+            m = _manifest(prep, status="running", extra={**old.extra, **extra, "history": history})
+            m.created, m.command = old.created, old.command
+        else:
+            m = _manifest(prep, status="running", extra=extra)
+        write_manifest(run_dir, m)
+        write_config(run_dir, "train clip", prep.cfg)
+
+    monitor = TrainLogMonitor(hp.epochs, start_epoch=prep.start_epoch)
+    show_bar = cfg.log == "bar" and prep.plan.is_rank0
+    with make_progress(disable=not show_bar) as bar:
+        task = bar.add_task(f"training {run_dir.name}", total=hp.epochs, completed=prep.start_epoch)
+
+        def on_line(line: str) -> None:
+            important = monitor.feed(line)
+            if cfg.log == "live":
+                console.print(line, markup=False, highlight=False)
+            elif cfg.log == "bar" and important:
+                bar.console.print(line, markup=False, highlight=False)
+            loss = f" loss {monitor.last_loss:.3f}" if monitor.last_loss is not None else ""
+            ep = (prep.start_epoch if monitor.epoch is None else monitor.epoch) + 1
+            bar.update(task, completed=monitor.progress, description=f"{run_dir.name} epoch {ep}/{hp.epochs}{loss}")
+
+        rc = stream_process(prep.command, on_line, env=child_env())
+    if rc != 0:
+        if cfg.log != "live":
+            console.print("\n".join(list(monitor.tail)[-25:]), markup=False, highlight=False)
+        raise TrainingFailed(f"training process failed with exit code {rc} (log tail above; full log: "
+                             f"{run_dir / 'out.log'})")
+
+    epochs = sorted(list_checkpoints(run_dir))
+    seconds = time.perf_counter() - t0
+    result = ClipRunResult(run_dir, ck_dir, epochs, dict(monitor.train_loss), dict(monitor.val_loss), False, seconds)
+    if prep.plan.is_rank0:
+        if hp.epochs not in epochs:
+            raise TrainingFailed(f"training ended without {ck_dir / f'epoch_{hp.epochs}.pt'} (see {run_dir}/out.log)")
+        m = read_manifest(run_dir, option="--name")
+        prev_train = {int(k): v for k, v in m.extra.get("train_loss", {}).items()}
+        prev_val = {int(k): v for k, v in m.extra.get("val_loss", {}).items()}
+        m.extra.update(status="complete", finished=utc_now(), epochs_saved=epochs,
+                       train_loss={str(k): v for k, v in sorted({**prev_train, **result.train_loss}.items())},
+                       val_loss={str(k): v for k, v in sorted({**prev_val, **result.val_loss}.items())},
+                       seconds=round(seconds + float(m.extra.get("seconds", 0.0) if cfg.resume else 0.0), 1))
+        write_manifest(run_dir, m)
+    return result
+
+
+def describe_checkpoints(result: ClipRunResult) -> str:
+    """The final line of a run: where the checkpoints are."""
+    eps = result.epochs
+    span = f"epoch_{eps[0]}..epoch_{eps[-1]}.pt" if len(eps) > 1 else (f"epoch_{eps[0]}.pt" if eps else "none")
+    return f"checkpoints: {result.checkpoint_dir} ({span})"

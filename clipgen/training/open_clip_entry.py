@@ -1,0 +1,140 @@
+"""The training process: ``python -m clipgen.training.open_clip_entry ARGS`` runs OpenCLIP's own trainer.
+
+``ARGS`` are ``open_clip_train.main`` arguments, passed through unchanged. Before handing over, this module
+
+1. registers clipgen's model configurations (RN-tiny, RN-small, ViT-tiny) in this process, because
+   open_clip only knows configurations registered in the running process;
+2. saves the untrained model as ``checkpoints/epoch_0.pt`` (``{"epoch": 0, "name", "state_dict"}``), as the
+   paper does: the model open_clip_train creates is wrapped, so epoch 0 is exactly the initial weights the
+   trainer starts from (written once, by global rank 0, and never overwritten on resume);
+3. makes ``--resume latest`` pick the highest ``epoch_N.pt`` with N >= 1 (epoch 0 holds no optimizer
+   state; open_clip's own lookup would pick it when it is the only file and fail);
+4. on CPU with several processes (gloo), lets DistributedDataParallel wrap the model without
+   ``device_ids`` (open_clip_train passes ``device_ids=[cpu]``, which DDP rejects for CPU modules);
+5. under SLURM, when each task sees only its own GPU, keeps the device at ``cuda:0`` instead of
+   ``cuda:LOCAL_RANK``;
+6. turns open_clip_train's "experiment already exists" (``return -1``, exit status 0) into exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EPOCH0_NAME = "epoch_0.pt"
+_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+def latest_resumable(checkpoint_dir: str | Path) -> str | None:
+    """The ``epoch_N.pt`` with the highest N >= 1 in ``checkpoint_dir``, or None."""
+    d = Path(checkpoint_dir)
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _EPOCH_RE.match(p.name)) and int(m.group(1)) >= 1]
+    return str(max(found)[1]) if found else None
+
+
+def _global_rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    for v in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(v, "").isdigit():
+            return int(os.environ[v])
+    return 0
+
+
+def save_initial(model, path: str | Path, name: str) -> bool:
+    """Save ``model``'s weights as the epoch-0 checkpoint (atomically); returns False if it already exists."""
+    import torch
+
+    path = Path(path)
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"epoch": 0, "name": name, "state_dict": sd}, tmp)
+    os.replace(tmp, path)
+    return True
+
+
+def _install_hooks(ocm, checkpoint_dir: Path, name: str) -> None:
+    import torch
+
+    create = ocm.create_model_and_transforms
+    state = {"first": True}
+
+    def create_and_save_initial(*args, **kwargs):
+        out = create(*args, **kwargs)
+        if state["first"]:  # the trained model; a later call would be a distillation teacher
+            state["first"] = False
+            if _global_rank() == 0:
+                save_initial(out[0], checkpoint_dir / EPOCH0_NAME, name)
+        return out
+
+    ocm.create_model_and_transforms = create_and_save_initial
+
+    original_latest = ocm.get_latest_checkpoint
+
+    def get_latest_checkpoint(path: str, remote: bool):
+        if remote:
+            return original_latest(path, remote)
+        return latest_resumable(path)
+
+    ocm.get_latest_checkpoint = get_latest_checkpoint
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if not getattr(ddp, "_clipgen_cpu_friendly", False):
+        class CpuFriendlyDDP(ddp):
+            _clipgen_cpu_friendly = True
+
+            def __init__(self, module, device_ids=None, *args, **kwargs):
+                if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                    device_ids = None
+                super().__init__(module, device_ids, *args, **kwargs)
+
+        torch.nn.parallel.DistributedDataParallel = CpuFriendlyDDP
+
+
+def _single_gpu_per_task(argv: list[str]) -> list[str]:
+    """Under SLURM GPU binding each task may see one GPU only: then use cuda:0, not cuda:LOCAL_RANK."""
+    import torch
+
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")) or 0)
+    if local > 0 and torch.cuda.is_available() and torch.cuda.device_count() <= local \
+            and "--no-set-device-rank" not in argv:
+        return [*argv, "--no-set-device-rank", "--device", "cuda:0"]
+    return argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from clipgen.models.registry import register_configs
+
+    register_configs()
+    import open_clip_train.main as ocm
+    from open_clip_train.params import parse_args
+
+    args = parse_args(argv)
+    if not args.name:
+        print("clipgen.training.open_clip_entry: --name is required (the run directory is LOGS/NAME)", file=sys.stderr)
+        return 2
+    checkpoint_dir = Path(args.logs) / args.name / "checkpoints"
+    _install_hooks(ocm, checkpoint_dir, args.name)
+    if args.device.startswith("cuda"):
+        argv = _single_gpu_per_task(argv)
+    rc = ocm.main(argv)
+    if rc == -1:
+        print(f"error: open_clip_train refused to start run {Path(args.logs) / args.name} (see its message above)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through subprocesses
+    sys.exit(main())
