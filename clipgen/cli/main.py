@@ -82,10 +82,12 @@ def _root(
 def _register() -> None:
     from clipgen.cli import data
     from clipgen.cli import eval as eval_cli
+    from clipgen.cli import extract as extract_cli
     from clipgen.cli import train as train_cli
 
     app.add_typer(data.app, name="data")
     app.add_typer(eval_cli.app, name="eval")
+    app.add_typer(extract_cli.app, name="extract")
     app.add_typer(train_cli.app, name="train")
 
 

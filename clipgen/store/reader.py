@@ -356,7 +356,9 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False) -> Activatio
                                        f"{sh.get('start')}..{sh.get('stop')} of {sh.get('total')}); join the shards "
                                        f"with 'clipgen extract merge'")
             if not st.rows_complete:
-                done = int(f["progress"].attrs.get("rows_done", 0)) if "progress" in f else 0
+                from clipgen.store.parts import rows_done
+
+                done = rows_done(path, f) if "progress" in f else 0
                 raise file_error(path, f"incomplete store ({done} of {st.n_samples} rows written): finish it with "
                                        f"the same 'clipgen extract ... --resume' command")
         check_virtual_sources(path, f)

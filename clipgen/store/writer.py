@@ -270,3 +270,58 @@ def build_store_from_arrays(path: str | Path, *, paths: Sequence[str], labels: S
                 dsets[d.name][...] = cast_block(d, arrays[d.name], dtype)
         lay.mark_complete()
     return Path(path)
+
+
+# -- fast row-block writes ----------------------------------------------------------------------------------------
+
+def _encode_chunk(chunk: np.ndarray, level: int) -> bytes:
+    """HDF5's shuffle + deflate filters, done here so that chunks compress in parallel threads (zlib releases the
+    GIL); the bytes are exactly what the filters would store."""
+    import zlib
+
+    s = chunk.dtype.itemsize
+    raw = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1, s).T.tobytes() if s > 1 else chunk.tobytes()
+    return zlib.compress(raw, level)
+
+
+def write_rows(ds, start: int, block: np.ndarray, pool=None) -> None:
+    """Write ``block`` at row ``start`` of ``ds``.
+
+    For gzip+shuffle datasets with ``start`` on a chunk boundary the chunks are encoded by ``pool`` (a thread pool)
+    and written directly; otherwise h5py writes them.
+    """
+    rows = ds.chunks[0] if ds.chunks else 0
+    direct = (pool is not None and rows and start % rows == 0 and ds.compression == "gzip" and ds.shuffle
+              and ds.fletcher32 is False and ds.scaleoffset is None and block.dtype == ds.dtype
+              and ds.chunks[1:] == ds.shape[1:])
+    if not direct:
+        ds[start:start + len(block)] = block
+        return
+    level = int(ds.compression_opts or 4)
+    pieces = []
+    for s in range(0, len(block), rows):
+        part = block[s:s + rows]
+        if len(part) < rows:  # an edge chunk is stored at full size
+            pad = np.zeros((rows, *block.shape[1:]), dtype=block.dtype)
+            pad[:len(part)] = part
+            part = pad
+        pieces.append((start + s, part))
+    encoded = pool.map(lambda p: _encode_chunk(p[1], level), pieces)
+    zeros = (0,) * (block.ndim - 1)
+    for (off, _), data in zip(pieces, encoded, strict=True):
+        ds.id.write_direct_chunk((off, *zeros), data, 0)
+
+
+def copy_rows_raw(src, dst, dst_start: int) -> bool:
+    """Copy every stored chunk of ``src`` into ``dst`` at row ``dst_start`` without decoding; False when the two
+    datasets' chunking or filters differ or ``dst_start`` is not on a chunk boundary (then copy rows instead)."""
+    if (src.chunks is None or src.chunks != dst.chunks or src.dtype != dst.dtype or src.compression != dst.compression
+            or src.compression_opts != dst.compression_opts or src.shuffle != dst.shuffle
+            or dst_start % src.chunks[0]):
+        return False
+    rows = src.chunks[0]
+    zeros = (0,) * (len(src.shape) - 1)
+    for s in range(0, src.shape[0], rows):
+        mask, data = src.id.read_direct_chunk((s, *zeros))
+        dst.id.write_direct_chunk((dst_start + s, *zeros), data, mask)
+    return True
