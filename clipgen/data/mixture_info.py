@@ -18,12 +18,23 @@ from clipgen.errors import file_error
 INDEX_NAME = "mixtures.json"
 #: Setups of the paper (Figure 1/2) plus "custom" for arbitrary domain subsets.
 SETUPS = ("natural-only", "cg-low", "cg-high", "leave-out-domain", "custom")
+#: ImageNet-Sketch experiments (spec 1.2): ``add`` (three setups plus ImageNet sketches) and ``mix``
+#: (CG high-diversity with ImageNet sketches, DomainNet sketches kept for a percentage of the C1 classes;
+#: modes in the published order, which fixes the random stream).
+SKETCH_MIX_MODES = {"fiftyp": 50, "twentyfivep": 25, "thirtyp": 30, "tenp": 10, "fivep": 5, "onep": 1, "one": None}
+SKETCH_SETUPS = ("natural-only+in-sketch", "leave-out-domain+in-sketch", "cg-high+in-sketch") + tuple(
+    f"in-sketch-mix-{m}" for m in SKETCH_MIX_MODES)
 SETUP_TITLES = {
     "natural-only": "Natural-only",
     "cg-low": "CG low-diversity",
     "cg-high": "CG high-diversity",
     "leave-out-domain": "Leave-out-domain",
     "custom": "Domain subset",
+    "natural-only+in-sketch": "Natural-only + ImageNet sketches",
+    "leave-out-domain+in-sketch": "Leave-out-domain + ImageNet sketches",
+    "cg-high+in-sketch": "CG high-diversity + ImageNet sketches",
+    **{f"in-sketch-mix-{m}": "ImageNet sketches + DomainNet sketches of " + (f"{p}% of" if p else "one of")
+       + " the C1 classes" for m, p in SKETCH_MIX_MODES.items()},
 }
 
 
@@ -46,6 +57,12 @@ class MixtureInfo:
     seed: int = 0
     base: str | None = None  # base dataset TSV merged in
     counts: dict[str, Any] = field(default_factory=dict)  # {"base": n, "<domain>": {"id": n, "ood": n}, "total": n}
+    # Added later (all optional, so older indexes still load):
+    identifier: str | None = None  # published identifier, e.g. lso-rs-nosketchclasses (never parse file names)
+    caption_seed: int | None = None  # seed of the DomainNet captions (clipgen data captions)
+    reference_size: int | None = None  # S(X) the DomainNet part was matched to (None when not size-matched)
+    source: str | None = None  # the mixture TSV this one was derived from (merge-base, ImageNet-Sketch)
+    in_sketch: dict[str, Any] | None = None  # ImageNet-Sketch details: variant, mode, filter, counts
 
     @property
     def title(self) -> str:
