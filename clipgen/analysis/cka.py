@@ -28,10 +28,20 @@ import io
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from clipgen.analysis.selection import (  # noqa: F401 - re-exported: part of this module's store API
+    class_name_map,
+    domain_name_to_id,
+    present_labels,
+    resolve_domains,
+    resolve_held_out,
+    resolve_layers,
+    store_domain_names,
+)
 from clipgen.errors import ClipgenError, option_error
 
 KERNELS: tuple[str, ...] = ("linear", "rbf")
@@ -68,11 +78,17 @@ def squared_distances(gram: np.ndarray) -> np.ndarray:
     return d
 
 
+@lru_cache(maxsize=16)
+def _upper(n: int) -> np.ndarray:
+    """Flat indices of the strict upper triangle of an n x n matrix."""
+    i, j = np.triu_indices(n, k=1)
+    return i * n + j
+
+
 def rbf_sigma2(sq_dists: np.ndarray) -> float:
     """σ² for the RBF kernel: the median of the non-zero squared pairwise distances (each pair counted once)."""
     d = np.asarray(sq_dists, dtype=np.float64)
-    iu = np.triu_indices(d.shape[0], k=1)
-    v = d[iu]
+    v = d.ravel()[_upper(d.shape[0])]
     v = v[v > 0]
     if v.size == 0:
         raise ClipgenError("RBF kernel undefined: all rows (class means) are identical")
@@ -83,7 +99,8 @@ def rbf_gram_from_distances(sq_dists: np.ndarray, sigma2: float | None = None) -
     """``exp(-D / (2σ²))`` with σ² from :func:`rbf_sigma2` unless given."""
     if sigma2 is None:
         sigma2 = rbf_sigma2(sq_dists)
-    return np.exp(-np.asarray(sq_dists, dtype=np.float64) / (2.0 * sigma2))
+    k = np.multiply(sq_dists, -0.5 / sigma2, dtype=np.float64)
+    return np.exp(k, out=k)
 
 
 def rbf_gram(x: np.ndarray, sigma2: float | None = None) -> np.ndarray:
@@ -100,95 +117,111 @@ def gram(x: np.ndarray, kernel: str = "linear") -> np.ndarray:
     raise option_error("--kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
 
 
-def _check_n(n: int, estimator: str) -> None:
-    if n < MIN_CLASSES:
-        raise ClipgenError(f"CKA needs at least {MIN_CLASSES} rows (classes), got {n}"
-                           + (" (the unbiased estimator divides by n(n-3))" if estimator == "unbiased" else ""))
-
-
-def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741 - the paper's notation
-    """The unbiased HSIC estimator of Song et al. (2012) on two n x n Gram matrices (n >= 4)."""
-    return hsic_prepared(prepare_gram(k, "unbiased"), prepare_gram(l, "unbiased"))
-
-
-def hsic_biased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
-    """The biased HSIC estimator ``tr(K H L H) / (n-1)²`` with ``H = I - 11ᵀ/n``."""
-    return hsic_prepared(prepare_gram(k, "biased"), prepare_gram(l, "biased"))
-
-
-def hsic(k: np.ndarray, l: np.ndarray, estimator: str = "unbiased") -> float:  # noqa: E741
-    return hsic_prepared(prepare_gram(k, estimator), prepare_gram(l, estimator))
+def _check_estimator(estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise option_error("--estimators", f"unknown estimator {estimator!r} (choose from {', '.join(ESTIMATORS)})")
 
 
 @dataclass
-class PreparedGram:
-    """A Gram matrix in the form the estimator needs, plus the sums its cross terms use.
+class GramTerms:
+    """A symmetric Gram matrix K and the sums both HSIC estimators are built from.
 
-    unbiased: ``mat`` = K with a zeroed diagonal (K̃), ``rows`` = K̃1, ``total`` = 1ᵀK̃1.
-    biased: ``mat`` = HKH (double-centred K); ``rows`` and ``total`` are zero.
+    ``diag`` = diag(K), ``rows`` = K1, ``total`` = 1ᵀK1; ``rows_t``/``total_t`` are the same for K̃ (K with a zeroed
+    diagonal); ``self_trace`` = tr(KK) = sum(K∘K). With these, for two Gram matrices K, L of size n:
+
+    * biased:   tr(KHLH) = tr(KL) - (2/n)·(K1)ᵀ(L1) + (1ᵀK1)(1ᵀL1)/n², HSIC₀ = tr(KHLH) / (n-1)²;
+    * unbiased: tr(K̃L̃) = tr(KL) - diag(K)ᵀdiag(L), and HSIC₁ = [tr(K̃L̃) + (1ᵀK̃1)(1ᵀL̃1)/((n-1)(n-2))
+      - (2/(n-2))·(K̃1)ᵀ(L̃1)] / (n(n-3)),
+
+    so the only O(n²) work per pair is one dot product ``tr(KL)``, shared by both estimators.
     """
 
-    estimator: str
     mat: np.ndarray
+    diag: np.ndarray
     rows: np.ndarray
     total: float
+    rows_t: np.ndarray
+    total_t: float
+    self_trace: float
 
     @property
     def n(self) -> int:
         return self.mat.shape[0]
 
 
-def prepare_gram(k: np.ndarray, estimator: str = "unbiased") -> PreparedGram:
-    k = np.array(k, dtype=np.float64, copy=True)
-    n = k.shape[0]
-    if k.ndim != 2 or k.shape[1] != n:
+def gram_terms(k: np.ndarray) -> GramTerms:
+    """The :class:`GramTerms` of a square Gram matrix (at least :data:`MIN_CLASSES` rows, else an error)."""
+    k = np.asarray(k, dtype=np.float64)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"a Gram matrix must be square, got shape {k.shape}")
-    _check_n(n, estimator)
-    if estimator == "unbiased":
-        np.fill_diagonal(k, 0.0)
-        rows = k.sum(axis=1)
-        return PreparedGram("unbiased", k, rows, float(rows.sum()))
+    n = k.shape[0]
+    if n < MIN_CLASSES:
+        raise ClipgenError(f"CKA needs at least {MIN_CLASSES} rows (classes), got {n} "
+                           f"(the unbiased estimator divides by n(n-3))")
+    diag = np.diagonal(k).copy()
+    rows = k.sum(axis=1)
+    total = float(rows.sum())
+    rows_t = rows - diag
+    return GramTerms(k, diag, rows, total, rows_t, total - float(diag.sum()), float(np.vdot(k, k)))
+
+
+def hsic_terms(a: GramTerms, b: GramTerms, estimator: str = "unbiased", trace: float | None = None) -> float:
+    """HSIC of two Gram matrices from their terms; ``trace`` = tr(KL) when already known."""
+    _check_estimator(estimator)
+    n = a.n
+    if b.n != n:
+        raise ValueError(f"Gram matrices differ in size: {a.n} and {b.n}")
+    if trace is None:
+        trace = float(np.vdot(a.mat, b.mat))  # both symmetric: tr(KL) = sum(K * L)
     if estimator == "biased":
-        k -= k.mean(axis=0, keepdims=True)
-        k -= k.mean(axis=1, keepdims=True)
-        return PreparedGram("biased", k, np.zeros(n), 0.0)
-    raise option_error("--estimators", f"unknown estimator {estimator!r} (choose from {', '.join(ESTIMATORS)})")
+        return (trace - 2.0 / n * float(a.rows @ b.rows) + a.total * b.total / n**2) / (n - 1) ** 2
+    return (trace - float(a.diag @ b.diag) + a.total_t * b.total_t / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * float(a.rows_t @ b.rows_t)) / (n * (n - 3))
 
 
-def _hsic_from_terms(estimator: str, n: int, trace: np.ndarray | float, total_k, total_l, rows_dot) -> np.ndarray:
-    """HSIC from ``tr(K̃L̃)`` (or ``tr(HKH HLH)``), ``1ᵀK̃1``, ``1ᵀL̃1`` and ``1ᵀK̃L̃1``; works elementwise on arrays."""
-    if estimator == "biased":
-        return np.asarray(trace) / (n - 1) ** 2
-    return (np.asarray(trace) + np.asarray(total_k) * np.asarray(total_l) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * np.asarray(rows_dot)) / (n * (n - 3))
+def hsic(k: np.ndarray, l: np.ndarray, estimator: str = "unbiased") -> float:  # noqa: E741 - the paper's notation
+    return hsic_terms(gram_terms(k), gram_terms(l), estimator)
 
 
-def hsic_prepared(a: PreparedGram, b: PreparedGram) -> float:
-    if a.estimator != b.estimator or a.n != b.n:
-        raise ValueError("prepared Gram matrices differ in estimator or size")
-    trace = float(np.einsum("ij,ij->", a.mat, b.mat))  # both symmetric: tr(AB) = sum(A * B)
-    return float(_hsic_from_terms(a.estimator, a.n, trace, a.total, b.total, float(a.rows @ b.rows)))
+def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    """The unbiased HSIC estimator of Song et al. (2012) on two n x n Gram matrices (n >= 4)."""
+    return hsic(k, l, "unbiased")
+
+
+def hsic_biased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    """The biased HSIC estimator ``tr(K H L H) / (n-1)²`` with ``H = I - 11ᵀ/n``."""
+    return hsic(k, l, "biased")
 
 
 def _cka_value(cross: float, self_a: float, self_b: float, what: str) -> float:
     denom = self_a * self_b
-    if not np.isfinite(denom) or denom <= 0.0:
+    if not np.isfinite(denom) or denom <= 0.0 or not np.isfinite(cross):
         raise ClipgenError(f"CKA undefined for {what}: a representation is constant (self-HSIC "
                            f"{self_a:.3g}, {self_b:.3g}); check the stored activations")
     return float(cross / np.sqrt(denom))
 
 
+def cka_from_terms(a: GramTerms, b: GramTerms, estimator: str = "unbiased", what: str = "these matrices",
+                   trace: float | None = None) -> float:
+    return _cka_value(hsic_terms(a, b, estimator, trace), hsic_terms(a, a, estimator, a.self_trace),
+                      hsic_terms(b, b, estimator, b.self_trace), what)
+
+
 def cka_from_grams(k: np.ndarray, l: np.ndarray, estimator: str = "unbiased") -> float:  # noqa: E741
     """CKA of two Gram matrices of the same n x n size."""
-    a, b = prepare_gram(k, estimator), prepare_gram(l, estimator)
-    return _cka_value(hsic_prepared(a, b), hsic_prepared(a, a), hsic_prepared(b, b), "these matrices")
+    return cka_from_terms(gram_terms(k), gram_terms(l), estimator)
 
 
 def cka(x: np.ndarray, y: np.ndarray, kernel: str = "linear", estimator: str = "unbiased") -> float:
-    """CKA between two representations of the same n items (rows); the widths may differ."""
+    """CKA between two representations of the same n items (rows); the widths may differ.
+
+    The columns are centred first (both kernels and both estimators are invariant to a translation; it avoids
+    cancellation when the activations sit far from the origin).
+    """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"CKA needs two 2-D arrays with the same number of rows, got {x.shape} and {y.shape}")
+    x, y = x - x.mean(axis=0), y - y.mean(axis=0)
     return cka_from_grams(gram(x, kernel), gram(y, kernel), estimator)
 
 
@@ -277,82 +310,77 @@ MeansFn = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
 
 
 class _LayerCache:
-    """Per-layer cache: class means and base Gram/distance matrices per domain, prepared Grams per class set."""
+    """Per-layer cache: class means -> base Gram/distance matrices per domain -> Gram terms per class set."""
 
     def __init__(self, layer: str, means_for: MeansFn):
         self.layer = layer
         self.means_for = means_for
-        self.base: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-        self.prepared: dict[tuple, PreparedGram] = {}
+        self.base: dict[str, list] = {}
+        self.terms: dict[tuple, GramTerms] = {}
 
-    def _base(self, domain: str, need_dist: bool):
+    def _base(self, domain: str, need_dist: bool) -> list:
         if domain not in self.base:
             labels, means = self.means_for(self.layer, domain)
             labels = np.asarray(labels, dtype=np.int64)
+            means = np.asarray(means, dtype=np.float64)
+            if means.ndim != 2 or means.shape[0] != labels.size:
+                raise ClipgenError(f"layer {self.layer!r}: class means of {domain!r} have shape {means.shape}, "
+                                   f"expected ({labels.size}, C)")
             order = np.argsort(labels, kind="stable")
-            labels = labels[order]
-            means = np.asarray(means, dtype=np.float64)[order]
-            self.base[domain] = (labels, linear_gram(means), None)
-        labels, g, d = self.base[domain]
-        if need_dist and d is None:
-            d = squared_distances(g)
-            self.base[domain] = (labels, g, d)
-        return labels, g, d
+            # Centring the columns is a translation: linear CKA (either estimator) and RBF distances are invariant
+            # to it, and it keeps the Gram entries small, so no precision is lost to cancellation.
+            x = means[order] - means.mean(axis=0)
+            self.base[domain] = [labels[order], linear_gram(x), None]
+        entry = self.base[domain]
+        if need_dist and entry[2] is None:
+            entry[2] = squared_distances(entry[1])
+        return entry
 
-    def prepared_gram(self, domain: str, classes: np.ndarray, kernel: str, estimator: str) -> PreparedGram:
-        key = (domain, classes.tobytes(), kernel, estimator)
-        if key not in self.prepared:
+    def gram_terms(self, domain: str, classes: np.ndarray, kernel: str) -> GramTerms:
+        key = (domain, classes.tobytes(), kernel)
+        if key not in self.terms:
             labels, g, d = self._base(domain, kernel == "rbf")
-            idx = np.searchsorted(labels, classes)
-            if np.any(idx >= labels.size) or np.any(labels[np.minimum(idx, labels.size - 1)] != classes):
-                raise ClipgenError(f"layer {self.layer!r}: domain {domain!r} lacks class means for some classes")
-            sub = np.ix_(idx, idx)
+            if labels.size == classes.size and np.array_equal(labels, classes):
+                sub = None  # the domain's own class set: no copy
+            else:
+                idx = np.searchsorted(labels, classes)
+                if np.any(idx >= labels.size) or np.any(labels[np.minimum(idx, labels.size - 1)] != classes):
+                    raise ClipgenError(f"layer {self.layer!r}: domain {domain!r} lacks class means for some classes")
+                sub = np.ix_(idx, idx)
             if kernel == "linear":
-                k = g[sub]
+                k = g if sub is None else g[sub]
             elif kernel == "rbf":
                 try:
-                    k = rbf_gram_from_distances(d[sub])
+                    k = rbf_gram_from_distances(d if sub is None else d[sub])
                 except ClipgenError as e:
                     raise ClipgenError(f"layer {self.layer!r}, domain {domain!r}: {e}") from None
             else:
                 raise option_error("--kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
-            self.prepared[key] = prepare_gram(k, estimator)
-        return self.prepared[key]
+            self.terms[key] = gram_terms(k)
+        return self.terms[key]
 
 
 def cka_layer(layer: str, means_for: MeansFn, plan: Mapping[tuple[str, str, str], np.ndarray],
               kernels: Sequence[str], estimators: Sequence[str]) -> list[CKARecord]:
-    """Every (pair, subset, kernel, estimator) of one layer, vectorised over the pairs sharing a class set."""
+    """Every (pair, subset, kernel, estimator) of one layer.
+
+    Class means are fetched once per domain, Gram terms once per (domain, class set, kernel), and each pair costs
+    one dot product ``tr(KL)`` shared by all estimators; cells with the same class set (e.g. subset ``all`` of
+    every pair without painting) share their Gram terms.
+    """
+    for e in estimators:
+        _check_estimator(e)
     cache = _LayerCache(layer, means_for)
-    # group the (pair, subset) cells by class set: within a group all cross terms come from one matrix product
-    groups: dict[bytes, list[tuple[str, str, str]]] = {}
-    sets: dict[bytes, np.ndarray] = {}
-    for key, cls in plan.items():
-        groups.setdefault(cls.tobytes(), []).append(key)
-        sets[cls.tobytes()] = cls
     out: dict[tuple, CKARecord] = {}
-    for gkey, cells in groups.items():
-        cls = sets[gkey]
-        n = int(cls.size)
-        doms = list(dict.fromkeys(d for a, b, _ in cells for d in (a, b)))
-        pos = {d: i for i, d in enumerate(doms)}
+    for (a, b, s), cls in plan.items():
         for kernel in kernels:
+            ta, tb = cache.gram_terms(a, cls, kernel), cache.gram_terms(b, cls, kernel)
+            trace = float(np.vdot(ta.mat, tb.mat))
             for est in estimators:
-                preps = [cache.prepared_gram(d, cls, kernel, est) for d in doms]
-                flat = np.stack([p.mat.ravel() for p in preps])
-                traces = flat @ flat.T
-                rows = np.stack([p.rows for p in preps])
-                rows_dot = rows @ rows.T
-                totals = np.array([p.total for p in preps])
-                h = _hsic_from_terms(est, n, traces, totals[:, None], totals[None, :], rows_dot)
-                for a, b, s in cells:
-                    i, j = pos[a], pos[b]
-                    val = _cka_value(h[i, j], h[i, i], h[j, j],
-                                     f"layer {layer!r}, pair {a}/{b}, subset {s!r}, {kernel} kernel")
-                    out[(a, b, s, kernel, est)] = CKARecord(layer, a, b, s, kernel, est, n, val)
-    # stable order: pair, subset, kernel, estimator as planned
-    order = [(a, b, s, k, e) for (a, b, s) in plan for k in kernels for e in estimators]
-    return [out[o] for o in order]
+                val = cka_from_terms(ta, tb, est, f"layer {layer!r}, pair {a}/{b}, subset {s!r}, {kernel} kernel",
+                                     trace=trace)
+                out[(a, b, s, kernel, est)] = CKARecord(layer, a, b, s, kernel, est, int(cls.size), val)
+    return [out[(a, b, s, k, e)] for (a, b, s) in plan for k in kernels for e in estimators]
 
 
 def cka_sweep(layers: Sequence[str], means_for: MeansFn, plan: Mapping[tuple[str, str, str], np.ndarray],
@@ -475,68 +503,6 @@ def _parse_choices(values: Sequence[str], allowed: Sequence[str], option: str) -
     return out
 
 
-def _class_name_map(store) -> dict[int, str]:
-    names = store.class_names
-    if isinstance(names, Mapping):
-        return {int(k): str(v) for k, v in names.items()}
-    return {i: str(n) for i, n in enumerate(names)}
-
-
-def resolve_held_out(store, names: Sequence[str] | None, option: str = "--held-out") -> list[int]:
-    """Held-out labels: the store's, or the given class names looked up in the store's class names."""
-    if names is None:
-        return sorted(int(h) for h in store.held_out_labels)
-    by_name = {n.lower(): lab for lab, n in _class_name_map(store).items()}
-    labels = []
-    for n in names:
-        key = " ".join(n.replace("_", " ").split()).lower()
-        if key not in by_name:
-            raise option_error(option, f"class {n!r} is not in the store's class names")
-        labels.append(by_name[key])
-    return sorted(set(labels))
-
-
-def resolve_layers(store, layers: Sequence[str] | None, option: str = "--layers") -> list[str]:
-    if not layers:
-        return list(store.layers)
-    missing = [name for name in layers if name not in store.layers]
-    if missing:
-        raise option_error(option, f"layer {missing[0]!r} is not in the store (it has: {', '.join(store.layers)})")
-    return list(dict.fromkeys(layers))
-
-
-def store_domain_names(store) -> list[str]:
-    """The store's domain names in id order (only domains with at least one row)."""
-    names = store.samples.domain_names
-    items = sorted(names.items()) if isinstance(names, Mapping) else list(enumerate(names))
-    ids = np.asarray(store.samples.domains)
-    return [str(n) for i, n in items if np.any(ids == int(i))]
-
-
-def resolve_domains(store, domains: Sequence[str] | None, option: str = "--domains", minimum: int = 2) -> list[str]:
-    have = store_domain_names(store)
-    if not domains:
-        chosen = have
-    else:
-        chosen = list(dict.fromkeys(d.strip().lower() for d in domains if d.strip()))
-        missing = [d for d in chosen if d not in have]
-        if missing:
-            raise option_error(option, f"domain {missing[0]!r} is not in the store (it has: {', '.join(have)})")
-    if len(chosen) < minimum:
-        raise option_error(option, f"needs at least {minimum} domains, got {len(chosen)}")
-    return chosen
-
-
-def present_labels(store, domains: Sequence[str]) -> dict[str, np.ndarray]:
-    """The labels with at least one stored row, per domain (from the sample table; no layer is read)."""
-    names = store.samples.domain_names
-    items = sorted(names.items()) if isinstance(names, Mapping) else list(enumerate(names))
-    name_to_id = {str(n): int(i) for i, n in items}
-    dom = np.asarray(store.samples.domains)
-    lab = np.asarray(store.samples.labels)
-    return {d: np.unique(lab[dom == name_to_id[d]]).astype(np.int64) for d in domains}
-
-
 def store_means_fn(store) -> MeansFn:
     """Class means streamed from the store in float64, labels sorted."""
 
@@ -560,7 +526,7 @@ def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence
     held = resolve_held_out(store, held_out)
     pairs = domain_pairs(domains)
     plan = plan_class_sets(present_labels(store, domains), pairs, subsets, held)
-    names = _class_name_map(store)
+    names = class_name_map(store)
     counts = {s: {f"{a}/{b}": int(plan[(a, b, s)].size) for a, b in pairs} for s in subsets}
 
     means_for = store_means_fn(store)
@@ -598,7 +564,7 @@ def plot_pairs(result: CKAResult, subset: str, kernel: str, estimator: str, path
 
     t = result.table()
     x = np.arange(len(result.layers))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 2) + 3.5, 4.5))
     cmap = plt.get_cmap("tab20")
     for i, (a, b) in enumerate(result.pairs):
         y = [t[(layer, a, b, subset, kernel, estimator)] for layer in result.layers]
@@ -665,11 +631,12 @@ def run_cka(cfg: CKAConfig, *, progress: bool = True) -> CKAResult:
                                               f"({', '.join(domains)})")
         result = compute_cka(store, layers=cfg.layers, domains=domains, subsets=cfg.subsets, kernels=cfg.kernels,
                              estimators=cfg.estimators, held_out=cfg.held_out, progress=progress)
+        store_info = {"store": str(cfg.store), "store_fingerprint": store.fingerprint}
     cfg.layers, cfg.domains, cfg.subsets = result.layers, result.domains, result.subsets
     cfg.kernels, cfg.estimators = result.kernels, result.estimators
     with atomic_path(out, force=cfg.force) as tmp:
         tmp.mkdir()
-        write_json_atomic(tmp / "cka.json", {"store": str(cfg.store), **result.to_json()})
+        write_json_atomic(tmp / "cka.json", {**store_info, **result.to_json()})
         (tmp / "cka.csv").write_text(records_csv(result.records), encoding="utf-8")
         names = ["cka.json", "cka.csv"]
         if cfg.figures:

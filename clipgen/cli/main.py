@@ -80,14 +80,20 @@ def _root(
 
 
 def _register() -> None:
+    from clipgen.cli import cka as cka_cli
     from clipgen.cli import data
+    from clipgen.cli import embeddings as embeddings_cli
     from clipgen.cli import eval as eval_cli
     from clipgen.cli import extract as extract_cli
+    from clipgen.cli import sae as sae_cli
     from clipgen.cli import train as train_cli
 
+    app.command("cka")(cka_cli.cka)
     app.add_typer(data.app, name="data")
+    app.command("embeddings")(embeddings_cli.embeddings)
     app.add_typer(eval_cli.app, name="eval")
     app.add_typer(extract_cli.app, name="extract")
+    app.add_typer(sae_cli.app, name="sae")
     app.add_typer(train_cli.app, name="train")
 
 
