@@ -16,7 +16,11 @@ from clipgen.data.captions import (
 )
 from clipgen.errors import ClipgenError
 
-from ._fixtures_data import make_text_domainnet, synth_captioned, text_root  # noqa: F401
+from . import _fixtures_data as _fx
+from ._fixtures_data import make_text_domainnet
+
+synth_captioned = _fx.synth_captioned  # shared fixture
+text_root = _fx.text_root  # shared fixture
 
 # The published caption vocabulary, written out here independently of clipgen.domainnet.
 TERMS = {"all": ["image", "picture"], "clipart": ["clipart", "illustration"],
