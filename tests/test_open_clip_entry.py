@@ -1,0 +1,90 @@
+import types
+
+import pytest
+import torch
+
+from clipgen.training import open_clip_entry as entry
+from tests._fixtures_train import train_mixtures, train_tiny_run
+
+FIXTURES = (train_mixtures,)
+
+
+def test_latest_resumable_skips_epoch_0(tmp_path):
+    d = tmp_path / "checkpoints"
+    assert entry.latest_resumable(d) is None
+    d.mkdir()
+    (d / "epoch_0.pt").write_bytes(b"x")
+    assert entry.latest_resumable(d) is None  # epoch 0 has no optimizer state: start fresh
+    for n in ("epoch_2.pt", "epoch_10.pt", "epoch_9.pt", "results.jsonl", "epoch_latest.pt", ".epoch_11.pt.tmp"):
+        (d / n).write_bytes(b"x")
+    assert entry.latest_resumable(d) == str(d / "epoch_10.pt")  # numeric, not lexical, order
+
+
+def test_save_initial_once(tmp_path):
+    m = torch.nn.Linear(3, 2)
+    p = tmp_path / "ck" / "epoch_0.pt"
+    assert entry.save_initial(m, p, "run")
+    ck = torch.load(p, weights_only=False)
+    assert ck["epoch"] == 0 and ck["name"] == "run"
+    assert torch.equal(ck["state_dict"]["weight"], m.weight.detach())
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    assert not entry.save_initial(m, p, "run")  # never overwritten (resume)
+    assert not torch.equal(torch.load(p, weights_only=False)["state_dict"]["weight"], m.weight.detach())
+    assert not list(p.parent.glob(".*tmp"))
+
+
+def test_hooks_save_exactly_the_created_model(tmp_path, monkeypatch):
+    # keep the DDP patch local to this test
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", torch.nn.parallel.DistributedDataParallel)
+    created = []
+
+    def create(*args, **kwargs):
+        torch.manual_seed(len(created))
+        m = torch.nn.Linear(4, 4)
+        created.append(m)
+        return m, None, None
+
+    fake = types.SimpleNamespace(create_model_and_transforms=create,
+                                 get_latest_checkpoint=lambda path, remote: "remote:" + path)
+    ck_dir = tmp_path / "logs" / "r" / "checkpoints"
+    entry._install_hooks(fake, ck_dir, "r")
+    model, _, _ = fake.create_model_and_transforms("RN-tiny")
+    fake.create_model_and_transforms("teacher")  # a second model (distillation) is not saved
+    saved = torch.load(ck_dir / "epoch_0.pt", weights_only=False)["state_dict"]
+    assert torch.equal(saved["weight"], model.weight) and torch.equal(saved["bias"], model.bias)
+    assert not torch.equal(saved["weight"], created[1].weight)
+    assert fake.get_latest_checkpoint(str(ck_dir), False) is None
+    assert fake.get_latest_checkpoint("s3://b/x", True) == "remote:s3://b/x"
+    # CPU modules are wrapped without device_ids (open_clip_train passes [cpu], which DDP rejects)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    assert ddp._clipgen_cpu_friendly
+
+
+def test_main_requires_name(tmp_path, capsys):
+    assert entry.main(["--train-data", str(tmp_path / "x.tsv"), "--logs", str(tmp_path)]) == 2
+    assert "--name is required" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_and_epoch0_is_the_initial_model(train_mixtures, tmp_path):
+    """torchrun with 2 CPU processes (gloo) through the real command; with lr 0 every parameter after one epoch
+    must still equal epoch 0's, which proves epoch_0.pt holds exactly the weights the trainer started from."""
+    from clipgen.runs import list_checkpoints, load_clip, load_state_dict, read_manifest
+
+    logs = tmp_path / "logs"
+    run = train_tiny_run(train_mixtures, logs, "ddp", 1, "--nproc", "2", "--lr", "0", "--batch-size", "16")
+    m = read_manifest(run)
+    assert m.hyperparameters["launcher"] == "torchrun" and m.hyperparameters["world_size"] == 2
+    assert m.hyperparameters["effective_batch"] == 32 and m.hyperparameters["lr"] == 0.0
+    assert sorted(list_checkpoints(run)) == [0, 1]
+    raw = torch.load(run / "checkpoints" / "epoch_1.pt", weights_only=False)["state_dict"]
+    assert all(k.startswith("module.") for k in raw)  # saved from the DDP-wrapped model
+    e0, e1 = (load_state_dict(run / "checkpoints" / f"epoch_{e}.pt") for e in (0, 1))
+    assert set(e0) == set(e1)
+    model = load_clip(run, 1).model
+    params = {n for n, _ in model.named_parameters()}
+    assert params and all(torch.equal(e0[n], e1[n]) for n in params)
+    # buffers (BatchNorm statistics) did move: the epoch really ran on both processes
+    assert any(not torch.equal(e0[n], e1[n]) for n in e0 if n.endswith("running_mean"))
+    assert "Running in distributed mode" in (run / "out.log").read_text()

@@ -1,0 +1,210 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from clipgen.artifacts import sha256_file
+from clipgen.data.mixture_info import read_info
+from clipgen.errors import ClipgenError
+from clipgen.models.registry import model_config
+from clipgen.runs import list_checkpoints, load_clip, load_state_dict, read_manifest
+from clipgen.training.clip import (
+    PRESETS,
+    ClipTrainConfig,
+    build_argv,
+    default_run_name,
+    describe_checkpoints,
+    get_preset,
+    parse_open_clip_args,
+    prepare_clip_run,
+    resolve_hyper,
+)
+from tests._fixtures_train import (
+    TRAINED_RUN_EPOCHS,
+    mixture_file,
+    train_mixtures,
+    train_tiny_run,
+    trained_run_dir,
+)
+
+FIXTURES = (train_mixtures, trained_run_dir)
+
+
+def _argv(preset, world, device="cuda", **over):
+    cfg = ClipTrainConfig(train="t.tsv", preset=preset, **over)
+    hp = resolve_hyper(cfg, world, device, "torchrun" if world > 1 else "local")
+    return hp, build_argv(hp, train="t.tsv", val="v.tsv", logs="logs", name="n", seed=1)
+
+
+def _opt(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_imagenet_captions_preset_has_the_papers_values():
+    hp, argv = _argv("imagenet-captions", 4)
+    # spec 2.1: RN50, lr 1e-3, 500 warm-up steps, 32 epochs, 128/GPU x 4 GPUs x accum 2 = 1024, AMP
+    assert _opt(argv, "--model") == "RN50"
+    assert float(_opt(argv, "--lr")) == 1e-3
+    assert _opt(argv, "--warmup") == "500" and _opt(argv, "--epochs") == "32"
+    assert _opt(argv, "--batch-size") == "128" and _opt(argv, "--accum-freq") == "2"
+    assert hp.effective_batch == 128 * 4 * 2 == 1024
+    assert _opt(argv, "--precision") == "amp" and float(_opt(argv, "--wd")) == 0.2
+    assert _opt(argv, "--workers") == "6" and _opt(argv, "--seed") == "1"
+    for flag in ("--local-loss", "--gather-with-grad", "--grad-checkpointing"):
+        assert flag in argv
+    assert _opt(argv, "--dataset-type") == "csv" and _opt(argv, "--csv-separator") == "\t"
+    assert _opt(argv, "--csv-img-key") == "filepath" and _opt(argv, "--csv-caption-key") == "title"
+    assert _opt(argv, "--train-data") == "t.tsv" and _opt(argv, "--val-data") == "v.tsv"
+    ns = parse_open_clip_args(argv)  # open_clip_train's own parser agrees
+    assert (ns.lr, ns.warmup, ns.accum_freq, ns.batch_size, ns.epochs) == (1e-3, 500, 2, 128, 32)
+    assert (ns.beta1, ns.beta2, ns.eps) == (0.9, 0.999, 1e-8) and ns.lr_scheduler == "cosine"
+    assert ns.local_loss and ns.gather_with_grad and ns.grad_checkpointing and ns.save_frequency == 1
+    # the effective batch stays 1024 on one GPU: gradient accumulation grows instead
+    hp1, argv1 = _argv("imagenet-captions", 1)
+    assert _opt(argv1, "--accum-freq") == "8" and hp1.effective_batch == 1024
+
+
+def test_ccxm_preset():
+    hp, argv = _argv("ccxm", 8)
+    assert float(_opt(argv, "--lr")) == 5e-4 and _opt(argv, "--warmup") == "2000"
+    assert _opt(argv, "--accum-freq") == "2" and hp.effective_batch == 2048 and _opt(argv, "--epochs") == "32"
+    assert PRESETS["ccxm"].seeds == (0,) and PRESETS["imagenet-captions"].seeds == (0, 1, 2)
+
+
+def test_synthetic_preset_on_cpu_and_overrides():
+    hp, argv = _argv("synthetic", 1, device="cpu")
+    assert _opt(argv, "--model") == "RN-tiny" and _opt(argv, "--precision") == "fp32"
+    assert _opt(argv, "--device") == "cpu" and "--local-loss" not in argv and _opt(argv, "--accum-freq") == "1"
+    hp, argv = _argv("imagenet-captions", 1, device="cpu", lr=2e-3, epochs=3, model="RN-tiny", warmup=7,
+                     batch_size=16, accum_freq=1, wd=0.1, workers=0, precision="bf16")
+    assert (float(_opt(argv, "--lr")), _opt(argv, "--epochs"), _opt(argv, "--model"), _opt(argv, "--warmup")) == (
+        2e-3, "3", "RN-tiny", "7")
+    assert (_opt(argv, "--batch-size"), _opt(argv, "--accum-freq"), float(_opt(argv, "--wd"))) == ("16", "1", 0.1)
+    assert _opt(argv, "--precision") == "bf16" and _opt(argv, "--workers") == "0"
+    # amp is the preset's GPU precision; CPU runs default to fp32
+    assert _argv("imagenet-captions", 1, device="cpu")[0].precision == "fp32"
+
+
+def test_extra_arguments_pass_through_last_and_untouched():
+    _, argv = _argv("synthetic", 1, device="cpu", extra_args=["--grad-clip-norm", "1.0", "--lr", "0.5"])
+    assert argv[-4:] == ["--grad-clip-norm", "1.0", "--lr", "0.5"]
+    ns = parse_open_clip_args(argv)
+    assert ns.grad_clip_norm == 1.0 and ns.lr == 0.5  # the extra value wins
+    with pytest.raises(ClipgenError, match=r"^open_clip_train arguments: unrecognized arguments: --bogus"):
+        parse_open_clip_args([*argv, "--bogus"])
+
+
+def test_effective_batch_must_divide():
+    with pytest.raises(ClipgenError, match=r"^--effective-batch: 1024 is not a multiple of batch 128 x 3"):
+        _argv("imagenet-captions", 3)
+    with pytest.raises(ClipgenError, match=r"^--effective-batch: 100 != batch 32"):
+        _argv("synthetic", 1, device="cpu", effective_batch=100, accum_freq=2)
+    with pytest.raises(ClipgenError, match="^--preset: unknown preset 'imagenet'"):
+        get_preset("imagenet")
+    assert default_run_name("/x/mix-train.tsv", "RN50", 2) == "mix-train-RN50-s2"
+
+
+def test_prepare_errors(train_mixtures, tmp_path):
+    train = train_mixtures / mixture_file("cg-low", "sketch", "train")
+    base = dict(train=train, logs=tmp_path, device="cpu")
+    with pytest.raises(ClipgenError, match=r"^--model: unknown model 'RN51'"):
+        prepare_clip_run(ClipTrainConfig(**base, model="RN51"))
+    with pytest.raises(ClipgenError, match=r"^--name: '\.\./x' is not a usable run name"):
+        prepare_clip_run(ClipTrainConfig(**base, name="../x"))
+    with pytest.raises(ClipgenError, match=r"fewer than one optimizer step \(effective batch 4096\)"):
+        prepare_clip_run(ClipTrainConfig(**base, batch_size=4096))
+    prep = prepare_clip_run(ClipTrainConfig(**base, name="ok", extra_args=["--grad-clip-norm", "2"]))
+    assert prep.command[-2:] == ["--grad-clip-norm", "2"] and prep.command[3] == "clipgen.training.open_clip_entry"
+    assert prep.mixture["setup"] == "cg-low" and prep.mixture["test_domain"] == "sketch"
+    assert not (tmp_path / "ok").exists()  # preparing writes nothing
+
+
+def test_trained_run_manifest_and_files(trained_run_dir, train_mixtures):
+    m = read_manifest(trained_run_dir)
+    train = train_mixtures / mixture_file("cg-low", "sketch", "train")
+    val = train_mixtures / mixture_file("cg-low", "sketch", "val")
+    assert m.kind == "clip" and m.model == "RN-tiny" and m.model_config == model_config("RN-tiny")
+    assert m.preset == "synthetic" and m.seed == 0
+    assert m.data["train"] == {"path": str(train.resolve()), "sha256": sha256_file(train),
+                               "rows": len(train.read_text().splitlines()) - 1}
+    assert m.data["val"]["sha256"] == sha256_file(val)
+    info = read_info(train)
+    assert m.mixture["file"] == info.file and m.mixture["setup"] == "cg-low" and m.mixture["test_domain"] == "sketch"
+    hp = m.hyperparameters
+    assert (hp["epochs"], hp["precision"], hp["device"], hp["world_size"]) == (TRAINED_RUN_EPOCHS, "fp32", "cpu", 1)
+    assert m.extra["status"] == "complete" and m.extra["epochs_saved"] == [0, 1, 2]
+    assert m.command and m.clipgen_version
+    assert sorted(list_checkpoints(trained_run_dir)) == [0, 1, 2]
+    assert (trained_run_dir / "params.txt").is_file() and (trained_run_dir / "out.log").is_file()
+    assert "model: RN-tiny" in (trained_run_dir / "params.txt").read_text()
+    cfg = json.loads((trained_run_dir / "config.json").read_text())
+    assert cfg["command"] == "train clip" and cfg["config"]["preset"] == "synthetic"
+    for e in (0, 1, 2):
+        ck = torch.load(trained_run_dir / "checkpoints" / f"epoch_{e}.pt", weights_only=False)
+        assert ck["epoch"] == e and isinstance(ck["state_dict"], dict)
+        assert ("optimizer" in ck) == (e > 0)
+    assert len((trained_run_dir / "checkpoints" / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_trained_run_loads_and_learned(trained_run_dir, train_mixtures):
+    from clipgen.tsv import read_tsv
+
+    m = read_manifest(trained_run_dir)
+    loss = {int(k): v for k, v in m.extra["train_loss"].items()}
+    assert set(loss) == {1, 2} and loss[2] < loss[1]  # the trainer's own per-epoch loss went down
+    # independently: the contrastive loss of a fixed training batch, by hand, epoch 0 vs the last epoch (with batch
+    # statistics in the norm layers, as in training: 8 steps are too few for BatchNorm's running averages)
+    rows = read_tsv(train_mixtures / mixture_file("cg-low", "sketch", "train"))[::4][:32]
+    by_epoch = {}
+    for e in (0, TRAINED_RUN_EPOCHS):
+        lm = load_clip(trained_run_dir, e)
+        assert lm.epoch == e and lm.model_name == "RN-tiny"
+        from PIL import Image
+
+        imgs = torch.stack([lm.preprocess(Image.open(p).convert("RGB")) for p, _ in rows])
+        lm.model.train()
+        with torch.no_grad():
+            f_i = torch.nn.functional.normalize(lm.model.encode_image(imgs), dim=-1)
+            f_t = torch.nn.functional.normalize(lm.model.encode_text(lm.tokenizer([t for _, t in rows])), dim=-1)
+            logits = lm.model.logit_scale.exp() * f_i @ f_t.T
+        target = torch.arange(len(rows))
+        by_epoch[e] = float((torch.nn.functional.cross_entropy(logits, target)
+                             + torch.nn.functional.cross_entropy(logits.T, target)) / 2)
+    assert math.isfinite(by_epoch[0]) and by_epoch[TRAINED_RUN_EPOCHS] < by_epoch[0] - 0.5
+    # the state dict of epoch 0 is the untrained model, and every checkpoint fits the architecture
+    assert not torch.equal(load_state_dict(trained_run_dir / "checkpoints" / "epoch_0.pt")["visual.conv1.weight"],
+                           load_state_dict(trained_run_dir / "checkpoints" / "epoch_2.pt")["visual.conv1.weight"])
+
+
+def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_mixtures):
+    logs = tmp_path / "logs"
+    run = logs / "run"
+    shutil.copytree(trained_run_dir, run)
+    e0 = (run / "checkpoints" / "epoch_0.pt").read_bytes()
+    e1 = (run / "checkpoints" / "epoch_1.pt").read_bytes()
+    (run / "checkpoints" / "epoch_2.pt").unlink()  # as if stopped during epoch 2
+    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS, "--resume")
+    assert sorted(list_checkpoints(run)) == [0, 1, 2]
+    assert (run / "checkpoints" / "epoch_0.pt").read_bytes() == e0  # untouched
+    assert (run / "checkpoints" / "epoch_1.pt").read_bytes() == e1
+    ck2 = torch.load(run / "checkpoints" / "epoch_2.pt", weights_only=False)
+    assert ck2["epoch"] == 2
+    log = (run / "out.log").read_text()
+    assert "resuming checkpoint" in log and "(epoch 1)" in log
+    assert log.count("Start epoch 1") == 2 and log.count("Start epoch 0") == 1  # epoch 0 not trained again
+    m = read_manifest(run)
+    assert m.extra["history"][-1]["from_epoch"] == 1 and m.extra["status"] == "complete"
+    assert set(m.extra["train_loss"]) == {"1", "2"}
+    assert load_clip(run).epoch == 2
+    # a complete run is left alone
+    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS, "--resume")
+    assert (run / "out.log").read_text() == log
+
+
+def test_describe_checkpoints(trained_run_dir):
+    from clipgen.training.clip import ClipRunResult
+
+    r = ClipRunResult(trained_run_dir, trained_run_dir / "checkpoints", [0, 1, 2], {}, {})
+    assert describe_checkpoints(r) == f"checkpoints: {trained_run_dir / 'checkpoints'} (epoch_0..epoch_2.pt)"
