@@ -247,11 +247,19 @@ def compute_embeddings(store, cfg: EmbeddingsConfig, *, progress: bool = False) 
     if cfg.highlight not in domains:
         raise option_error("--highlight", f"domain {cfg.highlight!r} is not among the analysed domains "
                                           f"({', '.join(domains)})")
-    if cfg.umap:  # validate the UMAP settings before any heavy work
-        if cfg.per_domain < 1:
-            raise option_error("--per-domain", f"must be at least 1, got {cfg.per_domain}")
+    fits: list[tuple[str, np.ndarray]] = []
+    if cfg.umap:  # draw the sample and check the UMAP settings before any heavy work
         if cfg.n_neighbors < 2:
             raise option_error("--n-neighbors", f"must be at least 2, got {cfg.n_neighbors}")
+        dom_names = domain_of_rows(store)
+        picks = sample_rows(dom_names, domains, cfg.per_domain, cfg.seed)
+        rows = np.sort(np.concatenate([picks[d] for d in domains]))
+        fits = [("all", rows), (f"without_{cfg.highlight}", rows[dom_names[rows] != cfg.highlight])]
+        for name, r in fits:
+            if r.size <= cfg.n_neighbors:
+                raise option_error("--n-neighbors", f"{cfg.n_neighbors} neighbours need more than {cfg.n_neighbors} "
+                                                    f"points, the UMAP sample '{name}' has {r.size} (raise "
+                                                    f"--per-domain or lower --n-neighbors)")
 
     steps = len(domains) + (2 if cfg.umap else 0)
     bar = None
@@ -273,16 +281,12 @@ def compute_embeddings(store, cfg: EmbeddingsConfig, *, progress: bool = False) 
         res = EmbeddingsResult(layer=cfg.layer, domains=domains, highlight=cfg.highlight, counts=stats.counts(),
                                domain_mean_l2=dist, class_sensitive_l2=cs, shared_classes=shared,
                                mean_diff=mean_differences(stats))
-        if cfg.umap:
-            dom_names = domain_of_rows(store)
-            picks = sample_rows(dom_names, domains, cfg.per_domain, cfg.seed)
-            rows = np.sort(np.concatenate([picks[d] for d in domains]))
+        if fits:
+            rows = fits[0][1]
             x = store.read_layer(cfg.layer, rows=rows)
-            for name, keep in (("all", np.ones(rows.size, dtype=bool)),
-                               (f"without_{cfg.highlight}", dom_names[rows] != cfg.highlight)):
-                coords = fit_umap(x[keep], seed=cfg.seed, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist,
-                                  densmap=cfg.densmap)
-                r = rows[keep]
+            for name, r in fits:
+                coords = fit_umap(x[np.isin(rows, r)], seed=cfg.seed, n_neighbors=cfg.n_neighbors,
+                                  min_dist=cfg.min_dist, densmap=cfg.densmap)
                 res.umap[name] = {"rows": r, "domains": dom_names[r], "labels": np.asarray(store.samples.labels)[r],
                                   "paths": np.asarray(store.samples.paths)[r], "coords": coords}
                 tick(f"UMAP {name}")

@@ -1,0 +1,102 @@
+"""``clipgen embeddings`` end to end on a real extraction (tiny_store); the only UMAP fit of the suite lives here."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from tests._fixtures_store import tiny_store  # noqa: F401
+
+
+def test_embeddings_without_umap_numbers_match_raw_rows(cli, tiny_store, tmp_path):  # noqa: F811
+    from clipgen.store import open_store
+
+    out = tmp_path / "emb"
+    r = cli("embeddings", tiny_store, "--out", out, "--no-umap")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "embeddings.json", "config.json", "l2_domain_means.png", "l2_class_sensitive.png",
+        "mean_difference_quickdraw.png", "mean_difference_all.png"])
+    js = json.loads((out / "embeddings.json").read_text())
+    assert js["format"] == "clipgen-embedding-analysis" and js["layer"] == "embedding" and js["umap"] == {}
+    with open_store(tiny_store) as st:
+        doms = st.samples.domain_names
+        x = st.read_layer("embedding").astype(np.float64)
+        dom, lab = st.samples.domains, st.samples.labels
+    assert js["domains"] == doms
+    mu = np.stack([x[dom == i].mean(axis=0) for i in range(len(doms))])
+    np.testing.assert_allclose(js["domain_mean_l2"], np.linalg.norm(mu[:, None] - mu[None], axis=-1), atol=1e-9)
+    i, j = doms.index("painting"), doms.index("quickdraw")
+    common = sorted(set(lab[dom == i]) & set(lab[dom == j]))
+    assert js["shared_classes"][i][j] == len(common) == 5
+    ref = np.mean([np.linalg.norm(x[(dom == i) & (lab == c)].mean(0) - x[(dom == j) & (lab == c)].mean(0))
+                   for c in common])
+    assert js["class_sensitive_l2"][i][j] == pytest.approx(ref, rel=1e-9)
+    q = js["mean_difference"]["per_domain"]["quickdraw"]
+    diff = np.abs(x[dom == j].mean(0) - x[dom != j].mean(0))
+    np.testing.assert_allclose(q["sorted_abs_diff"], np.sort(diff), atol=1e-9)
+    assert len(q["dims"]) == x.shape[1]
+
+
+def test_embeddings_with_umap_seeded_and_reproducible(cli, tiny_store, tmp_path):  # noqa: F811
+    from clipgen.analysis.embeddings import fit_umap
+    from clipgen.store import open_store
+
+    out = tmp_path / "emb"
+    r = cli("embeddings", tiny_store, "--out", out, "--per-domain", "8", "--n-neighbors", "5", "--seed", "3")
+    assert r.exit_code == 0, r.stderr
+    for name in ("umap_all", "umap_without_quickdraw"):
+        assert (out / f"{name}.png").stat().st_size > 0
+    with open(out / "umap_all.csv", newline="") as f:
+        rows_all = list(csv.DictReader(f))
+    with open(out / "umap_without_quickdraw.csv", newline="") as f:
+        rows_wo = list(csv.DictReader(f))
+    assert len(rows_all) == 6 * 8 and len(rows_wo) == 5 * 8
+    assert {r_["domain"] for r_ in rows_wo} == {"clipart", "infograph", "painting", "real", "sketch"}
+    # the second fit uses the same sampled images minus quickdraw's
+    assert [r_["row"] for r_ in rows_wo] == [r_["row"] for r_ in rows_all if r_["domain"] != "quickdraw"]
+    coords = np.array([[float(r_["x"]), float(r_["y"])] for r_ in rows_all])
+    assert np.all(np.isfinite(coords)) and coords.std(axis=0).min() > 0
+    js = json.loads((out / "embeddings.json").read_text())
+    assert js["umap"]["all"]["n_points"] == 48 and js["umap_settings"]["densmap"] is True
+    # same seed, same rows -> the same embedding (UMAP with random_state is deterministic)
+    with open_store(tiny_store) as st:
+        x = st.read_layer("embedding", rows=[int(r_["row"]) for r_ in rows_all])
+        paths = st.samples.paths[[int(r_["row"]) for r_ in rows_all]]
+    assert [r_["path"] for r_ in rows_all] == list(paths)
+    again = fit_umap(x, seed=3, n_neighbors=5)
+    np.testing.assert_allclose(again, coords, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "resblock99"], "--layer: layer 'resblock99' is not in the store"),
+    (["--domains", "real,sculpture"], "--domains: domain 'sculpture' is not in the store"),
+    (["--domains", "real,sketch"], "--highlight: domain 'quickdraw' is not among the analysed domains"),
+    (["--per-domain", "0"], "--per-domain: must be at least 1"),
+    (["--per-domain", "3", "--n-neighbors", "15"], "sample 'without_quickdraw' has 15 (raise --per-domain"),
+])
+def test_embeddings_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, args, message):  # noqa: F811
+    out = tmp_path / "o"
+    r = cli("embeddings", tiny_store, "--out", out, *args)
+    assert r.exit_code == 2, r
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_embeddings_refuses_incomplete_store_and_existing_output(cli, tiny_store, tmp_path):  # noqa: F811
+    import shutil
+
+    import h5py
+
+    partial = tmp_path / "partial.h5"
+    shutil.copy(tiny_store, partial)
+    with h5py.File(partial, "a") as f:
+        f.attrs["complete"] = False
+    r = cli("embeddings", partial, "--out", tmp_path / "o", "--no-umap")
+    assert r.exit_code == 2 and "incomplete store" in r.stderr and r.stderr.count("\n") == 1
+    (tmp_path / "o").mkdir()
+    r = cli("embeddings", tiny_store, "--out", tmp_path / "o", "--no-umap")
+    assert r.exit_code == 2 and "--force" in r.stderr
