@@ -1,0 +1,216 @@
+"""``clipgen train``: CLIP through open_clip_train, the supervised baseline, and the paper's grid of runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Train CLIP (OpenCLIP's own trainer), supervised classifiers, and the paper's grid.",
+                  no_args_is_help=True)
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _split_list(value: str | None, cast=str) -> list | None:
+    if value is None:
+        return None
+    return [cast(x.strip()) for x in value.split(",") if x.strip()]
+
+
+@app.command("clip", context_settings=_PASS_THROUGH)
+def clip(
+    ctx: typer.Context,
+    train: Path = typer.Option(..., "--train", help="Training mixture TSV (filepath<TAB>title)."),
+    val: Path | None = typer.Option(None, "--val", help="Validation TSV (open_clip's contrastive val metrics)."),
+    logs: Path = typer.Option(Path("logs"), "--logs", help="Folder of run directories."),
+    name: str | None = typer.Option(None, "--name",
+                                    help="Run name: the run directory is LOGS/NAME (default: TSV-MODEL-sSEED)."),
+    preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions, ccxm or synthetic."),
+    model: str | None = typer.Option(None, "--model", help="Model name (open_clip's or RN-tiny/RN-small/ViT-tiny)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (preset)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (preset)."),
+    warmup: int | None = typer.Option(None, "--warmup", help="Warm-up steps (preset)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size per process (preset)."),
+    effective_batch: int | None = typer.Option(None, "--effective-batch",
+                                               help="Batch x processes x accumulation; sets --accum-freq (preset)."),
+    accum_freq: int | None = typer.Option(None, "--accum-freq", help="Gradient accumulation steps (derived)."),
+    wd: float | None = typer.Option(None, "--wd", help="AdamW weight decay (preset)."),
+    precision: str | None = typer.Option(None, "--precision",
+                                         help="open_clip precision (amp, fp32, bf16, ...) (preset on GPU, "
+                                              "fp32 on CPU)."),
+    workers: int | None = typer.Option(None, "--workers", help="Data-loader workers per process (preset)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs (one process each; torchrun or srun)."),
+    nproc: int | None = typer.Option(None, "--nproc", help="Number of processes on CPU (gloo; for testing DDP)."),
+    launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
+    log: str = typer.Option("bar", "--log", help="bar (progress bar + warnings), live (the trainer's whole log) "
+                                                 "or quiet."),
+    check_sample: int = typer.Option(256, "--check-sample", help="Image paths checked to exist before training."),
+) -> None:
+    """Train CLIP with open_clip_train on a mixture TSV. Unknown options pass through to open_clip_train
+    (put them after `--`), e.g. `clipgen train clip --train t.tsv -- --grad-clip-norm 1.0`."""
+    from clipgen.progress import out
+    from clipgen.training.clip import ClipTrainConfig, describe_checkpoints, train_clip
+
+    cfg = ClipTrainConfig(
+        train=train, val=val, logs=logs, name=name, preset=preset, model=model, epochs=epochs, lr=lr, warmup=warmup,
+        batch_size=batch_size, effective_batch=effective_batch, accum_freq=accum_freq, wd=wd, precision=precision,
+        workers=workers, seed=seed, device=device, gpus=gpus, nproc=nproc, launcher=launcher, resume=resume,
+        force=force, extra_args=list(ctx.args), log=log, check_sample=check_sample,
+    )
+    res = train_clip(cfg)
+    if not res.skipped and res.train_loss:
+        last = max(res.train_loss)
+        out.print(f"run {res.run_dir}: {len(res.epochs)} checkpoints, train loss {res.train_loss[last]:.4f} at "
+                  f"epoch {last} ({res.seconds:.0f} s)")
+    out.print(describe_checkpoints(res))
+
+
+@app.command("supervised")
+def supervised(
+    train: Path = typer.Option(..., "--train", help="Training mixture TSV (captions are ignored)."),
+    val: Path | None = typer.Option(None, "--val", help="Validation TSV (loss and accuracy after each epoch)."),
+    logs: Path = typer.Option(Path("logs"), "--logs", help="Folder of run directories."),
+    name: str | None = typer.Option(None, "--name",
+                                    help="Run name: the run directory is LOGS/NAME "
+                                         "[default: TSV-MODEL-supervised-sSEED)."),
+    preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions (the paper's) or synthetic."),
+    model: str | None = typer.Option(None, "--model", help="Image tower of this CLIP model (preset)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (preset)."),
+    lr: float | None = typer.Option(None, "--lr", help="SGD learning rate (preset)."),
+    batch_size: int | None = typer.Option(None, "--batch-size",
+                                          help="Global batch size, split over processes (preset)."),
+    milestones: str | None = typer.Option(None, "--milestones", help="Epochs after which lr is multiplied by "
+                                                                      "--gamma, comma-separated (preset)."),
+    gamma: float | None = typer.Option(None, "--gamma", help="Learning-rate factor at each milestone (0.1)."),
+    momentum: float | None = typer.Option(None, "--momentum", help="Nesterov momentum (0.9)."),
+    wd: float | None = typer.Option(None, "--wd", help="Weight decay (not on norms, biases, 1-D) (1e-4)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (mixed) (fp16 on GPU, "
+                                                                   "fp32 on CPU)."),
+    workers: int | None = typer.Option(None, "--workers", help="Data-loader workers per process (preset)."),
+    save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N epochs (5)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (0 seeds too)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs (one process each; torchrun or srun)."),
+    nproc: int | None = typer.Option(None, "--nproc", help="Number of processes on CPU (gloo)."),
+    launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/latest.pt."),
+    force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    check_sample: int = typer.Option(256, "--check-sample", help="Image paths checked to exist before training."),
+) -> None:
+    """Train the paper's supervised baseline (image tower + ReLU + linear head over 1000 ImageNet + 345 DomainNet
+    classes) on a mixture TSV."""
+    from clipgen.progress import out
+    from clipgen.training.supervised import SupervisedTrainConfig, train_supervised
+
+    try:
+        ms = _split_list(milestones, int)
+    except ValueError:
+        from clipgen.errors import option_error
+
+        raise option_error("--milestones", f"{milestones!r} is not a comma-separated list of epochs") from None
+    cfg = SupervisedTrainConfig(
+        train=train, val=val, logs=logs, name=name, preset=preset, model=model, epochs=epochs, lr=lr,
+        batch_size=batch_size, milestones=ms, gamma=gamma, momentum=momentum, wd=wd, precision=precision,
+        workers=workers, save_every=save_every, seed=seed, device=device, gpus=gpus, nproc=nproc, launcher=launcher,
+        resume=resume, force=force, progress=not quiet, check_sample=check_sample,
+    )
+    res = train_supervised(cfg)
+    if res.metrics and not res.skipped:
+        last = res.metrics[-1]
+        val_txt = f", val DomainNet accuracy {last['val_acc_domainnet']:.3f}" if "val_acc_domainnet" in last else ""
+        out.print(f"run {res.run_dir}: train loss {last['train_loss']:.4f} at epoch {last['epoch']}{val_txt} "
+                  f"({res.seconds:.0f} s)")
+    eps = res.epochs
+    span = f"epoch_{eps[0]}..epoch_{eps[-1]}.pt ({len(eps)} files)" if eps else "none"
+    out.print(f"checkpoints: {res.checkpoint_dir} ({span})")
+
+
+@app.command("grid", context_settings=_PASS_THROUGH)
+def grid(
+    ctx: typer.Context,
+    index: Path = typer.Option(..., "--index", help="Folder with mixtures.json (written by 'clipgen data mixtures')."),
+    logs: Path = typer.Option(Path("logs"), "--logs", help="Folder of the run directories (one per experiment "
+                                                           "family)."),
+    preset: str = typer.Option("imagenet-captions", "--preset", help="imagenet-captions, ccxm or synthetic."),
+    setups: str = typer.Option(",".join(("natural-only", "cg-low", "cg-high", "leave-out-domain")), "--setups",
+                               help="Comma-separated setups."),
+    test_domains: str = typer.Option("clipart,infograph,painting,quickdraw,sketch", "--test-domains",
+                                     help="Comma-separated test domains."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds (preset: 0,1,2; ccxm: 0)."),
+    pseudo: bool = typer.Option(False, "--pseudo", help="Train the upper-bound mixtures (held-out classes kept)."),
+    aligned: bool = typer.Option(False, "--aligned", help="Train the aligned-caption mixtures."),
+    val: Path | None = typer.Option(None, "--val", help="One validation TSV for every run (each mixture's own)."),
+    no_val: bool = typer.Option(False, "--no-val", help="Train without validation data."),
+    model: str | None = typer.Option(None, "--model", help="Model for every run (preset)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs for every run (preset)."),
+    gpus: int | None = typer.Option(None, "--gpus", help="GPUs per run (SLURM: the paper's 4 (ccxm 8); --local: "
+                                                         "auto)."),
+    name_prefix: str = typer.Option("", "--name-prefix", help="Prefix of every run name."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the task list and write nothing."),
+    submit: bool = typer.Option(False, "--submit", help="Write the array job and submit it with sbatch."),
+    local: bool = typer.Option(False, "--local", help="Run the pending tasks one after another on this machine."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Where the job script goes (LOGS/grid)."),
+    job_name: str = typer.Option("clipgen-train", "--job-name", help="SLURM job name (also the script's name)."),
+    partition: str | None = typer.Option(None, "--partition", help="SLURM partition."),
+    account: str | None = typer.Option(None, "--account", help="SLURM account."),
+    qos: str | None = typer.Option(None, "--qos", help="SLURM QOS."),
+    time_limit: str = typer.Option("24:00:00", "--time", help="SLURM time limit per task."),
+    cpus_per_task: int = typer.Option(6, "--cpus-per-task", help="CPUs per SLURM task (per GPU)."),
+    mem: str | None = typer.Option(None, "--mem", help="SLURM memory per node, e.g. 128G."),
+    max_parallel: int | None = typer.Option(None, "--max-parallel", help="At most this many array tasks at once."),
+    setup_cmd: list[str] = typer.Option([], "--setup-cmd", help="Shell line run before each task (repeatable), "
+                                                                 "e.g. 'source .venv/bin/activate'."),
+) -> None:
+    """Train the paper's grid: natural-only + {CG low, CG high, leave-out-domain} x test domains x seeds, as a
+    SLURM array job (default: write it), --submit, --dry-run, or --local. Runs whose last checkpoint exists are
+    skipped; other arguments are passed to every 'clipgen train clip'."""
+    from clipgen.errors import option_error
+    from clipgen.progress import out
+    from clipgen.slurm import SlurmConfig, run_local
+    from clipgen.slurm import submit as sbatch
+    from clipgen.training.clip import get_preset
+    from clipgen.training.grid import GridConfig, describe, plan_grid, write_grid
+
+    if sum((dry_run, submit, local)) > 1:
+        raise option_error("--dry-run", "choose one of --dry-run, --submit and --local")
+    try:
+        seed_list = _split_list(seeds, int)
+    except ValueError:
+        raise option_error("--seeds", f"{seeds!r} is not a comma-separated list of integers") from None
+    cfg = GridConfig(index=index, logs=logs, preset=preset, setups=_split_list(setups) or [],
+                     test_domains=_split_list(test_domains) or [], seeds=seed_list, pseudo=pseudo, aligned=aligned,
+                     val=val, no_val=no_val, model=model, epochs=epochs, gpus=gpus, name_prefix=name_prefix,
+                     train_args=list(ctx.args))
+    p = get_preset(preset)
+    if not local and cfg.gpus is None:
+        cfg.gpus = p.reference_gpus or None
+    tasks = plan_grid(cfg, log_mode="bar" if local else "live")
+    pending = [t for t in tasks if not t.done]
+    summary = f"{len(tasks)} runs, {len(tasks) - len(pending)} complete, {len(pending)} to train"
+    if dry_run:
+        out.print(describe(tasks), markup=False, highlight=False)
+        out.print(summary)
+        return
+    if local:
+        out.print(summary)
+        if pending:
+            run_local([t.argv for t in pending], description="grid runs")
+        out.print(f"runs in {Path(logs).resolve()}")
+        return
+    n_gpus = cfg.gpus or 0
+    scfg = SlurmConfig(job_name=job_name, partition=partition, account=account, qos=qos, time=time_limit,
+                       gpus_per_node=n_gpus, ntasks_per_node=max(1, n_gpus), cpus_per_task=cpus_per_task, mem=mem,
+                       max_parallel=max_parallel, setup=list(setup_cmd), use_srun=n_gpus > 1)
+    script = write_grid(tasks, out_dir or Path(logs) / "grid", job_name, scfg)
+    out.print(summary)
+    if submit:
+        job = sbatch(script)
+        out.print(f"submitted array job {job}: {script}")
+    else:
+        out.print(f"job script: {script} (submit with 'sbatch {script}' or --submit)")
