@@ -49,3 +49,202 @@ def synth(
     if res.empty_painting_test_class:
         con.print(f"quirk: class {res.empty_painting_test_class!r} has no painting test images (as in DomainNet)")
     con.print(f"contact sheet: {res.contact_sheet}")
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _float_list(value: str | None, option: str) -> list[float]:
+    from clipgen.errors import option_error
+
+    out = []
+    for v in _split_list(value):
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise option_error(option, f"{v!r} is not a number") from None
+    return out
+
+
+@app.command("captions")
+def captions(
+    root: Path = typer.Option(..., "--root", help="DomainNet root (real or synthetic) with {domain}_{split}.txt."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder [default: ROOT/captions]."),
+    seed: int = typer.Option(42, "--seed", help="Random seed (42 gives the paper's captions)."),
+    aligned: bool = typer.Option(True, "--aligned/--no-aligned",
+                                 help="Also write the aligned captions (generic terms only) to OUT/aligned-captions."),
+    check_files: bool = typer.Option(False, "--check-files", help="Check that every image of the split files exists."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing caption files."),
+) -> None:
+    """Caption files for every domain and split, with the paper's six templates, terms and seed."""
+    from rich.table import Table
+
+    from clipgen.data.captions import CaptionConfig, build_captions
+    from clipgen.progress import out as con
+
+    res = build_captions(CaptionConfig(root=root, out=out, seed=seed, aligned=aligned, check_files=check_files),
+                         force=force)
+    t = Table(title=f"captions in {res.out} (seed {seed})", title_justify="left")
+    t.add_column("domain")
+    t.add_column("train", justify="right")
+    t.add_column("test", justify="right")
+    for kind in res.domain_term_fraction:
+        t.add_column(f"{kind}: domain term", justify="right")
+    for d, c in res.counts.items():
+        t.add_row(d, f"{c['train']:,}", f"{c['test']:,}",
+                  *[f"{res.domain_term_fraction[k][d]:.1%}" for k in res.domain_term_fraction])
+    con.print(t)
+    con.print(f"wrote {len(res.files)} caption files; summary: {res.summary}")
+
+
+@app.command("mixtures")
+def mixtures(
+    root: Path = typer.Option(..., "--root", help="DomainNet root (real or synthetic)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the TSVs, mixtures.json and the summary."),
+    captions_dir: Path | None = typer.Option(None, "--captions",
+                                             help="Caption folder [default: ROOT/captions]."),
+    paper: bool = typer.Option(False, "--paper",
+                               help="The main grid: natural-only + CG low, CG high, leave-out-domain per test domain."),
+    setup: str | None = typer.Option(None, "--setup",
+                                     help="Comma-separated setups: natural-only, cg-low, cg-high, leave-out-domain."),
+    domains: str | None = typer.Option(None, "--domains",
+                                       help="Comma-separated domain subsets as letters (e.g. 'qrs,prs'); each must "
+                                            "hold the test domain."),
+    test_domain: str = typer.Option("all", "--test-domain",
+                                    help="Comma-separated test domains (names or letters), or 'all'."),
+    pseudo: bool = typer.Option(False, "--pseudo", help="Upper bound: keep the test domain's held-out classes."),
+    allow_pct: str | None = typer.Option(None, "--allow-pct",
+                                         help="Comma-separated fractions of held-out test-domain images to allow."),
+    aligned: bool = typer.Option(False, "--aligned", help="Use the aligned (domain-neutral) captions."),
+    size_match: bool = typer.Option(True, "--size-match/--no-size-match",
+                                    help="Match the DomainNet part to CG low-diversity's size (natural-only never)."),
+    subsample: str = typer.Option("first-k", "--subsample",
+                                  help="first-k (the published rule) or random (seeded, the same sizes)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --subsample random."),
+    held_out: str | None = typer.Option(None, "--held-out",
+                                        help="Comma-separated held-out class names [default: the paper's 15, "
+                                             "those present in the data]."),
+    base: Path | None = typer.Option(None, "--base", help="Base dataset training TSV (filepath<TAB>title)."),
+    base_val: Path | None = typer.Option(None, "--base-val", help="Base dataset validation TSV."),
+    check_files: bool = typer.Option(False, "--check-files", help="Check that every image exists."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
+) -> None:
+    """Training/validation TSVs of the paper's data mixtures, with the published names and size matching."""
+    from clipgen import domainnet as dn
+    from clipgen.data.mixtures import MixturesConfig, build_mixtures, render_summary
+    from clipgen.progress import out as con
+
+    tds = list(dn.parse_domains(test_domain, option="--test-domain", allowed=dn.TEST_DOMAINS))
+    cfg = MixturesConfig(
+        root=root, out=out, captions=captions_dir, paper=paper, setups=_split_list(setup),
+        domain_sets=_split_list(domains), test_domains=tds, pseudo=pseudo,
+        allow_pct=_float_list(allow_pct, "--allow-pct"), aligned=aligned, size_match=size_match,
+        subsample=subsample, seed=seed, held_out=_split_list(held_out) if held_out is not None else None,
+        base=base, base_val=base_val, check_files=check_files,
+    )
+    res = build_mixtures(cfg, force=force)
+    h = res.held_out
+    if h.explicit:
+        con.print(f"held-out classes: {', '.join(h.names)}")
+    elif h.absent:
+        con.print(f"held-out classes: the {len(h.names)} of the paper's 15 present in the data: {', '.join(h.names)}"
+                  f" (absent: {', '.join(h.absent)})")
+    else:
+        con.print("held-out classes: the paper's 15")
+    if res.reference_sizes:
+        con.print("reference sizes S(X) = |real train| + |X train without held-out classes|: "
+                  + ", ".join(f"{x} {n:,}" for x, n in res.reference_sizes.items()))
+    for t in render_summary(res.infos):
+        con.print(t)
+    con.print(f"wrote {len(res.infos)} TSVs to {res.out}; index {res.index.name}, summary {res.summary.name}")
+
+
+@app.command("imagenet-captions")
+def imagenet_captions(
+    captions_json: Path = typer.Option(..., "--captions-json",
+                                       help="imagenet_captions.json (mlfoundations/imagenet-captions)."),
+    imagenet_train: Path = typer.Option(..., "--imagenet-train", help="ImageNet train folder (<wnid>/<file>.JPEG)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for in-captions-{train,val}.tsv."),
+    val_fraction: float = typer.Option(0.08, "--val-fraction", help="Validation fraction per class."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
+) -> None:
+    """ImageNet-Captions train/val TSVs (caption = title; tags; description) with a seeded split."""
+    from clipgen.data.imagenet_captions import ImageNetCaptionsConfig, build_imagenet_captions
+    from clipgen.progress import out as con
+
+    res = build_imagenet_captions(ImageNetCaptionsConfig(captions_json, imagenet_train, out, val_fraction, seed),
+                                  force=force)
+    con.print(f"ImageNet-Captions: {res.n_train:,} train ({res.train}), {res.n_val:,} val ({res.val}) "
+              f"from {res.n_entries:,} entries")
+    if res.missing:
+        shown = ", ".join(res.missing[:3])
+        con.print(f"[yellow]{len(res.missing):,} images missing[/] from {imagenet_train} (no rows written for them), "
+                  f"e.g. {shown}; full list: {res.missing_file}")
+    if res.duplicates:
+        con.print(f"{res.duplicates:,} duplicate entries skipped")
+
+
+@app.command("merge-base")
+def merge_base(
+    base: Path = typer.Option(..., "--base", help="Base training TSV (filepath<TAB>title), e.g. cc3m-train.tsv."),
+    mixtures_dir: Path = typer.Option(..., "--mixtures", help="Folder written by 'clipgen data mixtures'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (may be the mixtures folder)."),
+    identifiers: str = typer.Option("all", "--identifiers",
+                                    help="Comma-separated mixture identifiers (lso-...), 'paper-cc' (the paper's "
+                                         "seven CC mixtures) or 'all' training mixtures of the folder."),
+    name: str | None = typer.Option(None, "--name", help="Output prefix [default: base file name without -train]."),
+    check_files: bool = typer.Option(False, "--check-files", help="Check that every base image exists."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
+) -> None:
+    """Merge a base dataset (CC3M/CC12M) with the DomainNet part of mixtures: NAME-train-IDENTIFIER.tsv."""
+    from clipgen.data.base import MergeBaseConfig
+    from clipgen.data.base import merge_base as run
+    from clipgen.progress import out as con
+
+    res = run(MergeBaseConfig(base=base, mixtures=mixtures_dir, out=out, identifiers=_split_list(identifiers),
+                              name=name, check_files=check_files), force=force)
+    for f, i in zip(res.files, res.infos, strict=True):
+        con.print(f"{f}: {res.base_rows:,} base + {i.counts['total'] - res.base_rows:,} DomainNet rows")
+
+
+@app.command("imagenet-sketch")
+def imagenet_sketch(
+    root: Path = typer.Option(..., "--root", help="DomainNet root (real or synthetic)."),
+    sketch_root: Path = typer.Option(..., "--sketch-root", help="ImageNet-Sketch folder (<wnid>/*.JPEG)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    variant: str = typer.Option("add,mix", "--variant", help="add, mix, or both (comma-separated)."),
+    modes: str = typer.Option("all", "--modes",
+                              help="mix modes: fiftyp, twentyfivep, thirtyp, tenp, fivep, onep, one, or all."),
+    filter_: str = typer.Option("class", "--filter",
+                                help="class (by ImageNet class index) or substring (the published caption test)."),
+    caption_seed: int = typer.Option(42, "--caption-seed", help="Seed of the ImageNet-Sketch captions."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the rows and classes drawn."),
+    captions_dir: Path | None = typer.Option(None, "--captions", help="DomainNet caption folder [ROOT/captions]."),
+    held_out: str | None = typer.Option(None, "--held-out", help="Comma-separated held-out class names."),
+    base: Path | None = typer.Option(None, "--base", help="Base dataset training TSV."),
+    base_val: Path | None = typer.Option(None, "--base-val", help="Base dataset validation TSV."),
+    size_match: bool = typer.Option(True, "--size-match/--no-size-match", help="Size-match the source mixtures."),
+    subsample: str = typer.Option("first-k", "--subsample", help="first-k or random."),
+    subsample_seed: int = typer.Option(0, "--subsample-seed", help="Seed of --subsample random."),
+    check_files: bool = typer.Option(False, "--check-files", help="Check that every image exists."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
+) -> None:
+    """ImageNet-Sketch experiments for the sketch test domain: add sketches to three mixtures, or mix them in."""
+    from clipgen.data.imagenet_sketch import SketchConfig, build_sketch_mixtures, render_sketch_summary
+    from clipgen.data.mixture_info import SKETCH_MIX_MODES
+    from clipgen.progress import out as con
+
+    mode_list = list(SKETCH_MIX_MODES) if modes.strip() == "all" else _split_list(modes)
+    cfg = SketchConfig(root=root, sketch_root=sketch_root, out=out, variants=_split_list(variant), modes=mode_list,
+                       filter=filter_, caption_seed=caption_seed, seed=seed, captions=captions_dir,
+                       held_out=_split_list(held_out) if held_out is not None else None, base=base,
+                       base_val=base_val, size_match=size_match, subsample=subsample, subsample_seed=subsample_seed,
+                       check_files=check_files)
+    res = build_sketch_mixtures(cfg, force=force)
+    other = "substring" if filter_ == "class" else "class"
+    con.print(f"ImageNet-Sketch: {res.n_images:,} images, {res.n_kept:,} kept ({res.n_classes_kept} classes without "
+              f"a DomainNet counterpart, filter {filter_}); the {other} filter would keep {res.n_kept_other_filter:,}")
+    con.print(render_sketch_summary(res.infos))
+    con.print(f"wrote {len(res.infos)} TSVs and {res.captions_file.name} to {res.out}")
