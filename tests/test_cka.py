@@ -175,6 +175,10 @@ def test_plan_class_sets_per_pair_and_errors():
         C.plan_class_sets(present, pairs, ["all", "ood"], held_out=[0, 1, 2])
     with pytest.raises(ClipgenError, match="'ood' needs held-out classes"):
         C.plan_class_sets(present, pairs, ["ood"], held_out=[])
+    # the published script's single class list (painting's) for every pair, kept as an option
+    faithful = C.plan_class_sets(present, pairs, ["all", "id"], held_out=[0, 1, 2], reference=present["painting"])
+    assert faithful[("real", "sketch", "all")].tolist() == [0, 1, 2, 4, 5, 6, 7]
+    assert faithful[("real", "sketch", "id")].tolist() == [4, 5, 6, 7]
 
 
 # ----------------------------------------------------------------------------- the sweep

@@ -130,6 +130,16 @@ def test_held_out_classes_from_store_and_by_name(cli, tmp_path):
     assert ood and all(r_["n_classes"] == 4 for r_ in ood)
 
 
+def test_classes_from_reproduces_the_published_class_list(cli, tmp_path):
+    store = _hand_store(tmp_path / "s.h5", held_out=[0, 1, 2, 3], n_classes=9, painting_missing=7)
+    r = cli("cka", store, "--out", tmp_path / "a", "--no-figures", "--classes-from", "painting", "--subsets", "all")
+    assert r.exit_code == 0, r.stderr
+    js = json.loads((tmp_path / "a" / "cka.json").read_text())
+    assert js["n_classes"]["all"] == {p: 8 for p in js["n_classes"]["all"]}  # painting's 8 classes everywhere
+    r = cli("cka", store, "--out", tmp_path / "b", "--classes-from", "sculpture")
+    assert r.exit_code == 2 and "--classes-from: domain 'sculpture' is not in the store" in r.stderr
+
+
 def test_ood_without_held_out_classes_is_an_error(cli, tmp_path):
     store = _hand_store(tmp_path / "s.h5", held_out=None)
     out = tmp_path / "o"

@@ -268,17 +268,22 @@ def domain_pairs(domains: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def plan_class_sets(present: Mapping[str, Iterable[int]], pairs: Sequence[tuple[str, str]], subsets: Sequence[str],
-                    held_out: Iterable[int], class_name: Callable[[int], str] | None = None,
+                    held_out: Iterable[int], reference: Iterable[int] | None = None,
                     ) -> dict[tuple[str, str, str], np.ndarray]:
-    """The class set of every (domain_a, domain_b, subset); an error (naming pair and subset) below MIN_CLASSES."""
+    """The class set of every (domain_a, domain_b, subset): the classes present in both domains and in the subset
+    (and, with ``reference``, also in that list: the published script's single class list, see ``--classes-from``).
+    Fewer than :data:`MIN_CLASSES` classes is an error naming the pair and the subset."""
     held = sorted(set(int(h) for h in held_out))
     if "ood" in subsets and not held:
         raise option_error("--subsets", "'ood' needs held-out classes, but none are known (the store lists none; "
                                         "pass --held-out NAMES or leave 'ood' out of --subsets)")
+    ref = None if reference is None else np.unique(np.asarray(list(reference), dtype=np.int64))
     plan: dict[tuple[str, str, str], np.ndarray] = {}
     for a, b in pairs:
         for s in subsets:
             cls = pair_classes(present[a], present[b], s, held)
+            if ref is not None:
+                cls = np.intersect1d(cls, ref)
             if cls.size < MIN_CLASSES:
                 raise option_error("--subsets", f"subset {s!r} of the pair {a}/{b} has {cls.size} classes present "
                                                 f"in both domains; CKA needs at least {MIN_CLASSES}")
@@ -449,6 +454,7 @@ class CKAConfig:
     kernels: list[str] = field(default_factory=lambda: list(KERNELS))
     estimators: list[str] = field(default_factory=lambda: ["unbiased"])
     held_out: list[str] | None = None  # class names overriding the store's held-out classes
+    classes_from: str | None = None  # also restrict every pair to this domain's classes ("painting": as published)
     highlight: str = "quickdraw"
     figures: bool = True
     force: bool = False
@@ -516,8 +522,12 @@ def store_means_fn(store) -> MeansFn:
 def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence[str] | None = None,
                 subsets: Sequence[str] = SUBSETS, kernels: Sequence[str] = KERNELS,
                 estimators: Sequence[str] = ("unbiased",), held_out: Sequence[str] | None = None,
-                progress: bool = False) -> CKAResult:
-    """The full sweep on an open store (see :func:`clipgen.store.open_store`); validates everything before reading."""
+                classes_from: str | None = None, progress: bool = False) -> CKAResult:
+    """The full sweep on an open store (see :func:`clipgen.store.open_store`); validates everything before reading.
+
+    ``classes_from`` (a domain of the store) restricts every pair to the classes present in that domain as well:
+    ``"painting"`` reproduces the published script, whose class list always came from painting (spec 6.4).
+    """
     subsets = _parse_choices(subsets, SUBSETS, "--subsets")
     kernels = _parse_choices(kernels, KERNELS, "--kernels")
     estimators = _parse_choices(estimators, ESTIMATORS, "--estimators")
@@ -525,7 +535,11 @@ def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence
     domains = resolve_domains(store, domains)
     held = resolve_held_out(store, held_out)
     pairs = domain_pairs(domains)
-    plan = plan_class_sets(present_labels(store, domains), pairs, subsets, held)
+    reference = None
+    if classes_from is not None:
+        ref_domain = resolve_domains(store, [classes_from], option="--classes-from", minimum=1)[0]
+        reference = present_labels(store, [ref_domain])[ref_domain]
+    plan = plan_class_sets(present_labels(store, domains), pairs, subsets, held, reference)
     names = class_name_map(store)
     counts = {s: {f"{a}/{b}": int(plan[(a, b, s)].size) for a, b in pairs} for s in subsets}
 
@@ -630,7 +644,8 @@ def run_cka(cfg: CKAConfig, *, progress: bool = True) -> CKAResult:
             raise option_error("--highlight", f"domain {cfg.highlight!r} is not among the analysed domains "
                                               f"({', '.join(domains)})")
         result = compute_cka(store, layers=cfg.layers, domains=domains, subsets=cfg.subsets, kernels=cfg.kernels,
-                             estimators=cfg.estimators, held_out=cfg.held_out, progress=progress)
+                             estimators=cfg.estimators, held_out=cfg.held_out, classes_from=cfg.classes_from,
+                             progress=progress)
         store_info = {"store": str(cfg.store), "store_fingerprint": store.fingerprint}
     cfg.layers, cfg.domains, cfg.subsets = result.layers, result.domains, result.subsets
     cfg.kernels, cfg.estimators = result.kernels, result.estimators

@@ -31,6 +31,10 @@ def cka(
     held_out: str | None = typer.Option(None, "--held-out",
                                         help="Comma-separated class names that define 'ood'/'id' "
                                              "[default: the store's held-out classes]."),
+    classes_from: str | None = typer.Option(None, "--classes-from",
+                                            help="Also restrict every pair to the classes present in this domain; "
+                                                 "'painting' reproduces the published script's class list "
+                                                 "[default: the classes present in both domains of each pair]."),
     highlight: str = typer.Option("quickdraw", "--highlight",
                                   help="Domain whose pairs the highlight figure sets against the other pairs."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
@@ -48,8 +52,9 @@ def cka(
         out = store.with_name(store.stem + "-cka")
     cfg = CKAConfig(store=store, out=out, layers=_split(layers), domains=_split(domains),
                     subsets=_split(subsets) or [], kernels=_split(kernels) or [],
-                    estimators=_split(estimators) or [], held_out=_split(held_out), highlight=highlight.strip().lower(),
-                    figures=figures, force=force)
+                    estimators=_split(estimators) or [], held_out=_split(held_out),
+                    classes_from=classes_from.strip().lower() if classes_from else None,
+                    highlight=highlight.strip().lower(), figures=figures, force=force)
     res = run_cka(cfg)
     con.print(f"[bold]CKA[/] {len(res.layers)} layers x {len(res.pairs)} domain pairs x {len(res.subsets)} subsets "
               f"x {len(res.kernels)} kernels x {len(res.estimators)} estimators = {len(res.records)} values")
