@@ -16,12 +16,12 @@ def _split(value: str | None) -> list[str] | None:
 def cka(
     store: Path = typer.Argument(..., help="Activation store written by 'clipgen extract' (read only)."),
     out: Path | None = typer.Option(None, "--out", "-o",
-                                    help="Output folder [default: STORE without suffix + '-cka' beside STORE]."),
+                                    help="Output folder (default: STORE without suffix + '-cka' beside STORE)."),
     layers: str | None = typer.Option(None, "--layers",
-                                      help="Comma-separated layers [default: every stored layer, forward order]."),
+                                      help="Comma-separated layers (default: every stored layer, forward order)."),
     domains: str | None = typer.Option(None, "--domains",
                                        help="Comma-separated domains; every unordered pair is compared "
-                                            "[default: every domain in the store]."),
+                                            "(default: every domain in the store)."),
     subsets: str = typer.Option("all,id,ood", "--subsets",
                                 help="Class subsets: all, id (not held out), ood (held out)."),
     kernels: str = typer.Option("linear,rbf", "--kernels", help="Kernels: linear, rbf (sigma^2 = median of the "
@@ -30,11 +30,11 @@ def cka(
                                    help="HSIC estimators: unbiased (Song et al., the paper's) and/or biased."),
     held_out: str | None = typer.Option(None, "--held-out",
                                         help="Comma-separated class names that define 'ood'/'id' "
-                                             "[default: the store's held-out classes]."),
+                                             "(default: the store's held-out classes)."),
     classes_from: str | None = typer.Option(None, "--classes-from",
                                             help="Also restrict every pair to the classes present in this domain; "
                                                  "'painting' reproduces the published script's class list "
-                                                 "[default: the classes present in both domains of each pair]."),
+                                                 "(default: the classes present in both domains of each pair)."),
     highlight: str = typer.Option("quickdraw", "--highlight",
                                   help="Domain whose pairs the highlight figure sets against the other pairs."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),

@@ -9,12 +9,12 @@ import typer
 
 def embeddings(
     store: Path = typer.Argument(..., help="Activation store written by 'clipgen extract' (read only)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder [default: STORE without suffix + "
-                                                              "'-embeddings' beside STORE]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: STORE without suffix + "
+                                                              "'-embeddings' beside STORE)."),
     layer: str = typer.Option("embedding", "--layer", help="Stored layer to analyse (the L2-normalised image "
                                                             "embedding by default)."),
-    domains: str | None = typer.Option(None, "--domains", help="Comma-separated domains [default: every domain in "
-                                                                "the store]."),
+    domains: str | None = typer.Option(None, "--domains", help="Comma-separated domains (default: every domain in "
+                                                                "the store)."),
     highlight: str = typer.Option("quickdraw", "--highlight",
                                   help="Domain left out of the second UMAP and plotted alone in the mean-difference "
                                        "figure."),
