@@ -123,14 +123,19 @@ def run_name(setup: str, domain: str | None, seed: int, prefix: str = "") -> str
 
 
 def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
-    """All tasks of the grid, in a fixed order (seed, then setup, then test domain), with their status."""
+    """All tasks of the grid, in a fixed order (seed, then setup, then test domain, each in the paper's order),
+    with their status."""
     from clipgen.training.clip import get_preset
 
     preset = get_preset(cfg.preset)
     for s in cfg.setups:
         if s not in MAIN_SETUPS:
             raise option_error("--setups", f"unknown setup {s!r} (one of {', '.join(MAIN_SETUPS)})")
-    domains = [dn.parse_test_domain(d, option="--test-domains") for d in cfg.test_domains]
+    chosen = {dn.parse_test_domain(d, option="--test-domains") for d in cfg.test_domains}
+    domains = [d for d in dn.TEST_DOMAINS if d in chosen]  # canonical order, no repeats
+    setups = [s for s in MAIN_SETUPS if s in cfg.setups]
+    if not domains or not setups:
+        raise option_error("--setups" if not setups else "--test-domains", "nothing selected")
     seeds = list(preset.seeds if cfg.seeds is None else cfg.seeds)
     if not seeds:
         raise option_error("--seeds", "no seed given")
@@ -145,7 +150,7 @@ def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
         val_fixed = str(Path(cfg.val).resolve())
 
     combos: list[tuple[str, str | None]] = []
-    for setup in cfg.setups:
+    for setup in setups:
         if setup == "natural-only":
             combos.append((setup, None))
         else:
