@@ -149,6 +149,7 @@ def test_bad_input(sketch_run, synth_root, synth_captioned, tmp_path):
 
     fails(r"--variant: unknown variant 'blend'", variants=["blend"])
     fails(r"--modes: unknown mix mode 'half'", modes=["half"])
+    fails(r"--modes: no mix mode given", modes=[])
     fails(r"--filter: unknown filter 'name'", filter="name")
     odd = tmp_path / "odd"
     (odd / "n99999999").mkdir(parents=True)

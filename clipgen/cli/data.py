@@ -70,7 +70,7 @@ def _float_list(value: str | None, option: str) -> list[float]:
 @app.command("captions")
 def captions(
     root: Path = typer.Option(..., "--root", help="DomainNet root (real or synthetic) with {domain}_{split}.txt."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder [default: ROOT/captions]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: ROOT/captions)."),
     seed: int = typer.Option(42, "--seed", help="Random seed (42 gives the paper's captions)."),
     aligned: bool = typer.Option(True, "--aligned/--no-aligned",
                                  help="Also write the aligned captions (generic terms only) to OUT/aligned-captions."),
@@ -103,7 +103,7 @@ def mixtures(
     root: Path = typer.Option(..., "--root", help="DomainNet root (real or synthetic)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the TSVs, mixtures.json and the summary."),
     captions_dir: Path | None = typer.Option(None, "--captions",
-                                             help="Caption folder [default: ROOT/captions]."),
+                                             help="Caption folder (default: ROOT/captions)."),
     paper: bool = typer.Option(False, "--paper",
                                help="The main grid: natural-only + CG low, CG high, leave-out-domain per test domain."),
     setup: str | None = typer.Option(None, "--setup",
@@ -123,8 +123,8 @@ def mixtures(
                                   help="first-k (the published rule) or random (seeded, the same sizes)."),
     seed: int = typer.Option(0, "--seed", help="Seed of --subsample random."),
     held_out: str | None = typer.Option(None, "--held-out",
-                                        help="Comma-separated held-out class names [default: the paper's 15, "
-                                             "those present in the data]."),
+                                        help="Comma-separated held-out class names (default: the paper's 15, "
+                                             "those present in the data)."),
     base: Path | None = typer.Option(None, "--base", help="Base dataset training TSV (filepath<TAB>title)."),
     base_val: Path | None = typer.Option(None, "--base-val", help="Base dataset validation TSV."),
     check_files: bool = typer.Option(False, "--check-files", help="Check that every image exists."),
@@ -194,7 +194,7 @@ def merge_base(
     identifiers: str = typer.Option("all", "--identifiers",
                                     help="Comma-separated mixture identifiers (lso-...), 'paper-cc' (the paper's "
                                          "seven CC mixtures) or 'all' training mixtures of the folder."),
-    name: str | None = typer.Option(None, "--name", help="Output prefix [default: base file name without -train]."),
+    name: str | None = typer.Option(None, "--name", help="Output prefix (default: base file name without -train)."),
     check_files: bool = typer.Option(False, "--check-files", help="Check that every base image exists."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
 ) -> None:
@@ -221,7 +221,8 @@ def imagenet_sketch(
                                 help="class (by ImageNet class index) or substring (the published caption test)."),
     caption_seed: int = typer.Option(42, "--caption-seed", help="Seed of the ImageNet-Sketch captions."),
     seed: int = typer.Option(42, "--seed", help="Seed of the rows and classes drawn."),
-    captions_dir: Path | None = typer.Option(None, "--captions", help="DomainNet caption folder [ROOT/captions]."),
+    captions_dir: Path | None = typer.Option(None, "--captions",
+                                             help="DomainNet caption folder (default: ROOT/captions)."),
     held_out: str | None = typer.Option(None, "--held-out", help="Comma-separated held-out class names."),
     base: Path | None = typer.Option(None, "--base", help="Base dataset training TSV."),
     base_val: Path | None = typer.Option(None, "--base-val", help="Base dataset validation TSV."),

@@ -203,6 +203,8 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
             raise option_error("--variant", f"unknown variant {v!r} (one of {', '.join(VARIANTS)})")
     if not variants:
         raise option_error("--variant", "no variant given")
+    if "mix" in variants and not cfg.modes:
+        raise option_error("--modes", "no mix mode given")
     for m in cfg.modes:
         if m not in SKETCH_MIX_MODES:
             raise option_error("--modes", f"unknown mix mode {m!r} (one of {', '.join(SKETCH_MIX_MODES)})")
