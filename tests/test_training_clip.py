@@ -208,3 +208,22 @@ def test_describe_checkpoints(trained_run_dir):
 
     r = ClipRunResult(trained_run_dir, trained_run_dir / "checkpoints", [0, 1, 2], {}, {})
     assert describe_checkpoints(r) == f"checkpoints: {trained_run_dir / 'checkpoints'} (epoch_0..epoch_2.pt)"
+
+
+def test_resume_of_a_run_stopped_in_its_first_epoch(train_mixtures, tmp_path):
+    """Only epoch_0.pt and out.log exist: resuming asks open_clip_train for 'latest' (which then starts afresh,
+    as the entry module's pick ignores epoch 0), never a fresh start that open_clip_train would refuse."""
+    train = train_mixtures / mixture_file("cg-low", "sketch", "train")
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "epoch_0.pt").write_bytes(b"x")
+    (run / "out.log").write_text("started\n")
+    cfg = ClipTrainConfig(train=train, logs=tmp_path, name="r", device="cpu", resume=True)
+    prep = prepare_clip_run(cfg)
+    assert prep.start_epoch == 0 and not prep.complete
+    assert prep.argv[prep.argv.index("--resume") + 1] == "latest"
+    cfg.resume = False
+    with pytest.raises(ClipgenError, match="already exists"):
+        prepare_clip_run(cfg)
+    cfg.force = True
+    assert "--resume" not in prepare_clip_run(cfg).argv

@@ -120,8 +120,11 @@ def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     assert sorted(list_checkpoints(logs / "b")) == [0, 2]
     with pytest.raises(ClipgenError, match=r"^--name: run .*/b already exists"):
         train_supervised(_cfg(train_mixtures, logs, "b", 3))
+    with open(logs / "b" / "metrics.jsonl", "a") as f:  # as if stopped after writing epoch 3's line, before saving
+        f.write(json.dumps({"epoch": 3, "train_loss": -1.0}) + "\n")
     r = train_supervised(_cfg(train_mixtures, logs, "b", 3, resume=True))
     assert r.epochs == [0, 2, 3] and [x["epoch"] for x in r.metrics] == [1, 2, 3]
+    assert r.metrics[-1]["train_loss"] > 0
     a3 = load_state_dict(run / "checkpoints" / "epoch_3.pt")
     b3 = load_state_dict(logs / "b" / "checkpoints" / "epoch_3.pt")
     assert all(torch.equal(a3[k], b3[k]) for k in a3)

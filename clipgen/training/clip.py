@@ -343,8 +343,10 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
             start_epoch = last
             complete = last >= hp.epochs
 
+    # "--resume latest" whenever the run was started: open_clip_train refuses an existing out.log otherwise, and
+    # the entry module's checkpoint pick starts afresh when only epoch_0.pt exists
     argv = build_argv(hp, train=cfg.train, val=cfg.val, logs=logs, name=name, seed=cfg.seed,
-                      resume=cfg.resume and start_epoch > 0)
+                      resume=cfg.resume and not cfg.force and state.started)
     ns = parse_open_clip_args(argv)
     hp = replace(hp, beta1=ns.beta1, beta2=ns.beta2, eps=ns.eps, lr_scheduler=ns.lr_scheduler, lr=ns.lr,
                  epochs=ns.epochs, warmup=ns.warmup, wd=ns.wd, precision=ns.precision, model=ns.model)

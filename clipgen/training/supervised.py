@@ -481,6 +481,12 @@ def run_worker(s: SupervisedSettings, *, show_progress: bool = True) -> None:
                 set_rng_state(ck["rng"])
             start_epoch, step = int(ck["epoch"]), int(ck.get("step", 0))
             log(f"resuming from {latest} (epoch {start_epoch})")
+        if rank == 0:  # drop metrics of an epoch that was cut short after its line was written
+            kept = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= start_epoch]
+            if kept != read_metrics(run_dir):
+                from clipgen.artifacts import write_text_atomic
+
+                write_text_atomic(run_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in kept))
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
 
