@@ -514,7 +514,9 @@ def store_means_fn(store) -> MeansFn:
 
     def means_for(layer: str, domain: str) -> tuple[np.ndarray, np.ndarray]:
         labels, means = store.class_means(layer, domain, dtype=np.float64)
-        return np.asarray(labels, dtype=np.int64), np.asarray(means, dtype=np.float64)
+        labels = np.asarray(labels, dtype=np.int64)
+        # an unpooled layer (N, *shape) is compared on its flattened features
+        return labels, np.asarray(means, dtype=np.float64).reshape(labels.size, -1)
 
     return means_for
 
