@@ -115,6 +115,8 @@ def test_prepare_errors(train_mixtures, tmp_path):
         prepare_clip_run(ClipTrainConfig(**base, name="../x"))
     with pytest.raises(ClipgenError, match=r"fewer than one optimizer step \(effective batch 4096\)"):
         prepare_clip_run(ClipTrainConfig(**base, batch_size=4096))
+    with pytest.raises(ClipgenError, match=r"^--seed: is set by clipgen"):
+        prepare_clip_run(ClipTrainConfig(**base, name="ok", extra_args=["--seed", "3"]))
     prep = prepare_clip_run(ClipTrainConfig(**base, name="ok", extra_args=["--grad-clip-norm", "2"]))
     assert prep.command[-2:] == ["--grad-clip-norm", "2"] and prep.command[3] == "clipgen.training.open_clip_entry"
     assert prep.mixture["setup"] == "cg-low" and prep.mixture["test_domain"] == "sketch"

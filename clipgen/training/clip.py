@@ -348,6 +348,12 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     argv = build_argv(hp, train=cfg.train, val=cfg.val, logs=logs, name=name, seed=cfg.seed,
                       resume=cfg.resume and not cfg.force and state.started)
     ns = parse_open_clip_args(argv)
+    owned = {"--name": (ns.name, name), "--logs": (str(ns.logs), str(logs)), "--seed": (ns.seed, cfg.seed),
+             "--train-data": (ns.train_data, str(cfg.train)), "--val-data": (ns.val_data, cfg.val and str(cfg.val))}
+    clash = [k for k, (got, want) in owned.items() if got != want]
+    if clash:
+        raise option_error(clash[0], "is set by clipgen (the run directory and manifest depend on it); use clipgen's "
+                                     "own option instead of passing it through to open_clip_train")
     hp = replace(hp, beta1=ns.beta1, beta2=ns.beta2, eps=ns.eps, lr_scheduler=ns.lr_scheduler, lr=ns.lr,
                  epochs=ns.epochs, warmup=ns.warmup, wd=ns.wd, precision=ns.precision, model=ns.model)
     model_config(hp.model)  # extra arguments may name another model
