@@ -23,8 +23,8 @@ def test_full_grid(train_mixtures, tmp_path):
     assert [t.seed for t in nat] == [0, 1, 2] and all(t.test_domain is None for t in nat)
     t = next(t for t in tasks if (t.setup, t.test_domain, t.seed) == ("leave-out-domain", "quickdraw", 2))
     assert t.name == "leave-out-domain-quickdraw-s2"
-    assert t.train == str((train_mixtures / mixture_file("leave-out-domain", "quickdraw", "train")).resolve())
-    assert t.val == str((train_mixtures / mixture_file("leave-out-domain", "quickdraw", "val")).resolve())
+    assert t.train == str((train_mixtures / mixture_file("leave-out-domain", "quickdraw", "train")).absolute())
+    assert t.val == str((train_mixtures / mixture_file("leave-out-domain", "quickdraw", "val")).absolute())
     assert t.argv[1:3] == ["train", "clip"] and "--resume" in t.argv
     assert _opt(t.argv, "--seed") == "2" and _opt(t.argv, "--preset") == "imagenet-captions"
     assert _opt(t.argv, "--name") == t.name and _opt(t.argv, "--logs") == str((tmp_path / "logs").resolve())
@@ -106,3 +106,35 @@ def test_write_array_job(train_mixtures, tmp_path):
         t.done = True
     with pytest.raises(ClipgenError, match="every run of the grid is complete"):
         write_grid(tasks, tmp_path / "out2", "job", SlurmConfig())
+
+
+def test_base_selection(train_mixtures, tmp_path):
+    """Like 'clipgen data mixtures', the index also lists DomainNet-only TSVs (no base) and may list merged CC ones."""
+    raw = json.loads((train_mixtures / "mixtures.json").read_text())
+    d = tmp_path / "idx"
+    d.mkdir()
+    mixtures = dict(raw["mixtures"])
+    for name, e in raw["mixtures"].items():
+        (d / name).symlink_to(train_mixtures / name)
+        for tag, base in (("dn", None), ("cc12m", "/data/cc12m-train.tsv")):
+            (d / f"{tag}-{name}").symlink_to(train_mixtures / name)
+            mixtures[f"{tag}-{name}"] = {**e, "file": f"{tag}-{name}", "base": base}
+    (d / "mixtures.json").write_text(json.dumps({**raw, "mixtures": mixtures}))
+    with pytest.raises(ClipgenError, match=r"2 natural-only \(train\) mixtures .*choose one with --base "
+                                           r"\(base_train\.tsv, cc12m-train\.tsv\)"):
+        plan_grid(GridConfig(index=d, seeds=[0]))
+    files = {b: {str(t.train).rsplit("/", 1)[1] for t in plan_grid(GridConfig(index=d, seeds=[0], base=b))}
+             for b in ("none", "cc12m", "base_train")}
+    assert all(f.startswith("dn-") for f in files["none"]) and len(files["none"]) == 16
+    assert all(f.startswith("cc12m-") for f in files["cc12m"])
+    assert all(f.startswith("synth-") for f in files["base_train"])
+    del mixtures[mixture_file("natural-only", None, "train")]
+    for k in [k for k in mixtures if k.startswith("cc12m-")]:
+        del mixtures[k]
+    (d / "mixtures.json").write_text(json.dumps({**raw, "mixtures": mixtures}))
+    # without a base-dataset candidate for natural-only, the DomainNet-only one is used ...
+    nat = plan_grid(GridConfig(index=d, seeds=[0], setups=["natural-only"]))
+    assert nat[0].train.endswith("dn-" + mixture_file("natural-only", None, "train"))
+    # ... and the others keep the mixtures that have a base
+    assert plan_grid(GridConfig(index=d, seeds=[0], setups=["cg-low"]))[0].train.endswith(
+        "/" + mixture_file("cg-low", "clipart", "train"))

@@ -145,6 +145,9 @@ def grid(
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds (preset: 0,1,2; ccxm: 0)."),
     pseudo: bool = typer.Option(False, "--pseudo", help="Train the upper-bound mixtures (held-out classes kept)."),
     aligned: bool = typer.Option(False, "--aligned", help="Train the aligned-caption mixtures."),
+    base: str | None = typer.Option(None, "--base", help="Base dataset of the mixtures: a base TSV name or part of it "
+                                                         "(e.g. cc12m), or 'none' for DomainNet-only TSVs (default: "
+                                                         "the mixtures that have a base)."),
     val: Path | None = typer.Option(None, "--val", help="One validation TSV for every run (each mixture's own)."),
     no_val: bool = typer.Option(False, "--no-val", help="Train without validation data."),
     model: str | None = typer.Option(None, "--model", help="Model for every run (preset)."),
@@ -185,7 +188,7 @@ def grid(
         raise option_error("--seeds", f"{seeds!r} is not a comma-separated list of integers") from None
     cfg = GridConfig(index=index, logs=logs, preset=preset, setups=_split_list(setups) or [],
                      test_domains=_split_list(test_domains) or [], seeds=seed_list, pseudo=pseudo, aligned=aligned,
-                     val=val, no_val=no_val, model=model, epochs=epochs, gpus=gpus, name_prefix=name_prefix,
+                     base=base, val=val, no_val=no_val, model=model, epochs=epochs, gpus=gpus, name_prefix=name_prefix,
                      train_args=list(ctx.args))
     p = get_preset(preset)
     if not local and cfg.gpus is None:

@@ -10,6 +10,7 @@ another on this machine (``--local``).
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -36,6 +37,8 @@ class GridConfig:
     seeds: list[int] | None = None  # default: the preset's seeds
     pseudo: bool = False  # upper-bound mixtures (held-out classes kept) instead of the main ones
     aligned: bool = False  # aligned-caption mixtures
+    base: str | None = None  # base dataset: None = the mixtures with one (if any); "none" = DomainNet-only TSVs;
+    #                          else a base TSV path, file name or part of it (e.g. "cc12m")
     val: Path | None = None  # one validation TSV for every run (default: each mixture's val TSV from the index)
     no_val: bool = False
     model: str | None = None
@@ -94,9 +97,20 @@ def _matches(e: dict[str, Any], setup: str, domain: str | None, split: str, cfg:
             and e.get("allow_pct") is None and not e.get("in_sketch"))
 
 
+def select_base(found: list[dict[str, Any]], base: str | None) -> list[dict[str, Any]]:
+    """Keep the candidates of the wanted base dataset (``clipgen data mixtures`` writes the DomainNet-only TSVs,
+    without a base, next to the ones with a base; ``merge-base`` adds CC3M/CC12M ones)."""
+    if base is None:
+        with_base = [e for e in found if e.get("base")]
+        return with_base or found
+    if base.lower() == "none":
+        return [e for e in found if not e.get("base")]
+    return [e for e in found if e.get("base") and (e["base"] == base or base in Path(e["base"]).name)]
+
+
 def find_mixture(entries: list[dict[str, Any]], setup: str, domain: str | None, split: str, cfg: GridConfig,
                  index_file: Path, required: bool = True) -> dict[str, Any] | None:
-    found = [e for e in entries if _matches(e, setup, domain, split, cfg)]
+    found = select_base([e for e in entries if _matches(e, setup, domain, split, cfg)], cfg.base)
     what = f"{setup}" + (f" / {domain}" if domain else "") + f" ({split})"
     if not found:
         if required:
@@ -105,7 +119,9 @@ def find_mixture(entries: list[dict[str, Any]], setup: str, domain: str | None, 
         return None
     if len(found) > 1:
         files = ", ".join(sorted(e["file"] for e in found))
-        raise file_error(index_file, f"{len(found)} {what} mixtures ({files}); keep one family per index folder")
+        bases = sorted({Path(e["base"]).name if e.get("base") else "none" for e in found})
+        hint = f"choose one with --base ({', '.join(bases)})" if len(bases) > 1 else "keep one family per index folder"
+        raise file_error(index_file, f"{len(found)} {what} mixtures ({files}); {hint}")
     return found[0]
 
 
@@ -142,12 +158,12 @@ def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     epochs = cfg.epochs or preset.epochs
     folder, entries = load_index(cfg.index)
     index_file = _index_path(cfg.index)
-    logs = Path(cfg.logs).resolve()
+    logs = Path(os.path.abspath(cfg.logs))
     val_fixed = None
     if cfg.val is not None:
         if not Path(cfg.val).is_file():
             raise option_error("--val", f"{cfg.val}: TSV file not found")
-        val_fixed = str(Path(cfg.val).resolve())
+        val_fixed = os.path.abspath(cfg.val)
 
     combos: list[tuple[str, str | None]] = []
     for setup in setups:
@@ -160,7 +176,7 @@ def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     for seed in seeds:
         for setup, domain in combos:
             tr = find_mixture(entries, setup, domain, "train", cfg, index_file)
-            train = str((folder / tr["file"]).resolve())
+            train = os.path.abspath(folder / tr["file"])
             if not Path(train).is_file():
                 raise file_error(index_file, f"lists {tr['file']}, which does not exist in {folder}")
             val = None
@@ -170,7 +186,7 @@ def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
                 else:
                     ve = find_mixture(entries, setup, domain, "val", cfg, index_file, required=False)
                     if ve is not None and (folder / ve["file"]).is_file():
-                        val = str((folder / ve["file"]).resolve())
+                        val = os.path.abspath(folder / ve["file"])
             name = run_name(setup, domain, seed, cfg.name_prefix)
             run_dir = logs / name
             done = (run_dir / "checkpoints" / f"epoch_{epochs}.pt").is_file()
