@@ -16,6 +16,8 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+pytest_plugins = ["tests._fixtures_store"]
+
 
 def _shared_root(tmp_path_factory) -> Path:
     base = tmp_path_factory.getbasetemp()

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 from clipgen.analysis import cka as C
-from tests._fixtures_store import tiny_store  # noqa: F401
 
 
 def _class_means(x, lab, cls):
     return np.stack([x[lab == c].astype(np.float64).mean(axis=0) for c in cls])
 
 
-def test_cka_on_a_real_extraction(cli, tiny_store, tmp_path):  # noqa: F811
+def test_cka_on_a_real_extraction(cli, tiny_store, tmp_path):
     from clipgen.store import open_store
 
     out = tmp_path / "cka"
@@ -81,7 +80,7 @@ def test_cka_on_a_real_extraction(cli, tiny_store, tmp_path):  # noqa: F811
     (["--estimators", "debiased"], "--estimators: unknown value 'debiased'"),
     (["--held-out", "axe,unicorn"], "--held-out: class 'unicorn' is not among the store's class names"),
 ])
-def test_cka_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, args, message):  # noqa: F811
+def test_cka_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, args, message):
     out = tmp_path / "o"
     r = cli("cka", tiny_store, "--out", out, *args)
     assert r.exit_code == 2, r

@@ -8,10 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from tests._fixtures_store import tiny_store  # noqa: F401
 
-
-def test_embeddings_without_umap_numbers_match_raw_rows(cli, tiny_store, tmp_path):  # noqa: F811
+def test_embeddings_without_umap_numbers_match_raw_rows(cli, tiny_store, tmp_path):
     from clipgen.store import open_store
 
     out = tmp_path / "emb"
@@ -41,7 +39,7 @@ def test_embeddings_without_umap_numbers_match_raw_rows(cli, tiny_store, tmp_pat
     assert len(q["dims"]) == x.shape[1]
 
 
-def test_embeddings_with_umap_seeded_and_reproducible(cli, tiny_store, tmp_path):  # noqa: F811
+def test_embeddings_with_umap_seeded_and_reproducible(cli, tiny_store, tmp_path):
     from clipgen.analysis.embeddings import fit_umap
     from clipgen.store import open_store
 
@@ -78,7 +76,7 @@ def test_embeddings_with_umap_seeded_and_reproducible(cli, tiny_store, tmp_path)
     (["--per-domain", "0"], "--per-domain: must be at least 1"),
     (["--per-domain", "3", "--n-neighbors", "15"], "sample 'without_quickdraw' has 15 (raise --per-domain"),
 ])
-def test_embeddings_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, args, message):  # noqa: F811
+def test_embeddings_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, args, message):
     out = tmp_path / "o"
     r = cli("embeddings", tiny_store, "--out", out, *args)
     assert r.exit_code == 2, r
@@ -86,7 +84,7 @@ def test_embeddings_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, a
     assert not out.exists()
 
 
-def test_embeddings_refuses_incomplete_store_and_existing_output(cli, tiny_store, tmp_path):  # noqa: F811
+def test_embeddings_refuses_incomplete_store_and_existing_output(cli, tiny_store, tmp_path):
     import shutil
 
     import h5py

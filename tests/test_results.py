@@ -29,7 +29,7 @@ def header(classes=CLASSES, held=(11,), fingerprint="f" * 64):
 
 def epoch_result(epoch, pred):
     top = np.stack([pred, np.full_like(pred, 67)], axis=1)
-    metrics = {d: domain_metrics(LABELS[DOMAIN_IDS == i], top[DOMAIN_IDS == i], [11], CLASSES)
+    metrics = {d: domain_metrics(LABELS[DOMAIN_IDS == i], top[DOMAIN_IDS == i], [11], CLASSES)  # noqa: SIM300
                for d, i in (("sketch", 5), ("real", 4))}
     return EpochResult(epoch, {"sha256": f"s{epoch}", "features": "forward", "precision": "fp32"}, top, metrics)
 

@@ -1,0 +1,396 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from clipgen import domainnet as dn
+from clipgen.errors import ClipgenError
+from clipgen.extraction import ExtractConfig, SimulatedCrash, extract, parse_shard, shard_range
+from clipgen.store import open_store
+from clipgen.store.merge import merge_shards
+from clipgen.store.parts import parts_dir
+from tests.conftest import make_random_run, shared_artifact
+
+
+def _cfg(out, run, root, **kw):
+    args = dict(out=out, model_dir=run, data=root, domains="cs", device="cpu", text=False, batch_size=8,
+                block_rows=8)
+    args.update(kw)
+    return ExtractConfig(**args)
+
+
+def _datasets(path) -> dict[str, np.ndarray]:
+    """Every dataset of a store file (virtual ones read through), for exact comparisons."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[...]
+        f.visititems(visit)
+    return out
+
+
+def _assert_same_store(a, b):
+    da, db = _datasets(a), _datasets(b)
+    assert sorted(da) == sorted(db)
+    for k in da:
+        assert da[k].dtype == db[k].dtype, k
+        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+    with open_store(a) as sa, open_store(b) as sb:
+        assert sa.fingerprint == sb.fingerprint and sa.layers == sb.layers
+
+
+def _images(paths, preprocess):
+    from PIL import Image
+
+    return torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
+
+
+def _manual_resnet(visual, x) -> dict[str, torch.Tensor]:
+    """Every catalogued ResNet layer, recomputed step by step (no hooks), each cloned as soon as it exists."""
+    out = {}
+    with torch.no_grad():
+        x = visual.act1(visual.bn1(visual.conv1(x)))
+        out["act1"] = x.clone()
+        x = visual.act2(visual.bn2(visual.conv2(x)))
+        out["act2"] = x.clone()
+        x = visual.act3(visual.bn3(visual.conv3(x)))
+        out["act3"] = x.clone()
+        x = visual.avgpool(x)
+        out["avgpool"] = x.clone()
+        k = 0
+        for li in range(1, 5):
+            for block in getattr(visual, f"layer{li}"):
+                x = block(x)
+                k += 1
+                out[f"resblock{k}"] = x.clone()
+        out["attnpool"] = visual.attnpool(x).clone()
+    return out
+
+
+# -- values --------------------------------------------------------------------------------------------------
+
+def test_stored_values_equal_a_direct_forward(tiny_store, random_run_dir):
+    from clipgen.runs import load_clip
+
+    loaded = load_clip(random_run_dir)  # the last epoch, as the extraction used
+    with open_store(tiny_store) as st:
+        assert st.provenance["epoch"] == 2 and st.n_samples == 140
+        rows = np.r_[0:5, 70:73, 135:140]
+        x = _images(st.samples.paths[rows], loaded.preprocess)
+        ref = _manual_resnet(loaded.model.visual, x)
+        for name in st.layers[:-1]:
+            got = st.read_layer(name, rows=rows)
+            r = ref[name]
+            want = r.double().mean(dim=(2, 3)) if r.ndim == 4 else r.double()
+            want = want.numpy().astype(np.float16).astype(np.float32)  # the store holds float16
+            np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-4, err_msg=name)
+            assert st.layer_info(name)["pooling"] == ("mean" if r.ndim == 4 else "-")
+        emb = st.read_layer("embedding", rows=rows)
+        with torch.no_grad():
+            want = loaded.model.encode_image(x, normalize=True).numpy()
+        np.testing.assert_allclose(emb, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(st.read_layer("embedding"), axis=1), 1.0, atol=1e-6)
+
+
+def test_float32_store_matches_hooks_tightly(tmp_path, random_run_dir, synth_root):
+    from clipgen.runs import load_clip
+
+    p = tmp_path / "f32.h5"
+    extract(_cfg(p, random_run_dir, synth_root, domains="q", dtype="float32", layers="act1,resblock2,attnpool",
+                 epoch=1), progress=False)
+    loaded = load_clip(random_run_dir, 1)
+    with open_store(p) as st:
+        assert st.layers == ["act1", "resblock2", "attnpool"] and st.layer_info("act1")["dtype"] == "float32"
+        x = _images(st.samples.paths, loaded.preprocess)
+        ref = _manual_resnet(loaded.model.visual, x)
+        for name in st.layers:
+            r = ref[name]
+            want = (r.double().mean(dim=(2, 3)) if r.ndim == 4 else r.double()).numpy()
+            np.testing.assert_allclose(st.read_layer(name, dtype=np.float64), want, rtol=1e-5, atol=1e-6)
+
+
+def test_store_metadata(tiny_store, synth_root, random_run_dir):
+    from clipgen.datasets import domainnet_records, folders_of
+    from clipgen.evaluation.zeroshot import build_classifier, templates
+    from clipgen.runs import load_clip
+
+    recs = domainnet_records(synth_root, dn.DOMAINS, "test")
+    with open_store(tiny_store) as st:
+        s = st.samples
+        assert list(s.paths) == [r.path for r in recs] and s.labels.tolist() == [r.label for r in recs]
+        assert [s.domain_names[d] for d in s.domains] == [r.domain for r in recs]
+        assert set(s.splits) == {"test"} and s.index.tolist() == list(range(len(recs)))
+        folders = folders_of(recs)
+        assert st.class_names == {k: v.replace("_", " ") for k, v in folders.items()}
+        held = sorted(k for k, f in folders.items() if dn.normalise_class_name(f) in dn.HELD_OUT_CLASSES)
+        assert st.held_out_labels == held and len(held) == 2
+        labels, emb, tl = st.text_embeddings
+        assert tl == templates("paper") and labels.tolist() == sorted(folders)
+        loaded = load_clip(random_run_dir)
+        want = build_classifier(loaded.model, loaded.tokenizer, [st.class_names[k] for k in labels], tl).numpy()
+        np.testing.assert_allclose(emb, want, rtol=1e-5, atol=1e-6)
+        prov = st.provenance
+        assert prov["checkpoint"]["path"].endswith("epoch_2.pt") and len(prov["checkpoint"]["sha256"]) == 64
+        assert prov["image_set"]["kind"] == "domainnet" and prov["image_set"]["n_rows"] == 140
+        assert prov["pooling"] == {"conv": "mean", "tokens": None} and prov["dtype"] == "float16"
+        assert prov["model"]["name"] == "RN-tiny" and prov["clipgen_version"]
+
+
+def test_unpooled_maps(tmp_path, random_run_dir, synth_root):
+    p = tmp_path / "full.h5"
+    extract(_cfg(p, random_run_dir, synth_root, domains="c", layers="act3,resblock4", pooling="none",
+                 dtype="float32"), progress=False)
+    q = tmp_path / "pooled.h5"
+    extract(_cfg(q, random_run_dir, synth_root, domains="c", layers="act3,resblock4", dtype="float32"),
+            progress=False)
+    with open_store(p) as full, open_store(q) as pooled:
+        info = full.layer_info("act3")
+        assert info["pooling"] == "none" and info["shape"] == (24, 16, 32, 32)
+        for name in ("act3", "resblock4"):
+            m = full.read_layer(name, dtype=np.float64).mean(axis=(2, 3))
+            np.testing.assert_allclose(m, pooled.read_layer(name), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ClipgenError, match="--pooling: 'none' would store about .* raise --max-size-gb"):
+        extract(_cfg(tmp_path / "big.h5", random_run_dir, synth_root, pooling="none", max_size_gb=0.001),
+                progress=False)
+
+
+def test_vit_token_pooling(tmp_path, synth_root, tmp_path_factory):
+    from clipgen.runs import load_clip
+
+    run = shared_artifact(tmp_path_factory, "run-random-vit-tiny",
+                          lambda p: make_random_run(p / "run", model="ViT-tiny", epochs=(0,))) / "run"
+    loaded = load_clip(run)
+    v = loaded.model.visual
+    stores = {}
+    for tp in ("cls", "mean"):
+        stores[tp] = tmp_path / f"{tp}.h5"
+        extract(_cfg(stores[tp], run, synth_root, domains="s", token_pooling=tp, dtype="float32",
+                     batch_size=24, block_rows=24), progress=False)
+    with open_store(stores["cls"]) as a, open_store(stores["mean"]) as b:
+        assert a.layers == ["patch_embed", "resblock1", "resblock2", "resblock3", "resblock4", "ln_post",
+                            "embedding"]
+        assert a.layer_info("resblock2")["pooling"] == "cls" and b.layer_info("resblock2")["pooling"] == "token-mean"
+        assert a.fingerprint != b.fingerprint
+        x = _images(a.samples.paths, loaded.preprocess)
+        got = {}
+        hooks = [v.transformer.resblocks[1].register_forward_hook(lambda m, i, o: got.__setitem__("r2", o.clone())),
+                 v.conv1.register_forward_hook(lambda m, i, o: got.__setitem__("pe", o.clone()))]
+        with torch.no_grad():
+            emb = loaded.model.encode_image(x, normalize=True)
+        for h in hooks:
+            h.remove()
+        np.testing.assert_allclose(a.read_layer("resblock2"), got["r2"][:, 0].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(b.read_layer("resblock2"), got["r2"][:, 1:].mean(1).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a.read_layer("patch_embed"), got["pe"].mean((2, 3)).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a.read_layer("embedding"), emb.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_tsv_image_set(tmp_path, random_run_dir, synth_root):
+    lines = (synth_root / "sketch_test.txt").read_text().split("\n")[:5]
+    tsv = tmp_path / "set.tsv"
+    tsv.write_text("filepath\ttitle\n" + "".join(f"{synth_root / ln.split()[0]}\ta picture\n" for ln in lines))
+    p = tmp_path / "tsv.h5"
+    extract(_cfg(p, random_run_dir, None, tsv=tsv, text=True, batch_size=4, block_rows=4), progress=False)
+    with open_store(p) as st:
+        assert st.n_samples == 5 and st.samples.labels.tolist() == [-1] * 5
+        assert st.samples.domains.tolist() == [-1] * 5 and st.text_embeddings is None
+        assert [Path(x).name for x in st.samples.paths] == [Path(ln.split()[0]).name for ln in lines]
+        assert st.provenance["image_set"]["kind"] == "tsv"
+
+
+# -- resumability --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_store(tmp_path_factory, random_run_dir, synth_root) -> Path:
+    p = tmp_path_factory.mktemp("ref") / "ref.h5"
+    extract(_cfg(p, random_run_dir, synth_root), progress=False)
+    return p
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_crash_and_resume_is_bit_identical(k, tmp_path, reference_store, random_run_dir, synth_root):
+    p = tmp_path / "s.h5"
+    cfg = _cfg(p, random_run_dir, synth_root)
+    with pytest.raises(SimulatedCrash):
+        extract(cfg, progress=False, crash_after_blocks=k)
+    assert len(list(parts_dir(p).glob("block-*.h5"))) == k  # exactly k blocks survived
+    with pytest.raises(ClipgenError, match=rf"incomplete store \({8 * k} of 48 rows"):
+        open_store(p)
+    with open_store(p, allow_incomplete=True) as st:  # the header reads the finished blocks in place
+        assert not st.complete
+        x = st.read_layer("resblock3")
+        with open_store(reference_store) as ref:
+            np.testing.assert_array_equal(x[:8 * k], ref.read_layer("resblock3")[:8 * k])
+        assert np.isnan(x[8 * k:]).all()
+    with pytest.raises(ClipgenError, match="interrupted .* pass --resume to continue it or --force"):
+        extract(cfg, progress=False)
+    cfg.resume = True
+    res = extract(cfg, progress=False)
+    assert res.blocks_computed == 6 - k and res.rows == 48
+    assert not parts_dir(p).exists()
+    _assert_same_store(p, reference_store)
+    again = extract(cfg, progress=False)  # resuming a complete store is a no-op
+    assert again.already_complete
+
+
+def test_kill_9_then_resume(tmp_path, random_run_dir, synth_root):
+    """A real SIGKILL in the middle of writing: the same command with --resume finishes an identical store."""
+    p = tmp_path / "k.h5"
+    cmd = [sys.executable, "-m", "clipgen.cli.main", "extract", "--model-dir", str(random_run_dir), "--data",
+           str(synth_root), "--domains", "cs", "--device", "cpu", "--no-text", "--batch-size", "8",
+           "--block-rows", "8", "--no-progress", "--out", str(p)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if list(parts_dir(p).glob("block-*.h5")):
+            break
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not killed or proc.returncode == -signal.SIGKILL
+    if killed:
+        assert parts_dir(p).exists()  # the kill left finished blocks behind
+    subprocess.run([*cmd, "--resume"], env=env, check=True, stdout=subprocess.DEVNULL)
+    # The reference is the same command, uninterrupted, in a process of its own: CPU float results depend on the
+    # thread count, so both sides run under the same environment.
+    ref = tmp_path / "ref.h5"
+    subprocess.run([*cmd[:-1], str(ref)], env=env, check=True, stdout=subprocess.DEVNULL)
+    _assert_same_store(p, ref)
+
+
+def test_fingerprint_mismatch_refused(tmp_path, random_run_dir, synth_root):
+    p = tmp_path / "s.h5"
+    with pytest.raises(SimulatedCrash):
+        extract(_cfg(p, random_run_dir, synth_root), progress=False, crash_after_blocks=1)
+    mismatch = r"fingerprint mismatch: .*different checkpoint\.sha256, epoch; pass --force"
+    with pytest.raises(ClipgenError, match=mismatch):
+        extract(_cfg(p, random_run_dir, synth_root, epoch=0, resume=True), progress=False)
+    with pytest.raises(ClipgenError, match="different dtype"):
+        extract(_cfg(p, random_run_dir, synth_root, dtype="float32", resume=True), progress=False)
+    with pytest.raises(ClipgenError, match="--batch-size: the interrupted store was started with --batch-size 8"):
+        extract(_cfg(p, random_run_dir, synth_root, batch_size=16, block_rows=16, resume=True), progress=False)
+    res = extract(_cfg(p, random_run_dir, synth_root, epoch=0, force=True), progress=False)  # a new store
+    with open_store(res.path) as st:
+        assert st.provenance["epoch"] == 0 and st.complete
+
+
+# -- shards --------------------------------------------------------------------------------------------------
+
+def test_shards_merged_equal_a_single_run(tmp_path, reference_store, random_run_dir, synth_root):
+    out = tmp_path / "s.h5"
+    shards = []
+    for i in (2, 0, 1):
+        res = extract(_cfg(out, random_run_dir, synth_root, shard=f"{i}/3"), progress=False)
+        assert res.path.name == f"s.shard-{i}-of-3.h5"
+        shards.append(res.path)
+    with pytest.raises(ClipgenError, match="shard 0/3"):
+        open_store(shards[1])
+    virtual = merge_shards(shards, tmp_path / "merged.h5")
+    copied = merge_shards(shards, tmp_path / "copied.h5", copy=True)
+    assert virtual.virtual and not copied.virtual and virtual.rows == 48
+    for m in (virtual.path, copied.path):
+        with open_store(m) as st, open_store(reference_store) as ref:
+            assert st.complete and st.fingerprint == ref.fingerprint and st.n_samples == 48
+            np.testing.assert_array_equal(st.samples.index, ref.samples.index)
+            assert list(st.samples.paths) == list(ref.samples.paths)
+            for name in ref.layers:
+                np.testing.assert_array_equal(st.read_layer(name), ref.read_layer(name), err_msg=name)
+    # refusals: gap, overlap, unfinished shard
+    with pytest.raises(ClipgenError, match=r"gap: .*\(shard\(s\) 1 of 3 not given\)"):
+        merge_shards([shards[0], shards[1]], tmp_path / "gap.h5")
+    with pytest.raises(ClipgenError, match="overlap: row 0 of the image set is also in"):
+        merge_shards([shards[1], shards[1], shards[2], shards[0]], tmp_path / "dup.h5")
+    with pytest.raises(ClipgenError, match="already exists"):
+        merge_shards(shards, tmp_path / "merged.h5")
+    # a virtual store needs its shards
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.move(str(shards[0]), moved / shards[0].name)
+    with pytest.raises(ClipgenError, match="shard file .* is missing"):
+        open_store(virtual.path)
+    with open_store(copied.path) as st:  # the copy is self-contained
+        assert st.n_samples == 48
+
+
+def test_shard_specs(monkeypatch):
+    assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
+    for bad in ("4/4", "x", "1/0", "-1/3"):
+        with pytest.raises(ClipgenError, match="--shard"):
+            parse_shard(bad)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    assert parse_shard("auto") == (2, 4)
+    cuts = [shard_range(140, i, 3, 32) for i in range(3)]
+    assert cuts[0][0] == 0 and cuts[-1][1] == 140 and all(a % 32 == 0 for a, _ in cuts)
+    assert all(cuts[i][1] == cuts[i + 1][0] for i in range(2))
+    assert [shard_range(5, i, 3, 32) for i in range(3)] == [(0, 1), (1, 3), (3, 5)]
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def broken_root(tmp_path, synth_root) -> Path:
+    """A copy of the clipart split with one missing and one corrupt image."""
+    root = tmp_path / "dn"
+    (root / "clipart").mkdir(parents=True)
+    lines = (synth_root / "clipart_test.txt").read_text().split("\n")[:6]
+    for ln in lines:
+        rel = ln.split()[0]
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synth_root / rel, root / rel)
+    (root / lines[1].split()[0]).unlink()
+    (root / lines[4].split()[0]).write_bytes(b"not an image")
+    (root / "clipart_test.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_bad_images_fail_or_skip(tmp_path, broken_root, random_run_dir):
+    with pytest.raises(ClipgenError, match="image not found"):
+        extract(_cfg(tmp_path / "a.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2),
+                progress=False)
+    assert not (tmp_path / "a.h5").exists() or not open_store(tmp_path / "a.h5", allow_incomplete=True).complete
+    notes = []
+    res = extract(_cfg(tmp_path / "b.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=4,
+                       on_error="skip"), progress=False, note=notes.append)
+    assert res.rows == 4 and [i for i, _, _ in res.skipped] == [1, 4]
+    assert "image not found" in res.skipped[0][2] and "corrupt or unreadable" in res.skipped[1][2]
+    assert any("skipped 2 unreadable" in n for n in notes)
+    with open_store(res.path) as st:
+        assert st.samples.index.tolist() == [0, 2, 3, 5] and [i for i, _, _ in st.skipped] == [1, 4]
+        assert np.isfinite(st.read_layer("resblock1")).all()
+        from clipgen.store.inspect import validate_store
+
+        assert validate_store(res.path) == []
+
+
+def test_refusals(tmp_path, random_run_dir, synth_root):
+    with pytest.raises(ClipgenError, match="--layer: unknown layer.*valid: act1 act2"):
+        extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, layers="act1,conv9"), progress=False)
+    with pytest.raises(ClipgenError, match="--data: give exactly one image set"):
+        extract(_cfg(tmp_path / "x.h5", random_run_dir, None), progress=False)
+    with pytest.raises(ClipgenError, match="--resume and --force"):
+        extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, resume=True, force=True), progress=False)
+    with pytest.raises(ClipgenError, match="--block-rows: 12 is not a multiple"):
+        extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, block_rows=12), progress=False)
+    with pytest.raises(ClipgenError, match="--pooling: unknown value 'max'"):
+        extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, pooling="max"), progress=False)
+    foreign = tmp_path / "foreign.h5"
+    foreign.write_text("something else")
+    with pytest.raises(ClipgenError, match="foreign.h5: exists and is not a readable clipgen store; pass --force"):
+        extract(_cfg(foreign, random_run_dir, synth_root, domains="c"), progress=False)
+    res = extract(_cfg(tmp_path / "ok.h5", random_run_dir, synth_root, domains="c"), progress=False)
+    with pytest.raises(ClipgenError, match="a complete store already exists; pass --force"):
+        extract(_cfg(res.path, random_run_dir, synth_root, domains="c"), progress=False)
