@@ -55,3 +55,19 @@ def test_held_out_class_absent_in_domain():
     assert m["per_class_ood"] == {10: 1.0, 11: None}
     assert m["ood_acc_unweighted"] == 1.0
     assert domain_counts(y, [10, 11], [10, 11, 20, 21])["skipped_classes"] == [11]
+
+
+def test_topk_unweighted_and_per_class_topk_by_hand():
+    # held-out 10 (3 images) and 11 (1 image); ID 20 (2 images), 21 (absent); top-2 predictions
+    y = np.array([10, 10, 10, 11, 20, 20])
+    top = np.array([[20, 10], [10, 11], [11, 20], [10, 20], [21, 20], [10, 11]])
+    m = domain_metrics(y, top, held_out=[10, 11], class_labels=[10, 11, 20, 21])
+    # top-2 hits per row: T T F F T F
+    assert m["ood_top5"] == pytest.approx(2 / 4) and m["id_top5"] == pytest.approx(1 / 2)
+    assert m["per_class_ood_top5"] == {10: pytest.approx(2 / 3), 11: 0.0}
+    assert m["ood_top5_unweighted"] == pytest.approx((2 / 3 + 0.0) / 2)  # differs from the weighted 0.5
+    assert m["id_top5_unweighted"] == pytest.approx(1 / 2)  # class 21 has no images: skipped
+    # top-1 of the same rows: only row 1 is right
+    assert m["per_class_ood"] == {10: pytest.approx(1 / 3), 11: 0.0}
+    m = domain_metrics(y[:3], top[:3], held_out=[10, 11], class_labels=[10, 11, 20, 21])
+    assert m["per_class_ood_top5"][11] is None and m["id_top5"] is None and m["id_top5_unweighted"] is None

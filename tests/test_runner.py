@@ -89,3 +89,14 @@ def test_unreadable_image_fails_or_is_skipped(random_run_dir, uneven_root, tmp_p
     assert pr["predictions"][0][2] == -1 and (np.delete(pr["predictions"][0], 2) >= 0).all()
     c = doc["counts"]["sketch"]
     assert c["ood"] + c["id"] == int(np.sum(s.domain_ids == dn.DOMAINS.index("sketch"))) - 1
+
+
+def test_imagenet_metrics_by_hand():
+    from clipgen.evaluation.runner import imagenet_metrics
+
+    y = np.array([0, 0, 1, 2])
+    top = np.array([[0, 1], [1, 0], [1, 2], [0, 1]])
+    m = imagenet_metrics(y, top)
+    assert m["acc"] == pytest.approx(2 / 4) and m["top5"] == pytest.approx(3 / 4)
+    # F1: class 0 tp=1 fp=1 fn=1 -> 1/2; class 1 tp=1 fp=1 fn=0 -> 2/3; class 2 tp=0 -> 0
+    assert m["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)

@@ -1,6 +1,8 @@
 import json
+import os
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,10 @@ def test_accuracies_recomputed_from_saved_predictions(zs_sketch, uneven_root):
             ood = np.isin(y, list(held))
             assert got["ood_top5"][i] == pytest.approx(np.mean([y[j] in top[j] for j in np.flatnonzero(ood)]))
             assert got["id_top5"][i] == pytest.approx(np.mean([y[j] in top[j] for j in np.flatnonzero(~ood)]))
+            hit5 = {c: np.mean([y[j] in top[j] for j in np.flatnonzero(y == c)]) for c in np.unique(y)}
+            assert got["per_class_ood_top5"]["axe"][i] == pytest.approx(hit5[11])
+            assert got["ood_top5_unweighted"][i] == pytest.approx(np.mean([hit5[c] for c in hit5 if c in held]))
+            assert got["id_top5_unweighted"][i] == pytest.approx(np.mean([hit5[c] for c in hit5 if c not in held]))
             differ += (abs(w_ood - u_ood) > 1e-9) + (abs(w_id - u_id) > 1e-9)
     # class sizes are 1, 2, 3, 4, 4, 4: weighted and unweighted accuracies must differ somewhere
     assert differ > 0
@@ -193,6 +199,9 @@ def test_imagenet_accuracy(random_run_dir, synth_root, uneven_root, tmp_path):
     assert pr["imagenet_labels"].tolist() == [idx["n02795169"]] * 2 + [idx["n09472597"]] * 2
     acc = float(np.mean(pr["imagenet_predictions"][0] == pr["imagenet_labels"]))
     assert doc["metrics"]["imagenet"]["acc"] == [pytest.approx(acc)]
+    y, p = pr["imagenet_labels"], pr["imagenet_predictions"][0]
+    f1 = [2 * np.sum((y == c) & (p == c)) / (np.sum(y == c) + np.sum(p == c)) for c in np.unique(y)]
+    assert doc["metrics"]["imagenet"]["macro_f1"] == [pytest.approx(np.mean(f1))]
     assert pr["imagenet_topk"].shape == (1, 4, 5)
 
 
@@ -246,3 +255,54 @@ def test_store_embeddings_replace_the_forward_pass(random_run_dir, uneven_root, 
                             build_eval_set(uneven_root, "sketch"), templates("paper"))
     assert hit is not None and hit.text is None
     assert torch.allclose(hit.features.norm(dim=1), torch.ones(len(hit.features)), atol=1e-5)
+
+
+def test_a_real_extraction_store_replaces_model_and_forward(tiny_store, random_run_dir, synth_root, tmp_path,
+                                                            monkeypatch):
+    """The store of 'clipgen extract' (epoch 2, every test image, the paper's templates): the same predictions as
+    the forward pass, without loading the model; found by searching a --store folder."""
+    import clipgen.runs
+
+    ref = tmp_path / "ref"
+    run_zero_shot(ZeroShotConfig(data_root=synth_root, model_dir=random_run_dir, test_domain="sketch", epochs="2",
+                                 out=ref, progress=False))
+    folder = tmp_path / "stores"
+    (folder / "sub").mkdir(parents=True)
+    os.symlink(tiny_store, folder / "sub" / "tiny.h5")
+    with h5py.File(folder / "foreign.h5", "w") as f:
+        f["x"] = np.arange(3)
+    (folder / "x.h5.parts").mkdir()
+    shutil.copy(folder / "foreign.h5", folder / "x.h5.parts" / "block-000000.h5")
+    loads = []
+    real_load = clipgen.runs.load_clip
+    monkeypatch.setattr(clipgen.runs, "load_clip", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    out = tmp_path / "o"
+    run_zero_shot(ZeroShotConfig(data_root=synth_root, model_dir=random_run_dir, test_domain="sketch", epochs="2",
+                                 out=out, stores=[folder], progress=False))
+    c = read_results(out)["checkpoints"][0]
+    assert c["features"] == "store" and c["text_from_store"] and c["store"] == str((folder / "sub" / "tiny.h5")
+                                                                                    .resolve())
+    assert loads == []  # image and text embeddings both came from the store
+    np.testing.assert_array_equal(read_predictions(out)["topk"], read_predictions(ref)["topk"])
+    a, b = read_results(out)["metrics"]["sketch"], read_results(ref)["metrics"]["sketch"]
+    assert a["ood_acc"] == b["ood_acc"] and a["id_macro_f1"] == b["id_macro_f1"]
+    # named explicitly, a file that is not a store is an error; a missing --store too
+    with pytest.raises(ClipgenError, match="foreign.h5: not a clipgen activation store"):
+        run_zero_shot(ZeroShotConfig(data_root=synth_root, model_dir=random_run_dir, test_domain="sketch",
+                                     epochs="2", out=tmp_path / "x", stores=[folder / "foreign.h5"], progress=False))
+    with pytest.raises(ClipgenError, match="--store: .*nope.h5 does not exist"):
+        run_zero_shot(ZeroShotConfig(data_root=synth_root, model_dir=random_run_dir, test_domain="sketch",
+                                     epochs="2", out=tmp_path / "x", stores=[tmp_path / "nope.h5"], progress=False))
+
+
+def test_find_stores(tmp_path):
+    from clipgen.evaluation.zeroshot_eval import find_stores
+
+    (tmp_path / "a" / "s.h5.parts").mkdir(parents=True)
+    for p in ("a/one.h5", "a/s.h5.parts/block-000000.h5", "a/notes.txt", "two.h5"):
+        (tmp_path / p).write_bytes(b"")
+    assert find_stores([tmp_path / "a", tmp_path / "two.h5"]) == [(tmp_path / "a" / "one.h5", False),
+                                                                  (tmp_path / "two.h5", True)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ClipgenError, match="--store: no \\*.h5 activation store under"):
+        find_stores([tmp_path / "empty"])

@@ -76,9 +76,9 @@ def zero_shot(
     held_out: str | None = _HELD_OUT,
     imagenet: Path | None = typer.Option(None, "--imagenet", help="ImageNet val folder (<root>/<wnid>/*.JPEG): "
                                                                   "adds 1000-way zero-shot accuracy."),
-    store: list[Path] = typer.Option(None, "--store", help="Activation store(s) of the same checkpoint and images: "
-                                                           "their 'embedding' layer replaces the forward pass. "
-                                                           "Repeatable."),
+    store: list[Path] = typer.Option(None, "--store", help="Activation store(s) of the same checkpoint and images, "
+                                                           "or folders searched for *.h5 stores: a matching store's "
+                                                           "'embedding' layer replaces the forward pass. Repeatable."),
     device: str = _DEVICE,
     precision: str = _PRECISION,
     batch_size: int = _BATCH,
@@ -134,7 +134,8 @@ def summary(
     out: Path = typer.Option(Path("eval-summary"), "--out", "-o", help="Output folder."),
     metric: str = typer.Option("ood_acc", "--metric",
                                help="Headline metric: ood_acc (sample-weighted, default), ood_acc_unweighted, "
-                                    "id_acc, id_acc_unweighted, ood_top5, id_top5, ood_macro_f1, id_macro_f1."),
+                                    "id_acc, id_acc_unweighted, ood_top5, id_top5, ood_top5_unweighted, "
+                                    "id_top5_unweighted, ood_macro_f1, id_macro_f1."),
     epoch: str = typer.Option("last", "--epoch", help="Epoch of each run: last, or a number."),
     domain: str = typer.Option("test", "--domain", help="test (the run's test domain) or real."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing summary in --out."),
@@ -160,7 +161,8 @@ def grid(
                                          help="Write OUT_ROOT/<run>/<kind>/<test domain> (default: inside each run)."),
     templates: str = typer.Option("paper", "--templates", help="Template set of the zero-shot tasks."),
     imagenet: Path | None = typer.Option(None, "--imagenet", help="ImageNet val folder for the zero-shot tasks."),
-    store: list[Path] = typer.Option(None, "--store", help="Activation store(s) passed to every zero-shot task."),
+    store: list[Path] = typer.Option(None, "--store", help="Activation store(s) or folders of them, passed to every "
+                                                           "zero-shot task."),
     per_checkpoint: bool = typer.Option(False, "--per-checkpoint",
                                         help="One array task per checkpoint instead of one per run and domain."),
     task_args: str | None = typer.Option(None, "--task-args",

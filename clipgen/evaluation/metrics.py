@@ -4,18 +4,22 @@ All functions take DomainNet labels (not class indices): ``labels`` ``(N,)``, ``
 labels best first (``topk[:, 0]`` is the top-1 prediction). :func:`domain_metrics` computes everything the
 published evaluation scripts compute for one domain and one checkpoint:
 
-================================ =================================================================
-key                              meaning (published key in brackets)
-================================ =================================================================
-``ood_acc``                      sample-weighted top-1 accuracy over held-out-class images [``{d}-lso-ood``]
-``id_acc``                       sample-weighted top-1 accuracy over the other images [``{d}-lso-id``]
-``ood_acc_unweighted``           mean of the per-class accuracies of held-out classes [``{d}-lso-unweighted-ood``]
-``id_acc_unweighted``            mean of the per-class accuracies of the other classes [``{d}-lso-unweighted-id``]
-``ood_top5`` / ``id_top5``       sample-weighted top-k accuracy (k = 5, or the number of classes if fewer)
-``ood_macro_f1`` / ``id_macro_f1`` macro-F1 over the classes present in the subset, computed on the subset's
-                                 images only (as ``f1_score(average="macro", labels=unique(y))`` on the subset)
-``per_class_ood``                ``{held-out label: accuracy}`` [``{d}-{class}-ood``]; ``None`` when absent
-================================ =================================================================
+=========================== ========================================================================
+key                         meaning (published key in brackets; ``_topk`` = ``evaluate_domainnet_lso_openai_topk``)
+=========================== ========================================================================
+``ood_acc``                 sample-weighted top-1 accuracy over held-out-class images [``{d}-lso-ood``]
+``id_acc``                  sample-weighted top-1 accuracy over the other images [``{d}-lso-id``]
+``ood_acc_unweighted``      mean of the per-class top-1 accuracies of held-out classes [``{d}-lso-unweighted-ood``]
+``id_acc_unweighted``       mean of the per-class top-1 accuracies of the other classes [``{d}-lso-unweighted-id``]
+``ood_top5`` / ``id_top5``  sample-weighted top-k accuracy (k = 5, or the number of classes if fewer) [``_topk``:
+                            ``{d}-lso-ood`` / ``{d}-lso-id``]
+``ood_top5_unweighted``     mean of the per-class top-k accuracies [``_topk``: ``{d}-lso-unweighted-ood``], and
+``id_top5_unweighted``      [``_topk``: ``{d}-lso-unweighted-id``]
+``ood_macro_f1``            macro-F1 over the classes present in the subset, computed on the subset's images only
+``id_macro_f1``             (as ``f1_score(average="macro", labels=unique(y))`` on the subset) [``_topk`` f1-score]
+``per_class_ood``           ``{held-out label: top-1 accuracy}`` [``{d}-{class}-ood``]; ``None`` when absent
+``per_class_ood_top5``      ``{held-out label: top-k accuracy}`` [``_topk``: ``{d}-{class}-ood``]
+=========================== ========================================================================
 
 A class without images in the domain contributes nothing to the unweighted means and is reported in
 ``skipped_classes`` (the real painting test split lacks one class).
@@ -30,9 +34,11 @@ import numpy as np
 
 #: The metric arrays of one domain, in the order documented in docs/eval.md.
 SCALAR_METRICS: tuple[str, ...] = (
-    "ood_acc", "id_acc", "ood_acc_unweighted", "id_acc_unweighted", "ood_top5", "id_top5", "ood_macro_f1",
-    "id_macro_f1",
+    "ood_acc", "id_acc", "ood_acc_unweighted", "id_acc_unweighted", "ood_top5", "id_top5", "ood_top5_unweighted",
+    "id_top5_unweighted", "ood_macro_f1", "id_macro_f1",
 )
+#: Per-held-out-class metrics of one domain (``{class: value}``).
+PER_CLASS_METRICS: tuple[str, ...] = ("per_class_ood", "per_class_ood_top5")
 
 
 def accuracy(labels: np.ndarray, pred: np.ndarray) -> float | None:
@@ -58,6 +64,17 @@ def per_class_accuracy(labels: np.ndarray, pred: np.ndarray, classes: Sequence[i
     for c in classes:
         m = labels == c
         out[int(c)] = float(np.mean(pred[m] == c)) if m.any() else None
+    return out
+
+
+def per_class_topk_accuracy(labels: np.ndarray, topk: np.ndarray, classes: Sequence[int]) -> dict[int, float | None]:
+    """``{class: fraction of its images whose label is among the top-k}``; ``None`` for a class without images."""
+    labels, topk = np.asarray(labels), np.asarray(topk)
+    hit = np.any(topk == labels[:, None], axis=1) if labels.size else np.zeros(0, dtype=bool)
+    out: dict[int, float | None] = {}
+    for c in classes:
+        m = labels == c
+        out[int(c)] = float(np.mean(hit[m])) if m.any() else None
     return out
 
 
@@ -95,6 +112,7 @@ def domain_metrics(labels: np.ndarray, topk: np.ndarray, held_out: Sequence[int]
     ood = np.isin(labels, held)
     idc = [int(c) for c in class_labels if int(c) not in set(held)]
     per_class = per_class_accuracy(labels, pred, list(class_labels))
+    per_class5 = per_class_topk_accuracy(labels, topk, list(class_labels))
     present = {c for c, a in per_class.items() if a is not None}
     return {
         "ood_acc": accuracy(labels[ood], pred[ood]),
@@ -103,9 +121,12 @@ def domain_metrics(labels: np.ndarray, topk: np.ndarray, held_out: Sequence[int]
         "id_acc_unweighted": _mean([per_class[c] for c in idc if c in present]),
         "ood_top5": topk_accuracy(labels[ood], topk[ood]),
         "id_top5": topk_accuracy(labels[~ood], topk[~ood]),
+        "ood_top5_unweighted": _mean([per_class5[c] for c in held if c in present]),
+        "id_top5_unweighted": _mean([per_class5[c] for c in idc if c in present]),
         "ood_macro_f1": macro_f1(labels[ood], pred[ood]),
         "id_macro_f1": macro_f1(labels[~ood], pred[~ood]),
         "per_class_ood": {c: per_class[c] for c in held},
+        "per_class_ood_top5": {c: per_class5[c] for c in held},
         "counts": domain_counts(labels, held, class_labels),
     }
 

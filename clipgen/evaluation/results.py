@@ -29,13 +29,15 @@ from clipgen import __version__
 from clipgen import domainnet as dn
 from clipgen.artifacts import atomic_path, to_jsonable, utc_now, write_json_atomic
 from clipgen.errors import ClipgenError, file_error
-from clipgen.evaluation.metrics import SCALAR_METRICS
+from clipgen.evaluation.metrics import PER_CLASS_METRICS, SCALAR_METRICS
 
 RESULTS_FORMAT = "clipgen-eval-results"
 RESULTS_VERSION = 1
 RESULTS_NAME = "results.json"
 PREDICTIONS_NAME = "predictions.npz"
 LOCK_NAME = ".results.lock"
+#: ImageNet-val metrics (1000-way zero-shot): top-1, top-k (k = 5) and macro-F1 over the classes present.
+IMAGENET_METRICS = ("acc", "top5", "macro_f1")
 #: Header fields that must agree between an existing results file and a new evaluation.
 _IDENTITY = ("kind", "test_domain")
 
@@ -49,7 +51,7 @@ class EpochResult:
     topk: np.ndarray  # (N, k) DomainNet labels, best first; -1 rows for skipped images
     metrics: dict[str, dict[str, Any]]  # domain -> metrics.domain_metrics(...)
     imagenet_topk: np.ndarray | None = None  # (M, k) ImageNet indices
-    imagenet_metrics: dict[str, float | None] | None = None  # {"acc", "top5"}
+    imagenet_metrics: dict[str, float | None] | None = None  # IMAGENET_METRICS
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -212,7 +214,8 @@ class ResultsWriter:
         for d in h["domains"]:
             dm = res.metrics[d]
             m: dict[str, Any] = {k: [dm[k]] for k in SCALAR_METRICS}
-            m["per_class_ood"] = {names[c]: [dm["per_class_ood"][c]] for c in h["held_out"]["labels"]}
+            for pc in PER_CLASS_METRICS:
+                m[pc] = {names[c]: [dm[pc][c]] for c in h["held_out"]["labels"]}
             metrics[d] = m
             c = dm["counts"]
             counts[d] = {"ood": c["ood"], "id": c["id"],
@@ -220,7 +223,7 @@ class ResultsWriter:
                          "ood_classes": c["ood_classes"], "id_classes": c["id_classes"],
                          "skipped_classes": [class_names[k] for k in c["skipped_classes"]]}
         if h.get("imagenet"):
-            metrics["imagenet"] = {k: [(res.imagenet_metrics or {}).get(k)] for k in ("acc", "top5")}
+            metrics["imagenet"] = {k: [(res.imagenet_metrics or {}).get(k)] for k in IMAGENET_METRICS}
         doc = to_jsonable({
             "format": RESULTS_FORMAT, "schema_version": RESULTS_VERSION, "clipgen_version": __version__,
             "updated": utc_now(), **h,

@@ -18,7 +18,7 @@ import numpy as np
 
 from clipgen import domainnet as dn
 from clipgen.errors import ClipgenError, file_error, option_error
-from clipgen.evaluation.metrics import domain_metrics, topk_accuracy
+from clipgen.evaluation.metrics import accuracy, domain_metrics, macro_f1, topk_accuracy
 from clipgen.evaluation.protocol import EvalImageSet
 from clipgen.evaluation.results import EpochResult, ResultsWriter
 from clipgen.runs import RunManifest, list_checkpoints, parse_epochs, read_manifest
@@ -138,6 +138,13 @@ def epoch_metrics(image_set: EvalImageSet, held_out: Sequence[int], topk: np.nda
     return out
 
 
+def imagenet_metrics(labels: np.ndarray, topk: np.ndarray) -> dict[str, float | None]:
+    """ImageNet-val top-1, top-k and macro-F1 (over the classes present: all 1000 on the full val set, where this
+    equals the published ``f1_score(average="macro")``)."""
+    return {"acc": accuracy(labels, topk[:, 0]), "top5": topk_accuracy(labels, topk),
+            "macro_f1": macro_f1(labels, topk[:, 0])}
+
+
 def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalImageSet, held_out: Sequence[int],
                          refs: Sequence[CheckpointRef], predict: Predictor, *,
                          imagenet_labels: np.ndarray | None = None, force: bool = False,
@@ -165,8 +172,7 @@ def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalI
             if imagenet_labels is not None and pred.imagenet_topk is not None:
                 itk = np.asarray(pred.imagenet_topk)
                 ok = itk[:, 0] >= 0
-                in_metrics = {"acc": float(np.mean(itk[ok, 0] == imagenet_labels[ok])) if ok.any() else None,
-                              "top5": topk_accuracy(imagenet_labels[ok], itk[ok])}
+                in_metrics = imagenet_metrics(imagenet_labels[ok], itk[ok])
             info = {"path": str(ref.path.resolve()), **pred.checkpoint,
                     "seconds": round(time.perf_counter() - t0, 3),
                     "skipped_images": int(np.sum(pred.topk[:, 0] < 0))}

@@ -28,7 +28,7 @@ import numpy as np
 from clipgen import domainnet as dn
 from clipgen.artifacts import atomic_path, write_config, write_text_atomic
 from clipgen.data.mixture_info import SETUP_TITLES
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, file_error, option_error
 from clipgen.evaluation.metrics import SCALAR_METRICS
 from clipgen.evaluation.results import RESULTS_NAME, read_results
 
@@ -161,6 +161,9 @@ def value_at(r: RunResult, domain: str, metric: str, epoch: str) -> tuple[float,
             raise option_error("--epoch", f"{r.path} has no epoch {e} (evaluated: {r.epochs})")
         i = r.epochs.index(e)
     d = r.test_domain if domain == "test" else domain
+    if metric not in (r.metrics.get(d) or {}):
+        raise file_error(r.path, f"no metric {metric!r} for domain {d!r} (results of an older clipgen? re-run "
+                                 "'clipgen eval' with --force, or choose another --metric)")
     v = r.metrics[d][metric][i]
     return (float("nan") if v is None else float(v)), r.epochs[i]
 
