@@ -64,3 +64,18 @@ def test_predict_topk_maps_to_labels_and_marks_skipped():
     assert top[0].tolist() == [66, 308, 11] and top[1].tolist() == [11, 308, 66]
     assert (top[2] == -1).all()
     assert predict_topk(x[:2], w, np.array([1, 2, 3]), k=1).tolist() == [[2], [1]]
+
+
+def test_unreadable_image_in_a_worker_is_a_one_line_error(random_run_dir, synth_root, tmp_path):
+    m = load_clip(random_run_dir, 0)
+    recs = domainnet_records(synth_root, ["sketch"], "test")[:3]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    recs[1] = type(recs[1])(str(bad), recs[1].label, "sketch", "test", "sketch/x/bad.jpg")
+    with pytest.raises(ClipgenError) as e:
+        encode_images(m.model, recs, m.preprocess, batch_size=2, workers=1)
+    assert str(e.value) == f"{bad}: corrupt or unreadable image (UnidentifiedImageError)"
+    f = encode_images(m.model, recs, m.preprocess, batch_size=2, workers=1, on_error="skip")
+    assert torch.isnan(f[1]).all() and not torch.isnan(f[[0, 2]]).any()
+    with pytest.raises(ClipgenError, match="--on-error: must be 'fail' or 'skip'"):
+        encode_images(m.model, recs, m.preprocess, on_error="ignore")

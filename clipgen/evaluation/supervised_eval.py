@@ -79,19 +79,25 @@ def domainnet_topk(model: Any, records: list, transform: Any, class_labels: list
 
     from clipgen.datasets import make_loader
     from clipgen.devices import autocast
+    from clipgen.evaluation.zeroshot import check_on_error, raise_unreadable
     from clipgen.models.supervised import NUM_DOMAINNET
 
     cols = torch.as_tensor(class_labels, dtype=torch.long)
     k = min(k, len(class_labels))
     out = np.full((len(records), k), -1, dtype=np.int64)
     labels = np.asarray(class_labels, dtype=np.int64)
-    loader = make_loader(records, transform, batch_size=batch_size, workers=workers, on_error=on_error)
+    check_on_error(on_error)
+    # the loader always skips; a failure is raised here, in the main process, with its one-line message
+    loader = make_loader(records, transform, batch_size=batch_size, workers=workers, on_error="skip",
+                         pin_memory=getattr(device, "type", str(device)) == "cuda")
     task = progress.add_task(description, total=len(records)) if progress is not None else None
     with torch.no_grad():
         for images, kept, skipped in loader:
+            if on_error == "fail" and len(skipped):
+                raise_unreadable(records, skipped.tolist())
             if images is not None:
                 with autocast(device, precision):
-                    logits = model(images.to(device))
+                    logits = model(images.to(device, non_blocking=True))
                 dn_logits = logits.float()[:, -NUM_DOMAINNET:][:, cols.to(logits.device)]
                 idx = dn_logits.topk(k, dim=1).indices.cpu().numpy()
                 out[kept.numpy()] = labels[idx]

@@ -73,6 +73,23 @@ def classnames_from_folders(folders: Sequence[str]) -> list[str]:
     return [f.replace("_", " ") for f in folders]
 
 
+def check_on_error(on_error: str, option: str = "--on-error") -> str:
+    if on_error not in ("fail", "skip"):
+        raise option_error(option, f"must be 'fail' or 'skip', not {on_error!r}")
+    return on_error
+
+
+def raise_unreadable(records: Sequence[Any], indices: Sequence[int]) -> None:
+    """Raise the one-line error of the first unreadable image among ``indices`` (decoded again here, in the main
+    process: an error raised inside a DataLoader worker would come back wrapped in the worker's traceback)."""
+    from clipgen.datasets import load_image
+
+    for i in indices:
+        load_image(records[int(i)].path)  # raises a ClipgenError naming the file
+    if len(indices):
+        raise ClipgenError(f"{records[int(indices[0])].path}: unreadable image")
+
+
 def encode_images(model: Any, records: Sequence[Any], transform: Any, *, device: Any = "cpu",
                   precision: str = "fp32", batch_size: int = 256, workers: int = 0, on_error: str = "fail",
                   progress: Any = None, description: str = "images"):
@@ -85,7 +102,9 @@ def encode_images(model: Any, records: Sequence[Any], transform: Any, *, device:
     from clipgen.datasets import make_loader
     from clipgen.devices import autocast
 
-    loader = make_loader(records, transform, batch_size=batch_size, workers=workers, on_error=on_error,
+    check_on_error(on_error)
+    # the loader always skips; a failure is raised here, in the main process, with its one-line message
+    loader = make_loader(records, transform, batch_size=batch_size, workers=workers, on_error="skip",
                          pin_memory=getattr(device, "type", str(device)) == "cuda")
     feats: torch.Tensor | None = None
     task = progress.add_task(description, total=len(records)) if progress is not None else None
@@ -93,6 +112,8 @@ def encode_images(model: Any, records: Sequence[Any], transform: Any, *, device:
     model.eval()
     with torch.no_grad():
         for images, kept, skipped in loader:
+            if on_error == "fail" and len(skipped):
+                raise_unreadable(records, skipped.tolist())
             if images is not None:
                 with autocast(device, precision):
                     f = model.encode_image(images.to(device, non_blocking=True))

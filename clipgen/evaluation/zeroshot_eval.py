@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clipgen.artifacts import sha256_file, write_config
+from clipgen.errors import option_error
 from clipgen.evaluation.protocol import (
     EvalImageSet,
     build_eval_set,
@@ -54,21 +55,50 @@ def _image_key(path: str) -> str:
     return "/".join(Path(path).parts[-3:])
 
 
-def store_features(stores: Sequence[Path], sha256: str, image_set: EvalImageSet, template_list: Sequence[str],
-                   on_error: str = "fail") -> tuple[StoreHit | None, list[str]]:
+def find_stores(paths: Sequence[str | Path], option: str = "--store") -> list[tuple[Path, bool]]:
+    """``(store file, named explicitly)`` for every ``--store``: a file as given, a folder searched recursively for
+    ``*.h5`` (the part files of extractions in progress excluded)."""
+    out: list[tuple[Path, bool]] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            hits = sorted(x for x in p.rglob("*.h5") if not any(q.name.endswith(".parts") for q in x.parents))
+            if not hits:
+                raise option_error(option, f"no *.h5 activation store under {p}")
+            out += [(h, False) for h in hits]
+        elif p.is_file():
+            out.append((p, True))
+        else:
+            raise option_error(option, f"{p} does not exist")
+    return list(dict.fromkeys(out))
+
+
+def store_features(stores: Sequence[Path | tuple[Path, bool]], sha256: str, image_set: EvalImageSet,
+                   template_list: Sequence[str], on_error: str = "fail") -> tuple[StoreHit | None, list[str]]:
     """The first store of ``stores`` made from the checkpoint with ``sha256`` that covers every evaluated image.
 
     Returns ``(hit or None, notes)``; notes say why a store of the same checkpoint was not used. Images are
     matched by ``domain/class_folder/file`` (so a moved DomainNet root still matches) and must carry the same
-    label. Images the store skipped as unreadable count as covered only with ``on_error="skip"``.
+    label. Images the store skipped as unreadable count as covered only with ``on_error="skip"``. ``stores`` holds
+    paths or the pairs of :func:`find_stores`: a file named explicitly that is not a readable, complete store is an
+    error; one found in a folder is passed over with a note.
     """
     import torch
 
+    from clipgen.errors import ClipgenError
     from clipgen.store import open_store
 
     notes: list[str] = []
-    for path in stores:
-        with open_store(path) as st:
+    for item in stores:
+        path, explicit = (item, True) if isinstance(item, (str, Path)) else item
+        try:
+            st = open_store(path)
+        except ClipgenError as e:
+            if explicit:
+                raise
+            notes.append(f"passed over: {e}")
+            continue
+        with st:
             prov = st.provenance
             if (prov.get("checkpoint") or {}).get("sha256") != sha256:
                 continue
@@ -87,6 +117,11 @@ def store_features(stores: Sequence[Path], sha256: str, image_set: EvalImageSet,
             ok = rows >= 0
             if not np.array_equal(st.samples.labels[rows[ok]], image_set.labels[ok]):
                 notes.append(f"{path}: same checkpoint but labels differ from the evaluated split files")
+                continue
+            names = st.class_names
+            if names and any(names.get(c, n) != n for c, n in zip(image_set.class_labels, image_set.class_names,
+                                                                   strict=True)):
+                notes.append(f"{path}: same checkpoint but class names differ from the evaluated data")
                 continue
             uniq = np.unique(rows[ok])
             data = st.read_layer("embedding", rows=uniq)
@@ -147,6 +182,8 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
     held = resolve_held_out(image_set, cfg.held_out, (manifest.mixture or {}).get("held_out_labels")
                             if manifest is not None else None)
     in_records = imagenet_val_records(cfg.imagenet) if cfg.imagenet is not None else None
+    stores = find_stores(cfg.stores)
+    seen_notes: set[str] = set()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     header = {
@@ -172,12 +209,14 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
         from clipgen.runs import load_clip
 
         sha = sha256_file(ref.path)
-        hit, notes = store_features(cfg.stores, sha, image_set, ts, cfg.on_error) if cfg.stores else (None, [])
+        hit, notes = store_features(stores, sha, image_set, ts, cfg.on_error) if stores else (None, [])
         for n in notes:
-            console.print(f"[yellow]note:[/] {n}")
-        if cfg.stores and hit is None:
-            console.print(f"[yellow]note:[/] no --store holds epoch {ref.epoch}'s embeddings of these images; "
-                          "running the model")
+            if n not in seen_notes:
+                seen_notes.add(n)
+                console.print(f"note: {n}", markup=False, highlight=False)
+        if stores and hit is None:
+            console.print(f"note: no --store holds epoch {ref.epoch}'s embeddings of these images; running the model",
+                          markup=False, highlight=False)
         loaded = None
         if hit is None or hit.text is None or in_records is not None:
             loaded = load_clip(cfg.model_dir, ref.epoch, checkpoint=ref.path, model_name=cfg.model, device=device)
