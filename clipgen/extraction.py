@@ -515,16 +515,21 @@ def make_batches(plan: StorePlan, records, transform, todo: Sequence[int], *, wo
     from torch.utils.data import DataLoader
 
     from clipgen.datasets import ImageDataset, collate_skip, load_image
+    from clipgen.evaluation.zeroshot import raise_unreadable
 
     batch_sampler = []
     for k in todo:
         a, b = plan.block_range(k)
         batch_sampler.extend(list(range(s, min(s + plan.batch_size, b))) for s in range(a, b, plan.batch_size))
-    ds = ImageDataset(records, transform, on_error)
+    # the dataset always skips; a failure is raised here, in the main process, with its one-line message (raised in
+    # a worker it would come back wrapped in the worker's traceback)
+    ds = ImageDataset(records, transform, "skip")
     kw = {"prefetch_factor": 4, "persistent_workers": False} if workers else {}
     loader = DataLoader(ds, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_skip,
                         pin_memory=pin_memory, **kw)
     for images, kept, bad in loader:
+        if on_error == "fail" and len(bad):
+            raise_unreadable(records, bad.tolist())
         skipped = []
         for i in bad.tolist():
             try:
@@ -541,7 +546,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
     """Run (or resume) an extraction and return where the finished store is."""
     import torch
 
-    from clipgen.artifacts import command_line, sha256_file, utc_now
+    from clipgen.artifacts import command_line, sha256_file, utc_now, write_config
     from clipgen.devices import resolve_device, resolve_precision
     from clipgen.models.layers import select_layers
     from clipgen.progress import make_progress
@@ -613,6 +618,9 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
                      block_rows=block_rows, batch_size=batch_size, shard=shard_info, compression=cfg.compression)
     head = _check_existing(plan, cfg.resume, cfg.force)
     if head is not None and head["complete"]:
+        import shutil
+
+        shutil.rmtree(plan.parts, ignore_errors=True)  # left behind by a kill between the final rename and cleanup
         say(f"{out}: already complete ({head['n_samples']} rows); nothing to do")
         return ExtractResult(out, head["n_samples"], already_complete=True, fingerprint=plan.fingerprint)
     if head is not None:
@@ -649,6 +657,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
     finally:
         extractor.close()
     rows, skipped = assemble(plan)
+    write_config(out, "extract", cfg)
     if skipped:
         say(f"{out}: skipped {len(skipped)} unreadable image(s), listed under /skipped: "
             + "; ".join(f"{p} ({why})" for _, p, why in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))

@@ -394,3 +394,40 @@ def test_refusals(tmp_path, random_run_dir, synth_root):
     res = extract(_cfg(tmp_path / "ok.h5", random_run_dir, synth_root, domains="c"), progress=False)
     with pytest.raises(ClipgenError, match="a complete store already exists; pass --force"):
         extract(_cfg(res.path, random_run_dir, synth_root, domains="c"), progress=False)
+
+
+def test_unreadable_image_in_a_loader_worker_is_a_one_line_error(tmp_path, broken_root, random_run_dir):
+    with pytest.raises(ClipgenError) as e:
+        extract(_cfg(tmp_path / "w.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2,
+                     workers=1), progress=False)
+    assert str(e.value).endswith("image not found") and "Traceback" not in str(e.value)
+    res = extract(_cfg(tmp_path / "w2.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2,
+                       workers=1, on_error="skip"), progress=False)
+    assert [i for i, _, _ in res.skipped] == [1, 4] and res.rows == 4
+
+
+def test_config_beside_the_store_and_stale_parts_cleaned(tmp_path, random_run_dir, synth_root):
+    import json
+
+    p = tmp_path / "s.h5"
+    cfg = _cfg(p, random_run_dir, synth_root, domains="c")
+    extract(cfg, progress=False)
+    rec = json.loads((tmp_path / "s.config.json").read_text())
+    assert rec["command"] == "extract" and rec["config"]["domains"] == "c" and rec["config"]["out"] == str(p)
+    # a kill between the final rename and the removal of the parts folder: the resumed command cleans it up
+    parts_dir(p).mkdir()
+    (parts_dir(p) / "block-000000.h5").write_bytes(b"")
+    cfg.resume = True
+    assert extract(cfg, progress=False).already_complete and not parts_dir(p).exists()
+
+
+def test_resume_with_every_block_written_only_assembles(tmp_path, reference_store, random_run_dir, synth_root):
+    """Killed during the final assembly: every part file exists, so resuming computes nothing."""
+    p = tmp_path / "s.h5"
+    cfg = _cfg(p, random_run_dir, synth_root)
+    with pytest.raises(SimulatedCrash):
+        extract(cfg, progress=False, crash_after_blocks=6)  # the 6th (last) block written, then dead
+    cfg.resume = True
+    res = extract(cfg, progress=False)
+    assert res.blocks_computed == 0 and res.rows == 48
+    _assert_same_store(p, reference_store)

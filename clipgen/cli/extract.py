@@ -9,7 +9,7 @@ import typer
 app = typer.Typer(
     help="Extract activations of every requested layer into a versioned HDF5 store, in one forward pass.\n\n"
          "Run it as 'clipgen extract --model-dir RUN --data DOMAINNET_ROOT --out STORE.h5'; the subcommands list "
-         "layers, merge shard files, and inspect or validate a store. See docs/store.md for the schema.",
+         "layers, merge shard files, and inspect or validate a store. See docs/extract.md for the schema.",
     no_args_is_help=True,
     invoke_without_command=True,
 )
@@ -72,7 +72,6 @@ def extract(
 
     if out is None:
         raise option_error("--out", "missing: where to write the store (STORE.h5)")
-    from clipgen.artifacts import write_config
     from clipgen.extraction import ExtractConfig
     from clipgen.extraction import extract as run
     from clipgen.progress import console
@@ -86,7 +85,6 @@ def extract(
                         channels_last=channels_last, shard=shard, writer_threads=writer_threads, resume=resume,
                         force=force)
     res = run(cfg, progress=progress, note=lambda m: console.print(m, markup=False, highlight=False))
-    write_config(res.path, "extract", cfg)
     size = res.path.stat().st_size
     con.print(f"store {res.path}: {res.rows} rows, fingerprint {res.fingerprint[:12]}, {size / 1e6:.1f} MB"
               + (f", {len(res.skipped)} image(s) skipped (see /skipped)" if res.skipped else "")

@@ -1,7 +1,7 @@
 """The versioned HDF5 activation store: schema, reader, writer, merge.
 
 ``clipgen extract`` writes stores; CKA, SAE, embedding and evaluation code reads them through
-:func:`open_store` and never loads a model. See docs/store.md for the schema.
+:func:`open_store` and never loads a model. See docs/extract.md for the schema.
 """
 
 from clipgen.store.reader import ActivationStore, Samples, open_store

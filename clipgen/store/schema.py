@@ -1,6 +1,6 @@
 """The activation store's schema (version 1): names, attributes, fingerprint, chunking.
 
-One HDF5 file per (checkpoint, image set) extraction. Layout (docs/store.md documents it in full)::
+One HDF5 file per (checkpoint, image set) extraction. Layout (docs/extract.md documents it in full)::
 
     /                     attrs: format, schema_version, clipgen_version, created, complete, n_samples, layers,
                                  dtype, fingerprint, provenance (JSON), held_out_labels (JSON), shard (JSON)
