@@ -100,3 +100,32 @@ def test_imagenet_metrics_by_hand():
     assert m["acc"] == pytest.approx(2 / 4) and m["top5"] == pytest.approx(3 / 4)
     # F1: class 0 tp=1 fp=1 fn=1 -> 1/2; class 1 tp=1 fp=1 fn=0 -> 2/3; class 2 tp=0 -> 0
     assert m["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+
+
+def test_a_changed_checkpoint_is_evaluated_again(random_run_dir, uneven_root, tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    shutil.copytree(random_run_dir, run)
+    cfg = dict(data_root=uneven_root, model_dir=run, test_domain="sketch", epochs="0", out=tmp_path / "o",
+               templates="simple", progress=False)
+    first = run_zero_shot(ZeroShotConfig(**cfg)).results
+    ck = run / "checkpoints" / "epoch_0.pt"
+    assert first["checkpoints"][0]["size"] == ck.stat().st_size
+    os.utime(ck, ns=(1, 1))  # touched, same content: the sha256 decides it is unchanged
+    again = run_zero_shot(ZeroShotConfig(**cfg))
+    assert again.skipped == [0] and again.evaluated == []
+    shutil.copy(run / "checkpoints" / "epoch_1.pt", ck)  # retrained: other weights under the same name
+    redo = run_zero_shot(ZeroShotConfig(**cfg))
+    assert redo.evaluated == [0] and redo.skipped == []
+    from clipgen.artifacts import sha256_file
+
+    doc = read_results(tmp_path / "o")
+    assert doc["epochs"] == [0] and doc["checkpoints"][0]["sha256"] == sha256_file(ck)
+    assert read_predictions(tmp_path / "o")["epochs"].tolist() == [0]
+    # the grid plans it again too
+    from clipgen.evaluation.grid import _done_epochs
+
+    assert _done_epochs(tmp_path / "o", {0: ck}) == [0]
+    shutil.copy(run / "checkpoints" / "epoch_2.pt", ck)
+    assert _done_epochs(tmp_path / "o", {0: ck}) == []

@@ -3,9 +3,9 @@
 One task per run and test domain evaluates the run's missing epochs; with ``per_checkpoint`` one task per
 missing checkpoint instead (tasks of the same run add their epoch to the same results.json under a file
 lock). Test domains ``auto``: the run mixture's test domain, or all five for runs without one
-(natural-only serves every test domain). Work already in a results.json is skipped when planning, so
-re-submitting the grid after a partial failure only runs what is missing. ``--dry-run`` prints the tasks
-and writes the job script without submitting, ``--submit`` calls sbatch, ``--local`` runs the tasks here.
+(natural-only serves every test domain). Work already in a results.json (of an unchanged checkpoint) is skipped
+when planning, so re-submitting the grid after a partial failure only runs what is missing. ``--dry-run`` prints
+the tasks and writes the job script without submitting, ``--submit`` calls sbatch, ``--local`` runs the tasks here.
 """
 
 from __future__ import annotations
@@ -81,14 +81,20 @@ def test_domains_for(manifest: RunManifest, spec: str) -> list[str]:
     return list(dn.parse_domains(spec, option="--test-domains", allowed=dn.TEST_DOMAINS))
 
 
-def _done_epochs(out: Path) -> list[int]:
+def _done_epochs(out: Path, checkpoints: dict[int, Path]) -> list[int]:
+    """Epochs in ``out``'s results.json whose checkpoint is still the one evaluated."""
+    from clipgen.evaluation.runner import CheckpointRef, changed_epochs
+
     path = out / RESULTS_NAME
     if not path.exists():
         return []
     try:
-        return [int(e) for e in read_results(path)["epochs"]]
+        doc = read_results(path)
     except ClipgenError:
         return []  # let the task itself report the problem
+    done = [int(e) for e in doc["epochs"]]
+    changed = set(changed_epochs(doc, [CheckpointRef(e, checkpoints[e]) for e in done if e in checkpoints]))
+    return [e for e in done if e not in changed]
 
 
 def plan(cfg: GridConfig) -> tuple[list[GridTask], list[str]]:
@@ -100,14 +106,16 @@ def plan(cfg: GridConfig) -> tuple[list[GridTask], list[str]]:
     for run in discover_runs(cfg.runs):
         manifest = read_manifest(run)
         kind = "supervised" if manifest.kind == "supervised" else "zero-shot"
-        available = list(list_checkpoints(run))
+        cks = list_checkpoints(run)
+        available = list(cks)
         if not available:
             notes.append(f"{run}: no checkpoints yet, skipped")
             continue
         wanted = parse_epochs(cfg.epochs, available)
         for td in test_domains_for(manifest, cfg.test_domains):
             out = (cfg.out_root / manifest.name / kind / td) if cfg.out_root else run / "eval" / kind / td
-            todo = [e for e in wanted if e not in set(_done_epochs(out))]
+            done = set(_done_epochs(out, cks))
+            todo = [e for e in wanted if e not in done]
             if not todo:
                 notes.append(f"{run} {td}: done ({out / RESULTS_NAME})")
                 continue

@@ -148,6 +148,10 @@ class ResultsWriter:
                     (self.out_dir / name).unlink(missing_ok=True)
         self.done_epochs()  # validates an existing file early
 
+    def load(self) -> dict[str, Any] | None:
+        """The existing results (checked against this evaluation), or None."""
+        return self._load()
+
     def _load(self) -> dict[str, Any] | None:
         if not self.path.exists():
             return None

@@ -1,8 +1,9 @@
 """What zero-shot and supervised evaluation share: checkpoints to evaluate, run identity, the epoch loop.
 
 :func:`evaluate_checkpoints` evaluates each checkpoint not yet in ``results.json`` (reruns skip finished
-epochs), computes the metrics of every domain from the top-k predictions a *predictor* returns, and adds the
-epoch to the results at once, so an interruption loses at most the checkpoint in progress.
+epochs, unless the checkpoint file changed since: a retrained run is evaluated again), computes the metrics of
+every domain from the top-k predictions a *predictor* returns, and adds the epoch to the results at once, so an
+interruption loses at most the checkpoint in progress.
 """
 
 from __future__ import annotations
@@ -145,6 +146,32 @@ def imagenet_metrics(labels: np.ndarray, topk: np.ndarray) -> dict[str, float | 
             "macro_f1": macro_f1(labels, topk[:, 0])}
 
 
+def checkpoint_stamp(path: Path) -> dict[str, int]:
+    """Size and modification time of a checkpoint file: a cheap test that it is still the one evaluated."""
+    st = Path(path).stat()
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def changed_epochs(doc: dict[str, Any] | None, refs: Sequence[CheckpointRef]) -> list[int]:
+    """Epochs of ``refs`` that ``doc`` (a results.json) lists although their checkpoint file is no longer the one
+    evaluated (a retrained run): same size and modification time, or else the same sha256, counts as unchanged."""
+    from clipgen.artifacts import sha256_file
+
+    recs = {int(c["epoch"]): c for c in (doc or {}).get("checkpoints", []) if isinstance(c, dict) and "epoch" in c}
+    out = []
+    for r in refs:
+        c = recs.get(r.epoch)
+        if c is None or not r.path.is_file():
+            continue
+        stamp = checkpoint_stamp(r.path)
+        if all(c.get(k) == v for k, v in stamp.items()):
+            continue
+        if c.get("sha256") and c["sha256"] == sha256_file(r.path):
+            continue
+        out.append(r.epoch)
+    return out
+
+
 def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalImageSet, held_out: Sequence[int],
                          refs: Sequence[CheckpointRef], predict: Predictor, *,
                          imagenet_labels: np.ndarray | None = None, force: bool = False,
@@ -155,8 +182,12 @@ def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalI
     writer = ResultsWriter(out_dir, header, records_paths=image_set.rel_paths, labels=image_set.labels,
                            domain_ids=image_set.domain_ids, imagenet_labels=imagenet_labels, force=force)
     done = set(writer.done_epochs())
-    todo = [r for r in refs if r.epoch not in done]
-    outcome = EvalOutcome(out_dir, None, [], [r.epoch for r in refs if r.epoch in done])
+    changed = set(changed_epochs(writer.load() if done else None, [r for r in refs if r.epoch in done]))
+    todo = [r for r in refs if r.epoch not in done or r.epoch in changed]
+    outcome = EvalOutcome(out_dir, None, [], [r.epoch for r in refs if r.epoch in done and r.epoch not in changed])
+    if changed:
+        console.print(f"{out_dir}: the checkpoint(s) of epoch(s) {', '.join(map(str, sorted(changed)))} changed "
+                      "since they were evaluated; evaluating them again", markup=False, highlight=False)
     if outcome.skipped:
         console.print(f"[dim]{out_dir}: epoch(s) {', '.join(map(str, outcome.skipped))} already evaluated; "
                       f"skipping (--force re-evaluates)[/]")
@@ -173,7 +204,7 @@ def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalI
                 itk = np.asarray(pred.imagenet_topk)
                 ok = itk[:, 0] >= 0
                 in_metrics = imagenet_metrics(imagenet_labels[ok], itk[ok])
-            info = {"path": str(ref.path.resolve()), **pred.checkpoint,
+            info = {"path": str(ref.path.resolve()), **checkpoint_stamp(ref.path), **pred.checkpoint,
                     "seconds": round(time.perf_counter() - t0, 3),
                     "skipped_images": int(np.sum(pred.topk[:, 0] < 0))}
             outcome.results = writer.add(EpochResult(ref.epoch, info, pred.topk, metrics, pred.imagenet_topk,
