@@ -80,6 +80,10 @@ def test_mismatches_are_errors(tmp_path):
         writer(tmp_path, header=header(held=(66,)))
     with pytest.raises(ClipgenError, match="image set differ"):
         writer(tmp_path, header=header(fingerprint="0" * 64))
+    other = header()
+    other["run"] = {"name": "another-run"}
+    with pytest.raises(ClipgenError, match=r'run name differ from the existing results \("r" vs "another-run"\)'):
+        writer(tmp_path, header=other)
     # --force starts over
     w = writer(tmp_path, header=header(classes=[11, 66]), force=True)
     assert w.done_epochs() == [] and not (tmp_path / PREDICTIONS_NAME).exists()

@@ -115,6 +115,7 @@ def _check_compatible(path: Path, old: dict[str, Any], new: dict[str, Any]) -> N
         raise file_error(path, f"class count mismatch: this results file has {ko} classes, the evaluated data has "
                                f"{kn}; write to another --out or pass --force to replace it")
     checks = [(k, old.get(k), new.get(k)) for k in _IDENTITY]
+    checks += [(f"run {k}", (old.get("run") or {}).get(k), (new.get("run") or {}).get(k)) for k in ("name", "model")]
     checks += [("class labels", old["classes"]["labels"], new["classes"]["labels"]),
                ("held-out classes", old["held_out"]["labels"], new["held_out"]["labels"]),
                ("image set", old["data"]["fingerprint"], new["data"]["fingerprint"]),
