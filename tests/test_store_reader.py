@@ -118,6 +118,20 @@ def test_class_means_against_numpy(store, monkeypatch):
         assert present.tolist() == ([1] if 1 in labels[np.array(domains) == "sketch"] else [])
 
 
+def test_iter_class_means_per_domain(store):
+    path, labels, domains, layers = store
+    with open_store(path) as st:
+        assert st.domains_present() == ["clipart", "painting", "sketch"]  # id order (DomainNet's)
+        got = list(st.iter_class_means("act1", labels=[0, 1, 2]))
+        assert [d for d, _, _ in got] == ["clipart", "painting", "sketch"]
+        for d, present, means in got:
+            m = (np.array(domains) == d) & np.isin(labels, [0, 1, 2])
+            np.testing.assert_array_equal(present, np.unique(labels[m]))
+            want = np.stack([layers["act1"][m & (labels == k)].astype(np.float64).mean(0) for k in present])
+            np.testing.assert_allclose(means, want, rtol=1e-12)
+        assert [d for d, _, _ in st.iter_class_means("act1", ["sketch"])] == ["sketch"]
+
+
 def test_unknown_names(store):
     path = store[0]
     with open_store(path) as st:

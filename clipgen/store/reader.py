@@ -4,9 +4,11 @@
 ...     st.layers                                   # ['act1', ..., 'attnpool', 'embedding']
 ...     x = st.read_layer("resblock3", domains=["sketch"], labels=[0, 1])
 ...     labels, means = st.class_means("resblock3", "sketch")
+...     for domain, labels, means in st.iter_class_means("resblock3"): ...
 
 Reads never load a whole layer unless asked to: :meth:`ActivationStore.iter_layer` and
-:meth:`ActivationStore.class_means` stream chunk-aligned row blocks.
+:meth:`ActivationStore.class_means` (and :meth:`ActivationStore.iter_class_means`, domain by domain) stream
+chunk-aligned row blocks.
 """
 
 from __future__ import annotations
@@ -338,6 +340,20 @@ class ActivationStore:
             counts += np.bincount(y, minlength=len(present))
         means = (sums / np.maximum(counts, 1)[:, None]).astype(dtype)
         return present, means.reshape((len(present), *ds.shape[1:]))
+
+    def domains_present(self) -> list[str]:
+        """Names of the domains that have rows, in id order."""
+        names = self.samples.domain_names
+        return [names[d] for d in np.unique(self.samples.domains) if d >= 0]
+
+    def iter_class_means(self, name: str, domains: Iterable[str] | None = None, *,
+                         labels: Iterable[int] | None = None, dtype: Any = np.float64
+                         ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """``(domain, labels_present, means (K, C))`` for each domain (default: every domain with rows), one domain
+        at a time, each streamed as :meth:`class_means` does."""
+        for d in (self.domains_present() if domains is None else list(domains)):
+            present, means = self.class_means(name, d, labels=labels, dtype=dtype)
+            yield d, present, means
 
 
 def open_store(path: str | Path, *, allow_incomplete: bool = False) -> ActivationStore:
