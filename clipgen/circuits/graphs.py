@@ -26,7 +26,6 @@ The similarity sweeps (:mod:`clipgen.circuits.similarity`) use the array form :c
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -502,7 +501,3 @@ def parse_export(spec: str | Sequence[str], option: str = "--export") -> list[st
             out.append(p)
     return out
 
-
-def finite_or_none(x: float) -> float | None:
-    """``x`` as a float, or None when it is not finite (JSON has no NaN)."""
-    return float(x) if x is not None and math.isfinite(x) else None
