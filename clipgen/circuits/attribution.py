@@ -1,0 +1,481 @@
+"""Neuron circuits by integrated gradients: node scores, node selection and edge matrices, computed locally.
+
+Definitions (the paper's, spec section 5c; ``a`` = clean activation of a layer, ``g`` = gradient, ``steps`` = S):
+
+* **Node score** of channel ``c`` of layer ``l``: integrated gradients of the true-class logit against a zero
+  baseline, ``-(1 / (S * B)) * sum_k sum_{b, p} g_k[b, c, p] * a[b, c, p]`` where ``g_k`` is the gradient of the
+  metric at the activation ``(1 - alpha_k) * a`` and ``p`` runs over spatial positions. ``alpha_k = k / S``,
+  ``k = 0..S-1`` (``rule="left"``, the paper's left Riemann sum) or ``(k + 1/2) / S`` (``rule="midpoint"``).
+* **Node selection**: the top ``ceil(fraction * C)`` channels by ``|score|`` (ties: lower channel index first).
+* **Edge** from upstream channel ``u`` (layer ``l-1``) to downstream channel ``j`` (layer ``l``): the same IG
+  with the objective ``MSE(clean_down[:, j], down[:, j])`` (a mean over images and positions), where the upstream
+  layer is interpolated towards zero and the downstream layer recomputed; one ``(n_down x n_up)`` matrix per pair
+  of consecutive layers, over the selected channels.
+
+How (the published code runs one full-model forward and backward per downstream channel):
+
+* one clean pass per batch keeps every layer's activation; with the left rule the same pass, back-propagated
+  once, gives every layer's gradient at ``alpha = 0``;
+* the node scores of layer ``l`` need the metric's gradient at ``S - 1`` (left) or ``S`` (midpoint) other points:
+  one batched pass of the sub-network *after* ``l``, with all steps in the batch (rows chunked to fit memory);
+* an edge matrix re-runs only the stage between the two layers (:class:`~clipgen.circuits.chain.ResNetChain`),
+  with all steps in one batch and only the selected downstream channels computed; the per-downstream-channel
+  backward passes are one batched ``torch.autograd.grad(..., is_grads_batched=True)`` per chunk of channels.
+  ``alpha = 0`` is skipped for edges: the recomputed downstream activation equals the clean one there, so the
+  objective's gradient is exactly zero.
+
+:func:`reference_nodes` and :func:`reference_edges` implement the published per-channel method (full model,
+forward hooks on the real modules, one backward per downstream channel) for tests and ``benchmarks/circuits.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clipgen.errors import option_error
+
+RULES = ("left", "midpoint")
+
+
+@dataclass(frozen=True)
+class IGConfig:
+    """Integration settings: ``steps`` points, ``left`` (the paper's) or ``midpoint`` Riemann rule."""
+
+    steps: int = 10
+    rule: str = "left"
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise option_error("--steps", f"must be at least 1, not {self.steps}")
+        if self.rule not in RULES:
+            raise option_error("--rule", f"unknown rule {self.rule!r} (one of {', '.join(RULES)})")
+
+    @property
+    def alphas(self) -> list[float]:
+        if self.rule == "left":
+            return [k / self.steps for k in range(self.steps)]
+        return [(k + 0.5) / self.steps for k in range(self.steps)]
+
+
+def n_selected(channels: int, fraction: float) -> int:
+    """``ceil(fraction * channels)``, at least 1 and at most ``channels``.
+
+    A tiny tolerance keeps exact products exact (``0.1 * 30`` is 3.0000000000000004 in floating point, which the
+    published ``math.ceil`` turns into 4).
+    """
+    if not 0 < fraction <= 1:
+        raise option_error("--node-fraction", f"must be in (0, 1], not {fraction}")
+    return max(1, min(channels, math.ceil(fraction * channels - 1e-9)))
+
+
+def select_channels(scores, fraction: float):
+    """Indices of the top ``ceil(fraction * C)`` channels by ``|score|``, best first; ties: lower index first."""
+    import numpy as np
+
+    s = np.abs(np.asarray(scores, dtype=np.float64))
+    k = n_selected(len(s), fraction)
+    order = np.lexsort((np.arange(len(s)), -s))  # primary: -|s|, secondary: index
+    return order[:k].astype(np.int64)
+
+
+@dataclass
+class CircuitResult:
+    """One circuit: node scores of every layer, the selected channels and the edge matrices.
+
+    ``edges[down]`` is the ``(len(selected[down]), len(selected[up]))`` matrix from the previous chain layer
+    ``up`` into ``down``.
+    """
+
+    layers: list[str]
+    nodes: dict[str, Any]  # name -> (C,) float32 signed scores
+    selected: dict[str, Any]  # name -> (k,) int64, best first
+    edges: dict[str, Any]  # downstream name -> (k_down, k_up) float32
+    metric: Any  # (B,) float32 clean true-class logit per image
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def upstream_of(self, down: str) -> str:
+        return self.layers[self.layers.index(down) - 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# memory planning
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes a stage keeps per row for its backward (measured once), and the budget to chunk rows by."""
+
+    budget: int
+    stage_bytes: list[int]  # index i: stage i (0 unused)
+    channel_chunk: int | None = None  # fixed channel chunk for edges (None: from the budget)
+
+    def node_rows(self, layer: int, total: int) -> int:
+        per_row = 2 * sum(self.stage_bytes[layer + 1:]) + 1
+        return max(1, min(total, self.budget // per_row))
+
+    def clean_rows(self, total: int) -> int:
+        return max(1, min(total, self.budget // (2 * sum(self.stage_bytes) + 1)))
+
+    def edge_rows(self, stage: int, total: int) -> int:
+        return max(1, min(total, self.budget // (4 * self.stage_bytes[stage] + 1)))
+
+    def edge_channels(self, stage: int, rows: int, n: int) -> int:
+        if self.channel_chunk:
+            return max(1, min(n, self.channel_chunk))
+        return max(1, min(n, self.budget // (3 * rows * self.stage_bytes[stage] + 1)))
+
+
+def default_budget(device) -> int:
+    """Half of the free GPU memory on CUDA, 2 GiB elsewhere."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 2 << 30
+
+
+def measure_stage_bytes(chain) -> list[int]:
+    """Per-row bytes of the tensors each stage saves for backward (parameters excluded), plus its output."""
+    import torch
+
+    params = {p.data_ptr() for p in chain.visual.parameters()} | {b.data_ptr() for b in chain.visual.buffers()}
+    sizes = [0]
+    x = torch.zeros(1, *chain.layers[0].shape, device=chain.device, dtype=chain.dtype, requires_grad=True)
+    for i in range(1, chain.n_stages + 1):
+        saved: dict[tuple[int, int], int] = {}
+
+        def pack(t, saved=saved):
+            if t.data_ptr() not in params:
+                saved[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = chain.stage(i, x)
+        sizes.append(sum(saved.values()) + y.numel() * y.element_size())
+        x = y.detach().requires_grad_()
+    return sizes
+
+
+def make_plan(chain, budget: int | None = None, channel_chunk: int | None = None) -> MemoryPlan:
+    return MemoryPlan(budget or default_budget(chain.device), measure_stage_bytes(chain), channel_chunk)
+
+
+@contextlib.contextmanager
+def frozen(module) -> Iterator[None]:
+    """Parameters without ``requires_grad`` inside the block (no weight gradients are computed or kept)."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for s in range(0, total, size):
+        yield s, min(total, s + size)
+
+
+def _interpolated_rows(a, alphas: Sequence[float], r0: int, r1: int):
+    """Rows ``r0:r1`` of the stack ``[(1 - alpha) * a for alpha in alphas]`` (step-major), and their image index."""
+    import torch
+
+    b = a.shape[0]
+    rows = torch.arange(r0, r1, device=a.device)
+    img = rows % b
+    alpha = torch.tensor(alphas, device=a.device, dtype=a.dtype)[rows // b]
+    scale = (1 - alpha).reshape(-1, *([1] * (a.dim() - 1)))
+    return scale * a[img], img
+
+
+def _reduce_rows(g, a):
+    """``sum over rows and positions of g * a`` per channel, in float64: ``(R, C, ...) -> (C,)``."""
+    return (g.float() * a.float()).reshape(g.shape[0], g.shape[1], -1).sum(dim=(0, 2)).double()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fast method
+
+
+def clean_pass(chain, images, targets, *, with_grads: bool, plan: MemoryPlan, amp=None):
+    """Every layer's clean activation (detached), the clean metric per image and, with ``with_grads``, the
+    per-channel sums ``sum_{b,p} g[b,c,p] * a[b,c,p]`` of the metric's gradient at ``alpha = 0`` (one backward)."""
+    import torch
+
+    from clipgen.circuits.chain import metric
+
+    amp = amp or contextlib.nullcontext
+    n = images.shape[0]
+    acts: list[list[Any]] = [[] for _ in chain.names]
+    metrics, sums = [], None
+    for r0, r1 in _chunks(n, plan.clean_rows(n)):
+        x = images[r0:r1]
+        if with_grads:
+            x = x.detach().requires_grad_()
+            with torch.enable_grad(), amp():
+                layer_acts = chain.activations(x)
+                m = metric(layer_acts[-1], targets[r0:r1])
+            grads = torch.autograd.grad(m.sum(), layer_acts)
+            part = [_reduce_rows(g, a.detach()) for g, a in zip(grads, layer_acts, strict=True)]
+            sums = part if sums is None else [s + p for s, p in zip(sums, part, strict=True)]
+        else:
+            with torch.no_grad(), amp():
+                layer_acts = chain.activations(x)
+                m = metric(layer_acts[-1], targets[r0:r1])
+        for i, a in enumerate(layer_acts):
+            acts[i].append(a.detach())
+        metrics.append(m.detach().float())
+    return [torch.cat(a) for a in acts], torch.cat(metrics), sums
+
+
+def node_scores(chain, acts, targets, ig: IGConfig, plan: MemoryPlan, alpha0_sums=None, amp=None) -> list[Any]:
+    """Signed IG node scores ``(C,)`` (float64) of every layer, from one batched suffix pass per layer.
+
+    ``alpha0_sums`` (from :func:`clean_pass`) covers ``alpha = 0``; it is required when the rule includes it. A
+    layer whose next stage is linear and homogeneous (the stem's average pool) shares its pass with the next
+    layer: interpolating ``act3`` interpolates ``avgpool`` by the same factor, so one backward gives both
+    gradients.
+    """
+    import torch
+
+    from clipgen.circuits.chain import metric
+
+    amp = amp or contextlib.nullcontext
+    alphas = [a for a in ig.alphas if a != 0.0]
+    with_zero = len(alphas) != len(ig.alphas)
+    if with_zero and alpha0_sums is None:
+        raise ValueError("the left rule needs the alpha = 0 gradient sums of clean_pass(with_grads=True)")
+    b = acts[0].shape[0]
+    totals = []
+    for a, s0 in zip(acts, alpha0_sums or [None] * len(acts), strict=True):
+        t = torch.zeros(a.shape[1], dtype=torch.float64, device=a.device)
+        if with_zero:
+            t += s0
+        totals.append(t)
+    n_rows = len(alphas) * b
+    i = 0
+    while i < len(acts):
+        j = i + 1 if i + 1 <= chain.n_stages and chain.is_linear(i + 1) else i  # layers i..j share the pass
+        a = acts[i]
+        for r0, r1 in _chunks(n_rows, plan.node_rows(i, n_rows)):
+            x, img = _interpolated_rows(a, alphas, r0, r1)
+            x.requires_grad_()
+            with torch.enable_grad(), amp():
+                hs = [x]
+                for k in range(i + 1, j + 1):
+                    hs.append(chain.stage(k, hs[-1]))
+                m = metric(chain.run(hs[-1], start=j), targets[img])
+            grads = torch.autograd.grad(m.sum(), hs)
+            for k, g in zip(range(i, j + 1), grads, strict=True):
+                totals[k] += _reduce_rows(g, acts[k][img])
+            del hs, grads, m, x
+        i = j + 1
+    return [-t / (ig.steps * b) for t in totals]
+
+
+def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, plan: MemoryPlan, amp=None):
+    """The ``(len(down_sel), len(up_sel))`` IG edge matrix of stage ``stage`` (float64), computed locally.
+
+    Only the stage is re-run, on all integration steps at once, computing only the selected downstream channels;
+    the upstream input is split (:meth:`~clipgen.circuits.chain.ResNetChain.split_input`) so the batched
+    backward passes (one per selected downstream channel, ``is_grads_batched``) reach only the selected upstream
+    channels.
+    """
+    import torch
+
+    amp = amp or contextlib.nullcontext
+    b = up.shape[0]
+    alphas = [a for a in ig.alphas if a != 0.0]  # the objective's gradient vanishes at alpha = 0
+    up_sel = torch.as_tensor(up_sel, dtype=torch.long, device=up.device)
+    down_sel = torch.as_tensor(down_sel, dtype=torch.long, device=up.device)
+    nj, nu = len(down_sel), len(up_sel)
+    total = torch.zeros(nj, nu, dtype=torch.float64, device=up.device)
+    if not alphas or nj == 0 or nu == 0:
+        return total
+    clean = down[:, down_sel]
+    norm = 2.0 / (b * chain.layers[stage].positions)  # d/dy of mean over (images, positions) of (y - clean)^2
+    n_rows = len(alphas) * b
+    for r0, r1 in _chunks(n_rows, plan.edge_rows(stage, n_rows)):
+        x, img = _interpolated_rows(up, alphas, r0, r1)
+        rest, xs = chain.split_input(x, up_sel)
+        del x
+        with torch.enable_grad(), amp():
+            y = chain.stage(stage, rest, down_sel, x_sel=xs, in_channels=up_sel)
+        resid = (y.detach().float() - clean[img].float()) * norm
+        a_up = up[img][:, up_sel].float().reshape(r1 - r0, nu, -1)
+        cc = plan.edge_channels(stage, r1 - r0, nj)
+        for c0, c1 in _chunks(nj, cc):
+            v = torch.zeros((c1 - c0, *y.shape), dtype=y.dtype, device=y.device)
+            idx = torch.arange(c1 - c0, device=y.device)
+            v[idx, :, c0 + idx] = resid[:, c0:c1].transpose(0, 1).to(y.dtype)
+            (g,) = torch.autograd.grad(y, xs, v, is_grads_batched=True, retain_graph=c1 < nj)
+            g = g.float().reshape(c1 - c0, r1 - r0, nu, -1)
+            total[c0:c1] += torch.einsum("crup,rup->cu", g, a_up).double()
+            del v, g
+        del y, xs, rest
+    return -total / (ig.steps * b)
+
+
+def compute_circuit(chain, images, targets, *, ig: IGConfig = IGConfig(), node_fraction: float = 0.1,
+                    plan: MemoryPlan | None = None, amp=None, selected: Mapping[str, Any] | None = None,
+                    edges: bool = True) -> CircuitResult:
+    """Nodes, selected channels and edges of one circuit (one batch of images of one class and domain).
+
+    ``images`` ``(B, 3, H, W)`` on the chain's device; ``targets`` ``(B, D)`` the normalised class text embedding
+    of each image's true class. ``selected`` overrides the node selection (tests and benchmarks use it).
+    """
+    import time
+
+    import torch
+
+    plan = plan or make_plan(chain)
+    times: dict[str, float] = {}
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    t0 = time.perf_counter()
+    with frozen(chain.visual):
+        left = 0.0 in ig.alphas
+        acts, m, sums = clean_pass(chain, images, targets, with_grads=left, plan=plan, amp=amp)
+        scores = node_scores(chain, acts, targets, ig, plan, alpha0_sums=sums, amp=amp)
+        sync()
+        times["nodes"] = time.perf_counter() - t0
+        nodes = {name: s.float().cpu().numpy() for name, s in zip(chain.names, scores, strict=True)}
+        sel = {name: (select_channels(nodes[name], node_fraction) if selected is None else
+                      torch.as_tensor(selected[name]).cpu().numpy().astype("int64")) for name in chain.names}
+        mats = {}
+        if edges:
+            for i in range(1, chain.n_stages + 1):
+                up, down = chain.names[i - 1], chain.names[i]
+                e = edge_matrix(chain, i, acts[i - 1], acts[i], sel[up], sel[down], ig, plan, amp)
+                mats[down] = e.float().cpu().numpy()
+        sync()
+        times["edges"] = time.perf_counter() - t0 - times["nodes"]
+    return CircuitResult(list(chain.names), nodes, sel, mats, m.cpu().numpy(), times)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the published per-channel method (reference and benchmark baseline)
+
+
+@contextlib.contextmanager
+def _hooks(chain, replace: tuple[str, Any] | None = None, capture: str | None = None) -> Iterator[dict]:
+    """Forward hooks on the real modules: replace a layer's output, capture another's."""
+    from clipgen.models.layers import get_module
+
+    store: dict[str, Any] = {}
+    handles = []
+    if replace is not None and replace[0] != "input":
+        value = replace[1]
+        handles.append(get_module(chain.visual, chain.module_path(replace[0])).register_forward_hook(
+            lambda _m, _i, _o: value))
+    if capture is not None:
+        def grab(_m, _i, o):
+            store[capture] = o
+        handles.append(get_module(chain.visual, chain.module_path(capture)).register_forward_hook(grab))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _full_model(chain, images, targets, alphas, layer, value, capture=None):
+    """Run the whole classifier on ``len(alphas)`` copies of ``images`` with ``layer`` replaced by ``value``."""
+    import torch
+
+    from clipgen.circuits.chain import metric
+
+    k = len(alphas)
+    x_in = value if layer == "input" else images.repeat(k, *([1] * (images.dim() - 1)))
+    with _hooks(chain, replace=(layer, value), capture=capture) as store:
+        z = chain.visual(x_in)
+    m = metric(z, targets.repeat(k, 1))
+    return m, store.get(capture) if capture else None, torch
+
+
+def reference_clean(chain, images):
+    """Clean activations of every chain layer from the real modules (forward hooks)."""
+    import torch
+
+    from clipgen.models.layers import get_module
+
+    acts = {"input": images}
+    handles = [get_module(chain.visual, chain.module_path(n)).register_forward_hook(
+        lambda _m, _i, o, n=n: acts.__setitem__(n, o.clone())) for n in chain.names[1:]]
+    try:
+        with torch.no_grad():
+            chain.visual(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return [acts[n] for n in chain.names]
+
+
+@contextlib.contextmanager
+def _trainable(module) -> Iterator[None]:
+    """Parameters with ``requires_grad`` (as in the published scripts, whose backward also fills weight grads)."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+            p.grad = None
+
+
+def reference_nodes(chain, images, targets, ig: IGConfig = IGConfig(), layers: Sequence[str] | None = None,
+                    clean=None) -> dict[str, Any]:
+    """Node scores by the published method: per layer, one full-model pass over all steps and one backward."""
+    import torch
+
+    clean = clean or reference_clean(chain, images)
+    b = images.shape[0]
+    out = {}
+    with _trainable(chain.visual):
+        for name in layers or chain.names:
+            a = clean[chain.index(name)]
+            x = torch.cat([(1 - al) * a for al in ig.alphas]).requires_grad_()
+            m, _, _ = _full_model(chain, images, targets, ig.alphas, name, x)
+            m.sum().backward()
+            g = x.grad.reshape(len(ig.alphas), *a.shape).mean(0)
+            out[name] = (g * -a).reshape(b, a.shape[1], -1).sum(2).mean(0).detach().cpu().double().numpy()
+    return out
+
+
+def reference_edges(chain, images, targets, selected: Mapping[str, Any], ig: IGConfig = IGConfig(),
+                    pairs: Sequence[tuple[str, str]] | None = None, clean=None) -> dict[str, Any]:
+    """Edge matrices by the published method: per downstream channel, one full-model forward over all steps
+    (the upstream module's output replaced by the interpolation) and one backward of the MSE objective."""
+    import torch
+    import torch.nn.functional as F
+
+    clean = clean or reference_clean(chain, images)
+    b = images.shape[0]
+    out = {}
+    with _trainable(chain.visual):
+        for up, down in pairs or chain.pairs:
+            a_up, a_down = clean[chain.index(up)], clean[chain.index(down)]
+            u_sel = torch.as_tensor(selected[up], dtype=torch.long)
+            mat = torch.zeros(len(selected[down]), len(u_sel), dtype=torch.float64)
+            for row, j in enumerate(selected[down]):
+                x = torch.cat([(1 - al) * a_up for al in ig.alphas]).requires_grad_()
+                _, d, _ = _full_model(chain, images, targets, ig.alphas, up, x, capture=down)
+                d = d.reshape(len(ig.alphas), b, a_down.shape[1], -1)
+                c = a_down.reshape(b, a_down.shape[1], -1)
+                loss = sum(F.mse_loss(c[:, int(j)], d[k, :, int(j)]) for k in range(len(ig.alphas)))
+                loss.backward()
+                g = x.grad.reshape(len(ig.alphas), *a_up.shape).mean(0)
+                eff = (g * -a_up).reshape(b, a_up.shape[1], -1).sum(2).mean(0)
+                mat[row] = eff[u_sel].detach().cpu().double()
+            out[down] = mat.numpy()
+    return out

@@ -1,0 +1,55 @@
+"""Helpers for the circuits tests: an RN-tiny image tower with non-degenerate weights, and a run directory of it.
+
+open_clip initialises every Bottleneck's last batch-norm gain to zero, so a freshly created ResNet's residual
+branches are dead and half of what the circuit code does would go untested. :func:`perturbed_visual` draws every
+batch-norm parameter and running statistic at random (seeded) instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def perturb_batchnorm(model, seed: int = 1) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            n = mod.num_features
+            mod.weight.data = 0.5 + torch.rand(n, generator=g)
+            mod.bias.data = 0.2 * torch.randn(n, generator=g)
+            mod.running_mean.data = 0.2 * torch.randn(n, generator=g)
+            mod.running_var.data = 0.5 + torch.rand(n, generator=g)
+
+
+def perturbed_model(name: str = "RN-tiny", seed: int = 0):
+    import torch
+
+    from clipgen.models.registry import create_model
+
+    torch.manual_seed(seed)
+    model, _, _ = create_model(name)
+    perturb_batchnorm(model, seed + 1)
+    return model.eval()
+
+
+def perturbed_visual(name: str = "RN-tiny", seed: int = 0):
+    return perturbed_model(name, seed).visual
+
+
+def make_perturbed_run(path: Path, model: str = "RN-tiny", epochs: tuple[int, ...] = (1, 2), seed: int = 0) -> Path:
+    """A run directory (manifest + checkpoints) whose weights are :func:`perturbed_model` (one seed per epoch)."""
+    import torch
+
+    from clipgen.models.registry import model_config
+    from clipgen.runs import RunManifest, write_manifest
+
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for e in epochs:
+        m = perturbed_model(model, seed * 1000 + e)
+        torch.save({"epoch": e, "name": path.name, "state_dict": m.state_dict()},
+                   path / "checkpoints" / f"epoch_{e}.pt")
+    write_manifest(path, RunManifest(kind="clip", name=path.name, model=model, model_config=model_config(model),
+                                     seed=seed))
+    return path
