@@ -68,6 +68,46 @@ def test_embeddings_with_umap_seeded_and_reproducible(cli, tiny_store, tmp_path)
     again = fit_umap(x, seed=3, n_neighbors=5)
     np.testing.assert_allclose(again, coords, rtol=1e-5, atol=1e-5)
 
+    # an unpooled layer (N, C, H, W) is analysed on its flattened features (UMAP already compiled: fast here)
+    store = _unpooled_store(tmp_path / "u.h5")
+    r = cli("embeddings", store, "--out", tmp_path / "u", "--layer", "conv", "--per-domain", "6", "--n-neighbors",
+            "4", "--seed", "0", "--no-figures")
+    assert r.exit_code == 0, r.stderr
+    with open(tmp_path / "u" / "umap_all.csv", newline="") as f:
+        rows_u = list(csv.DictReader(f))
+    assert len(rows_u) == 4 * 6
+    with open_store(store) as st:
+        xu = st.read_layer("conv", rows=[int(r_["row"]) for r_ in rows_u])
+        dom, names = st.samples.domains, st.samples.domain_names
+        flat = st.read_layer("conv").reshape(st.n_samples, -1).astype(np.float64)
+    assert xu.ndim == 4
+    coords = np.array([[float(r_["x"]), float(r_["y"])] for r_ in rows_u])
+    np.testing.assert_allclose(fit_umap(xu.reshape(len(xu), -1), seed=0, n_neighbors=4), coords, rtol=1e-5,
+                               atol=1e-5)
+    js = json.loads((tmp_path / "u" / "embeddings.json").read_text())
+    mu = np.stack([flat[dom == names.index(d)].mean(axis=0) for d in js["domains"]])
+    np.testing.assert_allclose(js["domain_mean_l2"], np.linalg.norm(mu[:, None] - mu[None], axis=-1), atol=1e-6)
+    assert len(js["mean_difference"]["per_domain"]["quickdraw"]["dims"]) == 3 * 2 * 2
+
+
+def _unpooled_store(path):
+    from clipgen.store import build_store_from_arrays
+
+    rng = np.random.default_rng(0)
+    paths, labs, doms = [], [], []
+    for d in ("clipart", "quickdraw", "real", "sketch"):
+        for c in range(6):
+            for k in range(5):
+                paths.append(f"{d}/{c}/{k}.png")
+                labs.append(c)
+                doms.append(d)
+    n = len(paths)
+    conv = rng.normal(size=(n, 3, 2, 2)) + np.asarray([len(d) for d in doms], dtype=float)[:, None, None, None]
+    return build_store_from_arrays(path, paths=paths, labels=labs, domains=doms,
+                                   layers={"conv": conv.astype(np.float32),
+                                           "embedding": rng.normal(size=(n, 8)).astype(np.float32)},
+                                   held_out_labels=[0, 1, 2, 3], class_names={i: f"c{i}" for i in range(6)})
+
 
 @pytest.mark.parametrize("args, message", [
     (["--layer", "resblock99"], "--layer: layer 'resblock99' is not in the store"),
@@ -75,6 +115,9 @@ def test_embeddings_with_umap_seeded_and_reproducible(cli, tiny_store, tmp_path)
     (["--domains", "real,sketch"], "--highlight: domain 'quickdraw' is not among the analysed domains"),
     (["--per-domain", "0"], "--per-domain: must be at least 1"),
     (["--per-domain", "3", "--n-neighbors", "15"], "sample 'without_quickdraw' has 15 (raise --per-domain"),
+    (["--n-neighbors", "1"], "--n-neighbors: must be at least 2, got 1"),
+    (["--min-dist", "-0.1"], "--min-dist: must be between 0 and 1 (UMAP's spread), got -0.1"),
+    (["--min-dist", "2"], "--min-dist: must be between 0 and 1 (UMAP's spread), got 2"),
 ])
 def test_embeddings_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, args, message):
     out = tmp_path / "o"

@@ -12,6 +12,7 @@ All numbers come from one stored layer (default ``embedding``, the L2-normalised
   with a seeded generator (the published sampling is unseeded), once with every domain and once without the
   highlighted domain (the same sampled images minus that domain's).
 
+A layer stored unpooled (``(N, *shape)`` per row) is analysed on its flattened features, as ``clipgen cka`` does.
 Means and distances are streamed from the store (:meth:`ActivationStore.class_means`); only the UMAP sample is read
 as rows. ``umap`` (and numba) is imported only inside :func:`fit_umap`: importing and compiling it takes seconds.
 """
@@ -137,14 +138,25 @@ def sample_rows(domain_of_row: np.ndarray, domains: Sequence[str], per_domain: i
     return out
 
 
+#: umap-learn's ``spread`` (left at its default): ``min_dist`` may not exceed it.
+UMAP_SPREAD = 1.0
+
+
+def check_umap_settings(n_neighbors: int, min_dist: float) -> None:
+    """The UMAP settings umap-learn would reject with a traceback, as one-line option errors."""
+    if n_neighbors < 2:
+        raise option_error("--n-neighbors", f"must be at least 2, got {n_neighbors}")
+    if not 0.0 <= min_dist <= UMAP_SPREAD:
+        raise option_error("--min-dist", f"must be between 0 and {UMAP_SPREAD:g} (UMAP's spread), got {min_dist:g}")
+
+
 def fit_umap(x: np.ndarray, *, seed: int = 42, n_neighbors: int = 15, min_dist: float = 0.1,
              densmap: bool = True) -> np.ndarray:
     """2-D UMAP of the rows of ``x`` (umap-learn; ``random_state=seed``, which makes it single-threaded)."""
     import warnings
 
     n = int(np.asarray(x).shape[0])
-    if n_neighbors < 2:
-        raise option_error("--n-neighbors", f"must be at least 2, got {n_neighbors}")
+    check_umap_settings(n_neighbors, min_dist)
     if n <= n_neighbors:
         raise option_error("--n-neighbors", f"{n_neighbors} neighbours need more than {n_neighbors} points, the "
                                             f"sample has {n} (raise --per-domain or lower --n-neighbors)")
@@ -153,8 +165,9 @@ def fit_umap(x: np.ndarray, *, seed: int = 42, n_neighbors: int = 15, min_dist: 
         import umap
 
         reducer = umap.UMAP(n_components=2, densmap=densmap, random_state=seed, n_neighbors=n_neighbors,
-                            min_dist=min_dist)
-        return np.asarray(reducer.fit_transform(np.asarray(x, dtype=np.float32)), dtype=np.float64)
+                            min_dist=min_dist, spread=UMAP_SPREAD)
+        x = np.asarray(x, dtype=np.float32)
+        return np.asarray(reducer.fit_transform(x.reshape(n, -1)), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,8 +262,7 @@ def compute_embeddings(store, cfg: EmbeddingsConfig, *, progress: bool = False) 
                                           f"({', '.join(domains)})")
     fits: list[tuple[str, np.ndarray]] = []
     if cfg.umap:  # draw the sample and check the UMAP settings before any heavy work
-        if cfg.n_neighbors < 2:
-            raise option_error("--n-neighbors", f"must be at least 2, got {cfg.n_neighbors}")
+        check_umap_settings(cfg.n_neighbors, cfg.min_dist)
         dom_names = domain_of_rows(store)
         picks = sample_rows(dom_names, domains, cfg.per_domain, cfg.seed)
         rows = np.sort(np.concatenate([picks[d] for d in domains]))
@@ -283,7 +295,7 @@ def compute_embeddings(store, cfg: EmbeddingsConfig, *, progress: bool = False) 
                                mean_diff=mean_differences(stats))
         if fits:
             rows = fits[0][1]
-            x = store.read_layer(cfg.layer, rows=rows)
+            x = store.read_layer(cfg.layer, rows=rows).reshape(rows.size, -1)  # unpooled layers: flattened
             for name, r in fits:
                 coords = fit_umap(x[np.isin(rows, r)], seed=cfg.seed, n_neighbors=cfg.n_neighbors,
                                   min_dist=cfg.min_dist, densmap=cfg.densmap)
