@@ -71,3 +71,37 @@ def test_features_refusals(cli, store, tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error: --ks:")
     r = cli("sae", "features", store, "--sae", tmp_path / "nothing")
     assert r.exit_code == 2 and "no such SAE file" in r.stderr
+
+
+def test_bad_stores_are_one_line_errors(cli, store, tmp_path):
+    import shutil
+
+    import h5py
+
+    assert _train(cli, store, tmp_path / "sae").exit_code == 0
+    newer = tmp_path / "newer.h5"
+    shutil.copy(store, newer)
+    with h5py.File(newer, "a") as f:
+        f.attrs["schema_version"] = "99.0"
+    partial = tmp_path / "partial.h5"
+    shutil.copy(store, partial)
+    with h5py.File(partial, "a") as f:
+        f.attrs["complete"] = False
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f.attrs["format"] = "something-else"
+    other_layer = make_store(tmp_path / "other.h5", layer="attnpool")[0]
+    cases = [(tmp_path / "missing.h5", "store not found"), (newer, "unsupported store schema version"),
+             (partial, "incomplete store"), (foreign, "not a clipgen activation store")]
+    for path, msg in cases:
+        r = _train(cli, path, tmp_path / f"t-{path.stem}")
+        assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (path, r)
+        assert msg in r.stderr and not (tmp_path / f"t-{path.stem}").exists()
+        r = cli("sae", "features", path, "--sae", tmp_path / "sae", "--out", tmp_path / f"f-{path.stem}",
+                "--device", "cpu")
+        assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (path, r)
+        assert msg in r.stderr and not (tmp_path / f"f-{path.stem}").exists()
+    # the SAE's layer is not in the store
+    r = cli("sae", "features", other_layer, "--sae", tmp_path / "sae", "--out", tmp_path / "f", "--device", "cpu")
+    assert r.exit_code == 2 and "--layer:" in r.stderr and "no layer 'embedding'" in r.stderr
+    assert not (tmp_path / "f").exists()

@@ -182,4 +182,17 @@ def test_run_feature_sharing_refusals(tmp_path):
     _sae_file(tmp_path / "wide.pt", width=24)
     with pytest.raises(ClipgenError, match=r"wide.pt: SAE expects 24-wide inputs, but layer 'embedding' .* is 16"):
         run(sae=str(tmp_path / "wide.pt"), test_domain="sketch")
+    # the SAE has 64 latents: top-k sets larger than that are meaningless
+    with pytest.raises(ClipgenError, match=r"^--ks: 65 exceeds the 64 latents of the SAE .*sae.pt"):
+        run(test_domain="sketch", ks=[5, 65])
+    with pytest.raises(ClipgenError, match=r"^--top: 100 exceeds the 64 latents"):
+        run(test_domain="sketch", top=100)
+    with pytest.raises(ClipgenError, match=r"^--batch-size: must be at least 1, got 0"):
+        run(test_domain="sketch", batch_size=0)
+    with pytest.raises(ClipgenError, match=r"^--layer: .*s.h5: no layer 'attnpool' in this store"):
+        run(test_domain="sketch", layer="attnpool")
+    unpooled, _ = make_store(tmp_path / "u.h5", layer="conv", x=np.zeros((144, 4, 2, 2), dtype=np.float32))
+    with pytest.raises(ClipgenError, match=r"^--layer: .*u.h5: layer 'conv' is stored unpooled \(\(4, 2, 2\) per "
+                                          r"row\); the SAE needs one vector per image"):
+        run(store=str(unpooled), test_domain="sketch", layer="conv")
     assert not (tmp_path / "o").exists()

@@ -7,7 +7,7 @@ images of ``(c, d)``, how often each SAE latent is among the image's ``top`` (20
 domain x domain matrices ``M_c`` are averaged over classes into ``M``; the score of the test domain ``t`` is the mean
 of ``M[t, j]`` over the other domains ``j``.
 
-Differences from the published ``analyze_sae_features.py`` (all documented in docs/analysis-sae.md):
+Differences from the published ``analyze_sae_features.py`` (all documented in docs/sae.md):
 
 * the score uses the row of the requested test domain; the published code always scored the sketch row (its loop
   variable ``domain`` shadows the argument, spec section 6 item 1). ``published_code_score`` keeps that value;
@@ -297,6 +297,8 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
 
     if cfg.top < 1 or not cfg.ks or min(cfg.ks) < 1:
         raise option_error("--ks" if cfg.top >= 1 else "--top", "must be positive")
+    if cfg.batch_size < 1:
+        raise option_error("--batch-size", f"must be at least 1, got {cfg.batch_size}")
     if cfg.zero_bins not in ZERO_BINS:
         raise option_error("--zero-bins", f"unknown value {cfg.zero_bins!r} (one of {', '.join(ZERO_BINS)})")
     out = Path(cfg.out)
@@ -306,13 +308,20 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
         raise option_error("--out", f"{out / RESULT_FILE} already exists; pass --force to overwrite it")
     device = resolve_device(cfg.device)
     model, info = load_sae(cfg.sae, device=device)
+    m = model.arch.d_sae
+    for opt, vals in (("--top", [cfg.top]), ("--ks", cfg.ks)):
+        if max(vals) > m:
+            raise option_error(opt, f"{max(vals)} exceeds the {m} latents of the SAE {info['path']}")
     layer = cfg.layer or info.get("layer") or "embedding"
     with open_store(cfg.store) as st:
         if layer not in st.layers:
             raise option_error("--layer", f"{cfg.store}: no layer {layer!r} in this store (layers: "
                                           f"{' '.join(st.layers)})")
         shape = st.layer_info(layer)["shape"]
-        check_width(info["path"], model.arch, cfg.store, layer, int(shape[1]) if len(shape) == 2 else -1)
+        if len(shape) != 2:
+            raise option_error("--layer", f"{cfg.store}: layer {layer!r} is stored unpooled ({shape[1:]} per row); "
+                                          "the SAE needs one vector per image")
+        check_width(info["path"], model.arch, cfg.store, layer, int(shape[1]))
         classes = _resolve_classes(st, cfg.classes)
         smp = st.samples
         if cfg.split == "all":
@@ -371,8 +380,8 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
     payload.update({"store": {"path": str(cfg.store), "fingerprint": fingerprint, "split": split or "all",
                               "rows": int(len(rows))},
                     "sae": {"path": info["path"], "layer": layer, "arch": info["arch"], "steps": info["steps"]}})
-    write_json_atomic(out / RESULT_FILE, payload)
     write_config(out, "sae features", cfg)
+    write_json_atomic(out / RESULT_FILE, payload)  # last: its presence means the folder is complete
     return res, out
 
 

@@ -51,7 +51,7 @@ def train(
                                          help="Inputs whose loss decides where dead latents are re-initialised."),
     paper: bool = typer.Option(False, "--paper",
                                help="The published configuration exactly: no resampling (its resampler never "
-                                    "fires, see docs/analysis-sae.md)."),
+                                    "fires, see docs/sae.md)."),
     dead_window: int = typer.Option(1_000_000, "--dead-window",
                                     help="Samples without firing after which the logs count a latent as dead."),
     log_every: int = typer.Option(1_000_000, "--log-every", help="Samples between log lines."),
