@@ -141,6 +141,11 @@ def test_node_similarity_domains_and_subset_selection():
     assert res["highlight"] is None and any("quickdraw" in n for n in res["notes"])  # default highlight absent
     assert res["missing"] == []  # class 2 is complete in real and painting
     assert not any(d == "quickdraw" for d, _ in src.reads)  # only what is needed is read
+    src.reads.clear()
+    res = node_similarity(src, domains="painting,quickdraw", subsets="all")
+    assert res["n_classes"]["all"] == {"painting/quickdraw": 2}
+    assert res["missing"] == [{"label": 2, "class": "alarm clock", "missing_domains": ["quickdraw"]}]
+    assert ("painting", 2) not in src.reads  # a class in one domain only is in no pair: never read
 
 
 def test_no_held_out_class_default_skips_explicit_errors():

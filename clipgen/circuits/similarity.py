@@ -353,7 +353,7 @@ def node_similarity(source, domains: str | Sequence[str] | None = None,
         per_class: dict[int, dict[tuple[str, str], np.ndarray]] = {}
         for i, label in enumerate(plan.labels()):
             sets = {}
-            for d in plan.present[label]:
+            for d in (plan.present[label] if len(plan.present[label]) > 1 else ()):  # alone: in no pair
                 res = _read(src, d, label, file_layers)
                 sets[d] = [np.unique(np.asarray(res.selected[x], dtype=np.int64)) for x in layers]
             per_class[label] = {(a, b): np.array([jaccard_arrays(sa, sb) for sa, sb in
@@ -413,7 +413,7 @@ def circuit_similarity(source, edge_k: int = 3, metrics: str | Sequence[str] = D
         file_layers = [str(x) for x in src.layers]
         per_class: dict[str, dict[int, dict[tuple[str, str], float]]] = {m: {} for m in metric_list}
         for i, label in enumerate(plan.labels()):
-            ds = plan.present[label]
+            ds = plan.present[label] if len(plan.present[label]) > 1 else []  # alone: in no pair
             graphs = {d: circuit_graph(_read(src, d, label, file_layers), edge_k) for d in ds}
             codes = {d: np.unique(g.edge_codes) for d, g in graphs.items()}
             wl = circuit_wl([graphs[d] for d in ds], hs) if len(ds) > 1 else {}
