@@ -779,6 +779,8 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
         config = _config_for_file(cfg, src)
     cg = circuit_graph(result, edge_k)
     model = prov.get("model") or prov.get("model_name")
+    if isinstance(model, dict):
+        model = model.get("name")
     epoch = prov.get("epoch")
     what = ", ".join(str(x) for x in (model, None if epoch is None else f"epoch {epoch}") if x)
     title = (f"{name} ({label}) in {domain}: {n_images} images, {cg.n_nodes} nodes, {cg.n_edges} edges "
