@@ -20,9 +20,11 @@ def planted_data(n: int = 4096, d: int = 16, n_atoms: int = 24, active: int = 3,
 
 def make_store(path, *, width: int = 16, labels=(0, 11, 13, 25), held_out=(11, 13),
                domains=("clipart", "real", "sketch"), per_cell: int = 6, splits=("train", "test"),
-               provenance=None, seed: int = 0, layer: str = "embedding", x: np.ndarray | None = None):
+               provenance=None, seed: int = 0, layer: str = "embedding", x: np.ndarray | None = None,
+               dtype: str = "float32"):
     """A complete store of ``per_cell`` rows per (label, domain, split) with one layer of ``width`` (random rows
-    unless ``x`` is given); returns (path, rows as a float32 array in store order)."""
+    unless ``x`` is given, stored as ``dtype``; ``embedding`` is always float32); returns (path, the rows in store
+    order)."""
     from clipgen.store import build_store_from_arrays
 
     rng = np.random.default_rng(seed)
@@ -40,6 +42,6 @@ def make_store(path, *, width: int = 16, labels=(0, 11, 13, 25), held_out=(11, 1
         x = rng.standard_normal((n, width)).astype(np.float32)
     names = {0: "aircraft carrier", 11: "axe", 13: "banana", 25: "bed"}
     build_store_from_arrays(path, paths=paths, labels=labs, domains=doms, splits=spl, layers={layer: x},
-                            held_out_labels=list(held_out), provenance=provenance,
+                            held_out_labels=list(held_out), provenance=provenance, dtype=dtype,
                             class_names={lab: names.get(lab, f"class{lab}") for lab in labels})
     return path, x

@@ -408,6 +408,34 @@ def test_store_streaming_reads_exactly_the_training_rows(tmp_path):
         assert data.info["mode"] == ("resident" if buffer_mb == 1.0 else "streaming")
 
 
+def test_streaming_keeps_the_store_dtype_and_trains(tmp_path):
+    from contextlib import ExitStack
+
+    from clipgen.analysis.sae import open_training_data
+    from tests._fixtures_sae import make_store
+
+    n = 144
+    rng = np.random.default_rng(0)
+    x = np.c_[np.arange(n, dtype=np.float32), rng.standard_normal((n, 7)).astype(np.float32)]  # column 0 = row id
+    store, _ = make_store(tmp_path / "s.h5", width=8, x=x, layer="act", dtype="float16")
+    cfg = _store_cfg(tmp_path / "run", [store], layer="act", val_fraction=0.0, block_rows=10,
+                     buffer_mb=30 * 8 * 4 / 2**20, batch_size=8, epochs=3)
+    with ExitStack() as stack:
+        data = open_training_data(cfg, stack, device=torch.device("cpu"))
+        assert data.info["mode"] == "streaming"
+        batches = list(data.source.batches(0, 0, 8))
+        sample = data.source.sample(5, np.random.default_rng(1))
+    assert all(b.dtype == torch.float16 and b.shape == (8, 8) for b in batches)  # the stored float16, not a copy
+    seen = torch.cat(batches).float().numpy()
+    order = seen[:, 0].astype(int)
+    assert sorted(order.tolist()) == list(range(n))  # every row once (144 = 18 batches of 8)
+    np.testing.assert_array_equal(seen, x[order].astype(np.float16).astype(np.float32))
+    assert sample.dtype == torch.float32 and sample.shape == (5, 8)
+    res = train_sae(cfg, progress=False)
+    log = [r for r in _log(tmp_path / "run") if r["kind"] == "train"]
+    assert res.steps == 3 * 18 and all(np.isfinite(r["loss"]) for r in log) and log[-1]["loss"] < log[0]["loss"]
+
+
 def test_store_refusals(tmp_path):
     from tests._fixtures_sae import make_store
 

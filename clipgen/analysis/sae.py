@@ -350,10 +350,14 @@ class ArraySource:
 class StreamingSource:
     """Rows read in contiguous blocks, in a random block order per epoch, shuffled within a memory buffer.
 
-    ``blocks``: contiguous global row ranges ``(start, stop)``; ``read(start, stop)`` returns those rows as a
-    float32 array; ``keep`` (bool per global row) drops rows (validation rows, other splits) after reading. Each
-    buffer of ``buffer_rows // block_rows`` blocks is permuted in memory; the epoch is the concatenation of the
-    buffers, cut into batches (the last partial batch is dropped). The next buffer is read by a background thread.
+    ``blocks``: contiguous global row ranges ``(start, stop)``; ``read(start, stop)`` returns those rows (float16 or
+    float32: the store's dtype is kept in the buffer, halving its memory for float16 stores); ``keep`` (bool per
+    global row) drops rows (validation rows, other splits). A buffer holds ``buffer_rows // block_rows`` blocks,
+    read in ascending order; the positions of its kept rows are permuted, and each batch is gathered from the
+    buffer in that order (one copy per row, no permuted copy of the whole buffer). The epoch is the concatenation
+    of the buffers, cut into batches (the last partial batch is dropped). Batches come in the buffer's dtype: the
+    training step converts them to float32 (on the GPU, after a transfer of half the bytes). The next buffer is
+    read by a background thread.
     """
 
     def __init__(self, blocks: Sequence[tuple[int, int]], read: Callable[[int, int], np.ndarray], d: int, *,
@@ -368,7 +372,7 @@ class StreamingSource:
             raise ClipgenError("no training rows left after filtering")
         largest = max(b - a for a, b in self.blocks)
         self.blocks_per_buffer = max(1, int(buffer_rows) // max(1, largest))
-        self._last: np.ndarray | None = None
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     device = torch.device("cpu")
 
@@ -377,19 +381,25 @@ class StreamingSource:
         k = self.blocks_per_buffer
         return [sorted(order[i:i + k].tolist()) for i in range(0, len(order), k)]
 
-    def _load(self, epoch: int, gi: int, group: list[int]) -> np.ndarray:
-        parts = []
+    def _load(self, epoch: int, gi: int, group: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of the group's blocks (in block order) and the shuffled buffer positions of the kept ones."""
+        total = sum(self.blocks[bi][1] - self.blocks[bi][0] for bi in group)
+        buf: np.ndarray | None = None
+        kept, pos = [], 0
         for bi in group:  # ascending block index: sequential reads within a buffer
             a, b = self.blocks[bi]
-            rows = np.asarray(self.read(a, b), dtype=np.float32)
+            rows = np.asarray(self.read(a, b))
             if rows.shape != (b - a, self.d):
                 raise ClipgenError(f"block rows {a}:{b}: expected shape {(b - a, self.d)}, read {rows.shape}")
-            if self.keep is not None:
-                rows = rows[self.keep[a:b]]
-            parts.append(rows)
-        buf = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        perm = np.random.default_rng([self.seed, int(epoch), _RNG_BUFFER, gi]).permutation(len(buf))
-        return buf[perm]
+            if buf is None:
+                dtype = rows.dtype if rows.dtype in (np.float16, np.float32) else np.float32
+                buf = np.empty((total, self.d), dtype=dtype)
+            buf[pos:pos + b - a] = rows
+            kept.append(pos + np.flatnonzero(self.keep[a:b]) if self.keep is not None else np.arange(pos, pos + b - a))
+            pos += b - a
+        idx = np.concatenate(kept)
+        perm = np.random.default_rng([self.seed, int(epoch), _RNG_BUFFER, gi]).permutation(len(idx))
+        return buf, idx[perm]
 
     def batches(self, epoch: int, start_step: int, batch_size: int,
                 out: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
@@ -407,48 +417,45 @@ class StreamingSource:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
             future = pool.submit(self._load, epoch, needed[0][0], groups[needed[0][0]]) if pool else None
-            carry = np.empty((0, self.d), dtype=np.float32)
+            carry: np.ndarray | None = None
             for j, (gi, gpos) in enumerate(needed):
-                buf = future.result() if future is not None else self._load(epoch, gi, groups[gi])
+                buf, order = future.result() if future is not None else self._load(epoch, gi, groups[gi])
                 if pool is not None and j + 1 < len(needed):
                     nxt = needed[j + 1][0]
                     future = pool.submit(self._load, epoch, nxt, groups[nxt])
-                self._last = buf
+                self._last = (buf, order)
                 if gpos < start_row:
-                    buf = buf[start_row - gpos:]
+                    order = order[start_row - gpos:]
                 i = 0
-                if len(carry):
-                    take = min(batch_size - len(carry), len(buf))
-                    carry = np.concatenate([carry, buf[:take]])
+                if carry is not None:
+                    take = min(batch_size - len(carry), len(order))
+                    carry = np.concatenate([carry, buf[order[:take]]])
                     i = take
                     if len(carry) < batch_size:
                         continue
                     yield torch.from_numpy(carry)
                     emitted += 1
-                    carry = np.empty((0, self.d), dtype=np.float32)
+                    carry = None
                     if emitted >= steps:
                         return
-                while i + batch_size <= len(buf):
-                    yield torch.from_numpy(buf[i:i + batch_size])
+                while i + batch_size <= len(order):
+                    yield torch.from_numpy(buf[order[i:i + batch_size]])
                     i += batch_size
                     emitted += 1
                     if emitted >= steps:
                         return
-                carry = np.array(buf[i:])
+                carry = buf[order[i:]] if i < len(order) else None
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
-        """Up to ``n`` random rows of the buffer in use (the first buffer of epoch 0 before training)."""
+        """Up to ``n`` random rows (float32) of the buffer in use (the first buffer of epoch 0 before training)."""
         if self._last is None:
-            groups = self._groups(0)
-            self._last = self._load(0, 0, groups[0])
-        buf = self._last
-        if n >= len(buf):
-            return torch.from_numpy(np.ascontiguousarray(buf))
-        idx = np.sort(rng.choice(len(buf), size=n, replace=False))
-        return torch.from_numpy(buf[idx])
+            self._last = self._load(0, 0, self._groups(0)[0])
+        buf, order = self._last
+        idx = np.sort(order if n >= len(order) else rng.choice(order, size=n, replace=False))
+        return torch.from_numpy(buf[idx]).float()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -717,10 +724,16 @@ def open_training_data(cfg: SAETrainConfig, stack: Any, *, device: torch.device)
         blocks = [(a, min(a + cfg.block_rows, off + n)) for _, off, n in segments
                   for a in range(off, off + n, cfg.block_rows)]
 
+        from clipgen.store.schema import dataset_path
+
+        datasets = [st.file[dataset_path(cfg.layer)] for st, _, _ in segments]
+
         def read(a: int, b: int) -> np.ndarray:
-            for st, off, n in segments:
+            # a plain slice of the HDF5 dataset: contiguous, in the store's dtype (no per-read row selection over
+            # the whole store, no float32 copy: the step converts each batch)
+            for ds, (_, off, n) in zip(datasets, segments, strict=True):
                 if off <= a < off + n:
-                    return st.read_layer(cfg.layer, rows=slice(a - off, b - off))
+                    return ds[a - off:b - off]
             raise ClipgenError(f"rows {a}:{b} are outside the training stores")  # pragma: no cover
 
         source = StreamingSource(blocks, read, width, keep=keep, seed=cfg.seed, buffer_rows=budget_rows)
