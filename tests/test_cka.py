@@ -148,6 +148,20 @@ def test_constant_representation_is_an_error_not_nan():
         C.cka(x, rand((6, 4)), "linear", "biased")
 
 
+@pytest.mark.parametrize("kernel", C.KERNELS)
+def test_degenerate_unbiased_self_hsic_is_an_error_not_rounding_noise(kernel):
+    # all class means equal but one: the unbiased self-HSIC is exactly 0 (up to rounding, which RBF leaves at
+    # ~1e-15 for both, so the ratio of noise would read 1.0); the biased estimator stays well defined
+    x = np.array([[1.0], [1.0], [1.0], [-2.0]])
+    y = np.array([[0.5, 1.0], [0.5, 1.0], [0.5, 1.0], [3.0, -1.0]])
+    with pytest.raises(ClipgenError, match="constant or degenerate"):
+        C.cka(x, y, kernel, "unbiased")
+    assert C.cka(x, y, kernel, "biased") == pytest.approx(1.0)
+    # a representation far from degenerate passes at any scale
+    z = rand((5, 3), 1)
+    assert np.isfinite(C.cka(1e-6 * z, 1e6 * rand((5, 2), 2), kernel, "unbiased"))
+
+
 # ----------------------------------------------------------------------------- class subsets
 
 

@@ -202,18 +202,27 @@ def hsic_biased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
     return hsic(k, l, "biased")
 
 
-def _cka_value(cross: float, self_a: float, self_b: float, what: str) -> float:
-    denom = self_a * self_b
-    if not np.isfinite(denom) or denom <= 0.0 or not np.isfinite(cross):
-        raise ClipgenError(f"CKA undefined for {what}: a representation is constant (self-HSIC "
+#: A self-HSIC at or below this fraction of ``mean(K∘K)`` is rounding noise: the representation is degenerate.
+DEGENERATE_RTOL = 1e-10
+
+
+def _cka_value(cross: float, self_a: float, self_b: float, what: str, floor_a: float = 0.0,
+               floor_b: float = 0.0) -> float:
+    if not (np.isfinite(self_a) and np.isfinite(self_b) and np.isfinite(cross)) or self_a <= floor_a \
+            or self_b <= floor_b:
+        raise ClipgenError(f"CKA undefined for {what}: a representation is constant or degenerate (self-HSIC "
                            f"{self_a:.3g}, {self_b:.3g}); check the stored activations")
-    return float(cross / np.sqrt(denom))
+    return float(cross / np.sqrt(self_a * self_b))
 
 
 def cka_from_terms(a: GramTerms, b: GramTerms, estimator: str = "unbiased", what: str = "these matrices",
                    trace: float | None = None) -> float:
+    """CKA from Gram terms. A self-HSIC that is not clearly positive (at most :data:`DEGENERATE_RTOL` times
+    ``mean(K∘K)``, e.g. a constant representation, or the unbiased estimator on class means that are all equal
+    but one, where it is 0 up to rounding) is an error, never a NaN or a ratio of rounding noise."""
     return _cka_value(hsic_terms(a, b, estimator, trace), hsic_terms(a, a, estimator, a.self_trace),
-                      hsic_terms(b, b, estimator, b.self_trace), what)
+                      hsic_terms(b, b, estimator, b.self_trace), what,
+                      DEGENERATE_RTOL * a.self_trace / a.n ** 2, DEGENERATE_RTOL * b.self_trace / b.n ** 2)
 
 
 def cka_from_grams(k: np.ndarray, l: np.ndarray, estimator: str = "unbiased") -> float:  # noqa: E741
