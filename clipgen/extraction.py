@@ -236,6 +236,8 @@ class Extractor:
         self.widths = [int(np.prod(d.shape)) for d in self.pooled]
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        if getattr(device, "type", str(device)) == "cuda":
+            torch.backends.cudnn.benchmark = True  # every batch has the same shape: let cuDNN pick its fastest convs
         self.capture = Capture(model.visual, catalogue, self.defs, self.store_dtype)
 
     def forward(self, images):
@@ -400,8 +402,15 @@ def run_blocks(plan: StorePlan, extractor: Extractor, batches: Iterable[tuple[An
 
 # -- orchestration ---------------------------------------------------------------------------------------------
 
-def _default_block_rows(batch: int, row_bytes: int) -> int:
-    m = max(1, BLOCK_BYTES // max(1, batch * row_bytes))
+def row_bytes(defs: Sequence[LayerDef], dtype: str) -> int:
+    """Bytes one image takes in the store (every layer in ``dtype``, the embedding in float32)."""
+    itemsize = 2 if dtype == "float16" else 4
+    return sum(int(np.prod(d.shape)) * (4 if d.kind == "embedding" else itemsize) for d in defs)
+
+
+def default_block_rows(batch: int, bytes_per_row: int) -> int:
+    """Rows per resumable block: a multiple of ``batch``, at most 2048 rows (or one batch) and about BLOCK_BYTES."""
+    m = max(1, BLOCK_BYTES // max(1, batch * bytes_per_row))
     return batch * min(m, max(1, 2048 // batch))
 
 
@@ -568,9 +577,8 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
     names = select_layers(cat, cfg.layers)
     embed_dim = int(loaded.model_config.get("embed_dim", 0)) or int(loaded.model.visual.output_dim)
     defs = layer_defs(cat, names, cfg.pooling, cfg.token_pooling, embed_dim)
-    itemsize = 2 if cfg.dtype == "float16" else 4
-    row_bytes = sum(int(np.prod(d.shape)) * (4 if d.kind == "embedding" else itemsize) for d in defs)
-    total = row_bytes * len(records)
+    per_row = row_bytes(defs, cfg.dtype)
+    total = per_row * len(records)
     if cfg.pooling == "none" and total > cfg.max_size_gb * 1e9:
         raise option_error("--pooling", f"'none' would store about {total / 1e9:.1f} GB for {len(records)} images "
                                         f"(limit {cfg.max_size_gb:g} GB): select fewer --layer/--domains or raise "
@@ -579,7 +587,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
     out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
     old = _existing_settings(out) if cfg.resume else {}
     batch_size = cfg.batch_size or old.get("batch_size") or (256 if cuda else 32)
-    block_rows = cfg.block_rows or old.get("block_rows") or _default_block_rows(batch_size, row_bytes)
+    block_rows = cfg.block_rows or old.get("block_rows") or default_block_rows(batch_size, per_row)
     if block_rows % batch_size:
         raise option_error("--block-rows", f"{block_rows} is not a multiple of --batch-size {batch_size}")
     if shard is not None:
@@ -683,5 +691,5 @@ def _existing_settings(out: Path) -> dict[str, int]:
         f.close()
 
 
-__all__ = ["ExtractConfig", "ExtractResult", "Extractor", "SimulatedCrash", "extract", "list_layers", "parts_dir",
-           "run_blocks"]
+__all__ = ["ExtractConfig", "ExtractResult", "Extractor", "SimulatedCrash", "default_block_rows", "extract",
+           "layer_defs", "list_layers", "parts_dir", "row_bytes", "run_blocks"]
