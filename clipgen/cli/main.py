@@ -82,6 +82,7 @@ def _root(
 def _register() -> None:
     from clipgen.cli import cka as cka_cli
     from clipgen.cli import data
+    from clipgen.cli import demo as demo_cli
     from clipgen.cli import embeddings as embeddings_cli
     from clipgen.cli import eval as eval_cli
     from clipgen.cli import extract as extract_cli
@@ -90,6 +91,7 @@ def _register() -> None:
 
     app.command("cka")(cka_cli.cka)
     app.add_typer(data.app, name="data")
+    app.command("demo")(demo_cli.demo)
     app.command("embeddings")(embeddings_cli.embeddings)
     app.add_typer(eval_cli.app, name="eval")
     app.add_typer(extract_cli.app, name="extract")

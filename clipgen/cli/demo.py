@@ -1,0 +1,38 @@
+"""``clipgen demo``: the whole study on the embedded synthetic DomainNet (what ``make demo`` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder for every artifact and the report."),
+    test_domain: str = typer.Option("sketch", "--test-domain",
+                                    help="Test domain of the mixtures: clipart, infograph, painting, quickdraw or "
+                                         "sketch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data, the mixtures, training and the SAEs."),
+    full: bool = typer.Option(False, "--full",
+                              help="A larger, slower, more faithful synthetic study (more classes and images, "
+                                   "RN-small, more epochs)."),
+    highlight: str = typer.Option("quickdraw", "--highlight",
+                                  help="Domain the analyses set against the others (the paper's: quickdraw)."),
+    device: str = typer.Option("auto", "--device", help="auto (a GPU when present), cpu, cuda or cuda:N."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage, even those finished earlier."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    scale: str | None = typer.Option(None, "--scale", hidden=True,
+                                     help="default, full or tiny (the test suite's reduced demo)."),
+) -> None:
+    """Run the whole study on the synthetic default: data, mixtures, four tiny CLIPs, zero-shot evaluation,
+    activation stores, CKA, SAE feature sharing, embedding analysis, circuits, and one report.
+
+    Finished stages are skipped when rerun; every intermediate artifact stays in OUT, so any single clipgen command
+    can be rerun on it. Writes OUT/report.md and OUT/report.html.
+    """
+    from clipgen.demo import DemoConfig, run_demo
+    from clipgen.progress import out as con
+
+    res = run_demo(DemoConfig(out=out, test_domain=test_domain, seed=seed, full=full, highlight=highlight,
+                              device=device, force=force, progress=progress, scale=scale))
+    con.print(f"report: {res.report_md}")
