@@ -7,6 +7,8 @@ import pytest
 
 from clipgen.demo import SCALES, DemoConfig, run_demo
 
+pytestmark = pytest.mark.xdist_group("demo")  # one worker builds the demo once for the whole module
+
 REPORT_SECTIONS = [
     "## Training data",
     "## Zero-shot generalization (the paper's Figure 2)",
