@@ -197,3 +197,19 @@ def test_circuit_result_helpers(chain):
     res = A.compute_circuit(chain, images, target, ig=A.IGConfig(1), edges=False)
     assert res.edges == {} and res.upstream_of("act1") == "input" and res.metric.shape == (1,)
     assert set(res.timings) == {"nodes", "edges"} and math.isfinite(res.timings["nodes"])
+
+
+def test_forward_and_reverse_edges_agree_on_every_pair(chain):
+    images, target = _batch(chain, n=2, seed=16)
+    ig = A.IGConfig(3, "left")
+    g = torch.Generator().manual_seed(4)
+    sel = {la.name: torch.randperm(la.channels, generator=g)[: max(1, la.channels // 6)].numpy()
+           for la in chain.layers}
+    sel["avgpool"] = np.array([sel["act3"][0], (sel["act3"][0] + 1) % 16])  # the pool maps channel c to c only
+    rev = A.compute_circuit(chain, images, target, ig=ig, selected=sel, edge_mode="reverse")
+    fwd = A.compute_circuit(chain, images, target, ig=ig, selected=sel, edge_mode="forward")
+    for name in chain.names[1:]:
+        assert np.abs(rev.edges[name]).max() > 0, name
+        assert _rel(fwd.edges[name], rev.edges[name]) < 1e-5, name
+    with pytest.raises(ValueError, match="unknown edge mode"):
+        A.edge_matrix(chain, 1, images, images, [0], [0], ig, A.make_plan(chain), mode="sideways")

@@ -158,3 +158,35 @@ def test_a_changed_resnet_is_refused(visual):
     v.attnpool = torch.nn.Identity()
     with pytest.raises(ClipgenError, match="no AttentionPool2d 'attnpool'"):
         ResNetChain(v, "custom")
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
+def test_stage_jvp_equals_autograd_forward_mode(visual, images):
+    """The written-out forward-mode derivative of every stage but the attention pool, against torch.func.jvp."""
+    import torch.func as tf
+
+    ch = ResNetChain(visual, "RN-tiny")
+    plain = ResNetChain(visual, "RN-tiny", channels_last=False)  # functorch has no channels-last inside vmap
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        acts = ch.activations(images[:2])
+    assert not ch.has_jvp(ch.n_stages) and all(ch.has_jvp(i) for i in range(1, ch.n_stages))
+    for i in range(1, ch.n_stages):
+        x = acts[i - 1]
+        c_in, c_out = x.shape[1], acts[i].shape[1]
+        cols = torch.randperm(c_in, generator=g)[: max(2, c_in // 4)]
+        out = torch.cat([cols[:1], torch.randperm(c_out, generator=g)[: max(1, c_out // 4)]]).unique()
+        rest, xs = ch.split_input(x, cols)
+        xs = xs.detach()
+        tang = torch.randn(3, *xs.shape, generator=g)
+        y, dy = ch.stage_jvp(i, rest, xs, cols, out, tang)
+        assert dy.shape == (3, x.shape[0], len(out), *acts[i].shape[2:])
+        assert _rel(y, acts[i][:, out]) < 1e-5, ch.names[i]
+        def f(s, i=i, rest=rest, out=out, cols=cols):
+            return plain.stage(i, rest, out, x_sel=s, in_channels=cols)
+
+        for k in range(3):
+            _, ref = tf.jvp(f, (xs,), (tang[k],))
+            assert _rel(dy[k], ref) < 1e-5, (ch.names[i], k)
+    with pytest.raises(ValueError, match="reverse mode"):
+        ch.stage_jvp(ch.n_stages, acts[-2], acts[-2][:, :1], [0], None, acts[-2][None, :, :1])

@@ -281,16 +281,30 @@ def node_scores(chain, acts, targets, ig: IGConfig, plan: MemoryPlan, alpha0_sum
     return [-t / (ig.steps * b) for t in totals]
 
 
-def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, plan: MemoryPlan, amp=None):
+EDGE_MODES = ("auto", "reverse", "forward")
+
+
+def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, plan: MemoryPlan, amp=None,
+                mode: str = "auto"):
     """The ``(len(down_sel), len(up_sel))`` IG edge matrix of stage ``stage`` (float64), computed locally.
 
-    Only the stage is re-run, on all integration steps at once, computing only the selected downstream channels;
-    the upstream input is split (:meth:`~clipgen.circuits.chain.ResNetChain.split_input`) so the batched
-    backward passes (one per selected downstream channel, ``is_grads_batched``) reach only the selected upstream
-    channels.
+    Only the stage is re-run, on all integration steps at once, computing only the selected downstream channels,
+    with the upstream input split (:meth:`~clipgen.circuits.chain.ResNetChain.split_input`) so derivatives reach
+    only the selected upstream channels. ``E[j, u] = -(1 / (S B)) sum_k <v_kj, J_k (a_u e_u)>`` with ``v_kj`` the
+    objective's gradient (non-zero on channel ``j`` only) and ``J_k`` the stage's Jacobian at step ``k``:
+
+    * ``reverse``: one backward pass per selected downstream channel ``j`` (``J^T v_j``), batched with
+      ``torch.autograd.grad(..., is_grads_batched=True)``;
+    * ``forward``: one forward-mode pass per selected upstream channel ``u`` (``J a_u e_u``,
+      :meth:`~clipgen.circuits.chain.ResNetChain.stage_jvp`), the directions batched with the rows (every stage
+      but the attention pool; that one stays reverse);
+    * ``auto``: forward where the stage has it and there are no more upstream than downstream channels (a
+      stage that widens, e.g. the first block of every residual stage, costs half), reverse otherwise.
     """
     import torch
 
+    if mode not in EDGE_MODES:
+        raise ValueError(f"unknown edge mode {mode!r} (one of {', '.join(EDGE_MODES)})")
     amp = amp or contextlib.nullcontext
     b = up.shape[0]
     alphas = [a for a in ig.alphas if a != 0.0]  # the objective's gradient vanishes at alpha = 0
@@ -300,6 +314,7 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
     total = torch.zeros(nj, nu, dtype=torch.float64, device=up.device)
     if not alphas or nj == 0 or nu == 0:
         return total
+    forward = chain.has_jvp(stage) and (mode == "forward" or (mode == "auto" and nu <= nj))
     clean = down[:, down_sel]
     norm = 2.0 / (b * chain.layers[stage].positions)  # d/dy of mean over (images, positions) of (y - clean)^2
     n_rows = len(alphas) * b
@@ -307,26 +322,47 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
         x, img = _interpolated_rows(up, alphas, r0, r1)
         rest, xs = chain.split_input(x, up_sel)
         del x
-        with torch.enable_grad(), amp():
-            y = chain.stage(stage, rest, down_sel, x_sel=xs, in_channels=up_sel)
-        resid = (y.detach().float() - clean[img].float()) * norm
-        a_up = up[img][:, up_sel].float().reshape(r1 - r0, nu, -1)
-        cc = plan.edge_channels(stage, r1 - r0, nj)
-        for c0, c1 in _chunks(nj, cc):
-            v = torch.zeros((c1 - c0, *y.shape), dtype=y.dtype, device=y.device)
-            idx = torch.arange(c1 - c0, device=y.device)
-            v[idx, :, c0 + idx] = resid[:, c0:c1].transpose(0, 1).to(y.dtype)
-            (g,) = torch.autograd.grad(y, xs, v, is_grads_batched=True, retain_graph=c1 < nj)
-            g = g.float().reshape(c1 - c0, r1 - r0, nu, -1)
-            total[c0:c1] += torch.einsum("crup,rup->cu", g, a_up).double()
-            del v, g
-        del y, xs, rest
+        a_up = up[img][:, up_sel]
+        if forward:
+            xs = xs.detach()
+            with torch.no_grad(), amp():
+                y = chain.stage(stage, rest, down_sel, x_sel=xs, in_channels=up_sel)
+            resid = ((y.float() - clean[img].float()) * norm).reshape(r1 - r0, nj, -1)
+            cu = plan.edge_channels(stage, r1 - r0, nu)
+            for u0, u1 in _chunks(nu, cu):
+                t = torch.zeros((u1 - u0, *xs.shape), dtype=xs.dtype, device=xs.device)
+                idx = torch.arange(u1 - u0, device=xs.device)
+                t[idx, :, u0 + idx] = a_up[:, u0:u1].transpose(0, 1).to(xs.dtype)
+                with torch.no_grad(), amp():
+                    _, dy = chain.stage_jvp(stage, rest, xs, up_sel, down_sel, t)
+                total[:, u0:u1] += torch.einsum("urjp,rjp->ju", dy.float().reshape(u1 - u0, r1 - r0, nj, -1),
+                                                resid).double()
+                del t, dy
+            del y
+        else:
+            with torch.enable_grad(), amp():
+                y = chain.stage(stage, rest, down_sel, x_sel=xs, in_channels=up_sel)
+            if not y.requires_grad:  # no selected downstream channel depends on a selected upstream one
+                continue
+            resid = (y.detach().float() - clean[img].float()) * norm
+            a_flat = a_up.float().reshape(r1 - r0, nu, -1)
+            cc = plan.edge_channels(stage, r1 - r0, nj)
+            for c0, c1 in _chunks(nj, cc):
+                v = torch.zeros((c1 - c0, *y.shape), dtype=y.dtype, device=y.device)
+                idx = torch.arange(c1 - c0, device=y.device)
+                v[idx, :, c0 + idx] = resid[:, c0:c1].transpose(0, 1).to(y.dtype)
+                (g,) = torch.autograd.grad(y, xs, v, is_grads_batched=True, retain_graph=c1 < nj)
+                total[c0:c1] += torch.einsum("crup,rup->cu", g.float().reshape(c1 - c0, r1 - r0, nu, -1),
+                                             a_flat).double()
+                del v, g
+            del y
+        del xs, rest
     return -total / (ig.steps * b)
 
 
 def compute_circuit(chain, images, targets, *, ig: IGConfig = IGConfig(), node_fraction: float = 0.1,
                     plan: MemoryPlan | None = None, amp=None, selected: Mapping[str, Any] | None = None,
-                    edges: bool = True) -> CircuitResult:
+                    edges: bool = True, edge_mode: str = "auto") -> CircuitResult:
     """Nodes, selected channels and edges of one circuit (one batch of images of one class and domain).
 
     ``images`` ``(B, 3, H, W)`` on the chain's device; ``targets`` ``(B, D)`` the normalised class text embedding
@@ -353,7 +389,7 @@ def compute_circuit(chain, images, targets, *, ig: IGConfig = IGConfig(), node_f
         if edges:
             for i in range(1, chain.n_stages + 1):
                 up, down = chain.names[i - 1], chain.names[i]
-                e = edge_matrix(chain, i, acts[i - 1], acts[i], sel[up], sel[down], ig, plan, amp)
+                e = edge_matrix(chain, i, acts[i - 1], acts[i], sel[up], sel[down], ig, plan, amp, edge_mode)
                 mats[down] = e.float().cpu().numpy()
         sync()
         times["edges"] = time.perf_counter() - t0 - times["nodes"]
