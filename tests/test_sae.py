@@ -362,6 +362,25 @@ def test_graph_step_matches_eager_on_gpu(planted):
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.gpu
+def test_gpu_graph_bf16_training_recovers_atoms_and_resamples(tmp_path, planted):
+    # the default GPU path (CUDA graph, bf16 products): resampling between graph replays must reach the graph
+    x, atoms = planted
+    cfg = _cfg(tmp_path / "run", epochs=20, device="cuda", precision="bf16", step_mode="graph",
+               resample_every=128 * 16, resample_max=1, resample_samples=2048)
+    res = train_sae(cfg, TrainingData(ArraySource(x, device="cuda")), model=_model_with_dead(8), progress=False)
+    events = [r for r in _log(tmp_path / "run") if r["kind"] == "resample"]
+    assert len(events) == 1 and events[0]["resampled"] >= 8
+    model, _ = load_sae(tmp_path / "run")
+    with torch.no_grad():
+        fires = (model.encode(torch.from_numpy(x)) > 0).float().mean(0)
+    assert float(fires[:8].min()) > 0.01
+    best = (atoms @ model.W_dec.detach().numpy().T).max(axis=1)
+    assert np.median(best) > 0.9 and res.final["fve"] > 0.7, best
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["step_mode"] == "graph" and metrics["precision"] == "bfloat16"
+
+
 # -- from stores ----------------------------------------------------------------------------------------------
 
 
