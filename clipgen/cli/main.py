@@ -80,6 +80,7 @@ def _root(
 
 
 def _register() -> None:
+    from clipgen.cli import circuits as circuits_cli
     from clipgen.cli import cka as cka_cli
     from clipgen.cli import data
     from clipgen.cli import demo as demo_cli
@@ -89,6 +90,7 @@ def _register() -> None:
     from clipgen.cli import sae as sae_cli
     from clipgen.cli import train as train_cli
 
+    app.add_typer(circuits_cli.app, name="circuits")
     app.command("cka")(cka_cli.cka)
     app.add_typer(data.app, name="data")
     app.command("demo")(demo_cli.demo)

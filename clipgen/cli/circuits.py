@@ -1,0 +1,205 @@
+"""``clipgen circuits``: neuron circuits of a model (compute, merge, info) and their similarity and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Neuron circuits of the zero-shot classifier (spec 5c, Fig. 6b/6c): integrated-gradient node scores and "
+         "edge matrices per (domain, class), computed batched and locally; node and circuit similarity across "
+         "domains; circuit figures.\n\n"
+         "Start with 'clipgen circuits compute --model-dir RUN --data DOMAINNET_ROOT --out CIRCUITS.h5'. See "
+         "docs/circuits.md and docs/circuits-similarity.md.",
+    no_args_is_help=True,
+)
+
+
+def _say(message: str) -> None:
+    from clipgen.progress import console
+
+    console.print(message, markup=False, highlight=False)
+
+
+@app.command("compute")
+def compute(
+    model_dir: Path = typer.Option(..., "--model-dir", help="Run directory (clipgen-run.json + "
+                                                            "checkpoints/epoch_N.pt) of a ModifiedResNet CLIP."),
+    data: Path = typer.Option(..., "--data", help="DomainNet root (real or synthetic) with {domain}_test.txt."),
+    out: Path = typer.Option(..., "--out", "-o", help="The circuits file (CIRCUITS.h5)."),
+    epoch: int | None = typer.Option(None, "--epoch", help="Checkpoint epoch (default: the last)."),
+    classes: str = typer.Option("all", "--classes", help="all, ood (the held-out classes), id (the others), or "
+                                                         "comma-separated class names or labels."),
+    domains: str = typer.Option("all", "--domains", help="Domains: all, letters (cipqrs) or comma-separated "
+                                                         "names."),
+    samples_per_class: int = typer.Option(50, "--samples-per-class", help="Test images per (domain, class), a "
+                                                                          "seeded draw (fewer when fewer exist)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the image draw."),
+    steps: int = typer.Option(10, "--steps", help="Integrated-gradient steps."),
+    rule: str = typer.Option("left", "--rule", help="left (alpha = k/steps, the paper's) or midpoint (alpha = "
+                                                    "(k + 1/2)/steps)."),
+    node_fraction: float = typer.Option(0.1, "--node-fraction", help="Selected nodes per layer: the top "
+                                                                     "ceil(fraction x channels) by |score|."),
+    templates: str = typer.Option("paper", "--templates", help="Prompt templates of the class text embeddings: "
+                                                               "paper (86), openai, named-domain, simple."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="auto (fp32 on CPU, bf16 autocast on GPU), fp32, "
+                                                              "bf16, fp16."),
+    memory_gb: float | None = typer.Option(None, "--memory-gb", help="Working memory of the batched passes "
+                                                                     "(default: half the free GPU memory; 2 on "
+                                                                     "CPU)."),
+    shard: str | None = typer.Option(None, "--shard", help="Compute part i of n of the (domain, class) list "
+                                                           "(0-based 'i/n', or 'auto' from SLURM_ARRAY_TASK_ID/"
+                                                           "COUNT) into CIRCUITS.shard-i-of-n.h5; join with "
+                                                           "'circuits merge'."),
+    force: bool = typer.Option(False, "--force", help="Start over, replacing an existing file (even one from "
+                                                      "another model or other settings)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Compute the circuit of every (domain, class) into a circuits file; rerun the same command to resume."""
+    from clipgen.artifacts import write_config
+    from clipgen.circuits.compute import CircuitsConfig, compute_circuits
+    from clipgen.progress import out as con
+
+    cfg = CircuitsConfig(out=out, model_dir=model_dir, data=data, epoch=epoch, classes=classes, domains=domains,
+                         samples_per_class=samples_per_class, seed=seed, steps=steps, rule=rule,
+                         node_fraction=node_fraction, templates=templates, device=device, precision=precision,
+                         memory_gb=memory_gb, shard=shard, force=force)
+    res = compute_circuits(cfg, progress=progress, note=_say)
+    write_config(res.path, "circuits compute", cfg)
+    per = f", {sum(res.seconds) / len(res.seconds):.2f} s per entry" if res.seconds else ""
+    con.print(f"circuits {res.path}: {res.planned} (domain, class) entries, {res.computed} computed now{per}, "
+              f"fingerprint {res.fingerprint[:12]}" + (" (already complete)" if res.already_complete else ""),
+              markup=False, highlight=False)
+
+
+@app.command("merge")
+def merge(
+    shards: list[Path] = typer.Argument(..., help="Shard files (CIRCUITS.shard-i-of-n.h5), in any order."),
+    out: Path = typer.Option(..., "--out", "-o", help="The merged circuits file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+) -> None:
+    """Join shard files into one circuits file, refusing gaps, overlaps and mismatched fingerprints."""
+    from clipgen.circuits.store import MergeConfig, run_merge
+    from clipgen.progress import out as con
+
+    res = run_merge(MergeConfig(shards=list(shards), out=out, force=force))
+    con.print(f"merged {res.shards} shard(s) into {res.path}: {res.entries} (domain, class) entries", markup=False,
+              highlight=False)
+
+
+@app.command("info")
+def info(
+    circuits: Path = typer.Argument(..., help="A circuits file (also one being computed, or a shard)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Provenance, settings, layers and progress of a circuits file."""
+    import json
+
+    from clipgen.artifacts import to_jsonable
+    from clipgen.circuits.store import open_circuits
+    from clipgen.progress import out as con
+
+    with open_circuits(circuits, allow_incomplete=True) as cf:
+        s = cf.summary()
+    if as_json:
+        con.print_json(json.dumps(to_jsonable(s)))
+        return
+    st = s["settings"]
+    e = s["entries"]
+    ck = s["checkpoint"] or {}
+    state = "complete" if s["complete"] else "in progress"
+    if s["shard"]:
+        sh = s["shard"]
+        state += f", shard {sh['index']}/{sh['count']} (entries {sh['start']}..{sh['stop']} of {sh['total']})"
+    lines = [
+        f"{s['path']}: {s['format']} {s['schema_version']} ({state}), clipgen {s['clipgen_version']}, "
+        f"created {s['created']}",
+        f"model {s['model']} epoch {s['epoch']}, checkpoint {ck.get('path')} (sha256 {str(ck.get('sha256'))[:12]})",
+        f"settings: steps {st.get('steps')} ({st.get('rule')} rule), node fraction {st.get('node_fraction')}, "
+        f"up to {st.get('samples_per_class')} images (seed {st.get('seed')}), precision {st.get('precision')}, "
+        f"templates {st.get('templates')}",
+        "layers: " + " ".join(f"{la['name']}({la['channels']})" for la in s["layers"]),
+        f"classes: {s['n_classes']} ({len(s['held_out'])} held out: {', '.join(s['held_out'].values()) or '-'})",
+        f"entries: {e['complete']} of {e['planned']} complete; per domain "
+        + ", ".join(f"{d} {n}" for d, n in e["per_domain"].items())
+        + (f"; {len(e['absent'])} (domain, class) without test images" if e["absent"] else ""),
+        f"images per entry: {s['images_per_entry']['min']}..{s['images_per_entry']['max']} "
+        f"({s['images_per_entry']['total']} in all); fingerprint {s['fingerprint'][:12]}",
+    ]
+    for line in lines:
+        con.print(line, markup=False, highlight=False)
+
+
+@app.command("nodes")
+def nodes(
+    circuits: Path = typer.Argument(..., help="A complete circuits file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: CIRCUITS without suffix + "
+                                                              "'-nodes' beside it)."),
+    domains: str = typer.Option("all", "--domains", help="all, letters or comma-separated names (at least two)."),
+    subsets: str = typer.Option("all,id,ood", "--subsets", help="Class subsets: all, id (not held out), ood."),
+    highlight: str = typer.Option("quickdraw", "--highlight", help="Domain whose pairs are set against the others "
+                                                                   "(none: no highlight)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Node similarity (Fig. 6b): Jaccard of the selected channels per layer and domain pair, over classes."""
+    from clipgen.circuits.similarity import NodeSimilarityConfig, run_node_similarity
+    from clipgen.progress import out as con
+
+    cfg = NodeSimilarityConfig(circuits=circuits, out=out or circuits.with_name(circuits.stem + "-nodes"),
+                               domains=domains, subsets=subsets, highlight=highlight, force=force)
+    path = run_node_similarity(cfg, progress=progress)
+    con.print(f"node similarity: {path}", markup=False, highlight=False)
+
+
+@app.command("similarity")
+def similarity(
+    circuits: Path = typer.Argument(..., help="A complete circuits file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: CIRCUITS without suffix + "
+                                                              "'-similarity' beside it)."),
+    edge_k: int = typer.Option(3, "--edge-k", help="Edges per downstream node: its top-k upstream nodes by signed "
+                                                   "edge score."),
+    metrics: str = typer.Option("jaccard,wl_h1,wl_h2,wl_h3", "--metrics", help="jaccard (edge sets) and/or "
+                                                                               "wl_hN (Weisfeiler-Lehman, h = N)."),
+    domains: str = typer.Option("all", "--domains", help="all, letters or comma-separated names (at least two)."),
+    subsets: str = typer.Option("all,id,ood", "--subsets", help="Class subsets: all, id (not held out), ood."),
+    highlight: str = typer.Option("quickdraw", "--highlight", help="Domain left out of the 'without' average "
+                                                                   "(none: no highlight)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Circuit similarity (Fig. 6c): edge-set Jaccard and WL kernels between the domain graphs of each class."""
+    from clipgen.circuits.similarity import CircuitSimilarityConfig, run_circuit_similarity
+    from clipgen.progress import out as con
+
+    cfg = CircuitSimilarityConfig(circuits=circuits, out=out or circuits.with_name(circuits.stem + "-similarity"),
+                                  edge_k=edge_k, metrics=metrics, domains=domains, subsets=subsets,
+                                  highlight=highlight, force=force)
+    path = run_circuit_similarity(cfg, progress=progress)
+    con.print(f"circuit similarity: {path}", markup=False, highlight=False)
+
+
+@app.command("plot")
+def plot(
+    circuits: Path = typer.Argument(..., help="A complete circuits file."),
+    domain: str = typer.Option(..., "--domain", help="The domain (name or letter)."),
+    class_name: str = typer.Option(..., "--class", help="The class: a name or a label."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="The PNG, or a folder for circuit_<domain>_"
+                                                              "<class>.png (default: CIRCUITS without suffix + "
+                                                              "'-plots' beside it)."),
+    edge_k: int = typer.Option(3, "--edge-k", help="Edges per downstream node (top-k upstream by signed score)."),
+    export: str = typer.Option("graphml,dot", "--export", help="Graph files next to the PNG: graphml, dot, or "
+                                                               "none."),
+    force: bool = typer.Option(False, "--force", help="Replace existing files."),
+) -> None:
+    """Draw one circuit as a layered graph (bottom act1 to top attnpool) and export it as GraphML/DOT."""
+    from clipgen.circuits.similarity import PlotConfig, run_plot
+    from clipgen.progress import out as con
+
+    cfg = PlotConfig(circuits=circuits, domain=domain, class_name=class_name,
+                     out=out or circuits.with_name(circuits.stem + "-plots"), edge_k=edge_k, export=export,
+                     force=force)
+    for p in run_plot(cfg):
+        con.print(str(p), markup=False, highlight=False)
