@@ -1,55 +1,28 @@
-"""Helpers for the circuits tests: an RN-tiny image tower with non-degenerate weights, and a run directory of it.
-
-open_clip initialises every Bottleneck's last batch-norm gain to zero, so a freshly created ResNet's residual
-branches are dead and half of what the circuit code does would go untested. :func:`perturbed_visual` draws every
-batch-norm parameter and running statistic at random (seeded) instead.
-"""
+"""Session fixtures of the circuits tests (register with ``pytest_plugins = ["tests._fixtures_circuits"]``):
+``circuits_run_dir``, a perturbed RN-tiny run, and ``small_circuits``, the SMALL computation of it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 
-def perturb_batchnorm(model, seed: int = 1) -> None:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            n = mod.num_features
-            mod.weight.data = 0.5 + torch.rand(n, generator=g)
-            mod.bias.data = 0.2 * torch.randn(n, generator=g)
-            mod.running_mean.data = 0.2 * torch.randn(n, generator=g)
-            mod.running_var.data = 0.5 + torch.rand(n, generator=g)
+from tests._circuits_helpers import make_perturbed_run, small_config
+from tests.conftest import shared_artifact
 
 
-def perturbed_model(name: str = "RN-tiny", seed: int = 0):
-    import torch
-
-    from clipgen.models.registry import create_model
-
-    torch.manual_seed(seed)
-    model, _, _ = create_model(name)
-    perturb_batchnorm(model, seed + 1)
-    return model.eval()
+@pytest.fixture(scope="session")
+def circuits_run_dir(tmp_path_factory) -> Path:
+    """An RN-tiny run directory with perturbed (non-degenerate) weights, epochs 1 and 2 (read-only)."""
+    return shared_artifact(tmp_path_factory, "run-perturbed-rn-tiny", lambda p: make_perturbed_run(p / "run")) / "run"
 
 
-def perturbed_visual(name: str = "RN-tiny", seed: int = 0):
-    return perturbed_model(name, seed).visual
+@pytest.fixture(scope="session")
+def small_circuits(tmp_path_factory, circuits_run_dir, synth_root) -> Path:
+    """The SMALL computation, uninterrupted and unsharded (read-only)."""
+    from clipgen.circuits.compute import compute_circuits
 
+    def build(p: Path) -> None:
+        compute_circuits(small_config(p / "small.h5", circuits_run_dir, synth_root), progress=False)
 
-def make_perturbed_run(path: Path, model: str = "RN-tiny", epochs: tuple[int, ...] = (1, 2), seed: int = 0) -> Path:
-    """A run directory (manifest + checkpoints) whose weights are :func:`perturbed_model` (one seed per epoch)."""
-    import torch
-
-    from clipgen.models.registry import model_config
-    from clipgen.runs import RunManifest, write_manifest
-
-    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for e in epochs:
-        m = perturbed_model(model, seed * 1000 + e)
-        torch.save({"epoch": e, "name": path.name, "state_dict": m.state_dict()},
-                   path / "checkpoints" / f"epoch_{e}.pt")
-    write_manifest(path, RunManifest(kind="clip", name=path.name, model=model, model_config=model_config(model),
-                                     seed=seed))
-    return path
+    return shared_artifact(tmp_path_factory, "circuits-small", build) / "small.h5"

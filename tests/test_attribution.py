@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from clipgen.circuits import attribution as A
 from clipgen.circuits.chain import ResNetChain, metric
 from clipgen.errors import ClipgenError
-from tests._fixtures_circuits import perturbed_visual
+from tests._circuits_helpers import perturbed_visual
 
 
 @pytest.fixture(scope="module")

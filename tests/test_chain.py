@@ -6,7 +6,7 @@ import torch
 from clipgen.circuits.attribution import reference_clean
 from clipgen.circuits.chain import ResNetChain, chain_names, metric, pairs_of
 from clipgen.errors import ClipgenError
-from tests._fixtures_circuits import perturbed_visual
+from tests._circuits_helpers import perturbed_visual
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""Helpers for the circuits tests: an RN-tiny image tower with non-degenerate weights, a run directory of it, a small
+circuits computation and exact file comparisons (the fixtures are in tests/_fixtures_circuits.py).
+
+open_clip initialises every Bottleneck's last batch-norm gain to zero, so a freshly created ResNet's residual
+branches are dead and half of what the circuit code does would go untested. :func:`perturbed_visual` draws every
+batch-norm parameter and running statistic at random (seeded) instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def perturb_batchnorm(model, seed: int = 1) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            n = mod.num_features
+            mod.weight.data = 0.5 + torch.rand(n, generator=g)
+            mod.bias.data = 0.2 * torch.randn(n, generator=g)
+            mod.running_mean.data = 0.2 * torch.randn(n, generator=g)
+            mod.running_var.data = 0.5 + torch.rand(n, generator=g)
+
+
+def perturbed_model(name: str = "RN-tiny", seed: int = 0):
+    import torch
+
+    from clipgen.models.registry import create_model
+
+    torch.manual_seed(seed)
+    model, _, _ = create_model(name)
+    perturb_batchnorm(model, seed + 1)
+    return model.eval()
+
+
+def perturbed_visual(name: str = "RN-tiny", seed: int = 0):
+    return perturbed_model(name, seed).visual
+
+
+def make_perturbed_run(path: Path, model: str = "RN-tiny", epochs: tuple[int, ...] = (1, 2), seed: int = 0) -> Path:
+    """A run directory (manifest + checkpoints) whose weights are :func:`perturbed_model` (one seed per epoch)."""
+    import torch
+
+    from clipgen.models.registry import model_config
+    from clipgen.runs import RunManifest, write_manifest
+
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for e in epochs:
+        m = perturbed_model(model, seed * 1000 + e)
+        torch.save({"epoch": e, "name": path.name, "state_dict": m.state_dict()},
+                   path / "checkpoints" / f"epoch_{e}.pt")
+    write_manifest(path, RunManifest(kind="clip", name=path.name, model=model, model_config=model_config(model),
+                                     seed=seed))
+    return path
+
+
+#: A small circuits computation for the store, compute and CLI tests: 2 classes (axe is held out) x 2 domains.
+SMALL = dict(classes="axe,cello", domains="cq", steps=2, samples_per_class=3, device="cpu")
+
+
+def small_config(out: Path, run_dir: Path, data: Path, **kw):
+    from clipgen.circuits.compute import CircuitsConfig
+
+    return CircuitsConfig(out=Path(out), model_dir=Path(run_dir), data=Path(data), **{**SMALL, **kw})
+
+
+def h5_datasets(path: Path) -> dict:
+    """Every dataset of an HDF5 file by name, for exact comparisons."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[...]
+        f.visititems(visit)
+    return out
+
+
+def assert_same_entries(a: Path, b: Path) -> None:
+    """Two circuits files hold bit-identical entries and text, with the same fingerprint and plan."""
+    import h5py
+    import numpy as np
+
+    da, db = h5_datasets(a), h5_datasets(b)
+    assert sorted(da) == sorted(db)
+    for k in da:
+        assert da[k].dtype == db[k].dtype, k
+        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        for key in ("fingerprint", "plan", "layers", "classes", "held_out", "settings", "domains", "complete"):
+            assert fa.attrs[key] == fb.attrs[key], key
+        for name in fa["entries"]:
+            for lab in fa["entries"][name]:
+                ga, gb = fa[f"entries/{name}/{lab}"].attrs, fb[f"entries/{name}/{lab}"].attrs
+                for key in ("n_images", "class_name", "label", "domain", "complete"):
+                    assert ga[key] == gb[key], (name, lab, key)

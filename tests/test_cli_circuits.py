@@ -1,0 +1,128 @@
+"""``clipgen circuits`` end to end on the tiny model: compute -> info -> nodes -> similarity -> plot, merge, and
+one-line errors with exit code 2."""
+
+import json
+
+import h5py
+import networkx as nx
+import pytest
+
+from clipgen.circuits.store import open_circuits
+from tests._circuits_helpers import SMALL, assert_same_entries
+from tests.conftest import make_random_run
+
+pytest_plugins = ["tests._fixtures_circuits"]  # circuits_run_dir, small_circuits
+
+
+def _compute_args(run, data, out, **kw):
+    opts = {"classes": SMALL["classes"], "domains": SMALL["domains"], "steps": SMALL["steps"],
+            "samples-per-class": SMALL["samples_per_class"], "device": "cpu", **kw}
+    args = ["circuits", "compute", "--model-dir", run, "--data", data, "--out", out, "--no-progress"]
+    for k, v in opts.items():
+        args += [f"--{k}", str(v)]
+    return args
+
+
+def _one_line_error(r, *needles):
+    assert r.exit_code == 2, r
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert "Traceback" not in r.output
+
+
+def test_help_lists_every_command(cli):
+    r = cli("circuits", "--help")
+    assert r.exit_code == 0
+    for name in ("compute", "merge", "info", "nodes", "similarity", "plot"):
+        assert name in r.stdout
+
+
+def test_compute_info_nodes_similarity_plot(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
+    out = tmp_path / "c.h5"
+    r = cli(*_compute_args(circuits_run_dir, synth_root, out))
+    assert r.exit_code == 0, r
+    assert "4 (domain, class) entries, 4 computed now" in r.stdout
+    assert_same_entries(out, small_circuits)  # the CLI computes what the library computes
+    cfg = json.loads(out.with_name("c.config.json").read_text())
+    assert cfg["command"] == "circuits compute" and cfg["config"]["steps"] == 2 and cfg["config"]["classes"] == \
+        "axe,cello"
+    r = cli(*_compute_args(circuits_run_dir, synth_root, out))  # the same command again: nothing to do
+    assert r.exit_code == 0 and "(already complete)" in r.stdout
+
+    r = cli("circuits", "info", out)
+    assert r.exit_code == 0, r
+    assert "(complete)" in r.stdout and "entries: 4 of 4 complete; per domain clipart 2, quickdraw 2" in r.stdout
+    assert "model RN-tiny epoch 2" in r.stdout and "1 held out: axe" in r.stdout
+    r = cli("circuits", "info", out, "--json")
+    info = json.loads(r.stdout)
+    assert info["entries"]["complete"] == 4 and info["settings"]["steps"] == 2 and info["model"] == "RN-tiny"
+
+    r = cli("circuits", "nodes", out, "--no-progress", "--subsets", "id")
+    assert r.exit_code == 0, r
+    nodes = json.loads((tmp_path / "c-nodes" / "node_similarity.json").read_text())
+    with open_circuits(out) as cf:  # Jaccard of the stored selections, by hand, for one layer and class
+        a, b = (set(cf.read(d, 66).selected["resblock3"].tolist()) for d in ("clipart", "quickdraw"))
+    row = [x for x in nodes["results"] if x["layer"] == "resblock3" and x["subset"] == "id"]
+    assert len(row) == 1 and row[0]["n_classes"] == 1
+    assert row[0]["mean"] == pytest.approx(len(a & b) / len(a | b))
+    assert (tmp_path / "c-nodes" / "nodes_pairs_id.png").stat().st_size > 0
+
+    r = cli("circuits", "similarity", out, "--no-progress", "--metrics", "jaccard,wl_h2", "--subsets", "all")
+    assert r.exit_code == 0, r
+    sim = json.loads((tmp_path / "c-similarity" / "circuit_similarity.json").read_text())
+    assert sim["metrics"] == ["jaccard", "wl_h2"]
+    assert (tmp_path / "c-similarity" / "circuits_wl_h2_all.png").is_file()
+
+    r = cli("circuits", "plot", out, "--domain", "q", "--class", "cello", "--out", tmp_path / "fig.png")
+    assert r.exit_code == 0, r
+    assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "fig.dot").is_file()
+    g = nx.read_graphml(tmp_path / "fig.graphml")
+    with open_circuits(out) as cf:
+        res = cf.read("quickdraw", 66)
+    assert g.number_of_nodes() == sum(len(res.selected[n]) for n in res.layers[1:])
+    r = cli("circuits", "plot", out, "--domain", "q", "--class", "cello", "--out", tmp_path / "fig.png")
+    _one_line_error(r, "already exists")
+
+
+def test_shards_and_merge(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
+    out = tmp_path / "c.h5"
+    for i in (0, 1):
+        r = cli(*_compute_args(circuits_run_dir, synth_root, out, shard=f"{i}/2"))
+        assert r.exit_code == 0, r
+    shards = [tmp_path / "c.shard-0-of-2.h5", tmp_path / "c.shard-1-of-2.h5"]
+    r = cli("circuits", "info", shards[0])
+    assert r.exit_code == 0 and "shard 0/2 (entries 0..2 of 4)" in r.stdout
+    _one_line_error(cli("circuits", "nodes", shards[0]), "is shard 0/2", "clipgen circuits merge")
+    _one_line_error(cli("circuits", "merge", shards[1], "--out", tmp_path / "m.h5"), "gap:", "shard(s) 0 of 2")
+    r = cli("circuits", "merge", *shards, "--out", tmp_path / "m.h5")
+    assert r.exit_code == 0 and "merged 2 shard(s)" in r.stdout, r
+    assert_same_entries(tmp_path / "m.h5", small_circuits)
+    assert json.loads((tmp_path / "m.config.json").read_text())["command"] == "circuits merge"
+
+
+def test_one_line_errors(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
+    out = tmp_path / "c.h5"
+    _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out, classes="zebraa")),
+                    "--classes: unknown DomainNet class 'zebraa'")
+    _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out, domains="cx")), "--domains")
+    _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out, classes="teddy-bear", domains="cp")),
+                    "class 'teddy-bear' (303) has no test images in painting")
+    vit = make_random_run(tmp_path / "vit", model="ViT-tiny", epochs=(0,))
+    _one_line_error(cli(*_compute_args(vit, synth_root, out)), "model ViT-tiny", "ModifiedResNet family")
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(small_circuits.read_bytes())
+    _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, copy, steps=3)), "fingerprint mismatch",
+                    "settings.steps", "--force")
+    r = cli(*_compute_args(circuits_run_dir, synth_root, copy, steps=3, classes="axe", domains="q"), "--force")
+    assert r.exit_code == 0, r
+    with h5py.File(copy, "r") as f:
+        assert json.loads(f.attrs["settings"])["steps"] == 3 and json.loads(f.attrs["plan"]) == [["quickdraw", 11]]
+    _one_line_error(cli("circuits", "info", tmp_path / "none.h5"), "none.h5: circuits file not found")
+    _one_line_error(cli("circuits", "plot", small_circuits, "--domain", "sketch", "--class", "axe",
+                        "--out", tmp_path / "x.png"), "--domain", "sketch")
+    _one_line_error(cli("circuits", "plot", small_circuits, "--domain", "c", "--class", "banana",
+                        "--out", tmp_path / "x.png"), "--class")
+    r = cli("circuits", "compute", "--model-dir", circuits_run_dir, "--data", synth_root)
+    assert r.exit_code == 2 and "--out" in r.stderr
