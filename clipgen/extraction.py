@@ -11,6 +11,7 @@ run; ``--shard i/n`` writes one part of the image set for :func:`clipgen.store.m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -275,13 +276,21 @@ class Extractor:
 # -- the block writer ------------------------------------------------------------------------------------------
 
 class BlockWriter:
-    """A thread that gathers batches into row blocks and writes each block as a part file."""
+    """A thread that gathers batches into row blocks and writes each block as a part file.
+
+    Writing is behind-the-scenes too: a finished block is handed to a single I/O thread (which compresses its chunks
+    on the thread pool and writes the part file) while this thread goes on filling the next block from the queue, so
+    the model never waits for compression unless the writing falls a whole block behind. Host memory: the block being
+    filled, at most one block being written, and ``max_queue`` batches.
+    """
 
     def __init__(self, plan: StorePlan, extractor: Extractor, *, threads: int = 0,
                  on_rows: Callable[[int], None] | None = None, max_queue: int = 4, max_blocks: int | None = None):
         self.plan, self.ex = plan, extractor
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
         self.pool = ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1))
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipgen-store-io")
+        self.pending = None  # the Future of the part file being written
         self.on_rows, self.max_blocks = on_rows, max_blocks
         self.error: BaseException | None = None
         self.blocks: dict[int, dict[str, Any]] = {}
@@ -315,6 +324,7 @@ class BlockWriter:
             while True:
                 item = self.q.get()
                 if item is None:
+                    self._wait_pending()
                     return
                 k, rows, packed, emb, event, skipped = item
                 if event is not None:
@@ -336,8 +346,6 @@ class BlockWriter:
             self.error = e
 
     def _finish(self, k: int, buf: dict[str, Any]) -> None:
-        from clipgen.store.parts import write_part
-
         for d in self.plan.layers:
             arr = buf["arrays"][d.name]
             if d.kind != "embedding" and self.plan.dtype == "float16":
@@ -345,14 +353,30 @@ class BlockWriter:
                 if not np.isfinite(arr[good]).all():
                     raise ClipgenError(f"layer {d.name}: activations exceed the float16 range (or are not "
                                        f"finite) in rows {self.plan.block_range(k)}; extract with --dtype float32")
-        write_part(self.plan, k, buf["arrays"], buf["reasons"], self.pool)
+        self._wait_pending()  # at most one block is being written while the next one fills
         del self.blocks[k]
+        self.pending = self.io.submit(self._write, k, buf)
+        if self.max_blocks is not None:  # tests: die right after the k-th whole part file, as a killed process would
+            self._wait_pending()
+            if self.written >= self.max_blocks:
+                raise SimulatedCrash(f"simulated crash after {self.written} blocks")
+
+    def _write(self, k: int, buf: dict[str, Any]) -> None:
+        from clipgen.store.parts import write_part
+
+        write_part(self.plan, k, buf["arrays"], buf["reasons"], self.pool)
         self.written += 1
-        if self.max_blocks is not None and self.written >= self.max_blocks:
-            raise SimulatedCrash(f"simulated crash after {self.written} blocks")
+
+    def _wait_pending(self) -> None:
+        """Wait for the part file being written; re-raise its error."""
+        if self.pending is not None:
+            fut, self.pending = self.pending, None
+            fut.result()
 
     def close(self, wait: bool = True) -> None:
-        """Finish queued work (``wait``) or abandon it (a crash); re-raise the thread's error."""
+        """Finish queued work (``wait``) or abandon it (a crash, an error in the main thread); re-raise the thread's
+        error. Abandoning drops the queued batches and the block being filled; a part file being written is finished
+        or not written at all (never half)."""
         if wait:
             while self.thread.is_alive():
                 try:
@@ -362,6 +386,15 @@ class BlockWriter:
                     if self.error is not None:
                         break
             self.thread.join()
+        else:
+            while True:  # let the thread end: drop what is queued, then the end marker
+                try:
+                    self.q.get_nowait()
+                except queue.Empty:
+                    break
+            with contextlib.suppress(queue.Full):
+                self.q.put_nowait(None)
+        self.io.shutdown(wait=wait)
         self.pool.shutdown(wait=wait)
         if self.error is not None and (wait or isinstance(self.error, SimulatedCrash)):
             raise self.error
@@ -493,7 +526,7 @@ def _check_existing(plan: StorePlan, resume: bool, force: bool) -> dict[str, Any
     state = "complete" if head["complete"] else f"interrupted ({head['rows_done']} of {head['n_samples']} rows)"
     if not resume:
         hint = "--force to overwrite it" if head["complete"] else "--resume to continue it or --force to start over"
-        raise file_error(out, f"a {state} store already exists; pass {hint}")
+        raise file_error(out, f"{'a' if head['complete'] else 'an'} {state} store already exists; pass {hint}")
     if head["fingerprint"] != plan.fingerprint:
         diff = schema.fingerprint_diff(head["provenance"], plan.provenance)
         raise file_error(out, f"fingerprint mismatch: the existing store was made from a different "

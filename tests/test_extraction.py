@@ -431,3 +431,22 @@ def test_resume_with_every_block_written_only_assembles(tmp_path, reference_stor
     res = extract(cfg, progress=False)
     assert res.blocks_computed == 0 and res.rows == 48
     _assert_same_store(p, reference_store)
+
+
+def test_float16_overflow_is_an_error_not_inf(tmp_path, random_run_dir, synth_root):
+    """Raised in the writer thread (block checks), reported in the main thread; the store stays incomplete."""
+    run = tmp_path / "run"
+    shutil.copytree(random_run_dir, run)
+    ck = run / "checkpoints" / "epoch_2.pt"
+    state = torch.load(ck, weights_only=False)
+    state["state_dict"]["visual.attnpool.c_proj.weight"] *= 1e6  # attnpool outputs far beyond float16's 65504
+    torch.save(state, ck)
+    p = tmp_path / "o.h5"
+    with pytest.raises(ClipgenError, match="layer attnpool: activations exceed the float16 range .*--dtype float32"):
+        extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool"), progress=False)
+    with pytest.raises(ClipgenError, match="incomplete store"):
+        open_store(p)
+    res = extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool", dtype="float32", force=True),
+                  progress=False)
+    with open_store(res.path) as st:
+        assert np.abs(st.read_layer("attnpool")).max() > 65504
