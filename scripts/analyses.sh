@@ -133,10 +133,14 @@ if [ "$SAE" = 1 ]; then
             cg_jobs_add analyses "$CG_JOB"
         fi
         if ! done_or_forced "$out/features/feature-sharing.json"; then
+            # the score row: the run's test domain (the store does not record the run's mixture)
+            td=$(cg_run_test_domain "$run")
+            test_domain=()
+            if [ -n "$td" ]; then test_domain=(--test-domain "$td"); fi
             cg_res "$SAE_GPUS" 01:00:00 8 "${ANALYSIS_MEM:-}"
             cg_submit_cmd "clipgen-sae-features-$(cg_tag "$run")" "$(cg_deps_join "$sae_job" "$dep")" \
                 "${CG_RES[@]}" -- "${CG_CLIPGEN[@]}" sae features "$test_store" --sae "$out" \
-                --out "$out/features" --force
+                --out "$out/features" "${test_domain[@]}" --force
             cg_jobs_add analyses "$CG_JOB"
         fi
     done
@@ -151,24 +155,26 @@ if [ "$CIRCUITS" = 1 ]; then
         cg_note "$CIRCUIT_RUN does not exist yet; its circuits are computed after its training"
     fi
     merge_job=""
+    force=()
+    if [ "$FORCE" = 1 ]; then force=(--force); fi
     if ! done_or_forced "$file"; then
         cg_mkdir "$out"
         cg_res "$CIRCUITS_GPUS" "$CIRCUITS_TIME" 8 "${ANALYSIS_MEM:-}"
         cg_submit_cmd "clipgen-circuits-$(cg_tag "$CIRCUIT_RUN")" "$dep" "${CG_RES[@]}" \
             --array="0-$((CIRCUIT_SHARDS - 1))" -- "${CG_CLIPGEN[@]}" circuits compute --model-dir "$CIRCUIT_RUN" \
-            --data "$DOMAINNET" --out "$file" --shard auto "${circuit_args[@]}"
+            --data "$DOMAINNET" --out "$file" --shard auto "${force[@]}" "${circuit_args[@]}"
         array=$CG_JOB
         parts=()
         for ((i = 0; i < CIRCUIT_SHARDS; i++)); do parts+=("${file%.h5}.shard-$i-of-$CIRCUIT_SHARDS.h5"); done
         cg_res 0 01:00:00 2
         cg_submit_cmd "clipgen-circuits-merge-$(cg_tag "$CIRCUIT_RUN")" "$array" "${CG_RES[@]}" -- \
-            "${CG_CLIPGEN[@]}" circuits merge "${parts[@]}" --out "$file"
+            "${CG_CLIPGEN[@]}" circuits merge "${parts[@]}" --out "$file" "${force[@]}"
         merge_job=$CG_JOB
         cg_jobs_add analyses "$CG_JOB"
     fi
     for what in nodes similarity; do
         if done_or_forced "$out/$what"; then continue; fi
         cpu_job "clipgen-circuits-$what-$(cg_tag "$CIRCUIT_RUN")" "$merge_job" circuits "$what" "$file" \
-            --out "$out/$what"
+            --out "$out/$what" --force
     done
 fi

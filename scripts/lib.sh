@@ -177,6 +177,18 @@ cg_sae_base() {  # cg_sae_base RUN: the base-dataset TSV whose embeddings join t
     esac
 }
 
+cg_run_test_domain() {  # cg_run_test_domain RUN: the test domain of a run, from its manifest or its grid name
+    local run=${1%/} td="" name
+    if [ -f "$run/clipgen-run.json" ]; then
+        td=$(grep -o '"test_domain": "[a-z]*"' "$run/clipgen-run.json" | head -n 1 | sed 's/.*: "\(.*\)"/\1/') || true
+    fi
+    if [ -z "$td" ]; then  # clipgen train grid names runs <prefix><setup>-<test domain>-s<seed>
+        name=$(basename "$run")
+        if [[ $name =~ -(clipart|infograph|painting|quickdraw|sketch)-s[0-9]+$ ]]; then td=${BASH_REMATCH[1]}; fi
+    fi
+    printf '%s' "$td"
+}
+
 cg_identifier() {  # cg_identifier SETUP [TEST_DOMAIN]: the published mixture identifier (spec 1.2)
     local setup=$1 x=${2:-} d letters=""
     case "$setup" in

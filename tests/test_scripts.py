@@ -351,6 +351,7 @@ def test_extract_and_analyses_dry_run_chain(tmp_path, synth_root, random_run_dir
     assert set(option(sae, "dependency").removeprefix("afterok:").split(":")) == want
     feats, _ = job_named(subs, f"clipgen-sae-features-{tag}")
     assert sae_id in option(feats, "dependency").split(":")
+    assert "--test-domain" not in feats  # a run without a mixture: sae features decides (and says so)
 
     circ, circ_id = job_named(subs, f"clipgen-circuits-{tag}")
     assert option(circ, "array") == "0-2" and option(circ, "dependency") is None
@@ -451,6 +452,8 @@ def test_reproduce_submits_for_real(tmp_path, synth_root, prepared):
     sae_deps = set(dep["clipgen-sae-clip-cg-high-sketch-s0"].split(":"))
     assert sae_deps == {ids[f"clipgen-merge-cg-high-sketch-s0-{s}"]
                         for s in ("dn-test-embedding", "dn-train-embedding", "base-train-embedding")}
+    feats = next(c for c in calls if option(c, "job-name") == "clipgen-sae-features-clip-cg-high-sketch-s0")
+    assert " sae features " in " ".join(feats) and " --test-domain sketch " in " ".join(feats)  # the score row
     # the run stops at the evaluation: its continuation waits for both training arrays
     assert option(calls[-1], "job-name") == "clipgen-continue-eval"
     assert set(dep["clipgen-continue-eval"].split(":")) == {ids["clipgen-train-clip"],
