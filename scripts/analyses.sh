@@ -162,7 +162,7 @@ if [ "$CIRCUITS" = 1 ]; then
         cg_res "$CIRCUITS_GPUS" "$CIRCUITS_TIME" 8 "${ANALYSIS_MEM:-}"
         cg_submit_cmd "clipgen-circuits-$(cg_tag "$CIRCUIT_RUN")" "$dep" "${CG_RES[@]}" \
             --array="0-$((CIRCUIT_SHARDS - 1))" -- "${CG_CLIPGEN[@]}" circuits compute --model-dir "$CIRCUIT_RUN" \
-            --data "$DOMAINNET" --out "$file" --shard auto "${force[@]}" "${circuit_args[@]}"
+            --data "$DOMAINNET" --out "$file" --shard auto "${force[@]}" --no-progress "${circuit_args[@]}"
         array=$CG_JOB
         parts=()
         for ((i = 0; i < CIRCUIT_SHARDS; i++)); do parts+=("${file%.h5}.shard-$i-of-$CIRCUIT_SHARDS.h5"); done
@@ -175,6 +175,6 @@ if [ "$CIRCUITS" = 1 ]; then
     for what in nodes similarity; do
         if done_or_forced "$out/$what"; then continue; fi
         cpu_job "clipgen-circuits-$what-$(cg_tag "$CIRCUIT_RUN")" "$merge_job" circuits "$what" "$file" \
-            --out "$out/$what" --force
+            --out "$out/$what" --force --no-progress
     done
 fi
