@@ -10,7 +10,8 @@
 #   SAE_RUNS   dn-test-embedding.h5, dn-train-embedding.h5 and base-train-embedding.h5: the image embedding of
 #              the DomainNet test and train splits and of the base dataset (the SAE's training rows, spec 5a);
 #              default: CG high + leave-out-domain for clipart and sketch, seed 0, of the CC12M family when
-#              CC12M_TSV is set, else of the main grid (SAE=0 skips them)
+#              CC12M_TSV is set, else of the main grid (SAE=0 skips them); the two training stores are written
+#              uncompressed, so that SAE training reads them at memory speed (docs/sae.md)
 # A store that is already complete is skipped. Each job waits for the training job of its run when this runs
 # inside scripts/reproduce.sh (or for AFTER).
 #
@@ -103,13 +104,14 @@ if [ "$SAE" = 1 ]; then
         extraction "$run" "$dir/dn-test-embedding.h5" "$EXTRACT_SHARDS" \
             --data "$DOMAINNET" --split test --domains all --layer embedding
         extraction "$run" "$dir/dn-train-embedding.h5" "$EXTRACT_SHARDS" \
-            --data "$DOMAINNET" --split train --domains all --layer embedding --no-text
+            --data "$DOMAINNET" --split train --domains all --layer embedding --no-text --compression none
         base=$(cg_sae_base "$run")
         if [ -n "$base" ]; then
             if [ ! -f "$base" ] && ! cg_dry && [ -z "$(cg_dep_get "$run" "$(dirname "$run")")" ]; then
                 cg_die "$base: base dataset TSV not found (set SAE_BASE_TSV, or SAE_BASE=0 for SAEs without it)"
             fi
-            extraction "$run" "$dir/base-train-embedding.h5" "$BASE_SHARDS" --tsv "$base" --layer embedding --no-text
+            extraction "$run" "$dir/base-train-embedding.h5" "$BASE_SHARDS" --tsv "$base" --layer embedding --no-text \
+                --compression none
         fi
     done
 fi

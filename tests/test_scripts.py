@@ -341,6 +341,7 @@ def test_extract_and_analyses_dry_run_chain(tmp_path, synth_root, random_run_dir
     assert shards == [str(store_dir / f"dn-test.shard-{i}-of-4.h5") for i in range(4)]
     base_ext, _ = job_named(subs, f"clipgen-extract-{stag}-base-train-embedding")
     assert option(base_ext, "array") == "0-1" and "--tsv" in base_ext
+    assert base_ext[base_ext.index("--compression") + 1] == "none"  # SAE training rows: read at memory speed
 
     for name in (f"clipgen-cka-{tag}", f"clipgen-embeddings-{tag}"):
         a, _ = job_named(subs, name)
