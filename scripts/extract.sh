@@ -64,7 +64,8 @@ store_complete() {  # the store exists and its structure says every row is writt
 }
 
 extraction() {  # extraction RUN STORE SHARDS [clipgen extract options...]: array + merge; records the merge job
-    local run=$1 store=$2 shards=$3 dep tag i mode=--resume parts=()
+    # (the array's working folder is `chdir`: relative image paths of a --tsv are read from there)
+    local run=$1 store=$2 shards=$3 dep tag i mode=--resume parts=() where=()
     shift 3
     dep=$(cg_dep_get "$run" "$(dirname "$run")")
     if [ ! -f "$run/clipgen-run.json" ] && [ -z "$dep" ]; then
@@ -81,8 +82,9 @@ extraction() {  # extraction RUN STORE SHARDS [clipgen extract options...]: arra
     fi
     tag=$(cg_tag "$store")
     cg_mkdir "$(dirname "$store")"
+    if [ -n "${chdir:-}" ]; then where=(--chdir="$chdir"); fi
     cg_res "$EXTRACT_GPUS" "$EXTRACT_TIME" "$EXTRACT_CPUS" "${EXTRACT_MEM:-}"
-    cg_submit_cmd "clipgen-extract-$tag" "$dep" "${CG_RES[@]}" --array="0-$((shards - 1))" -- \
+    cg_submit_cmd "clipgen-extract-$tag" "$dep" "${CG_RES[@]}" "${where[@]}" --array="0-$((shards - 1))" -- \
         "${CG_CLIPGEN[@]}" extract --model-dir "$run" "${epoch[@]}" "$@" --out "$store" --shard auto "$mode" \
         --no-progress "${extra[@]}"
     local array=$CG_JOB
@@ -110,8 +112,10 @@ if [ "$SAE" = 1 ]; then
             if [ ! -f "$base" ] && ! cg_dry && [ -z "$(cg_dep_get "$run" "$(dirname "$run")")" ]; then
                 cg_die "$base: base dataset TSV not found (set SAE_BASE_TSV, or SAE_BASE=0 for SAEs without it)"
             fi
-            extraction "$run" "$dir/base-train-embedding.h5" "$BASE_SHARDS" --tsv "$base" --layer embedding --no-text \
-                --compression none
+            # a base TSV's relative image paths are relative to its folder (as in `clipgen data merge-base`);
+            # `clipgen extract --tsv` reads them from the working folder, so the tasks run in the TSV's folder
+            chdir=$(dirname "$base") extraction "$run" "$dir/base-train-embedding.h5" "$BASE_SHARDS" --tsv "$base" \
+                --layer embedding --no-text --compression none
         fi
     done
 fi

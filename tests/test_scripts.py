@@ -342,6 +342,8 @@ def test_extract_and_analyses_dry_run_chain(tmp_path, synth_root, random_run_dir
     base_ext, _ = job_named(subs, f"clipgen-extract-{stag}-base-train-embedding")
     assert option(base_ext, "array") == "0-1" and "--tsv" in base_ext
     assert base_ext[base_ext.index("--compression") + 1] == "none"  # SAE training rows: read at memory speed
+    assert option(base_ext, "chdir") == str(synth_root)  # relative image paths: from the TSV's folder
+    assert option(ext, "chdir") is None
 
     for name in (f"clipgen-cka-{tag}", f"clipgen-embeddings-{tag}"):
         a, _ = job_named(subs, name)
