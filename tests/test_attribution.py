@@ -184,7 +184,11 @@ def test_chunking_by_a_tiny_memory_budget_gives_the_same_numbers(chain):
 
 def test_memory_plan_rows_follow_the_budget(chain):
     plan = A.make_plan(chain, budget=10 << 20)
-    assert plan.stage_bytes[0] == 0 and all(b > 0 for b in plan.stage_bytes[1:])
+    assert plan.stage_bytes[0] == 0
+    # per row: at least the stage's output, at most a few copies of input and output (weights do not count)
+    io = [4 * math.prod(la.shape) for la in chain.layers]
+    for i in range(1, chain.n_stages + 1):
+        assert io[i] <= plan.stage_bytes[i] <= 6 * (io[i - 1] + io[i]), chain.names[i]
     suffix = 2 * sum(plan.stage_bytes[1:]) + 1
     assert plan.node_rows(0, 10_000) == (10 << 20) // suffix
     assert plan.node_rows(chain.n_stages, 7) == 7  # the metric alone: everything fits

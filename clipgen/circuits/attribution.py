@@ -140,25 +140,31 @@ def default_budget(device) -> int:
 
 
 def measure_stage_bytes(chain) -> list[int]:
-    """Per-row bytes of the tensors each stage saves for backward (parameters excluded), plus its output."""
+    """Per-row bytes of the tensors each stage saves for backward, plus its output.
+
+    Measured on batches of 1 and 3 rows and differenced, so what does not grow with the batch (weights, the folded
+    and sliced copies of them) is left out.
+    """
     import torch
 
-    params = {p.data_ptr() for p in chain.visual.parameters()} | {b.data_ptr() for b in chain.visual.buffers()}
-    sizes = [0]
-    x = torch.zeros(1, *chain.layers[0].shape, device=chain.device, dtype=chain.dtype, requires_grad=True)
-    for i in range(1, chain.n_stages + 1):
-        saved: dict[tuple[int, int], int] = {}
+    def run(n: int) -> list[int]:
+        sizes = [0]
+        x = torch.zeros(n, *chain.layers[0].shape, device=chain.device, dtype=chain.dtype, requires_grad=True)
+        for i in range(1, chain.n_stages + 1):
+            saved: dict[tuple[int, int], int] = {}
 
-        def pack(t, saved=saved):
-            if t.data_ptr() not in params:
+            def pack(t, saved=saved):
                 saved[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
-            return t
+                return t
 
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = chain.stage(i, x)
-        sizes.append(sum(saved.values()) + y.numel() * y.element_size())
-        x = y.detach().requires_grad_()
-    return sizes
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                y = chain.stage(i, x)
+            sizes.append(sum(saved.values()) + y.numel() * y.element_size())
+            x = y.detach().requires_grad_()
+        return sizes
+
+    one, three = run(1), run(3)
+    return [0] + [max(1, (c - a) // 2) for a, c in zip(one[1:], three[1:], strict=True)]
 
 
 def make_plan(chain, budget: int | None = None, channel_chunk: int | None = None) -> MemoryPlan:
@@ -296,9 +302,9 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
     * ``reverse``: one backward pass per selected downstream channel ``j`` (``J^T v_j``), batched with
       ``torch.autograd.grad(..., is_grads_batched=True)``;
     * ``forward``: one forward-mode pass per selected upstream channel ``u`` (``J a_u e_u``,
-      :meth:`~clipgen.circuits.chain.ResNetChain.stage_jvp`), the directions batched with the rows (every stage
+      :meth:`~clipgen.circuits.chain.ResNetChain.linearize`), the directions batched with the rows (every stage
       but the attention pool; that one stays reverse);
-    * ``auto``: forward where the stage has it and there are no more upstream than downstream channels (a
+    * ``auto``: forward where the stage has it and there are fewer upstream than downstream channels (a
       stage that widens, e.g. the first block of every residual stage, costs half), reverse otherwise.
     """
     import torch
@@ -314,7 +320,7 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
     total = torch.zeros(nj, nu, dtype=torch.float64, device=up.device)
     if not alphas or nj == 0 or nu == 0:
         return total
-    forward = chain.has_jvp(stage) and (mode == "forward" or (mode == "auto" and nu <= nj))
+    forward = chain.has_jvp(stage) and (mode == "forward" or (mode == "auto" and nu < nj))
     clean = down[:, down_sel]
     norm = 2.0 / (b * chain.layers[stage].positions)  # d/dy of mean over (images, positions) of (y - clean)^2
     n_rows = len(alphas) * b
@@ -326,7 +332,7 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
         if forward:
             xs = xs.detach()
             with torch.no_grad(), amp():
-                y = chain.stage(stage, rest, down_sel, x_sel=xs, in_channels=up_sel)
+                y, apply = chain.linearize(stage, rest, xs, up_sel, down_sel)
             resid = ((y.float() - clean[img].float()) * norm).reshape(r1 - r0, nj, -1)
             cu = plan.edge_channels(stage, r1 - r0, nu)
             for u0, u1 in _chunks(nu, cu):
@@ -334,7 +340,7 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
                 idx = torch.arange(u1 - u0, device=xs.device)
                 t[idx, :, u0 + idx] = a_up[:, u0:u1].transpose(0, 1).to(xs.dtype)
                 with torch.no_grad(), amp():
-                    _, dy = chain.stage_jvp(stage, rest, xs, up_sel, down_sel, t)
+                    dy = apply(t)
                 total[:, u0:u1] += torch.einsum("urjp,rjp->ju", dy.float().reshape(u1 - u0, r1 - r0, nj, -1),
                                                 resid).double()
                 del t, dy
@@ -483,8 +489,8 @@ def reference_nodes(chain, images, targets, ig: IGConfig = IGConfig(), layers: S
             x = torch.cat([(1 - al) * a for al in ig.alphas]).requires_grad_()
             m, _, _ = _full_model(chain, images, targets, ig.alphas, name, x)
             m.sum().backward()
-            g = x.grad.reshape(len(ig.alphas), *a.shape).mean(0)
-            out[name] = (g * -a).reshape(b, a.shape[1], -1).sum(2).mean(0).detach().cpu().double().numpy()
+            g = x.grad.double().reshape(len(ig.alphas), *a.shape).mean(0)  # reductions in float64
+            out[name] = (g * -a.double()).reshape(b, a.shape[1], -1).sum(2).mean(0).detach().cpu().numpy()
     return out
 
 
@@ -510,8 +516,8 @@ def reference_edges(chain, images, targets, selected: Mapping[str, Any], ig: IGC
                 c = a_down.reshape(b, a_down.shape[1], -1)
                 loss = sum(F.mse_loss(c[:, int(j)], d[k, :, int(j)]) for k in range(len(ig.alphas)))
                 loss.backward()
-                g = x.grad.reshape(len(ig.alphas), *a_up.shape).mean(0)
-                eff = (g * -a_up).reshape(b, a_up.shape[1], -1).sum(2).mean(0)
+                g = x.grad.double().reshape(len(ig.alphas), *a_up.shape).mean(0)
+                eff = (g * -a_up.double()).reshape(b, a_up.shape[1], -1).sum(2).mean(0)
                 mat[row] = eff[u_sel].detach().cpu().double()
             out[down] = mat.numpy()
     return out

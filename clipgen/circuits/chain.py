@@ -280,14 +280,16 @@ class ResNetChain:
         """Whether :meth:`stage_jvp` covers stage ``i`` (every stage but the attention pool)."""
         return 1 <= i < self.n_stages
 
-    def stage_jvp(self, i: int, x_rest, x_sel, in_channels, out_channels, tangents):
-        """Forward-mode derivative of stage ``i`` with the split input: ``(y, dy)`` where ``y`` is
-        ``stage(i, x_rest, out_channels, x_sel=x_sel, in_channels=in_channels)`` ``(R, J, ...)`` and ``dy[t]``
-        ``(T, R, J, ...)`` its derivative in the direction ``tangents[t]`` of ``x_sel`` (``tangents``:
-        ``(T, R, len(in_channels), ...)``).
+    def linearize(self, i: int, x_rest, x_sel, in_channels, out_channels=None):
+        """Stage ``i`` with the split input and its forward-mode derivative: ``(y, apply)``.
+
+        ``y`` is ``stage(i, x_rest, out_channels, x_sel=x_sel, in_channels=in_channels)`` ``(R, J, ...)``;
+        ``apply(tangents)`` maps directions of ``x_sel`` (``(T, R, len(in_channels), ...)``) to the derivatives of
+        ``y`` in those directions (``(T, R, J, ...)``). The forward pass runs once; ``apply`` can be called for any
+        number of chunks of directions.
 
         Written out (no autograd): linear maps carry the tangent without their bias, a ReLU multiplies it by
-        ``pre-activation > 0`` (autograd's convention at 0). The tangents ride in the batch dimension of the same
+        ``pre-activation > 0`` (autograd's convention at 0). The directions ride in the batch dimension of the same
         convolutions, so ``T`` directions cost ``T`` passes through the sub-network's interior.
         """
         import torch
@@ -296,16 +298,25 @@ class ResNetChain:
             raise ValueError(f"stage {i} ({self.names[i]}) has no forward-mode derivative; use reverse mode")
         out = None if out_channels is None else torch.as_tensor(out_channels, dtype=torch.long, device=x_rest.device)
         cols = torch.as_tensor(in_channels, dtype=torch.long, device=x_rest.device)
-        n_t, r = tangents.shape[0], tangents.shape[1]
-        t = tangents.reshape(n_t * r, *tangents.shape[2:])
         cl = self.channels_last
         if 1 <= i <= 3:
-            y, dy = _jvp_conv_relu(self.stem[i - 1], x_rest, x_sel, t, out, cols, cl, n_t)
+            y, lin = _lin_conv_relu(self.stem[i - 1], x_rest, x_sel, out, cols, cl)
         elif i == AVGPOOL_STAGE:
-            y, dy = _jvp_avgpool(x_rest, x_sel, t, out, cols, self.stem_pool)
+            y, lin = _lin_avgpool(x_rest, x_sel, out, cols, self.stem_pool)
         else:
-            y, dy = _jvp_bottleneck(self.blocks[i - 5], x_rest, x_sel, t, out, cols, cl, n_t)
-        return y, dy.reshape(n_t, r, *dy.shape[1:])
+            y, lin = _lin_bottleneck(self.blocks[i - 5], x_rest, x_sel, out, cols, cl)
+
+        def apply(tangents):
+            n_t, r = tangents.shape[0], tangents.shape[1]
+            dy = lin(tangents.reshape(n_t * r, *tangents.shape[2:]), n_t)
+            return dy.reshape(n_t, r, *dy.shape[1:])
+
+        return y, apply
+
+    def stage_jvp(self, i: int, x_rest, x_sel, in_channels, out_channels, tangents):
+        """``(y, dy)``: :meth:`linearize` applied to one batch of directions ``tangents``."""
+        y, apply = self.linearize(i, x_rest, x_sel, in_channels, out_channels)
+        return y, apply(tangents)
 
     def run(self, x, start: int = 0, stop: int | None = None):
         """Layer ``stop`` (default: the last) from layer ``start``'s activation ``x``."""
@@ -399,58 +410,75 @@ def _bottleneck(blk: _Block, x, out, xs, cols, cl):
     return F.relu(h + identity)
 
 
-def _masked(d, pre, n_t):
-    """The tangent ``d`` ``(T*R, C, ...)`` times ``pre > 0`` ``(R, C, ...)`` (the ReLU's derivative)."""
+def _masked(d, mask, n_t):
+    """The tangent ``d`` ``(T*R, C, ...)`` times the ReLU's derivative ``mask`` ``(R, C, ...)``."""
     shape = d.shape
-    return (d.reshape(n_t, *pre.shape) * (pre > 0).to(d.dtype)).reshape(shape)
+    return (d.reshape(n_t, *mask.shape) * mask.to(d.dtype)).reshape(shape)
 
 
-def _jvp_conv_relu(conv: FoldedConv, x, xs, t, out, cols, cl, n_t):
+def _lin_conv_relu(conv: FoldedConv, x, xs, out, cols, cl):
     import torch.nn.functional as F
 
     pre = _linear_in(conv, x, out, xs, cols, cl)
-    d = conv(t, out, cols, bias=False, channels_last=cl)
-    return F.relu(pre), _masked(d, pre, n_t)
+    mask = pre > 0
+
+    def lin(t, n_t):
+        return _masked(conv(t, out, cols, bias=False, channels_last=cl), mask, n_t)
+
+    return F.relu(pre), lin
 
 
-def _jvp_avgpool(x, xs, t, out, cols, k):
+def _lin_avgpool(x, xs, out, cols, k):
     import torch
     import torch.nn.functional as F
 
     y = _avgpool(x, k, out, xs, cols)
     pos_out, pos_in = _overlap(out, cols)
-    d = torch.zeros((t.shape[0], y.shape[1], *y.shape[2:]), dtype=t.dtype, device=t.device)
-    if len(pos_out):
-        d = d.index_add(1, pos_out, F.avg_pool2d(t[:, pos_in], k))
-    return y, d
+
+    def lin(t, n_t):
+        d = torch.zeros((t.shape[0], y.shape[1], *y.shape[2:]), dtype=t.dtype, device=t.device)
+        if len(pos_out):
+            d = d.index_add(1, pos_out, F.avg_pool2d(t[:, pos_in], k))
+        return d
+
+    return y, lin
 
 
-def _jvp_bottleneck(blk: _Block, x, xs, t, out, cols, cl, n_t):
+def _lin_bottleneck(blk: _Block, x, xs, out, cols, cl):
     import torch.nn.functional as F
 
     pre1 = _linear_in(blk.c1, x, None, xs, cols, cl)
-    d = _masked(blk.c1(t, None, cols, bias=False, channels_last=cl), pre1, n_t)
     pre2 = blk.c2(F.relu(pre1), channels_last=cl)
-    d = _masked(blk.c2(d, bias=False, channels_last=cl), pre2, n_t)
     h = F.relu(pre2)
     if blk.pool:
-        h, d = F.avg_pool2d(h, blk.pool), F.avg_pool2d(d, blk.pool)
+        h = F.avg_pool2d(h, blk.pool)
     h = blk.c3(h, out, channels_last=cl)
-    d = blk.c3(d, out, bias=False, channels_last=cl)
+    p = blk.ds_pool if blk.ds is not None else 1
     if blk.ds is None:
         identity = _pass_through(x, out, xs, cols)
         pos_out, pos_in = _overlap(out, cols)
-        if len(pos_out):
-            d = d.index_add(1, pos_out, t[:, pos_in].to(d.dtype))
     else:
-        p = blk.ds_pool
         xp = F.avg_pool2d(x, p) if p > 1 else x
         xsp = F.avg_pool2d(xs, p) if p > 1 else xs
-        tp = F.avg_pool2d(t, p) if p > 1 else t
         identity = _linear_in(blk.ds, xp, out, xsp, cols, cl)
-        d = d + blk.ds(tp, out, cols, bias=False, channels_last=cl)
     pre = h + identity
-    return F.relu(pre), _masked(d, pre, n_t)
+    m1, m2, m3 = pre1 > 0, pre2 > 0, pre > 0
+    del pre1, pre2, h, identity
+
+    def lin(t, n_t):
+        d = _masked(blk.c1(t, None, cols, bias=False, channels_last=cl), m1, n_t)
+        d = _masked(blk.c2(d, bias=False, channels_last=cl), m2, n_t)
+        if blk.pool:
+            d = F.avg_pool2d(d, blk.pool)
+        d = blk.c3(d, out, bias=False, channels_last=cl)
+        if blk.ds is None:
+            if len(pos_out):
+                d = d.index_add(1, pos_out, t[:, pos_in].to(d.dtype))
+        else:
+            d = d + blk.ds(F.avg_pool2d(t, p) if p > 1 else t, out, cols, bias=False, channels_last=cl)
+        return _masked(d, m3, n_t)
+
+    return F.relu(pre), lin
 
 
 def _tokens(x):
