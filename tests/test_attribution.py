@@ -217,3 +217,20 @@ def test_forward_and_reverse_edges_agree_on_every_pair(chain):
         assert _rel(fwd.edges[name], rev.edges[name]) < 1e-5, name
     with pytest.raises(ValueError, match="unknown edge mode"):
         A.edge_matrix(chain, 1, images, images, [0], [0], ig, A.make_plan(chain), mode="sideways")
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_bf16_autocast_runs_every_path_close_to_fp32(chain, mode):
+    """The GPU default (bf16 autocast) on the CPU: the same code paths, within bf16 rounding of fp32."""
+    from clipgen.devices import autocast
+
+    images, target = _batch(chain, n=2, seed=17)
+    ig = A.IGConfig(3, "left")
+    ref = A.compute_circuit(chain, images, target, ig=ig)
+    low = A.compute_circuit(chain, images, target, ig=ig, selected=ref.selected, edge_mode=mode,
+                            amp=lambda: autocast(torch.device("cpu"), "bf16"))
+    for name in chain.names:
+        assert low.nodes[name].dtype == np.float32 and _rel(low.nodes[name], ref.nodes[name]) < 0.05, name
+    for name in chain.names[1:]:
+        if np.abs(ref.edges[name]).max() > 0:
+            assert _rel(low.edges[name], ref.edges[name]) < 0.05, name

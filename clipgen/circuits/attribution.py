@@ -237,7 +237,7 @@ def clean_pass(chain, images, targets, *, with_grads: bool, plan: MemoryPlan, am
                 layer_acts = chain.activations(x)
                 m = metric(layer_acts[-1], targets[r0:r1])
         for i, a in enumerate(layer_acts):
-            acts[i].append(a.detach())
+            acts[i].append(a.detach().to(chain.dtype))  # not in the autocast dtype: (1 - alpha) a is formed exactly
         metrics.append(m.detach().float())
     return [torch.cat(a) for a in acts], torch.cat(metrics), sums
 
