@@ -19,18 +19,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Until the full study pipeline exists, the demo runs the most complete real pipeline there is: a synthetic
-# DomainNet, its captions, and the sketch mixtures of Figure 2 (idempotent: every step overwrites its outputs).
+# The main job: the whole study on the embedded synthetic default (data -> mixtures -> four tiny CLIPs -> zero-shot
+# evaluation -> activation stores -> CKA, SAE feature sharing, embeddings, circuits -> report). Rerunning skips
+# finished stages.
 demo: $(VENV)/.installed
-	$(VENV)/bin/clipgen data synth --out $(DEMO_OUT)/data --force
-	$(VENV)/bin/clipgen data captions --root $(DEMO_OUT)/data --force
-	$(VENV)/bin/clipgen data mixtures --root $(DEMO_OUT)/data --out $(DEMO_OUT)/mixtures --force \
-		--setup natural-only,cg-low,cg-high,leave-out-domain --test-domain sketch \
-		--base $(DEMO_OUT)/data/base_train.tsv --base-val $(DEMO_OUT)/data/base_val.tsv
-	@echo
-	@echo "demo: made $(DEMO_OUT)/data (synthetic DomainNet, see contact_sheet.png), its captions in"
-	@echo "      $(DEMO_OUT)/data/captions, and the natural-only, CG low/high and leave-out-domain training and"
-	@echo "      validation TSVs for the sketch test domain in $(DEMO_OUT)/mixtures (mixtures.json describes each)."
+	$(VENV)/bin/clipgen demo --out $(DEMO_OUT)
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -338,6 +338,68 @@ class Demo:
         return outs
 
 
+    def classes(self) -> list[tuple[int, bool]]:
+        """``(label, held out)`` of every class of the synthetic data (its ``classes.tsv``), in label order."""
+        import csv
+
+        with open(self.data / "classes.tsv", encoding="utf-8", newline="") as f:
+            return sorted((int(r["label"]), r["held_out"] == "1") for r in csv.DictReader(f, delimiter="\t"))
+
+    def circuit_labels(self) -> list[int]:
+        """Every held-out class and the first ``circuit_id_classes`` other classes (label order)."""
+        held = [lab for lab, h in self.classes() if h]
+        other = [lab for lab, h in self.classes() if not h][: self.scale.circuit_id_classes]
+        return sorted(held + other)
+
+    def circuits_dir(self) -> Path:
+        return self.out / "circuits" / self.run_name("cg-high")
+
+    def stage_circuits(self) -> dict[str, Any]:
+        from clipgen.circuits.compute import CircuitsConfig, compute_circuits
+        from clipgen.circuits.similarity import (
+            CircuitSimilarityConfig,
+            NodeSimilarityConfig,
+            PlotConfig,
+            run_circuit_similarity,
+            run_node_similarity,
+            run_plot,
+        )
+
+        base = self.circuits_dir()
+        path = base / "circuits.h5"
+        labels = self.circuit_labels()
+        s = self.scale
+        compute_circuits(CircuitsConfig(out=path, model_dir=self.run_dir("cg-high"), data=self.data,
+                                        classes=",".join(map(str, labels)), samples_per_class=s.circuit_samples,
+                                        steps=s.circuit_steps, device=self.device_arg), progress=self.cfg.progress)
+        nodes = run_node_similarity(NodeSimilarityConfig(circuits=path, out=base / "nodes", highlight=self.highlight,
+                                                         force=True), progress=self.cfg.progress)
+        sim = run_circuit_similarity(CircuitSimilarityConfig(circuits=path, out=base / "similarity",
+                                                             highlight=self.highlight, force=True),
+                                     progress=self.cfg.progress)
+        held = [lab for lab, h in self.classes() if h and lab in labels]
+        plot_label = held[0] if held else labels[0]
+        plots = run_plot(PlotConfig(circuits=path, domain=self.test_domain, class_name=str(plot_label),
+                                    out=base / "plot", force=True))
+        return {"circuits": str(path), "classes": labels, "nodes": str(nodes), "similarity": str(sim),
+                "plot": [str(p) for p in plots], "plot_class": plot_label}
+
+    def outputs(self, stage: str) -> list[Path]:
+        """What a stage writes: removed before the stage runs again with other inputs or settings."""
+        names = [self.run_name(s) for s in ANALYSED]
+        return {
+            "data": [self.data],
+            "mixtures": [self.mixtures],
+            "train": [self.runs],
+            "eval": [self.out / "eval-summary", *[self.run_dir(s) / "eval" for s in SETUPS]],
+            "extract": [self.stores],
+            "cka": [self.out / "cka"],
+            "embeddings": [self.out / "embeddings"],
+            "sae": [self.out / "sae" / n for n in names],
+            "circuits": [self.out / "circuits"],
+        }[stage]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 def _stage_plan(demo: Demo) -> list[tuple[str, Callable[[], dict[str, Any]], list[Any]]]:
@@ -353,6 +415,8 @@ def _stage_plan(demo: Demo) -> list[tuple[str, Callable[[], dict[str, Any]], lis
         ("cka", demo.stage_cka, [demo.highlight]),
         ("embeddings", demo.stage_embeddings, [demo.highlight]),
         ("sae", demo.stage_sae, []),
+        ("circuits", demo.stage_circuits, [s.circuit_id_classes, s.circuit_samples, s.circuit_steps,
+                                           demo.highlight, demo.test_domain]),
     ]
 
 
@@ -392,6 +456,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             skipped.append(name)
             continue
         console.print(f"[bold][{i}/{len(plan)}] {name}[/]")
+        if name in state.stages:  # finished earlier with other inputs or settings: start the stage afresh
+            for path in demo.outputs(name):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+            del state.stages[name]
         t0 = time.perf_counter()
         outputs = fn()
         state.record(name, StageRecord(key, round(time.perf_counter() - t0, 1), outputs, utc_now()))

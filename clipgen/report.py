@@ -248,6 +248,8 @@ def build_report(demo: Any, stages: dict[str, Any], *, total_seconds: float) -> 
     if emb:
         _embedding_section(doc, demo, emb, findings)
 
+    _circuits_section(doc, demo, findings)
+
     doc.h(2, "Which of the paper's findings hold here")
     doc.p("Rules, fixed before looking at the numbers: an accuracy comparison *holds* when the difference exceeds "
           "twice its binomial standard error (independent test images, one seed), is *reversed* when it exceeds it "
@@ -425,6 +427,61 @@ def _embedding_section(doc: Document, demo: Any, emb: dict[str, Any], findings: 
                          "holds" if to_hl > among else "does not hold"])
 
 
+def _circuits_section(doc: Document, demo: Any, findings: list[list[str]]) -> None:
+    base = demo.circuits_dir()
+    nodes = _read_json(base / "nodes" / "node_similarity.json")
+    sim = _read_json(base / "similarity" / "circuit_similarity.json")
+    if not nodes and not sim:
+        return
+    hl = demo.highlight
+    doc.h(2, "Circuits (the paper's Figures 6b and 6c)")
+    classes = (nodes or sim or {}).get("classes", {})
+    settings = (nodes or sim or {}).get("settings", {})
+    doc.p(f"Neuron circuits of the CG high-diversity model's zero-shot classifier for {len(classes)} classes "
+          f"({', '.join(classes.values())}) in every domain: integrated-gradient node scores against a zero "
+          f"baseline ({settings.get('steps', '?')} steps, {settings.get('rule', '?')} rule) on up to "
+          f"{settings.get('samples_per_class', '?')} test images per class and domain, the top "
+          f"{100 * float(settings.get('node_fraction', 0.1)):.0f}% channels per layer, and edges between "
+          f"consecutive layers.")
+    if nodes and nodes.get("highlight"):
+        h = nodes["highlight"].get("all", {})
+        w, o = [v for v in h.get("with", {}).get("mean", []) if v is not None], \
+            [v for v in h.get("without", {}).get("mean", []) if v is not None]
+        layers = nodes.get("layers", [])
+        mid = intermediate(layers)
+        idx = [layers.index(x) for x in mid]
+        wm = _mean([h["with"]["mean"][i] for i in idx if h["with"]["mean"][i] is not None])
+        om = _mean([h["without"]["mean"][i] for i in idx if h["without"]["mean"][i] is not None])
+        doc.figure(base / "nodes" / "nodes_highlight_all.png",
+                   f"Node similarity: Jaccard overlap of the selected channels of two domains, layer by layer, "
+                   f"averaged over the classes; pairs with {hl} average {num(_mean(w))} over all layers "
+                   f"({num(wm)} in {mid[0]}..{mid[-1]}), the other pairs {num(_mean(o))} ({num(om)}).")
+        findings.append([f"Circuits of {hl} share fewer nodes with the other domains (node Jaccard of pairs with "
+                         f"{hl} below the other pairs, intermediate layers)", f"{num(wm)} vs {num(om)}",
+                         "holds" if wm < om else "does not hold"])
+    if sim:
+        hlj = (sim.get("highlight") or {}).get("jaccard", {}).get("all", {})
+        doc.figure(base / "similarity" / "circuits_jaccard_all.png",
+                   f"Circuit similarity: Jaccard of the edge sets (top-{sim.get('edge_k', 3)} upstream edges per "
+                   f"node) between the domain circuits of a class, averaged over the classes; pairs with {hl} "
+                   f"{num(hlj.get('with'))}, the others {num(hlj.get('without'))}.")
+        wl = (sim.get("highlight") or {}).get("wl_h1", {}).get("all", {})
+        if wl:
+            doc.figure(base / "similarity" / "circuits_wl_h1_all.png",
+                       f"The same with the normalised Weisfeiler-Lehman subtree kernel (h = 1): pairs with {hl} "
+                       f"{num(wl.get('with'))}, the others {num(wl.get('without'))}.")
+        if hlj.get("with") is not None and hlj.get("without") is not None:
+            findings.append([f"Circuits of {hl} are less similar to the other domains' (edge-set Jaccard)",
+                             f"{num(hlj['with'])} vs {num(hlj['without'])}",
+                             "holds" if hlj["with"] < hlj["without"] else "does not hold"])
+    pngs = sorted((base / "plot").glob("*.png")) if (base / "plot").is_dir() else []
+    if pngs:
+        doc.figure(pngs[0], f"One circuit ({pngs[0].stem.removeprefix('circuit_').replace('_', ', ', 1)}): the "
+                            f"selected channels from act1 (bottom) to attnpool (top), coloured by signed node "
+                            f"score, with each node's top upstream edges coloured by sign (GraphML and DOT "
+                            f"exports beside the PNG).")
+
+
 def _files_section(doc: Document, demo: Any, stages: dict[str, Any]) -> None:
     doc.h(2, "Artifacts and how to rerun a step")
     doc.p(f"Everything lives under `{demo.out}`; each artifact has its configuration JSON beside it. Rerunning "
@@ -440,6 +497,8 @@ def _files_section(doc: Document, demo: Any, stages: dict[str, Any]) -> None:
         f"`clipgen cka {demo.store('cg-high', 'test')} --out {demo.out / 'cka' / cg} --subsets {subsets} --force`",
         f"`clipgen embeddings {demo.store('cg-high', 'test')} --out {demo.out / 'embeddings' / cg} --force`",
         f"`clipgen sae features {demo.store('cg-high', 'test')} --sae {demo.out / 'sae' / cg} --force`",
+        f"`clipgen circuits similarity {demo.circuits_dir() / 'circuits.h5'} --out "
+        f"{demo.circuits_dir() / 'similarity'} --force`",
     ])
     rows = [[name, f"{rec.seconds:.0f} s" if hasattr(rec, "seconds") else ""] for name, rec in stages.items()
             if hasattr(rec, "seconds")]

@@ -9,12 +9,14 @@ from clipgen.demo import SCALES, DemoConfig, run_demo
 
 pytestmark = pytest.mark.xdist_group("demo")  # one worker builds the demo once for the whole module
 
+STAGES = ["data", "mixtures", "train", "eval", "extract", "cka", "embeddings", "sae", "circuits"]
 REPORT_SECTIONS = [
     "## Training data",
     "## Zero-shot generalization (the paper's Figure 2)",
     "## Representational similarity across domains (CKA, the paper's Figure 6a)",
     "## SAE feature sharing (the paper's Appendix C.1)",
     "## Embedding analysis (the paper's Figure 5)",
+    "## Circuits (the paper's Figures 6b and 6c)",
     "## Which of the paper's findings hold here",
     "## Artifacts and how to rerun a step",
 ]
@@ -45,7 +47,7 @@ def cli():
 def test_every_stage_and_artifact(tiny_demo):
     out, r = tiny_demo
     state = json.loads((out / "demo.json").read_text())
-    assert list(state["stages"]) == ["data", "mixtures", "train", "eval", "extract", "cka", "embeddings", "sae"]
+    assert list(state["stages"]) == STAGES
     assert state["scale"]["name"] == "tiny" and state["device"].startswith("cpu")
     assert "device: cpu" in r.output
     runs = ["natural-only-s0", "cg-low-sketch-s0", "cg-high-sketch-s0", "leave-out-domain-sketch-s0"]
@@ -57,11 +59,21 @@ def test_every_stage_and_artifact(tiny_demo):
     for f in ("eval-summary/figure2.png", "eval-summary/summary.csv", "stores/cg-high-sketch-s0-test.h5",
               "stores/leave-out-domain-sketch-s0-train.h5", "cka/cg-high-sketch-s0/cka.json",
               "embeddings/cg-high-sketch-s0/embeddings.json", "sae/cg-high-sketch-s0/sae.pt",
-              "sae/leave-out-domain-sketch-s0/features/feature-sharing.json", "config.json", "data/contact_sheet.png"):
+              "sae/leave-out-domain-sketch-s0/features/feature-sharing.json", "config.json", "data/contact_sheet.png",
+              "circuits/cg-high-sketch-s0/circuits.h5", "circuits/cg-high-sketch-s0/nodes/node_similarity.json",
+              "circuits/cg-high-sketch-s0/similarity/circuit_similarity.json",
+              "circuits/cg-high-sketch-s0/plot/circuit_sketch_axe.png"):
         assert (out / f).is_file(), f
     # tiny has 8 classes, 4 held out, painting lacks one test class: id has 3 classes in painting pairs -> skipped
     assert state["stages"]["cka"]["outputs"]["subsets"] == ["all", "ood"]
     assert state["stages"]["cka"]["outputs"]["fewest_classes"] == {"all": 7, "id": 3, "ood": 4}
+    # circuits: every held-out class (axe 11, banana 13, candle 58, penguin 218) and the first ID class
+    assert state["stages"]["circuits"]["outputs"]["classes"] == [11, 13, 58, 66, 218]
+    from clipgen.circuits.store import open_circuits
+
+    with open_circuits(out / "circuits" / "cg-high-sketch-s0" / "circuits.h5") as cf:
+        assert len(cf.entries()) == 5 * 6 and sorted(cf.classes) == [11, 13, 58, 66, 218]
+        assert cf.settings["steps"] == SCALES["tiny"].circuit_steps
 
 
 def test_report_has_every_section_and_its_numbers(tiny_demo):
@@ -74,7 +86,9 @@ def test_report_has_every_section_and_its_numbers(tiny_demo):
     acc = summary["metrics"]["sketch"]["ood_acc"][-1]
     assert f"| CG high-diversity | {100 * acc:.1f}% |" in md
     for fig in ("eval-summary/figure2.png", "cka/cg-high-sketch-s0/highlight_all_linear_unbiased.png",
-                "sae/cg-high-sketch-s0/features/feature-sharing.png"):
+                "sae/cg-high-sketch-s0/features/feature-sharing.png",
+                "circuits/cg-high-sketch-s0/nodes/nodes_highlight_all.png",
+                "circuits/cg-high-sketch-s0/plot/circuit_sketch_axe.png"):
         assert f"]({fig})" in md and (out / fig).is_file()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count("![")
@@ -85,7 +99,7 @@ def test_rerun_skips_every_stage(tiny_demo):
     out, _ = tiny_demo
     before = (out / "runs" / "cg-high-sketch-s0" / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns
     res = run_demo(DemoConfig(out=out, scale="tiny", progress=False, device="cpu"))
-    assert res.skipped == ["data", "mixtures", "train", "eval", "extract", "cka", "embeddings", "sae"]
+    assert res.skipped == STAGES
     assert (out / "runs" / "cg-high-sketch-s0" / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns == before
 
 
