@@ -583,6 +583,16 @@ def make_batches(plan: StorePlan, records, transform, todo: Sequence[int], *, wo
         yield images, kept.numpy(), skipped
 
 
+def _run_info(manifest) -> dict[str, Any] | None:
+    """The run's name, seed and training mixture (setup, test domain, held-out classes) from its manifest: later
+    commands take their defaults from it (e.g. ``clipgen sae features`` scores the mixture's test domain)."""
+    if manifest is None:
+        return None
+    mix = manifest.mixture or {}
+    keys = ("file", "setup", "test_domain", "domains", "held_out", "aligned", "pseudo", "identifier")
+    return {"name": manifest.name, "seed": manifest.seed, "mixture": {k: mix.get(k) for k in keys} if mix else None}
+
+
 def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
             note: Callable[[str], None] | None = None) -> ExtractResult:
     """Run (or resume) an extraction and return where the finished store is."""
@@ -638,6 +648,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
         "checkpoint": {"path": str(Path(loaded.checkpoint).resolve()), "sha256": sha256_file(loaded.checkpoint)},
         "epoch": loaded.epoch,
         "run_dir": str(Path(cfg.model_dir).resolve()) if cfg.model_dir else None,
+        "run": _run_info(loaded.manifest),
         "image_set": image_set,
         "preprocess": {"transform": repr(loaded.preprocess), **{k: pcfg[k] for k in sorted(pcfg)}},
         "pooling": {"conv": cfg.pooling, "tokens": (cfg.token_pooling if cfg.pooling == "mean" else "none")

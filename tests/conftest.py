@@ -16,7 +16,7 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-pytest_plugins = ["tests._fixtures_store"]
+pytest_plugins = ["tests._fixtures_store", "tests._fixtures_train"]
 
 
 def _shared_root(tmp_path_factory) -> Path:

@@ -450,3 +450,18 @@ def test_float16_overflow_is_an_error_not_inf(tmp_path, random_run_dir, synth_ro
                   progress=False)
     with open_store(res.path) as st:
         assert np.abs(st.read_layer("attnpool")).max() > 65504
+
+
+def test_store_records_the_runs_mixture(tmp_path, trained_run_dir, random_run_dir, synth_root):
+    """The run's training mixture travels into the store, so analyses default to its test domain."""
+    from clipgen.analysis.feature_sharing import find_test_domain
+
+    res = extract(_cfg(tmp_path / "m.h5", trained_run_dir, synth_root, layers="embedding"), progress=False)
+    with open_store(res.path) as st:
+        run = st.provenance["run"]
+        assert run["name"] == trained_run_dir.name and run["seed"] == 0
+        assert run["mixture"]["setup"] == "cg-low" and run["mixture"]["test_domain"] == "sketch"
+        assert find_test_domain(st.provenance) == "sketch"
+    res = extract(_cfg(tmp_path / "r.h5", random_run_dir, synth_root, layers="embedding"), progress=False)
+    with open_store(res.path) as st:  # a run without a mixture records none
+        assert st.provenance["run"]["mixture"] is None and find_test_domain(st.provenance) is None
