@@ -234,3 +234,31 @@ def test_bf16_autocast_runs_every_path_close_to_fp32(chain, mode):
     for name in chain.names[1:]:
         if np.abs(ref.edges[name]).max() > 0:
             assert _rel(low.edges[name], ref.edges[name]) < 0.05, name
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    """On a GPU: fp32 (TF32 off) equals the CPU result; bf16 autocast (the default there) is close to it."""
+    from clipgen.devices import autocast
+
+    cpu = ResNetChain(perturbed_visual("RN-tiny"), "RN-tiny")
+    dev = torch.device("cuda")
+    gpu = ResNetChain(perturbed_visual("RN-tiny").to(dev), "RN-tiny")
+    images, target = _batch(cpu, n=4, seed=18)
+    ig = A.IGConfig(4, "left")
+    ref = A.compute_circuit(cpu, images, target, ig=ig)
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        exact = A.compute_circuit(gpu, images.to(dev), target.to(dev), ig=ig, selected=ref.selected)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    low = A.compute_circuit(gpu, images.to(dev), target.to(dev), ig=ig, selected=ref.selected,
+                            amp=lambda: autocast(dev, "bf16"))
+    for name in cpu.names:
+        assert _rel(exact.nodes[name], ref.nodes[name]) < 1e-4, name
+        assert _rel(low.nodes[name], ref.nodes[name]) < 0.05, name
+    for name in cpu.names[1:]:
+        if np.abs(ref.edges[name]).max() > 0:
+            assert _rel(exact.edges[name], ref.edges[name]) < 1e-4, name
+            assert _rel(low.edges[name], ref.edges[name]) < 0.05, name
