@@ -71,13 +71,13 @@ if [ ${#families[@]} -eq 0 ]; then
     cg_submit "$job" "$AFTER" -- "$CG_BATCH_DIR/$job.sbatch"
     eval_job=$CG_JOB
 else
-    if cg_dry; then  # plan into a scratch folder, so that a dry run writes nothing under OUT
+    if cg_dry; then  # eval grid --dry-run plans and writes nothing
         printf '+ %s\n' "$(cg_quote "${grid[@]}" --jobs-dir "$CG_BATCH_DIR")"
-        listing=$("${grid[@]}" --jobs-dir "$CG_STATE_DIR/eval-plan" --dry-run)
+        listing=$("${grid[@]}" --jobs-dir "$CG_BATCH_DIR" --dry-run)
         printf '%s\n' "$listing" | sed 's/^/#   /'
     else
         mkdir -p "$CG_BATCH_DIR"
-        listing=$(cg_run "${grid[@]}" --jobs-dir "$CG_BATCH_DIR" --dry-run)
+        listing=$(cg_run "${grid[@]}" --jobs-dir "$CG_BATCH_DIR")
         printf '%s\n' "$listing" | grep -v '^/' || true
     fi
     if printf '%s\n' "$listing" | grep -q '^nothing to do'; then

@@ -71,6 +71,9 @@ def test_job_script_and_modes(runs, uneven_root, tmp_path):
     if not any(os.access(os.path.join(p, "sbatch"), os.X_OK) for p in os.environ["PATH"].split(os.pathsep)):
         with pytest.raises(ClipgenError, match="--submit: sbatch not found"):
             run_grid(GridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "jobs", mode="submit"))
+    dry = run_grid(GridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "dry", mode="dry-run"))
+    assert [t.argv for t in dry.tasks] == [t.argv for t in res.tasks] and dry.script is None
+    assert not (tmp_path / "dry").exists()  # a dry run writes nothing
     with pytest.raises(ClipgenError, match="--mode: unknown mode"):
         plan(GridConfig(runs=[cgl], data_root=uneven_root, mode="later"))
     with pytest.raises(ClipgenError, match="no clipgen run"):

@@ -169,7 +169,8 @@ def grid(
                                          help="Extra options for every task, e.g. '--batch-size 500 --workers 6'."),
     jobs_dir: Path = typer.Option(Path("eval-grid"), "--jobs-dir", help="Where the .sbatch and .tasks files go."),
     name: str = typer.Option("eval-grid", "--name", help="Job file name stem."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the tasks and write the job script (default)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the tasks; write nothing (default: write the "
+                                                          "job script without submitting it)."),
     submit: bool = typer.Option(False, "--submit", help="Write the job script and submit it with sbatch."),
     local: bool = typer.Option(False, "--local", help="Run the tasks one after another on this machine."),
     partition: str | None = typer.Option(None, "--partition", help="SLURM partition."),
@@ -196,7 +197,7 @@ def grid(
     cfg = GridConfig(runs=list(runs), data_root=data_root, test_domains=test_domains, epochs=epochs,
                      out_root=out_root, templates=templates, imagenet=imagenet, stores=list(store or []),
                      extra_args=shlex.split(task_args) if task_args else [], per_checkpoint=per_checkpoint,
-                     jobs_dir=jobs_dir, name=name, mode=modes[0] if modes else "dry-run",
+                     jobs_dir=jobs_dir, name=name, mode=modes[0] if modes else "write",
                      slurm=SlurmConfig(job_name="clipgen-eval", partition=partition, account=account, qos=qos,
                                        time=time, cpus_per_task=cpus_per_task, gpus_per_node=gpus, mem=mem,
                                        max_parallel=max_parallel, setup=list(setup or [])))
@@ -211,5 +212,7 @@ def grid(
         con.print(f"submitted job {res.job_id}: {len(res.tasks)} tasks ({res.script})")
     elif res.script:
         con.print(f"{len(res.tasks)} tasks; job script {res.script} (submit with: sbatch {res.script})")
+    elif cfg.mode == "dry-run":
+        con.print(f"{len(res.tasks)} tasks (dry run: nothing written)")
     else:
         con.print(f"ran {len(res.tasks)} tasks")

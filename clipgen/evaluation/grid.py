@@ -4,8 +4,9 @@ One task per run and test domain evaluates the run's missing epochs; with ``per_
 missing checkpoint instead (tasks of the same run add their epoch to the same results.json under a file
 lock). Test domains ``auto``: the run mixture's test domain, or all five for runs without one
 (natural-only serves every test domain). Work already in a results.json (of an unchanged checkpoint) is skipped
-when planning, so re-submitting the grid after a partial failure only runs what is missing. ``--dry-run`` prints
-the tasks and writes the job script without submitting, ``--submit`` calls sbatch, ``--local`` runs the tasks here.
+when planning, so re-submitting the grid after a partial failure only runs what is missing. By default the job
+script is written (not submitted), as ``clipgen train grid`` does; ``--dry-run`` only prints the tasks and writes
+nothing, ``--submit`` writes and calls sbatch, ``--local`` runs the tasks here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from clipgen.evaluation.results import RESULTS_NAME, read_results
 from clipgen.runs import MANIFEST_NAME, RunManifest, list_checkpoints, parse_epochs, read_manifest
 from clipgen.slurm import SlurmConfig, run_local, submit, write_array_job
 
-MODES = ("dry-run", "submit", "local")
+MODES = ("write", "dry-run", "submit", "local")
 
 
 @dataclass
@@ -41,7 +42,7 @@ class GridConfig:
     per_checkpoint: bool = False
     jobs_dir: Path = Path("eval-grid")
     name: str = "eval-grid"
-    mode: str = "dry-run"
+    mode: str = "write"
     slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="clipgen-eval", time="01:00:00",
                                                                      cpus_per_task=8))
 
@@ -144,10 +145,11 @@ class GridOutcome:
 
 
 def run_grid(cfg: GridConfig) -> GridOutcome:
-    """Plan the grid, then write the job script (dry-run, submit) and submit it, or run the tasks here."""
+    """Plan the grid, then write the job script (write, submit) and submit it, or run the tasks here (local);
+    ``dry-run`` plans only."""
     tasks, notes = plan(cfg)
-    if not tasks:
-        return GridOutcome([], notes, None, None)
+    if not tasks or cfg.mode == "dry-run":
+        return GridOutcome(tasks, notes, None, None)
     if cfg.mode == "local":
         run_local([t.argv for t in tasks], "eval grid")
         return GridOutcome(tasks, notes, None, None)
