@@ -62,6 +62,8 @@ def test_schema_of_a_computed_file(small_circuits, circuits_run_dir, synth_root)
                 assert p.endswith(rel) and int(label) == lab
             assert g["metric"].shape == (3,) and np.all(np.abs(g["metric"][...]) <= 1)
     assert not S.parts_dir(small_circuits).exists()
+    cfg = json.loads(small_circuits.with_name("small.config.json").read_text())
+    assert cfg["command"] == "circuits compute" and cfg["config"]["classes"] == "axe,cello"
 
 
 def test_reader_api(small_circuits, circuits_run_dir):
@@ -100,6 +102,7 @@ def test_resume_after_a_crash_is_identical(small_circuits, circuits_run_dir, syn
     assert sorted(p.name for p in parts.iterdir()) == ["clipart-011.h5", "quickdraw-011.h5"]
     with h5py.File(out, "r") as f:
         assert not bool(f.attrs["complete"]) and "entries" not in f
+    assert not out.with_name("c.config.json").exists()  # the config goes beside the finished file
     with pytest.raises(ClipgenError, match=r"incomplete circuits file \(2 of 4 entries computed\)"):
         S.open_circuits(out)
     with S.open_circuits(out, allow_incomplete=True) as cf:
@@ -113,7 +116,7 @@ def test_resume_after_a_crash_is_identical(small_circuits, circuits_run_dir, syn
     notes = []
     run = compute_circuits(cfg, progress=False, note=notes.append)
     assert run.resumed_from == 2 and run.computed == 2 and any("resuming, 2 of 4" in n for n in notes)
-    assert not parts.exists()
+    assert not parts.exists() and out.with_name("c.config.json").is_file()
     assert_same_entries(out, small_circuits)
     with S.open_circuits(out) as cf:
         assert len(cf.provenance["resumed"]) == 1

@@ -50,7 +50,8 @@ SAMPLING = ("numpy default_rng([seed, domain id, label]).permutation(n)[:k] of t
 
 @dataclass
 class CircuitsConfig:
-    """``clipgen circuits compute``: the resolved options (written beside the file as ``OUT.config.json``)."""
+    """``clipgen circuits compute``: the resolved options (written beside the file as ``OUT.config.json`` when the
+    file is complete)."""
 
     out: Path
     model_dir: Path
@@ -269,7 +270,7 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
     """Compute (or resume, or finish) a circuits file and return where it is."""
     import torch
 
-    from clipgen.artifacts import utc_now
+    from clipgen.artifacts import config_path_for, utc_now, write_config
     from clipgen.circuits.attribution import IGConfig, compute_circuit, default_budget, make_plan
     from clipgen.circuits.chain import ResNetChain
     from clipgen.datasets import ImageRecord, folders_of
@@ -322,6 +323,8 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
     state = _existing(out, header, cfg.force)
     if state is not None and state[1]:
         say(f"{out}: already complete ({len(state[0].plan)} entries); nothing to do")
+        if not config_path_for(out).exists():
+            write_config(out, "circuits compute", cfg)
         return CircuitsRun(out, len(plan), 0, already_complete=True, fingerprint=header.fingerprint)
     if state is not None:
         header = state[0]
@@ -374,4 +377,5 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
             if crash_after is not None and run.computed >= crash_after:
                 raise SimulatedCrash(f"simulated crash after {run.computed} entries")
     assemble(out, header)
+    write_config(out, "circuits compute", cfg)
     return run

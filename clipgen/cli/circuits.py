@@ -58,7 +58,6 @@ def compute(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Compute the circuit of every (domain, class) into a circuits file; rerun the same command to resume."""
-    from clipgen.artifacts import write_config
     from clipgen.circuits.compute import CircuitsConfig, compute_circuits
     from clipgen.progress import out as con
 
@@ -67,7 +66,6 @@ def compute(
                          node_fraction=node_fraction, templates=templates, device=device, precision=precision,
                          memory_gb=memory_gb, shard=shard, force=force)
     res = compute_circuits(cfg, progress=progress, note=_say)
-    write_config(res.path, "circuits compute", cfg)
     per = f", {sum(res.seconds) / len(res.seconds):.2f} s per entry" if res.seconds else ""
     con.print(f"circuits {res.path}: {res.planned} (domain, class) entries, {res.computed} computed now{per}, "
               f"fingerprint {res.fingerprint[:12]}" + (" (already complete)" if res.already_complete else ""),
