@@ -124,6 +124,7 @@ class ClipTrainConfig:
     extra_args: list[str] = field(default_factory=list)
     log: str = "bar"  # "bar": progress bar + warnings; "live": every trainer line; "quiet": nothing but the result
     check_sample: int = 256  # image paths checked to exist before training
+    threads: int | None = None  # CPU threads of each training process (OMP_NUM_THREADS); None: torch's default
 
 
 @dataclass
@@ -434,7 +435,8 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
             ep = (prep.start_epoch if monitor.epoch is None else monitor.epoch) + 1
             bar.update(task, completed=monitor.progress, description=f"{run_dir.name} epoch {ep}/{hp.epochs}{loss}")
 
-        rc = stream_process(prep.command, on_line, env=child_env())
+        threads = {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else None
+        rc = stream_process(prep.command, on_line, env=child_env(threads))
     if rc != 0:
         if cfg.log != "live":
             console.print("\n".join(list(monitor.tail)[-25:]), markup=False, highlight=False)
