@@ -79,8 +79,8 @@ class DemoScale:
 
 
 SCALES: dict[str, DemoScale] = {
-    "default": DemoScale("default", n_classes=12, n_held_out=4, train_per_class=30, test_per_class=15,
-                         base_per_class=40, base_extra_classes=8, image_size=64, model="RN-tiny", epochs=10,
+    "default": DemoScale("default", n_classes=12, n_held_out=4, train_per_class=40, test_per_class=40,
+                         base_per_class=40, base_extra_classes=8, image_size=64, model="RN-tiny", epochs=12,
                          sae_epochs=400, sae_lr=1e-3, sae_batch=512, umap=True, umap_per_domain=2000,
                          circuit_id_classes=4, circuit_samples=15, circuit_steps=10),
     "full": DemoScale("full", n_classes=24, n_held_out=8, train_per_class=80, test_per_class=30,
@@ -238,21 +238,52 @@ class Demo:
         build_mixtures(cfg, force=True, progress=self.cfg.progress)
         return {"index": str(self.mixtures / "mixtures.json")}
 
+    def train_parallelism(self) -> tuple[int, int | None]:
+        """``(runs trained side by side, CPU threads per run)``. On a GPU the runs train one after another. On a CPU
+        they train side by side with the cores split between them: a tiny model gains little from a second thread
+        (measured on 2 cores: two 1-thread runs side by side train 1.35x faster than one 2-thread run after the
+        other)."""
+        if self.device.type != "cpu":
+            return 1, None
+        cores = os.cpu_count() or 1
+        parallel = max(1, min(len(SETUPS), cores))
+        return parallel, max(1, cores // parallel)
+
     def stage_train(self) -> dict[str, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from clipgen.progress import make_progress
+        from clipgen.runs import list_checkpoints
         from clipgen.training.clip import ClipTrainConfig, train_clip
         from clipgen.training.grid import GridConfig, plan_grid
 
+        s = self.scale
         grid = GridConfig(index=self.mixtures, logs=self.runs, preset="synthetic", setups=list(SETUPS),
-                          test_domains=[self.test_domain], seeds=[self.cfg.seed], no_val=True,
-                          model=self.scale.model, epochs=self.scale.epochs)
-        runs = {}
-        for task in plan_grid(grid):
-            res = train_clip(ClipTrainConfig(train=Path(task.train), logs=self.runs, name=task.name,
-                                              preset="synthetic", model=self.scale.model, epochs=self.scale.epochs,
+                          test_domains=[self.test_domain], seeds=[self.cfg.seed], no_val=True, model=s.model,
+                          epochs=s.epochs)
+        tasks = plan_grid(grid)
+        parallel, threads = self.train_parallelism()
+
+        def train(task):
+            return train_clip(ClipTrainConfig(train=Path(task.train), logs=self.runs, name=task.name,
+                                              preset="synthetic", model=s.model, epochs=s.epochs,
                                               seed=self.cfg.seed, device=self.device.type, resume=True,
-                                              log="bar" if self.cfg.progress else "quiet"))
-            runs[task.setup] = {"run_dir": str(res.run_dir), "epochs": res.epochs}
-        return {"runs": runs}
+                                              threads=threads, log="quiet"))
+
+        runs = {}
+        with make_progress(disable=not self.cfg.progress) as bar, ThreadPoolExecutor(parallel) as pool:
+            bars = {t.name: bar.add_task(f"training {t.name}", total=s.epochs) for t in tasks}
+            futures = {t.setup: (t, pool.submit(train, t)) for t in tasks}
+            while not all(f.done() for _, f in futures.values()):
+                for t, _ in futures.values():
+                    done = [e for e in list_checkpoints(t.run_dir) if e > 0] if Path(t.run_dir).is_dir() else []
+                    bar.update(bars[t.name], completed=max(done, default=0))
+                time.sleep(0.5)
+            for setup, (t, f) in futures.items():
+                res = f.result()  # a failed run raises here
+                bar.update(bars[t.name], completed=s.epochs)
+                runs[setup] = {"run_dir": str(res.run_dir), "epochs": res.epochs}
+        return {"runs": runs, "parallel": parallel, "threads_per_run": threads}
 
     def stage_eval(self) -> dict[str, Any]:
         from clipgen.evaluation.summary import SummaryConfig, summarise
