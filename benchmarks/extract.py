@@ -34,20 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def make_run(path: Path, model: str) -> Path:
-    """A run directory with one random-weight checkpoint (epoch_1.pt) and a manifest."""
-    import torch
-
-    from clipgen.models.registry import create_model, model_config
-    from clipgen.runs import RunManifest, write_manifest
-
-    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    m, _, _ = create_model(model)
-    torch.save({"epoch": 1, "state_dict": m.state_dict()}, path / "checkpoints" / "epoch_1.pt")
-    write_manifest(path, RunManifest(kind="clip", name=path.name, model=model, model_config=model_config(model)))
-    return path
+from _common import make_run, set_threads
 
 
 def make_images(root: Path, image_size: int, per_class: int, n_classes: int = 12) -> Path:
@@ -381,9 +368,7 @@ def main() -> None:
 
     import torch
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
-        os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    set_threads(a.threads)
     cores = os.cpu_count() or 1
     results: dict = {"cpu_count": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as d:

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import set_threads
+
 RATE_RE = re.compile(r"Train Epoch: (\d+) .*?, (\S+)/s, \S+/s/gpu")
 
 
@@ -159,9 +161,7 @@ def main() -> None:
 
     import torch
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
-        os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    set_threads(a.threads)
     results: dict = {"cpu": {"model": "RN-tiny", "image_size": 64, "batch": a.batch, "precision": "fp32",
                              "processes": 1, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}}
     with tempfile.TemporaryDirectory() as d:
