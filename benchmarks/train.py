@@ -149,7 +149,7 @@ def gpu_section(steps: int, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="at least 2: the first epoch (warm-up) is not timed")
     ap.add_argument("--per-class", type=int, default=24, help="synthetic train images per class and domain")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--bare-steps", type=int, default=20)
@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--no-gpu", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     a = ap.parse_args()
+    if a.epochs < 2:
+        ap.error("--epochs must be at least 2 (the trainer's rate is read from epochs after the first)")
 
     import torch
 
