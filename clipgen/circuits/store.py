@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from clipgen.errors import ClipgenError, file_error
+from clipgen.store.schema import canonical_json, dotted_get
 
 FORMAT = "clipgen-circuits"
 SCHEMA_VERSION = "1.0"
@@ -91,24 +92,9 @@ class CircuitsHeader:
         return [str(la["name"]) for la in self.layers]
 
 
-def _get(d: dict, dotted: str) -> Any:
-    cur: Any = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
-def canonical_json(obj: Any) -> str:
-    from clipgen.artifacts import to_jsonable
-
-    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
 def identity(provenance: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     both = dict(provenance, settings=settings)
-    return {k: _get(both, k) for k in FINGERPRINT_KEYS}
+    return {k: dotted_get(both, k) for k in FINGERPRINT_KEYS}
 
 
 def fingerprint(provenance: dict[str, Any], settings: dict[str, Any]) -> str:

@@ -65,7 +65,8 @@ def parse_version(text: Any) -> tuple[int, int]:
         return -1, 0
 
 
-def _get(d: dict, dotted: str) -> Any:
+def dotted_get(d: dict, dotted: str) -> Any:
+    """``d["a"]["b"]`` for ``"a.b"``; None where a part is missing."""
     cur: Any = d
     for part in dotted.split("."):
         if not isinstance(cur, dict) or part not in cur:
@@ -76,7 +77,7 @@ def _get(d: dict, dotted: str) -> Any:
 
 def identity(provenance: dict[str, Any]) -> dict[str, Any]:
     """The part of the provenance the fingerprint covers."""
-    return {k: _get(provenance, k) for k in FINGERPRINT_KEYS}
+    return {k: dotted_get(provenance, k) for k in FINGERPRINT_KEYS}
 
 
 def canonical_json(obj: Any) -> str:
