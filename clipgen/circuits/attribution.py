@@ -172,17 +172,25 @@ def make_plan(chain, budget: int | None = None, channel_chunk: int | None = None
 
 
 @contextlib.contextmanager
-def frozen(module) -> Iterator[None]:
-    """Parameters without ``requires_grad`` inside the block (no weight gradients are computed or kept)."""
+def requires_grad(module, flag: bool, *, clear_grads: bool = False) -> Iterator[None]:
+    """Every parameter's ``requires_grad`` set to ``flag`` inside the block, restored after it (and the weight
+    gradients dropped with ``clear_grads``)."""
     params = list(module.parameters())
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
-            p.requires_grad_(False)
+            p.requires_grad_(flag)
         yield
     finally:
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
+            if clear_grads:
+                p.grad = None
+
+
+def frozen(module):
+    """Parameters without ``requires_grad`` inside the block (no weight gradients are computed or kept)."""
+    return requires_grad(module, False)
 
 
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -460,19 +468,9 @@ def reference_clean(chain, images):
     return [acts[n] for n in chain.names]
 
 
-@contextlib.contextmanager
-def _trainable(module) -> Iterator[None]:
+def _trainable(module):
     """Parameters with ``requires_grad`` (as in the published scripts, whose backward also fills weight grads)."""
-    params = list(module.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
-            p.grad = None
+    return requires_grad(module, True, clear_grads=True)
 
 
 def reference_nodes(chain, images, targets, ig: IGConfig = IGConfig(), layers: Sequence[str] | None = None,
