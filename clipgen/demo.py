@@ -487,13 +487,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             skipped.append(name)
             continue
         console.print(f"[bold][{i}/{len(plan)}] {name}[/]")
-        if name in state.stages:  # finished earlier with other inputs or settings: start the stage afresh
+        if cfg.force or name in state.stages:  # --force, or finished earlier with other inputs: start afresh
             for path in demo.outputs(name):
                 if path.is_dir():
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-            del state.stages[name]
+            state.stages.pop(name, None)
         t0 = time.perf_counter()
         outputs = fn()
         state.record(name, StageRecord(key, round(time.perf_counter() - t0, 1), outputs, utc_now()))

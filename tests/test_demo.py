@@ -119,3 +119,15 @@ def test_bad_options_are_one_line_errors(cli, tmp_path):
     assert r.exit_code == 2 and "--test-domain" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("demo", "--out", tmp_path / "x", "--scale", "huge")
     assert r.exit_code == 2 and "--scale" in r.stderr
+
+
+def test_force_redoes_every_stage(tiny_demo):
+    """Last in the module: --force starts every stage afresh (the runs are retrained, not resumed)."""
+    out, _ = tiny_demo
+    ck = out / "runs" / "cg-high-sketch-s0" / "checkpoints" / "epoch_1.pt"
+    before = ck.stat().st_mtime_ns
+    res = run_demo(DemoConfig(out=out, scale="tiny", progress=False, device="cpu", force=True))
+    assert res.skipped == [] and ck.stat().st_mtime_ns != before
+    state = json.loads((out / "demo.json").read_text())
+    assert list(state["stages"]) == STAGES
+    assert "its stages took" in (out / "report.md").read_text()
