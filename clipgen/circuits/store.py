@@ -191,23 +191,9 @@ def _json_attr(path: Path, attrs, key: str, default: Any) -> Any:
 
 
 def _open_h5(path: Path):
-    import h5py
+    from clipgen.store.reader import open_h5
 
-    if not path.exists():
-        raise file_error(path, "circuits file not found")
-    if path.is_dir():
-        raise file_error(path, "is a directory, not a circuits file")
-    try:
-        ok = h5py.is_hdf5(str(path))
-    except OSError:
-        ok = False
-    if not ok:
-        raise file_error(path, "not an HDF5 file (truncated, or not a circuits file)")
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise file_error(path, f"truncated or corrupt HDF5 file ({first})") from None
+    return open_h5(path, what="a circuits file", short="circuits file")
 
 
 def check_format(path: Path, f) -> None:

@@ -54,28 +54,29 @@ def _str_dataset(ds) -> np.ndarray:
     return np.array(list(vals), dtype=str) if len(vals) else np.array([], dtype=str)
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, what: str, short: str) -> None:
     import h5py
 
     if not path.exists():
-        raise file_error(path, "store not found")
+        raise file_error(path, f"{short} not found")
     if path.is_dir():
-        raise file_error(path, "is a directory, not an activation store")
+        raise file_error(path, f"is a directory, not {what}")
     try:
         ok = h5py.is_hdf5(str(path))
     except OSError:
         ok = False
     if not ok:
-        raise file_error(path, "not an HDF5 file (truncated, or not an activation store)")
+        raise file_error(path, f"not an HDF5 file (truncated, or not {what})")
 
 
-def open_h5(path: str | Path, mode: str = "r"):
-    """Open an HDF5 file with a one-line error for anything unreadable."""
+def open_h5(path: str | Path, mode: str = "r", *, what: str = "an activation store", short: str = "store"):
+    """Open an HDF5 file with a one-line error for anything unreadable; ``what`` / ``short`` name the kind of
+    file in the messages ("is a directory, not an activation store", "store not found")."""
     import h5py
 
     path = Path(path)
     if mode == "r":
-        _check_file(path)
+        _check_file(path, what, short)
     try:
         return h5py.File(path, mode, locking=False, rdcc_nbytes=32 << 20)
     except OSError as e:
