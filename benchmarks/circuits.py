@@ -39,21 +39,11 @@ def _sync(device):
 
 
 def _perturbed(name: str, device, seed: int = 0):
-    import torch
+    """The image tower with random batch-norm statistics (open_clip zeroes the residual branches' last gain), as
+    the circuits tests use it."""
+    from tests._circuits_helpers import perturbed_visual
 
-    from clipgen.models.registry import create_model
-
-    torch.manual_seed(seed)
-    model, _, _ = create_model(name)
-    g = torch.Generator().manual_seed(seed + 1)
-    for mod in model.visual.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            n = mod.num_features
-            mod.weight.data = 0.5 + torch.rand(n, generator=g)
-            mod.bias.data = 0.2 * torch.randn(n, generator=g)
-            mod.running_mean.data = 0.2 * torch.randn(n, generator=g)
-            mod.running_var.data = 0.5 + torch.rand(n, generator=g)
-    return model.visual.to(device).eval()
+    return perturbed_visual(name, seed).to(device)
 
 
 def _rel(a, b) -> float:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.conftest import h5_datasets
+
 
 def perturb_batchnorm(model, seed: int = 1) -> None:
     import torch
@@ -64,19 +66,6 @@ def small_config(out: Path, run_dir: Path, data: Path, **kw):
     from clipgen.circuits.compute import CircuitsConfig
 
     return CircuitsConfig(out=Path(out), model_dir=Path(run_dir), data=Path(data), **{**SMALL, **kw})
-
-
-def h5_datasets(path: Path) -> dict:
-    """Every dataset of an HDF5 file by name, for exact comparisons."""
-    import h5py
-
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = obj[...]
-        f.visititems(visit)
-    return out
 
 
 def assert_same_entries(a: Path, b: Path) -> None:

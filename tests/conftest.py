@@ -106,6 +106,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def h5_datasets(path: Path) -> dict:
+    """Every dataset of an HDF5 file by name (virtual datasets read through), for exact comparisons."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[...]
+        f.visititems(visit)
+    return out
+
+
 def make_random_run(path: Path, model: str = "RN-tiny", epochs: tuple[int, ...] = (0, 1, 2), seed: int = 0) -> Path:
     """A run directory with a manifest and randomly initialised checkpoints (one seed per epoch).
 

@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,7 @@ from clipgen.extraction import ExtractConfig, SimulatedCrash, extract, parse_sha
 from clipgen.store import open_store
 from clipgen.store.merge import merge_shards
 from clipgen.store.parts import parts_dir
-from tests.conftest import make_random_run, shared_artifact
+from tests.conftest import h5_datasets, make_random_run, shared_artifact
 
 
 def _cfg(out, run, root, **kw):
@@ -27,19 +26,8 @@ def _cfg(out, run, root, **kw):
     return ExtractConfig(**args)
 
 
-def _datasets(path) -> dict[str, np.ndarray]:
-    """Every dataset of a store file (virtual ones read through), for exact comparisons."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = obj[...]
-        f.visititems(visit)
-    return out
-
-
 def _assert_same_store(a, b):
-    da, db = _datasets(a), _datasets(b)
+    da, db = h5_datasets(a), h5_datasets(b)
     assert sorted(da) == sorted(db)
     for k in da:
         assert da[k].dtype == db[k].dtype, k
