@@ -16,6 +16,14 @@ app = typer.Typer(
 )
 
 
+#: Options shared by the commands that read a finished circuits file.
+_CIRCUITS = typer.Argument(..., help="A complete circuits file.")
+_DOMAINS = typer.Option("all", "--domains", help="all, letters or comma-separated names (at least two).")
+_SUBSETS = typer.Option("all,id,ood", "--subsets", help="Class subsets: all, id (not held out), ood.")
+_FORCE = typer.Option(False, "--force", help="Replace an existing output folder.")
+_PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+
+
 def _say(message: str) -> None:
     from clipgen.progress import console
 
@@ -55,7 +63,7 @@ def compute(
                                                            "'circuits merge'."),
     force: bool = typer.Option(False, "--force", help="Start over, replacing an existing file (even one from "
                                                       "another model or other settings)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = _PROGRESS,
 ) -> None:
     """Compute the circuit of every (domain, class) into a circuits file; rerun the same command to resume."""
     from clipgen.circuits.compute import CircuitsConfig, compute_circuits
@@ -132,15 +140,15 @@ def info(
 
 @app.command("nodes")
 def nodes(
-    circuits: Path = typer.Argument(..., help="A complete circuits file."),
+    circuits: Path = _CIRCUITS,
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: CIRCUITS without suffix + "
                                                               "'-nodes' beside it)."),
-    domains: str = typer.Option("all", "--domains", help="all, letters or comma-separated names (at least two)."),
-    subsets: str = typer.Option("all,id,ood", "--subsets", help="Class subsets: all, id (not held out), ood."),
+    domains: str = _DOMAINS,
+    subsets: str = _SUBSETS,
     highlight: str = typer.Option("quickdraw", "--highlight", help="Domain whose pairs are set against the others "
                                                                    "(none: no highlight)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: bool = _FORCE,
+    progress: bool = _PROGRESS,
 ) -> None:
     """Node similarity (Fig. 6b): Jaccard of the selected channels per layer and domain pair, over classes."""
     from clipgen.circuits.similarity import NodeSimilarityConfig, run_node_similarity
@@ -154,19 +162,19 @@ def nodes(
 
 @app.command("similarity")
 def similarity(
-    circuits: Path = typer.Argument(..., help="A complete circuits file."),
+    circuits: Path = _CIRCUITS,
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: CIRCUITS without suffix + "
                                                               "'-similarity' beside it)."),
     edge_k: int = typer.Option(3, "--edge-k", help="Edges per downstream node: its top-k upstream nodes by signed "
                                                    "edge score."),
     metrics: str = typer.Option("jaccard,wl_h1,wl_h2,wl_h3", "--metrics", help="jaccard (edge sets) and/or "
                                                                                "wl_hN (Weisfeiler-Lehman, h = N)."),
-    domains: str = typer.Option("all", "--domains", help="all, letters or comma-separated names (at least two)."),
-    subsets: str = typer.Option("all,id,ood", "--subsets", help="Class subsets: all, id (not held out), ood."),
+    domains: str = _DOMAINS,
+    subsets: str = _SUBSETS,
     highlight: str = typer.Option("quickdraw", "--highlight", help="Domain left out of the 'without' average "
                                                                    "(none: no highlight)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: bool = _FORCE,
+    progress: bool = _PROGRESS,
 ) -> None:
     """Circuit similarity (Fig. 6c): edge-set Jaccard and WL kernels between the domain graphs of each class."""
     from clipgen.circuits.similarity import CircuitSimilarityConfig, run_circuit_similarity
@@ -181,7 +189,7 @@ def similarity(
 
 @app.command("plot")
 def plot(
-    circuits: Path = typer.Argument(..., help="A complete circuits file."),
+    circuits: Path = _CIRCUITS,
     domain: str = typer.Option(..., "--domain", help="The domain (name or letter)."),
     class_name: str = typer.Option(..., "--class", help="The class: a name or a label."),
     out: Path | None = typer.Option(None, "--out", "-o", help="The PNG, or a folder for circuit_<domain>_"
