@@ -434,9 +434,11 @@ class Demo:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _stage_plan(demo: Demo) -> list[tuple[str, Callable[[], dict[str, Any]], list[Any]]]:
-    """``(name, function, key parts)`` in order; a stage's key includes the keys of the stages before it."""
+    """``(name, function, key parts)`` in order: the settings each stage's outputs depend on. A stage's key also
+    includes the key of the stage it reads from (:data:`DEPENDS`), so a change reruns exactly what it affects."""
     s, c = demo.scale, demo.cfg
-    data_key = [asdict(s), c.seed]
+    data_key = [s.n_classes, s.n_held_out, s.train_per_class, s.test_per_class, s.base_per_class,
+                s.base_extra_classes, s.image_size, c.seed]
     return [
         ("data", demo.stage_data, data_key),
         ("mixtures", demo.stage_mixtures, [demo.test_domain]),
@@ -444,8 +446,8 @@ def _stage_plan(demo: Demo) -> list[tuple[str, Callable[[], dict[str, Any]], lis
         ("eval", demo.stage_eval, []),
         ("extract", demo.stage_extract, []),
         ("cka", demo.stage_cka, [demo.highlight]),
-        ("embeddings", demo.stage_embeddings, [demo.highlight]),
-        ("sae", demo.stage_sae, []),
+        ("embeddings", demo.stage_embeddings, [demo.highlight, s.umap, s.umap_per_domain]),
+        ("sae", demo.stage_sae, [s.sae_epochs, s.sae_lr, s.sae_batch]),
         ("circuits", demo.stage_circuits, [s.circuit_id_classes, s.circuit_samples, s.circuit_steps,
                                            demo.highlight, demo.test_domain]),
     ]

@@ -121,6 +121,19 @@ def test_bad_options_are_one_line_errors(cli, tmp_path):
     assert r.exit_code == 2 and "--scale" in r.stderr
 
 
+def test_a_changed_setting_reruns_only_its_stage(tiny_demo, monkeypatch):
+    import dataclasses
+
+    import clipgen.demo as demo_mod
+
+    out, _ = tiny_demo
+    monkeypatch.setitem(demo_mod.SCALES, "tiny", dataclasses.replace(SCALES["tiny"], sae_epochs=21))
+    res = run_demo(DemoConfig(out=out, scale="tiny", progress=False, device="cpu"))
+    assert res.skipped == [s for s in STAGES if s != "sae"]
+    metrics = json.loads((out / "sae" / "cg-high-sketch-s0" / "metrics.json").read_text())
+    assert metrics["epochs"] == 21
+
+
 def test_force_redoes_every_stage(tiny_demo):
     """Last in the module: --force starts every stage afresh (the runs are retrained, not resumed)."""
     out, _ = tiny_demo
