@@ -16,7 +16,12 @@ open_clip_train's default ``amp`` precision on CPU to show why clipgen uses fp32
 RN50 (224 px), batch 128, AMP, one GPU, with open_clip_train's synthetic dataset (no image decoding) so the figure
 is the model-bound rate per GPU; the paper's runs use 4 GPUs x 128 with 2 accumulation steps.
 
-Usage: ``python benchmarks/train.py [--threads 2] [--epochs 3] [--amp] [--gpu-steps 60] [--json out.json]``.
+``--side-by-side`` (CPU) also times what ``clipgen demo`` does with its four runs: two trainings side by side with
+``--threads 1`` each, against the same two one after the other with torch's default threads (wall time of the whole
+commands, start-up included).
+
+Usage: ``python benchmarks/train.py [--threads 2] [--epochs 3] [--amp] [--side-by-side] [--gpu-steps 60]
+[--json out.json]``.
 """
 
 from __future__ import annotations
@@ -146,6 +151,27 @@ def gpu_section(steps: int, tmp: Path) -> dict:
             "paper_epoch_minutes_4_gpus": 580_000 / (4 * statistics.median(rates)) / 60}
 
 
+def side_by_side(tsv: Path, logs: Path, epochs: int, batch: int) -> dict:
+    """Wall time of two trainings one after the other (default threads) and side by side (1 thread each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clipgen.training.clip import ClipTrainConfig, train_clip
+
+    def train(name: str, threads: int | None) -> None:
+        train_clip(ClipTrainConfig(train=tsv, logs=logs, name=name, preset="synthetic", epochs=epochs, device="cpu",
+                                   precision="fp32", batch_size=batch, threads=threads, log="quiet"))
+
+    t0 = time.perf_counter()
+    for name in ("seq-a", "seq-b"):
+        train(name, None)
+    sequential = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda n: train(n, 1), ("par-a", "par-b")))
+    parallel = time.perf_counter() - t0
+    return {"sequential_s": sequential, "side_by_side_s": parallel, "speedup": sequential / parallel}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -154,6 +180,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--bare-steps", type=int, default=20)
     ap.add_argument("--amp", action="store_true", help="also time open_clip_train's amp precision on CPU")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="also time two 1-thread trainings side by side against two one after the other (CPU)")
     ap.add_argument("--gpu-steps", type=int, default=60)
     ap.add_argument("--no-gpu", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -186,6 +214,11 @@ def main() -> None:
             results["cpu"]["fp32_over_amp"] = tr["samples_per_s"] / amp["samples_per_s"]
             print(f"     with --precision amp: {amp['samples_per_s']:.0f} samples/s; fp32/amp "
                   f"{results['cpu']['fp32_over_amp']:.1f}x")
+        if a.side_by_side:
+            sb = side_by_side(tsv, tmp / "logs-sbs", a.epochs, a.batch)
+            results["cpu"]["side_by_side"] = sb
+            print(f"     two runs one after the other: {sb['sequential_s']:.1f} s; side by side with --threads 1: "
+                  f"{sb['side_by_side_s']:.1f} s; speedup {sb['speedup']:.2f}x")
         if torch.cuda.is_available() and not a.no_gpu:
             g = gpu_section(a.gpu_steps, tmp)
             results["gpu"] = g

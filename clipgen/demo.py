@@ -241,8 +241,8 @@ class Demo:
     def train_parallelism(self) -> tuple[int, int | None]:
         """``(runs trained side by side, CPU threads per run)``. On a GPU the runs train one after another. On a CPU
         they train side by side with the cores split between them: a tiny model gains little from a second thread
-        (measured on 2 cores: two 1-thread runs side by side train 1.35x faster than one 2-thread run after the
-        other)."""
+        (measured on 2 cores by ``benchmarks/train.py --side-by-side``: two 1-thread runs side by side finish
+        1.55-1.68x sooner than the same two runs one after the other)."""
         if self.device.type != "cpu":
             return 1, None
         cores = os.cpu_count() or 1
