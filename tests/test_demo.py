@@ -7,8 +7,6 @@ import pytest
 
 from clipgen.demo import SCALES, DemoConfig, run_demo
 
-pytestmark = pytest.mark.xdist_group("demo")  # one worker builds the demo once for the whole module
-
 STAGES = ["data", "mixtures", "train", "eval", "extract", "cka", "embeddings", "sae", "circuits"]
 REPORT_SECTIONS = [
     "## Training data",
@@ -22,15 +20,43 @@ REPORT_SECTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory, cli):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    r = cli("demo", "--out", out, "--scale", "tiny", "--no-progress", "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    return out, r
+class _Demo:
+    def __init__(self, exit_code: int, output: str):
+        self.exit_code, self.output = exit_code, output
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """The tiny demo, built once per test session (across xdist workers, under a file lock) by the CLI.
+
+    Read-only for tests: a test that reruns or changes the demo works on :func:`demo_copy`, so the tests pass in any
+    order and on any worker."""
+    from typer.testing import CliRunner
+
+    from clipgen.cli.main import app
+    from tests.conftest import shared_artifact
+
+    def build(path):
+        r = CliRunner().invoke(app, ["demo", "--out", str(path / "out"), "--scale", "tiny", "--no-progress",
+                                     "--device", "cpu"], catch_exceptions=True)
+        assert r.exit_code == 0, r.stdout + r.stderr
+        (path / "cli-output.txt").write_text(r.stdout + r.stderr)
+
+    root = shared_artifact(tmp_path_factory, "demo-tiny", build)
+    return root / "out", _Demo(0, (root / "cli-output.txt").read_text())
+
+
+@pytest.fixture
+def demo_copy(tiny_demo, tmp_path):
+    """A private copy of the tiny demo's folder (stage keys do not depend on where the folder is)."""
+    import shutil
+
+    dst = tmp_path / "out"
+    shutil.copytree(tiny_demo[0], dst, copy_function=shutil.copy2)
+    return dst
+
+
+@pytest.fixture
 def cli():
     from typer.testing import CliRunner
 
@@ -95,8 +121,8 @@ def test_report_has_every_section_and_its_numbers(tiny_demo):
     assert "Which of the paper&#x27;s findings hold here" in html or "Which of the paper's findings" in html
 
 
-def test_rerun_skips_every_stage(tiny_demo):
-    out, _ = tiny_demo
+def test_rerun_skips_every_stage(demo_copy):
+    out = demo_copy
     before = (out / "runs" / "cg-high-sketch-s0" / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns
     res = run_demo(DemoConfig(out=out, scale="tiny", progress=False, device="cpu"))
     assert res.skipped == STAGES
@@ -121,12 +147,12 @@ def test_bad_options_are_one_line_errors(cli, tmp_path):
     assert r.exit_code == 2 and "--scale" in r.stderr
 
 
-def test_a_changed_setting_reruns_only_its_stage(tiny_demo, monkeypatch):
+def test_a_changed_setting_reruns_only_its_stage(demo_copy, monkeypatch):
     import dataclasses
 
     import clipgen.demo as demo_mod
 
-    out, _ = tiny_demo
+    out = demo_copy
     monkeypatch.setitem(demo_mod.SCALES, "tiny", dataclasses.replace(SCALES["tiny"], sae_epochs=21))
     res = run_demo(DemoConfig(out=out, scale="tiny", progress=False, device="cpu"))
     assert res.skipped == [s for s in STAGES if s != "sae"]
@@ -134,9 +160,9 @@ def test_a_changed_setting_reruns_only_its_stage(tiny_demo, monkeypatch):
     assert metrics["epochs"] == 21
 
 
-def test_force_redoes_every_stage(tiny_demo):
-    """Last in the module: --force starts every stage afresh (the runs are retrained, not resumed)."""
-    out, _ = tiny_demo
+def test_force_redoes_every_stage(demo_copy):
+    """--force starts every stage afresh (the runs are retrained, not resumed)."""
+    out = demo_copy
     ck = out / "runs" / "cg-high-sketch-s0" / "checkpoints" / "epoch_1.pt"
     before = ck.stat().st_mtime_ns
     res = run_demo(DemoConfig(out=out, scale="tiny", progress=False, device="cpu", force=True))

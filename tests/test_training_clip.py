@@ -96,6 +96,32 @@ def test_extra_arguments_pass_through_last_and_untouched():
         parse_open_clip_args([*argv, "--bogus"])
 
 
+def test_parsing_from_many_threads_leaves_stderr_alone():
+    """The demo prepares its runs side by side: concurrent parses must restore ``sys.stderr`` to what it was (a
+    race here once left the test runner's stream replaced and closed, failing CLI invocations later)."""
+    import sys
+    import threading
+
+    _, argv = _argv("synthetic", 1, device="cpu")
+    before = sys.stderr
+    errors = []
+
+    def work():
+        for i in range(30):
+            try:
+                parse_open_clip_args(argv + (["--bogus"] if i % 2 else []))
+            except ClipgenError as e:
+                errors.append(str(e))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sys.stderr is before
+    assert len(errors) == 8 * 15 and all(e.endswith("unrecognized arguments: --bogus") for e in errors)
+
+
 def test_effective_batch_must_divide():
     with pytest.raises(ClipgenError, match=r"^--effective-batch: 1024 is not a multiple of batch 128 x 3"):
         _argv("imagenet-captions", 3)

@@ -21,6 +21,7 @@ import contextlib
 import io
 import re
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -244,13 +245,20 @@ def build_argv(hp: ClipHyper, *, train: str | Path, val: str | Path | None, logs
     return argv + list(hp.extra_args)
 
 
+#: ``sys.stderr`` is process-wide: two threads redirecting it at once (the demo prepares its runs side by side)
+#: can restore each other's stream, leaving ``sys.stderr`` pointing at a dead buffer. One redirection at a time.
+_STDERR_LOCK = threading.Lock()
+
+
 def parse_open_clip_args(argv: list[str]):
-    """Parse with open_clip_train's own parser; an unknown or malformed extra argument is a one-line error."""
+    """Parse with open_clip_train's own parser; an unknown or malformed extra argument is a one-line error.
+
+    Thread-safe: argparse prints its usage to ``sys.stderr``, which is captured under a lock."""
     from open_clip_train.params import parse_args
 
     err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
+        with _STDERR_LOCK, contextlib.redirect_stderr(err):
             return parse_args(argv)
     except SystemExit:
         lines = [x for x in err.getvalue().strip().splitlines() if x.strip()]
