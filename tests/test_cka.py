@@ -38,12 +38,15 @@ def ref_hsic_biased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
     return (s1 - 2.0 / n * s2 + s3 / n**2) / (n - 1) ** 2
 
 
-def ref_rbf(x: np.ndarray) -> np.ndarray:
+def ref_rbf(x: np.ndarray, median: str = "lower") -> np.ndarray:
     n = x.shape[0]
     d = np.array([[float(np.sum((x[i] - x[j]) ** 2)) for j in range(n)] for i in range(n)])
     nz = sorted(d[i, j] for i in range(n) for j in range(i + 1, n) if d[i, j] > 0)
     m = len(nz)
-    sigma2 = nz[m // 2] if m % 2 else 0.5 * (nz[m // 2 - 1] + nz[m // 2])
+    if m % 2:
+        sigma2 = nz[m // 2]
+    else:
+        sigma2 = nz[m // 2 - 1] if median == "lower" else 0.5 * (nz[m // 2 - 1] + nz[m // 2])
     return np.exp(-d / (2 * sigma2))
 
 
@@ -91,6 +94,35 @@ def test_rbf_sigma_is_median_of_nonzero_distances():
     assert C.rbf_sigma2(d) == pytest.approx(float(np.median([p for p in pairs if p > 0])))
     with pytest.raises(ClipgenError, match="identical"):
         C.rbf_gram(np.ones((5, 3)))
+
+
+def test_rbf_sigma_for_an_even_number_of_pairs_is_the_lower_middle_value_by_default():
+    # 4 points on a line: 6 pairs with squared distances 1, 4, 9, 16, 36, 49 (0-1, 1-3, 0-3, 3-7, 1-7, 0-7)
+    x = np.array([[0.0], [1.0], [3.0], [7.0]])
+    d = C.squared_distances(C.linear_gram(x))
+    assert C.rbf_sigma2(d) == 9.0  # lower of the two middle values (torch.median), the published choice
+    assert C.rbf_sigma2(d, "lower") == 9.0
+    assert C.rbf_sigma2(d, "mean") == 12.5  # (9 + 16) / 2
+    # the published script takes torch.median over the non-zero entries of the whole matrix (each pair twice)
+    import torch
+
+    assert float(torch.median(torch.from_numpy(d)[torch.from_numpy(d) != 0])) == 9.0
+    np.testing.assert_allclose(C.rbf_gram(x)[0, 1:], np.exp(-np.array([1.0, 9.0, 49.0]) / 18.0), rtol=1e-14)
+    np.testing.assert_allclose(C.rbf_gram(x, median="mean")[0, 1:], np.exp(-np.array([1.0, 9.0, 49.0]) / 25.0),
+                               rtol=1e-14)
+    with pytest.raises(ClipgenError, match="--rbf-median"):
+        C.rbf_sigma2(d, "upper")
+
+
+def test_rbf_median_choice_changes_cka_and_each_matches_a_hand_built_gram():
+    x = np.array([[0.0], [1.0], [3.0], [7.0]])
+    y = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0], [3.0, 3.0]])
+    for median in C.RBF_MEDIANS:
+        want = C.cka_from_grams(ref_rbf(x, median), ref_rbf(y, median))
+        assert C.cka(x, y, "rbf", rbf_median=median) == pytest.approx(want, rel=1e-12)
+    # the lower median is the default, and the choice matters on 4 classes
+    assert C.cka(x, y, "rbf") == C.cka(x, y, "rbf", rbf_median="lower")
+    assert abs(C.cka(x, y, "rbf", rbf_median="lower") - C.cka(x, y, "rbf", rbf_median="mean")) > 1e-3
 
 
 @pytest.mark.parametrize("kernel", C.KERNELS)

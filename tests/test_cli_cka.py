@@ -78,6 +78,7 @@ def test_cka_on_a_real_extraction(cli, tiny_store, tmp_path):
     (["--domains", "real,sketch,clipart"], "--highlight: domain 'quickdraw' is not among the analysed domains"),
     (["--kernels", "cosine"], "--kernels: unknown value 'cosine'"),
     (["--estimators", "debiased"], "--estimators: unknown value 'debiased'"),
+    (["--rbf-median", "upper"], "--rbf-median: unknown value 'upper'"),
     (["--held-out", "axe,unicorn"], "--held-out: class 'unicorn' is not among the store's class names"),
 ])
 def test_cka_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, args, message):
@@ -174,3 +175,33 @@ def test_refuses_bad_stores(cli, tmp_path):
         assert r.exit_code == 2, (path, r)
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and msg in r.stderr, r.stderr
         assert not out.exists()
+
+
+def test_rbf_median_lower_by_default_mean_as_an_option(cli, tmp_path):
+    from clipgen.store import open_store
+
+    # ood = 4 classes: 6 class pairs, an even count, where the two medians differ
+    store = _hand_store(tmp_path / "s.h5", held_out=[0, 1, 2, 3])
+    runs = {}
+    for name, extra in (("default", []), ("lower", ["--rbf-median", "lower"]), ("mean", ["--rbf-median", "MEAN"])):
+        r = cli("cka", store, "--out", tmp_path / name, "--no-figures", "--subsets", "ood", *extra)
+        assert r.exit_code == 0, r.stderr
+        runs[name] = json.loads((tmp_path / name / "cka.json").read_text())
+        want = "mean" if name == "mean" else "lower"
+        assert runs[name]["rbf_median"] == want
+        assert json.loads((tmp_path / name / "config.json").read_text())["config"]["rbf_median"] == want
+    vals = {n: {(r_["layer"], r_["domain_a"], r_["domain_b"], r_["kernel"]): r_["cka"] for r_ in js["results"]}
+            for n, js in runs.items()}
+    assert vals["default"] == vals["lower"]
+    rbf = [k for k in vals["mean"] if k[3] == "rbf"]
+    assert all(vals["mean"][k] == vals["lower"][k] for k in vals["mean"] if k[3] == "linear")
+    assert max(abs(vals["mean"][k] - vals["lower"][k]) for k in rbf) > 1e-3
+    # one cell recomputed from the raw rows with each median
+    with open_store(store) as st:
+        x, lab, dom, doms = st.read_layer("l1"), st.samples.labels, st.samples.domains, st.samples.domain_names
+    cls = [0, 1, 2, 3]
+    xa = _class_means(x[dom == doms.index("clipart")], lab[dom == doms.index("clipart")], cls)
+    xb = _class_means(x[dom == doms.index("real")], lab[dom == doms.index("real")], cls)
+    for name in ("lower", "mean"):
+        assert vals[name][("l1", "clipart", "real", "rbf")] == pytest.approx(
+            C.cka(xa, xb, "rbf", rbf_median=name), rel=1e-9)

@@ -8,8 +8,10 @@ The two matrices are compared with CKA::
     CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
 
 with a linear (``K = X Xᵀ``) or RBF kernel (``K_ij = exp(-|x_i - x_j|² / (2σ²))``, σ² = the median of the non-zero
-squared pairwise distances of that matrix, separately for X and Y), and either the unbiased HSIC estimator of Song
-et al. (2012) (the paper's choice, the default) or the biased one ``tr(KHLH) / (n-1)²``.
+squared pairwise distances of that matrix, separately for X and Y; for an even count the lower of the two middle
+values, as ``torch.median`` in the published script, or their mean with ``rbf_median="mean"``), and either the
+unbiased HSIC estimator of Song et al. (2012) (the paper's choice, the default) or the biased one
+``tr(KHLH) / (n-1)²``.
 
 The sweep is organised so that nothing is computed twice: class means once per (layer, domain); a Gram matrix, its
 centred/zero-diagonal form and its self-HSIC once per (layer, domain, class set, kernel, estimator); then, for all
@@ -46,6 +48,9 @@ from clipgen.errors import ClipgenError, option_error
 
 KERNELS: tuple[str, ...] = ("linear", "rbf")
 ESTIMATORS: tuple[str, ...] = ("unbiased", "biased")
+#: How σ² of the RBF kernel takes the median of an even number of distances: ``lower`` = the lower of the two middle
+#: values (``torch.median``, the published script's), ``mean`` = their mean (``np.median``).
+RBF_MEDIANS: tuple[str, ...] = ("lower", "mean")
 SUBSETS: tuple[str, ...] = ("all", "id", "ood")
 #: The unbiased HSIC estimator needs n > 3 (it divides by n(n-3)); clipgen requires at least 4 classes for both.
 MIN_CLASSES = 4
@@ -85,35 +90,50 @@ def _upper(n: int) -> np.ndarray:
     return i * n + j
 
 
-def rbf_sigma2(sq_dists: np.ndarray) -> float:
-    """σ² for the RBF kernel: the median of the non-zero squared pairwise distances (each pair counted once)."""
+def _check_rbf_median(median: str) -> None:
+    if median not in RBF_MEDIANS:
+        raise option_error("--rbf-median", f"unknown median {median!r} (choose from {', '.join(RBF_MEDIANS)})")
+
+
+def rbf_sigma2(sq_dists: np.ndarray, median: str = "lower") -> float:
+    """σ² for the RBF kernel: the median of the non-zero squared pairwise distances (each pair counted once).
+
+    For an even number m of distances, ``median="lower"`` takes the lower of the two middle values (the
+    (m/2)-th smallest), as ``torch.median`` does in the published script, and ``"mean"`` takes the mean of the two
+    middle values (``np.median``). The published script takes ``torch.median`` over the non-zero entries of the
+    full symmetric matrix, i.e. every pair twice and without the zero diagonal; the lower median of that doubled
+    list is the lower median of the pairs counted once, which is what is computed here.
+    """
+    _check_rbf_median(median)
     d = np.asarray(sq_dists, dtype=np.float64)
     v = d.ravel()[_upper(d.shape[0])]
     v = v[v > 0]
     if v.size == 0:
         raise ClipgenError("RBF kernel undefined: all rows (class means) are identical")
-    return float(np.median(v))
+    if median == "mean":
+        return float(np.median(v))
+    return float(np.partition(v, (v.size - 1) // 2)[(v.size - 1) // 2])
 
 
-def rbf_gram_from_distances(sq_dists: np.ndarray, sigma2: float | None = None) -> np.ndarray:
-    """``exp(-D / (2σ²))`` with σ² from :func:`rbf_sigma2` unless given."""
+def rbf_gram_from_distances(sq_dists: np.ndarray, sigma2: float | None = None, median: str = "lower") -> np.ndarray:
+    """``exp(-D / (2σ²))`` with σ² from :func:`rbf_sigma2` (with ``median``) unless given."""
     if sigma2 is None:
-        sigma2 = rbf_sigma2(sq_dists)
+        sigma2 = rbf_sigma2(sq_dists, median)
     k = np.multiply(sq_dists, -0.5 / sigma2, dtype=np.float64)
     return np.exp(k, out=k)
 
 
-def rbf_gram(x: np.ndarray, sigma2: float | None = None) -> np.ndarray:
+def rbf_gram(x: np.ndarray, sigma2: float | None = None, median: str = "lower") -> np.ndarray:
     """RBF Gram matrix of the rows of ``x`` (σ² = median non-zero squared distance unless given)."""
-    return rbf_gram_from_distances(squared_distances(linear_gram(x)), sigma2)
+    return rbf_gram_from_distances(squared_distances(linear_gram(x)), sigma2, median)
 
 
-def gram(x: np.ndarray, kernel: str = "linear") -> np.ndarray:
+def gram(x: np.ndarray, kernel: str = "linear", rbf_median: str = "lower") -> np.ndarray:
     """The Gram matrix of the rows of ``x`` for ``kernel`` (``linear`` or ``rbf``)."""
     if kernel == "linear":
         return linear_gram(x)
     if kernel == "rbf":
-        return rbf_gram(x)
+        return rbf_gram(x, median=rbf_median)
     raise option_error("--kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
 
 
@@ -230,7 +250,8 @@ def cka_from_grams(k: np.ndarray, l: np.ndarray, estimator: str = "unbiased") ->
     return cka_from_terms(gram_terms(k), gram_terms(l), estimator)
 
 
-def cka(x: np.ndarray, y: np.ndarray, kernel: str = "linear", estimator: str = "unbiased") -> float:
+def cka(x: np.ndarray, y: np.ndarray, kernel: str = "linear", estimator: str = "unbiased",
+        rbf_median: str = "lower") -> float:
     """CKA between two representations of the same n items (rows); the widths may differ.
 
     The columns are centred first (both kernels and both estimators are invariant to a translation; it avoids
@@ -240,7 +261,7 @@ def cka(x: np.ndarray, y: np.ndarray, kernel: str = "linear", estimator: str = "
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"CKA needs two 2-D arrays with the same number of rows, got {x.shape} and {y.shape}")
     x, y = x - x.mean(axis=0), y - y.mean(axis=0)
-    return cka_from_grams(gram(x, kernel), gram(y, kernel), estimator)
+    return cka_from_grams(gram(x, kernel, rbf_median), gram(y, kernel, rbf_median), estimator)
 
 
 def linear_cka_features(x: np.ndarray, y: np.ndarray) -> float:
@@ -335,9 +356,10 @@ MeansFn = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
 class _LayerCache:
     """Per-layer cache: class means -> base Gram/distance matrices per domain -> Gram terms per class set."""
 
-    def __init__(self, layer: str, means_for: MeansFn):
+    def __init__(self, layer: str, means_for: MeansFn, rbf_median: str = "lower"):
         self.layer = layer
         self.means_for = means_for
+        self.rbf_median = rbf_median
         self.base: dict[str, list] = {}
         self.terms: dict[tuple, GramTerms] = {}
 
@@ -374,7 +396,7 @@ class _LayerCache:
                 k = g if sub is None else g[sub]
             elif kernel == "rbf":
                 try:
-                    k = rbf_gram_from_distances(d if sub is None else d[sub])
+                    k = rbf_gram_from_distances(d if sub is None else d[sub], median=self.rbf_median)
                 except ClipgenError as e:
                     raise ClipgenError(f"layer {self.layer!r}, domain {domain!r}: {e}") from None
             else:
@@ -384,7 +406,7 @@ class _LayerCache:
 
 
 def cka_layer(layer: str, means_for: MeansFn, plan: Mapping[tuple[str, str, str], np.ndarray],
-              kernels: Sequence[str], estimators: Sequence[str]) -> list[CKARecord]:
+              kernels: Sequence[str], estimators: Sequence[str], rbf_median: str = "lower") -> list[CKARecord]:
     """Every (pair, subset, kernel, estimator) of one layer.
 
     Class means are fetched once per domain and Gram terms once per (domain, class set, kernel). The cells that
@@ -394,7 +416,8 @@ def cka_layer(layer: str, means_for: MeansFn, plan: Mapping[tuple[str, str, str]
     """
     for e in estimators:
         _check_estimator(e)
-    cache = _LayerCache(layer, means_for)
+    _check_rbf_median(rbf_median)
+    cache = _LayerCache(layer, means_for, rbf_median)
     groups: dict[bytes, list[tuple[str, str, str]]] = {}
     for (a, b, s), cls in plan.items():
         groups.setdefault(cls.tobytes(), []).append((a, b, s))
@@ -419,18 +442,19 @@ def cka_layer(layer: str, means_for: MeansFn, plan: Mapping[tuple[str, str, str]
 
 def cka_sweep(layers: Sequence[str], means_for: MeansFn, plan: Mapping[tuple[str, str, str], np.ndarray],
               kernels: Sequence[str] = KERNELS, estimators: Sequence[str] = ("unbiased",),
-              on_layer: Callable[[str], None] | None = None) -> list[CKARecord]:
+              on_layer: Callable[[str], None] | None = None, rbf_median: str = "lower") -> list[CKARecord]:
     """CKA for every layer x planned (pair, subset) x kernel x estimator."""
     records: list[CKARecord] = []
     for layer in layers:
-        records.extend(cka_layer(layer, means_for, plan, kernels, estimators))
+        records.extend(cka_layer(layer, means_for, plan, kernels, estimators, rbf_median))
         if on_layer is not None:
             on_layer(layer)
     return records
 
 
 def naive_cka_sweep(layers: Sequence[str], means_for: MeansFn, plan: Mapping[tuple[str, str, str], np.ndarray],
-                    kernels: Sequence[str] = KERNELS, estimators: Sequence[str] = ("unbiased",)) -> list[CKARecord]:
+                    kernels: Sequence[str] = KERNELS, estimators: Sequence[str] = ("unbiased",),
+                    rbf_median: str = "lower") -> list[CKARecord]:
     """The straightforward loop (benchmark baseline and cross-check): per layer, pair, subset, kernel and estimator,
     fetch both domains' class means, build both Gram matrices and evaluate the estimator with explicit matrix
     products (``H K H`` and ``K̃ L̃``), as a direct transcription of the formulas would."""
@@ -442,7 +466,7 @@ def naive_cka_sweep(layers: Sequence[str], means_for: MeansFn, plan: Mapping[tup
             xa = np.asarray(xa, dtype=np.float64)[np.searchsorted(np.asarray(la), cls)]
             xb = np.asarray(xb, dtype=np.float64)[np.searchsorted(np.asarray(lb), cls)]
             for kernel in kernels:
-                k, l = gram(xa, kernel), gram(xb, kernel)  # noqa: E741
+                k, l = gram(xa, kernel, rbf_median), gram(xb, kernel, rbf_median)  # noqa: E741
                 for est in estimators:
                     f = _naive_hsic_unbiased if est == "unbiased" else _naive_hsic_biased
                     val = f(k, l) / np.sqrt(f(k, k) * f(l, l))
@@ -484,6 +508,7 @@ class CKAConfig:
     estimators: list[str] = field(default_factory=lambda: ["unbiased"])
     held_out: list[str] | None = None  # class names overriding the store's held-out classes
     classes_from: str | None = None  # also restrict every pair to this domain's classes ("painting": as published)
+    rbf_median: str = "lower"  # σ² of the RBF kernel for an even count: lower middle value (published) or "mean"
     highlight: str = "quickdraw"
     figures: bool = True
     force: bool = False
@@ -500,6 +525,7 @@ class CKAResult:
     held_out_classes: list[str]
     class_counts: dict[str, dict[str, int]]  # subset -> "a/b" -> n classes
     records: list[CKARecord]
+    rbf_median: str = "lower"
     out: Path | None = None
     files: list[Path] = field(default_factory=list)
 
@@ -516,6 +542,7 @@ class CKAResult:
             "subsets": self.subsets,
             "kernels": self.kernels,
             "estimators": self.estimators,
+            "rbf_median": self.rbf_median,
             "held_out_classes": self.held_out_classes,
             "n_classes": self.class_counts,
             "fields": list(RESULT_FIELDS),
@@ -553,7 +580,7 @@ def store_means_fn(store) -> MeansFn:
 def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence[str] | None = None,
                 subsets: Sequence[str] = SUBSETS, kernels: Sequence[str] = KERNELS,
                 estimators: Sequence[str] = ("unbiased",), held_out: Sequence[str] | None = None,
-                classes_from: str | None = None, progress: bool = False) -> CKAResult:
+                classes_from: str | None = None, rbf_median: str = "lower", progress: bool = False) -> CKAResult:
     """The full sweep on an open store (see :func:`clipgen.store.open_store`); validates everything before reading.
 
     ``classes_from`` (a domain of the store) restricts every pair to the classes present in that domain as well:
@@ -562,6 +589,7 @@ def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence
     subsets = _parse_choices(subsets, SUBSETS, "--subsets")
     kernels = _parse_choices(kernels, KERNELS, "--kernels")
     estimators = _parse_choices(estimators, ESTIMATORS, "--estimators")
+    rbf_median = _parse_choices([rbf_median], RBF_MEDIANS, "--rbf-median")[0]
     layers = resolve_layers(store, layers)
     domains = resolve_domains(store, domains)
     held = resolve_held_out(store, held_out)
@@ -581,12 +609,13 @@ def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence
         with make_progress() as bar:
             task = bar.add_task("CKA", total=len(layers))
             records = cka_sweep(layers, means_for, plan, kernels, estimators,
-                                on_layer=lambda layer: bar.update(task, advance=1, description=f"CKA {layer}"))
+                                on_layer=lambda layer: bar.update(task, advance=1, description=f"CKA {layer}"),
+                                rbf_median=rbf_median)
     else:
-        records = cka_sweep(layers, means_for, plan, kernels, estimators)
+        records = cka_sweep(layers, means_for, plan, kernels, estimators, rbf_median=rbf_median)
     return CKAResult(layers=layers, domains=domains, pairs=pairs, subsets=subsets, kernels=kernels,
                      estimators=estimators, held_out_classes=[names.get(h, str(h)) for h in held],
-                     class_counts=counts, records=records)
+                     class_counts=counts, records=records, rbf_median=rbf_median)
 
 
 def records_csv(records: Sequence[CKARecord]) -> str:
@@ -676,10 +705,10 @@ def run_cka(cfg: CKAConfig, *, progress: bool = True) -> CKAResult:
                                               f"({', '.join(domains)})")
         result = compute_cka(store, layers=cfg.layers, domains=domains, subsets=cfg.subsets, kernels=cfg.kernels,
                              estimators=cfg.estimators, held_out=cfg.held_out, classes_from=cfg.classes_from,
-                             progress=progress)
+                             rbf_median=cfg.rbf_median, progress=progress)
         store_info = {"store": str(cfg.store), "store_fingerprint": store.fingerprint}
     cfg.layers, cfg.domains, cfg.subsets = result.layers, result.domains, result.subsets
-    cfg.kernels, cfg.estimators = result.kernels, result.estimators
+    cfg.kernels, cfg.estimators, cfg.rbf_median = result.kernels, result.estimators, result.rbf_median
     with atomic_path(out, force=cfg.force) as tmp:
         tmp.mkdir()
         write_json_atomic(tmp / "cka.json", {**store_info, **result.to_json()})

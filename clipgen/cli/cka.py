@@ -28,6 +28,9 @@ def cka(
                                                                  "non-zero squared distances)."),
     estimators: str = typer.Option("unbiased", "--estimators",
                                    help="HSIC estimators: unbiased (Song et al., the paper's) and/or biased."),
+    rbf_median: str = typer.Option("lower", "--rbf-median",
+                                   help="sigma^2 of the RBF kernel for an even number of distances: lower (the "
+                                        "lower of the two middle values, as published) or mean (their mean)."),
     held_out: str | None = typer.Option(None, "--held-out",
                                         help="Comma-separated class names that define 'ood'/'id' "
                                              "(default: the store's held-out classes)."),
@@ -54,6 +57,7 @@ def cka(
                     subsets=_split(subsets) or [], kernels=_split(kernels) or [],
                     estimators=_split(estimators) or [], held_out=_split(held_out),
                     classes_from=classes_from.strip().lower() if classes_from else None,
+                    rbf_median=rbf_median.strip().lower(),
                     highlight=highlight.strip().lower(), figures=figures, force=force)
     res = run_cka(cfg)
     con.print(f"[bold]CKA[/] {len(res.layers)} layers x {len(res.pairs)} domain pairs x {len(res.subsets)} subsets "
