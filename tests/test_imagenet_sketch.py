@@ -56,6 +56,18 @@ def test_captions_follow_the_published_stream(sketch_run):
     assert res.n_images == 26 and res.n_kept == 18 and res.n_kept_other_filter == 12 and res.n_classes_kept == 4
 
 
+def test_captions_use_the_published_imagenet_names():
+    from clipgen.data.imagenet_sketch import caption_sketches
+    from clipgen.evaluation.zeroshot import imagenet_classnames
+
+    # the published stream (seed 42) gives the first image "an image of the {}."; class 27 is "eft" there
+    # (open_clip's list says "newt"), and likewise maillot, projectile and sunglass
+    got = [im.caption for im in caption_sketches([("a", 27), ("b", 638), ("c", 744), ("d", 836)],
+                                                 imagenet_classnames())]
+    assert got == ["an image of the eft.", "a drawing of the maillot.", "drawing of a projectile",
+                   "image of the sunglass."]
+
+
 def test_add_variant(sketch_run):
     tmp, sk, res = sketch_run
     sketches = [r for r in read_tsv(tmp / "out" / "in-sketch-captions.tsv")

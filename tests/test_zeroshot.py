@@ -5,9 +5,11 @@ import torch
 from clipgen.datasets import domainnet_records, load_image
 from clipgen.errors import ClipgenError
 from clipgen.evaluation.zeroshot import (
+    IMAGENET_NAME_DIFFERENCES,
     build_classifier,
     classnames_from_folders,
     encode_images,
+    imagenet_classnames,
     predict_topk,
     templates,
 )
@@ -24,6 +26,20 @@ def test_template_sets():
     with pytest.raises(ClipgenError, match="--templates: unknown template set 'nope'"):
         templates("nope")
     assert classnames_from_folders(["The_Eiffel_Tower", "axe"]) == ["The Eiffel Tower", "axe"]
+
+
+def test_imagenet_classnames_are_the_published_list():
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    names = imagenet_classnames()
+    assert len(names) == 1000 and len(set(names)) == 1000  # open_clip's has "missile" and "sunglasses" twice
+    assert (names[27], names[638], names[744], names[836]) == ("eft", "maillot", "projectile", "sunglass")
+    assert names[0] == "tench" and names[26] == "smooth newt" and names[837] == "sunglasses" and names[999] == \
+        "toilet paper"
+    # open_clip's list differs at exactly these four indices
+    diff = {i: (a, b) for i, (a, b) in enumerate(zip(names, IMAGENET_CLASSNAMES, strict=True)) if a != b}
+    assert diff == IMAGENET_NAME_DIFFERENCES
+    assert all(n == n.strip() and n for n in names)
 
 
 def test_classifier_equals_hand_built(random_run_dir):

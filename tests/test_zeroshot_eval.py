@@ -183,7 +183,12 @@ def test_manifest_mixture_sets_test_domain_and_held_out(random_run_dir, uneven_r
     assert doc["run"]["mixture"]["test_domain"] == "clipart"
 
 
-def test_imagenet_accuracy(random_run_dir, synth_root, uneven_root, tmp_path):
+def test_imagenet_accuracy(random_run_dir, synth_root, uneven_root, tmp_path, monkeypatch):
+    import clipgen.evaluation.zeroshot_eval as zse
+
+    built = []  # the class names of every classifier built: the published ImageNet names for the 1000-way one
+    monkeypatch.setattr(zse, "build_classifier", lambda m, t, names, *a, **k: built.append(list(names))
+                        or build_classifier(m, t, names, *a, **k))
     val = tmp_path / "val"
     for wnid, cls in (("n02795169", "axe"), ("n09472597", "banana")):
         (val / wnid).mkdir(parents=True)
@@ -203,6 +208,8 @@ def test_imagenet_accuracy(random_run_dir, synth_root, uneven_root, tmp_path):
     f1 = [2 * np.sum((y == c) & (p == c)) / (np.sum(y == c) + np.sum(p == c)) for c in np.unique(y)]
     assert doc["metrics"]["imagenet"]["macro_f1"] == [pytest.approx(np.mean(f1))]
     assert pr["imagenet_topk"].shape == (1, 4, 5)
+    names = next(n for n in built if len(n) == 1000)
+    assert (names[27], names[638], names[744], names[836]) == ("eft", "maillot", "projectile", "sunglass")
 
 
 def _store_for(run_dir, epoch, root, path, *, text=True, drop=0, templ="simple"):

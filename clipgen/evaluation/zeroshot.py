@@ -43,11 +43,24 @@ def templates(name: str = "paper", option: str = "--templates") -> list[str]:
     raise option_error(option, f"unknown template set {name!r} (one of {', '.join(TEMPLATE_SETS)})")
 
 
-def imagenet_classnames() -> list[str]:
-    """OpenAI's 1000 ImageNet class names (open_clip metadata)."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+#: The four indices where the published scripts' ImageNet class names (OpenAI's list) differ from open_clip's
+#: ``IMAGENET_CLASSNAMES``: index -> (published name, open_clip's name).
+IMAGENET_NAME_DIFFERENCES: dict[int, tuple[str, str]] = {
+    27: ("eft", "newt"), 638: ("maillot", "tights"), 744: ("projectile", "missile"), 836: ("sunglass", "sunglasses"),
+}
 
-    return list(IMAGENET_CLASSNAMES)
+
+def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet class names the published scripts use (OpenAI's list), in class-index order.
+
+    Shipped as ``clipgen/resources/imagenet_classnames.txt`` (one name per line). It equals open_clip's
+    ``IMAGENET_CLASSNAMES`` except at the four indices of :data:`IMAGENET_NAME_DIFFERENCES` (e.g. 27 is "eft",
+    where open_clip says "newt"). Used for the ImageNet-Sketch captions and the ImageNet zero-shot classifier.
+    """
+    from importlib import resources
+
+    text = resources.files("clipgen.resources").joinpath("imagenet_classnames.txt").read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], template_list: Sequence[str],

@@ -1,1 +1,1 @@
-"""Reference data shipped with clipgen (DomainNet classes, ImageNet mapping and class index)."""
+"""Reference data shipped with clipgen (DomainNet classes, ImageNet mapping, class index and class names)."""
