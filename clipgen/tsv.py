@@ -1,7 +1,12 @@
 """Image-text TSV files (``filepath<TAB>title``), the format open_clip's csv loader reads.
 
 Written with the csv module (tab delimiter, minimal quoting), which pandas' ``read_csv(sep="\\t")`` in
-open_clip_train reads back exactly, also for captions that contain quote characters.
+open_clip_train reads back exactly, also for captions that contain quote characters or tabs.
+
+Read with the same quoting rules as pandas, so clipgen sees the rows training will see. One case is refused
+instead of being read: a field that starts with a double quote that is never closed on its line (e.g. a raw caption
+``"hello`` written without CSV quoting). Both pandas and the csv module would take the following lines into that
+field until the next quote, silently merging rows, so it is an error naming the file and line.
 """
 
 from __future__ import annotations
@@ -21,9 +26,22 @@ def clean_caption(text: str) -> str:
     return " ".join(text.split())
 
 
+def one_line(text: str) -> str:
+    """The caption as it is, except that each line break (CR, LF) becomes a space: doubled spaces, tabs and quotes
+    are kept (the writer quotes them so that pandas reads them back)."""
+    return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+
+
 def iter_tsv(path: str | Path, *, columns: tuple[str, ...] = HEADER, check_files: bool = False) -> Iterator[
         tuple[str, str]]:
     """Yield ``(filepath, title)`` rows, validating the header and field counts (file:line in errors)."""
+    for _, fp, title in iter_tsv_lines(path, columns=columns, check_files=check_files):
+        yield fp, title
+
+
+def iter_tsv_lines(path: str | Path, *, columns: tuple[str, ...] = HEADER, check_files: bool = False) -> Iterator[
+        tuple[int, str, str]]:
+    """Yield ``(line, filepath, title)`` with the 1-based line of each row (see :func:`iter_tsv`)."""
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "TSV file not found")
@@ -47,9 +65,14 @@ def iter_tsv(path: str | Path, *, columns: tuple[str, ...] = HEADER, check_files
         line = 1
         try:
             for row in reader:
-                line = reader.line_num
+                first, line = line + 1, reader.line_num
                 if not row:
                     continue
+                if line > first:
+                    raise file_error(path, f"a field starts with a double quote that is not closed on its line, so "
+                                           f"lines {first}-{line} read as one row (pandas, which open_clip uses, "
+                                           f"reads them the same way); write a quote inside a caption as CSV does, "
+                                           f"the whole field in quotes with each quote doubled", line=first)
                 if len(row) != n:
                     raise file_error(path, f"expected {n} tab-separated fields, found {len(row)}", line=line)
                 fp, title = row[idx[0]], row[idx[1]]
@@ -57,7 +80,7 @@ def iter_tsv(path: str | Path, *, columns: tuple[str, ...] = HEADER, check_files
                     raise file_error(path, "empty filepath", line=line)
                 if check_files and not Path(fp).is_file():
                     raise file_error(path, f"image {fp} does not exist", line=line)
-                yield fp, title
+                yield line, fp, title
         except (csv.Error, UnicodeDecodeError) as e:
             raise file_error(path, f"malformed TSV ({e})", line=line) from None
 
@@ -71,13 +94,19 @@ def count_rows(path: str | Path) -> int:
 
 
 def write_tsv(path: str | Path, rows: Iterable[tuple[str, str]], *, force: bool = True,
-              option: str = "--force") -> int:
-    """Write rows atomically (temporary name, renamed when complete); returns the number of rows."""
+              option: str = "--force", clean: bool = True) -> int:
+    """Write rows atomically (temporary name, renamed when complete); returns the number of rows.
+
+    ``clean`` (the default) writes each caption as :func:`clean_caption` (one line, single spaces); ``clean=False``
+    keeps it as it is except for line breaks (:func:`one_line`), e.g. base rows that the published scripts copy
+    verbatim. Either way pandas' ``read_csv(sep="\\t")`` reads back exactly the captions written.
+    """
+    tidy = clean_caption if clean else one_line
     n = 0
     with atomic_path(path, force=force, option=option) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         w.writerow(HEADER)
         for fp, title in rows:
-            w.writerow((fp, clean_caption(title)))
+            w.writerow((one_line(fp), tidy(title)))
             n += 1
     return n

@@ -98,3 +98,24 @@ def test_merge_bad_input(cc_mixtures, tmp_path):
     fails(r"--base: .*bad.tsv: base TSV has no rows", base=bad)
     fails(r"missing.tsv:2: image /data/base/img_0000.jpg does not exist",
           base=write_base(tmp_path / "x" / "missing.tsv", 2), check_files=True)
+
+
+def test_base_captions_survive_merging_as_pandas_reads_them(cc_mixtures, tmp_path):
+    pd = pytest.importorskip("pandas")
+    cc = tmp_path / "cc3m-train.tsv"
+    # as a raw TSV: a CSV-quoted caption with quotes and a tab, doubled spaces, a quote inside a caption
+    cc.write_text('filepath\ttitle\n/a.jpg\t"""quoted"" start\twith tab"\n/b.jpg\ttwo  spaces  here\n'
+                  '/c.jpg\tsay "hi"\n/d.jpg\tplain\n', encoding="utf-8")
+    base = list(zip(*pd.read_csv(cc, sep="\t").values.T.tolist(), strict=True))
+    assert len(base) == 4 and base[0][1] == '"quoted" start\twith tab' and base[1][1] == "two  spaces  here"
+    res = merge_base(MergeBaseConfig(base=cc, mixtures=cc_mixtures[True], out=tmp_path / "o",
+                                     identifiers=["real-only"]), progress=False)
+    merged = pd.read_csv(res.files[0], sep="\t")
+    assert list(zip(merged["filepath"], merged["title"], strict=True))[:4] == base  # doubled spaces kept
+    assert res.infos[0].counts["base"] == 4 and len(merged) == res.infos[0].counts["total"]
+    assert read_tsv(res.files[0])[:4] == base
+    # an unclosed quote: refused with file:line instead of reading 4 rows as 2
+    cc.write_text('filepath\ttitle\n/a.jpg\tone\n/b.jpg\t"two\n/c.jpg\tthree "\n/d.jpg\tfour\n')
+    with pytest.raises(ClipgenError, match=r"cc3m-train.tsv:3: a field starts with a double quote"):
+        merge_base(MergeBaseConfig(base=cc, mixtures=cc_mixtures[True], out=tmp_path / "o2"), progress=False)
+    assert not (tmp_path / "o2").exists()

@@ -64,6 +64,13 @@ def test_captions_then_paper_mixtures(cli, synth_root, tmp_path):
     assert len(list((tmp_path / "cc").glob("cc3m-train-lso-*.tsv"))) == 7 and "5 base +" in r.stdout
     r = cli("data", "merge-base", "--base", cc, "--mixtures", out, "--out", tmp_path / "cc", "--identifiers", "xx")
     one_line_error(r, "--identifiers: no training mixture 'lso-xx'")
+    # a caption opening a quote it never closes would swallow the next lines: refused with file:line, nothing written
+    bad = tmp_path / "bad-train.tsv"
+    bad.write_text('filepath\ttitle\n/a.jpg\tone\n/b.jpg\t"two\n/c.jpg\tthree\n/d.jpg\tfour\n')
+    r = cli("data", "merge-base", "--base", bad, "--mixtures", out, "--out", tmp_path / "q", "--identifiers",
+            "paper-cc")
+    one_line_error(r, "bad-train.tsv:3: a field starts with a double quote")
+    assert not (tmp_path / "q").exists()
 
 
 def test_mixture_errors_are_one_line(cli, synth_root, tmp_path):

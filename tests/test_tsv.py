@@ -62,3 +62,31 @@ def test_write_refuses_existing_without_force_and_leaves_no_partial(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["x.tsv"]  # no temporary left behind
     with open(p) as f:
         assert next(csv.reader(f, delimiter="\t")) == ["filepath", "title"]
+
+
+def test_caption_with_an_unclosed_quote_is_refused_not_merged(tmp_path):
+    """csv and pandas both take the lines after an unclosed opening quote into that field: 4 rows would read as 2."""
+    p = tmp_path / "raw.tsv"
+    p.write_text('filepath\ttitle\n/a.jpg\tone\n/b.jpg\t"two\n/c.jpg\tthree "\n/d.jpg\tfour\n')
+    with pytest.raises(ClipgenError, match=r"raw.tsv:3: a field starts with a double quote .* lines 3-4 read as one"):
+        read_tsv(p)
+    # blank lines are skipped, not mistaken for a multi-line row; line numbers stay those of the file
+    p.write_text('filepath\ttitle\n\n/a.jpg\tone\n\n/b.jpg\t"quoted" two\n')
+    from clipgen.tsv import iter_tsv_lines
+
+    assert list(iter_tsv_lines(p)) == [(3, "/a.jpg", "one"), (5, "/b.jpg", "quoted two")]  # pandas reads it so too
+
+
+def test_unclean_write_keeps_quotes_tabs_and_doubled_spaces_through_pandas(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rows = [("/a.jpg", '"starts with quote'), ("/b.jpg", "tab\there"), ("/c.jpg", "doubled  spaces  "),
+            ("/d.jpg", 'mid "quote" and ""two""'), ("/e.jpg", "line\nbreak\r\nand\rcr"), ("/f.jpg", '"')]
+    p = tmp_path / "x.tsv"
+    assert write_tsv(p, rows, clean=False) == 6
+    want = [r if i != 4 else ("/e.jpg", "line break and cr") for i, r in enumerate(rows)]
+    assert read_tsv(p) == want
+    df = pd.read_csv(p, sep="\t")
+    assert list(zip(df["filepath"], df["title"], strict=True)) == want
+    # the default (clean) write collapses whitespace, and pandas reads that back too
+    write_tsv(p, rows)
+    assert list(pd.read_csv(p, sep="\t")["title"]) == [" ".join(r[1].split()) for r in rows]

@@ -32,13 +32,13 @@ PAPER_CC_IDENTIFIERS: tuple[str, ...] = (
 
 def iter_base(path: str | Path, option: str = "--base", check_files: bool = False) -> Iterator[tuple[str, str]]:
     """Stream ``(absolute path, caption)`` rows of a base TSV (relative paths: relative to the TSV's folder)."""
-    from clipgen.tsv import iter_tsv
+    from clipgen.tsv import iter_tsv_lines
 
     path = Path(path)
     if not path.is_file():
         raise option_error(option, f"{path}: base TSV not found")
     folder = path.resolve().parent
-    for i, (fp, title) in enumerate(iter_tsv(path), start=2):
+    for i, fp, title in iter_tsv_lines(path):
         p = Path(fp)
         absolute = p if p.is_absolute() else folder / p
         if check_files and not absolute.is_file():
@@ -160,7 +160,8 @@ def merge_base(cfg: MergeBaseConfig, *, force: bool = False, progress: bool = Tr
     with make_progress(disable=not progress) as bar:
         task = bar.add_task(f"merging {name} with mixtures", total=len(ids))
         for target, src, dn_rows in zip(targets, sources, parts, strict=True):
-            n = write_tsv(target, _chain(iter_base(cfg.base), dn_rows), force=True)
+            # base captions as they are (the published script copies the lines): doubled spaces, tabs and quotes kept
+            n = write_tsv(target, _chain(iter_base(cfg.base), dn_rows), force=True, clean=False)
             dn_counts = {k: v for k, v in src.counts.items() if k not in ("base", "total")}
             counts = {"base": n_base, **dn_counts, "total": n}
             infos.append(replace(src, file=target.name, base=base_abs, counts=counts,
