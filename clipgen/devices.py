@@ -7,6 +7,11 @@ import contextlib
 from clipgen.errors import option_error
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: What ``--precision auto`` gives on a GPU for each model kind. The evaluation follows the published scripts:
+#: CLIP models ran entirely in fp16 (``OpenCLIP.from_pretrained`` loads them in fp16, inputs ``.half()``), whose
+#: nearest clipgen setting is fp16 autocast; the supervised classifiers ran in fp32 (loaded with
+#: ``precision='fp32'``, no autocast). ``None``: every other command (bf16 autocast).
+AUTO_GPU_PRECISION: dict[str | None, str] = {None: "bf16", "clip": "fp16", "supervised": "fp32"}
 
 
 def resolve_device(spec: str = "auto", option: str = "--device"):
@@ -32,13 +37,16 @@ def resolve_device(spec: str = "auto", option: str = "--device"):
     raise option_error(option, f"unknown device {spec!r} (auto, cpu, cuda, cuda:N)")
 
 
-def resolve_precision(spec: str, device, option: str = "--precision") -> str:
-    """``auto`` -> fp32 on CPU, bf16 autocast on GPU."""
+def resolve_precision(spec: str, device, option: str = "--precision", kind: str | None = None) -> str:
+    """``auto`` -> fp32 on CPU; on a GPU :data:`AUTO_GPU_PRECISION` of ``kind`` (the evaluation's ``clip``: fp16
+    autocast, ``supervised``: fp32, as the published scripts ran them; otherwise bf16 autocast)."""
+    if kind not in AUTO_GPU_PRECISION:
+        raise ValueError(f"unknown model kind {kind!r} (one of {', '.join(map(str, AUTO_GPU_PRECISION))})")
     s = (spec or "auto").lower()
     if s not in PRECISIONS:
         raise option_error(option, f"unknown precision {spec!r} (one of {', '.join(PRECISIONS)})")
     if s == "auto":
-        return "bf16" if getattr(device, "type", str(device)) == "cuda" else "fp32"
+        return AUTO_GPU_PRECISION[kind] if getattr(device, "type", str(device)) == "cuda" else "fp32"
     if s in ("bf16", "fp16") and getattr(device, "type", str(device)) == "cpu" and s == "fp16":
         raise option_error(option, "fp16 autocast is not supported on CPU (use fp32 or bf16)")
     return s

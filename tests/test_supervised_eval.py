@@ -58,6 +58,19 @@ def test_predictions_are_the_restricted_domainnet_argmax(sup_run, uneven_root, t
     assert pr["predictions"][0].tolist() != pr["predictions"][1].tolist()
 
 
+def test_supervised_precision_auto_is_resolved_for_the_supervised_kind(sup_run, uneven_root, tmp_path, monkeypatch):
+    import clipgen.devices as devices
+
+    kinds = []
+    real = devices.resolve_precision
+    monkeypatch.setattr(devices, "resolve_precision", lambda spec, dev, *a, kind=None, **k: kinds.append(kind)
+                        or real(spec, dev, *a, kind=kind, **k))
+    run_supervised(SupervisedConfig(data_root=uneven_root, model_dir=sup_run, epochs="4", out=tmp_path / "o",
+                                    progress=False))
+    assert kinds == ["supervised"]  # fp32 on a GPU too, as the published supervised evaluation ran
+    assert read_results(tmp_path / "o")["precision"] == "fp32"
+
+
 def test_supervised_refusals(sup_run, random_run_dir, uneven_root, tmp_path):
     with pytest.raises(ClipgenError, match="is a supervised run; evaluate it with 'clipgen eval supervised'"):
         from clipgen.evaluation.zeroshot_eval import ZeroShotConfig, run_zero_shot

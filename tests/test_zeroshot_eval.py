@@ -184,11 +184,16 @@ def test_manifest_mixture_sets_test_domain_and_held_out(random_run_dir, uneven_r
 
 
 def test_imagenet_accuracy(random_run_dir, synth_root, uneven_root, tmp_path, monkeypatch):
+    import clipgen.devices as devices
     import clipgen.evaluation.zeroshot_eval as zse
 
     built = []  # the class names of every classifier built: the published ImageNet names for the 1000-way one
     monkeypatch.setattr(zse, "build_classifier", lambda m, t, names, *a, **k: built.append(list(names))
                         or build_classifier(m, t, names, *a, **k))
+    kinds = []  # precision "auto" is resolved for CLIP (fp16 autocast on a GPU, as the published fp16 evaluation)
+    real = devices.resolve_precision
+    monkeypatch.setattr(devices, "resolve_precision", lambda spec, dev, *a, kind=None, **k: kinds.append(kind)
+                        or real(spec, dev, *a, kind=kind, **k))
     val = tmp_path / "val"
     for wnid, cls in (("n02795169", "axe"), ("n09472597", "banana")):
         (val / wnid).mkdir(parents=True)
@@ -210,6 +215,7 @@ def test_imagenet_accuracy(random_run_dir, synth_root, uneven_root, tmp_path, mo
     assert pr["imagenet_topk"].shape == (1, 4, 5)
     names = next(n for n in built if len(n) == 1000)
     assert (names[27], names[638], names[744], names[836]) == ("eft", "maillot", "projectile", "sunglass")
+    assert kinds == ["clip"]
 
 
 def _store_for(run_dir, epoch, root, path, *, text=True, drop=0, templ="simple"):

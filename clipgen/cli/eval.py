@@ -17,7 +17,8 @@ _TEST_DOMAIN = typer.Option(None, "--test-domain",
 _HELD_OUT = typer.Option(None, "--held-out", help="Comma-separated held-out classes (default: the run's mixture, "
                                                   "else the paper's 15 present in the data).")
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-_PRECISION = typer.Option("auto", "--precision", help="auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16, fp16.")
+_PRECISION = typer.Option("auto", "--precision", help="auto (as the published evaluation: on a GPU fp16 autocast for "
+                                                         "CLIP, fp32 for supervised; fp32 on CPU), fp32, bf16, fp16.")
 _BATCH = typer.Option(256, "--batch-size", help="Images per forward pass.")
 _WORKERS = typer.Option(0, "--workers", help="Data-loading processes.")
 _ON_ERROR = typer.Option("fail", "--on-error", help="Unreadable image: fail, or skip it (reported in results).")

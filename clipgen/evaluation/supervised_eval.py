@@ -120,7 +120,7 @@ def run_supervised(cfg: SupervisedConfig) -> EvalOutcome:
     held = resolve_held_out(image_set, cfg.held_out, (manifest.mixture or {}).get("held_out_labels")
                             if manifest is not None else None)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, kind="supervised")
     name = manifest.model if manifest is not None else cfg.model
     mcfg = manifest.model_config if manifest is not None else model_config(cfg.model)
     header = {

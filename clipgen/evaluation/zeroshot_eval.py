@@ -185,7 +185,7 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
     stores = find_stores(cfg.stores)
     seen_notes: set[str] = set()
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, kind="clip")
     header = {
         "kind": "zero-shot",
         "run": run_info(manifest, cfg.model_dir, cfg.model, refs),
