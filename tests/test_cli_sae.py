@@ -48,7 +48,9 @@ def test_train_then_features(cli, store, tmp_path):
 def test_paper_setting_and_option_errors(cli, store, tmp_path):
     r = _train(cli, store, tmp_path / "p", "--paper")
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "p" / "config.json").read_text())["config"]["resample_every"] == 0
+    config = json.loads((tmp_path / "p" / "config.json").read_text())["config"]
+    assert config["resample_every"] == 0 and config["paper"] is True  # and the published step, init and weights
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["precision"] == "float32"
     r = _train(cli, store, tmp_path / "q", "--paper", "--resample-every", "100")
     assert r.exit_code == 2 and r.stderr.startswith("error: --paper:")
     r = _train(cli, store, tmp_path / "q", "--layer", "attnpool")

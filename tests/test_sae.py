@@ -21,6 +21,7 @@ from clipgen.analysis.sae import (
     load_sae,
     make_optimizer,
     resample_dead_latents,
+    resample_probabilities,
     sae_loss,
     train_sae,
 )
@@ -203,6 +204,133 @@ def test_resample_sets_vectors_and_resets_adam():
     assert float(m.W_enc.detach()[:, 2].norm()) == pytest.approx(0.2 * mean_norm, rel=1e-5)
 
 
+# -- the published computation (paper=True) ----------------------------------------------------------------
+
+
+def _reference_published_steps(m: SparseAutoencoder, batches, l1, lr, betas, eps) -> dict[str, torch.Tensor]:
+    """The published update re-derived step by step: autograd gradients of the loss; from the gradient of every
+    dictionary vector w_i (a row of W_dec) its component along w_i/|w_i| is removed; a plain Adam step (written
+    out); then every dictionary vector is rescaled to unit norm."""
+    params = {n: p.detach().clone() for n, p in m.named_parameters()}
+    state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
+    ref = SparseAutoencoder(m.arch, seed=0)
+    for t, x in enumerate(batches, start=1):
+        with torch.no_grad():
+            for n, p in ref.named_parameters():
+                p.copy_(params[n])
+                p.grad = None
+        loss, _ = sae_loss(ref, x, l1)
+        loss.backward()
+        for n, p in ref.named_parameters():
+            g = p.grad.clone()
+            if n == "W_dec":
+                u = params[n] / params[n].norm(dim=1, keepdim=True)
+                g = g - (g * u).sum(dim=1, keepdim=True) * u
+            m1, v1 = state[n]
+            m1 = betas[0] * m1 + (1 - betas[0]) * g
+            v1 = betas[1] * v1 + (1 - betas[1]) * g * g
+            state[n] = (m1, v1)
+            mhat, vhat = m1 / (1 - betas[0] ** t), v1 / (1 - betas[1] ** t)
+            params[n] = params[n] - lr * mhat / (vhat.sqrt() + eps)
+        params["W_dec"] = params["W_dec"] / params["W_dec"].norm(dim=1, keepdim=True)
+    return params
+
+
+def test_published_step_projects_the_decoder_gradient_before_adam():
+    torch.manual_seed(0)
+    arch = SAEArch(d_in=5, d_sae=7)
+    batches = [torch.randn(32, 5) for _ in range(3)]
+    l1, lr, betas, eps = 1e-2, 1e-2, (0.9, 0.999), 1e-3
+    base = SparseAutoencoder(arch, seed=3, init="published")
+    with torch.no_grad():
+        base.b_pre.copy_(torch.randn(5) * 0.3)
+    want = _reference_published_steps(base, batches, l1, lr, betas, eps)
+    got = {}
+    for project in (True, False):
+        m = SparseAutoencoder(arch, seed=0)
+        m.load_state_dict(base.state_dict())
+        step = FusedStep(m, make_optimizer(m, lr, betas, eps), l1=l1, project_decoder_grad=project)
+        for x in batches:
+            step(x)
+        got[project] = {n: p.detach() for n, p in m.named_parameters()}
+    for n in want:
+        torch.testing.assert_close(got[True][n], want[n], rtol=1e-5, atol=1e-6, msg=n)
+    # renormalising after the step alone (the default) is a different update
+    assert float((got[False]["W_dec"] - want["W_dec"]).abs().max()) > 1e-3
+    torch.testing.assert_close(got[True]["W_dec"].norm(dim=1), torch.ones(7))
+
+
+def test_published_initialisation_is_the_library_kaiming_on_a_3d_weight():
+    d, m_ = 16, 64
+    m = SparseAutoencoder(SAEArch(d_in=d, d_sae=m_), seed=5, init="published")
+    # torch's fan-in of the library's (components, d_sae, d_in) weight is d_sae * d_in; ReLU gain sqrt(2):
+    # bound = sqrt(3) * sqrt(2) / sqrt(d_sae d_in) = sqrt(6 / 1024) here, sqrt(6 / (4096 * 1024)) at the paper's shape
+    assert torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(1, 4096, 1024))[0] == 4096 * 1024
+    bound = (6 / (d * m_)) ** 0.5
+    w = m.W_enc.detach()
+    assert w.shape == (d, m_) and float(w.abs().max()) <= bound and float(w.abs().max()) > 0.95 * bound
+    assert float(w.std()) == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+    b = m.b_enc.detach()  # bias bound 1/sqrt(weight.size(1)) = 1/sqrt(d_sae) (1/64 at the paper's shape)
+    assert float(b.abs().max()) <= 1 / 8 and float(b.abs().max()) > 0.9 / 8
+    torch.testing.assert_close(m.W_dec.detach().norm(dim=1), torch.ones(m_))
+    assert float(m.b_pre.detach().abs().max()) == 0.0
+    # the default is nn.Linear's bound 1/sqrt(d_in), 3.2x wider here
+    default = SparseAutoencoder(SAEArch(d_in=d, d_sae=m_), seed=5).W_enc.detach()
+    assert float(default.abs().max()) > 0.95 / d ** 0.5 > 3 * bound
+    with pytest.raises(ValueError, match="unknown SAE initialisation"):
+        SparseAutoencoder(SAEArch(d_in=d, d_sae=m_), init="xavier")
+
+
+def test_published_resample_weights_are_the_squared_total_loss():
+    torch.manual_seed(1)
+    m = SparseAutoencoder(SAEArch(d_in=4, d_sae=6), seed=2)
+    with torch.no_grad():
+        m.b_enc.add_(0.3)  # some latents active on every input, so the L1 term matters
+    x = torch.randn(9, 4)
+    xn = x.double().numpy()
+    we, be, wd, bp = (t.detach().double().numpy() for t in (m.W_enc, m.b_enc, m.W_dec, m.b_pre))
+    f = np.maximum((xn - bp) @ we + be, 0.0)
+    mse = (((f @ wd + bp) - xn) ** 2).mean(axis=1)
+    for l1 in (0.0, 0.05):
+        loss = mse + l1 * np.abs(f).sum(axis=1)
+        want = loss ** 2 / (loss ** 2).sum()
+        np.testing.assert_allclose(resample_probabilities(m, x, l1=l1), want, rtol=1e-5)
+    assert np.abs(resample_probabilities(m, x, l1=0.05) - resample_probabilities(m, x)).max() > 1e-3
+
+
+def test_paper_config_switches_on_the_published_computation(tmp_path, planted, monkeypatch):
+    import clipgen.analysis.sae as S
+
+    x, _ = planted
+    seen = {}
+    real = S.resample_probabilities
+
+    def spy(*a, l1=0.0, **k):
+        seen["l1"] = l1
+        return real(*a, l1=l1, **k)
+
+    def first(step, info):
+        if step == 1:
+            seen["kernel"], seen["w_enc_max"] = info["step"], float(info["model"].W_enc.detach().abs().max())
+
+    monkeypatch.setattr(S, "resample_probabilities", spy)
+    for paper in (True, False):
+        seen.clear()
+        train_sae(_cfg(tmp_path / f"a{paper}", epochs=1, paper=paper), TrainingData(ArraySource(x)), progress=False,
+                  callback=first)
+        k = seen["kernel"]
+        assert k.project_decoder_grad is paper and k.cdt == torch.float32
+        # initialisation: bound sqrt(6 / (64 * 16)) = 0.077 with --paper, else 1/sqrt(16) = 0.25 (one step of lr
+        # 1e-2 moves a weight by at most about 1e-2)
+        assert (seen["w_enc_max"] < 0.09) is paper and (seen["w_enc_max"] > 0.2) is not paper
+        assert json.loads((tmp_path / f"a{paper}" / "config.json").read_text())["config"]["paper"] is paper
+        # resampling weights: the squared total loss with --paper, the squared reconstruction error otherwise
+        train_sae(_cfg(tmp_path / f"b{paper}", epochs=1, paper=paper, resample_every=128 * 4, resample_max=1,
+                       resample_samples=256), TrainingData(ArraySource(x)), model=_model_with_dead(8),
+                  progress=False)
+        assert seen["l1"] == (3e-2 if paper else 0.0)
+
+
 # -- data sources -------------------------------------------------------------------------------------------
 
 
@@ -344,14 +472,15 @@ def test_topk_training_run(tmp_path, planted):
 
 
 @pytest.mark.gpu
-def test_graph_step_matches_eager_on_gpu(planted):
+@pytest.mark.parametrize("paper", [False, True])
+def test_graph_step_matches_eager_on_gpu(planted, paper):
     x, _ = planted
     torch.manual_seed(0)
     results = []
     for mode in ("eager", "graph"):
-        m = SparseAutoencoder(SAEArch(d_in=16, d_sae=64), seed=0).cuda()
+        m = SparseAutoencoder(SAEArch(d_in=16, d_sae=64), seed=0, init="published" if paper else "default").cuda()
         opt = make_optimizer(m, 1e-2, (0.9, 0.999), 1e-8)
-        step = FusedStep(m, opt, l1=3e-2)
+        step = FusedStep(m, opt, l1=3e-2, project_decoder_grad=paper)
         from clipgen.analysis.sae import GraphStep
 
         run = step if mode == "eager" else GraphStep(step, 128, 16)

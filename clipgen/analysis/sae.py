@@ -9,6 +9,12 @@ The model follows the paper's SAE (spec 5a, adapted from Discover-then-Name / ``
   is renormalised to unit norm after every optimisation step;
 * loss = mean over the batch of ``[ mean_j (x - x_hat)_j^2 + l1 * sum_k |f_k| ]``, optimised with Adam.
 
+``paper=True`` (``clipgen sae train --paper``) follows the published ``sparse_autoencoder`` computation where it
+differs from the defaults: (a) before each Adam step the gradient of every dictionary vector loses its component
+along that vector (the library's ``UnitNormDecoder`` backward hook), then the vectors are renormalised as usual;
+(b) the initialisation of the library's 3-D weights (:data:`INITS`); (c) resampling weights proportional to the
+squared *total* loss of each input (reconstruction + L1), not the reconstruction error alone.
+
 Training does not use autograd: :class:`FusedStep` computes the analytic gradients with five large matrix products
 (autograd needs six: the gradient of the tied bias through the encoder is a matrix-vector product here), keeps every
 statistic on the device (no host synchronisation between log intervals), and on CUDA the whole step, Adam and the
@@ -49,6 +55,12 @@ CHECKPOINT_FORMAT = "clipgen-sae-checkpoint"
 SAE_VERSION = 1
 ACTIVATIONS = ("relu", "topk")
 STEP_MODES = ("auto", "eager", "graph")
+#: Initialisations: ``default`` = nn.Linear's (encoder weight and bias uniform in +-1/sqrt(d_in)), dictionary
+#: vectors uniform in [-1, 1] then unit-normalised; ``published`` = the ``sparse_autoencoder`` library's on its
+#: (components=1, d_sae, d_in) encoder weight: ``kaiming_uniform_(nonlinearity="relu")``, whose fan-in of a 3-D
+#: tensor is d_sae * d_in, i.e. bound sqrt(6 / (d_sae d_in)) (1024 -> 4096: 1/836); bias bound 1/sqrt(d_sae)
+#: (weight.size(1)); dictionary vectors standard normal then unit-normalised.
+INITS = ("default", "published")
 SAE_FILE = "sae.pt"
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
@@ -95,7 +107,8 @@ class SparseAutoencoder(nn.Module):
     undone inside); the training loss is computed on scaled inputs.
     """
 
-    def __init__(self, arch: SAEArch, *, seed: int | None = 0, device: torch.device | str | None = None):
+    def __init__(self, arch: SAEArch, *, seed: int | None = 0, device: torch.device | str | None = None,
+                 init: str = "default"):
         super().__init__()
         arch.check()
         self.arch = arch
@@ -104,24 +117,37 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(torch.empty(d, m, device=device))
         self.b_enc = nn.Parameter(torch.empty(m, device=device))
         self.W_dec = nn.Parameter(torch.empty(m, d, device=device))
-        self.reset_parameters(seed)
+        self.reset_parameters(seed, init)
 
     @torch.no_grad()
-    def reset_parameters(self, seed: int | None = 0) -> None:
-        """Kaiming-uniform encoder (nn.Linear's default: bound 1/sqrt(d_in)), random unit-norm dictionary, b_pre=0.
+    def reset_parameters(self, seed: int | None = 0, init: str = "default") -> None:
+        """Encoder, random unit-norm dictionary and ``b_pre = 0`` as :data:`INITS` ``init`` says.
 
+        ``default``: nn.Linear's Kaiming-uniform (bound 1/sqrt(d_in)) for the encoder weight and bias. ``published``:
+        the weight drawn as a (1, d_sae, d_in) tensor by ``kaiming_uniform_(nonlinearity="relu")`` (bound
+        sqrt(6 / (d_sae d_in))) and transposed, the bias uniform in +-1/sqrt(d_sae), the dictionary standard normal.
         Drawn on the CPU from ``seed``, so the initial SAE does not depend on the device.
         """
+        if init not in INITS:
+            raise ValueError(f"unknown SAE initialisation {init!r} (one of {', '.join(INITS)})")
         g = torch.Generator()
         if seed is None:
             g.seed()
         else:
             g.manual_seed(int(seed))
         d, m = self.arch.d_in, self.arch.d_sae
-        bound = 1.0 / math.sqrt(d)
-        self.W_enc.copy_(torch.empty(d, m).uniform_(-bound, bound, generator=g))
-        self.b_enc.copy_(torch.empty(m).uniform_(-bound, bound, generator=g))
-        dec = torch.empty(m, d).uniform_(-1.0, 1.0, generator=g)
+        if init == "published":
+            w = torch.empty(1, m, d)
+            nn.init.kaiming_uniform_(w, nonlinearity="relu", generator=g)  # fan-in of a 3-D tensor: m * d
+            self.W_enc.copy_(w[0].t())
+            bound = 1.0 / math.sqrt(m)
+            self.b_enc.copy_(torch.empty(m).uniform_(-bound, bound, generator=g))
+            dec = torch.empty(m, d).normal_(0.0, 1.0, generator=g)
+        else:
+            bound = 1.0 / math.sqrt(d)
+            self.W_enc.copy_(torch.empty(d, m).uniform_(-bound, bound, generator=g))
+            self.b_enc.copy_(torch.empty(m).uniform_(-bound, bound, generator=g))
+            dec = torch.empty(m, d).uniform_(-1.0, 1.0, generator=g)
         self.W_dec.copy_(dec / dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
         self.b_pre.zero_()
 
@@ -184,12 +210,15 @@ class FusedStep:
     ``dL/dx_hat = 2e/(B d)``; ``dW_dec = f^T g``; ``g_f = g W_dec^T + l1/B`` masked by the active latents;
     ``dW_enc = (x - b_pre)^T g_pre``; ``db_enc = sum_b g_pre``; ``db_pre = sum_b g - W_enc db_enc``.
     ``compute_dtype=torch.bfloat16`` runs the five matrix products in bf16 (fp32 master weights, Adam state, error
-    and statistics).
+    and statistics). ``project_decoder_grad`` (the published unit-norm decoder) removes from the gradient of every
+    dictionary vector ``w_i`` its component along ``w_i``: ``dW_dec[i] -= (dW_dec[i] . u_i) u_i``, ``u_i = w_i/|w_i|``,
+    before the Adam step.
     """
 
     def __init__(self, model: SparseAutoencoder, optimizer: torch.optim.Optimizer, *, l1: float,
-                 compute_dtype: torch.dtype = torch.float32):
+                 compute_dtype: torch.dtype = torch.float32, project_decoder_grad: bool = False):
         self.model, self.opt, self.l1, self.cdt = model, optimizer, float(l1), compute_dtype
+        self.project_decoder_grad = bool(project_decoder_grad)
         dev = model.W_enc.device
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
@@ -230,6 +259,9 @@ class FusedStep:
             m.W_dec.grad.copy_(torch.mm(f.t(), g_c))
         else:
             torch.mm(f.t(), g_c, out=m.W_dec.grad)
+        if self.project_decoder_grad:
+            u = m.W_dec / torch.linalg.vector_norm(m.W_dec, dim=1, keepdim=True).clamp_min(1e-12)
+            m.W_dec.grad.sub_(u * (m.W_dec.grad * u).sum(dim=1, keepdim=True))
         gf = torch.mm(g_c, w_dec.t())
         gf.add_(self.l1 / b).mul_(active)
         if lowp:
@@ -496,12 +528,38 @@ def evaluate(model: SparseAutoencoder, x: torch.Tensor, l1: float, *, chunk: int
 
 
 @torch.no_grad()
+def resample_probabilities(model: SparseAutoencoder, inputs: torch.Tensor, *, l1: float = 0.0,
+                           chunk: int = 8192) -> np.ndarray:
+    """Probability of each input (raw rows) to be drawn by the resampler: proportional to the square of its loss.
+
+    The loss is ``mean_j (x_s - x_hat_s)_j^2 + l1 * sum_k |f_k|``: with ``l1 = 0`` (the default) the
+    reconstruction error alone, with the training coefficient the total loss, as the published library does.
+    Uniform when every loss is 0.
+    """
+    dev, s = model.W_enc.device, model.arch.input_scale
+    losses = []
+    for a in range(0, inputs.shape[0], chunk):
+        xb = inputs[a:a + chunk].to(dev, torch.float32)
+        if s != 1.0:
+            xb = xb * s
+        f = model.activate(model.pre_activations(xb))
+        loss = (model.decode_scaled(f) - xb).pow(2).mean(dim=1).double()
+        if l1:
+            loss = loss + l1 * f.abs().sum(dim=1).double()
+        losses.append(loss.cpu())
+    p = torch.cat(losses).numpy() ** 2
+    total = p.sum()
+    return p / total if total > 0 and np.isfinite(total) else np.full(len(p), 1.0 / len(p))
+
+
+@torch.no_grad()
 def resample_dead_latents(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, dead: torch.Tensor,
                           inputs: torch.Tensor, rng: np.random.Generator, *, encoder_scale: float = 0.2,
-                          chunk: int = 8192) -> int:
+                          chunk: int = 8192, l1: float = 0.0) -> int:
     """Re-initialise ``dead`` latents (indices) from ``inputs`` (raw rows); returns how many were resampled.
 
-    Anthropic's recipe: each input gets probability proportional to the square of its reconstruction loss; one
+    Anthropic's recipe: each input gets probability proportional to the square of its loss
+    (:func:`resample_probabilities`: the reconstruction loss, plus ``l1 * sum |f|`` when ``l1`` is given); one
     input is drawn (with replacement) per dead latent; its centred, unit-normalised vector ``v = (x_s - b_pre)/|.|``
     becomes the latent's dictionary vector, and ``v * encoder_scale * mean |encoder vector of live latents|`` its
     encoder vector; its encoder bias is set to 0 and the Adam moments of all three are reset.
@@ -511,16 +569,7 @@ def resample_dead_latents(model: SparseAutoencoder, optimizer: torch.optim.Optim
     if nd == 0 or inputs.shape[0] == 0:
         return 0
     dev, s = model.W_enc.device, model.arch.input_scale
-    losses = []
-    for a in range(0, inputs.shape[0], chunk):
-        xb = inputs[a:a + chunk].to(dev, torch.float32)
-        if s != 1.0:
-            xb = xb * s
-        e = model.decode_scaled(model.activate(model.pre_activations(xb))) - xb
-        losses.append(e.pow(2).mean(dim=1).double().cpu())
-    p = torch.cat(losses).numpy() ** 2
-    total = p.sum()
-    p = p / total if total > 0 and np.isfinite(total) else np.full(len(p), 1.0 / len(p))
+    p = resample_probabilities(model, inputs, l1=l1, chunk=chunk)
     pick = rng.choice(len(p), size=nd, replace=True, p=p)
     x = inputs[torch.from_numpy(pick).to(inputs.device)].to(dev, torch.float32)
     if s != 1.0:
@@ -584,6 +633,7 @@ class SAETrainConfig:
     device: str = "auto"
     precision: str = "auto"  # fp32 or bf16 (bf16: matrix products in bf16, fp32 master weights)
     step_mode: str = "auto"  # eager, graph (CUDA graph) or auto (graph on CUDA)
+    paper: bool = False  # the published computation: projected decoder gradient, library init, total-loss resampling
 
     def resolved_l1(self) -> float:
         if self.l1 is not None:
@@ -595,7 +645,7 @@ class SAETrainConfig:
 FROZEN_ON_RESUME = ("layer", "split", "val_store", "val_split", "val_fraction", "val_max_rows", "expansion",
                     "activation", "k", "scale_inputs", "l1", "lr", "beta1", "beta2", "eps", "batch_size", "seed",
                     "resample_every", "resample_max", "resample_window", "resample_samples", "buffer_mb",
-                    "block_rows")
+                    "block_rows", "paper")
 
 
 @dataclass
@@ -771,10 +821,10 @@ def _check_config(cfg: SAETrainConfig) -> None:
         raise option_error("--step-mode", f"unknown step mode {cfg.step_mode!r} (one of {', '.join(STEP_MODES)})")
 
 
-def _resolve_precision(spec: str, device: torch.device) -> torch.dtype:
+def _resolve_precision(spec: str, device: torch.device, paper: bool = False) -> torch.dtype:
     s = (spec or "auto").lower()
     if s == "auto":
-        s = "bf16" if device.type == "cuda" else "fp32"
+        s = "bf16" if device.type == "cuda" and not paper else "fp32"
     if s == "fp32":
         return torch.float32
     if s == "bf16":
@@ -866,7 +916,7 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
     ckpts = list_checkpoints(out) if resume else {}
 
     device = resolve_device(cfg.device)
-    cdt = _resolve_precision(cfg.precision, device)
+    cdt = _resolve_precision(cfg.precision, device, cfg.paper)
     step_mode = cfg.step_mode if cfg.step_mode != "auto" else ("graph" if device.type == "cuda" else "eager")
     if step_mode == "graph" and device.type != "cuda":
         raise option_error("--step-mode", "'graph' needs a CUDA device")
@@ -902,13 +952,13 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
                     scale = math.sqrt(src.d) / mean_norm
             arch = SAEArch(d_in=src.d, d_sae=cfg.expansion * src.d, activation=cfg.activation,
                            k=cfg.k if cfg.activation == "topk" else None, input_scale=scale)
-            model = SparseAutoencoder(arch, seed=cfg.seed)
+            model = SparseAutoencoder(arch, seed=cfg.seed, init="published" if cfg.paper else "default")
         elif model.arch.d_in != src.d:
             raise option_error("--layer", f"the SAE expects width {model.arch.d_in}, the training rows have {src.d}")
         model = model.to(device)
         arch = model.arch
         opt = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps)
-        kernel = FusedStep(model, opt, l1=l1, compute_dtype=cdt)
+        kernel = FusedStep(model, opt, l1=l1, compute_dtype=cdt, project_decoder_grad=cfg.paper)
         step, resample_checks, revived, last_log, revived_since_log = 0, 0, 0, 0, 0
         if ck is not None:
             model.load_state_dict(ck["model"])
@@ -971,7 +1021,8 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
                         resample_checks += 1
                         dead = torch.nonzero(step - kernel.last_fired >= res_window).flatten()
                         rng = np.random.default_rng([cfg.seed, step, _RNG_RESAMPLE])
-                        n = resample_dead_latents(model, opt, dead, src.sample(cfg.resample_samples, rng), rng)
+                        n = resample_dead_latents(model, opt, dead, src.sample(cfg.resample_samples, rng), rng,
+                                                  l1=l1 if cfg.paper else 0.0)
                         if n:
                             kernel.last_fired.index_fill_(0, dead, step)
                         revived += n
@@ -1055,8 +1106,9 @@ def _check_resume(ck: dict, path: Path, cfg: SAETrainConfig, info: dict[str, Any
     from clipgen.artifacts import to_jsonable
 
     new = to_jsonable(cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(SAETrainConfig)}
     for key in FROZEN_ON_RESUME:
-        if old.get(key) != new.get(key):
+        if old.get(key, defaults.get(key)) != new.get(key):  # a setting newer than the checkpoint: its default
             raise option_error("--" + key.replace("_", "-"),
                                f"the run in {path.parent.parent} was trained with {old.get(key)!r}, now "
                                f"{new.get(key)!r}; use the same value to resume, or --force to start over")

@@ -50,8 +50,9 @@ def train(
     resample_samples: int = typer.Option(819_200, "--resample-samples",
                                          help="Inputs whose loss decides where dead latents are re-initialised."),
     paper: bool = typer.Option(False, "--paper",
-                               help="The published configuration exactly: no resampling (its resampler never "
-                                    "fires, see docs/sae.md)."),
+                               help="The published computation: no resampling (its resampler never fires), the "
+                                    "decoder gradient projected off each dictionary vector before the Adam step, "
+                                    "the published initialisation, fp32 with --precision auto (see docs/sae.md)."),
     dead_window: int = typer.Option(1_000_000, "--dead-window",
                                     help="Samples without firing after which the logs count a latent as dead."),
     log_every: int = typer.Option(1_000_000, "--log-every", help="Samples between log lines."),
@@ -100,7 +101,7 @@ def train(
         resample_max=resample_max, resample_window=resample_window, resample_samples=resample_samples,
         dead_window=dead_window, log_every=log_every, val_every=val_every, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, buffer_mb=buffer_mb, block_rows=block_rows, device=device,
-        precision=precision, step_mode=step_mode,
+        precision=precision, step_mode=step_mode, paper=paper,
     )
     res = train_sae(cfg, resume=resume, force=force)
     f = res.final or {}
