@@ -23,6 +23,7 @@ from clipgen.training.clip import (
 )
 from tests._fixtures_train import (
     TRAINED_RUN_EPOCHS,
+    TRAINED_RUN_MIXTURE,
     mixture_file,
     train_mixtures,
     train_tiny_run,
@@ -206,7 +207,21 @@ def test_trained_run_loads_and_learned(trained_run_dir, train_mixtures):
                            load_state_dict(trained_run_dir / "checkpoints" / "epoch_2.pt")["visual.conv1.weight"])
 
 
+def _assert_same_training_state(a, b):
+    """Bit-identical weights, BatchNorm statistics and optimizer state of two open_clip checkpoints."""
+    ca, cb = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
+    assert ca["epoch"] == cb["epoch"] and list(ca["state_dict"]) == list(cb["state_dict"])
+    diff = {k: float((v.double() - cb["state_dict"][k].double()).abs().max()) for k, v in ca["state_dict"].items()
+            if not torch.equal(v, cb["state_dict"][k])}
+    assert not diff, f"{len(diff)} tensors differ, e.g. {sorted(diff.items(), key=lambda x: -x[1])[:3]}"
+    sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+
+
 def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_mixtures):
+    """Stopped during the last epoch, the same command continues from epoch 1 and ends with exactly the weights of
+    the uninterrupted run (random states of the data order and augmentations restored with the checkpoint)."""
     logs = tmp_path / "logs"
     run = logs / "run"
     shutil.copytree(trained_run_dir, run)
@@ -214,6 +229,7 @@ def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_
     e1 = (run / "checkpoints" / "epoch_1.pt").read_bytes()
     (run / "checkpoints" / "epoch_2.pt").unlink()  # as if stopped during epoch 2
     train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS, "--resume")
+    _assert_same_training_state(run / "checkpoints" / "epoch_2.pt", trained_run_dir / "checkpoints" / "epoch_2.pt")
     assert sorted(list_checkpoints(run)) == [0, 1, 2]
     assert (run / "checkpoints" / "epoch_0.pt").read_bytes() == e0  # untouched
     assert (run / "checkpoints" / "epoch_1.pt").read_bytes() == e1
@@ -229,6 +245,31 @@ def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_
     # a complete run is left alone
     train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS, "--resume")
     assert (run / "out.log").read_text() == log
+
+
+def test_resume_sets_a_truncated_last_checkpoint_aside(trained_run_dir, tmp_path, train_mixtures, cli):
+    """A kill during the save of epoch 2 left a truncated epoch_2.pt under its final name: the same command notes it,
+    sets it aside and continues from epoch 1, ending with exactly the uninterrupted run's epoch 2."""
+    logs = tmp_path / "logs"
+    run = logs / "run"
+    shutil.copytree(trained_run_dir, run)
+    ck2 = run / "checkpoints" / "epoch_2.pt"
+    data = ck2.read_bytes()
+    ck2.write_bytes(data[: len(data) // 9])
+    prep = prepare_clip_run(ClipTrainConfig(train=train_mixtures / mixture_file("cg-low", "sketch", "train"),
+                                            logs=logs, name="run", model="RN-tiny", epochs=TRAINED_RUN_EPOCHS,
+                                            device="cpu", precision="fp32", resume=True))
+    assert (prep.start_epoch, prep.complete, prep.discard) == (1, False, [ck2])
+    setup, x = TRAINED_RUN_MIXTURE
+    r = cli("train", "clip", "--train", train_mixtures / mixture_file(setup, x, "train"), "--val",
+            train_mixtures / mixture_file(setup, x, "val"), "--logs", logs, "--name", "run", "--model", "RN-tiny",
+            "--epochs", TRAINED_RUN_EPOCHS, "--device", "cpu", "--precision", "fp32", "--log", "quiet", "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert f"note: {ck2} is unreadable" in " ".join(r.stderr.split()) and "resuming from epoch 1" in r.stderr
+    assert (run / "checkpoints" / "epoch_2.pt.unreadable").stat().st_size == len(data) // 9
+    assert sorted(list_checkpoints(run)) == [0, 1, 2]
+    _assert_same_training_state(ck2, trained_run_dir / "checkpoints" / "epoch_2.pt")
+    assert read_manifest(run).extra["history"][-1]["from_epoch"] == 1
 
 
 def test_describe_checkpoints(trained_run_dir):

@@ -124,16 +124,21 @@ def refuse_reuse(state: RunState, *, resume: bool, force: bool) -> None:
         raise file_error(state.run_dir, "exists and is not a directory")
 
 
+class UnreadableCheckpoint(ClipgenError):
+    """A checkpoint file that cannot be unpickled (typically truncated by a kill during the save)."""
+
+
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("epoch", "state_dict")) -> dict:
-    """Load a training checkpoint on CPU; an unreadable file or missing keys is a one-line error."""
+    """Load a training checkpoint on CPU; an unreadable file (:class:`UnreadableCheckpoint`) or missing keys is a
+    one-line error."""
     import torch
 
     p = Path(path)
     try:
         ck = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise file_error(p, f"corrupt or unreadable checkpoint ({e.__class__.__name__}); delete it to resume "
-                            f"from the previous one") from None
+        raise UnreadableCheckpoint(str(file_error(p, f"corrupt or unreadable checkpoint ({e.__class__.__name__}); "
+                                                     f"delete it to resume from the previous one"))) from None
     if not isinstance(ck, dict):
         raise file_error(p, "not a training checkpoint (expected a dict)")
     missing = [k for k in required if k not in ck]

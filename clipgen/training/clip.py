@@ -292,6 +292,7 @@ class PreparedClipRun:
     mixture: dict[str, Any] | None
     start_epoch: int
     complete: bool
+    discard: list[Path] = field(default_factory=list)  # unreadable last checkpoints, set aside before resuming
 
 
 _RESUME_KEYS = ("model", "epochs", "lr", "warmup", "effective_batch", "wd")
@@ -302,7 +303,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     from clipgen.data.mixture_info import read_info
     from clipgen.models.registry import model_config
     from clipgen.runs import read_manifest
-    from clipgen.training.checks import check_tsv, load_checkpoint, refuse_reuse, run_state
+    from clipgen.training.checks import UnreadableCheckpoint, check_tsv, load_checkpoint, refuse_reuse, run_state
     from clipgen.training.launch import module_command, resolve_launch
 
     if cfg.log not in ("bar", "live", "quiet"):
@@ -329,6 +330,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     if plan.is_rank0:
         refuse_reuse(state, resume=cfg.resume, force=cfg.force)
     start_epoch, complete = 0, False
+    discard: list[Path] = []
     if cfg.resume and not cfg.force and state.started:
         if state.has_manifest:
             old = read_manifest(run_dir, option="--name")
@@ -346,11 +348,15 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
                 raise option_error("--resume", f"settings differ from the run's manifest ({'; '.join(diff)}); "
                                                f"resume with the original settings or start a new --name")
         resumable = {e: p for e, p in state.checkpoints.items() if e >= 1}
-        if resumable:
-            last = max(resumable)
-            load_checkpoint(resumable[last], required=("epoch", "state_dict", "optimizer"))
-            start_epoch = last
-            complete = last >= hp.epochs
+        for e in sorted(resumable, reverse=True):
+            try:
+                load_checkpoint(resumable[e], required=("epoch", "state_dict", "optimizer"))
+            except UnreadableCheckpoint:  # cut off by a kill while it was saved: resume from the one before
+                discard.append(resumable[e])
+                continue
+            start_epoch = e
+            complete = e >= hp.epochs
+            break
 
     # "--resume latest" whenever the run was started: open_clip_train refuses an existing out.log otherwise, and
     # the entry module's checkpoint pick starts afresh when only epoch_0.pt exists
@@ -367,7 +373,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
                  epochs=ns.epochs, warmup=ns.warmup, wd=ns.wd, precision=ns.precision, model=ns.model)
     model_config(hp.model)  # extra arguments may name another model
     command = module_command(ENTRY_MODULE, argv, plan)
-    return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete)
+    return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete, discard)
 
 
 def _manifest(prep: PreparedClipRun, *, status: str, extra: dict[str, Any] | None = None):
@@ -407,6 +413,12 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     prep = prepare_clip_run(cfg)
     run_dir, hp = prep.run_dir, prep.hyper
     ck_dir = run_dir / "checkpoints"
+    if prep.plan.is_rank0:
+        for p in prep.discard:
+            aside = p.with_name(p.name + ".unreadable")
+            p.replace(aside)
+            console.print(f"note: {p} is unreadable (cut off while it was saved?); set aside as {aside.name}, "
+                          f"resuming from epoch {prep.start_epoch}", markup=False, highlight=False)
     if prep.complete:
         if prep.plan.is_rank0 and cfg.log != "quiet":
             console.print(f"run {run_dir} is complete (epoch {hp.epochs} exists); nothing to do")
