@@ -228,7 +228,7 @@ def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_
     e0 = (run / "checkpoints" / "epoch_0.pt").read_bytes()
     e1 = (run / "checkpoints" / "epoch_1.pt").read_bytes()
     (run / "checkpoints" / "epoch_2.pt").unlink()  # as if stopped during epoch 2
-    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS, "--resume")
+    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS)  # the same command continues it
     _assert_same_training_state(run / "checkpoints" / "epoch_2.pt", trained_run_dir / "checkpoints" / "epoch_2.pt")
     assert sorted(list_checkpoints(run)) == [0, 1, 2]
     assert (run / "checkpoints" / "epoch_0.pt").read_bytes() == e0  # untouched
@@ -242,7 +242,8 @@ def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_
     assert m.extra["history"][-1]["from_epoch"] == 1 and m.extra["status"] == "complete"
     assert set(m.extra["train_loss"]) == {"1", "2"}
     assert load_clip(run).epoch == 2
-    # a complete run is left alone
+    # a complete run is left alone (--resume is accepted and changes nothing)
+    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS)
     train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS, "--resume")
     assert (run / "out.log").read_text() == log
 
@@ -263,7 +264,7 @@ def test_resume_sets_a_truncated_last_checkpoint_aside(trained_run_dir, tmp_path
     setup, x = TRAINED_RUN_MIXTURE
     r = cli("train", "clip", "--train", train_mixtures / mixture_file(setup, x, "train"), "--val",
             train_mixtures / mixture_file(setup, x, "val"), "--logs", logs, "--name", "run", "--model", "RN-tiny",
-            "--epochs", TRAINED_RUN_EPOCHS, "--device", "cpu", "--precision", "fp32", "--log", "quiet", "--resume")
+            "--epochs", TRAINED_RUN_EPOCHS, "--device", "cpu", "--precision", "fp32", "--log", "quiet")
     assert r.exit_code == 0, r.stderr
     assert f"note: {ck2} is unreadable" in " ".join(r.stderr.split()) and "resuming from epoch 1" in r.stderr
     assert (run / "checkpoints" / "epoch_2.pt.unreadable").stat().st_size == len(data) // 9
@@ -287,14 +288,11 @@ def test_resume_of_a_run_stopped_in_its_first_epoch(train_mixtures, tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "epoch_0.pt").write_bytes(b"x")
     (run / "out.log").write_text("started\n")
-    cfg = ClipTrainConfig(train=train, logs=tmp_path, name="r", device="cpu", resume=True)
-    prep = prepare_clip_run(cfg)
-    assert prep.start_epoch == 0 and not prep.complete
-    assert prep.argv[prep.argv.index("--resume") + 1] == "latest"
-    cfg.resume = False
-    with pytest.raises(ClipgenError, match="already exists"):
-        prepare_clip_run(cfg)
-    cfg.force = True
+    for resume in (False, True):  # the same command resumes; --resume changes nothing
+        prep = prepare_clip_run(ClipTrainConfig(train=train, logs=tmp_path, name="r", device="cpu", resume=resume))
+        assert prep.start_epoch == 0 and not prep.complete and prep.resuming
+        assert prep.argv[prep.argv.index("--resume") + 1] == "latest"
+    cfg = ClipTrainConfig(train=train, logs=tmp_path, name="r", device="cpu", force=True)
     assert "--resume" not in prepare_clip_run(cfg).argv
 
 

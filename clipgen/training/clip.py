@@ -120,7 +120,7 @@ class ClipTrainConfig:
     gpus: int | None = None
     nproc: int | None = None
     launcher: str = "auto"
-    resume: bool = False
+    resume: bool = False  # accepted for compatibility: an existing run is always continued (unless force)
     force: bool = False
     extra_args: list[str] = field(default_factory=list)
     log: str = "bar"  # "bar": progress bar + warnings; "live": every trainer line; "quiet": nothing but the result
@@ -293,6 +293,7 @@ class PreparedClipRun:
     start_epoch: int
     complete: bool
     discard: list[Path] = field(default_factory=list)  # unreadable last checkpoints, set aside before resuming
+    resuming: bool = False  # the run directory holds an earlier start of this run, which is continued
 
 
 _RESUME_KEYS = ("model", "epochs", "lr", "warmup", "effective_batch", "wd")
@@ -303,7 +304,14 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     from clipgen.data.mixture_info import read_info
     from clipgen.models.registry import model_config
     from clipgen.runs import read_manifest
-    from clipgen.training.checks import UnreadableCheckpoint, check_tsv, load_checkpoint, refuse_reuse, run_state
+    from clipgen.training.checks import (
+        UnreadableCheckpoint,
+        check_run_dir,
+        check_tsv,
+        load_checkpoint,
+        refuse_other_settings,
+        run_state,
+    )
     from clipgen.training.launch import module_command, resolve_launch
 
     if cfg.log not in ("bar", "live", "quiet"):
@@ -328,14 +336,16 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
 
     state = run_state(run_dir)
     if plan.is_rank0:
-        refuse_reuse(state, resume=cfg.resume, force=cfg.force)
+        check_run_dir(state)
     start_epoch, complete = 0, False
     discard: list[Path] = []
-    if cfg.resume and not cfg.force and state.started:
+    resuming = state.started and not cfg.force  # the same command continues a run (--resume is implied)
+    if resuming:
         if state.has_manifest:
             old = read_manifest(run_dir, option="--name")
             if old.kind != "clip":
-                raise option_error("--resume", f"{run_dir} is a {old.kind} run, not a CLIP run")
+                raise option_error("--name", f"{run_dir} is a {old.kind} run, not a CLIP run; pass --force to "
+                                             f"replace it or choose another --name")
             old_hp = dict(old.hyperparameters, model=old.model)
             diff = [f"{k} {old_hp.get(k)!r} -> {getattr(hp, k)!r}" for k in _RESUME_KEYS
                     if k in old_hp and old_hp.get(k) != getattr(hp, k)]
@@ -344,9 +354,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
                 diff.append(f"train data sha256 {old_sha[:12]}... -> {train.sha256[:12]}...")
             if old.seed != cfg.seed:
                 diff.append(f"seed {old.seed} -> {cfg.seed}")
-            if diff:
-                raise option_error("--resume", f"settings differ from the run's manifest ({'; '.join(diff)}); "
-                                               f"resume with the original settings or start a new --name")
+            refuse_other_settings(run_dir, diff)
         resumable = {e: p for e, p in state.checkpoints.items() if e >= 1}
         for e in sorted(resumable, reverse=True):
             try:
@@ -361,7 +369,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     # "--resume latest" whenever the run was started: open_clip_train refuses an existing out.log otherwise, and
     # the entry module's checkpoint pick starts afresh when only epoch_0.pt exists
     argv = build_argv(hp, train=cfg.train, val=cfg.val, logs=logs, name=name, seed=cfg.seed,
-                      resume=cfg.resume and not cfg.force and state.started)
+                      resume=resuming)
     ns = parse_open_clip_args(argv)
     owned = {"--name": (ns.name, name), "--logs": (str(ns.logs), str(logs)), "--seed": (ns.seed, cfg.seed),
              "--train-data": (ns.train_data, str(cfg.train)), "--val-data": (ns.val_data, cfg.val and str(cfg.val))}
@@ -373,7 +381,8 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
                  epochs=ns.epochs, warmup=ns.warmup, wd=ns.wd, precision=ns.precision, model=ns.model)
     model_config(hp.model)  # extra arguments may name another model
     command = module_command(ENTRY_MODULE, argv, plan)
-    return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete, discard)
+    return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete, discard,
+                           resuming)
 
 
 def _manifest(prep: PreparedClipRun, *, status: str, extra: dict[str, Any] | None = None):
@@ -429,7 +438,7 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         extra: dict[str, Any] = {"versions": _versions(), "started": utc_now()}
-        if cfg.resume and (run_dir / "clipgen-run.json").is_file():
+        if prep.resuming and (run_dir / "clipgen-run.json").is_file():
             old = read_manifest(run_dir, option="--name")
             history = [*old.extra.get("history", []),
                        {"resumed": utc_now(), "from_epoch": prep.start_epoch, "command": command_line()}]
@@ -475,7 +484,7 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
         m.extra.update(status="complete", finished=utc_now(), epochs_saved=epochs,
                        train_loss={str(k): v for k, v in sorted({**prev_train, **result.train_loss}.items())},
                        val_loss={str(k): v for k, v in sorted({**prev_val, **result.val_loss}.items())},
-                       seconds=round(seconds + float(m.extra.get("seconds", 0.0) if cfg.resume else 0.0), 1))
+                       seconds=round(seconds + float(m.extra.get("seconds", 0.0) if prep.resuming else 0.0), 1))
         write_manifest(run_dir, m)
     return result
 
