@@ -79,12 +79,20 @@ def test_the_same_command_continues_and_other_settings_are_refused(cli, trained_
 
 def test_supervised_command(cli, train_mixtures, tmp_path):
     train = train_mixtures / mixture_file("natural-only", None, "train")
-    r = cli("train", "supervised", "--train", train, "--logs", tmp_path, "--name", "s", "--epochs", "1", "--device",
+    args = ("train", "supervised", "--train", train, "--logs", tmp_path, "--name", "s", "--epochs", "1", "--device",
             "cpu", "--quiet", "--milestones", "1")
+    r = cli(*args)
     assert r.exit_code == 0, r
     assert r.stdout.strip().splitlines()[-1] == f"checkpoints: {tmp_path / 's' / 'checkpoints'} " \
                                                 f"(epoch_0..epoch_1.pt (2 files))"
     assert read_manifest(tmp_path / "s").hyperparameters["milestones"] == [1]
+    log = (tmp_path / "s" / "metrics.jsonl").read_text()
+    for extra in ((), ("--resume",)):  # the same command again: the finished run is skipped
+        r = cli(*args, *extra)
+        assert r.exit_code == 0 and r.stdout.strip().splitlines()[-1].startswith("checkpoints: "), r.stderr
+    assert (tmp_path / "s" / "metrics.jsonl").read_text() == log
+    _one_line_error(cli(*args, "--lr", "0.5"), r"--name: run .*/s was started with other settings "
+                                               r"\(lr 0\.01 -> 0\.5\); .*pass --force to start it over")
 
 
 def test_grid_dry_run_and_job_script(cli, train_mixtures, tmp_path):
