@@ -273,6 +273,72 @@ def test_resume_sets_a_truncated_last_checkpoint_aside(trained_run_dir, tmp_path
     assert read_manifest(run).extra["history"][-1]["from_epoch"] == 1
 
 
+def test_a_complete_run_with_a_stale_manifest_is_finalised(trained_run_dir, tmp_path, train_mixtures, cli):
+    """clipgen stopped while the trainer finished (status still 'running', no losses): the same command finds every
+    epoch, marks the run complete and reads the losses back from out.log."""
+    from clipgen.runs import write_manifest
+
+    logs = tmp_path / "logs"
+    run = logs / "run"
+    shutil.copytree(trained_run_dir, run)
+    m = read_manifest(run)
+    want = (m.extra.pop("train_loss"), m.extra.pop("val_loss"))
+    m.extra["status"] = "running"
+    write_manifest(run, m)
+    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS)
+    m = read_manifest(run)
+    assert m.extra["status"] == "complete" and m.extra["epochs_saved"] == [0, 1, 2]
+    assert (m.extra["train_loss"], m.extra["val_loss"]) == want and set(want[0]) == {"1", "2"}
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_trainer_and_the_same_command_continues(train_mixtures, tmp_path):
+    """`kill -TERM` of clipgen reaches the trainer (no process of the run is left), the manifest records the
+    interruption, the exit status is 143 with one line; the same command then finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from clipgen.training.launch import child_env
+
+    logs = tmp_path / "logs"
+    setup, x = TRAINED_RUN_MIXTURE
+    cmd = [sys.executable, "-m", "clipgen.cli.main", "train", "clip",
+           "--train", str(train_mixtures / mixture_file(setup, x, "train")),
+           "--val", str(train_mixtures / mixture_file(setup, x, "val")), "--logs", str(logs), "--name", "run",
+           "--model", "RN-tiny", "--epochs", "2", "--device", "cpu", "--precision", "fp32", "--log", "quiet"]
+    proc = subprocess.Popen(cmd, env=child_env({"OMP_NUM_THREADS": "1"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out_log = logs / "run" / "out.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out_log.is_file() and "Start epoch 0" in out_log.read_text():
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.count("\n") == 1 and err.startswith(f"error: training of {logs / 'run'} interrupted by SIGTERM")
+    assert err.rstrip().endswith("rerun the same command to continue it")
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(logs).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                left.append(pid)
+        except OSError:
+            pass
+    assert not left  # the trainer stopped with clipgen
+    m = read_manifest(logs / "run")
+    assert m.extra["status"] == "interrupted" and m.extra["signal"] == "SIGTERM"
+    train_tiny_run(train_mixtures, logs, "run", 2)
+    m = read_manifest(logs / "run")
+    assert m.extra["status"] == "complete" and sorted(list_checkpoints(logs / "run")) == [0, 1, 2]
+
+
 def test_describe_checkpoints(trained_run_dir):
     from clipgen.training.clip import ClipRunResult
 

@@ -415,7 +415,7 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     from clipgen.artifacts import command_line, utc_now, write_config
     from clipgen.progress import console, make_progress
     from clipgen.runs import list_checkpoints, read_manifest, write_manifest
-    from clipgen.training.launch import child_env, stream_process
+    from clipgen.training.launch import Interrupted, child_env, stream_process
     from clipgen.training.trainer_log import TrainLogMonitor
 
     t0 = time.perf_counter()
@@ -429,8 +429,10 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
             console.print(f"note: {p} is unreadable (cut off while it was saved?); set aside as {aside.name}, "
                           f"resuming from epoch {prep.start_epoch}", markup=False, highlight=False)
     if prep.complete:
-        if prep.plan.is_rank0 and cfg.log != "quiet":
-            console.print(f"run {run_dir} is complete (epoch {hp.epochs} exists); nothing to do")
+        if prep.plan.is_rank0:
+            _repair_complete_manifest(run_dir, hp.epochs)
+            if cfg.log != "quiet":
+                console.print(f"run {run_dir} is complete (epoch {hp.epochs} exists); nothing to do")
         return ClipRunResult(run_dir, ck_dir, sorted(list_checkpoints(run_dir)), {}, {}, skipped=True)
 
     if prep.plan.is_rank0:
@@ -465,8 +467,20 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
             bar.update(task, completed=monitor.progress, description=f"{run_dir.name} epoch {ep}/{hp.epochs}{loss}")
 
         threads = {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else None
-        rc = stream_process(prep.command, on_line, env=child_env(threads))
+        try:
+            rc = stream_process(prep.command, on_line, env=child_env(threads))
+        except Interrupted as e:  # the trainer got the signal too and has stopped
+            last = max(list_checkpoints(run_dir), default=0)
+            if prep.plan.is_rank0:
+                _update_manifest(run_dir, status="interrupted", interrupted=utc_now(), signal=e.signame,
+                                 epochs_saved=sorted(list_checkpoints(run_dir)))
+            raise Interrupted(e.signum, f"training of {run_dir} interrupted by {e.signame} (the trainer was stopped; "
+                                        f"checkpoints up to epoch {last}); rerun the same command to continue it"
+                              ) from None
     if rc != 0:
+        if prep.plan.is_rank0:
+            _update_manifest(run_dir, status="failed", failed=utc_now(), exit_code=rc,
+                             epochs_saved=sorted(list_checkpoints(run_dir)))
         if cfg.log != "live":
             console.print("\n".join(list(monitor.tail)[-25:]), markup=False, highlight=False)
         raise TrainingFailed(f"training process failed with exit code {rc} (log tail above; full log: "
@@ -478,15 +492,58 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     if prep.plan.is_rank0:
         if hp.epochs not in epochs:
             raise TrainingFailed(f"training ended without {ck_dir / f'epoch_{hp.epochs}.pt'} (see {run_dir}/out.log)")
-        m = read_manifest(run_dir, option="--name")
-        prev_train = {int(k): v for k, v in m.extra.get("train_loss", {}).items()}
-        prev_val = {int(k): v for k, v in m.extra.get("val_loss", {}).items()}
-        m.extra.update(status="complete", finished=utc_now(), epochs_saved=epochs,
-                       train_loss={str(k): v for k, v in sorted({**prev_train, **result.train_loss}.items())},
-                       val_loss={str(k): v for k, v in sorted({**prev_val, **result.val_loss}.items())},
-                       seconds=round(seconds + float(m.extra.get("seconds", 0.0) if prep.resuming else 0.0), 1))
-        write_manifest(run_dir, m)
+        _finalise_manifest(run_dir, epochs, result.train_loss, result.val_loss, seconds, add_seconds=prep.resuming)
     return result
+
+
+def _update_manifest(run_dir: Path, **fields: Any) -> None:
+    """Set ``fields`` in the manifest's ``extra`` (when the run has a manifest)."""
+    from clipgen.runs import manifest_path, read_manifest, write_manifest
+
+    if manifest_path(run_dir).is_file():
+        m = read_manifest(run_dir, option="--name")
+        m.extra.update(fields)
+        write_manifest(run_dir, m)
+
+
+def _finalise_manifest(run_dir: Path, epochs: list[int], train_loss: dict[int, float], val_loss: dict[int, float],
+                       seconds: float, *, add_seconds: bool) -> None:
+    """Mark the run complete: epochs saved, the losses of every epoch (earlier sessions' kept), time spent."""
+    from clipgen.artifacts import utc_now
+    from clipgen.runs import read_manifest, write_manifest
+
+    m = read_manifest(run_dir, option="--name")
+    prev_train = {int(k): v for k, v in m.extra.get("train_loss", {}).items()}
+    prev_val = {int(k): v for k, v in m.extra.get("val_loss", {}).items()}
+    m.extra.update(status="complete", finished=utc_now(), epochs_saved=epochs,
+                   train_loss={str(k): v for k, v in sorted({**prev_train, **train_loss}.items())},
+                   val_loss={str(k): v for k, v in sorted({**prev_val, **val_loss}.items())},
+                   seconds=round(seconds + float(m.extra.get("seconds", 0.0) if add_seconds else 0.0), 1))
+    write_manifest(run_dir, m)
+
+
+def _repair_complete_manifest(run_dir: Path, epochs: int) -> None:
+    """A run whose last checkpoint exists but whose manifest is not ``complete`` (clipgen was stopped while the
+    trainer finished, or before it wrote the result): mark it complete, with the losses read back from ``out.log``."""
+    from clipgen.progress import console
+    from clipgen.runs import list_checkpoints, manifest_path, read_manifest
+    from clipgen.training.trainer_log import TrainLogMonitor
+
+    if not manifest_path(run_dir).is_file():
+        return
+    status = read_manifest(run_dir, option="--name").extra.get("status")
+    if status == "complete":
+        return
+    monitor = TrainLogMonitor(epochs)
+    log = run_dir / "out.log"
+    if log.is_file():
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                monitor.feed(line.rstrip("\n"))
+    _finalise_manifest(run_dir, sorted(list_checkpoints(run_dir)), monitor.train_loss, monitor.val_loss, 0.0,
+                       add_seconds=True)
+    console.print(f"note: every epoch of {run_dir} exists but its manifest said {status!r}; marked complete (losses "
+                  f"read from out.log)", markup=False, highlight=False)
 
 
 def describe_checkpoints(result: ClipRunResult) -> str:
