@@ -257,6 +257,7 @@ def test_resume_sets_a_truncated_last_checkpoint_aside(trained_run_dir, tmp_path
     ck2 = run / "checkpoints" / "epoch_2.pt"
     data = ck2.read_bytes()
     ck2.write_bytes(data[: len(data) // 9])
+    (run / "checkpoints" / ".epoch_2.pt.x1y2.tmp").write_bytes(data[:100])  # a temporary save cut off by a kill
     prep = prepare_clip_run(ClipTrainConfig(train=train_mixtures / mixture_file("cg-low", "sketch", "train"),
                                             logs=logs, name="run", model="RN-tiny", epochs=TRAINED_RUN_EPOCHS,
                                             device="cpu", precision="fp32", resume=True))
@@ -268,6 +269,7 @@ def test_resume_sets_a_truncated_last_checkpoint_aside(trained_run_dir, tmp_path
     assert r.exit_code == 0, r.stderr
     assert f"note: {ck2} is unreadable" in " ".join(r.stderr.split()) and "resuming from epoch 1" in r.stderr
     assert (run / "checkpoints" / "epoch_2.pt.unreadable").stat().st_size == len(data) // 9
+    assert not list((run / "checkpoints").glob(".*.tmp"))
     assert sorted(list_checkpoints(run)) == [0, 1, 2]
     _assert_same_training_state(ck2, trained_run_dir / "checkpoints" / "epoch_2.pt")
     assert read_manifest(run).extra["history"][-1]["from_epoch"] == 1

@@ -423,6 +423,8 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     run_dir, hp = prep.run_dir, prep.hyper
     ck_dir = run_dir / "checkpoints"
     if prep.plan.is_rank0:
+        for p in ck_dir.glob(".epoch_*.pt.*.tmp"):  # a save cut off by a kill (never renamed into place)
+            p.unlink(missing_ok=True)
         for p in prep.discard:
             aside = p.with_name(p.name + ".unreadable")
             p.replace(aside)
