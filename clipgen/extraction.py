@@ -70,7 +70,7 @@ class ExtractConfig:
     channels_last: str = "auto"  # auto (on for ResNets on GPU) | on | off
     shard: str | None = None  # "i/n" (0-based) or "auto" (SLURM array / torchrun environment)
     writer_threads: int = 0  # chunk-compression threads; 0: min(8, cores)
-    resume: bool = False
+    resume: bool = False  # accepted for compatibility: the same command always continues its store
     force: bool = False
 
 
@@ -502,8 +502,9 @@ def list_layers(cfg: ExtractConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_existing(plan: StorePlan, resume: bool, force: bool) -> dict[str, Any] | None:
-    """Decide what to do with an existing output; returns its header when resuming, else None (fresh start)."""
+def _check_existing(plan: StorePlan, force: bool) -> dict[str, Any] | None:
+    """Decide what to do with an existing output; returns its header to continue it (or skip it when complete), None
+    to start fresh. The same command continues its own store; a store of other settings needs ``force``."""
     import shutil
 
     out = plan.out
@@ -523,10 +524,6 @@ def _check_existing(plan: StorePlan, resume: bool, force: bool) -> dict[str, Any
         out.unlink()
         shutil.rmtree(plan.parts, ignore_errors=True)
         return None
-    state = "complete" if head["complete"] else f"interrupted ({head['rows_done']} of {head['n_samples']} rows)"
-    if not resume:
-        hint = "--force to overwrite it" if head["complete"] else "--resume to continue it or --force to start over"
-        raise file_error(out, f"{'a' if head['complete'] else 'an'} {state} store already exists; pass {hint}")
     if head["fingerprint"] != plan.fingerprint:
         diff = schema.fingerprint_diff(head["provenance"], plan.provenance)
         raise file_error(out, f"fingerprint mismatch: the existing store was made from a different "
@@ -534,7 +531,8 @@ def _check_existing(plan: StorePlan, resume: bool, force: bool) -> dict[str, Any
     s = head["settings"]
     if not head["complete"] and (s["block_rows"] != plan.block_rows or s["batch_size"] != plan.batch_size):
         raise option_error("--batch-size", f"the interrupted store was started with --batch-size {s['batch_size']} "
-                                           f"--block-rows {s['block_rows']}; resume with the same")
+                                           f"--block-rows {s['block_rows']}; rerun with those to continue it, "
+                                           f"or pass --force to start over")
     return head
 
 
@@ -610,8 +608,6 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
                               ("--channels-last", cfg.channels_last, ("auto", "on", "off"))):
         if val not in allowed:
             raise option_error(opt, f"unknown value {val!r} (one of {', '.join(allowed)})")
-    if cfg.resume and cfg.force:
-        raise option_error("--resume", "--resume and --force exclude each other")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     records, image_set = resolve_image_set(cfg)
@@ -628,7 +624,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
                                         f"--max-size-gb")
     cuda = device.type == "cuda"
     out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
-    old = _existing_settings(out) if cfg.resume else {}
+    old = {} if cfg.force else _existing_settings(out)
     batch_size = cfg.batch_size or old.get("batch_size") or (256 if cuda else 32)
     block_rows = cfg.block_rows or old.get("block_rows") or default_block_rows(batch_size, per_row)
     if block_rows % batch_size:
@@ -668,7 +664,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
                                [r.split for r in sub], list(range(a, b)))
     plan = StorePlan(out=out, samples=plan_samples, layers=defs, dtype=cfg.dtype, provenance=provenance,
                      block_rows=block_rows, batch_size=batch_size, shard=shard_info, compression=cfg.compression)
-    head = _check_existing(plan, cfg.resume, cfg.force)
+    head = _check_existing(plan, cfg.force)
     if head is not None and head["complete"]:
         import shutil
 

@@ -498,7 +498,7 @@ def _files_section(doc: Document, demo: Any, stages: dict[str, Any]) -> None:
         f"`clipgen eval zero-shot --model-dir {demo.run_dir('cg-high')} --data-root {demo.data}`",
         f"`clipgen eval summary {demo.runs} --out {demo.out / 'eval-summary'} --force`",
         f"`clipgen extract --model-dir {demo.run_dir('cg-high')} --data {demo.data} --out "
-        f"{demo.store('cg-high', 'test')} --resume`",
+        f"{demo.store('cg-high', 'test')}`",
         f"`clipgen cka {demo.store('cg-high', 'test')} --out {demo.out / 'cka' / cg} --subsets {subsets} --force`",
         f"`clipgen embeddings {demo.store('cg-high', 'test')} --out {demo.out / 'embeddings' / cg} --force`",
         f"`clipgen sae features {demo.store('cg-high', 'test')} --sae {demo.out / 'sae' / cg} --force`",

@@ -18,6 +18,10 @@ def test_zero_shot_command(cli, random_run_dir, uneven_root, tmp_path):
     again = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "p",
                 "--epochs", "last", "--templates", "simple", "--out", out, "--no-progress", "--held-out", "axe")
     assert again.exit_code == 0 and "already evaluated: epoch(s) 2" in again.stdout
+    # other settings on the existing results: one line that points to --force
+    other = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "p",
+                "--epochs", "last", "--templates", "openai", "--out", out, "--no-progress", "--held-out", "axe")
+    assert other.exit_code == 2 and other.stderr.count("\n") == 1 and "pass --force to replace it" in other.stderr
 
 
 def test_errors_are_one_line(cli, random_run_dir, uneven_root, tmp_path):

@@ -80,7 +80,9 @@ def test_shards_and_merge(cli, base, tmp_path):
 def test_errors_are_one_line(cli, base, tmp_path, random_run_dir, synth_root):
     out = tmp_path / "s.h5"
     assert cli(*base, "--out", out).exit_code == 0
-    _one_line_error(cli(*base, "--out", out), "a complete store already exists; pass --force")
+    for extra in ((), ("--resume",)):  # the same command again: a complete store is skipped (--resume changes nothing)
+        r = cli(*base, "--out", out, *extra)
+        assert r.exit_code == 0 and r.stdout.strip().endswith("(already complete)"), r.stderr
     _one_line_error(cli(*base, "--out", tmp_path / "x.h5", "--layer", "act1,conv9"),
                     "--layer: unknown layer(s) conv9; valid: act1 act2")
     _one_line_error(cli(*base), "--out: missing")
@@ -97,5 +99,5 @@ def test_errors_are_one_line(cli, base, tmp_path, random_run_dir, synth_root):
     trunc = tmp_path / "trunc.h5"
     trunc.write_bytes(out.read_bytes()[:2000])
     _one_line_error(cli("extract", "validate", trunc), "trunc.h5:")
-    _one_line_error(cli(*base, "--out", out, "--resume", "--epoch", "1"), "fingerprint mismatch",
-                    "checkpoint.sha256, epoch")
+    _one_line_error(cli(*base, "--out", out, "--epoch", "1"), "fingerprint mismatch",
+                    "checkpoint.sha256, epoch", "pass --force")

@@ -30,11 +30,13 @@ def test_train_then_features(cli, store, tmp_path):
     assert cfg["resample_every"] == 10_000_000 and cfg["expansion"] == 4 and cfg["layer"] == "embedding"
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert {"loss", "mse", "l1", "l0", "dead", "fve"} <= set(log[0])
-    # an existing run needs --resume or --force
-    r = _train(cli, store, out)
-    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--resume" in r.stderr
-    r = _train(cli, store, out, "--resume")
-    assert r.exit_code == 0 and "already complete" in r.stdout
+    # the same command again: the finished run is skipped (--resume is accepted and changes nothing); other settings
+    # are one line that points to --force
+    for extra in ((), ("--resume",)):
+        r = _train(cli, store, out, *extra)
+        assert r.exit_code == 0 and "already complete" in r.stdout, r.output
+    r = _train(cli, store, out, "--lr", "0.001")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--lr:" in r.stderr and "--force" in r.stderr
     r = cli("sae", "features", store, "--sae", out, "--device", "cpu")
     assert r.exit_code == 0, r.output
     res = json.loads((out / "features" / "feature-sharing.json").read_text())

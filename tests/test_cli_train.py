@@ -56,30 +56,43 @@ def test_gpu_requested_where_none_exists(cli, train_mixtures):
     _one_line_error(cli("train", "supervised", "--train", train, "--device", "cuda"), r"--device: a GPU was requested")
 
 
-def test_reused_name_and_corrupt_resume(cli, trained_run_dir, train_mixtures, tmp_path):
+def test_the_same_command_continues_and_other_settings_are_refused(cli, trained_run_dir, train_mixtures, tmp_path):
+    """Rerunning the same command skips a finished run (with or without --resume); other settings on the existing run
+    are one line that points to --force; a checkpoint that cannot be resumed from is one line."""
     logs = tmp_path / "logs"
     shutil.copytree(trained_run_dir, logs / "run")
     train = train_mixtures / mixture_file("cg-low", "sketch", "train")
     base = ("train", "clip", "--train", train, "--logs", logs, "--name", "run", "--device", "cpu", "--model",
             "RN-tiny", "--epochs", "2")
-    _one_line_error(cli(*base), r"--name: run .*/run already exists \(checkpoints up to epoch 2\); pass --resume")
-    r = cli(*base, "--resume")  # complete: nothing to do, and the last line says where the checkpoints are
-    assert r.exit_code == 0 and "is complete" in r.stderr
-    assert r.stdout.strip().splitlines()[-1] == f"checkpoints: {logs / 'run' / 'checkpoints'} (epoch_0..epoch_2.pt)"
-    _one_line_error(cli(*base, "--resume", "--lr", "0.1"), r"--resume: settings differ from the run's manifest "
-                                                            r"\(lr 0\.001 -> 0\.1\)")
-    (logs / "run" / "checkpoints" / "epoch_2.pt").write_bytes(b"truncated")
-    _one_line_error(cli(*base, "--resume"), r"epoch_2\.pt: corrupt or unreadable checkpoint")
+    for extra in ((), ("--resume",)):  # complete: nothing to do, and the last line says where the checkpoints are
+        r = cli(*base, *extra)
+        assert r.exit_code == 0 and "is complete" in r.stderr
+        assert r.stdout.strip().splitlines()[-1] == f"checkpoints: {logs / 'run' / 'checkpoints'} (epoch_0..epoch_2.pt)"
+    _one_line_error(cli(*base, "--lr", "0.1"), r"^error: --name: run .*/run was started with other settings "
+                                               r"\(lr 0\.001 -> 0\.1\); rerun with its settings to continue it, pass "
+                                               r"--force to start it over, or choose another --name$")
+    _one_line_error(cli(*base, "--seed", "1"), r"\(seed 0 -> 1\); .* pass --force")
+    torch.save({"epoch": 2, "state_dict": {}}, logs / "run" / "checkpoints" / "epoch_2.pt")  # readable, no optimizer
+    _one_line_error(cli(*base), r"epoch_2\.pt: checkpoint lacks optimizer; cannot resume from it")
+    assert read_manifest(logs / "run").extra["status"] == "complete"  # refusals change nothing
 
 
 def test_supervised_command(cli, train_mixtures, tmp_path):
     train = train_mixtures / mixture_file("natural-only", None, "train")
-    r = cli("train", "supervised", "--train", train, "--logs", tmp_path, "--name", "s", "--epochs", "1", "--device",
+    args = ("train", "supervised", "--train", train, "--logs", tmp_path, "--name", "s", "--epochs", "1", "--device",
             "cpu", "--quiet", "--milestones", "1")
+    r = cli(*args)
     assert r.exit_code == 0, r
     assert r.stdout.strip().splitlines()[-1] == f"checkpoints: {tmp_path / 's' / 'checkpoints'} " \
                                                 f"(epoch_0..epoch_1.pt (2 files))"
     assert read_manifest(tmp_path / "s").hyperparameters["milestones"] == [1]
+    log = (tmp_path / "s" / "metrics.jsonl").read_text()
+    for extra in ((), ("--resume",)):  # the same command again: the finished run is skipped
+        r = cli(*args, *extra)
+        assert r.exit_code == 0 and r.stdout.strip().splitlines()[-1].startswith("checkpoints: "), r.stderr
+    assert (tmp_path / "s" / "metrics.jsonl").read_text() == log
+    _one_line_error(cli(*args, "--lr", "0.5"), r"--name: run .*/s was started with other settings "
+                                               r"\(lr 0\.01 -> 0\.5\); .*pass --force to start it over")
 
 
 def test_grid_dry_run_and_job_script(cli, train_mixtures, tmp_path):

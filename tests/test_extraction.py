@@ -219,19 +219,18 @@ def test_crash_and_resume_is_bit_identical(k, tmp_path, reference_store, random_
         with open_store(reference_store) as ref:
             np.testing.assert_array_equal(x[:8 * k], ref.read_layer("resblock3")[:8 * k])
         assert np.isnan(x[8 * k:]).all()
-    with pytest.raises(ClipgenError, match="interrupted .* pass --resume to continue it or --force"):
-        extract(cfg, progress=False)
-    cfg.resume = True
-    res = extract(cfg, progress=False)
+    res = extract(cfg, progress=False)  # the same command continues (no --resume needed)
     assert res.blocks_computed == 6 - k and res.rows == 48
     assert not parts_dir(p).exists()
     _assert_same_store(p, reference_store)
-    again = extract(cfg, progress=False)  # resuming a complete store is a no-op
+    again = extract(cfg, progress=False)  # rerunning on a complete store is a no-op
     assert again.already_complete
+    cfg.resume = True  # --resume is accepted and changes nothing
+    assert extract(cfg, progress=False).already_complete
 
 
 def test_kill_9_then_resume(tmp_path, random_run_dir, synth_root):
-    """A real SIGKILL in the middle of writing: the same command with --resume finishes an identical store."""
+    """A real SIGKILL in the middle of writing: the same command finishes an identical store."""
     p = tmp_path / "k.h5"
     cmd = [sys.executable, "-m", "clipgen.cli.main", "extract", "--model-dir", str(random_run_dir), "--data",
            str(synth_root), "--domains", "cs", "--device", "cpu", "--no-text", "--batch-size", "8",
@@ -250,7 +249,7 @@ def test_kill_9_then_resume(tmp_path, random_run_dir, synth_root):
     assert not killed or proc.returncode == -signal.SIGKILL
     if killed:
         assert parts_dir(p).exists()  # the kill left finished blocks behind
-    subprocess.run([*cmd, "--resume"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     # The reference is the same command, uninterrupted, in a process of its own: CPU float results depend on the
     # thread count, so both sides run under the same environment.
     ref = tmp_path / "ref.h5"
@@ -369,8 +368,6 @@ def test_refusals(tmp_path, random_run_dir, synth_root):
         extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, layers="act1,conv9"), progress=False)
     with pytest.raises(ClipgenError, match="--data: give exactly one image set"):
         extract(_cfg(tmp_path / "x.h5", random_run_dir, None), progress=False)
-    with pytest.raises(ClipgenError, match="--resume and --force"):
-        extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, resume=True, force=True), progress=False)
     with pytest.raises(ClipgenError, match="--block-rows: 12 is not a multiple"):
         extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, block_rows=12), progress=False)
     with pytest.raises(ClipgenError, match="--pooling: unknown value 'max'"):
@@ -380,8 +377,9 @@ def test_refusals(tmp_path, random_run_dir, synth_root):
     with pytest.raises(ClipgenError, match="foreign.h5: exists and is not a readable clipgen store; pass --force"):
         extract(_cfg(foreign, random_run_dir, synth_root, domains="c"), progress=False)
     res = extract(_cfg(tmp_path / "ok.h5", random_run_dir, synth_root, domains="c"), progress=False)
-    with pytest.raises(ClipgenError, match="a complete store already exists; pass --force"):
-        extract(_cfg(res.path, random_run_dir, synth_root, domains="c"), progress=False)
+    assert extract(_cfg(res.path, random_run_dir, synth_root, domains="c"), progress=False).already_complete
+    with pytest.raises(ClipgenError, match=r"ok\.h5: fingerprint mismatch: .* different image_set.*; pass --force"):
+        extract(_cfg(res.path, random_run_dir, synth_root, domains="s"), progress=False)
 
 
 def test_unreadable_image_in_a_loader_worker_is_a_one_line_error(tmp_path, broken_root, random_run_dir):

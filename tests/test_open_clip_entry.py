@@ -46,7 +46,9 @@ def test_hooks_save_exactly_the_created_model(tmp_path, monkeypatch):
         return m, None, None
 
     fake = types.SimpleNamespace(create_model_and_transforms=create,
-                                 get_latest_checkpoint=lambda path, remote: "remote:" + path)
+                                 get_latest_checkpoint=lambda path, remote: "remote:" + path,
+                                 pt_load=lambda path, map_location=None: torch.load(path, weights_only=True),
+                                 train_one_epoch=lambda *a, **k: None, torch=torch)
     ck_dir = tmp_path / "logs" / "r" / "checkpoints"
     entry._install_hooks(fake, ck_dir, "r")
     model, _, _ = fake.create_model_and_transforms("RN-tiny")
@@ -59,6 +61,47 @@ def test_hooks_save_exactly_the_created_model(tmp_path, monkeypatch):
     # CPU modules are wrapped without device_ids (open_clip_train passes [cpu], which DDP rejects)
     ddp = torch.nn.parallel.DistributedDataParallel
     assert ddp._clipgen_cpu_friendly
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    """The trainer's torch.save writes a temporary file and renames it: a save cut off midway (here: an error after
+    part of the file was written, as a kill would leave it) never leaves a file under the checkpoint's name."""
+    written = []
+
+    def partial_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"\x00" * 1024)
+        written.append(f)
+        raise OSError("killed")
+
+    dest = tmp_path / "epoch_3.pt"
+    with pytest.raises(OSError, match="killed"):
+        entry._AtomicSaveTorch(types.SimpleNamespace(save=partial_save), lambda: None).save({"x": 1}, str(dest))
+    assert written and str(written[0]) != str(dest) and written[0].parent == tmp_path
+    assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor the temporary file
+    proxy = entry._AtomicSaveTorch(torch, lambda: None)
+    assert proxy.nn is torch.nn  # everything else is torch itself
+    proxy.save({"epoch": 3, "optimizer": {}, "state_dict": {"w": torch.ones(2)}}, str(dest))
+    ck = torch.load(dest, weights_only=True)  # what open_clip_train's loader uses: the random states must pass it
+    assert ck["epoch"] == 3 and torch.equal(ck["state_dict"]["w"], torch.ones(2)) and "torch" in ck["rng_state"]
+    proxy.save({"w": torch.zeros(1)}, str(tmp_path / "other.pt"))  # not a training checkpoint: no random states
+    assert set(torch.load(tmp_path / "other.pt", weights_only=True)) == {"w"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_3.pt", "other.pt"]
+
+
+def test_random_states_round_trip():
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    state = entry.capture_rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random(), torch.randperm(10))
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    entry.restore_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random(), torch.randperm(10))
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+    assert torch.equal(first[3], again[3])
 
 
 def test_main_requires_name(tmp_path, capsys):
@@ -80,6 +123,8 @@ def test_two_cpu_processes_and_epoch0_is_the_initial_model(train_mixtures, tmp_p
     assert sorted(list_checkpoints(run)) == [0, 1]
     raw = torch.load(run / "checkpoints" / "epoch_1.pt", weights_only=False)["state_dict"]
     assert all(k.startswith("module.") for k in raw)  # saved from the DDP-wrapped model
+    ranks = torch.load(run / "checkpoints" / "epoch_1.pt", weights_only=True)["rng_state_ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])  # one state per process
     e0, e1 = (load_state_dict(run / "checkpoints" / f"epoch_{e}.pt") for e in (0, 1))
     assert set(e0) == set(e1)
     model = load_clip(run, 1).model

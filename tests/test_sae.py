@@ -406,27 +406,41 @@ def test_resume_continues_exactly(tmp_path, planted, streaming):
 
     with pytest.raises(Crash):
         train_sae(_cfg(tmp_path / "run", **kw), data(), progress=False, callback=crash)
-    with pytest.raises(ClipgenError, match="--resume"):
-        train_sae(_cfg(tmp_path / "run", **kw), data(), progress=False)
-    res = train_sae(_cfg(tmp_path / "run", **kw), data(), progress=False, resume=True)
+    res = train_sae(_cfg(tmp_path / "run", **kw), data(), progress=False)  # the same call continues the run
     assert res.steps == ref.steps == 3 * 32 and res.revived == ref.revived
     a = torch.load(tmp_path / "ref" / "sae.pt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "run" / "sae.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _strip(_log(tmp_path / "run")) == _strip(_log(tmp_path / "ref"))
-    # resuming a finished run does nothing; raising --epochs trains on
-    again = train_sae(_cfg(tmp_path / "run", **kw), data(), progress=False, resume=True)
-    assert again.already_complete and again.steps == 96
-    more = train_sae(_cfg(tmp_path / "run", **{**kw, "epochs": 4}), data(), progress=False, resume=True)
+    # rerunning a finished run does nothing (resume=True is accepted and changes nothing); raising --epochs trains on
+    for resume in (False, True):
+        again = train_sae(_cfg(tmp_path / "run", **kw), data(), progress=False, resume=resume)
+        assert again.already_complete and again.steps == 96
+    more = train_sae(_cfg(tmp_path / "run", **{**kw, "epochs": 4}), data(), progress=False)
     assert more.steps == 128 and not more.already_complete
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, planted):
+    """Nothing to continue from: the same call clears the partial log and trains from the start, as a fresh run."""
+    x, _ = planted
+    ref = train_sae(_cfg(tmp_path / "ref"), TrainingData(ArraySource(x, seed=5)), progress=False)
+
+    def crash(step, info):
+        if step == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(_cfg(tmp_path / "run"), TrainingData(ArraySource(x, seed=5)), progress=False, callback=crash)
+    assert len(_log(tmp_path / "run")) == 2 and not (tmp_path / "run" / "checkpoints").exists()
+    res = train_sae(_cfg(tmp_path / "run"), TrainingData(ArraySource(x, seed=5)), progress=False)
+    assert res.steps == ref.steps == 64 and _strip(_log(tmp_path / "run")) == _strip(_log(tmp_path / "ref"))
 
 
 def test_resume_refuses_changed_settings(tmp_path, planted):
     x, _ = planted
     train_sae(_cfg(tmp_path / "run", epochs=1), TrainingData(ArraySource(x)), progress=False)
-    with pytest.raises(ClipgenError, match="^--l1: .*0.03.*0.01"):
-        train_sae(_cfg(tmp_path / "run", epochs=2, l1=1e-2), TrainingData(ArraySource(x)), progress=False,
-                  resume=True)
+    with pytest.raises(ClipgenError, match="^--l1: .*0.03.*0.01.*pass --force to start over$"):
+        train_sae(_cfg(tmp_path / "run", epochs=2, l1=1e-2), TrainingData(ArraySource(x)), progress=False)
     # --force starts over
     res = train_sae(_cfg(tmp_path / "run", epochs=1, l1=1e-2), TrainingData(ArraySource(x)), progress=False,
                     force=True)

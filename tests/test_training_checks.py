@@ -4,10 +4,11 @@ import torch
 from clipgen.artifacts import sha256_file
 from clipgen.errors import ClipgenError
 from clipgen.training.checks import (
+    check_run_dir,
     check_tsv,
     line_of_row,
     load_checkpoint,
-    refuse_reuse,
+    refuse_other_settings,
     run_state,
     sample_indices,
 )
@@ -77,22 +78,22 @@ def test_run_state_and_reuse(tmp_path):
     d = tmp_path / "logs" / "r"
     st = run_state(d)
     assert not st.exists and not st.started and st.last_epoch is None
-    refuse_reuse(st, resume=False, force=False)  # a new name is fine
+    check_run_dir(st)  # a new name is fine
     (d / "checkpoints").mkdir(parents=True)
     for e in (0, 1, 3):
         (d / "checkpoints" / f"epoch_{e}.pt").write_bytes(b"x")
     (d / "checkpoints" / "results.jsonl").write_text("{}\n")
     st = run_state(d)
     assert st.started and st.last_epoch == 3 and sorted(st.checkpoints) == [0, 1, 3]
-    with pytest.raises(ClipgenError, match=r"^--name: run .*/r already exists \(checkpoints up to epoch 3\); "
-                                           r"pass --resume"):
-        refuse_reuse(st, resume=False, force=False)
-    refuse_reuse(st, resume=True, force=False)
-    refuse_reuse(st, resume=False, force=True)
-    (tmp_path / "logs" / "o").mkdir()
-    (tmp_path / "logs" / "o" / "out.log").write_text("log")
-    with pytest.raises(ClipgenError, match="no checkpoints yet"):
-        refuse_reuse(run_state(tmp_path / "logs" / "o"), resume=False, force=False)
+    check_run_dir(st)  # an existing run is continued by the same command
+    (tmp_path / "logs" / "f").write_text("x")
+    with pytest.raises(ClipgenError, match=r"/f: exists and is not a directory$"):
+        check_run_dir(run_state(tmp_path / "logs" / "f"))
+    refuse_other_settings(d, [])
+    with pytest.raises(ClipgenError, match=r"^--name: run .*/r was started with other settings \(lr 1 -> 2; seed 0 "
+                                           r"-> 1\); rerun with its settings to continue it, pass --force to start "
+                                           r"it over, or choose another --name$"):
+        refuse_other_settings(d, ["lr 1 -> 2", "seed 0 -> 1"])
 
 
 def test_load_checkpoint(tmp_path):

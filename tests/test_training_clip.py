@@ -23,6 +23,7 @@ from clipgen.training.clip import (
 )
 from tests._fixtures_train import (
     TRAINED_RUN_EPOCHS,
+    TRAINED_RUN_MIXTURE,
     mixture_file,
     train_mixtures,
     train_tiny_run,
@@ -206,14 +207,29 @@ def test_trained_run_loads_and_learned(trained_run_dir, train_mixtures):
                            load_state_dict(trained_run_dir / "checkpoints" / "epoch_2.pt")["visual.conv1.weight"])
 
 
+def _assert_same_training_state(a, b):
+    """Bit-identical weights, BatchNorm statistics and optimizer state of two open_clip checkpoints."""
+    ca, cb = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
+    assert ca["epoch"] == cb["epoch"] and list(ca["state_dict"]) == list(cb["state_dict"])
+    diff = {k: float((v.double() - cb["state_dict"][k].double()).abs().max()) for k, v in ca["state_dict"].items()
+            if not torch.equal(v, cb["state_dict"][k])}
+    assert not diff, f"{len(diff)} tensors differ, e.g. {sorted(diff.items(), key=lambda x: -x[1])[:3]}"
+    sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+
+
 def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_mixtures):
+    """Stopped during the last epoch, the same command continues from epoch 1 and ends with exactly the weights of
+    the uninterrupted run (random states of the data order and augmentations restored with the checkpoint)."""
     logs = tmp_path / "logs"
     run = logs / "run"
     shutil.copytree(trained_run_dir, run)
     e0 = (run / "checkpoints" / "epoch_0.pt").read_bytes()
     e1 = (run / "checkpoints" / "epoch_1.pt").read_bytes()
     (run / "checkpoints" / "epoch_2.pt").unlink()  # as if stopped during epoch 2
-    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS, "--resume")
+    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS)  # the same command continues it
+    _assert_same_training_state(run / "checkpoints" / "epoch_2.pt", trained_run_dir / "checkpoints" / "epoch_2.pt")
     assert sorted(list_checkpoints(run)) == [0, 1, 2]
     assert (run / "checkpoints" / "epoch_0.pt").read_bytes() == e0  # untouched
     assert (run / "checkpoints" / "epoch_1.pt").read_bytes() == e1
@@ -226,9 +242,103 @@ def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_
     assert m.extra["history"][-1]["from_epoch"] == 1 and m.extra["status"] == "complete"
     assert set(m.extra["train_loss"]) == {"1", "2"}
     assert load_clip(run).epoch == 2
-    # a complete run is left alone
+    # a complete run is left alone (--resume is accepted and changes nothing)
+    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS)
     train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS, "--resume")
     assert (run / "out.log").read_text() == log
+
+
+def test_resume_sets_a_truncated_last_checkpoint_aside(trained_run_dir, tmp_path, train_mixtures, cli):
+    """A kill during the save of epoch 2 left a truncated epoch_2.pt under its final name: the same command notes it,
+    sets it aside and continues from epoch 1, ending with exactly the uninterrupted run's epoch 2."""
+    logs = tmp_path / "logs"
+    run = logs / "run"
+    shutil.copytree(trained_run_dir, run)
+    ck2 = run / "checkpoints" / "epoch_2.pt"
+    data = ck2.read_bytes()
+    ck2.write_bytes(data[: len(data) // 9])
+    (run / "checkpoints" / ".epoch_2.pt.x1y2.tmp").write_bytes(data[:100])  # a temporary save cut off by a kill
+    prep = prepare_clip_run(ClipTrainConfig(train=train_mixtures / mixture_file("cg-low", "sketch", "train"),
+                                            logs=logs, name="run", model="RN-tiny", epochs=TRAINED_RUN_EPOCHS,
+                                            device="cpu", precision="fp32", resume=True))
+    assert (prep.start_epoch, prep.complete, prep.discard) == (1, False, [ck2])
+    setup, x = TRAINED_RUN_MIXTURE
+    r = cli("train", "clip", "--train", train_mixtures / mixture_file(setup, x, "train"), "--val",
+            train_mixtures / mixture_file(setup, x, "val"), "--logs", logs, "--name", "run", "--model", "RN-tiny",
+            "--epochs", TRAINED_RUN_EPOCHS, "--device", "cpu", "--precision", "fp32", "--log", "quiet")
+    assert r.exit_code == 0, r.stderr
+    assert f"note: {ck2} is unreadable" in " ".join(r.stderr.split()) and "resuming from epoch 1" in r.stderr
+    assert (run / "checkpoints" / "epoch_2.pt.unreadable").stat().st_size == len(data) // 9
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert sorted(list_checkpoints(run)) == [0, 1, 2]
+    _assert_same_training_state(ck2, trained_run_dir / "checkpoints" / "epoch_2.pt")
+    assert read_manifest(run).extra["history"][-1]["from_epoch"] == 1
+
+
+def test_a_complete_run_with_a_stale_manifest_is_finalised(trained_run_dir, tmp_path, train_mixtures, cli):
+    """clipgen stopped while the trainer finished (status still 'running', no losses): the same command finds every
+    epoch, marks the run complete and reads the losses back from out.log."""
+    from clipgen.runs import write_manifest
+
+    logs = tmp_path / "logs"
+    run = logs / "run"
+    shutil.copytree(trained_run_dir, run)
+    m = read_manifest(run)
+    want = (m.extra.pop("train_loss"), m.extra.pop("val_loss"))
+    m.extra["status"] = "running"
+    write_manifest(run, m)
+    train_tiny_run(train_mixtures, logs, "run", TRAINED_RUN_EPOCHS)
+    m = read_manifest(run)
+    assert m.extra["status"] == "complete" and m.extra["epochs_saved"] == [0, 1, 2]
+    assert (m.extra["train_loss"], m.extra["val_loss"]) == want and set(want[0]) == {"1", "2"}
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_trainer_and_the_same_command_continues(train_mixtures, tmp_path):
+    """`kill -TERM` of clipgen reaches the trainer (no process of the run is left), the manifest records the
+    interruption, the exit status is 143 with one line; the same command then finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from clipgen.training.launch import child_env
+
+    logs = tmp_path / "logs"
+    setup, x = TRAINED_RUN_MIXTURE
+    cmd = [sys.executable, "-m", "clipgen.cli.main", "train", "clip",
+           "--train", str(train_mixtures / mixture_file(setup, x, "train")),
+           "--val", str(train_mixtures / mixture_file(setup, x, "val")), "--logs", str(logs), "--name", "run",
+           "--model", "RN-tiny", "--epochs", "2", "--device", "cpu", "--precision", "fp32", "--log", "quiet"]
+    proc = subprocess.Popen(cmd, env=child_env({"OMP_NUM_THREADS": "1"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out_log = logs / "run" / "out.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out_log.is_file() and "Start epoch 0" in out_log.read_text():
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.count("\n") == 1 and err.startswith(f"error: training of {logs / 'run'} interrupted by SIGTERM")
+    assert err.rstrip().endswith("rerun the same command to continue it")
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(logs).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                left.append(pid)
+        except OSError:
+            pass
+    assert not left  # the trainer stopped with clipgen
+    m = read_manifest(logs / "run")
+    assert m.extra["status"] == "interrupted" and m.extra["signal"] == "SIGTERM"
+    train_tiny_run(train_mixtures, logs, "run", 2)
+    m = read_manifest(logs / "run")
+    assert m.extra["status"] == "complete" and sorted(list_checkpoints(logs / "run")) == [0, 1, 2]
 
 
 def test_describe_checkpoints(trained_run_dir):
@@ -246,14 +356,11 @@ def test_resume_of_a_run_stopped_in_its_first_epoch(train_mixtures, tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "epoch_0.pt").write_bytes(b"x")
     (run / "out.log").write_text("started\n")
-    cfg = ClipTrainConfig(train=train, logs=tmp_path, name="r", device="cpu", resume=True)
-    prep = prepare_clip_run(cfg)
-    assert prep.start_epoch == 0 and not prep.complete
-    assert prep.argv[prep.argv.index("--resume") + 1] == "latest"
-    cfg.resume = False
-    with pytest.raises(ClipgenError, match="already exists"):
-        prepare_clip_run(cfg)
-    cfg.force = True
+    for resume in (False, True):  # the same command resumes; --resume changes nothing
+        prep = prepare_clip_run(ClipTrainConfig(train=train, logs=tmp_path, name="r", device="cpu", resume=resume))
+        assert prep.start_epoch == 0 and not prep.complete and prep.resuming
+        assert prep.argv[prep.argv.index("--resume") + 1] == "latest"
+    cfg = ClipTrainConfig(train=train, logs=tmp_path, name="r", device="cpu", force=True)
     assert "--resume" not in prepare_clip_run(cfg).argv
 
 

@@ -1,9 +1,13 @@
+import os
+import signal
 import sys
+import time
 
 import pytest
 
 from clipgen.errors import ClipgenError
 from clipgen.training.launch import (
+    Interrupted,
     LaunchPlan,
     child_env,
     module_command,
@@ -88,3 +92,41 @@ def test_stream_process_lines_and_exit_code():
     rc = stream_process([sys.executable, "-c", code], lines.append, env=env)
     assert rc == 3
     assert sorted(lines) == ["7", "a", "b"]
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stream_process_forwards_a_signal_to_the_childs_whole_group(signum):
+    """SIGTERM (or Ctrl-C's SIGINT) sent to clipgen reaches the child and its own children (as torchrun's workers):
+    all of them stop, the handlers are restored, and Interrupted carries the signal and exit status 128 + signal."""
+    code = ("import subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(p.pid, flush=True)\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    lines = []
+
+    def on_line(line):
+        lines.append(line)
+        if line == "ready":
+            os.kill(os.getpid(), signum)  # as `kill -TERM <clipgen>` would
+
+    before = signal.getsignal(signum)
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted) as e:
+        stream_process([sys.executable, "-c", code], on_line, env=child_env())
+    assert time.monotonic() - t0 < 30  # not the child's 60 s sleep
+    assert e.value.signum == signum and e.value.exit_code == 128 + signum
+    assert str(e.value) == f"interrupted by {signal.Signals(signum).name}"
+    grandchild = int(lines[0])
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+    assert signal.getsignal(signum) is before

@@ -892,8 +892,9 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
 
     ``OUT/config.json`` (this config), ``OUT/log.jsonl`` (one JSON object per log interval, validation and
     resampling event), ``OUT/checkpoints/step_N.pt`` (model, Adam, counters; the last ``keep_checkpoints`` kept),
-    ``OUT/sae.pt`` (the final SAE, see :func:`load_sae`) and ``OUT/metrics.json``. With ``resume`` an existing run
-    continues from its newest checkpoint (``epochs`` may be raised to train longer). ``model`` replaces the
+    ``OUT/sae.pt`` (the final SAE, see :func:`load_sae`) and ``OUT/metrics.json``. An existing run in ``OUT``
+    continues from its newest checkpoint (``epochs`` may be raised to train longer; other settings are refused) unless
+    ``force`` starts over; ``resume`` is accepted for compatibility and changes nothing. ``model`` replaces the
     freshly initialised SAE (tests use it to plant dead latents). ``callback(step, info)`` runs after every step.
     """
     from clipgen.artifacts import to_jsonable, write_config, write_json_atomic
@@ -907,13 +908,12 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
     if out.exists() and not out.is_dir():
         raise option_error("--out", f"{out} exists and is not a folder")
     existing = _run_files(out) if out.exists() else []
-    if existing and not resume:
-        if not force:
-            raise option_error("--out", f"{out} already holds an SAE run; pass --resume to continue it or --force "
-                                        "to start over")
+    # the same command continues the run in OUT (``resume`` is implied and kept for compatibility); a run stopped
+    # before its first checkpoint has nothing to continue from and starts over, as does ``force``
+    ckpts = {} if force else list_checkpoints(out)
+    if existing and not ckpts:
         for p in existing:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    ckpts = list_checkpoints(out) if resume else {}
 
     device = resolve_device(cfg.device)
     cdt = _resolve_precision(cfg.precision, device, cfg.paper)
@@ -1111,10 +1111,10 @@ def _check_resume(ck: dict, path: Path, cfg: SAETrainConfig, info: dict[str, Any
         if old.get(key, defaults.get(key)) != new.get(key):  # a setting newer than the checkpoint: its default
             raise option_error("--" + key.replace("_", "-"),
                                f"the run in {path.parent.parent} was trained with {old.get(key)!r}, now "
-                               f"{new.get(key)!r}; use the same value to resume, or --force to start over")
+                               f"{new.get(key)!r}; use the same value to continue it, or pass --force to start over")
     if ck.get("data") != to_jsonable(info):
-        raise option_error("--resume", f"the training data differ from those of {path} (other stores, layer or "
-                                       "rows); use the same data to resume, or --force to start over")
+        raise option_error("--out", f"the training data differ from those of {path} (other stores, layer or rows); "
+                                    "use the same data to continue it, or pass --force to start over")
 
 
 # ---------------------------------------------------------------------------------------------------------------

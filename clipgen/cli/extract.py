@@ -40,7 +40,8 @@ def extract(
                                                               "bf16, fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per forward pass (default: 256 on "
-                                                                      "GPU, 32 on CPU; on --resume: the store's)."),
+                                                                      "GPU, 32 on CPU; continuing a store: its "
+                                                                      "own)."),
     block_rows: int | None = typer.Option(None, "--block-rows", help="Rows per resumable block (a multiple of "
                                                                       "--batch-size) (default: about 256 MB)."),
     workers: int | None = typer.Option(None, "--workers", help="Image-decoding processes (default: min(8, cores) "
@@ -60,12 +61,13 @@ def extract(
                                                            "STORE.shard-i-of-n.h5; join with 'extract merge'."),
     writer_threads: int = typer.Option(0, "--writer-threads", help="Chunk-compression threads (0: min(8, cores))."),
     out: Path | None = typer.Option(None, "--out", "-o", help="The store file (STORE.h5)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted extraction of the same "
-                                                        "configuration (refused if the fingerprint differs)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing store (a new store)."),
+    resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
+                                                        "interrupted store (and skips a complete one) anyway."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing store (needed when its settings differ)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Extract activations into an HDF5 store (or run a subcommand)."""
+    """Extract activations into an HDF5 store (or run a subcommand). Rerun the same command to continue an interrupted
+    store; a complete one is skipped."""
     if ctx.invoked_subcommand is not None:
         return
     from clipgen.errors import option_error

@@ -74,13 +74,16 @@ def train(
     step_mode: str = typer.Option("auto", "--step-mode",
                                   help="eager, or graph (the whole step captured in a CUDA graph) (auto: graph on "
                                        "GPU)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
-    force: bool = typer.Option(False, "--force", help="Start over, replacing the run in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues the "
+                                                        "run in --out from its newest checkpoint anyway."),
+    force: bool = typer.Option(False, "--force", help="Start over, replacing the run in --out (needed when its "
+                                                      "settings differ)."),
 ) -> None:
     """Train a sparse autoencoder on one stored layer (the paper's SAE: tied bias, ReLU, unit-norm decoder, L1).
 
     Writes OUT/sae.pt, OUT/config.json, OUT/log.jsonl (loss parts, L0, dead latents, variance explained per
-    interval), OUT/metrics.json and OUT/checkpoints/. Never loads a CLIP model.
+    interval), OUT/metrics.json and OUT/checkpoints/. Never loads a CLIP model. Rerun the same command to continue an
+    interrupted run (or, with a larger --epochs, to train a finished one further).
     """
     from clipgen.analysis.sae import SAETrainConfig, train_sae
     from clipgen.errors import option_error
@@ -88,8 +91,6 @@ def train(
 
     if paper and resample_every not in (None, 0):
         raise option_error("--paper", "cannot be combined with --resample-every (the published run never resamples)")
-    if resume and force:
-        raise option_error("--resume", "cannot be combined with --force")
     if out is None:
         out = stores[0].with_name(stores[0].stem + "-sae")
     cfg = SAETrainConfig(

@@ -45,7 +45,8 @@ def clip(
     gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs (one process each; torchrun or srun)."),
     nproc: int | None = typer.Option(None, "--nproc", help="Number of processes on CPU (gloo; for testing DDP)."),
     launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
+                                                        "existing run from its last checkpoint anyway."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
     log: str = typer.Option("bar", "--log", help="bar (progress bar + warnings), live (the trainer's whole log) "
                                                  "or quiet."),
@@ -55,7 +56,8 @@ def clip(
                                             "CPU, several 1-thread runs side by side train faster than one)."),
 ) -> None:
     """Train CLIP with open_clip_train on a mixture TSV. Unknown options pass through to open_clip_train
-    (put them after `--`), e.g. `clipgen train clip --train t.tsv -- --grad-clip-norm 1.0`."""
+    (put them after `--`), e.g. `clipgen train clip --train t.tsv -- --grad-clip-norm 1.0`. Rerun the same command to
+    continue an interrupted run; a finished run is skipped."""
     from clipgen.progress import out
     from clipgen.training.clip import ClipTrainConfig, describe_checkpoints, train_clip
 
@@ -101,7 +103,8 @@ def supervised(
     gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs (one process each; torchrun or srun)."),
     nproc: int | None = typer.Option(None, "--nproc", help="Number of processes on CPU (gloo)."),
     launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/latest.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
+                                                        "existing run from checkpoints/latest.pt anyway."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     check_sample: int = typer.Option(256, "--check-sample", help="Image paths checked to exist before training."),

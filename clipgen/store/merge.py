@@ -46,8 +46,8 @@ def check_shards(stores: list[ActivationStore]) -> list[ActivationStore]:
         if st.shard is None:
             raise file_error(st.path, "is not a shard file (written without --shard); nothing to merge")
         if not st.rows_complete:
-            raise file_error(st.path, f"shard {st.shard['index']}/{st.shard['count']} is unfinished; resume it with "
-                                      f"the same 'clipgen extract ... --shard ... --resume' command")
+            raise file_error(st.path, f"shard {st.shard['index']}/{st.shard['count']} is unfinished; finish it with "
+                                      f"the same 'clipgen extract ... --shard ...' command")
     first = stores[0]
     for st in stores[1:]:
         if st.fingerprint != first.fingerprint:

@@ -377,7 +377,7 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False) -> Activatio
 
                 done = rows_done(path, f) if "progress" in f else 0
                 raise file_error(path, f"incomplete store ({done} of {st.n_samples} rows written): finish it with "
-                                       f"the same 'clipgen extract ... --resume' command")
+                                       f"the same 'clipgen extract ...' command")
         check_virtual_sources(path, f)
         return st
     except BaseException:

@@ -113,27 +113,36 @@ def run_state(run_dir: str | Path) -> RunState:
     return RunState(d, d.exists(), (d / MANIFEST_NAME).is_file(), (d / "out.log").is_file(), list_checkpoints(d))
 
 
-def refuse_reuse(state: RunState, *, resume: bool, force: bool) -> None:
-    """A reused run name is an error unless ``--resume`` (continue it) or ``--force`` (start over)."""
-    if state.started and not (resume or force):
-        last = state.last_epoch
-        what = f"checkpoints up to epoch {last}" if last is not None else "no checkpoints yet"
-        raise option_error("--name", f"run {state.run_dir} already exists ({what}); pass --resume to continue "
-                                     f"it, --force to start it over, or choose another --name")
+def check_run_dir(state: RunState) -> None:
+    """An existing run directory is continued by the same command (or replaced with ``--force``); only something
+    that is not a directory in its place is an error."""
     if state.exists and not state.run_dir.is_dir():
         raise file_error(state.run_dir, "exists and is not a directory")
 
 
+def refuse_other_settings(run_dir: str | Path, diff: list[str]) -> None:
+    """The one-line error for a run continued with settings that differ from its manifest (``diff``: what changed)."""
+    if diff:
+        raise option_error("--name", f"run {run_dir} was started with other settings ({'; '.join(diff)}); rerun with "
+                                     f"its settings to continue it, pass --force to start it over, or choose another "
+                                     f"--name")
+
+
+class UnreadableCheckpoint(ClipgenError):
+    """A checkpoint file that cannot be unpickled (typically truncated by a kill during the save)."""
+
+
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("epoch", "state_dict")) -> dict:
-    """Load a training checkpoint on CPU; an unreadable file or missing keys is a one-line error."""
+    """Load a training checkpoint on CPU; an unreadable file (:class:`UnreadableCheckpoint`) or missing keys is a
+    one-line error."""
     import torch
 
     p = Path(path)
     try:
         ck = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise file_error(p, f"corrupt or unreadable checkpoint ({e.__class__.__name__}); delete it to resume "
-                            f"from the previous one") from None
+        raise UnreadableCheckpoint(str(file_error(p, f"corrupt or unreadable checkpoint ({e.__class__.__name__}); "
+                                                     f"delete it to resume from the previous one"))) from None
     if not isinstance(ck, dict):
         raise file_error(p, "not a training checkpoint (expected a dict)")
     missing = [k for k in required if k not in ck]

@@ -120,7 +120,7 @@ class ClipTrainConfig:
     gpus: int | None = None
     nproc: int | None = None
     launcher: str = "auto"
-    resume: bool = False
+    resume: bool = False  # accepted for compatibility: an existing run is always continued (unless force)
     force: bool = False
     extra_args: list[str] = field(default_factory=list)
     log: str = "bar"  # "bar": progress bar + warnings; "live": every trainer line; "quiet": nothing but the result
@@ -292,6 +292,8 @@ class PreparedClipRun:
     mixture: dict[str, Any] | None
     start_epoch: int
     complete: bool
+    discard: list[Path] = field(default_factory=list)  # unreadable last checkpoints, set aside before resuming
+    resuming: bool = False  # the run directory holds an earlier start of this run, which is continued
 
 
 _RESUME_KEYS = ("model", "epochs", "lr", "warmup", "effective_batch", "wd")
@@ -302,7 +304,14 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     from clipgen.data.mixture_info import read_info
     from clipgen.models.registry import model_config
     from clipgen.runs import read_manifest
-    from clipgen.training.checks import check_tsv, load_checkpoint, refuse_reuse, run_state
+    from clipgen.training.checks import (
+        UnreadableCheckpoint,
+        check_run_dir,
+        check_tsv,
+        load_checkpoint,
+        refuse_other_settings,
+        run_state,
+    )
     from clipgen.training.launch import module_command, resolve_launch
 
     if cfg.log not in ("bar", "live", "quiet"):
@@ -327,13 +336,16 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
 
     state = run_state(run_dir)
     if plan.is_rank0:
-        refuse_reuse(state, resume=cfg.resume, force=cfg.force)
+        check_run_dir(state)
     start_epoch, complete = 0, False
-    if cfg.resume and not cfg.force and state.started:
+    discard: list[Path] = []
+    resuming = state.started and not cfg.force  # the same command continues a run (--resume is implied)
+    if resuming:
         if state.has_manifest:
             old = read_manifest(run_dir, option="--name")
             if old.kind != "clip":
-                raise option_error("--resume", f"{run_dir} is a {old.kind} run, not a CLIP run")
+                raise option_error("--name", f"{run_dir} is a {old.kind} run, not a CLIP run; pass --force to "
+                                             f"replace it or choose another --name")
             old_hp = dict(old.hyperparameters, model=old.model)
             diff = [f"{k} {old_hp.get(k)!r} -> {getattr(hp, k)!r}" for k in _RESUME_KEYS
                     if k in old_hp and old_hp.get(k) != getattr(hp, k)]
@@ -342,20 +354,22 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
                 diff.append(f"train data sha256 {old_sha[:12]}... -> {train.sha256[:12]}...")
             if old.seed != cfg.seed:
                 diff.append(f"seed {old.seed} -> {cfg.seed}")
-            if diff:
-                raise option_error("--resume", f"settings differ from the run's manifest ({'; '.join(diff)}); "
-                                               f"resume with the original settings or start a new --name")
+            refuse_other_settings(run_dir, diff)
         resumable = {e: p for e, p in state.checkpoints.items() if e >= 1}
-        if resumable:
-            last = max(resumable)
-            load_checkpoint(resumable[last], required=("epoch", "state_dict", "optimizer"))
-            start_epoch = last
-            complete = last >= hp.epochs
+        for e in sorted(resumable, reverse=True):
+            try:
+                load_checkpoint(resumable[e], required=("epoch", "state_dict", "optimizer"))
+            except UnreadableCheckpoint:  # cut off by a kill while it was saved: resume from the one before
+                discard.append(resumable[e])
+                continue
+            start_epoch = e
+            complete = e >= hp.epochs
+            break
 
     # "--resume latest" whenever the run was started: open_clip_train refuses an existing out.log otherwise, and
     # the entry module's checkpoint pick starts afresh when only epoch_0.pt exists
     argv = build_argv(hp, train=cfg.train, val=cfg.val, logs=logs, name=name, seed=cfg.seed,
-                      resume=cfg.resume and not cfg.force and state.started)
+                      resume=resuming)
     ns = parse_open_clip_args(argv)
     owned = {"--name": (ns.name, name), "--logs": (str(ns.logs), str(logs)), "--seed": (ns.seed, cfg.seed),
              "--train-data": (ns.train_data, str(cfg.train)), "--val-data": (ns.val_data, cfg.val and str(cfg.val))}
@@ -367,7 +381,8 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
                  epochs=ns.epochs, warmup=ns.warmup, wd=ns.wd, precision=ns.precision, model=ns.model)
     model_config(hp.model)  # extra arguments may name another model
     command = module_command(ENTRY_MODULE, argv, plan)
-    return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete)
+    return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete, discard,
+                           resuming)
 
 
 def _manifest(prep: PreparedClipRun, *, status: str, extra: dict[str, Any] | None = None):
@@ -400,16 +415,26 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     from clipgen.artifacts import command_line, utc_now, write_config
     from clipgen.progress import console, make_progress
     from clipgen.runs import list_checkpoints, read_manifest, write_manifest
-    from clipgen.training.launch import child_env, stream_process
+    from clipgen.training.launch import Interrupted, child_env, stream_process
     from clipgen.training.trainer_log import TrainLogMonitor
 
     t0 = time.perf_counter()
     prep = prepare_clip_run(cfg)
     run_dir, hp = prep.run_dir, prep.hyper
     ck_dir = run_dir / "checkpoints"
+    if prep.plan.is_rank0:
+        for p in ck_dir.glob(".epoch_*.pt.*.tmp"):  # a save cut off by a kill (never renamed into place)
+            p.unlink(missing_ok=True)
+        for p in prep.discard:
+            aside = p.with_name(p.name + ".unreadable")
+            p.replace(aside)
+            console.print(f"note: {p} is unreadable (cut off while it was saved?); set aside as {aside.name}, "
+                          f"resuming from epoch {prep.start_epoch}", markup=False, highlight=False)
     if prep.complete:
-        if prep.plan.is_rank0 and cfg.log != "quiet":
-            console.print(f"run {run_dir} is complete (epoch {hp.epochs} exists); nothing to do")
+        if prep.plan.is_rank0:
+            _repair_complete_manifest(run_dir, hp.epochs)
+            if cfg.log != "quiet":
+                console.print(f"run {run_dir} is complete (epoch {hp.epochs} exists); nothing to do")
         return ClipRunResult(run_dir, ck_dir, sorted(list_checkpoints(run_dir)), {}, {}, skipped=True)
 
     if prep.plan.is_rank0:
@@ -417,7 +442,7 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         extra: dict[str, Any] = {"versions": _versions(), "started": utc_now()}
-        if cfg.resume and (run_dir / "clipgen-run.json").is_file():
+        if prep.resuming and (run_dir / "clipgen-run.json").is_file():
             old = read_manifest(run_dir, option="--name")
             history = [*old.extra.get("history", []),
                        {"resumed": utc_now(), "from_epoch": prep.start_epoch, "command": command_line()}]
@@ -444,8 +469,20 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
             bar.update(task, completed=monitor.progress, description=f"{run_dir.name} epoch {ep}/{hp.epochs}{loss}")
 
         threads = {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else None
-        rc = stream_process(prep.command, on_line, env=child_env(threads))
+        try:
+            rc = stream_process(prep.command, on_line, env=child_env(threads))
+        except Interrupted as e:  # the trainer got the signal too and has stopped
+            last = max(list_checkpoints(run_dir), default=0)
+            if prep.plan.is_rank0:
+                _update_manifest(run_dir, status="interrupted", interrupted=utc_now(), signal=e.signame,
+                                 epochs_saved=sorted(list_checkpoints(run_dir)))
+            raise Interrupted(e.signum, f"training of {run_dir} interrupted by {e.signame} (the trainer was stopped; "
+                                        f"checkpoints up to epoch {last}); rerun the same command to continue it"
+                              ) from None
     if rc != 0:
+        if prep.plan.is_rank0:
+            _update_manifest(run_dir, status="failed", failed=utc_now(), exit_code=rc,
+                             epochs_saved=sorted(list_checkpoints(run_dir)))
         if cfg.log != "live":
             console.print("\n".join(list(monitor.tail)[-25:]), markup=False, highlight=False)
         raise TrainingFailed(f"training process failed with exit code {rc} (log tail above; full log: "
@@ -457,15 +494,58 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     if prep.plan.is_rank0:
         if hp.epochs not in epochs:
             raise TrainingFailed(f"training ended without {ck_dir / f'epoch_{hp.epochs}.pt'} (see {run_dir}/out.log)")
-        m = read_manifest(run_dir, option="--name")
-        prev_train = {int(k): v for k, v in m.extra.get("train_loss", {}).items()}
-        prev_val = {int(k): v for k, v in m.extra.get("val_loss", {}).items()}
-        m.extra.update(status="complete", finished=utc_now(), epochs_saved=epochs,
-                       train_loss={str(k): v for k, v in sorted({**prev_train, **result.train_loss}.items())},
-                       val_loss={str(k): v for k, v in sorted({**prev_val, **result.val_loss}.items())},
-                       seconds=round(seconds + float(m.extra.get("seconds", 0.0) if cfg.resume else 0.0), 1))
-        write_manifest(run_dir, m)
+        _finalise_manifest(run_dir, epochs, result.train_loss, result.val_loss, seconds, add_seconds=prep.resuming)
     return result
+
+
+def _update_manifest(run_dir: Path, **fields: Any) -> None:
+    """Set ``fields`` in the manifest's ``extra`` (when the run has a manifest)."""
+    from clipgen.runs import manifest_path, read_manifest, write_manifest
+
+    if manifest_path(run_dir).is_file():
+        m = read_manifest(run_dir, option="--name")
+        m.extra.update(fields)
+        write_manifest(run_dir, m)
+
+
+def _finalise_manifest(run_dir: Path, epochs: list[int], train_loss: dict[int, float], val_loss: dict[int, float],
+                       seconds: float, *, add_seconds: bool) -> None:
+    """Mark the run complete: epochs saved, the losses of every epoch (earlier sessions' kept), time spent."""
+    from clipgen.artifacts import utc_now
+    from clipgen.runs import read_manifest, write_manifest
+
+    m = read_manifest(run_dir, option="--name")
+    prev_train = {int(k): v for k, v in m.extra.get("train_loss", {}).items()}
+    prev_val = {int(k): v for k, v in m.extra.get("val_loss", {}).items()}
+    m.extra.update(status="complete", finished=utc_now(), epochs_saved=epochs,
+                   train_loss={str(k): v for k, v in sorted({**prev_train, **train_loss}.items())},
+                   val_loss={str(k): v for k, v in sorted({**prev_val, **val_loss}.items())},
+                   seconds=round(seconds + float(m.extra.get("seconds", 0.0) if add_seconds else 0.0), 1))
+    write_manifest(run_dir, m)
+
+
+def _repair_complete_manifest(run_dir: Path, epochs: int) -> None:
+    """A run whose last checkpoint exists but whose manifest is not ``complete`` (clipgen was stopped while the
+    trainer finished, or before it wrote the result): mark it complete, with the losses read back from ``out.log``."""
+    from clipgen.progress import console
+    from clipgen.runs import list_checkpoints, manifest_path, read_manifest
+    from clipgen.training.trainer_log import TrainLogMonitor
+
+    if not manifest_path(run_dir).is_file():
+        return
+    status = read_manifest(run_dir, option="--name").extra.get("status")
+    if status == "complete":
+        return
+    monitor = TrainLogMonitor(epochs)
+    log = run_dir / "out.log"
+    if log.is_file():
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                monitor.feed(line.rstrip("\n"))
+    _finalise_manifest(run_dir, sorted(list_checkpoints(run_dir)), monitor.train_loss, monitor.val_loss, 0.0,
+                       add_seconds=True)
+    console.print(f"note: every epoch of {run_dir} exists but its manifest said {status!r}; marked complete (losses "
+                  f"read from out.log)", markup=False, highlight=False)
 
 
 def describe_checkpoints(result: ClipRunResult) -> str:

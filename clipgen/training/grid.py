@@ -2,7 +2,8 @@
 
 Mixtures are found through the ``mixtures.json`` index that ``clipgen data mixtures`` writes next to the TSVs
 (:mod:`clipgen.data.mixture_info`), never by parsing file names. Each task is one ``clipgen train clip``
-command with ``--resume`` (so a requeued or re-submitted task continues where it stopped); tasks whose last
+command (the same command continues its run, so a requeued or re-submitted task continues where it stopped; the
+``--resume`` it carries changes nothing and keeps the task lines valid for older clipgen versions); tasks whose last
 checkpoint exists are skipped. The tasks go to a SLURM array job (:mod:`clipgen.slurm`), or run one after
 another on this machine (``--local``).
 """

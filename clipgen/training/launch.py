@@ -16,13 +16,16 @@ A GPU requested where none exists is a one-line error, never a silent fall-back 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from clipgen.errors import option_error
+from clipgen.errors import ClipgenError, option_error
 
 LAUNCHERS = ("auto", "local", "torchrun", "srun")
 
@@ -141,22 +144,61 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class Interrupted(ClipgenError):
+    """This process received SIGTERM, SIGINT or SIGHUP while a child ran; the child's process group got the same
+    signal and has stopped. Exit status 128 + the signal number, as a shell reports a process killed by it."""
+
+    def __init__(self, signum: int, message: str | None = None):
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(message or f"interrupted by {self.signame}")
+
+
+#: Signals forwarded to the child's process group.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def stream_process(cmd: Sequence[str], on_line: Callable[[str], None], env: Mapping[str, str] | None = None,
                    cwd: str | None = None) -> int:
     """Run ``cmd`` with stdout and stderr merged, calling ``on_line`` for each line; returns the exit code.
 
-    Ctrl-C reaches the child through the terminal's process group; we wait for it to stop, then re-raise.
+    From the main thread, the child runs in a process group of its own and SIGTERM, SIGINT (Ctrl-C) and SIGHUP sent
+    to this process are forwarded to that whole group (torchrun and its workers included), so stopping clipgen stops
+    the training; once the child has exited (what is left of its group is killed), :class:`Interrupted` is raised.
+    From other threads (signal handlers cannot be set there) the child stays in this process's group, where a
+    terminal's Ctrl-C reaches it directly.
     """
+    forward = threading.current_thread() is threading.main_thread()
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(env or os.environ),
-                            cwd=cwd, text=True, encoding="utf-8", errors="replace", bufsize=1)
+                            cwd=cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+                            start_new_session=forward)
     assert proc.stdout is not None
+    received: list[int] = []
+
+    def relay(signum, _frame):
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
+
+    previous = {s: signal.signal(s, relay) for s in FORWARDED_SIGNALS} if forward else {}
     try:
         for line in proc.stdout:
             on_line(line.rstrip("\n"))
-        return proc.wait()
+        rc = proc.wait()
     except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM) if forward else proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if received:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (the child itself has exited)
+        raise Interrupted(received[0])
+    return rc

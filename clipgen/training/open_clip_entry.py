@@ -13,11 +13,18 @@
    ``device_ids`` (open_clip_train passes ``device_ids=[cpu]``, which DDP rejects for CPU modules);
 5. under SLURM, when each task sees only its own GPU, keeps the device at ``cuda:0`` instead of
    ``cuda:LOCAL_RANK``;
-6. turns open_clip_train's "experiment already exists" (``return -1``, exit status 0) into exit status 1.
+6. turns open_clip_train's "experiment already exists" (``return -1``, exit status 0) into exit status 1;
+7. makes every checkpoint appear atomically: the trainer's ``torch.save`` writes a temporary file beside the
+   checkpoint and renames it, so a process killed while saving never leaves a truncated ``epoch_N.pt``;
+8. stores the random states (torch, numpy, python, CUDA; one set per process) in each training checkpoint as
+   ``rng_state``, and restores them on resume just before the first resumed epoch: they decide the data order
+   (the loader's shuffling) and the augmentations, so a run resumed at an epoch boundary continues exactly as the
+   uninterrupted run would have.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -63,6 +70,70 @@ def save_initial(model, path: str | Path, name: str) -> bool:
     return True
 
 
+RNG_KEY = "rng_state"
+
+
+def capture_rng_state() -> dict:
+    """This process's random states, in types ``torch.load(weights_only=True)`` reads back."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+             "python_gauss": random.getstate()[2]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Set this process's random states to what :func:`capture_rng_state` recorded."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class _AtomicSaveTorch:
+    """``torch`` as the trainer module sees it, except that ``save`` to a path is atomic (temporary file +
+    rename) and adds the random states to training checkpoints (dicts with ``epoch`` and ``optimizer``)."""
+
+    def __init__(self, torch_module, rng_of_ranks):
+        self._torch = torch_module
+        self._rng_of_ranks = rng_of_ranks  # () -> list of per-rank states or None (several processes)
+
+    def __getattr__(self, attr):
+        return getattr(self._torch, attr)
+
+    def save(self, obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "epoch" in obj and "optimizer" in obj:
+            obj[RNG_KEY] = capture_rng_state()
+            ranks = self._rng_of_ranks()
+            if ranks is not None:
+                ranks[0] = obj[RNG_KEY]  # rank 0 (which saves) after its evaluation: its state now
+                obj[RNG_KEY + "_ranks"] = ranks
+        if not isinstance(f, (str, os.PathLike)):
+            return self._torch.save(obj, f, *args, **kwargs)
+        from clipgen.artifacts import atomic_path
+
+        with atomic_path(f) as tmp:
+            self._torch.save(obj, tmp, *args, **kwargs)
+        return None
+
+
 def _install_hooks(ocm, checkpoint_dir: Path, name: str) -> None:
     import torch
 
@@ -87,6 +158,43 @@ def _install_hooks(ocm, checkpoint_dir: Path, name: str) -> None:
         return latest_resumable(path)
 
     ocm.get_latest_checkpoint = get_latest_checkpoint
+
+    # random states: recorded with every training checkpoint, restored at the start of the first resumed epoch
+    rng = {"resume": None, "ranks": None}
+    original_load, original_epoch = ocm.pt_load, ocm.train_one_epoch
+
+    def pt_load(file_path, *args, **kwargs):
+        ck = original_load(file_path, *args, **kwargs)
+        if isinstance(ck, dict) and "epoch" in ck:
+            rng["resume"] = (int(ck["epoch"]), ck.get(RNG_KEY), ck.get(RNG_KEY + "_ranks"))
+        return ck
+
+    def train_one_epoch(model, data, loss, epoch, *args, **kwargs):
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if rng["resume"] is not None:
+            ck_epoch, state, ranks = rng["resume"]
+            rng["resume"] = None
+            if ck_epoch == epoch:
+                if distributed:
+                    rank, world = dist.get_rank(), dist.get_world_size()
+                    state = ranks[rank] if ranks is not None and len(ranks) == world else None
+                if state is not None:
+                    restore_rng_state(state)
+                else:
+                    logging.warning(f"the checkpoint of epoch {ck_epoch} holds no random states for this process; "
+                                    f"the resumed run draws other data orders and augmentations than an "
+                                    f"uninterrupted one")
+        out = original_epoch(model, data, loss, epoch, *args, **kwargs)
+        if distributed:  # every process's state after its epoch (the others do not evaluate: it stays until saved)
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, capture_rng_state())
+            rng["ranks"] = gathered
+        return out
+
+    ocm.pt_load, ocm.train_one_epoch = pt_load, train_one_epoch
+    ocm.torch = _AtomicSaveTorch(torch, lambda: list(rng["ranks"]) if rng["ranks"] is not None else None)
 
     ddp = torch.nn.parallel.DistributedDataParallel
     if not getattr(ddp, "_clipgen_cpu_friendly", False):

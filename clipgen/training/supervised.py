@@ -12,7 +12,7 @@ Run directory ``<logs>/<name>/``::
     checkpoints/epoch_5.pt, ...       every ``save_every`` completed epochs and the last epoch: {"epoch",
                                       "step", "state_dict", "kind", "model"}; the paper's Lightning files
                                       ``epoch=4``, ``epoch=9``, ... ``epoch=89`` are our epoch_5 ... epoch_90
-    checkpoints/latest.pt             full training state after the last completed epoch (for --resume)
+    checkpoints/latest.pt             full training state after the last completed epoch (to resume from)
     metrics.jsonl                     one line per epoch: train loss/accuracy, val loss/accuracy, lr
     out.log, clipgen-run.json (kind "supervised"), config.json, train-settings.json
 
@@ -96,7 +96,7 @@ class SupervisedTrainConfig:
     gpus: int | None = None
     nproc: int | None = None
     launcher: str = "auto"
-    resume: bool = False
+    resume: bool = False  # accepted for compatibility: an existing run is always continued (unless force)
     force: bool = False
     progress: bool = True
     check_sample: int = 256
@@ -208,7 +208,7 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
     """All checks and decisions, without side effects."""
     from clipgen.data.mixture_info import read_info
     from clipgen.runs import read_manifest
-    from clipgen.training.checks import check_tsv, load_checkpoint, refuse_reuse, run_state
+    from clipgen.training.checks import check_run_dir, check_tsv, load_checkpoint, refuse_other_settings, run_state
     from clipgen.training.clip import check_run_name, default_run_name, get_preset
     from clipgen.training.labels import tsv_labels
     from clipgen.training.launch import resolve_launch
@@ -232,14 +232,15 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
 
     state = run_state(run_dir)
     if plan.is_rank0:
-        refuse_reuse(state, resume=cfg.resume, force=cfg.force)
+        check_run_dir(state)
     start_epoch, complete = 0, False
     latest = run_dir / "checkpoints" / LATEST_NAME
-    if cfg.resume and not cfg.force and state.started:
+    if state.started and not cfg.force:  # the same command continues a run (--resume is implied)
         if state.has_manifest:
             old = read_manifest(run_dir, option="--name")
             if old.kind != "supervised":
-                raise option_error("--resume", f"{run_dir} is a {old.kind} run, not a supervised run")
+                raise option_error("--name", f"{run_dir} is a {old.kind} run, not a supervised run; pass --force "
+                                             f"to replace it or choose another --name")
             new = settings.hyperparameters()
             diff = [f"{k} {old.hyperparameters.get(k)!r} -> {new[k]!r}" for k in _RESUME_KEYS
                     if k in old.hyperparameters and old.hyperparameters[k] != new[k]]
@@ -248,16 +249,14 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
             old_sha = (old.data.get("train") or {}).get("sha256")
             if old_sha and old_sha != train.sha256:
                 diff.append("train data sha256 changed")
-            if diff:
-                raise option_error("--resume", f"settings differ from the run's manifest ({'; '.join(diff)}); "
-                                               f"resume with the original settings or start a new --name")
+            refuse_other_settings(run_dir, diff)
         if latest.is_file():
             ck = load_checkpoint(latest, required=("epoch", "state_dict", "optimizer", "scheduler"))
             start_epoch = int(ck["epoch"])
             complete = start_epoch >= settings.epochs
         elif any(e >= 1 for e in state.checkpoints):
-            raise option_error("--resume", f"{latest} is missing, so the optimizer state is lost; start over with "
-                                           f"--force")
+            raise option_error("--name", f"{latest} is missing, so the optimizer state is lost; start over with "
+                                         f"--force")
     return PreparedSupervisedRun(cfg, settings, run_dir, plan, data, asdict(info) if info else None, start_epoch,
                                  complete)
 
@@ -284,7 +283,7 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
         if cfg.force and run_dir.exists():
             shutil.rmtree(run_dir)
         ck_dir.mkdir(parents=True, exist_ok=True)
-        old = read_manifest(run_dir, option="--name") if (cfg.resume and (run_dir / "clipgen-run.json").is_file()) \
+        old = read_manifest(run_dir, option="--name") if (not cfg.force and (run_dir / "clipgen-run.json").is_file()) \
             else None
         m = RunManifest(kind="supervised", name=run_dir.name, model=s.model, model_config=s.model_config,
                         preset=cfg.preset, hyperparameters=s.hyperparameters(), data=prep.data, seed=s.seed,
