@@ -19,7 +19,13 @@ _HELD_OUT = typer.Option(None, "--held-out", help="Comma-separated held-out clas
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 _PRECISION = typer.Option("auto", "--precision", help="auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16, fp16.")
 _BATCH = typer.Option(256, "--batch-size", help="Images per forward pass.")
-_WORKERS = typer.Option(0, "--workers", help="Data-loading processes.")
+_WORKERS = typer.Option(None, "--workers", help="Data-loading processes (default: one less than the CPU cores this "
+                                                 "process may use, from its affinity and SLURM_CPUS_PER_TASK; "
+                                                 "at most 16).", show_default=False)
+_MEMORY = typer.Option(None, "--memory-gb", help="Memory (GiB) the models of one pass over the images may take on "
+                                                 "the device: each image is decoded once per pass and fed to every "
+                                                 "checkpoint of it (default: half the free GPU memory; on CPU a "
+                                                 "quarter of the available RAM).", show_default=False)
 _ON_ERROR = typer.Option("fail", "--on-error", help="Unreadable image: fail, or skip it (reported in results).")
 _FORCE = typer.Option(False, "--force", help="Discard an existing results.json in the output and start over.")
 _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
@@ -82,7 +88,8 @@ def zero_shot(
     device: str = _DEVICE,
     precision: str = _PRECISION,
     batch_size: int = _BATCH,
-    workers: int = _WORKERS,
+    workers: int | None = _WORKERS,
+    memory_gb: float | None = _MEMORY,
     on_error: str = _ON_ERROR,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
@@ -93,8 +100,8 @@ def zero_shot(
     cfg = ZeroShotConfig(data_root=data_root, model_dir=model_dir, checkpoints=list(checkpoints or []), model=model,
                          epochs=epochs, test_domain=test_domain, out=out, templates=templates,
                          held_out=_split(held_out), imagenet=imagenet, stores=list(store or []), device=device,
-                         precision=precision, batch_size=batch_size, workers=workers, on_error=on_error, force=force,
-                         progress=progress)
+                         precision=precision, batch_size=batch_size, workers=workers, memory_gb=memory_gb,
+                         on_error=on_error, force=force, progress=progress)
     _report(run_zero_shot(cfg))
 
 
@@ -113,7 +120,8 @@ def supervised(
     device: str = _DEVICE,
     precision: str = _PRECISION,
     batch_size: int = _BATCH,
-    workers: int = _WORKERS,
+    workers: int | None = _WORKERS,
+    memory_gb: float | None = _MEMORY,
     on_error: str = _ON_ERROR,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
@@ -124,7 +132,7 @@ def supervised(
     cfg = SupervisedConfig(data_root=data_root, model_dir=model_dir, checkpoints=list(checkpoints or []),
                            model=model, epochs=epochs, test_domain=test_domain, out=out, held_out=_split(held_out),
                            device=device, precision=precision, batch_size=batch_size, workers=workers,
-                           on_error=on_error, force=force, progress=progress)
+                           memory_gb=memory_gb, on_error=on_error, force=force, progress=progress)
     _report(run_supervised(cfg))
 
 
