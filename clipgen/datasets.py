@@ -124,8 +124,9 @@ class DecodeCounter:
 DECODES = DecodeCounter()
 
 
-class _CountingLoader:
-    """A DataLoader whose batches add their image count (kept + skipped) to :data:`DECODES`."""
+class CountingLoader:
+    """A DataLoader (of :func:`collate_skip` batches) whose batches add their image count (kept + skipped) to
+    :data:`DECODES`."""
 
     def __init__(self, loader: Any):
         self.loader = loader
@@ -146,5 +147,5 @@ def make_loader(records: Sequence[ImageRecord], transform: Any, *, batch_size: i
     from torch.utils.data import DataLoader
 
     ds = ImageDataset(records, transform, on_error)
-    return _CountingLoader(DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+    return CountingLoader(DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                                       collate_fn=collate_skip, pin_memory=pin_memory, persistent_workers=False))

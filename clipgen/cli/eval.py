@@ -26,6 +26,9 @@ _MEMORY = typer.Option(None, "--memory-gb", help="Memory (GiB) the models of one
                                                  "the device: each image is decoded once per pass and fed to every "
                                                  "checkpoint of it (default: half the free GPU memory; on CPU a "
                                                  "quarter of the available RAM).", show_default=False)
+_IMAGES = typer.Option(None, "--images", help="Image cache of the evaluated images ('clipgen data cache'): read "
+                                               "instead of decoding the JPEGs; refused if made for another "
+                                               "preprocessing or other images.")
 _ON_ERROR = typer.Option("fail", "--on-error", help="Unreadable image: fail, or skip it (reported in results).")
 _FORCE = typer.Option(False, "--force", help="Discard an existing results.json in the output and start over.")
 _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
@@ -90,6 +93,7 @@ def zero_shot(
     batch_size: int = _BATCH,
     workers: int | None = _WORKERS,
     memory_gb: float | None = _MEMORY,
+    images: Path | None = _IMAGES,
     on_error: str = _ON_ERROR,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
@@ -101,7 +105,7 @@ def zero_shot(
                          epochs=epochs, test_domain=test_domain, out=out, templates=templates,
                          held_out=_split(held_out), imagenet=imagenet, stores=list(store or []), device=device,
                          precision=precision, batch_size=batch_size, workers=workers, memory_gb=memory_gb,
-                         on_error=on_error, force=force, progress=progress)
+                         images=images, on_error=on_error, force=force, progress=progress)
     _report(run_zero_shot(cfg))
 
 
@@ -122,6 +126,7 @@ def supervised(
     batch_size: int = _BATCH,
     workers: int | None = _WORKERS,
     memory_gb: float | None = _MEMORY,
+    images: Path | None = _IMAGES,
     on_error: str = _ON_ERROR,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
@@ -132,7 +137,7 @@ def supervised(
     cfg = SupervisedConfig(data_root=data_root, model_dir=model_dir, checkpoints=list(checkpoints or []),
                            model=model, epochs=epochs, test_domain=test_domain, out=out, held_out=_split(held_out),
                            device=device, precision=precision, batch_size=batch_size, workers=workers,
-                           memory_gb=memory_gb, on_error=on_error, force=force, progress=progress)
+                           memory_gb=memory_gb, images=images, on_error=on_error, force=force, progress=progress)
     _report(run_supervised(cfg))
 
 

@@ -129,6 +129,22 @@ def checkpoint_bytes(path: Path) -> int:
     return sum(t.numel() * t.element_size() for t in load_state_dict(path).values() if hasattr(t, "numel"))
 
 
+def open_images(path: str | Path | None, records: Sequence[Any], on_error: str) -> tuple[Any, str | None]:
+    """``(open image cache or None, its resolved path or None)`` for ``--images``; a cache that lacks one of
+    ``records`` is refused here, before any model runs (its preprocessing is checked against each model's)."""
+    if path is None:
+        return None, None
+    from clipgen.data.image_cache import open_cache
+
+    cache = open_cache(path)
+    try:
+        cache.rows_of(records, on_error)
+    except BaseException:
+        cache.close()
+        raise
+    return cache, str(Path(path).resolve())
+
+
 def plan_chunks(refs: Sequence[CheckpointRef], model_bytes: int, memory_gb: float,
                 per_checkpoint: bool = False) -> list[list[CheckpointRef]]:
     """Consecutive chunks of ``refs`` whose models (``model_bytes`` each) fit in ``memory_gb`` GiB together: one

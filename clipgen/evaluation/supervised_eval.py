@@ -27,6 +27,7 @@ from clipgen.evaluation.runner import (
     default_out_dir,
     default_test_domain,
     evaluate_checkpoints,
+    open_images,
     plan_chunks,
     resolve_checkpoints,
     run_info,
@@ -55,6 +56,7 @@ class SupervisedConfig:
     workers: int | None = None  # None: derived from the CPUs this process may use
     memory_gb: float | None = None  # models of one pass over the images; None: derived from the device
     per_checkpoint: bool = False  # one pass over the images per checkpoint (the old loop; for comparisons)
+    images: Path | None = None  # an image cache ('clipgen data cache') of the evaluated images
     on_error: str = "fail"
     force: bool = False
     progress: bool = True
@@ -86,8 +88,9 @@ def domainnet_topk(model: Any, records: list, transform: Any, class_labels: list
 
 def domainnet_topk_many(models: list, records: list, transform: Any, class_labels: list[int], *, device: Any,
                         precision: str, batch_size: int, workers: int, on_error: str, k: int = TOP_K,
-                        progress: Any = None, description: str = "images") -> list[np.ndarray]:
-    """:func:`domainnet_topk` of several models in one pass over the images (each batch decoded once)."""
+                        progress: Any = None, description: str = "images", images: Any = None) -> list[np.ndarray]:
+    """:func:`domainnet_topk` of several models in one pass over the images (each batch decoded once, or read from
+    the image cache ``images``)."""
     import torch
 
     from clipgen.devices import autocast
@@ -99,14 +102,14 @@ def domainnet_topk_many(models: list, records: list, transform: Any, class_label
     outs = [np.full((len(records), k), -1, dtype=np.int64) for _ in models]
     labels = np.asarray(class_labels, dtype=np.int64)
     with torch.no_grad():
-        for images, kept, _ in image_batches(records, transform, device=device, batch_size=batch_size,
-                                             workers=workers, on_error=on_error, progress=progress,
-                                             description=description):
-            if images is None:
+        for x, kept, _ in image_batches(records, transform, device=device, batch_size=batch_size, workers=workers,
+                                        on_error=on_error, progress=progress, description=description,
+                                        images=images):
+            if x is None:
                 continue
             for model, out in zip(models, outs, strict=True):
                 with autocast(device, precision):
-                    logits = model(images)
+                    logits = model(x)
                 dn_logits = logits.float()[:, -NUM_DOMAINNET:][:, cols.to(logits.device)]
                 idx = dn_logits.topk(k, dim=1).indices.cpu().numpy()
                 out[kept.numpy()] = labels[idx]
@@ -148,15 +151,22 @@ def run_supervised(cfg: SupervisedConfig) -> EvalOutcome:
         label = f"epoch {chunk[0].epoch}" if len(chunk) == 1 else f"epochs {chunk[0].epoch}-{chunk[-1].epoch}"
         topks = domainnet_topk_many([m for m, _ in loaded], image_set.records, loaded[0][1], image_set.class_labels,
                                     device=device, precision=precision, batch_size=cfg.batch_size, workers=workers,
-                                    on_error=cfg.on_error, progress=bar, description=f"{label} images")
+                                    on_error=cfg.on_error, progress=bar, description=f"{label} images",
+                                    images=cache)
         return [Prediction(t, {"sha256": sha, "features": "forward", "store": None, "precision": precision,
-                               "device": str(device)}) for t, sha in zip(topks, shas, strict=True)]
+                               "device": str(device), "image_cache": cache_path})
+                for t, sha in zip(topks, shas, strict=True)]
 
     def plan(todo: list[CheckpointRef]) -> list[list[CheckpointRef]]:
         return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb, cfg.per_checkpoint)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict, force=cfg.force,
-                                   progress=cfg.progress, plan=plan)
+    cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
+    try:
+        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict, force=cfg.force,
+                                       progress=cfg.progress, plan=plan)
+    finally:
+        if cache is not None:
+            cache.close()
     write_config(out_dir / "results.json", "eval supervised", cfg)
     return outcome

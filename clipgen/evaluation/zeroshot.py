@@ -103,14 +103,19 @@ def encode_images(model: Any, records: Sequence[Any], transform: Any, *, device:
 
 
 def image_batches(records: Sequence[Any], transform: Any, *, device: Any, batch_size: int, workers: int,
-                  on_error: str, progress: Any = None, description: str = "images"):
+                  on_error: str, progress: Any = None, description: str = "images", images: Any = None):
     """Decode ``records`` once, in order: yields ``(images on device or None, kept indices, skipped indices)``.
 
-    Unreadable images fail with their one-line error (``on_error="fail"``) or are reported as skipped.
+    Unreadable images fail with their one-line error (``on_error="fail"``) or are reported as skipped. ``images``:
+    an open image cache (:func:`clipgen.data.image_cache.open_cache`) to read them from instead of decoding them.
     """
     from clipgen.datasets import make_loader
 
     check_on_error(on_error)
+    if images is not None:
+        yield from images.batches(records, transform, device=device, batch_size=batch_size, on_error=on_error,
+                                  progress=progress, description=description)
+        return
     on_gpu = getattr(device, "type", str(device)) == "cuda"
     # the loader always skips; a failure is raised here, in the main process, with its one-line message
     loader = make_loader(records, transform, batch_size=batch_size, workers=workers, on_error="skip",
@@ -128,9 +133,10 @@ def image_batches(records: Sequence[Any], transform: Any, *, device: Any, batch_
 
 def encode_images_many(models: Sequence[Any], records: Sequence[Any], transform: Any, *, device: Any = "cpu",
                        precision: str = "fp32", batch_size: int = 256, workers: int = 0, on_error: str = "fail",
-                       progress: Any = None, description: str = "images"):
-    """:func:`encode_images` for several models in one pass over the images: each batch is decoded once and fed to
-    every model's image tower. Returns one ``(N, D)`` tensor per model, in order."""
+                       progress: Any = None, description: str = "images", images: Any = None):
+    """:func:`encode_images` for several models in one pass over the images: each batch is decoded once (or read
+    from the image cache ``images``) and fed to every model's image tower. Returns one ``(N, D)`` tensor per model,
+    in order."""
     import torch
 
     from clipgen.devices import autocast
@@ -140,14 +146,14 @@ def encode_images_many(models: Sequence[Any], records: Sequence[Any], transform:
     for m in models:
         m.eval()
     with torch.no_grad():
-        for images, kept, _ in image_batches(records, transform, device=device, batch_size=batch_size,
+        for x, kept, _ in image_batches(records, transform, device=device, batch_size=batch_size,
                                              workers=workers, on_error=on_error, progress=progress,
-                                             description=description):
-            if images is None:
+                                             description=description, images=images):
+            if x is None:
                 continue
             for j, model in enumerate(models):
                 with autocast(device, precision):
-                    f = model.encode_image(images)
+                    f = model.encode_image(x)
                 f = torch.nn.functional.normalize(f.float(), dim=-1).cpu()
                 if feats[j] is None:
                     feats[j] = torch.full((len(records), f.shape[1]), float("nan"))

@@ -35,6 +35,7 @@ from clipgen.evaluation.runner import (
     default_out_dir,
     default_test_domain,
     evaluate_checkpoints,
+    open_images,
     plan_chunks,
     resolve_checkpoints,
     run_info,
@@ -169,6 +170,7 @@ class ZeroShotConfig:
     workers: int | None = None  # None: derived from the CPUs this process may use
     memory_gb: float | None = None  # models of one pass over the images; None: derived from the device
     per_checkpoint: bool = False  # one pass over the images per checkpoint (the old loop; for comparisons)
+    images: Path | None = None  # an image cache ('clipgen data cache') of the evaluated images
     on_error: str = "fail"
     force: bool = False
     progress: bool = True
@@ -256,7 +258,7 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
                                                     loaded[fwd[0]].preprocess, device=device, precision=precision,
                                                     batch_size=cfg.batch_size, workers=workers,
                                                     on_error=cfg.on_error, progress=bar,
-                                                    description=f"{label} images"), strict=True):
+                                                    description=f"{label} images", images=cache), strict=True):
                 feats[i] = f
         in_topk: list[Any] = [None] * len(chunk)
         if in_records is not None:
@@ -270,7 +272,7 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
         out = []
         for j, hit in enumerate(hits):
             info: dict[str, Any] = {"sha256": shas[j], "features": "forward", "store": None, "precision": precision,
-                                    "device": str(device)}
+                                    "device": str(device), "image_cache": cache_path if hit is None else None}
             if hit is not None:
                 info.update(features="store", precision=hit.info["store_precision"] or "unknown", **hit.info)
             out.append(Prediction(predict_topk(feats[j], w[j], image_set.class_labels, TOP_K), info, in_topk[j]))
@@ -280,9 +282,14 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
         return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb, cfg.per_checkpoint)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
-                                   imagenet_labels=None if in_records is None else
-                                   np.array([r.label for r in in_records]), force=cfg.force, progress=cfg.progress,
-                                   plan=plan)
+    cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
+    try:
+        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
+                                       imagenet_labels=None if in_records is None else
+                                       np.array([r.label for r in in_records]), force=cfg.force,
+                                       progress=cfg.progress, plan=plan)
+    finally:
+        if cache is not None:
+            cache.close()
     write_config(out_dir / "results.json", "eval zero-shot", cfg)
     return outcome
