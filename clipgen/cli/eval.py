@@ -176,6 +176,8 @@ def grid(
     imagenet: Path | None = typer.Option(None, "--imagenet", help="ImageNet val folder for the zero-shot tasks."),
     store: list[Path] = typer.Option(None, "--store", help="Activation store(s) or folders of them, passed to every "
                                                            "zero-shot task."),
+    images: Path | None = typer.Option(None, "--images", help="Image cache, or a folder of caches (e.g. one per "
+                                                              "domain of the test split), passed to every task."),
     per_checkpoint: bool = typer.Option(False, "--per-checkpoint",
                                         help="One array task per checkpoint instead of one per run and domain."),
     task_args: str | None = typer.Option(None, "--task-args",
@@ -190,7 +192,8 @@ def grid(
     account: str | None = typer.Option(None, "--account", help="SLURM account."),
     qos: str | None = typer.Option(None, "--qos", help="SLURM QOS."),
     time: str = typer.Option("01:00:00", "--time", help="Time limit per task."),
-    cpus_per_task: int = typer.Option(8, "--cpus-per-task", help="CPU cores per task."),
+    cpus_per_task: int = typer.Option(8, "--cpus-per-task", help="CPU cores per task (each task decodes images "
+                                                                 "with --workers = these cores but one)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs per task (0 for CPU nodes)."),
     mem: str | None = typer.Option(None, "--mem", help="Memory per task, e.g. 32G."),
     max_parallel: int | None = typer.Option(None, "--max-parallel", help="Array tasks running at once."),
@@ -208,7 +211,7 @@ def grid(
     if len(modes) > 1:
         raise ClipgenError(f"--{modes[0]} and --{modes[1]} exclude each other")
     cfg = GridConfig(runs=list(runs), data_root=data_root, test_domains=test_domains, epochs=epochs,
-                     out_root=out_root, templates=templates, imagenet=imagenet, stores=list(store or []),
+                     out_root=out_root, templates=templates, imagenet=imagenet, stores=list(store or []), images=images,
                      extra_args=shlex.split(task_args) if task_args else [], per_checkpoint=per_checkpoint,
                      jobs_dir=jobs_dir, name=name, mode=modes[0] if modes else "write",
                      slurm=SlurmConfig(job_name="clipgen-eval", partition=partition, account=account, qos=qos,
