@@ -223,3 +223,19 @@ def test_a_folder_of_caches_one_per_domain_is_read_as_one(random_run_dir, uneven
         open_cache(folder)
     with pytest.raises(ClipgenError, match="--images: no image cache"):
         open_cache(tmp_path)
+
+
+def test_scattered_rows_are_read_as_slices(sketch_cache):
+    """Rows in any order are read one slice per run of consecutive rows, never by h5py's (slow) point selection."""
+    with open_cache(sketch_cache) as c:
+        ds, asked = c._ds[0], []
+
+        class Spy:
+            def __getitem__(self, key):
+                asked.append(key)
+                return ds[key]
+
+        want = ds[...][[9, 3, 4, 5, 20, 4]]
+        c._ds[0] = Spy()
+        np.testing.assert_array_equal(c.read(np.array([9, 3, 4, 5, 20, 4])), want)
+    assert asked == [slice(3, 6), slice(9, 10), slice(20, 21)]
