@@ -54,21 +54,33 @@ def autocast(device, precision: str):
     return torch.autocast(device_type=getattr(device, "type", str(device)), dtype=dtype)
 
 
+def available_ram(meminfo: str = "/proc/meminfo") -> int:
+    """Bytes of RAM available to new allocations: ``MemAvailable`` (free memory plus reclaimable page cache), else
+    the free pages, else 8 GiB."""
+    import os
+
+    try:
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
 def default_memory_gb(device) -> float:
     """Memory that the models of one evaluation pass may take on ``device`` (GiB): half the free memory of a GPU,
     a quarter of the available RAM on CPU."""
-    import os
-
     if getattr(device, "type", str(device)) == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info(device)
         return free / 2 / 2**30
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        avail = 8 * 2**30
-    return avail / 4 / 2**30
+    return available_ram() / 4 / 2**30
 
 
 def check_memory_gb(memory_gb: float | None, device, option: str = "--memory-gb") -> float:

@@ -35,3 +35,12 @@ def test_resolve_workers_and_memory():
     assert devices.check_memory_gb(None, torch.device("cpu")) > 0
     with pytest.raises(ClipgenError, match="--memory-gb: must be a positive number of GiB, not -2"):
         devices.check_memory_gb(-2, torch.device("cpu"))
+
+
+def test_available_ram_counts_the_reclaimable_page_cache(tmp_path):
+    """MemAvailable, not MemFree: on a busy machine the free pages alone can be a few hundred MB, which split an
+    evaluation's checkpoints into needless chunks."""
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       24000000 kB\nMemFree:          200000 kB\nMemAvailable:   16000000 kB\n")
+    assert devices.available_ram(str(info)) == 16000000 * 1024
+    assert devices.available_ram(str(tmp_path / "none")) > 0
