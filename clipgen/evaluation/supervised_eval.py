@@ -158,7 +158,9 @@ def run_supervised(cfg: SupervisedConfig) -> EvalOutcome:
                 for t, sha in zip(topks, shas, strict=True)]
 
     def plan(todo: list[CheckpointRef]) -> list[list[CheckpointRef]]:
-        return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb, cfg.per_checkpoint)
+        if cfg.per_checkpoint:
+            return plan_chunks(todo, 1, memory_gb, per_checkpoint=True)
+        return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
