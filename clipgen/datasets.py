@@ -106,11 +106,46 @@ def collate_skip(batch):
             torch.tensor(bad, dtype=torch.long))
 
 
+class DecodeCounter:
+    """How many images the loaders of this process have decoded (in the main process or in worker processes).
+
+    Counted as the batches arrive in the main process, so images decoded by DataLoader workers count too.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def reset(self) -> int:
+        n, self.count = self.count, 0
+        return n
+
+
+#: Images decoded by :func:`make_loader` loaders since the process started (or the last ``reset()``).
+DECODES = DecodeCounter()
+
+
+class CountingLoader:
+    """A DataLoader (of :func:`collate_skip` batches) whose batches add their image count (kept + skipped) to
+    :data:`DECODES`."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, kept, skipped in self.loader:
+            DECODES.count += len(kept) + len(skipped)
+            yield images, kept, skipped
+
+
 def make_loader(records: Sequence[ImageRecord], transform: Any, *, batch_size: int = 256, workers: int = 0,
                 on_error: str = "fail", pin_memory: bool = False):
-    """An ordered DataLoader over ``records`` yielding ``(images, kept_indices, skipped_indices)``."""
+    """An ordered DataLoader over ``records`` yielding ``(images, kept_indices, skipped_indices)``; the decoded
+    images are counted in :data:`DECODES`."""
     from torch.utils.data import DataLoader
 
     ds = ImageDataset(records, transform, on_error)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skip,
-                      pin_memory=pin_memory, persistent_workers=False)
+    return CountingLoader(DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                      collate_fn=collate_skip, pin_memory=pin_memory, persistent_workers=False))

@@ -60,3 +60,75 @@ def autocast(device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=getattr(device, "type", str(device)), dtype=dtype)
+
+
+def available_ram(meminfo: str = "/proc/meminfo") -> int:
+    """Bytes of RAM available to new allocations: ``MemAvailable`` (free memory plus reclaimable page cache), else
+    the free pages, else 8 GiB."""
+    import os
+
+    try:
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def default_memory_gb(device) -> float:
+    """Memory that the models of one evaluation pass may take on ``device`` (GiB): half the free memory of a GPU,
+    a quarter of the available RAM on CPU."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 2 / 2**30
+    return available_ram() / 4 / 2**30
+
+
+def check_memory_gb(memory_gb: float | None, device, option: str = "--memory-gb") -> float:
+    """``memory_gb`` when given (must be positive), else :func:`default_memory_gb`."""
+    if memory_gb is None:
+        return default_memory_gb(device)
+    if not memory_gb > 0:
+        raise option_error(option, f"must be a positive number of GiB, not {memory_gb}")
+    return float(memory_gb)
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use: its affinity mask (``os.sched_getaffinity``), capped by SLURM's
+    ``SLURM_CPUS_PER_TASK`` when set."""
+    import os
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        n = min(n, int(slurm))
+    return max(1, n)
+
+
+#: Most data-loading processes chosen by default (more rarely pays off for one GPU).
+MAX_DEFAULT_WORKERS = 16
+
+
+def default_workers() -> int:
+    """Data-loading processes by default: one less than :func:`available_cpus` (the main process feeds the model),
+    at most :data:`MAX_DEFAULT_WORKERS`; 0 (load in the main process) on a single core."""
+    return min(MAX_DEFAULT_WORKERS, available_cpus() - 1)
+
+
+def resolve_workers(workers: int | None, option: str = "--workers") -> int:
+    """``workers`` when given (0 or more), else :func:`default_workers`."""
+    if workers is None:
+        return default_workers()
+    if workers < 0:
+        raise option_error(option, f"must be 0 or more, not {workers}")
+    return int(workers)

@@ -61,7 +61,7 @@ class ExtractConfig:
     device: str = "auto"
     batch_size: int | None = None  # default: 256 on GPU, 32 on CPU; on resume: the store's
     block_rows: int | None = None  # rows per part file; default: batch multiple of about BLOCK_BYTES
-    workers: int | None = None  # data-loader processes; default: min(8, cores) on GPU, 0 on CPU
+    workers: int | None = None  # data-loader processes; default: from the CPUs this process may use
     on_error: str = "fail"  # fail | skip (missing or corrupt images)
     templates: str = "paper"
     text: bool = True
@@ -70,6 +70,7 @@ class ExtractConfig:
     channels_last: str = "auto"  # auto (on for ResNets on GPU) | on | off
     shard: str | None = None  # "i/n" (0-based) or "auto" (SLURM array / torchrun environment)
     writer_threads: int = 0  # chunk-compression threads; 0: min(8, cores)
+    images: Path | None = None  # an image cache ('clipgen data cache') holding the image set's model inputs
     resume: bool = False  # accepted for compatibility: the same command always continues its store
     force: bool = False
 
@@ -554,7 +555,7 @@ def make_batches(plan: StorePlan, records, transform, todo: Sequence[int], *, wo
     """Batches of the blocks in ``todo`` from image files: ``(images, plan rows, skipped [(row, reason)])``."""
     from torch.utils.data import DataLoader
 
-    from clipgen.datasets import ImageDataset, collate_skip, load_image
+    from clipgen.datasets import CountingLoader, ImageDataset, collate_skip, load_image
     from clipgen.evaluation.zeroshot import raise_unreadable
 
     batch_sampler = []
@@ -565,8 +566,8 @@ def make_batches(plan: StorePlan, records, transform, todo: Sequence[int], *, wo
     # a worker it would come back wrapped in the worker's traceback)
     ds = ImageDataset(records, transform, "skip")
     kw = {"prefetch_factor": 4, "persistent_workers": False} if workers else {}
-    loader = DataLoader(ds, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_skip,
-                        pin_memory=pin_memory, **kw)
+    loader = CountingLoader(DataLoader(ds, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_skip,
+                                       pin_memory=pin_memory, **kw))
     for images, kept, bad in loader:
         if on_error == "fail" and len(bad):
             raise_unreadable(records, bad.tolist())
@@ -579,6 +580,19 @@ def make_batches(plan: StorePlan, records, transform, todo: Sequence[int], *, wo
                 why = str(e)
             skipped.append((i, why))
         yield images, kept.numpy(), skipped
+
+
+def cache_batches(plan: StorePlan, records, cache, transform, todo: Sequence[int], *, device, on_error: str):
+    """:func:`make_batches` from an image cache (the same batches, already normalised on ``device``)."""
+    batch_rows = []
+    for k in todo:
+        a, b = plan.block_range(k)
+        batch_rows.extend(range(s, min(s + plan.batch_size, b)) for s in range(a, b, plan.batch_size))
+    if not batch_rows:
+        return
+    for images, kept, bad in cache.batches(records, transform, device=device, on_error=on_error,
+                                           batch_rows=batch_rows):
+        yield images, kept.numpy(), [(int(i), cache.reason(records[int(i)])) for i in bad.tolist()]
 
 
 def _run_info(manifest) -> dict[str, Any] | None:
@@ -671,6 +685,17 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
         shutil.rmtree(plan.parts, ignore_errors=True)  # left behind by a kill between the final rename and cleanup
         say(f"{out}: already complete ({head['n_samples']} rows); nothing to do")
         return ExtractResult(out, head["n_samples"], already_complete=True, fingerprint=plan.fingerprint)
+    cache = None
+    if cfg.images is not None:  # refused before anything is written when it does not fit
+        from clipgen.evaluation.runner import open_images
+
+        cache, _ = open_images(cfg.images, sub, cfg.on_error)
+        try:
+            cache.check_transform(loaded.preprocess)
+        except BaseException:
+            cache.close()
+            raise
+        plan.provenance["image_cache"] = {"path": str(Path(cfg.images).resolve()), "fingerprint": cache.fingerprint}
     if head is not None:
         plan.class_names, plan.text, plan.held_out_labels = _load_header_extras(out)
         plan.provenance = dict(head["provenance"], resumed=[*head["provenance"].get("resumed", []), utc_now()])
@@ -689,7 +714,9 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
         write_header(plan)
         done = set()
     todo = [k for k in range(plan.n_blocks) if k not in done]
-    workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
+    from clipgen.devices import resolve_workers
+
+    workers = resolve_workers(cfg.workers)
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda
                                                   and not hasattr(loaded.model.visual, "transformer"))
     extractor = Extractor(loaded.model, cat, defs, dtype=cfg.dtype, device=device, precision=precision,
@@ -698,12 +725,18 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
     try:
         with make_progress(disable=not progress) as bar:
             task = bar.add_task(f"extract {out.name}", total=plan.n_rows, completed=rows_before)
-            batches = make_batches(plan, sub, loaded.preprocess, todo, workers=workers, on_error=cfg.on_error,
-                                   pin_memory=cuda)
+            if cache is not None:
+                batches = cache_batches(plan, sub, cache, loaded.preprocess, todo, device=device,
+                                        on_error=cfg.on_error)
+            else:
+                batches = make_batches(plan, sub, loaded.preprocess, todo, workers=workers, on_error=cfg.on_error,
+                                       pin_memory=cuda)
             written = run_blocks(plan, extractor, batches, writer_threads=cfg.writer_threads,
                                  on_rows=lambda n: bar.advance(task, n), crash_after_blocks=crash_after_blocks)
     finally:
         extractor.close()
+        if cache is not None:
+            cache.close()
     rows, skipped = assemble(plan)
     write_config(out, "extract", cfg)
     if skipped:

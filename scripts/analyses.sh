@@ -28,6 +28,8 @@
 #   CIRCUIT_ARGS, SAE_ARGS, CKA_ARGS, EMBEDDING_ARGS   extra options, e.g. SAE_ARGS='--paper'
 #   CIRCUITS_TIME, SAE_TIME, ANALYSIS_TIME   time limits: circuit tasks (04:00:00), SAE training (12:00:00),
 #                           CPU analyses (02:00:00); CIRCUITS_GPUS, SAE_GPUS (1); ANALYSIS_CPUS (8); ANALYSIS_MEM
+#   IMAGE_CACHE, CACHE_SIZE, CACHE_CPUS, CACHE_TIME   the circuit tasks read the test images from the image cache
+#                           (one `clipgen data cache` job per domain, shared with evaluation; see lib.sh)
 #   FORCE=1                 redo analyses whose outputs exist
 #   PARTITION, CPU_PARTITION, ACCOUNT, QOS, SETUP, AFTER, CLIPGEN   as in scripts/lib.sh
 #
@@ -159,10 +161,12 @@ if [ "$CIRCUITS" = 1 ]; then
     if [ "$FORCE" = 1 ]; then force=(--force); fi
     if ! done_or_forced "$file"; then
         cg_mkdir "$out"
+        cg_image_cache  # the test images, decoded once (shared with evaluation and extraction)
         cg_res "$CIRCUITS_GPUS" "$CIRCUITS_TIME" 8 "${ANALYSIS_MEM:-}"
-        cg_submit_cmd "clipgen-circuits-$(cg_tag "$CIRCUIT_RUN")" "$dep" "${CG_RES[@]}" \
-            --array="0-$((CIRCUIT_SHARDS - 1))" -- "${CG_CLIPGEN[@]}" circuits compute --model-dir "$CIRCUIT_RUN" \
-            --data "$DOMAINNET" --out "$file" --shard auto "${force[@]}" --no-progress "${circuit_args[@]}"
+        cg_submit_cmd "clipgen-circuits-$(cg_tag "$CIRCUIT_RUN")" "$(cg_deps_join "$dep" "$CG_CACHE_DEP")" \
+            "${CG_RES[@]}" --array="0-$((CIRCUIT_SHARDS - 1))" -- "${CG_CLIPGEN[@]}" circuits compute \
+            --model-dir "$CIRCUIT_RUN" --data "$DOMAINNET" --out "$file" --shard auto "${force[@]}" "${CG_IMAGES[@]}" \
+            --no-progress "${circuit_args[@]}"
         array=$CG_JOB
         parts=()
         for ((i = 0; i < CIRCUIT_SHARDS; i++)); do parts+=("${file%.h5}.shard-$i-of-$CIRCUIT_SHARDS.h5"); done

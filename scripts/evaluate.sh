@@ -18,9 +18,13 @@
 #   IMAGENET_VAL      ImageNet val folder (<wnid>/*.JPEG): adds 1000-way zero-shot accuracy (optional)
 #   EVAL_EPOCHS       epochs to evaluate: all, last, N, A-B or a list (all)
 #   EVAL_TEMPLATES    template set: paper (86), openai (80), named-domain, simple (paper)
-#   EVAL_ARGS         extra options of every task, e.g. '--batch-size 500 --workers 8'
-#   EVAL_GPUS, EVAL_CPUS, EVAL_TIME, EVAL_MEM   per task (1, 8, 01:00:00, unset); PER_CHECKPOINT=1: one task
-#                     per checkpoint instead of per run and test domain
+#   EVAL_ARGS         extra options of every task, e.g. '--batch-size 500'
+#   EVAL_GPUS, EVAL_CPUS, EVAL_TIME, EVAL_MEM   per task (1, 8, 01:00:00, unset); each task decodes with
+#                     EVAL_CPUS - 1 loader workers; PER_CHECKPOINT=1: one task per checkpoint instead of per run and
+#                     test domain (each task then reads every image again: the default reads them once per run)
+#   IMAGE_CACHE, CACHE_SIZE, CACHE_CPUS, CACHE_TIME   the test images are decoded once, by one CPU job per domain
+#                     (`clipgen data cache`, into OUT/cache/test-SIZE/<domain>.h5, skipped when complete), and every
+#                     task reads them with --images (IMAGE_CACHE=0: decode the JPEGs in every task); see lib.sh
 #   PARTITION, CPU_PARTITION, ACCOUNT, QOS, MAX_PARALLEL, SETUP, AFTER, CLIPGEN   as in scripts/lib.sh
 #
 # Example:
@@ -46,10 +50,15 @@ families=()
 if [ -d "$CG_RUNS" ]; then
     for d in "$CG_RUNS"/*/; do families+=("${d%/}"); done
 fi
+if [ ${#families[@]} -eq 0 ] && ! cg_dry; then
+    cg_die "no run families in $CG_RUNS: run scripts/train.sh (and let it finish) first"
+fi
+cg_image_cache
 opts=(--data-root "$DOMAINNET" --epochs "${EVAL_EPOCHS:-all}" --templates "${EVAL_TEMPLATES:-paper}"
     --name "$job" --time "$EVAL_TIME" --cpus-per-task "$EVAL_CPUS" --gpus "$EVAL_GPUS")
 if [ -n "${IMAGENET_VAL:-}" ]; then opts+=(--imagenet "$IMAGENET_VAL"); fi
 if [ -n "${EVAL_ARGS:-}" ]; then opts+=(--task-args "$EVAL_ARGS"); fi
+opts+=("${CG_IMAGES[@]}")
 if [ "$PER_CHECKPOINT" = 1 ]; then opts+=(--per-checkpoint); fi
 if [ "$EVAL_GPUS" -gt 0 ] && [ -n "${PARTITION:-}" ]; then opts+=(--partition "$PARTITION"); fi
 if [ "$EVAL_GPUS" = 0 ] && [ -n "${CPU_PARTITION:-${PARTITION:-}}" ]; then
@@ -62,13 +71,14 @@ if [ -n "${MAX_PARALLEL:-}" ]; then opts+=(--max-parallel "$MAX_PARALLEL"); fi
 if [ -n "${SETUP:-}" ]; then opts+=(--setup "$SETUP"); fi
 
 eval_job=""
+eval_deps=$(cg_deps_join "${AFTER:-}" "$CG_CACHE_DEP")
 grid=("${CG_CLIPGEN[@]}" eval grid "${families[@]}" "${opts[@]}")
 if [ ${#families[@]} -eq 0 ]; then
     if ! cg_dry; then cg_die "no run families in $CG_RUNS: run scripts/train.sh (and let it finish) first"; fi
     printf '+ %s\n' "$(cg_quote "${CG_CLIPGEN[@]}" eval grid "$CG_RUNS/clip" "$CG_RUNS/..." "${opts[@]}" \
         --jobs-dir "$CG_BATCH_DIR")"
     cg_note "no runs in $CG_RUNS yet: the evaluation tasks are planned once training has finished"
-    cg_submit "$job" "$AFTER" -- "$CG_BATCH_DIR/$job.sbatch"
+    cg_submit "$job" "$eval_deps" -- "$CG_BATCH_DIR/$job.sbatch"
     eval_job=$CG_JOB
 else
     if cg_dry; then  # eval grid --dry-run plans and writes nothing
@@ -83,7 +93,7 @@ else
     if printf '%s\n' "$listing" | grep -q '^nothing to do'; then
         cg_note "evaluation: every requested epoch is evaluated already"
     else
-        cg_submit "$job" "$AFTER" -- "$CG_BATCH_DIR/$job.sbatch"
+        cg_submit "$job" "$eval_deps" -- "$CG_BATCH_DIR/$job.sbatch"
         eval_job=$CG_JOB
     fi
 fi

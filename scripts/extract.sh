@@ -23,7 +23,10 @@
 #   EPOCH                checkpoint epoch (default: each run's last)
 #   EXTRACT_SHARDS       array tasks per DomainNet store (8); BASE_SHARDS for the base dataset store (32)
 #   EXTRACT_GPUS, EXTRACT_CPUS, EXTRACT_TIME, EXTRACT_MEM   per task (1, 16, 04:00:00, unset)
-#   EXTRACT_ARGS         extra options of every `clipgen extract`, e.g. '--batch-size 512 --workers 16'
+#   EXTRACT_ARGS         extra options of every `clipgen extract`, e.g. '--batch-size 512' (each task decodes with
+#                        EXTRACT_CPUS - 1 loader workers)
+#   IMAGE_CACHE, CACHE_SIZE, CACHE_CPUS, CACHE_TIME   the test-split stores read the test images from the image
+#                        cache (one `clipgen data cache` job per domain, shared with evaluation; see lib.sh)
 #   SAE_BASE=0           SAE stores without base-dataset rows; SAE_BASE_TSV: the base TSV (default: CC12M_TSV for
 #                        the CC12M family, else BASE_TRAIN or OUT/data/imagenet-captions/in-captions-train.tsv)
 #   MERGE_COPY=1         merged stores hold a copy of the rows (default: virtual, the part files stay needed)
@@ -31,7 +34,7 @@
 #   PARTITION, CPU_PARTITION, ACCOUNT, QOS, SETUP, AFTER, CLIPGEN   as in scripts/lib.sh
 #
 # Example:
-#   OUT=/scratch/clipgen DOMAINNET=/data/domainnet PARTITION=gpu EXTRACT_ARGS='--workers 16' scripts/extract.sh
+#   OUT=/scratch/clipgen DOMAINNET=/data/domainnet PARTITION=gpu scripts/extract.sh
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -65,7 +68,7 @@ store_complete() {  # the store exists and its structure says every row is writt
 
 extraction() {  # extraction RUN STORE SHARDS [clipgen extract options...]: array + merge; records the merge job
     # (the array's working folder is `chdir`: relative image paths of a --tsv are read from there)
-    local run=$1 store=$2 shards=$3 dep tag i mode=--resume parts=() where=()
+    local run=$1 store=$2 shards=$3 dep tag i mode=--resume parts=() where=() images=()
     shift 3
     dep=$(cg_dep_get "$run" "$(dirname "$run")")
     if [ ! -f "$run/clipgen-run.json" ] && [ -z "$dep" ]; then
@@ -82,11 +85,16 @@ extraction() {  # extraction RUN STORE SHARDS [clipgen extract options...]: arra
     fi
     tag=$(cg_tag "$store")
     cg_mkdir "$(dirname "$store")"
+    if [ "${test_split:-0}" = 1 ]; then  # the test images, decoded once (shared with evaluation and circuits)
+        cg_image_cache
+        images=("${CG_IMAGES[@]}")
+    fi
     if [ -n "${chdir:-}" ]; then where=(--chdir="$chdir"); fi
     cg_res "$EXTRACT_GPUS" "$EXTRACT_TIME" "$EXTRACT_CPUS" "${EXTRACT_MEM:-}"
+    if [ ${#images[@]} -gt 0 ]; then dep=$(cg_deps_join "$dep" "$CG_CACHE_DEP"); fi
     cg_submit_cmd "clipgen-extract-$tag" "$dep" "${CG_RES[@]}" "${where[@]}" --array="0-$((shards - 1))" -- \
         "${CG_CLIPGEN[@]}" extract --model-dir "$run" "${epoch[@]}" "$@" --out "$store" --shard auto "$mode" \
-        --no-progress "${extra[@]}"
+        --workers "$((EXTRACT_CPUS - 1))" "${images[@]}" --no-progress "${extra[@]}"
     local array=$CG_JOB
     for ((i = 0; i < shards; i++)); do parts+=("${store%.h5}.shard-$i-of-$shards.h5"); done
     cg_res 0 01:00:00 2
@@ -97,13 +105,13 @@ extraction() {  # extraction RUN STORE SHARDS [clipgen extract options...]: arra
 }
 
 for run in "${CG_MECH_RUNS[@]}"; do
-    extraction "$run" "$(cg_store_dir "$run")/dn-test.h5" "$EXTRACT_SHARDS" \
+    test_split=1 extraction "$run" "$(cg_store_dir "$run")/dn-test.h5" "$EXTRACT_SHARDS" \
         --data "$DOMAINNET" --split test --domains all --layer all
 done
 if [ "$SAE" = 1 ]; then
     for run in "${CG_SAE_RUNS[@]}"; do
         dir=$(cg_store_dir "$run")
-        extraction "$run" "$dir/dn-test-embedding.h5" "$EXTRACT_SHARDS" \
+        test_split=1 extraction "$run" "$dir/dn-test-embedding.h5" "$EXTRACT_SHARDS" \
             --data "$DOMAINNET" --split test --domains all --layer embedding
         extraction "$run" "$dir/dn-train-embedding.h5" "$EXTRACT_SHARDS" \
             --data "$DOMAINNET" --split train --domains all --layer embedding --no-text --compression none

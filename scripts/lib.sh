@@ -384,3 +384,40 @@ cg_write_tasks() {  # cg_write_tasks FILE TASK...: one shell-quoted command per 
 cg_run_done() {  # cg_run_done RUN_DIR: the run's manifest says it is complete
     [ -f "$1/clipgen-run.json" ] && grep -q '"status": "complete"' "$1/clipgen-run.json"
 }
+
+# ---------------------------------------------------------------------------------------------------------------
+# The image cache of the DomainNet test split: every test image decoded once (`clipgen data cache`, one CPU job per
+# domain) into OUT/cache/test-SIZE/<domain>.h5; evaluation, the test-split stores and the circuits read the folder
+# with --images instead of decoding the JPEGs in every job. Variables: IMAGE_CACHE (1; 0: decode in every job),
+# CACHE_SIZE (the models' input size: 224, 64 with PRESET=synthetic), CACHE_CPUS (16), CACHE_TIME (04:00:00).
+
+cg_dep_known() {  # cg_dep_known KEY: the job producing KEY in this driver run, or nothing (no AFTER fallback)
+    awk -F '\t' -v k="$1" '$1 == k { j = $2 } END { print j }' "$CG_STATE_DIR/deps.tsv"
+}
+
+cg_image_cache() {  # sets CG_IMAGES (--images FOLDER, or nothing) and CG_CACHE_DEP (the jobs that build it)
+    CG_IMAGES=() CG_CACHE_DEP=""
+    cg_require_flag IMAGE_CACHE 1
+    if [ "$IMAGE_CACHE" = 0 ]; then return 0; fi
+    local size=${CACHE_SIZE:-} dir d f job
+    if [ -z "$size" ]; then
+        if [ "${PRESET:-}" = synthetic ]; then size=64; else size=224; fi
+    fi
+    [[ $size =~ ^[1-9][0-9]*$ ]] || cg_die "CACHE_SIZE=$size: not a positive integer"
+    cg_require_int CACHE_CPUS 16
+    dir=$OUT/cache/test-$size
+    CG_IMAGES=(--images "$dir")
+    for d in "${CG_DOMAINS[@]}"; do
+        f=$dir/$d.h5
+        job=$(cg_dep_known "$f")
+        if [ -z "$job" ] && { [ ! -f "$f" ] || [ -d "$f.parts" ]; }; then  # missing, or interrupted: (re)run
+            cg_mkdir "$dir"
+            cg_res 0 "${CACHE_TIME:-04:00:00}" "$CACHE_CPUS"
+            cg_submit_cmd "clipgen-cache-test-$d" "" "${CG_RES[@]}" -- "${CG_CLIPGEN[@]}" data cache \
+                --data "$DOMAINNET" --split test --domains "$d" --size "$size" --out "$f" --no-progress
+            job=$CG_JOB
+            cg_dep_set "$f" "$job"
+        fi
+        CG_CACHE_DEP=$(cg_deps_join "$CG_CACHE_DEP" "$job")
+    done
+}

@@ -451,3 +451,23 @@ def test_store_records_the_runs_mixture(tmp_path, trained_run_dir, random_run_di
     res = extract(_cfg(tmp_path / "r.h5", random_run_dir, synth_root, layers="embedding"), progress=False)
     with open_store(res.path) as st:  # a run without a mixture records none
         assert st.provenance["run"]["mixture"] is None and find_test_domain(st.provenance) is None
+
+
+def test_a_store_from_the_image_cache_equals_one_from_the_jpegs(tmp_path, tiny_store, random_run_dir, synth_root):
+    """The same store, value for value, with not one JPEG decoded; a cache of other images is refused."""
+    from clipgen.data.image_cache import CacheConfig, build_cache
+    from clipgen.datasets import DECODES
+
+    cache = build_cache(CacheConfig(out=tmp_path / "c.h5", data=synth_root, split="test", size=64, workers=0),
+                        progress=False).path
+    DECODES.reset()
+    out = extract(ExtractConfig(out=tmp_path / "s.h5", model_dir=random_run_dir, data=synth_root, split="test",
+                                domains="all", layers="all", device="cpu", batch_size=32, images=cache),
+                  progress=False).path
+    assert DECODES.reset() == 0
+    _assert_same_store(out, tiny_store)
+    with open_store(out) as st:
+        assert st.provenance["image_cache"]["path"] == str(cache.resolve())
+    with pytest.raises(ClipgenError, match="--images: .*c.h5 does not hold 96 of the 96 requested images"):
+        extract(_cfg(tmp_path / "t.h5", random_run_dir, synth_root, split="train", images=cache), progress=False)
+    assert not (tmp_path / "t.h5").exists()

@@ -97,3 +97,24 @@ def test_local_mode_runs_the_tasks(runs, uneven_root, cli, monkeypatch):
     doc = read_results(cgl / "eval" / "zero-shot" / "sketch")
     assert doc["epochs"] == [2] and doc["run"]["setup"] == "cg-low"
     assert run_grid(cfg).tasks == []  # done work is skipped
+
+
+def test_every_task_gets_workers_and_the_image_cache(runs, uneven_root, tmp_path, monkeypatch):
+    from clipgen import devices
+    from clipgen.slurm import SlurmConfig
+
+    root, nat, cgl = runs
+
+    def argv_of(**kw):
+        (t,) = plan(GridConfig(runs=[cgl], data_root=uneven_root, **kw))[0]
+        return t.argv
+
+    a = argv_of()  # the default 8 CPUs per task: 7 loader processes
+    assert a[a.index("--workers") + 1] == "7" and "--images" not in a
+    a = argv_of(slurm=SlurmConfig(cpus_per_task=1), images=tmp_path / "caches")
+    assert a[a.index("--workers") + 1] == "0" and a[a.index("--images") + 1] == str((tmp_path / "caches").resolve())
+    a = argv_of(extra_args=["--workers", "3"])
+    assert a.count("--workers") == 1 and a[-2:] == ["--workers", "3"]
+    monkeypatch.setattr(devices, "available_cpus", lambda: 5)
+    a = argv_of(mode="local")
+    assert a[a.index("--workers") + 1] == "4"

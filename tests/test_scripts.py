@@ -328,8 +328,20 @@ def test_extract_and_analyses_dry_run_chain(tmp_path, synth_root, random_run_dir
     ext, ext_id = job_named(subs, f"clipgen-extract-{stag}-dn-test")
     assert option(ext, "array") == "0-3" and option(ext, "gres") == "gpu:1"
     assert option(ext, "partition") == "gpu" and option(ext, "account") == "proj"
-    assert option(ext, "dependency") is None  # the run is trained already
+    # the run is trained already: the store waits only for the image cache, one CPU job per domain, submitted once
+    caches = {d: job_named(subs, f"clipgen-cache-test-{d}") for d in dn.DOMAINS}
+    assert [option(a, "job-name") for a, _ in subs].count("clipgen-cache-test-real") == 1
+    cache_ids = {j for _, j in caches.values()}
+    assert set(option(ext, "dependency").removeprefix("afterok:").split(":")) == cache_ids
+    for d, (a, _) in caches.items():
+        ccmd = a[a.index(str(SCRIPTS / "slurm/job.sbatch")) + 1:]
+        assert ccmd[1:3] == ["data", "cache"] and ccmd[ccmd.index("--domains") + 1] == d
+        assert ccmd[ccmd.index("--split") + 1] == "test" and ccmd[ccmd.index("--size") + 1] == "224"
+        assert ccmd[ccmd.index("--out") + 1] == str(out / "cache" / "test-224" / f"{d}.h5")
+        assert option(a, "gres") is None and option(a, "partition") == "cpu" and option(a, "cpus-per-task") == "16"
     cmd = ext[ext.index(str(SCRIPTS / "slurm/job.sbatch")) + 1:]
+    assert cmd[cmd.index("--images") + 1] == str(out / "cache" / "test-224")
+    assert cmd[cmd.index("--workers") + 1] == "15"  # EXTRACT_CPUS (16) but one
     assert cmd[:2] == [CLIPGEN, "extract"] and cmd[cmd.index("--model-dir") + 1] == run_dir
     assert cmd[cmd.index("--out") + 1] == str(store_dir / "dn-test.h5")
     assert cmd[cmd.index("--split") + 1] == "test"
@@ -342,6 +354,11 @@ def test_extract_and_analyses_dry_run_chain(tmp_path, synth_root, random_run_dir
     base_ext, _ = job_named(subs, f"clipgen-extract-{stag}-base-train-embedding")
     assert option(base_ext, "array") == "0-1" and "--tsv" in base_ext
     assert base_ext[base_ext.index("--compression") + 1] == "none"  # SAE training rows: read at memory speed
+    assert "--images" not in base_ext  # images read once anyway: not cached
+    train_ext, _ = job_named(subs, f"clipgen-extract-{stag}-dn-train-embedding")
+    assert "--images" not in train_ext and option(train_ext, "dependency") is None
+    test_ext, _ = job_named(subs, f"clipgen-extract-{stag}-dn-test-embedding")
+    assert "--images" in test_ext
     assert option(base_ext, "chdir") == str(synth_root)  # relative image paths: from the TSV's folder
     assert option(ext, "chdir") is None
 
@@ -357,9 +374,11 @@ def test_extract_and_analyses_dry_run_chain(tmp_path, synth_root, random_run_dir
     assert "--test-domain" not in feats  # a run without a mixture: sae features decides (and says so)
 
     circ, circ_id = job_named(subs, f"clipgen-circuits-{tag}")
-    assert option(circ, "array") == "0-2" and option(circ, "dependency") is None
+    assert option(circ, "array") == "0-2"
+    assert set(option(circ, "dependency").removeprefix("afterok:").split(":")) == cache_ids
     ccmd = circ[circ.index(str(SCRIPTS / "slurm/job.sbatch")) + 1:]
     assert ccmd[1:3] == ["circuits", "compute"] and ccmd[ccmd.index("--shard") + 1] == "auto"
+    assert ccmd[ccmd.index("--images") + 1] == str(out / "cache" / "test-224")
     cmerge, cmerge_id = job_named(subs, f"clipgen-circuits-merge-{tag}")
     assert option(cmerge, "dependency") == f"afterok:{circ_id}" and len([a for a in cmerge if ".shard-" in a]) == 3
     for what in ("nodes", "similarity"):
@@ -376,20 +395,30 @@ def test_evaluate_dry_run(tmp_path, synth_root, random_run_dir):
     out = tmp_path / "out"
     (out / "runs" / "clip").mkdir(parents=True)
     (out / "runs" / "clip" / "natural-only-s0").symlink_to(random_run_dir)
-    env = base_env(tmp_path, OUT=out, DOMAINNET=synth_root, EVAL_ARGS="--batch-size 64")
+    env = base_env(tmp_path, OUT=out, DOMAINNET=synth_root, EVAL_ARGS="--batch-size 64", EVAL_CPUS="4",
+                   PRESET="synthetic")
     stdout = ok(run("evaluate.sh", env, "--dry-run"))
     tasks = re.findall(r"^#   \S+ -m clipgen.cli.main (eval zero-shot .*)$", stdout, re.M)
     # a run without a mixture is evaluated on every test domain, all epochs
     assert sorted(re.search(r"--test-domain (\w+)", t).group(1) for t in tasks) == sorted(dn.TEST_DOMAINS)
     assert all("--epochs 0,1,2" in t and "--batch-size 64" in t and "--templates paper" in t for t in tasks)
+    # every task decodes with the task's CPUs but one, and reads the test images from the cache (size 64: synthetic)
+    assert all("--workers 3" in t and f"--images {out / 'cache' / 'test-64'}" in t for t in tasks)
     subs = sbatch_lines(stdout)
     (ev, ev_id), = [s for s in subs if option(s[0], "job-name") == "clipgen-eval"]
     assert ev[-1].endswith("/clipgen-eval.sbatch")
+    cache_ids = {job_named(subs, f"clipgen-cache-test-{d}")[1] for d in dn.DOMAINS}
+    assert set(option(ev, "dependency").removeprefix("afterok:").split(":")) == cache_ids
     for metric in ("ood-acc", "ood-acc-unweighted"):
         a, _ = job_named(subs, f"clipgen-summary-{metric}")
         assert option(a, "dependency") == f"afterok:{ev_id}"
         assert " eval summary " in " ".join(a) and str(out / "runs" / "clip") in a
     assert sorted(p.name for p in out.iterdir()) == ["runs"]  # nothing written
+    # IMAGE_CACHE=0: every task decodes the JPEGs, and nothing waits
+    stdout = ok(run("evaluate.sh", {**env, "IMAGE_CACHE": "0"}, "--dry-run"))
+    assert "--images" not in stdout and "clipgen-cache-test" not in stdout
+    (ev, _), = [s for s in sbatch_lines(stdout) if option(s[0], "job-name") == "clipgen-eval"]
+    assert option(ev, "dependency") is None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -410,12 +439,16 @@ def test_reproduce_dry_run_from_scratch_chains_every_stage(tmp_path, synth_root)
     cont = subs[1][0]
     assert cont[-3:] == [str(SCRIPTS / "reproduce.sh"), "--stages", "train,extract,analyses,eval"]
     assert "--export=ALL,AFTER=,CG_STATE_DIR=,CG_BATCH_DIR=" in cont
-    # the mechanistic stages wait for the training job of the run they read
-    assert dep["clipgen-extract-aligned-cg-high-quickdraw-s0-dn-test"] == ids["clipgen-train-clip-aligned"]
-    assert dep["clipgen-extract-cg-high-quickdraw-s0-dn-test"] == ids["clipgen-train-clip"]
+    # the mechanistic stages wait for the training job of the run they read (and the test images for the cache)
+    caches = {ids[f"clipgen-cache-test-{d}"] for d in dn.DOMAINS}
+    assert names.count("clipgen-cache-test-sketch") == 1  # built once for every stage
+    assert set(dep["clipgen-extract-aligned-cg-high-quickdraw-s0-dn-test"].split(":")) == \
+        {ids["clipgen-train-clip-aligned"], *caches}
+    assert set(dep["clipgen-extract-cg-high-quickdraw-s0-dn-test"].split(":")) == {ids["clipgen-train-clip"], *caches}
     assert dep["clipgen-cka-clip-aligned-aligned-cg-high-quickdraw-s0"] == \
         ids["clipgen-merge-aligned-cg-high-quickdraw-s0-dn-test"]
-    assert dep["clipgen-circuits-clip-aligned-aligned-cg-high-quickdraw-s0"] == ids["clipgen-train-clip-aligned"]
+    assert set(dep["clipgen-circuits-clip-aligned-aligned-cg-high-quickdraw-s0"].split(":")) == \
+        {ids["clipgen-train-clip-aligned"], *caches}
     # evaluation is planned by a continuation job after every training array
     assert set(dep["clipgen-continue-eval"].split(":")) == {ids["clipgen-train-clip"],
                                                            ids["clipgen-train-clip-aligned"]}
@@ -448,10 +481,13 @@ def test_reproduce_submits_for_real(tmp_path, synth_root, prepared):
     assert "source /opt/venv/bin/activate" in body
     tasks = script.with_suffix(".tasks").read_text().splitlines()
     assert sorted(re.search(r"--name (\S+)", t).group(1) for t in tasks) == sorted(main_grid_names())
-    # the standard quickdraw store waits for exactly the array task that trains its run
+    # the standard quickdraw store waits for exactly the array task that trains its run, and for the image cache
     k = next(i for i, t in enumerate(tasks) if "--name cg-high-quickdraw-s0 " in t)
-    assert dep["clipgen-extract-cg-high-quickdraw-s0-dn-test"] == f"{ids['clipgen-train-clip']}_{k}"
-    assert dep["clipgen-extract-aligned-cg-high-quickdraw-s0-dn-test"] == f"{ids['clipgen-train-clip-aligned']}_0"
+    caches = {ids[f"clipgen-cache-test-{d}"] for d in dn.DOMAINS}
+    assert set(dep["clipgen-extract-cg-high-quickdraw-s0-dn-test"].split(":")) == \
+        {f"{ids['clipgen-train-clip']}_{k}", *caches}
+    assert set(dep["clipgen-extract-aligned-cg-high-quickdraw-s0-dn-test"].split(":")) == \
+        {f"{ids['clipgen-train-clip-aligned']}_0", *caches}
     sae_deps = set(dep["clipgen-sae-clip-cg-high-sketch-s0"].split(":"))
     assert sae_deps == {ids[f"clipgen-merge-cg-high-sketch-s0-{s}"]
                         for s in ("dn-test-embedding", "dn-train-embedding", "base-train-embedding")}

@@ -82,3 +82,21 @@ def test_supervised_refusals(sup_run, random_run_dir, uneven_root, tmp_path):
         run_supervised(SupervisedConfig(data_root=uneven_root, model="RN-tiny", test_domain="sketch",
                                         checkpoints=[random_run_dir / "checkpoints" / "epoch_0.pt"],
                                         out=tmp_path / "x", progress=False))
+
+
+def test_one_decode_pass_equals_the_per_checkpoint_loop(sup_run, uneven_root, tmp_path):
+    from clipgen.datasets import DECODES
+
+    n = len(build_eval_set(uneven_root, "sketch"))
+    counts = {}
+    for mode in (False, True):
+        DECODES.reset()
+        run_supervised(SupervisedConfig(data_root=uneven_root, model_dir=sup_run, out=tmp_path / str(mode),
+                                        workers=0, per_checkpoint=mode, progress=False))
+        counts[mode] = DECODES.reset()
+    assert counts == {False: n, True: 2 * n}
+    a, b = read_results(tmp_path / "False"), read_results(tmp_path / "True")
+    assert a["epochs"] == b["epochs"] == [4, 9] and a["metrics"] == b["metrics"]
+    pa, pb = read_predictions(tmp_path / "False"), read_predictions(tmp_path / "True")
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])

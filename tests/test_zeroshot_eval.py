@@ -97,8 +97,8 @@ def test_skip_existing_and_resume(random_run_dir, uneven_root, tmp_path, monkeyp
     assert first.evaluated == [0, 2]
     before = read_results(out)
     calls = []
-    real = zeroshot_eval.encode_images
-    monkeypatch.setattr(zeroshot_eval, "encode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = zeroshot_eval.encode_images_many
+    monkeypatch.setattr(zeroshot_eval, "encode_images_many", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run_zero_shot(ZeroShotConfig(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch",
                                          epochs="all", out=out, progress=False, templates="simple"))
     assert again.skipped == [0, 2] and again.evaluated == [1] and len(calls) == 1
@@ -248,8 +248,8 @@ def test_store_embeddings_replace_the_forward_pass(random_run_dir, uneven_root, 
     import clipgen.runs
 
     calls, loads = [], []
-    real, real_load = zeroshot_eval.encode_images, clipgen.runs.load_clip
-    monkeypatch.setattr(zeroshot_eval, "encode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real, real_load = zeroshot_eval.encode_images_many, clipgen.runs.load_clip
+    monkeypatch.setattr(zeroshot_eval, "encode_images_many", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(clipgen.runs, "load_clip", lambda *a, **k: loads.append(a[1]) or real_load(*a, **k))
     out = tmp_path / "o"
     run_zero_shot(ZeroShotConfig(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch",
@@ -319,3 +319,74 @@ def test_find_stores(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ClipgenError, match="--store: no \\*.h5 activation store under"):
         find_stores([tmp_path / "empty"])
+
+
+def _same_results(a, b):
+    """results.json metrics and predictions.npz arrays of two evaluations are identical."""
+    da, db = read_results(a), read_results(b)
+    assert da["epochs"] == db["epochs"] and da["metrics"] == db["metrics"]
+    pa, pb = read_predictions(a), read_predictions(b)
+    assert sorted(pa) == sorted(pb)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+
+
+def test_one_decode_pass_evaluates_every_epoch(random_run_dir, synth_root, uneven_root, tmp_path):
+    """Each image is decoded once for the three epochs (and the ImageNet images once), with the same results as
+    the per-checkpoint loop, which decodes everything once per epoch."""
+    from clipgen.datasets import DECODES
+
+    val = tmp_path / "val"
+    (val / "n02795169").mkdir(parents=True)
+    for f in sorted((synth_root / "real" / "axe").iterdir())[:2]:
+        shutil.copy(f, val / "n02795169" / (f.stem + ".JPEG"))
+    n = len(build_eval_set(uneven_root, "sketch"))
+    counts = {}
+    for mode in (False, True):
+        DECODES.reset()
+        run_zero_shot(ZeroShotConfig(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch",
+                                     out=tmp_path / str(mode), templates="simple", imagenet=val, workers=0,
+                                     per_checkpoint=mode, progress=False))
+        counts[mode] = DECODES.reset()
+    assert counts == {False: n + 2, True: 3 * (n + 2)}
+    _same_results(tmp_path / "False", tmp_path / "True")
+    assert [c["chunk"] for c in read_results(tmp_path / "False")["checkpoints"]] == [3, 3, 3]
+    assert [c["chunk"] for c in read_results(tmp_path / "True")["checkpoints"]] == [1, 1, 1]
+
+
+def test_chunks_follow_memory_and_a_crash_loses_only_the_chunk_in_progress(random_run_dir, uneven_root, tmp_path,
+                                                                             monkeypatch):
+    from clipgen.datasets import DECODES
+    from clipgen.evaluation import zeroshot_eval
+    from clipgen.evaluation.runner import checkpoint_bytes
+
+    per_model = checkpoint_bytes(list_checkpoints(random_run_dir)[0])
+    two = 2.5 * per_model / 2**30  # room for two models: chunks [0, 1], [2]
+    n = len(build_eval_set(uneven_root, "sketch"))
+    real = zeroshot_eval.encode_images_many
+    calls = []
+
+    def crash_second(*a, **k):
+        calls.append(len(a[0]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(zeroshot_eval, "encode_images_many", crash_second)
+    out = tmp_path / "o"
+    cfg = dict(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch", out=out, templates="simple",
+               workers=0, memory_gb=two, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_zero_shot(ZeroShotConfig(**cfg))
+    assert calls == [2, 1] and read_results(out)["epochs"] == [0, 1]
+    monkeypatch.setattr(zeroshot_eval, "encode_images_many", real)
+    DECODES.reset()
+    again = run_zero_shot(ZeroShotConfig(**cfg))
+    assert again.skipped == [0, 1] and again.evaluated == [2] and DECODES.reset() == n
+    ref = tmp_path / "ref"
+    run_zero_shot(ZeroShotConfig(**{**cfg, "out": ref, "per_checkpoint": True}))
+    _same_results(out, ref)
+    with pytest.raises(ClipgenError, match="--memory-gb: must be a positive number"):
+        run_zero_shot(ZeroShotConfig(**{**cfg, "memory_gb": 0}))
+    with pytest.raises(ClipgenError, match="--workers: must be 0 or more"):
+        run_zero_shot(ZeroShotConfig(**{**cfg, "workers": -1}))

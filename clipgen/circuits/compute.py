@@ -18,6 +18,7 @@ all domains and classes, so its choice for one (domain, class) depends on everyt
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,7 @@ class CircuitsConfig:
     memory_gb: float | None = None  # working-memory budget for the batched passes (default: half the free GPU
     # memory, 2 GiB on CPU)
     shard: str | None = None  # "i/n" (0-based) or "auto" (SLURM array / torchrun environment)
+    images: Path | None = None  # an image cache ('clipgen data cache') holding the test images
     force: bool = False
 
 
@@ -189,11 +191,14 @@ def draw_images(samples: Sequence[dn.Sample], root: Path, domain: str, label: in
     return EntryImages(domain, int(label), [str(root / s.path) for s in chosen], [int(s.line) for s in chosen])
 
 
-def load_batch(entry: EntryImages, transform) -> Any:
+def load_batch(entry: EntryImages, transform, cache: Any = None) -> Any:
+    """The model inputs of an entry's images: decoded, or read from an image cache (the same tensors)."""
     import torch
 
     from clipgen.datasets import load_image
 
+    if cache is not None:
+        return cache.load(entry.paths, transform)
     return torch.stack([transform(load_image(p)) for p in entry.paths])
 
 
@@ -359,12 +364,23 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
 
     run = CircuitsRun(out, len(plan), 0, resumed_from=len(done), fingerprint=header.fingerprint, notes=notes)
     entries = [draw_images(splits[d], root, d, lab, cfg.samples_per_class, cfg.seed) for d, lab in todo]
-    with make_progress(disable=not progress) as bar, ThreadPoolExecutor(max_workers=1) as pool:
+    cache = None
+    if cfg.images is not None:  # checked against every image to be used before any is computed
+        from clipgen.datasets import ImageRecord
+        from clipgen.evaluation.runner import open_images
+
+        cache, _ = open_images(cfg.images, [ImageRecord(p, -1) for e in entries for p in e.paths], "fail")
+    with contextlib.ExitStack() as stack, make_progress(disable=not progress) as bar, \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        if cache is not None:
+            stack.enter_context(cache)
+            cache.check_transform(loaded.preprocess)
         task = bar.add_task(f"circuits {out.name}", total=len(plan), completed=len(done))
-        nxt = pool.submit(load_batch, entries[0], loaded.preprocess) if entries else None
+        nxt = pool.submit(load_batch, entries[0], loaded.preprocess, cache) if entries else None
         for k, entry in enumerate(entries):
             images = nxt.result()
-            nxt = pool.submit(load_batch, entries[k + 1], loaded.preprocess) if k + 1 < len(entries) else None
+            nxt = (pool.submit(load_batch, entries[k + 1], loaded.preprocess, cache) if k + 1 < len(entries)
+                   else None)
             bar.update(task, description=f"circuits {entry.domain}/{classes[entry.label]}")
             t0 = time.perf_counter()
             target = text[entry.label].to(device).reshape(1, -1).repeat(len(images), 1)

@@ -57,6 +57,9 @@ def compute(
     memory_gb: float | None = typer.Option(None, "--memory-gb", help="Working memory of the batched passes "
                                                                      "(default: half the free GPU memory; 2 on "
                                                                      "CPU)."),
+    images: Path | None = typer.Option(None, "--images", help="Image cache of the test images ('clipgen data "
+                                                              "cache'): read instead of decoding the JPEGs; refused "
+                                                              "if made for another preprocessing or other images."),
     shard: str | None = typer.Option(None, "--shard", help="Compute part i of n of the (domain, class) list "
                                                            "(0-based 'i/n', or 'auto' from SLURM_ARRAY_TASK_ID/"
                                                            "COUNT) into CIRCUITS.shard-i-of-n.h5; join with "
@@ -72,7 +75,7 @@ def compute(
     cfg = CircuitsConfig(out=out, model_dir=model_dir, data=data, epoch=epoch, classes=classes, domains=domains,
                          samples_per_class=samples_per_class, seed=seed, steps=steps, rule=rule,
                          node_fraction=node_fraction, templates=templates, device=device, precision=precision,
-                         memory_gb=memory_gb, shard=shard, force=force)
+                         memory_gb=memory_gb, images=images, shard=shard, force=force)
     res = compute_circuits(cfg, progress=progress, note=_say)
     per = f", {sum(res.seconds) / len(res.seconds):.2f} s per entry" if res.seconds else ""
     con.print(f"circuits {res.path}: {res.planned} (domain, class) entries, {res.computed} computed now{per}, "

@@ -249,3 +249,45 @@ def imagenet_sketch(
               f"a DomainNet counterpart, filter {filter_}); the {other} filter would keep {res.n_kept_other_filter:,}")
     con.print(render_sketch_summary(res.infos))
     con.print(f"wrote {len(res.infos)} TSVs and {res.captions_file.name} to {res.out}")
+
+
+@app.command("cache")
+def cache(
+    out: Path = typer.Option(..., "--out", "-o", help="The image cache (CACHE.h5)."),
+    data: Path | None = typer.Option(None, "--data", help="DomainNet root (real or synthetic) with "
+                                                          "{domain}_{split}.txt."),
+    tsv: Path | None = typer.Option(None, "--tsv", help="Or a filepath<TAB>title TSV of the images."),
+    split: str = typer.Option("test", "--split", help="Split of --data: train or test."),
+    domains: str = typer.Option("all", "--domains", help="Domains of --data: all, letters (cipqrs) or "
+                                                         "comma-separated names."),
+    size: int | None = typer.Option(None, "--size", help="Model input size: open_clip's evaluation transform "
+                                                         "(bicubic resize of the short side, center crop) at N px."),
+    model: str | None = typer.Option(None, "--model", help="Or the evaluation transform of this model name."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="Or the evaluation transform of this run's "
+                                                                    "model."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per loader batch."),
+    block_rows: int = typer.Option(1024, "--block-rows", help="Images per resumable part file (a multiple of "
+                                                              "--batch-size)."),
+    workers: int | None = typer.Option(None, "--workers", help="Decoding processes (default: one less than the CPU "
+                                                               "cores this process may use, at most 16).",
+                                       show_default=False),
+    on_error: str = typer.Option("fail", "--on-error", help="Unreadable image: fail, or skip it (listed in the "
+                                                            "cache's /skipped)."),
+    compression: str = typer.Option("none", "--compression", help="none (fastest reads), lzf or gzip."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing cache (even one for other images or "
+                                                      "another transform)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Decode an image set once into a cache of model-input images (uint8, resized and cropped, not normalised)
+    that 'eval zero-shot', 'eval supervised', 'extract' and 'circuits compute' read with --images CACHE; rerun
+    the same command to continue an interrupted cache."""
+    from clipgen.data.image_cache import CacheConfig, build_cache
+    from clipgen.progress import out as con
+
+    cfg = CacheConfig(out=out, data=data, tsv=tsv, split=split, domains=domains, size=size, model=model,
+                      model_dir=model_dir, batch_size=batch_size, block_rows=block_rows, workers=workers,
+                      on_error=on_error, compression=compression, force=force)
+    res = build_cache(cfg, progress=progress, note=lambda m: con.print(m, markup=False, highlight=False))
+    if not res.already_complete:
+        con.print(f"wrote {res.rows:,} images to {res.path} ({res.blocks_computed} of {res.blocks_total} blocks "
+                  f"computed now; {len(res.skipped)} skipped)")

@@ -20,7 +20,16 @@ _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 _PRECISION = typer.Option("auto", "--precision", help="auto (as the published evaluation: on a GPU fp16 autocast for "
                                                          "CLIP, fp32 for supervised; fp32 on CPU), fp32, bf16, fp16.")
 _BATCH = typer.Option(256, "--batch-size", help="Images per forward pass.")
-_WORKERS = typer.Option(0, "--workers", help="Data-loading processes.")
+_WORKERS = typer.Option(None, "--workers", help="Data-loading processes (default: one less than the CPU cores this "
+                                                 "process may use, from its affinity and SLURM_CPUS_PER_TASK; "
+                                                 "at most 16).", show_default=False)
+_MEMORY = typer.Option(None, "--memory-gb", help="Memory (GiB) the models of one pass over the images may take on "
+                                                 "the device: each image is decoded once per pass and fed to every "
+                                                 "checkpoint of it (default: half the free GPU memory; on CPU a "
+                                                 "quarter of the available RAM).", show_default=False)
+_IMAGES = typer.Option(None, "--images", help="Image cache of the evaluated images ('clipgen data cache'): read "
+                                               "instead of decoding the JPEGs; refused if made for another "
+                                               "preprocessing or other images.")
 _ON_ERROR = typer.Option("fail", "--on-error", help="Unreadable image: fail, or skip it (reported in results).")
 _FORCE = typer.Option(False, "--force", help="Discard an existing results.json in the output and start over.")
 _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
@@ -83,7 +92,9 @@ def zero_shot(
     device: str = _DEVICE,
     precision: str = _PRECISION,
     batch_size: int = _BATCH,
-    workers: int = _WORKERS,
+    workers: int | None = _WORKERS,
+    memory_gb: float | None = _MEMORY,
+    images: Path | None = _IMAGES,
     on_error: str = _ON_ERROR,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
@@ -94,8 +105,8 @@ def zero_shot(
     cfg = ZeroShotConfig(data_root=data_root, model_dir=model_dir, checkpoints=list(checkpoints or []), model=model,
                          epochs=epochs, test_domain=test_domain, out=out, templates=templates,
                          held_out=_split(held_out), imagenet=imagenet, stores=list(store or []), device=device,
-                         precision=precision, batch_size=batch_size, workers=workers, on_error=on_error, force=force,
-                         progress=progress)
+                         precision=precision, batch_size=batch_size, workers=workers, memory_gb=memory_gb,
+                         images=images, on_error=on_error, force=force, progress=progress)
     _report(run_zero_shot(cfg))
 
 
@@ -114,7 +125,9 @@ def supervised(
     device: str = _DEVICE,
     precision: str = _PRECISION,
     batch_size: int = _BATCH,
-    workers: int = _WORKERS,
+    workers: int | None = _WORKERS,
+    memory_gb: float | None = _MEMORY,
+    images: Path | None = _IMAGES,
     on_error: str = _ON_ERROR,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
@@ -125,7 +138,7 @@ def supervised(
     cfg = SupervisedConfig(data_root=data_root, model_dir=model_dir, checkpoints=list(checkpoints or []),
                            model=model, epochs=epochs, test_domain=test_domain, out=out, held_out=_split(held_out),
                            device=device, precision=precision, batch_size=batch_size, workers=workers,
-                           on_error=on_error, force=force, progress=progress)
+                           memory_gb=memory_gb, images=images, on_error=on_error, force=force, progress=progress)
     _report(run_supervised(cfg))
 
 
@@ -164,6 +177,8 @@ def grid(
     imagenet: Path | None = typer.Option(None, "--imagenet", help="ImageNet val folder for the zero-shot tasks."),
     store: list[Path] = typer.Option(None, "--store", help="Activation store(s) or folders of them, passed to every "
                                                            "zero-shot task."),
+    images: Path | None = typer.Option(None, "--images", help="Image cache, or a folder of caches (e.g. one per "
+                                                              "domain of the test split), passed to every task."),
     per_checkpoint: bool = typer.Option(False, "--per-checkpoint",
                                         help="One array task per checkpoint instead of one per run and domain."),
     task_args: str | None = typer.Option(None, "--task-args",
@@ -178,7 +193,8 @@ def grid(
     account: str | None = typer.Option(None, "--account", help="SLURM account."),
     qos: str | None = typer.Option(None, "--qos", help="SLURM QOS."),
     time: str = typer.Option("01:00:00", "--time", help="Time limit per task."),
-    cpus_per_task: int = typer.Option(8, "--cpus-per-task", help="CPU cores per task."),
+    cpus_per_task: int = typer.Option(8, "--cpus-per-task", help="CPU cores per task (each task decodes images "
+                                                                 "with --workers = these cores but one)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs per task (0 for CPU nodes)."),
     mem: str | None = typer.Option(None, "--mem", help="Memory per task, e.g. 32G."),
     max_parallel: int | None = typer.Option(None, "--max-parallel", help="Array tasks running at once."),
@@ -196,7 +212,7 @@ def grid(
     if len(modes) > 1:
         raise ClipgenError(f"--{modes[0]} and --{modes[1]} exclude each other")
     cfg = GridConfig(runs=list(runs), data_root=data_root, test_domains=test_domains, epochs=epochs,
-                     out_root=out_root, templates=templates, imagenet=imagenet, stores=list(store or []),
+                     out_root=out_root, templates=templates, imagenet=imagenet, stores=list(store or []), images=images,
                      extra_args=shlex.split(task_args) if task_args else [], per_checkpoint=per_checkpoint,
                      jobs_dir=jobs_dir, name=name, mode=modes[0] if modes else "write",
                      slurm=SlurmConfig(job_name="clipgen-eval", partition=partition, account=account, qos=qos,

@@ -44,8 +44,11 @@ def extract(
                                                                       "own)."),
     block_rows: int | None = typer.Option(None, "--block-rows", help="Rows per resumable block (a multiple of "
                                                                       "--batch-size) (default: about 256 MB)."),
-    workers: int | None = typer.Option(None, "--workers", help="Image-decoding processes (default: min(8, cores) "
-                                                                "on GPU, 0 on CPU)."),
+    workers: int | None = typer.Option(None, "--workers", help="Image-decoding processes (default: one less than "
+                                                                "the CPU cores this process may use, at most 16)."),
+    images: Path | None = typer.Option(None, "--images", help="Image cache of the image set ('clipgen data cache'): "
+                                                              "read instead of decoding the JPEGs; refused if made "
+                                                              "for another preprocessing or other images."),
     on_error: str = typer.Option("fail", "--on-error", help="Missing or corrupt image: fail, or skip it (listed "
                                                             "under /skipped in the store and reported)."),
     templates: str = typer.Option("paper", "--templates", help="Prompt templates of the stored class text "
@@ -82,10 +85,10 @@ def extract(
     cfg = ExtractConfig(out=out, model_dir=model_dir, epoch=epoch, checkpoint=checkpoint, model=model, data=data,
                         tsv=tsv, split=split, domains=domains, layers=layer, pooling=pooling,
                         token_pooling=token_pooling, dtype=dtype, precision=precision, device=device,
-                        batch_size=batch_size, block_rows=block_rows, workers=workers, on_error=on_error,
-                        templates=templates, text=text, compression=compression, max_size_gb=max_size_gb,
-                        channels_last=channels_last, shard=shard, writer_threads=writer_threads, resume=resume,
-                        force=force)
+                        batch_size=batch_size, block_rows=block_rows, workers=workers, images=images,
+                        on_error=on_error, templates=templates, text=text, compression=compression,
+                        max_size_gb=max_size_gb, channels_last=channels_last, shard=shard,
+                        writer_threads=writer_threads, resume=resume, force=force)
     res = run(cfg, progress=progress, note=lambda m: console.print(m, markup=False, highlight=False))
     size = res.path.stat().st_size
     con.print(f"store {res.path}: {res.rows} rows, fingerprint {res.fingerprint[:12]}, {size / 1e6:.1f} MB"

@@ -4,9 +4,10 @@ One task per run and test domain evaluates the run's missing epochs; with ``per_
 missing checkpoint instead (tasks of the same run add their epoch to the same results.json under a file
 lock). Test domains ``auto``: the run mixture's test domain, or all five for runs without one
 (natural-only serves every test domain). Work already in a results.json (of an unchanged checkpoint) is skipped
-when planning, so re-submitting the grid after a partial failure only runs what is missing. By default the job
-script is written (not submitted), as ``clipgen train grid`` does; ``--dry-run`` only prints the tasks and writes
-nothing, ``--submit`` writes and calls sbatch, ``--local`` runs the tasks here.
+when planning, so re-submitting the grid after a partial failure only runs what is missing. Every task gets
+``--workers`` (the task's CPUs but one) and, with ``images``, ``--images`` (an image cache or a folder of them).
+By default the job script is written (not submitted), as ``clipgen train grid`` does; ``--dry-run`` only prints the
+tasks and writes nothing, ``--submit`` writes and calls sbatch, ``--local`` runs the tasks here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class GridConfig:
     templates: str = "paper"
     imagenet: Path | None = None
     stores: list[Path] = field(default_factory=list)
+    images: Path | None = None  # image cache, or a folder of them (one per domain and split), for every task
     extra_args: list[str] = field(default_factory=list)  # passed to every task (e.g. --batch-size 500)
     per_checkpoint: bool = False
     jobs_dir: Path = Path("eval-grid")
@@ -131,9 +133,23 @@ def plan(cfg: GridConfig) -> tuple[list[GridTask], list[str]]:
                         argv += ["--imagenet", str(Path(cfg.imagenet).resolve())]
                     for s in cfg.stores:
                         argv += ["--store", str(Path(s).resolve())]
+                if cfg.images is not None:
+                    argv += ["--images", str(Path(cfg.images).resolve())]
+                if "--workers" not in cfg.extra_args:
+                    argv += ["--workers", str(task_workers(cfg))]
                 argv += list(cfg.extra_args)
                 tasks.append(GridTask(run, kind, td, chunk, out, argv))
     return tasks, notes
+
+
+def task_workers(cfg: GridConfig) -> int:
+    """Data-loading processes of each task: the task's CPUs but one (SLURM), or this machine's usable CPUs but one
+    (``--local``)."""
+    from clipgen.devices import MAX_DEFAULT_WORKERS, default_workers
+
+    if cfg.mode == "local":
+        return default_workers()
+    return max(0, min(MAX_DEFAULT_WORKERS, int(cfg.slurm.cpus_per_task) - 1))
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 :func:`evaluate_checkpoints` evaluates each checkpoint not yet in ``results.json`` (reruns skip finished
 epochs, unless the checkpoint file changed since: a retrained run is evaluated again), computes the metrics of
-every domain from the top-k predictions a *predictor* returns, and adds the epoch to the results at once, so an
-interruption loses at most the checkpoint in progress.
+every domain from the top-k predictions a *predictor* returns, and adds the epochs to the results as soon as they
+are predicted. The predictor evaluates a *chunk* of checkpoints at once (one pass over the images feeds every
+model of the chunk, :func:`plan_chunks`), so an interruption loses at most the chunk in progress.
 """
 
 from __future__ import annotations
@@ -117,7 +118,40 @@ class Prediction:
     imagenet_topk: np.ndarray | None = None
 
 
-Predictor = Callable[[CheckpointRef, Any], Prediction]
+#: ``predict(chunk, progress)``: the predictions of every checkpoint of ``chunk``, in order.
+Predictor = Callable[[list[CheckpointRef], Any], list[Prediction]]
+
+
+def checkpoint_bytes(path: Path) -> int:
+    """Bytes of the weights of a checkpoint (its state dict's tensors): what its model takes on the device."""
+    from clipgen.runs import load_state_dict
+
+    return sum(t.numel() * t.element_size() for t in load_state_dict(path).values() if hasattr(t, "numel"))
+
+
+def open_images(path: str | Path | None, records: Sequence[Any], on_error: str) -> tuple[Any, str | None]:
+    """``(open image cache or None, its resolved path or None)`` for ``--images``; a cache that lacks one of
+    ``records`` is refused here, before any model runs (its preprocessing is checked against each model's)."""
+    if path is None:
+        return None, None
+    from clipgen.data.image_cache import open_cache
+
+    cache = open_cache(path)
+    try:
+        cache.rows_of(records, on_error)
+    except BaseException:
+        cache.close()
+        raise
+    return cache, str(Path(path).resolve())
+
+
+def plan_chunks(refs: Sequence[CheckpointRef], model_bytes: int, memory_gb: float,
+                per_checkpoint: bool = False) -> list[list[CheckpointRef]]:
+    """Consecutive chunks of ``refs`` whose models (``model_bytes`` each) fit in ``memory_gb`` GiB together: one
+    pass over the images evaluates a chunk. ``per_checkpoint``: one checkpoint per chunk (a pass per checkpoint)."""
+    size = 1 if per_checkpoint else max(1, int(memory_gb * 2**30 // max(1, model_bytes)))
+    refs = list(refs)
+    return [refs[i:i + size] for i in range(0, len(refs), size)]
 
 
 @dataclass
@@ -174,9 +208,11 @@ def changed_epochs(doc: dict[str, Any] | None, refs: Sequence[CheckpointRef]) ->
 
 def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalImageSet, held_out: Sequence[int],
                          refs: Sequence[CheckpointRef], predict: Predictor, *,
-                         imagenet_labels: np.ndarray | None = None, force: bool = False,
-                         progress: bool = True) -> EvalOutcome:
-    """Evaluate the checkpoints of ``refs`` that ``out_dir/results.json`` lacks."""
+                         imagenet_labels: np.ndarray | None = None, force: bool = False, progress: bool = True,
+                         plan: Callable[[list[CheckpointRef]], list[list[CheckpointRef]]] | None = None
+                         ) -> EvalOutcome:
+    """Evaluate the checkpoints of ``refs`` that ``out_dir/results.json`` lacks, in the chunks of ``plan(todo)``
+    (default: one checkpoint per chunk); each chunk's epochs are added to the results when it finishes."""
     from clipgen.progress import console, make_progress
 
     writer = ResultsWriter(out_dir, header, records_paths=image_set.rel_paths, labels=image_set.labels,
@@ -193,24 +229,26 @@ def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalI
                       f"skipping (--force re-evaluates)[/]")
     with make_progress(disable=not progress) as bar:
         task = bar.add_task(f"{header['kind']} {header['test_domain']}", total=len(todo))
-        for ref in todo:
+        for chunk in (plan(todo) if plan is not None and todo else [[r] for r in todo]):
             t0 = time.perf_counter()
-            pred = predict(ref, bar)
-            if pred.topk.shape[0] != len(image_set):
-                raise ClipgenError(f"internal: {pred.topk.shape[0]} predictions for {len(image_set)} images")
-            metrics = epoch_metrics(image_set, held_out, pred.topk)
-            in_metrics = None
-            if imagenet_labels is not None and pred.imagenet_topk is not None:
-                itk = np.asarray(pred.imagenet_topk)
-                ok = itk[:, 0] >= 0
-                in_metrics = imagenet_metrics(imagenet_labels[ok], itk[ok])
-            info = {"path": str(ref.path.resolve()), **checkpoint_stamp(ref.path), **pred.checkpoint,
-                    "seconds": round(time.perf_counter() - t0, 3),
-                    "skipped_images": int(np.sum(pred.topk[:, 0] < 0))}
-            outcome.results = writer.add(EpochResult(ref.epoch, info, pred.topk, metrics, pred.imagenet_topk,
-                                                     in_metrics))
-            outcome.evaluated.append(ref.epoch)
-            bar.advance(task)
+            preds = predict(chunk, bar)
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for ref, pred in zip(chunk, preds, strict=True):
+                if pred.topk.shape[0] != len(image_set):
+                    raise ClipgenError(f"internal: {pred.topk.shape[0]} predictions for {len(image_set)} images")
+                metrics = epoch_metrics(image_set, held_out, pred.topk)
+                in_metrics = None
+                if imagenet_labels is not None and pred.imagenet_topk is not None:
+                    itk = np.asarray(pred.imagenet_topk)
+                    ok = itk[:, 0] >= 0
+                    in_metrics = imagenet_metrics(imagenet_labels[ok], itk[ok])
+                info = {"path": str(ref.path.resolve()), **checkpoint_stamp(ref.path), **pred.checkpoint,
+                        "seconds": round(seconds, 3), "chunk": len(chunk),
+                        "skipped_images": int(np.sum(pred.topk[:, 0] < 0))}
+                outcome.results = writer.add(EpochResult(ref.epoch, info, pred.topk, metrics, pred.imagenet_topk,
+                                                         in_metrics))
+                outcome.evaluated.append(ref.epoch)
+                bar.advance(task)
     if outcome.results is None and writer.path.exists():
         from clipgen.evaluation.results import read_results
 

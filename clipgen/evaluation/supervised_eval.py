@@ -22,10 +22,13 @@ from clipgen.evaluation.runner import (
     CheckpointRef,
     EvalOutcome,
     Prediction,
+    checkpoint_bytes,
     class_header,
     default_out_dir,
     default_test_domain,
     evaluate_checkpoints,
+    open_images,
+    plan_chunks,
     resolve_checkpoints,
     run_info,
 )
@@ -50,7 +53,10 @@ class SupervisedConfig:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 256
-    workers: int = 0
+    workers: int | None = None  # None: derived from the CPUs this process may use
+    memory_gb: float | None = None  # models of one pass over the images; None: derived from the device
+    per_checkpoint: bool = False  # one pass over the images per checkpoint (the old loop; for comparisons)
+    images: Path | None = None  # an image cache ('clipgen data cache') of the evaluated images
     on_error: str = "fail"
     force: bool = False
     progress: bool = True
@@ -75,42 +81,44 @@ def domainnet_topk(model: Any, records: list, transform: Any, class_labels: list
                    precision: str, batch_size: int, workers: int, on_error: str, k: int = TOP_K,
                    progress: Any = None, description: str = "images") -> np.ndarray:
     """``(N, k)`` top-k DomainNet labels from the DomainNet head restricted to ``class_labels`` (-1: skipped)."""
+    return domainnet_topk_many([model], records, transform, class_labels, device=device, precision=precision,
+                               batch_size=batch_size, workers=workers, on_error=on_error, k=k, progress=progress,
+                               description=description)[0]
+
+
+def domainnet_topk_many(models: list, records: list, transform: Any, class_labels: list[int], *, device: Any,
+                        precision: str, batch_size: int, workers: int, on_error: str, k: int = TOP_K,
+                        progress: Any = None, description: str = "images", images: Any = None) -> list[np.ndarray]:
+    """:func:`domainnet_topk` of several models in one pass over the images (each batch decoded once, or read from
+    the image cache ``images``)."""
     import torch
 
-    from clipgen.datasets import make_loader
     from clipgen.devices import autocast
-    from clipgen.evaluation.zeroshot import check_on_error, raise_unreadable
+    from clipgen.evaluation.zeroshot import image_batches
     from clipgen.models.supervised import NUM_DOMAINNET
 
     cols = torch.as_tensor(class_labels, dtype=torch.long)
     k = min(k, len(class_labels))
-    out = np.full((len(records), k), -1, dtype=np.int64)
+    outs = [np.full((len(records), k), -1, dtype=np.int64) for _ in models]
     labels = np.asarray(class_labels, dtype=np.int64)
-    check_on_error(on_error)
-    # the loader always skips; a failure is raised here, in the main process, with its one-line message
-    loader = make_loader(records, transform, batch_size=batch_size, workers=workers, on_error="skip",
-                         pin_memory=getattr(device, "type", str(device)) == "cuda")
-    task = progress.add_task(description, total=len(records)) if progress is not None else None
     with torch.no_grad():
-        for images, kept, skipped in loader:
-            if on_error == "fail" and len(skipped):
-                raise_unreadable(records, skipped.tolist())
-            if images is not None:
+        for x, kept, _ in image_batches(records, transform, device=device, batch_size=batch_size, workers=workers,
+                                        on_error=on_error, progress=progress, description=description,
+                                        images=images):
+            if x is None:
+                continue
+            for model, out in zip(models, outs, strict=True):
                 with autocast(device, precision):
-                    logits = model(images.to(device, non_blocking=True))
+                    logits = model(x)
                 dn_logits = logits.float()[:, -NUM_DOMAINNET:][:, cols.to(logits.device)]
                 idx = dn_logits.topk(k, dim=1).indices.cpu().numpy()
                 out[kept.numpy()] = labels[idx]
-            if progress is not None:
-                progress.advance(task, len(kept) + len(skipped))
-    if progress is not None:
-        progress.remove_task(task)
-    return out
+    return outs
 
 
 def run_supervised(cfg: SupervisedConfig) -> EvalOutcome:
     """Evaluate a supervised run's checkpoints (skipping those already in the output's results.json)."""
-    from clipgen.devices import resolve_device, resolve_precision
+    from clipgen.devices import check_memory_gb, resolve_device, resolve_precision, resolve_workers
     from clipgen.models.registry import model_config
 
     manifest, refs = resolve_checkpoints(cfg.model_dir, cfg.epochs, cfg.checkpoints, cfg.model, kind="supervised")
@@ -121,6 +129,8 @@ def run_supervised(cfg: SupervisedConfig) -> EvalOutcome:
                             if manifest is not None else None)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, kind="supervised")
+    memory_gb = check_memory_gb(cfg.memory_gb, device)
+    workers = resolve_workers(cfg.workers)
     name = manifest.model if manifest is not None else cfg.model
     mcfg = manifest.model_config if manifest is not None else model_config(cfg.model)
     header = {
@@ -135,17 +145,30 @@ def run_supervised(cfg: SupervisedConfig) -> EvalOutcome:
         "imagenet": None,
     }
 
-    def predict(ref: CheckpointRef, bar: Any) -> Prediction:
-        sha = sha256_file(ref.path)
-        model, preprocess = load_supervised(ref.path, name, mcfg, device)
-        topk = domainnet_topk(model, image_set.records, preprocess, image_set.class_labels, device=device,
-                              precision=precision, batch_size=cfg.batch_size, workers=cfg.workers,
-                              on_error=cfg.on_error, progress=bar, description=f"epoch {ref.epoch} images")
-        return Prediction(topk, {"sha256": sha, "features": "forward", "store": None, "precision": precision,
-                                 "device": str(device)})
+    def predict(chunk: list[CheckpointRef], bar: Any) -> list[Prediction]:
+        shas = [sha256_file(ref.path) for ref in chunk]
+        loaded = [load_supervised(ref.path, name, mcfg, device) for ref in chunk]
+        label = f"epoch {chunk[0].epoch}" if len(chunk) == 1 else f"epochs {chunk[0].epoch}-{chunk[-1].epoch}"
+        topks = domainnet_topk_many([m for m, _ in loaded], image_set.records, loaded[0][1], image_set.class_labels,
+                                    device=device, precision=precision, batch_size=cfg.batch_size, workers=workers,
+                                    on_error=cfg.on_error, progress=bar, description=f"{label} images",
+                                    images=cache)
+        return [Prediction(t, {"sha256": sha, "features": "forward", "store": None, "precision": precision,
+                               "device": str(device), "image_cache": cache_path})
+                for t, sha in zip(topks, shas, strict=True)]
+
+    def plan(todo: list[CheckpointRef]) -> list[list[CheckpointRef]]:
+        if cfg.per_checkpoint:
+            return plan_chunks(todo, 1, memory_gb, per_checkpoint=True)
+        return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict, force=cfg.force,
-                                   progress=cfg.progress)
+    cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
+    try:
+        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict, force=cfg.force,
+                                       progress=cfg.progress, plan=plan)
+    finally:
+        if cache is not None:
+            cache.close()
     write_config(out_dir / "results.json", "eval supervised", cfg)
     return outcome

@@ -110,36 +110,70 @@ def encode_images(model: Any, records: Sequence[Any], transform: Any, *, device:
 
     ``progress`` is an optional rich Progress to which a task over the images is added.
     """
-    import torch
+    return encode_images_many([model], records, transform, device=device, precision=precision,
+                              batch_size=batch_size, workers=workers, on_error=on_error, progress=progress,
+                              description=description)[0]
 
+
+def image_batches(records: Sequence[Any], transform: Any, *, device: Any, batch_size: int, workers: int,
+                  on_error: str, progress: Any = None, description: str = "images", images: Any = None):
+    """Decode ``records`` once, in order: yields ``(images on device or None, kept indices, skipped indices)``.
+
+    Unreadable images fail with their one-line error (``on_error="fail"``) or are reported as skipped. ``images``:
+    an open image cache (:func:`clipgen.data.image_cache.open_cache`) to read them from instead of decoding them.
+    """
     from clipgen.datasets import make_loader
-    from clipgen.devices import autocast
 
     check_on_error(on_error)
+    if images is not None:
+        yield from images.batches(records, transform, device=device, batch_size=batch_size, on_error=on_error,
+                                  progress=progress, description=description)
+        return
+    on_gpu = getattr(device, "type", str(device)) == "cuda"
     # the loader always skips; a failure is raised here, in the main process, with its one-line message
     loader = make_loader(records, transform, batch_size=batch_size, workers=workers, on_error="skip",
-                         pin_memory=getattr(device, "type", str(device)) == "cuda")
-    feats: torch.Tensor | None = None
+                         pin_memory=on_gpu)
     task = progress.add_task(description, total=len(records)) if progress is not None else None
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for images, kept, skipped in loader:
-            if on_error == "fail" and len(skipped):
-                raise_unreadable(records, skipped.tolist())
-            if images is not None:
-                with autocast(device, precision):
-                    f = model.encode_image(images.to(device, non_blocking=True))
-                f = torch.nn.functional.normalize(f.float(), dim=-1).cpu()
-                if feats is None:
-                    feats = torch.full((len(records), f.shape[1]), float("nan"))
-                feats[kept] = f
-            if progress is not None:
-                progress.advance(task, len(kept) + len(skipped))
-    model.train(was_training)
+    for images, kept, skipped in loader:
+        if on_error == "fail" and len(skipped):
+            raise_unreadable(records, skipped.tolist())
+        yield (None if images is None else images.to(device, non_blocking=True)), kept, skipped
+        if progress is not None:
+            progress.advance(task, len(kept) + len(skipped))
     if progress is not None:
         progress.remove_task(task)
-    if feats is None:
+
+
+def encode_images_many(models: Sequence[Any], records: Sequence[Any], transform: Any, *, device: Any = "cpu",
+                       precision: str = "fp32", batch_size: int = 256, workers: int = 0, on_error: str = "fail",
+                       progress: Any = None, description: str = "images", images: Any = None):
+    """:func:`encode_images` for several models in one pass over the images: each batch is decoded once (or read
+    from the image cache ``images``) and fed to every model's image tower. Returns one ``(N, D)`` tensor per model,
+    in order."""
+    import torch
+
+    from clipgen.devices import autocast
+
+    feats: list[torch.Tensor | None] = [None] * len(models)
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    with torch.no_grad():
+        for x, kept, _ in image_batches(records, transform, device=device, batch_size=batch_size,
+                                             workers=workers, on_error=on_error, progress=progress,
+                                             description=description, images=images):
+            if x is None:
+                continue
+            for j, model in enumerate(models):
+                with autocast(device, precision):
+                    f = model.encode_image(x)
+                f = torch.nn.functional.normalize(f.float(), dim=-1).cpu()
+                if feats[j] is None:
+                    feats[j] = torch.full((len(records), f.shape[1]), float("nan"))
+                feats[j][kept] = f
+    for m, t in zip(models, was_training, strict=True):
+        m.train(t)
+    if any(f is None for f in feats):
         raise ClipgenError(f"none of the {len(records)} images could be read")
     return feats
 

@@ -1,9 +1,10 @@
 """``clipgen eval zero-shot``: the paper's zero-shot evaluation of a CLIP run over its checkpoints.
 
 For each checkpoint: class text embeddings once (template-averaged, :func:`build_classifier`), image
-embeddings once (one forward pass over the test-split images of the test domain and real, or the ``embedding``
-layer of a matching activation store), cosine-similarity top-k predictions, and the metrics of
-:mod:`clipgen.evaluation.metrics` for both domains; optionally 1000-way ImageNet-val accuracy.
+embeddings once (a forward pass over the test-split images of the test domain and real, or the ``embedding``
+layer of a matching activation store; the images are decoded once for all the checkpoints whose models fit in
+``memory_gb`` together and each batch is fed to every one of them), cosine-similarity top-k predictions, and
+the metrics of :mod:`clipgen.evaluation.metrics` for both domains; optionally 1000-way ImageNet-val accuracy.
 """
 
 from __future__ import annotations
@@ -29,14 +30,23 @@ from clipgen.evaluation.runner import (
     CheckpointRef,
     EvalOutcome,
     Prediction,
+    checkpoint_bytes,
     class_header,
     default_out_dir,
     default_test_domain,
     evaluate_checkpoints,
+    open_images,
+    plan_chunks,
     resolve_checkpoints,
     run_info,
 )
-from clipgen.evaluation.zeroshot import build_classifier, encode_images, imagenet_classnames, predict_topk, templates
+from clipgen.evaluation.zeroshot import (
+    build_classifier,
+    encode_images_many,
+    imagenet_classnames,
+    predict_topk,
+    templates,
+)
 
 TOP_K = 5
 
@@ -157,7 +167,10 @@ class ZeroShotConfig:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 256
-    workers: int = 0
+    workers: int | None = None  # None: derived from the CPUs this process may use
+    memory_gb: float | None = None  # models of one pass over the images; None: derived from the device
+    per_checkpoint: bool = False  # one pass over the images per checkpoint (the old loop; for comparisons)
+    images: Path | None = None  # an image cache ('clipgen data cache') of the evaluated images
     on_error: str = "fail"
     force: bool = False
     progress: bool = True
@@ -172,7 +185,7 @@ def template_header(name: str) -> dict[str, Any]:
 
 def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
     """Evaluate the checkpoints of ``cfg`` (skipping those already in the output's results.json)."""
-    from clipgen.devices import resolve_device, resolve_precision
+    from clipgen.devices import check_memory_gb, resolve_device, resolve_precision, resolve_workers
 
     method = template_header(cfg.templates)  # an unknown template set is a one-line error
     manifest, refs = resolve_checkpoints(cfg.model_dir, cfg.epochs, cfg.checkpoints, cfg.model, kind="clip")
@@ -186,6 +199,8 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
     seen_notes: set[str] = set()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, kind="clip")
+    memory_gb = check_memory_gb(cfg.memory_gb, device)
+    workers = resolve_workers(cfg.workers)
     header = {
         "kind": "zero-shot",
         "run": run_info(manifest, cfg.model_dir, cfg.model, refs),
@@ -201,57 +216,82 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
     }
     ts = templates(cfg.templates)
 
-    def predict(ref: CheckpointRef, bar: Any) -> Prediction:
+    def predict(chunk: list[CheckpointRef], bar: Any) -> list[Prediction]:
         import torch
 
         from clipgen.devices import autocast
         from clipgen.progress import console
         from clipgen.runs import load_clip
 
-        sha = sha256_file(ref.path)
-        hit, notes = store_features(stores, sha, image_set, ts, cfg.on_error) if stores else (None, [])
-        for n in notes:
-            if n not in seen_notes:
-                seen_notes.add(n)
-                console.print(f"note: {n}", markup=False, highlight=False)
-        if stores and hit is None:
-            console.print(f"note: no --store holds epoch {ref.epoch}'s embeddings of these images; running the model",
-                          markup=False, highlight=False)
-        loaded = None
-        if hit is None or hit.text is None or in_records is not None:
-            loaded = load_clip(cfg.model_dir, ref.epoch, checkpoint=ref.path, model_name=cfg.model, device=device)
-        if hit is not None and hit.text is not None:
-            w = hit.text
-        else:
-            with autocast(device, precision):
-                w = build_classifier(loaded.model, loaded.tokenizer, image_set.class_names, ts, device=device)
-        if hit is not None:
-            feats = hit.features
-        else:
-            feats = encode_images(loaded.model, image_set.records, loaded.preprocess, device=device,
-                                  precision=precision, batch_size=cfg.batch_size, workers=cfg.workers,
-                                  on_error=cfg.on_error, progress=bar, description=f"epoch {ref.epoch} images")
-        topk = predict_topk(feats, w.cpu(), image_set.class_labels, TOP_K)
-        in_topk = None
+        shas, hits, loaded, w, w_in = [], [], [], [], []
+        for ref in chunk:
+            sha = sha256_file(ref.path)
+            hit, notes = store_features(stores, sha, image_set, ts, cfg.on_error) if stores else (None, [])
+            for n in notes:
+                if n not in seen_notes:
+                    seen_notes.add(n)
+                    console.print(f"note: {n}", markup=False, highlight=False)
+            if stores and hit is None:
+                console.print(f"note: no --store holds epoch {ref.epoch}'s embeddings of these images; running the "
+                              "model", markup=False, highlight=False)
+            lm = None
+            if hit is None or hit.text is None or in_records is not None:
+                lm = load_clip(cfg.model_dir, ref.epoch, checkpoint=ref.path, model_name=cfg.model, device=device)
+            if hit is not None and hit.text is not None:
+                w.append(hit.text)
+            else:  # the class text embeddings: once per checkpoint
+                with autocast(device, precision):
+                    w.append(build_classifier(lm.model, lm.tokenizer, image_set.class_names, ts, device=device).cpu())
+            if in_records is not None:
+                with autocast(device, precision):
+                    w_in.append(build_classifier(lm.model, lm.tokenizer, imagenet_classnames(), ts,
+                                                 device=device).cpu())
+            shas.append(sha)
+            hits.append(hit)
+            loaded.append(lm)
+        # one pass over the images feeds every model of the chunk that needs a forward pass
+        fwd = [i for i, h in enumerate(hits) if h is None]
+        label = f"epoch {chunk[0].epoch}" if len(chunk) == 1 else f"epochs {chunk[0].epoch}-{chunk[-1].epoch}"
+        feats: list[Any] = [h.features if h is not None else None for h in hits]
+        if fwd:
+            for i, f in zip(fwd, encode_images_many([loaded[i].model for i in fwd], image_set.records,
+                                                    loaded[fwd[0]].preprocess, device=device, precision=precision,
+                                                    batch_size=cfg.batch_size, workers=workers,
+                                                    on_error=cfg.on_error, progress=bar,
+                                                    description=f"{label} images", images=cache), strict=True):
+                feats[i] = f
+        in_topk: list[Any] = [None] * len(chunk)
         if in_records is not None:
-            with autocast(device, precision):
-                w_in = build_classifier(loaded.model, loaded.tokenizer, imagenet_classnames(), ts, device=device)
-            f_in = encode_images(loaded.model, in_records, loaded.preprocess, device=device, precision=precision,
-                                 batch_size=cfg.batch_size, workers=cfg.workers, on_error=cfg.on_error,
-                                 progress=bar, description=f"epoch {ref.epoch} ImageNet")
-            in_topk = predict_topk(f_in, w_in.cpu(), np.arange(1000), TOP_K)
+            f_in = encode_images_many([lm.model for lm in loaded], in_records, loaded[0].preprocess, device=device,
+                                      precision=precision, batch_size=cfg.batch_size, workers=workers,
+                                      on_error=cfg.on_error, progress=bar, description=f"{label} ImageNet")
+            in_topk = [predict_topk(f, wi, np.arange(1000), TOP_K) for f, wi in zip(f_in, w_in, strict=True)]
         del loaded
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        info: dict[str, Any] = {"sha256": sha, "features": "forward", "store": None, "precision": precision,
-                                "device": str(device)}
-        if hit is not None:
-            info.update(features="store", precision=hit.info["store_precision"] or "unknown", **hit.info)
-        return Prediction(topk, info, in_topk)
+        out = []
+        for j, hit in enumerate(hits):
+            info: dict[str, Any] = {"sha256": shas[j], "features": "forward", "store": None, "precision": precision,
+                                    "device": str(device), "image_cache": cache_path if hit is None else None}
+            if hit is not None:
+                info.update(features="store", precision=hit.info["store_precision"] or "unknown", **hit.info)
+            out.append(Prediction(predict_topk(feats[j], w[j], image_set.class_labels, TOP_K), info, in_topk[j]))
+        return out
+
+    def plan(todo: list[CheckpointRef]) -> list[list[CheckpointRef]]:
+        if cfg.per_checkpoint:
+            return plan_chunks(todo, 1, memory_gb, per_checkpoint=True)
+        return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
-                                   imagenet_labels=None if in_records is None else
-                                   np.array([r.label for r in in_records]), force=cfg.force, progress=cfg.progress)
+    cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
+    try:
+        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
+                                       imagenet_labels=None if in_records is None else
+                                       np.array([r.label for r in in_records]), force=cfg.force,
+                                       progress=cfg.progress, plan=plan)
+    finally:
+        if cache is not None:
+            cache.close()
     write_config(out_dir / "results.json", "eval zero-shot", cfg)
     return outcome

@@ -115,7 +115,8 @@ def write_header(plan: StorePlan) -> None:
                 a, b = plan.block_range(k)
                 vl[a:b] = h5py.VirtualSource(f"{rel}/{part_name(k)}", schema.dataset_path(ld.name),
                                              shape=(b - a, *ld.shape))
-            ds = f.create_virtual_dataset(schema.dataset_path(ld.name), vl, fillvalue=np.nan)
+            ds = f.create_virtual_dataset(schema.dataset_path(ld.name), vl,
+                                          fillvalue=np.nan if np.dtype(dt).kind == "f" else 0)
             lay.layer_attrs(ds, ld)
 
 

@@ -45,6 +45,8 @@ FINGERPRINT_KEYS = (
 )
 
 DTYPES = ("float16", "float32")
+#: The dtype of an image cache's ``pixels`` layer (``clipgen data cache``): model-input images before normalisation.
+IMAGE_DTYPE = "uint8"
 #: Target size of one compressed chunk before compression (rows x channels x itemsize).
 CHUNK_BYTES = 1 << 18
 MIN_CHUNK_ROWS = 16

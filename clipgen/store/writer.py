@@ -107,7 +107,7 @@ class StoreLayout:
                  held_out_labels: Sequence[int] | None = None, text: tuple | None = None,
                  skipped: Sequence[tuple[int, str, str]] = (), shard: Mapping[str, Any] | None = None,
                  compression: str = "gzip", block_rows: int | None = None, created: str | None = None):
-        if dtype not in schema.DTYPES:
+        if dtype not in (*schema.DTYPES, schema.IMAGE_DTYPE):
             raise ClipgenError(f"--dtype: unknown dtype {dtype!r} (one of {', '.join(schema.DTYPES)})")
         self.f, self.samples, self.layers, self.dtype = f, samples, list(layers), dtype
         self.compression, self.block_rows = compression, block_rows
