@@ -233,6 +233,7 @@ class FeatureSharingConfig:
     zero_bins: str = "include"
     batch_size: int = 4096
     device: str = "auto"
+    names: str | None = None  # 'sae names' output to attach (default: SAE_RUN/names when it exists)
 
 
 def find_test_domain(provenance: Any) -> str | None:
@@ -380,9 +381,29 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
     payload.update({"store": {"path": str(cfg.store), "fingerprint": fingerprint, "split": split or "all",
                               "rows": int(len(rows))},
                     "sae": {"path": info["path"], "layer": layer, "arch": info["arch"], "steps": info["steps"]}})
+    names = _names_file(cfg, info["path"])
+    if names is not None:
+        from clipgen.analysis.sae_names import NAMED_LATENTS_JSON, annotate_features
+
+        annotate_features(out, names)
+        payload["names"] = {"path": str(Path(names).resolve()), "named_latents": NAMED_LATENTS_JSON}
     write_config(out, "sae features", cfg)
     write_json_atomic(out / RESULT_FILE, payload)  # last: its presence means the folder is complete
     return res, out
+
+
+def _names_file(cfg: FeatureSharingConfig, sae_path: str) -> Path | None:
+    """``--names`` (a names folder or file), else the SAE run's ``names/names.json`` when there is one."""
+    from clipgen.analysis.sae_names import NAMES_DIR, NAMES_JSON, sae_run_dir
+
+    if cfg.names:
+        p = Path(cfg.names)
+        p = p / NAMES_JSON if p.is_dir() else p
+        if not p.is_file():
+            raise option_error("--names", f"{p}: no such names file (run 'clipgen sae names' first)")
+        return p
+    auto = sae_run_dir(Path(sae_path)) / NAMES_DIR / NAMES_JSON
+    return auto if auto.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
