@@ -137,6 +137,8 @@ def test_names_end_to_end_with_an_openai_format_checkpoint(cli, tmp_path):
     assert len(list((out / "names" / "text-embeddings").glob("*.npz"))) == 1
     nl = json.loads((out / "features" / "named-latents.json").read_text())  # existing features got labelled
     assert sorted(nl["classes"]) == ["axe", "banana"]
+    r = cli("sae", "features", store, "--sae", out, "--device", "cpu", "--force", "--names", tmp_path / "none")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--names:" in r.stderr
     r = cli("sae", "names", out, "--checkpoint", weights, "--model", "RN-tiny", "--vocab", vocab, "--top-k", "2",
             "--device", "cpu")
     assert r.exit_code == 0 and "already complete" in r.stdout

@@ -83,9 +83,9 @@ def _openai_layout(model) -> dict:
     return sd
 
 
-def _expected(model):
+def _expected(model, name="RN-tiny"):
     """Image and text embeddings of ``model`` with its weights rounded to half precision, as an OpenAI file holds."""
-    ref, _, _ = create_model("RN-tiny")
+    ref, _, _ = create_model(name)
     ref.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     ref.eval()
     torch.manual_seed(3)
@@ -94,15 +94,17 @@ def _expected(model):
         return x, t, ref.encode_image(x), ref.encode_text(t)
 
 
-def test_openai_format_state_dict_loads_by_path(run_dir, tmp_path):
-    _, model = run_dir
-    path = tmp_path / "openai-RN-tiny.pt"
+@pytest.mark.parametrize("name", ["RN-tiny", "ViT-tiny"])  # the layouts of OpenAI's RN50 and ViT-B-32 files
+def test_openai_format_state_dict_loads_by_path(tmp_path, name):
+    torch.manual_seed(1)
+    model, _, _ = create_model(name)
+    path = tmp_path / f"openai-{name}.pt"
     torch.save(_openai_layout(model), path)
     sd = load_state_dict(path)
     assert not {"input_resolution", "context_length", "vocab_size"} & set(sd)
-    loaded = load_clip(checkpoint=path, model_name="RN-tiny")
-    assert loaded.epoch is None and loaded.manifest is None and loaded.model_name == "RN-tiny"
-    x, t, img, txt = _expected(model)
+    loaded = load_clip(checkpoint=path, model_name=name)
+    assert loaded.epoch is None and loaded.manifest is None and loaded.model_name == name
+    x, t, img, txt = _expected(model, name)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.encode_image(x), img)
         torch.testing.assert_close(loaded.model.encode_text(t), txt)
