@@ -309,6 +309,7 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
         raise option_error("--out", f"{out / RESULT_FILE} already exists; pass --force to overwrite it")
     device = resolve_device(cfg.device)
     model, info = load_sae(cfg.sae, device=device)
+    names = _names_file(cfg, info["path"])  # checked before any work
     m = model.arch.d_sae
     for opt, vals in (("--top", [cfg.top]), ("--ks", cfg.ks)):
         if max(vals) > m:
@@ -381,7 +382,6 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
     payload.update({"store": {"path": str(cfg.store), "fingerprint": fingerprint, "split": split or "all",
                               "rows": int(len(rows))},
                     "sae": {"path": info["path"], "layer": layer, "arch": info["arch"], "steps": info["steps"]}})
-    names = _names_file(cfg, info["path"])
     if names is not None:
         from clipgen.analysis.sae_names import NAMED_LATENTS_JSON, annotate_features
 
