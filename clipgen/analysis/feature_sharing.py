@@ -311,6 +311,11 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
     model, info = load_sae(cfg.sae, device=device)
     names = _names_file(cfg, info["path"])  # checked before any work
     m = model.arch.d_sae
+    if names is not None:
+        from clipgen.analysis.sae_names import load_names
+
+        if load_names(names).indices.shape[0] != m:
+            raise option_error("--names", f"{names} names the latents of another SAE (not {m} latents)")
     for opt, vals in (("--top", [cfg.top]), ("--ks", cfg.ks)):
         if max(vals) > m:
             raise option_error(opt, f"{max(vals)} exceeds the {m} latents of the SAE {info['path']}")
