@@ -10,7 +10,7 @@ same file that command writes, and any single step can be rerun by hand on the d
     extract    clipgen extract (test + train split)    OUT/stores/<run>-{test,train}.h5
     cka        clipgen cka                             OUT/cka/<run>
     embeddings clipgen embeddings                      OUT/embeddings/<run>
-    sae        clipgen sae train + sae features        OUT/sae/<run> (+ features/)
+    sae        clipgen sae train + names + features    OUT/sae/<run> (+ names/, features/)
     circuits   clipgen circuits compute/nodes/similarity/plot   OUT/circuits/<run>...
     report     the study report                        OUT/report.md, OUT/report.html
 
@@ -352,6 +352,7 @@ class Demo:
     def stage_sae(self) -> dict[str, Any]:
         from clipgen.analysis.feature_sharing import FeatureSharingConfig, run_feature_sharing
         from clipgen.analysis.sae import SAETrainConfig, train_sae
+        from clipgen.analysis.sae_names import SaeNamesConfig, run_sae_names
 
         outs = {}
         for setup in ANALYSED:
@@ -360,12 +361,14 @@ class Demo:
             train_sae(SAETrainConfig(stores=[str(self.store(setup, "train"))], out=str(out), layer="embedding",
                                      epochs=s.sae_epochs, lr=s.sae_lr, batch_size=s.sae_batch, seed=self.cfg.seed,
                                      device=self.device_arg), resume=True, progress=self.cfg.progress)
+            # names from the built-in vocabulary; the features below are labelled with them
+            run_sae_names(SaeNamesConfig(sae=str(out), device=self.device_arg), force=True)
             feats = out / "features"
             run_feature_sharing(FeatureSharingConfig(store=str(self.store(setup, "test")), sae=str(out),
                                                      out=str(feats), test_domain=self.test_domain,
                                                      device=self.device_arg), force=True,
                                 progress=self.cfg.progress)
-            outs[setup] = {"sae": str(out), "features": str(feats)}
+            outs[setup] = {"sae": str(out), "names": str(out / "names"), "features": str(feats)}
         return outs
 
 

@@ -395,6 +395,7 @@ def _sae_section(doc: Document, demo: Any, runs: dict[str, RunNumbers], findings
         doc.figure(base / "features" / "feature-sharing.png",
                    f"mpct of the top-20 SAE latents between domains, averaged over the held-out classes, for the "
                    f"{SETUP_LABELS[setup]} model; the {x} row scores {num(fs.get('score'))}.")
+    _sae_names_table(doc, {setup: base for setup, (_, _, base) in res.items()}, x)
     if len(res) == 2 and "cg-high" in runs and "leave-out-domain" in runs:
         s_cg, s_lod = res["cg-high"][0].get("score"), res["leave-out-domain"][0].get("score")
         a_cg, a_lod = runs["cg-high"].last(x, "ood_acc"), runs["leave-out-domain"].last(x, "ood_acc")
@@ -404,6 +405,25 @@ def _sae_section(doc: Document, demo: Any, runs: dict[str, RunNumbers], findings
                              f"of {x} with the other domains (CG high-diversity vs leave-out-domain)",
                              f"sharing {num(s_cg)} vs {num(s_lod)}; {x} C2 accuracy {pct(a_cg)} vs {pct(a_lod)}",
                              "holds" if agree else "does not hold"])
+
+
+def _sae_names_table(doc: Document, bases: dict[str, Path], x: str) -> None:
+    """The named SAE concepts: per model and held-out class its top shared latents and those specific to ``x``,
+    each with its best vocabulary name (from ``features/named-latents.json``, written by ``clipgen sae names``)."""
+    rows = []
+    for setup, base in bases.items():
+        nl = _read_json(base / "features" / "named-latents.json") or {}
+        for cls, rec in nl.get("classes", {}).items():
+            def fmt(es: list[dict[str, Any]]) -> str:
+                return ", ".join(f"#{e['latent']} {e['names'][0]} ({e['similarity']:.2f})" for e in es) or "none"
+            rows.append([SETUP_LABELS[setup], cls, fmt(rec.get("shared", [])[:3]),
+                         fmt(rec.get("specific", {}).get(x, []))])
+    if not rows:
+        return
+    doc.p("Named SAE concepts: each latent is named by the vocabulary term (DomainNet and ImageNet class names, "
+          "domain words) whose text embedding is closest (cosine) to its decoder direction; shown are the latents "
+          f"most often among the top latents of a class's images in at least two domains (shared) and in {x} only.")
+    doc.table(["model", "class", "top shared latents (name, cosine)", f"latents specific to {x}"], rows)
 
 
 def _embedding_section(doc: Document, demo: Any, emb: dict[str, Any], findings: list[list[str]]) -> None:

@@ -136,22 +136,73 @@ def resolve_checkpoint(run_dir: str | Path, epoch: int | None = None, option: st
     return epoch, cks[epoch]
 
 
+#: Entries of OpenAI's CLIP files that are settings, not weights (``input_resolution`` etc. in a JIT archive).
+_OPENAI_SETTINGS = ("input_resolution", "context_length", "vocab_size")
+
+
 def load_state_dict(path: str | Path) -> dict:
-    """The model weights of an open_clip (or clipgen) checkpoint; a corrupt file is a one-line error."""
+    """The model weights of a checkpoint file; a corrupt file is a one-line error.
+
+    Reads what open_clip itself loads from a local file: an open_clip or clipgen training checkpoint
+    (``{"state_dict": ...}``, ``module.`` prefixes of distributed training removed), a plain state dict (the
+    layout of open_clip's released ``.bin``/``.pt`` weights and of OpenAI's state dicts, fp16 included), or an
+    OpenAI TorchScript archive (``RN50.pt``, ``ViT-B-32.pt``), whose weights are taken from the scripted module.
+    The settings OpenAI files carry among the weights (``input_resolution``, ``context_length``, ``vocab_size``)
+    are dropped.
+    """
+    import warnings
+
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "checkpoint not found")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise file_error(path, f"corrupt or unreadable checkpoint ({e.__class__.__name__})") from None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TorchScript.*")  # torch.load reads those itself
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file, unless it is TorchScript
+        ck = _load_torchscript(path)
+        if ck is None:
+            raise file_error(path, f"corrupt or unreadable checkpoint ({e.__class__.__name__})") from None
+    if isinstance(ck, torch.jit.ScriptModule):
+        ck = dict(ck.state_dict())
     sd = ck.get("state_dict", ck) if isinstance(ck, dict) else None
-    if not isinstance(sd, dict) or not sd:
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise file_error(path, "checkpoint holds no state_dict")
     if next(iter(sd)).startswith("module."):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    return {k: v for k, v in sd.items() if k not in _OPENAI_SETTINGS}
+
+
+def _load_torchscript(path: Path):
+    """The module of a TorchScript archive (OpenAI's released CLIP files), or None when ``path`` is not one."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's deprecation notice of TorchScript
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception:  # noqa: BLE001 - not a TorchScript archive either
+        return None
+
+
+def fit_state_dict(model: Any, sd: dict) -> dict:
+    """``sd`` adapted to ``model`` as open_clip's ``load_checkpoint`` adapts it: the text tower of an OpenAI-layout
+    state dict moved under ``text.`` for a model with a separate text module, a scalar ``logit_scale`` reshaped, and
+    the model's non-persistent buffers (``attn_mask``, which a TorchScript archive saves) dropped."""
+    transient = {k for k, _ in model.named_buffers()} - set(model.state_dict())
+    sd = {k: v for k, v in sd.items() if k not in transient}
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        from open_clip.model import convert_to_custom_text_state_dict
+
+        sd = convert_to_custom_text_state_dict(sd)
+    for key in ("logit_scale", "logit_bias"):
+        own = getattr(model, key, None)
+        if key in sd and own is not None and own.ndim != sd[key].ndim:
+            sd[key] = sd[key].reshape(own.shape)
     return sd
 
 
@@ -198,7 +249,7 @@ def load_clip(run_dir: str | Path | None = None, epoch: int | None = None, *, ch
     sd = load_state_dict(checkpoint)
     model, _, preprocess = create_model(name, model_config_override=cfg)
     try:
-        model.load_state_dict(sd)
+        model.load_state_dict(fit_state_dict(model, sd))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise file_error(checkpoint, f"weights do not fit model {name} ({first})") from None

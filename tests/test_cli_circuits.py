@@ -126,3 +126,29 @@ def test_one_line_errors(cli, circuits_run_dir, synth_root, small_circuits, tmp_
                         "--out", tmp_path / "x.png"), "--class")
     r = cli("circuits", "compute", "--model-dir", circuits_run_dir, "--data", synth_root)
     assert r.exit_code == 2 and "--out" in r.stderr
+
+
+def test_compute_from_a_checkpoint_file_with_model(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
+    """A weights file not trained by clipgen (here the run's last epoch as a plain OpenAI-layout state dict):
+    --checkpoint FILE --model NAME computes the same circuits and records the file's sha256."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    sd = torch.load(circuits_run_dir / "checkpoints" / "epoch_2.pt", map_location="cpu")["state_dict"]
+    ck = tmp_path / "weights.pt"
+    torch.save({k.removeprefix("module."): v for k, v in sd.items()}, ck)
+    out = tmp_path / "c.h5"
+    args = _compute_args(circuits_run_dir, synth_root, out)
+    i = args.index("--model-dir")
+    args[i:i + 2] = ["--checkpoint", ck, "--model", "RN-tiny"]
+    r = cli(*args)
+    assert r.exit_code == 0, r
+    with open_circuits(out) as a, open_circuits(small_circuits) as b:
+        prov = a.provenance
+        assert prov["checkpoint"]["sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
+        assert prov["run_dir"] is None and prov["model"] == "RN-tiny"
+        ea, eb = a.read("quickdraw", 66), b.read("quickdraw", 66)
+        for name in eb.nodes:
+            np.testing.assert_allclose(ea.nodes[name], eb.nodes[name], rtol=1e-6, atol=1e-9)

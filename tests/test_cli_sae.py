@@ -109,3 +109,43 @@ def test_bad_stores_are_one_line_errors(cli, store, tmp_path):
     r = cli("sae", "features", other_layer, "--sae", tmp_path / "sae", "--out", tmp_path / "f", "--device", "cpu")
     assert r.exit_code == 2 and "--layer:" in r.stderr and "no layer 'embedding'" in r.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_names_end_to_end_with_an_openai_format_checkpoint(cli, tmp_path):
+    """Train an SAE on a 64-wide embedding store, compute feature sharing, then name the latents with the text tower
+    of a weights file in OpenAI's layout (no clipgen run): names, the cache and the labelled features appear."""
+    import torch
+
+    from clipgen.models.registry import create_model
+
+    store = make_store(tmp_path / "s.h5", width=64, provenance={"run": {"mixture": {"test_domain": "clipart"}}})[0]
+    out = tmp_path / "sae"
+    assert _train(cli, store, out).exit_code == 0
+    assert cli("sae", "features", store, "--sae", out, "--device", "cpu").exit_code == 0
+    model, _, _ = create_model("RN-tiny")
+    weights = tmp_path / "openai.pt"
+    torch.save({**{k: v.half() for k, v in model.state_dict().items()}, "input_resolution": torch.tensor(64)},
+               weights)
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("axe\nbanana\nbed\naircraft carrier\n")
+    r = cli("sae", "names", out, "--checkpoint", weights, "--model", "RN-tiny", "--vocab", vocab, "--top-k", "2",
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "256 latents, 4 terms" in r.stdout and f"names: {out / 'names' / 'names.json'}" in r.stdout
+    doc = json.loads((out / "names" / "names.json").read_text())
+    assert len(doc["latents"]) == 256 and doc["model"]["checkpoint"]["sha256"] == doc["settings"]["checkpoint_sha256"]
+    assert len(list((out / "names" / "text-embeddings").glob("*.npz"))) == 1
+    nl = json.loads((out / "features" / "named-latents.json").read_text())  # existing features got labelled
+    assert sorted(nl["classes"]) == ["axe", "banana"]
+    r = cli("sae", "features", store, "--sae", out, "--device", "cpu", "--force", "--names", tmp_path / "none")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--names:" in r.stderr
+    r = cli("sae", "names", out, "--checkpoint", weights, "--model", "RN-tiny", "--vocab", vocab, "--top-k", "2",
+            "--device", "cpu")
+    assert r.exit_code == 0 and "already complete" in r.stdout
+    r = cli("sae", "names", out, "--vocab", vocab, "--device", "cpu")  # the store names no model
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--model-dir" in r.stderr
+    layer = make_store(tmp_path / "l.h5", width=16, layer="layer4")[0]
+    assert _train(cli, layer, tmp_path / "sae4", "--layer", "layer4").exit_code == 0
+    r = cli("sae", "names", tmp_path / "sae4", "--checkpoint", weights, "--model", "RN-tiny", "--device", "cpu")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "layer 'layer4'" in r.stderr
+    assert "joint image-text space" in r.stderr

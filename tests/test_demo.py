@@ -86,6 +86,7 @@ def test_every_stage_and_artifact(tiny_demo):
               "stores/leave-out-domain-sketch-s0-train.h5", "cka/cg-high-sketch-s0/cka.json",
               "embeddings/cg-high-sketch-s0/embeddings.json", "sae/cg-high-sketch-s0/sae.pt",
               "sae/leave-out-domain-sketch-s0/features/feature-sharing.json", "config.json", "data/contact_sheet.png",
+              "sae/cg-high-sketch-s0/names/names.json", "sae/cg-high-sketch-s0/features/named-latents.json",
               "circuits/cg-high-sketch-s0/circuits.h5", "circuits/cg-high-sketch-s0/nodes/node_similarity.json",
               "circuits/cg-high-sketch-s0/similarity/circuit_similarity.json",
               "circuits/cg-high-sketch-s0/plot/circuit_sketch_axe.png"):
@@ -111,6 +112,7 @@ def test_report_has_every_section_and_its_numbers(tiny_demo):
                          .read_text())
     acc = summary["metrics"]["sketch"]["ood_acc"][-1]
     assert f"| CG high-diversity | {100 * acc:.1f}% |" in md
+    assert "| model | class | top shared latents (name, cosine) | latents specific to sketch |" in md
     for fig in ("eval-summary/figure2.png", "cka/cg-high-sketch-s0/highlight_all_linear_unbiased.png",
                 "sae/cg-high-sketch-s0/features/feature-sharing.png",
                 "circuits/cg-high-sketch-s0/nodes/nodes_highlight_all.png",

@@ -62,3 +62,24 @@ def test_markdown_and_html(tmp_path):
     assert "<strong>bold</strong>" in html and "<code>code</code>" in html
     assert "data:image/png;base64," in html and "<td>2</td><td>y</td>" in html
     assert "missing.png" not in html
+
+
+def test_sae_names_table_from_named_latents(tmp_path):
+    import json
+
+    from clipgen.report import _sae_names_table
+
+    base = tmp_path / "sae"
+    (base / "features").mkdir(parents=True)
+    e = lambda i, n, s: {"latent": i, "names": [n, "other"], "similarity": s, "fraction": {}}  # noqa: E731
+    (base / "features" / "named-latents.json").write_text(json.dumps({"classes": {"axe": {
+        "shared": [e(3, "hatchet", 0.41), e(7, "sketch", 0.2), e(1, "a", 0.1), e(2, "b", 0.1)],
+        "specific": {"sketch": [e(5, "pencil", 0.333)], "real": [e(9, "photo", 0.5)]}}}}))
+    doc = Document()
+    _sae_names_table(doc, {"cg-high": base, "leave-out-domain": tmp_path / "none"}, "sketch")
+    md = doc.markdown(tmp_path)
+    assert "| CG high-diversity | axe | #3 hatchet (0.41), #7 sketch (0.20), #1 a (0.10) | #5 pencil (0.33) |" in md
+    assert "photo" not in md and "latents specific to sketch" in md
+    empty = Document()
+    _sae_names_table(empty, {"cg-high": tmp_path / "none"}, "sketch")
+    assert empty.markdown(tmp_path).strip() == ""

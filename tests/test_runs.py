@@ -71,3 +71,56 @@ def test_refusals(run_dir, tmp_path):
     write_manifest(d, RunManifest(kind="clip", name="run", model="RN-tiny", model_config=bad))
     with pytest.raises(ClipgenError, match="do not fit"):
         load_clip(d, epoch=1)
+
+
+def _openai_layout(model) -> dict:
+    """``model``'s weights as OpenAI's released CLIP state dicts store them: no prefix, half precision, the
+    settings entries among the weights."""
+    sd = {k: v.detach().clone().half() for k, v in model.state_dict().items()}
+    sd["input_resolution"] = torch.tensor(64)
+    sd["context_length"] = torch.tensor(model.context_length)
+    sd["vocab_size"] = torch.tensor(49408)
+    return sd
+
+
+def _expected(model, name="RN-tiny"):
+    """Image and text embeddings of ``model`` with its weights rounded to half precision, as an OpenAI file holds."""
+    ref, _, _ = create_model(name)
+    ref.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    ref.eval()
+    torch.manual_seed(3)
+    x, t = torch.randn(2, 3, 64, 64), torch.randint(1, 400, (2, ref.context_length))
+    with torch.no_grad():
+        return x, t, ref.encode_image(x), ref.encode_text(t)
+
+
+@pytest.mark.parametrize("name", ["RN-tiny", "ViT-tiny"])  # the layouts of OpenAI's RN50 and ViT-B-32 files
+def test_openai_format_state_dict_loads_by_path(tmp_path, name):
+    torch.manual_seed(1)
+    model, _, _ = create_model(name)
+    path = tmp_path / f"openai-{name}.pt"
+    torch.save(_openai_layout(model), path)
+    sd = load_state_dict(path)
+    assert not {"input_resolution", "context_length", "vocab_size"} & set(sd)
+    loaded = load_clip(checkpoint=path, model_name=name)
+    assert loaded.epoch is None and loaded.manifest is None and loaded.model_name == name
+    x, t, img, txt = _expected(model, name)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode_image(x), img)
+        torch.testing.assert_close(loaded.model.encode_text(t), txt)
+    assert loaded.checkpoint_sha256() == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+
+
+def test_openai_torchscript_archive_loads_by_path(run_dir, tmp_path):
+    _, model = run_dir
+    half, _, _ = create_model("RN-tiny")
+    half.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    half.eval()
+    x, t, img, txt = _expected(model)
+    path = tmp_path / "RN-tiny-jit.pt"
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(half, (x, t), check_trace=False), str(path))
+    loaded = load_clip(checkpoint=path, model_name="RN-tiny")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode_image(x), img)
+        torch.testing.assert_close(loaded.model.encode_text(t), txt)

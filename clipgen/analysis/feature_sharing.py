@@ -233,6 +233,7 @@ class FeatureSharingConfig:
     zero_bins: str = "include"
     batch_size: int = 4096
     device: str = "auto"
+    names: str | None = None  # 'sae names' output to attach (default: SAE_RUN/names when it exists)
 
 
 def find_test_domain(provenance: Any) -> str | None:
@@ -308,7 +309,13 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
         raise option_error("--out", f"{out / RESULT_FILE} already exists; pass --force to overwrite it")
     device = resolve_device(cfg.device)
     model, info = load_sae(cfg.sae, device=device)
+    names = _names_file(cfg, info["path"])  # checked before any work
     m = model.arch.d_sae
+    if names is not None:
+        from clipgen.analysis.sae_names import load_names
+
+        if load_names(names).indices.shape[0] != m:
+            raise option_error("--names", f"{names} names the latents of another SAE (not {m} latents)")
     for opt, vals in (("--top", [cfg.top]), ("--ks", cfg.ks)):
         if max(vals) > m:
             raise option_error(opt, f"{max(vals)} exceeds the {m} latents of the SAE {info['path']}")
@@ -380,9 +387,28 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
     payload.update({"store": {"path": str(cfg.store), "fingerprint": fingerprint, "split": split or "all",
                               "rows": int(len(rows))},
                     "sae": {"path": info["path"], "layer": layer, "arch": info["arch"], "steps": info["steps"]}})
+    if names is not None:
+        from clipgen.analysis.sae_names import NAMED_LATENTS_JSON, annotate_features
+
+        annotate_features(out, names)
+        payload["names"] = {"path": str(Path(names).resolve()), "named_latents": NAMED_LATENTS_JSON}
     write_config(out, "sae features", cfg)
     write_json_atomic(out / RESULT_FILE, payload)  # last: its presence means the folder is complete
     return res, out
+
+
+def _names_file(cfg: FeatureSharingConfig, sae_path: str) -> Path | None:
+    """``--names`` (a names folder or file), else the SAE run's ``names/names.json`` when there is one."""
+    from clipgen.analysis.sae_names import NAMES_DIR, NAMES_JSON, sae_run_dir
+
+    if cfg.names:
+        p = Path(cfg.names)
+        p = p / NAMES_JSON if p.is_dir() else p
+        if not p.is_file():
+            raise option_error("--names", f"{p}: no such names file (run 'clipgen sae names' first)")
+        return p
+    auto = sae_run_dir(Path(sae_path)) / NAMES_DIR / NAMES_JSON
+    return auto if auto.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -55,9 +55,11 @@ class CircuitsConfig:
     file is complete)."""
 
     out: Path
-    model_dir: Path
+    model_dir: Path | None  # the run directory; or None with ``checkpoint`` + ``model``
     data: Path  # DomainNet root (real or synthetic) with {domain}_test.txt split files
     epoch: int | None = None
+    checkpoint: Path | None = None  # a checkpoint file not trained by clipgen (open_clip, OpenAI format), with model
+    model: str | None = None  # the architecture of ``checkpoint`` (e.g. RN50)
     classes: str = "all"  # all | ood | id | comma list of names or labels
     domains: str = "all"
     samples_per_class: int = 50
@@ -224,7 +226,7 @@ def _provenance(cfg: CircuitsConfig, loaded, root: Path, splits, device, budget:
         "model_config": loaded.model_config,
         "checkpoint": {"path": str(Path(loaded.checkpoint).resolve()), "sha256": sha256_file(loaded.checkpoint)},
         "epoch": loaded.epoch,
-        "run_dir": str(Path(cfg.model_dir).resolve()),
+        "run_dir": str(Path(cfg.model_dir).resolve()) if cfg.model_dir else None,
         "data": {"root": str(Path(root).resolve()), "split": SPLIT,
                  "sources": [{"domain": d, "sha256": sha256_file(p)} for d, p in zip(splits, files, strict=True)],
                  "files": [str(Path(p).resolve()) for p in files]},
@@ -297,9 +299,9 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
     splits = read_test_splits(root, domains)
     records = [ImageRecord(str(root / s.path), s.label, d, SPLIT, s.path) for d, ss in splits.items() for s in ss]
     folders = folders_of(records)
-    if cfg.model_dir is None:
-        raise option_error("--model-dir", "missing: the run directory of the model")
-    loaded = load_clip(cfg.model_dir, cfg.epoch, device=device)
+    if cfg.model_dir is None and cfg.checkpoint is None:
+        raise option_error("--model-dir", "missing: the run directory of the model (or --checkpoint FILE --model NAME)")
+    loaded = load_clip(cfg.model_dir, cfg.epoch, checkpoint=cfg.checkpoint, model_name=cfg.model, device=device)
     chain = ResNetChain(loaded.model.visual, loaded.model_name)
     held = resolve_held_out(loaded.manifest, records)
     labels, explicit = parse_classes(cfg.classes, folders, held)

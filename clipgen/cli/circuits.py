@@ -32,8 +32,12 @@ def _say(message: str) -> None:
 
 @app.command("compute")
 def compute(
-    model_dir: Path = typer.Option(..., "--model-dir", help="Run directory (clipgen-run.json + "
-                                                            "checkpoints/epoch_N.pt) of a ModifiedResNet CLIP."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory (clipgen-run.json + "
+                                                                   "checkpoints/epoch_N.pt) of a ModifiedResNet "
+                                                                   "CLIP."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint not trained by clipgen (open_clip "
+                                                                       "or OpenAI weights file), with --model."),
+    model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),
     data: Path = typer.Option(..., "--data", help="DomainNet root (real or synthetic) with {domain}_test.txt."),
     out: Path = typer.Option(..., "--out", "-o", help="The circuits file (CIRCUITS.h5)."),
     epoch: int | None = typer.Option(None, "--epoch", help="Checkpoint epoch (default: the last)."),
@@ -72,7 +76,8 @@ def compute(
     from clipgen.circuits.compute import CircuitsConfig, compute_circuits
     from clipgen.progress import out as con
 
-    cfg = CircuitsConfig(out=out, model_dir=model_dir, data=data, epoch=epoch, classes=classes, domains=domains,
+    cfg = CircuitsConfig(out=out, model_dir=model_dir, data=data, epoch=epoch, checkpoint=checkpoint, model=model,
+                         classes=classes, domains=domains,
                          samples_per_class=samples_per_class, seed=seed, steps=steps, rule=rule,
                          node_fraction=node_fraction, templates=templates, device=device, precision=precision,
                          memory_gb=memory_gb, images=images, shard=shard, force=force)

@@ -143,13 +143,16 @@ def features(
                                        "exclude: only latents counted at least once."),
     batch_size: int = typer.Option(4096, "--batch-size", help="Rows encoded at a time."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    names: Path | None = typer.Option(None, "--names",
+                                      help="'sae names' output whose names label the top latents of every class "
+                                           "(default: the SAE folder's names/ when it exists)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing results in --out."),
 ) -> None:
     """SAE feature sharing between domains (paper App. C.1, Alg. 1-2): per class and domain the histogram of the
     top-20 active latents, mpct for every domain pair, the class mean and the test domain's score.
 
     Writes OUT/feature-sharing.json, OUT/histograms.npz, OUT/feature-sharing.png, OUT/feature-sharing-classes.png
-    and OUT/config.json.
+    and OUT/config.json; with names, also OUT/named-latents.json and OUT/named-latents/CLASS.png.
     """
     from clipgen.analysis.feature_sharing import FeatureSharingConfig, run_feature_sharing
     from clipgen.errors import option_error
@@ -163,7 +166,8 @@ def features(
         out = (sae if sae.is_dir() else sae.parent) / "features"
     cfg = FeatureSharingConfig(store=str(store), sae=str(sae), out=str(out), layer=layer, test_domain=test_domain,
                                classes=_csv(classes), split=split, top=top, ks=k_values,
-                               zero_bins=zero_bins.strip().lower(), batch_size=batch_size, device=device)
+                               zero_bins=zero_bins.strip().lower(), batch_size=batch_size, device=device,
+                               names=str(names) if names else None)
     res, path = run_feature_sharing(cfg, force=force)
     w = max(len(d) for d in res.domains)
     con.print(f"[bold]feature sharing[/] (mpct over k={','.join(map(str, res.ks))}, top {res.top}), "
@@ -179,3 +183,53 @@ def features(
         line += f"  (the published code would report the sketch row: {sk:.4f})"
     con.print(line)
     con.print(f"results: {path / 'feature-sharing.json'}")
+
+
+@app.command("names")
+def names(
+    sae: Path = typer.Argument(..., help="SAE trained on the 'embedding' layer: a 'clipgen sae train' folder, its "
+                                         "sae.pt or a checkpoint."),
+    vocab: Path | None = typer.Option(None, "--vocab", help="Vocabulary, one term per line (default: built in: the "
+                                                            "DomainNet and ImageNet class names and the captions' "
+                                                            "domain terms)."),
+    template: str = typer.Option("{}", "--template", help="How a term becomes text; '{}' is the term (the "
+                                                         "published script: the raw term), e.g. 'a photo of a {}.'"),
+    top_k: int = typer.Option(5, "--top-k", help="Names kept per latent (the published script keeps 1)."),
+    model_dir: Path | None = typer.Option(None, "--model-dir",
+                                          help="Run directory of the CLIP whose text tower names the latents "
+                                               "(default: the model recorded in the SAE's training store)."),
+    epoch: int | None = typer.Option(None, "--epoch", help="Checkpoint epoch of --model-dir (default: the last)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint not trained by clipgen (open_clip "
+                                                                       "or OpenAI weights file), with --model."),
+    model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: 'names' inside the SAE "
+                                                               "folder)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Terms encoded at a time."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    force: bool = typer.Option(False, "--force", help="Replace names made with other settings."),
+) -> None:
+    """Name every SAE latent with the vocabulary terms whose CLIP text embedding is most similar (cosine) to its
+    decoder direction (Discover-then-Name, as the published name_concepts.py).
+
+    Writes OUT/names.json, OUT/names.csv and OUT/config.json, caches the vocabulary's text embeddings in
+    OUT/text-embeddings/, and labels existing 'sae features' results in the SAE folder.
+    """
+    import numpy as np
+
+    from clipgen.analysis.sae_names import SaeNamesConfig, run_sae_names
+    from clipgen.progress import out as con
+
+    cfg = SaeNamesConfig(sae=str(sae), out=str(out) if out else None, vocab=str(vocab) if vocab else None,
+                         template=template, top_k=top_k, model_dir=str(model_dir) if model_dir else None,
+                         epoch=epoch, checkpoint=str(checkpoint) if checkpoint else None, model=model,
+                         batch_size=batch_size, device=device)
+    res = run_sae_names(cfg, force=force)
+    m = res.indices.shape[0]
+    state = " (already complete)" if res.already_complete else (" (text embeddings from the cache)" if res.cached
+                                                                else "")
+    con.print(f"[bold]SAE names[/] {m} latents, {res.info['vocabulary']['terms']} terms{state}", highlight=False)
+    best = np.argsort(-res.similarities[:, 0], kind="stable")[:5]
+    for i in best:
+        con.print(f"  latent {int(i)}: {', '.join(res.names(int(i))[:3])} ({res.similarities[i, 0]:.3f})",
+                  markup=False, highlight=False)
+    con.print(f"names: {res.out / 'names.json'}", markup=False, highlight=False)
