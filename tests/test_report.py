@@ -1,10 +1,13 @@
 """The report's document model, its numbers and the verdict rule, against hand computations."""
 
+import json
 import math
+from statistics import mean, stdev
 
 import pytest
 
-from clipgen.report import Document, cka_layer_means, intermediate, std_error, verdict
+from clipgen.report import SETUP_LABELS, Document, cka_layer_means, intermediate, std_error, verdict
+from tests._fixtures_study import ACC, build_study
 
 
 def test_std_error_by_hand():
@@ -62,3 +65,106 @@ def test_markdown_and_html(tmp_path):
     assert "<strong>bold</strong>" in html and "<code>code</code>" in html
     assert "data:image/png;base64," in html and "<td>2</td><td>y</td>" in html
     assert "missing.png" not in html
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the study report on a real-layout study folder (two seeds, two test domains, some analyses missing)
+
+
+
+@pytest.fixture
+def study(tmp_path):
+    return build_study(tmp_path / "study")
+
+
+def _cell(values):
+    return f"{100 * mean(values):.1f} ± {100 * stdev(values):.1f}% (n={len(values)})"
+
+
+def test_study_report_figure2_means_and_stds_by_hand(study, cli):
+    r = cli("report", study)
+    assert r.exit_code == 0, r.output
+    md = (study / "report.md").read_text()
+    for td in ("sketch", "clipart"):
+        assert f"**Test domain {td}**: last evaluated epoch, mean ± sample std over seeds 0, 1." in md
+    # sketch: 10/20, 50/60, 70/90 -> 15.0 ± 7.1, 55.0 ± 7.1, 80.0 ± 14.1; id_acc 0.9 in every run
+    for (_td, setup), vals in ACC.items():
+        label = SETUP_LABELS[setup]
+        assert f"| {label} | {_cell(vals)} |" in md, (label, _cell(vals))
+    assert "| CG high-diversity | 55.0 ± 7.1% (n=2) | " in md and "| 82.5 ± 3.5% (n=2) |" in md
+    assert "| Leave-out-domain | 80.0 ± 14.1% (n=2) | " in md
+    assert md.count("| 90.0 ± 0.0% (n=2) |") == 2 * 5  # C1 of the test domain and of real, in each of 5 groups
+    # the findings, with the means over seeds
+    assert "Leave-out-domain 80.0% vs Natural-only 15.0% (difference +65.0 points" in md
+    assert "CG high-diversity 82.5% vs Natural-only 35.0% (difference +47.5 points" in md
+    # the figures were drawn for this report (no eval summary in the study)
+    assert (study / "report-figures" / "figure2.png").is_file() and "](report-figures/curves.png)" in md
+    cfg = json.loads((study / "report.config.json").read_text())
+    assert cfg["command"] == "report" and cfg["config"]["inputs"] == [str(study)]
+
+
+def test_study_report_sections_cka_and_not_computed_yet(study, tmp_path):
+    from clipgen.report import ReportConfig, build_report
+
+    md_path, html_path = build_report(ReportConfig(inputs=[study], out=tmp_path / "rep"))
+    md = md_path.read_text()
+    sections = ["## Zero-shot generalization (the paper's Figure 2)",
+                "## Representational similarity across domains (CKA, the paper's Figure 6a)",
+                "## SAE feature sharing (the paper's Appendix C.1)", "## Embedding analysis (the paper's Figure 5)",
+                "## Circuits (the paper's Figures 6b and 6c)", "## Which of the paper's findings hold here",
+                "## Artifacts and how to rerun a step"]
+    pos = [md.index(s) for s in sections]
+    assert pos == sorted(pos) and md.startswith("# clipgen study report")
+    assert "8 run directories" in md and "10 evaluation results" in md and "1 activation stores" in md
+    # CKA (hand-made): intermediate layer resblock1: quickdraw pairs (0.2 + 0.4) / 2 = 0.3, others 0.8
+    assert ("for the CG high-diversity model (exp-cg-high-sketch-seed0); pairs with quickdraw against the other "
+            "pairs. In the intermediate layers (resblock1 to resblock1) the mean is 0.300 for pairs with quickdraw "
+            "and 0.800 for the other pairs.") in md
+    assert "at the last layer (attnpool) the pairs with quickdraw average 0.500, the others 0.600" in md
+    assert "| mean linear CKA resblock1..resblock1: 0.300 with quickdraw vs 0.800 others | holds |" in md
+    store = study / "h5" / "cg-test.h5"
+    assert f"*Not computed yet:* SAE feature sharing. Computed by `clipgen sae train {store} --out SAE_DIR" in md
+    assert f"*Not computed yet:* the embedding analysis. Computed by `clipgen embeddings {store}`." in md
+    run = (study / "grid" / "exp-cg-high-sketch-seed0").resolve()
+    assert ("*Not computed yet:* node and circuit similarity. Computed by `clipgen circuits compute --model-dir "
+            f"{run} --data DOMAINNET_ROOT --out CIRCUITS.h5") in md
+    assert f"- `clipgen cka {store} --out {study / 'analysis' / 'cka-q'} --subsets all" in md
+    # figures outside OUT keep their path; the HTML embeds every figure as a decodable PNG
+    html = html_path.read_text()
+    _assert_images_decode(html, md.count("!["))
+
+
+def _assert_images_decode(html: str, expected: int) -> None:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    srcs = re.findall(r"<img [^>]*src=\"([^\"]+)\"", html)
+    assert len(srcs) == expected > 0
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        img = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True)))
+        img.load()
+        assert img.format == "PNG" and img.size[0] > 0
+
+
+def test_study_report_without_anything_computed(tmp_path, cli):
+    (tmp_path / "empty").mkdir()
+    r = cli("report", tmp_path / "empty")
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "empty" / "report.md").read_text()
+    assert ("*Not computed yet:* no evaluation results. Computed by `clipgen eval grid RUNS --data-root "
+            "DOMAINNET_ROOT`.") in md
+    assert "*No finding can be checked yet: its inputs are not computed.*" in md
+
+
+def test_study_report_bad_input_is_one_line(tmp_path, cli, study):
+    r = cli("report", tmp_path / "nope")
+    assert r.exit_code == 2 and r.stderr.strip() == f"error: STUDY_DIR: {tmp_path / 'nope'} is not a directory"
+    bad = study / "grid" / "exp-cg-high-sketch-seed0" / "eval" / "zero-shot" / "sketch" / "results.json"
+    bad.write_text("{not json")
+    r = cli("report", study)
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: {bad}: unreadable JSON")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (study / "report.md").exists()
