@@ -408,8 +408,8 @@ def _accuracy_section(ctx: _Ctx) -> None:
         return int(((docs[str(r.path)].get("counts") or {}).get(domain) or {}).get(group, 0))
 
     for r in runs:
-        ctx.accuracy[str(r.path.resolve())] = (last(r, r.test_domain, "ood_acc") or float("nan"),
-                                                count(r, r.test_domain, "ood"))
+        v = last(r, r.test_domain, "ood_acc")
+        ctx.accuracy[str(r.path.resolve())] = (float("nan") if v is None else v, count(r, r.test_domain, "ood"))
     families = list(dict.fromkeys(g.family for g in groups))
     captions, curves_txt = [], []
     for fam in families:
@@ -687,8 +687,8 @@ def _circuits_section(ctx: _Ctx) -> None:
     for a in study.by_command("circuits nodes", "circuits similarity", "circuits plot"):
         key = str(Path(str(a.option("circuits"))).resolve())
         groups.setdefault(key, {"run": a, "plots": []})
-        if a.command == "circuits plot":
-            groups[key]["plots"].append(a.path)
+        if a.command == "circuits plot":  # the PNG (GraphML and DOT exports share its configuration)
+            groups[key]["plots"].append(a.path.with_suffix(".png"))
         else:
             name = "node_similarity.json" if a.command == "circuits nodes" else "circuit_similarity.json"
             data = _read_json(a.path / name)
@@ -758,7 +758,7 @@ def _circuits_section(ctx: _Ctx) -> None:
                 ctx.findings.append([f"Circuits of {hl} are less similar to the other domains' (edge-set "
                                      f"Jaccard){who}", f"{num(hlj['with'])} vs {num(hlj['without'])}",
                                      "holds" if hlj["with"] < hlj["without"] else "does not hold"])
-        pngs = sorted(p for p in g["plots"] if p.suffix == ".png")
+        pngs = sorted(p for p in g["plots"] if p.is_file())
         if pngs:
             doc.figure(pngs[0], f"One circuit ({pngs[0].stem.removeprefix('circuit_').replace('_', ', ', 1)}): "
                                 f"the selected channels from act1 (bottom) to attnpool (top), coloured by signed "
