@@ -1,231 +1,25 @@
-"""The study report of ``clipgen demo``: ``report.md`` and ``report.html`` (figures embedded) from the artifacts.
-
-The report reads only files the stages wrote (results.json of every run, the eval summary, cka.json,
-embeddings.json, feature-sharing.json, the SAE metrics, the circuits results), so it can be rebuilt from a demo folder
-at any time. Every figure comes with one sentence saying what it shows and the numbers behind it. The section
-"Which of the paper's findings hold here" compares numbers with fixed rules written down in the report itself
-(:func:`verdict`), never with wording chosen after looking at the outcome.
-"""
+"""The sections of the study report, each from the artifacts :mod:`clipgen.study` found (see docs/report.md)."""
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SETUP_LABELS = {"natural-only": "Natural-only", "cg-low": "CG low-diversity", "cg-high": "CG high-diversity",
-                "leave-out-domain": "Leave-out-domain"}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# a tiny document model rendered to Markdown and HTML
-
-
-@dataclass
-class Block:
-    kind: str  # h1 h2 h3 p table figure list
-    text: str = ""
-    rows: list[list[str]] = field(default_factory=list)  # table rows (first = header) or list items ([item])
-    path: Path | None = None  # figure
-
-
-class Document:
-    def __init__(self) -> None:
-        self.blocks: list[Block] = []
-
-    def h(self, level: int, text: str) -> None:
-        self.blocks.append(Block(f"h{level}", text))
-
-    def p(self, text: str) -> None:
-        self.blocks.append(Block("p", text))
-
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        self.blocks.append(Block("table", rows=[list(map(str, header))] + [[str(c) for c in r] for r in rows]))
-
-    def items(self, items: Sequence[str]) -> None:
-        self.blocks.append(Block("list", rows=[[i] for i in items]))
-
-    def figure(self, path: Path | None, caption: str) -> None:
-        """A figure with its one-sentence caption; a missing file becomes a note, never a broken link."""
-        if path is None or not Path(path).is_file():
-            self.p(f"*(figure not available: {caption})*")
-            return
-        self.blocks.append(Block("figure", caption, path=Path(path)))
-
-    # -- rendering -----------------------------------------------------------------------------------------------
-    def markdown(self, base: Path) -> str:
-        out: list[str] = []
-        for b in self.blocks:
-            if b.kind.startswith("h"):
-                out.append("#" * int(b.kind[1]) + " " + b.text)
-            elif b.kind == "p":
-                out.append(b.text)
-            elif b.kind == "list":
-                out.append("\n".join(f"- {r[0]}" for r in b.rows))
-            elif b.kind == "table":
-                head, *body = b.rows
-                lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                lines += ["| " + " | ".join(r) + " |" for r in body]
-                out.append("\n".join(lines))
-            elif b.kind == "figure":
-                rel = _relative(b.path, base)
-                out.append(f"![{_md_alt(b.text)}]({rel})\n\n*{b.text}*")
-        return "\n\n".join(out) + "\n"
-
-    def html(self, title: str) -> str:
-        parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
-                 f"</title>\n<style>{_CSS}</style></head><body>"]
-        for b in self.blocks:
-            if b.kind.startswith("h"):
-                parts.append(f"<{b.kind}>{_inline(b.text)}</{b.kind}>")
-            elif b.kind == "p":
-                parts.append(f"<p>{_inline(b.text)}</p>")
-            elif b.kind == "list":
-                parts.append("<ul>" + "".join(f"<li>{_inline(r[0])}</li>" for r in b.rows) + "</ul>")
-            elif b.kind == "table":
-                head, *body = b.rows
-                parts.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head)
-                             + "</tr></thead><tbody>"
-                             + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
-                             + "</tbody></table>")
-            elif b.kind == "figure":
-                data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-                parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(b.text)}\">"
-                             f"<figcaption>{_inline(b.text)}</figcaption></figure>")
-        parts.append("</body></html>\n")
-        return "\n".join(parts)
-
-
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.45}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:left}"
-        "th{background:#f0f0f0}figure{margin:1.5em 0}img{max-width:100%}figcaption{font-style:italic;color:#333}"
-        "code{background:#f4f4f4;padding:0 .2em}")
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(base).resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _md_alt(text: str) -> str:
-    return text.replace("[", "(").replace("]", ")")[:120]
-
-
-def _inline(text: str) -> str:
-    """Markdown's `code`, **bold** and *italic* in HTML (enough for the report's own text)."""
-    import re
-
-    s = html.escape(text)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
-    s = re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<em>\1</em>", s)
-    return s
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# numbers
-
-
-def pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-
-def num(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def std_error(p: float, n: int) -> float:
-    """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
-    return math.sqrt(max(p * (1 - p), 0.0) / n) if n > 0 else float("nan")
-
-
-def verdict(a: float, n_a: int, b: float, n_b: int) -> tuple[str, float]:
-    """Does accuracy ``a`` exceed ``b``? ``holds`` when a - b > 2 standard errors of the difference,
-    ``reversed`` when b - a > 2 SE, ``inconclusive`` otherwise (the rule the report states)."""
-    se = math.sqrt(std_error(a, n_a) ** 2 + std_error(b, n_b) ** 2)
-    d = a - b
-    if se == 0 or math.isnan(se):
-        return ("holds" if d > 0 else "reversed" if d < 0 else "inconclusive"), se
-    if d > 2 * se:
-        return "holds", se
-    if d < -2 * se:
-        return "reversed", se
-    return "inconclusive", se
-
-
-@dataclass
-class RunNumbers:
-    setup: str
-    name: str
-    epochs: list[int]
-    metrics: dict[str, dict[str, list]]  # domain -> metric -> per-epoch values
-    counts: dict[str, dict[str, Any]]
-    n_classes: int
-
-    def last(self, domain: str, metric: str) -> float | None:
-        v = self.metrics.get(domain, {}).get(metric)
-        return None if not v else v[-1]
-
-    def n(self, domain: str, group: str) -> int:
-        return int(self.counts.get(domain, {}).get(group, 0))
-
-
-def load_run_numbers(setup: str, results_json: Path) -> RunNumbers:
-    r = json.loads(Path(results_json).read_text(encoding="utf-8"))
-    return RunNumbers(setup, r["run"]["name"], list(r["epochs"]), r["metrics"], r["counts"],
-                      int(r["classes"]["count"]))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def cka_layer_means(cka: dict[str, Any], highlight: str, subset: str = "all", kernel: str = "linear",
-                    estimator: str = "unbiased") -> dict[str, tuple[float, float]]:
-    """Per layer: (mean CKA over the pairs with ``highlight``, mean over the other pairs)."""
-    by_layer: dict[str, tuple[list[float], list[float]]] = {}
-    for r in cka["results"]:
-        if (r["subset"], r["kernel"], r["estimator"]) != (subset, kernel, estimator):
-            continue
-        h, o = by_layer.setdefault(r["layer"], ([], []))
-        (h if highlight in (r["domain_a"], r["domain_b"]) else o).append(float(r["cka"]))
-    return {layer: (_mean(h), _mean(o)) for layer, (h, o) in by_layer.items() if h and o}
-
-
-def _mean(xs: Sequence[float]) -> float:
-    return float(sum(xs) / len(xs)) if xs else float("nan")
-
-
-def intermediate(layers: Sequence[str]) -> list[str]:
-    """The middle third of the layer list (the "intermediate layers" the paper's claim is about)."""
-    n = len(layers)
-    return list(layers[n // 3: max(n // 3 + 1, (2 * n) // 3)])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the study report (``clipgen report``; ``clipgen demo`` writes it for its own folder)
-
-
-@dataclass
-class ReportConfig:
-    """Options of ``clipgen report`` (written beside the report as ``report.config.json``)."""
-
-    inputs: list[Path]
-    out: Path | None = None  # default: the first input folder
-    runs: list[Path] = field(default_factory=list)
-    stores: list[Path] = field(default_factory=list)
-    analyses: list[Path] = field(default_factory=list)
-
+from clipgen.report.document import Document
+from clipgen.report.numbers import (
+    SETUP_LABELS,
+    _cell,
+    _mean,
+    _mean_of,
+    _read_json,
+    cka_layer_means,
+    intermediate,
+    num,
+    pct,
+    verdict,
+)
 
 SETUP_ORDER = ("natural-only", "cg-low", "cg-high", "leave-out-domain")
 FIGURES_DIR = "report-figures"
@@ -255,48 +49,6 @@ class _Ctx:
         return SETUP_LABELS.get(run.setup or "", run.setup or "analysed"), run.name, run
 
 
-def build_report(cfg: ReportConfig, *, invocation_seconds: float | None = None) -> tuple[Path, Path]:
-    """Find everything under ``cfg.inputs`` and write ``OUT/report.md`` and ``OUT/report.html`` (figures embedded),
-    plus ``report.config.json``. Returns the two report paths."""
-    from clipgen.artifacts import write_config, write_text_atomic
-    from clipgen.study import discover
-
-    study = discover(cfg.inputs, runs=cfg.runs, stores=cfg.stores, analyses=cfg.analyses)
-    out = Path(cfg.out if cfg.out is not None else cfg.inputs[0])
-    demo = _read_json(study.demo) if study.demo is not None else None
-    ctx = _Ctx(study, out, Document(), [], demo)
-    doc = ctx.doc
-    title = _intro(ctx, invocation_seconds)
-    _data_section(ctx)
-    _accuracy_section(ctx)
-    _cka_section(ctx)
-    _sae_section(ctx)
-    _embedding_section(ctx)
-    _circuits_section(ctx)
-
-    doc.h(2, "Which of the paper's findings hold here")
-    doc.p("Rules, fixed before looking at the numbers: an accuracy comparison *holds* when the difference exceeds "
-          "twice its binomial standard error (independent test images, one seed), is *reversed* when it exceeds it "
-          "in the other direction, and is *inconclusive* otherwise. With several seeds the accuracies are the means "
-          "over the seeds and the image counts are summed over them. Comparisons of similarity scores (CKA, "
-          "feature sharing, node and circuit similarity) have no error estimate from one seed; they are reported "
-          "as *holds* / *does not hold* by the sign of the difference and should be read as descriptive.")
-    if ctx.findings:
-        doc.table(["finding (paper)", "numbers here", "verdict"], ctx.findings)
-    else:
-        doc.p("*No finding can be checked yet: its inputs are not computed.*")
-    if demo:
-        seed = demo.get("config", {}).get("seed", 0)
-        doc.p(f"Seeds: data, mixtures and training seed {seed}; SAE seed {seed}; UMAP seed 42 (the paper's); "
-              f"circuit images drawn with seed 42. Synthetic data is not DomainNet: these verdicts describe this "
-              f"demo, not the paper's models.")
-    _files_section(ctx)
-    out.mkdir(parents=True, exist_ok=True)
-    md_path, html_path = out / "report.md", out / "report.html"
-    write_text_atomic(md_path, doc.markdown(out))
-    write_text_atomic(html_path, doc.html(title))
-    write_config(md_path, "report", cfg)
-    return md_path, html_path
 
 
 def _intro(ctx: _Ctx, invocation_seconds: float | None) -> str:
@@ -365,23 +117,6 @@ def _data_section(ctx: _Ctx) -> None:
                       [r[:5] + r[6:] for r in rows])
     else:
         ctx.doc.table(["setup", "file", "domains", "base", "total", "test domain", "its ID", "its C2"], rows)
-
-
-def _cell(values: Sequence[float | None]) -> str:
-    """One seed: ``17.5%``; several: ``17.5 ± 2.3% (n=3)`` (sample std); missing values are left out."""
-    from clipgen.evaluation.summary import mean_std
-
-    mu, sd, n = mean_std([float("nan") if v is None else float(v) for v in values])
-    if n == 0:
-        return "n/a"
-    if n == 1:
-        return pct(mu)
-    return f"{100 * mu:.1f} ± {100 * sd:.1f}% (n={n})"
-
-
-def _mean_of(values: Sequence[float | None]) -> float | None:
-    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    return sum(xs) / len(xs) if xs else None
 
 
 def _accuracy_section(ctx: _Ctx) -> None:
@@ -528,10 +263,6 @@ def _chance(ctx: _Ctx, groups: list[Any]) -> float | None:
     return 1 / max(counts) if counts and max(counts) > 0 else None
 
 
-def _store_for(ctx: _Ctx, run: Any) -> str:
-    if run is not None and run.stores:
-        return str(run.stores[0].path)
-    return str(ctx.study.stores[0].path) if ctx.study.stores else "STORE.h5"
 
 
 def _analysed_run(ctx: _Ctx) -> Any:
