@@ -2,6 +2,9 @@
 
 import json
 import math
+import shutil
+import subprocess
+from pathlib import Path
 from statistics import mean, stdev
 
 import pytest
@@ -168,3 +171,26 @@ def test_study_report_bad_input_is_one_line(tmp_path, cli, study):
     r = cli("report", study)
     assert r.exit_code == 2 and r.stderr.startswith(f"error: {bad}: unreadable JSON")
     assert len(r.stderr.strip().splitlines()) == 1 and not (study / "report.md").exists()
+
+
+@pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+                    reason="no headless chromium installed")
+def test_report_html_in_headless_chromium(study, tmp_path):
+    """scripts/check_report_html.sh: every image decodes in a real browser, no console errors; a broken image and a
+    script error are caught."""
+    from clipgen.report import ReportConfig, build_report
+
+    _, html_path = build_report(ReportConfig(inputs=[study], out=tmp_path / "rep"))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_html.sh"
+    r = subprocess.run([str(script), str(html_path)], capture_output=True, text=True, timeout=120)
+    n = html_path.read_text().count("<img ")
+    assert r.returncode == 0 and r.stdout.startswith(f"ok: {html_path}: all {n} images loaded"), r.stdout + r.stderr
+    html = html_path.read_text()
+    broken = tmp_path / "broken.html"
+    broken.write_text(html.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
+    r = subprocess.run([str(script), str(broken)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and f"1 of {n} images did not load" in r.stderr, r.stdout + r.stderr
+    scripted = tmp_path / "scripted.html"
+    scripted.write_text(html.replace("<body>", "<body><script>undefinedFunction();</script>", 1))
+    r = subprocess.run([str(script), str(scripted)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "0 of" in r.stderr and "console:" in r.stderr, r.stdout + r.stderr
