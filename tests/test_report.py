@@ -194,3 +194,42 @@ def test_report_html_in_headless_chromium(study, tmp_path):
     scripted.write_text(html.replace("<body>", "<body><script>undefinedFunction();</script>", 1))
     r = subprocess.run([str(script), str(scripted)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "0 of" in r.stderr and "console:" in r.stderr, r.stdout + r.stderr
+
+
+def _feature_sharing(study, run_dir, name, score):
+    """A store of ``run_dir`` and an SAE + 'sae features' output of it, in the layout those commands write."""
+    from clipgen.analysis.feature_sharing import FeatureSharingConfig
+    from clipgen.artifacts import write_config
+    from clipgen.extraction import ExtractConfig
+    from tests._fixtures_study import _png
+
+    store = study / "h5" / f"{name}.h5"
+    store.write_bytes(b"")
+    write_config(store, "extract", ExtractConfig(out=store, model_dir=run_dir))
+    sae = study / "saes" / name
+    sae.mkdir(parents=True)
+    (sae / "metrics.json").write_text(json.dumps({"val": {"fve": 0.91, "l0": 7.5, "dead": 3}, "arch": {"d_sae": 64}}))
+    fs = sae / "shared"
+    fs.mkdir()
+    (fs / "feature-sharing.json").write_text(json.dumps({"score": score}))
+    _png(fs / "feature-sharing.png")
+    write_config(fs, "sae features", FeatureSharingConfig(store=str(store), sae=str(sae), out=str(fs),
+                                                          test_domain="sketch"))
+
+
+def test_study_report_sae_finding_with_a_zero_accuracy(study):
+    """The CG high-diversity model at 0% held-out accuracy still enters the SAE finding (0.0 is a value)."""
+    from clipgen.report import ReportConfig, build_report
+
+    cg, lod = study / "grid" / "exp-cg-high-sketch-seed0", study / "grid" / "exp-leave-out-domain-sketch-seed0"
+    res = cg / "eval" / "zero-shot" / "sketch" / "results.json"
+    doc = json.loads(res.read_text())
+    doc["metrics"]["sketch"]["ood_acc"] = [0.05, 0.0]
+    res.write_text(json.dumps(doc))
+    _feature_sharing(study, cg, "cg", 0.4)
+    _feature_sharing(study, lod, "lod", 0.6)
+    md = build_report(ReportConfig(inputs=[study]))[0].read_text()
+    assert "| CG high-diversity | 0.400 | 0.91 | 7.5 | 3 | 64 |" in md and "| Leave-out-domain | 0.600 |" in md
+    assert "for the CG high-diversity model; the sketch row scores 0.400." in md
+    assert ("CG high-diversity vs leave-out-domain) | sharing 0.400 vs 0.600; sketch C2 accuracy 0.0% vs 70.0% | "
+            "holds |") in md
