@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipgen.errors import ClipgenError
 from clipgen.report.document import Document
 from clipgen.report.numbers import (
     SETUP_LABELS,
@@ -206,7 +207,7 @@ def _figure2_files(ctx: _Ctx, runs: list[Any], groups: list[Any]) -> tuple[Path,
             continue
         try:
             theirs = {p.resolve() for p in find_results([Path(i) for i in c.get("inputs", [])])}
-        except Exception:  # inputs moved or gone: not reusable
+        except (ClipgenError, OSError):  # inputs moved or gone: not reusable
             continue
         if theirs == mine:
             return f2, cv
