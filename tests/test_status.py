@@ -12,12 +12,17 @@ def test_epoch_ranges():
 
 
 def test_status_json(tmp_path, cli):
+    from clipgen.artifacts import write_config
+    from clipgen.evaluation.summary import SummaryConfig
+
     study = build_study(tmp_path / "study")
+    write_config(study / "fig2", "eval summary", SummaryConfig(inputs=[study / "grid"], out=study / "fig2"))
     r = cli("status", study, "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     rows = {row["run"]: row for row in doc["runs"]}
     assert len(rows) == 8 and doc["roots"] == [str(study)]
+    assert doc["not_tied_to_a_run"] == [{"command": "eval summary", "path": str(study / "fig2")}]
     nat = rows["exp-natural-only-seed0"]
     assert nat["evaluated"] == {"sketch": [0, 1], "clipart": [0, 1]} or \
         nat["evaluated"] == {"clipart": [0, 1], "sketch": [0, 1]}

@@ -21,10 +21,11 @@ def status(
 
     st, rows = study_status(StatusConfig(inputs=list(study), runs=list(runs), stores=list(stores),
                                          analyses=list(analyses)))
+    other = [{"command": a.command, "path": str(a.path)} for a in st.analyses if a.run is None]
     if as_json:
-        typer.echo(json.dumps({"roots": [str(p) for p in st.roots], "runs": rows}, indent=2))
+        typer.echo(json.dumps({"roots": [str(p) for p in st.roots], "runs": rows, "not_tied_to_a_run": other},
+                              indent=2))
         return
     con.print(status_table(rows, f"{len(rows)} runs under {', '.join(str(p) for p in st.roots)}"))
-    other = [a for a in st.analyses if a.run is None]
     if other:
-        con.print("not tied to a run: " + ", ".join(f"{a.command} {a.path}" for a in other))
+        con.print("not tied to a run: " + ", ".join(f"{a['command']} {a['path']}" for a in other))
