@@ -466,7 +466,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from clipgen import __version__
     from clipgen.artifacts import utc_now, write_config
     from clipgen.progress import console
-    from clipgen.report import build_report
+    from clipgen.report import ReportConfig, build_report
 
     t_start = time.perf_counter()
     demo = Demo(cfg)
@@ -504,6 +504,6 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         state.record(name, StageRecord(key, round(time.perf_counter() - t0, 1), outputs, utc_now()))
     console.print("[bold]report[/]")
     total = time.perf_counter() - t_start
-    md, html = build_report(demo, state.stages, total_seconds=total)
+    md, html = build_report(ReportConfig(inputs=[demo.out], out=demo.out), invocation_seconds=total)
     console.print(f"demo finished in {total:.0f} s on {device_line}; report in {md} and {html.name}")
     return DemoResult(demo.out, device_line, dict(state.stages), skipped, md, html, total)

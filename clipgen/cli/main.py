@@ -87,7 +87,9 @@ def _register() -> None:
     from clipgen.cli import embeddings as embeddings_cli
     from clipgen.cli import eval as eval_cli
     from clipgen.cli import extract as extract_cli
+    from clipgen.cli import report as report_cli
     from clipgen.cli import sae as sae_cli
+    from clipgen.cli import status as status_cli
     from clipgen.cli import train as train_cli
 
     app.add_typer(circuits_cli.app, name="circuits")
@@ -97,7 +99,9 @@ def _register() -> None:
     app.command("embeddings")(embeddings_cli.embeddings)
     app.add_typer(eval_cli.app, name="eval")
     app.add_typer(extract_cli.app, name="extract")
+    app.command("report")(report_cli.report)
     app.add_typer(sae_cli.app, name="sae")
+    app.command("status")(status_cli.status)
     app.add_typer(train_cli.app, name="train")
 
 
