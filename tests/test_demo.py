@@ -118,6 +118,7 @@ def test_report_has_every_section_and_its_numbers(tiny_demo):
                 "circuits/cg-high-sketch-s0/nodes/nodes_highlight_all.png",
                 "circuits/cg-high-sketch-s0/plot/circuit_sketch_axe.png"):
         assert f"]({fig})" in md and (out / fig).is_file()
+    assert "Named SAE concepts" in md and "| model | class | top shared latents (name, cosine) |" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count("![")
     assert "Which of the paper&#x27;s findings hold here" in html or "Which of the paper's findings" in html
