@@ -1,0 +1,146 @@
+"""The circuit chain of an open_clip ``VisionTransformer`` image tower (the ``vit`` family).
+
+The layers are the residual stream after each transformer block, with the image first and the image embedding
+last::
+
+    input resblock1 .. resblockN proj
+
+============================ ==========================================================================
+stage                        sub-network
+============================ ==========================================================================
+input -> resblock1           patch embedding (``conv1``), class token, positional embedding, ``ln_pre``,
+                             then block 1
+resblockK -> resblockK+1     block K+1: ``x + ls_1(attn(ln_1(x)))``, then ``+ ls_2(mlp(ln_2(.)))``
+resblockN -> proj            ``ln_post``, pooling (the class token, or the mean of the patch tokens), ``@ proj``:
+                             the image embedding before normalisation
+============================ ==========================================================================
+
+**Nodes.** A node is one *channel* (one dimension of the residual stream, width D) of a layer; the tokens (class
+token and patch tokens, ``L = 1 + grid^2``) play the part the spatial positions play in a ResNet: a node's score and
+an edge's objective sum (or average) over them. Activations are channels last, ``(N, L, D)``: the layers record
+channel axis 1 of their per-sample shape ``(L, D)``; ``input`` is the image ``(3, H, W)`` (channel axis 0) and
+``proj`` the embedding ``(E,)``.
+
+**Stages** call the tower's own modules (layer norms, ``nn.MultiheadAttention``, the MLP), so they compute the
+modules' numbers. A stage computes only some output channels of the last linear map (the MLP's ``c_proj``, or
+``proj``) and the residual path; with a split input (:func:`~clipgen.circuits.chain.split_channels`) the
+selected channels are added back into the constant rest before the block. Unlike a ResNet stage, a block starts
+with a layer norm, which mixes all channels, so the split saves no work here; it only routes the gradient to the
+selected channels. There is no forward-mode shortcut (``has_jvp`` is false): edges run in reverse mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clipgen.circuits.chain import INPUT, ChainBase
+from clipgen.errors import ClipgenError
+
+SUPPORTED = "open_clip's VisionTransformer with class-token or average pooling (ViT-B-32, ..., clipgen's ViT-tiny)"
+
+
+def _refuse(model_name: str, what: str) -> ClipgenError:
+    return ClipgenError(f"model {model_name}: {what}; clipgen circuits supports {SUPPORTED} and the ModifiedResNet "
+                        f"family")
+
+
+def check_visual(visual: Any, model_name: str = "?") -> None:
+    """Refuse a tower whose structure is not the chain's (attention pooling, a sequence-first transformer, ...)."""
+    import torch.nn as nn
+
+    if type(visual).__name__ != "VisionTransformer":
+        raise _refuse(model_name, f"its image tower is a {type(visual).__name__}, not a VisionTransformer")
+    if getattr(visual, "attn_pool", None) is not None:
+        raise _refuse(model_name, "the image tower pools with attention (attn_pool)")
+    if getattr(visual, "pool_type", None) not in ("tok", "avg"):
+        raise _refuse(model_name, f"the image tower's pool_type is {getattr(visual, 'pool_type', None)!r}")
+    tr = getattr(visual, "transformer", None)
+    if tr is None or not getattr(tr, "batch_first", False) or len(getattr(tr, "resblocks", [])) == 0:
+        raise _refuse(model_name, "the image tower has no batch-first transformer with residual blocks")
+    for k, blk in enumerate(tr.resblocks):
+        ok = all(hasattr(blk, a) for a in ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2"))
+        if not ok or not isinstance(blk.attn, nn.MultiheadAttention) or hasattr(blk, "ln_1_kv") or not hasattr(
+                blk.mlp, "c_proj"):
+            raise _refuse(model_name, f"transformer.resblocks.{k} is a {type(blk).__name__}, not an open_clip "
+                                      "ResidualAttentionBlock")
+
+
+class ViTChain(ChainBase):
+    """A ``VisionTransformer`` image tower as the chain of stages between consecutive circuit layers.
+
+    ``visual`` is put in eval mode (no patch dropout). Layer ``0`` is ``input``; ``layers[-1]`` is ``proj``.
+    ``nodes`` is ``channels`` (the residual-stream dimensions).
+    """
+
+    family = "vit"
+
+    def __init__(self, visual: Any, model_name: str = "?", *, nodes: str = "channels"):
+        check_visual(visual, model_name)
+        if nodes != "channels":
+            raise ClipgenError(f"model {model_name}: '{nodes}' nodes are not available; a ViT's nodes are its "
+                               "residual-stream channels")
+        visual.eval()
+        self.visual = visual
+        self.model_name = model_name
+        self.node_kind = nodes
+        self.blocks = list(visual.transformer.resblocks)
+        n = len(self.blocks)
+        self.names = [INPUT] + [f"resblock{k + 1}" for k in range(n)] + ["proj"]
+        self._paths = {INPUT: "conv1", **{f"resblock{k + 1}": f"transformer.resblocks.{k}" for k in range(n)},
+                       "proj": ""}
+        self.layers = self._measure()
+
+    def _channel_axis(self, i: int, x) -> int:
+        return 1 if x.dim() == 3 else 0
+
+    def stage(self, i: int, x, out_channels=None, *, x_sel=None, in_channels=None):
+        """Stage ``i`` (layer ``i-1`` -> layer ``i``) on ``x``; only the ``out_channels`` channels when given.
+
+        With ``x_sel``/``in_channels`` the input is ``x`` with channels ``in_channels`` (along the input layer's
+        channel axis) replaced by ``x_sel`` (``x`` must be zero there: see :meth:`split_input`).
+        """
+        import torch
+
+        out = None if out_channels is None else torch.as_tensor(out_channels, dtype=torch.long, device=x.device)
+        if x_sel is not None:
+            if in_channels is None:
+                raise ValueError("x_sel needs in_channels")
+            cols = torch.as_tensor(in_channels, dtype=torch.long, device=x.device)
+            x = x.index_add(1 if i == 1 else x.dim() - 1, cols, x_sel.to(x.dtype))
+        n = len(self.blocks)
+        if i == 1:
+            return _block(self.blocks[0], self.visual._embeds(x), out)
+        if 2 <= i <= n:
+            return _block(self.blocks[i - 1], x, out)
+        if i == n + 1:
+            return _head(self.visual, x, out)
+        raise IndexError(f"stage {i} out of range 1..{self.n_stages}")
+
+
+def _block(blk, x, out):
+    """An open_clip ``ResidualAttentionBlock`` (batch first), computing only the ``out`` channels of its output."""
+    import torch.nn.functional as F
+
+    h = blk.ln_1(x)
+    h = x + blk.ls_1(blk.attn(h, h, h, need_weights=False)[0])
+    m = blk.mlp.gelu(blk.mlp.c_fc(blk.ln_2(h)))
+    cp = blk.mlp.c_proj
+    if out is None:
+        return h + blk.ls_2(F.linear(m, cp.weight, cp.bias))
+    y = F.linear(m, cp.weight[out], None if cp.bias is None else cp.bias[out])
+    gamma = getattr(blk.ls_2, "gamma", None)
+    if gamma is not None:
+        y = y * gamma[out]
+    return h[..., out] + y
+
+
+def _head(visual, x, out):
+    """``ln_post``, pooling and projection (``VisionTransformer._pool`` without attention pooling)."""
+    if visual.final_ln_after_pool:
+        pooled, _ = visual._global_pool(x)
+        pooled = visual.ln_post(pooled)
+    else:
+        pooled, _ = visual._global_pool(visual.ln_post(x))
+    if visual.proj is None:
+        return pooled if out is None else pooled[:, out]
+    return pooled @ (visual.proj if out is None else visual.proj[:, out])
