@@ -112,6 +112,17 @@ def test_a_vit_end_to_end(cli, synth_root, tmp_path):
     g = nx.read_graphml(tmp_path / "vfig.graphml")
     assert g.number_of_nodes() == sum(len(res.selected[n]) for n in res.layers[1:]) == 13 * 4 + 7
 
+    heads = tmp_path / "h.h5"  # attention heads as nodes: 2 heads + the bypassing stream per block
+    r = cli(*_compute_args(vit, synth_root, heads, nodes="heads", **{"node-fraction": 0.5}))
+    assert r.exit_code == 0, r
+    with open_circuits(heads) as cf:
+        assert cf.layers == ["input", "heads1", "heads2", "heads3", "heads4", "proj"]
+        assert cf.settings["nodes"] == "heads" and cf.settings["family"] == "vit"
+        res = cf.read("clipart", 11)
+    assert res.nodes["heads2"].shape == (3,) and res.edges["heads3"].shape == (2, 2)
+    r = cli("circuits", "similarity", heads, "--no-progress", "--metrics", "jaccard", "--subsets", "all")
+    assert r.exit_code == 0, r
+
 
 def test_shards_and_merge(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
     out = tmp_path / "c.h5"

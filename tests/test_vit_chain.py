@@ -151,3 +151,71 @@ def test_towers_the_chain_cannot_cut_are_refused():
     with pytest.raises(ClipgenError, match=r"model box: its image tower is a Linear; clipgen circuits supports the "
                                            r"ModifiedResNet family .* and open_clip's VisionTransformer"):
         make_chain(torch.nn.Linear(2, 2), "box")
+
+
+# -- attention heads as nodes ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def heads():
+    return make_chain(_vit(), "ViT-tiny", nodes="heads")
+
+
+def test_heads_layers(heads):
+    assert heads.node_kind == "heads" and heads.names == ["input", "heads1", "heads2", "heads3", "heads4", "proj"]
+    # ViT-tiny: width 128, head width 64 -> 2 heads, plus the stream that bypasses them; positions: tokens x width
+    assert [(la.shape, la.channels, la.positions) for la in heads.layers[1:-1]] == [((65, 3, 128), 3, 65 * 128)] * 4
+    with pytest.raises(ClipgenError, match="--nodes: 'heads' nodes exist for ViTs only"):
+        from tests._circuits_helpers import perturbed_visual
+
+        make_chain(perturbed_visual("RN-tiny"), "RN-tiny", nodes="heads")
+
+
+def test_attention_state_splits_the_real_attention_by_head(heads):
+    """Each head's write equals the real module with the other heads' out_proj columns zeroed (and no bias); the
+    channels sum to the real stream after the attention."""
+    import copy
+
+    from clipgen.circuits.vit import attention_state
+
+    images, _ = _batch(2)
+    blk = heads.blocks[1]
+    with torch.no_grad():
+        x = heads.visual.transformer.resblocks[0](heads.visual._embeds(images))
+        s = attention_state(blk, x)
+        h = blk.ln_1(x)
+        real = x + blk.ls_1(blk.attn(h, h, h, need_weights=False)[0])
+        assert _rel(s.sum(dim=2), real) < 1e-5
+        n_heads, dh = blk.attn.num_heads, 128 // blk.attn.num_heads
+        for k in range(n_heads):
+            one = copy.deepcopy(blk.attn)
+            keep = torch.zeros(128, dtype=torch.bool)
+            keep[k * dh:(k + 1) * dh] = True
+            one.out_proj.weight[:, ~keep] = 0
+            one.out_proj.bias.zero_()
+            assert _rel(s[:, :, k], one(h, h, h, need_weights=False)[0]) < 1e-5, k
+        assert _rel(s[:, :, n_heads], x + blk.attn.out_proj.bias) < 1e-6
+
+
+def test_heads_stages_equal_the_real_model(heads):
+    images, _ = _batch(3)
+    ref = A.reference_clean(heads, images)  # hooks: the block's input and its attention module's input
+    with torch.no_grad():
+        ours = heads.activations(images)
+        for i in range(1, heads.n_stages + 1):
+            assert _rel(heads.stage(i, ref[i - 1]), ref[i]) < 1e-5, heads.names[i]
+        assert _rel(ours[-1], heads.visual(images)) < 1e-5
+
+
+@pytest.mark.parametrize("rule,steps", [("left", 3), ("midpoint", 2)])
+def test_head_nodes_and_edges_equal_the_per_channel_method(heads, rule, steps):
+    images, target = _batch(2, seed=4)
+    ig = A.IGConfig(steps, rule)
+    res = A.compute_circuit(heads, images, target, ig=ig, node_fraction=0.5)
+    ref_nodes = A.reference_nodes(heads, images, target, ig)
+    for la in heads.layers:
+        assert _rel(res.nodes[la.name], ref_nodes[la.name]) < 1e-4, la.name
+    ref_edges = A.reference_edges(heads, images, target, res.selected, ig)
+    for _, down in heads.pairs:
+        assert res.edges[down].shape == (len(res.selected[down]), len(res.selected[heads.names[heads.index(down) - 1]]))
+        assert np.abs(ref_edges[down]).max() > 0, down
+        assert _rel(res.edges[down], ref_edges[down]) < 1e-4, down

@@ -422,26 +422,15 @@ def compute_circuit(chain, images, targets, *, ig: IGConfig = IGConfig(), node_f
 # the published per-channel method (reference and benchmark baseline)
 
 
-def _module(chain, name: str):
-    """The real module whose output is layer ``name`` (the image tower itself for an empty path)."""
-    from clipgen.models.layers import get_module
-
-    path = chain.module_path(name)
-    return get_module(chain.visual, path) if path else chain.visual
-
-
 @contextlib.contextmanager
 def _hooks(chain, replace: tuple[str, Any] | None = None, capture: str | None = None) -> Iterator[dict]:
     """Forward hooks on the real modules: replace a layer's output, capture another's."""
     store: dict[str, Any] = {}
     handles = []
     if replace is not None and replace[0] != "input":
-        value = replace[1]
-        handles.append(_module(chain, replace[0]).register_forward_hook(lambda _m, _i, _o: value))
+        handles += chain.hook_replace(replace[0], replace[1])
     if capture is not None:
-        def grab(_m, _i, o):
-            store[capture] = o
-        handles.append(_module(chain, capture).register_forward_hook(grab))
+        handles += chain.hook_capture(capture, lambda o: store.__setitem__(capture, o))
     try:
         yield store
     finally:
@@ -468,8 +457,7 @@ def reference_clean(chain, images):
     import torch
 
     acts = {"input": images}
-    handles = [_module(chain, n).register_forward_hook(
-        lambda _m, _i, o, n=n: acts.__setitem__(n, o.clone())) for n in chain.names[1:]]
+    handles = [h for n in chain.names[1:] for h in chain.hook_capture(n, lambda o, n=n: acts.__setitem__(n, o.clone()))]
     try:
         with torch.no_grad():
             chain.visual(images)

@@ -98,6 +98,10 @@ class CircuitChain(Protocol):
 
     def activations(self, images) -> list: ...
 
+    def hook_replace(self, name: str, value) -> list: ...
+
+    def hook_capture(self, name: str, fn: Callable[[Any], None]) -> list: ...
+
 
 def split_channels(x, in_channels, axis: int = 1):
     """``(x_rest, x_sel)``: ``x`` with channels ``in_channels`` (along ``axis``) zeroed (no gradient), and those
@@ -137,13 +141,29 @@ class ChainBase:
 
     def module_path(self, name: str) -> str:
         """Dotted path of the module whose output is layer ``name`` ("" for the image tower itself); for
-        ``input`` the module whose input it is."""
+        ``input`` the module whose input it is (for a ViT's heads: the block whose attention they are)."""
         self.index(name)
         return self._paths[name]
 
     def is_linear(self, i: int) -> bool:
         """Whether stage ``i`` is linear and homogeneous (scaling its input scales its output)."""
         return False
+
+    def _module(self, name: str):
+        from clipgen.models.layers import get_module
+
+        path = self.module_path(name)
+        return get_module(self.visual, path) if path else self.visual
+
+    def hook_replace(self, name: str, value) -> list:
+        """Forward hooks on the real modules that make layer ``name`` (not ``input``) equal ``value`` in the tower's
+        own forward pass; returns the handles. The per-channel reference method runs on these."""
+        return [self._module(name).register_forward_hook(lambda _m, _i, _o: value)]
+
+    def hook_capture(self, name: str, fn) -> list:
+        """Forward hooks that call ``fn(activation)`` with layer ``name`` (not ``input``) during the tower's own
+        forward pass; returns the handles."""
+        return [self._module(name).register_forward_hook(lambda _m, _i, o: fn(o))]
 
     def has_jvp(self, i: int) -> bool:
         """Whether :meth:`linearize` covers stage ``i``."""
