@@ -315,7 +315,8 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
     objective's gradient (non-zero on channel ``j`` only) and ``J_k`` the stage's Jacobian at step ``k``:
 
     * ``reverse``: one backward pass per selected downstream channel ``j`` (``J^T v_j``), batched with
-      ``torch.autograd.grad(..., is_grads_batched=True)``;
+      ``torch.autograd.grad(..., is_grads_batched=True)`` (one after the other on the CPU for a chain whose
+      ``cpu_batched_backward`` is false: a ViT's batched backward through attention and layer norms is slower there);
     * ``forward``: one forward-mode pass per selected upstream channel ``u`` (``J a_u e_u``,
       :meth:`~clipgen.circuits.chain.ResNetChain.linearize`), the directions batched with the rows (every stage
       but the attention pool; that one stays reverse);
@@ -368,12 +369,17 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
                 continue
             resid = (_cf(y.detach(), ax_down).float() - clean[img].float()) * norm
             a_flat = a_up.float().reshape(r1 - r0, nu, -1)
-            cc = plan.edge_channels(stage, r1 - r0, nj)
+            one_by_one = not up.is_cuda and not getattr(chain, "cpu_batched_backward", True)
+            cc = 1 if one_by_one else plan.edge_channels(stage, r1 - r0, nj)
             for c0, c1 in _chunks(nj, cc):
                 v = torch.zeros((c1 - c0, *y.shape), dtype=y.dtype, device=y.device)
                 idx = torch.arange(c1 - c0, device=y.device)
                 _cf(v, ax_down + 1, 2)[idx, :, c0 + idx] = resid[:, c0:c1].transpose(0, 1).to(y.dtype)
-                (g,) = torch.autograd.grad(y, xs, v, is_grads_batched=True, retain_graph=c1 < nj)
+                if one_by_one:
+                    (g,) = torch.autograd.grad(y, xs, v[0], retain_graph=c1 < nj)
+                    g = g.unsqueeze(0)
+                else:
+                    (g,) = torch.autograd.grad(y, xs, v, is_grads_batched=True, retain_graph=c1 < nj)
                 g = _cf(g, ax_up + 1, 2).float()
                 total[c0:c1] += torch.einsum("crup,rup->cu", g.reshape(c1 - c0, r1 - r0, nu, -1), a_flat).double()
                 del v, g
