@@ -204,7 +204,8 @@ def plot(
                                                                "none."),
     force: bool = typer.Option(False, "--force", help="Replace existing files."),
 ) -> None:
-    """Draw one circuit as a layered graph (bottom act1 to top attnpool) and export it as GraphML/DOT."""
+    """Draw one circuit as a layered graph (bottom: the first layer after input; top: the embedding) and export it
+    as GraphML/DOT."""
     from clipgen.circuits.similarity import PlotConfig, run_plot
     from clipgen.progress import out as con
 
