@@ -17,10 +17,13 @@ Measures, in the same run, on one batch of images of one (class, domain):
 
 Weights are a randomly initialised model whose batch-norm parameters and statistics are drawn at random (seeded), so
 no residual branch is dead; images are random tensors of the model's input size (timing does not depend on their
-content). CPU default: RN-small, 50 images, 10 steps, fp32. GPU default: RN50, 50 images, 10 steps, timing in
+content). A ViT (``--model ViT-tiny``) runs the same measurements on its chain (residual-stream channels of each
+block; the default pair is the one into the block after the middle one). CPU default: RN-small, 50 images, 10
+steps, fp32. GPU default: RN50, 50 images, 10 steps, timing in
 bf16 autocast (the agreement check in fp32 with TF32 off).
 Usage: ``python benchmarks/circuits.py [--device auto] [--model RN-small] [--images 50] [--steps 10]
-[--pair resblock5] [--precision auto] [--baseline-channels 4] [--repeats 2] [--threads N] [--no-chain]``.
+[--pair resblock5] [--precision auto] [--baseline-channels 4] [--repeats 2] [--threads N] [--no-chain]
+[--nodes channels|heads]``.
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ def _rel(a, b) -> float:
 
 
 def _default_pair(chain) -> str:
-    """The downstream layer of the first pair inside layer3 (RN50: resblock8 -> resblock9, layer3[0] -> layer3[1])."""
+    """The downstream layer of the first pair inside layer3 (RN50: resblock8 -> resblock9, layer3[0] -> layer3[1]);
+    for a ViT the pair into the block after the middle one (ViT-tiny: resblock2 -> resblock3)."""
+    if chain.family == "vit":
+        return chain.names[len(chain.names[1:-1]) // 2 + 1]
     n1, n2, n3 = (len(getattr(chain.visual, f"layer{i}")) for i in (1, 2, 3))
     first = n1 + n2 + 1  # resblock index of layer3[0]
     return f"resblock{first + 1}" if n3 > 1 else f"resblock{first}"
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-chain", action="store_true", help="skip the whole-chain timing")
+    p.add_argument("--nodes", default="channels", help="channels, or heads (a ViT's attention heads)")
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     from clipgen.circuits import attribution as A
-    from clipgen.circuits.chain import ResNetChain, metric
+    from clipgen.circuits.chain import make_chain, metric
     from clipgen.devices import autocast, resolve_device, resolve_precision
 
     if args.threads:
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"circuits benchmark: {name}, {args.images} images, {args.steps} steps, {hw}, torch {torch.__version__}")
 
     visual = _perturbed(name, device)
-    chain = ResNetChain(visual, name)
+    chain = make_chain(visual, name, nodes=args.nodes)
     size = chain.image_size
     g = torch.Generator().manual_seed(3)
     images = torch.randn(args.images, 3, size, size, generator=g).to(device)
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.asarray(res.selected[down][:base_ch])
     sel = dict(res.selected)
     sel[down] = rows
-    exact_chain = ResNetChain(_perturbed(name, device).double(), name)
+    exact_chain = make_chain(_perturbed(name, device).double(), name, nodes=args.nodes)
     refs = {}
     for label, ch_, x_, t_ in (("fp32", chain, x_c, t_c), ("float64", exact_chain, x_c.double(), t_c.double())):
         refs[label] = (A.reference_nodes(ch_, x_, t_, ig),

@@ -190,3 +190,18 @@ def test_stage_jvp_equals_autograd_forward_mode(visual, images):
             assert _rel(dy[k], ref) < 1e-5, (ch.names[i], k)
     with pytest.raises(ValueError, match="reverse mode"):
         ch.stage_jvp(ch.n_stages, acts[-2], acts[-2][:, :1], [0], None, acts[-2][None, :, :1])
+
+
+def test_make_chain_builds_the_family_chain_behind_one_interface(visual):
+    from clipgen.circuits.chain import CHAINS, CircuitChain, make_chain
+    from clipgen.circuits.vit import ViTChain
+    from clipgen.models.registry import create_model
+
+    assert sorted(CHAINS) == ["resnet", "vit"]
+    rn = make_chain(visual, "RN-tiny")
+    assert type(rn) is ResNetChain and isinstance(rn, CircuitChain) and rn.family == "resnet"
+    assert rn.node_kind == "channels" and all(la.channel_axis == 0 for la in rn.layers)
+    vit = make_chain(create_model("ViT-tiny")[0].visual, "ViT-tiny")
+    assert type(vit) is ViTChain and isinstance(vit, CircuitChain) and vit.family == "vit"
+    with pytest.raises(ClipgenError, match="--nodes: unknown node kind 'neurons'"):
+        make_chain(visual, "RN-tiny", nodes="neurons")

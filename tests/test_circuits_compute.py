@@ -99,12 +99,17 @@ def test_an_entry_equals_a_direct_computation(small_circuits, circuits_run_dir):
     np.testing.assert_allclose(stored.metric, (emb @ text[0]).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_a_vit_model_is_refused_naming_the_supported_architectures(tmp_path, synth_root):
+def test_a_vit_model_gets_its_chain_recorded_in_the_settings(tmp_path, synth_root):
     run = make_random_run(tmp_path / "vit", model="ViT-tiny", epochs=(0,))
-    with pytest.raises(ClipgenError, match=r"model ViT-tiny: its image tower is a VisionTransformer.*supports the "
-                                           r"ModifiedResNet family \(RN50"):
-        compute_circuits(small_config(tmp_path / "c.h5", run, synth_root), progress=False)
-    assert not (tmp_path / "c.h5").exists()
+    res = compute_circuits(small_config(tmp_path / "c.h5", run, synth_root, classes="cello", domains="q"),
+                           progress=False)
+    assert res.computed == 1
+    with open_circuits(tmp_path / "c.h5") as cf:
+        assert cf.settings["family"] == "vit" and cf.settings["nodes"] == "channels"
+        assert cf.layers == ["input", "resblock1", "resblock2", "resblock3", "resblock4", "proj"]
+    with pytest.raises(ClipgenError, match="--nodes: unknown node kind 'bogus'"):
+        compute_circuits(small_config(tmp_path / "d.h5", run, synth_root, nodes="bogus"), progress=False)
+    assert not (tmp_path / "d.h5").exists()
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -225,3 +225,14 @@ def test_written_by_hand_and_refused_headers(tmp_path):
         f.attrs["schema_version"] = "2.0"
     with pytest.raises(ClipgenError, match=r"unsupported circuits schema version: found 2\.0.*upgrade clipgen"):
         S.open_circuits(future)
+
+
+def test_files_from_before_the_node_kind_keep_their_fingerprint():
+    """Settings written before ViTs had no family/nodes: a ResNet channels file of today has the same fingerprint
+    (it resumes and is skipped as complete); another node kind or family does not."""
+    prov = {"model": "RN-tiny", "model_config": {}, "checkpoint": {"sha256": "ab"}, "epoch": 1, "data": {"sources": []}}
+    old = {"steps": 2, "rule": "left"}
+    assert S.fingerprint(prov, {"family": "resnet", "nodes": "channels", **old}) == S.fingerprint(prov, old)
+    assert S.fingerprint(prov, {"family": "vit", "nodes": "channels", **old}) != S.fingerprint(prov, old)
+    assert S.fingerprint(prov, {"family": "vit", "nodes": "heads", **old}) != S.fingerprint(
+        prov, {"family": "vit", "nodes": "channels", **old})

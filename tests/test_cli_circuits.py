@@ -86,6 +86,44 @@ def test_compute_info_nodes_similarity_plot(cli, circuits_run_dir, synth_root, s
     _one_line_error(r, "already exists")
 
 
+def test_a_vit_end_to_end(cli, synth_root, tmp_path):
+    """A randomly initialised ViT-tiny run: compute -> info -> nodes -> similarity -> plot."""
+    vit = make_random_run(tmp_path / "vit", model="ViT-tiny", epochs=(0,))
+    out = tmp_path / "v.h5"
+    r = cli(*_compute_args(vit, synth_root, out))
+    assert r.exit_code == 0, r
+    assert "4 (domain, class) entries, 4 computed now" in r.stdout
+    with open_circuits(out) as cf:
+        assert cf.layers == ["input", "resblock1", "resblock2", "resblock3", "resblock4", "proj"]
+        assert cf.settings["family"] == "vit" and cf.settings["nodes"] == "channels"
+        res = cf.read("quickdraw", 66)
+    assert res.nodes["resblock2"].shape == (128,) and res.edges["resblock3"].shape == (13, 13)
+    r = cli("circuits", "info", out)
+    assert r.exit_code == 0 and "layers: input(3) resblock1(128)" in r.stdout and "proj(64)" in r.stdout, r
+    r = cli("circuits", "nodes", out, "--no-progress", "--subsets", "all")
+    assert r.exit_code == 0, r
+    nodes = json.loads((tmp_path / "v-nodes" / "node_similarity.json").read_text())
+    assert {x["layer"] for x in nodes["results"]} == {"resblock1", "resblock2", "resblock3", "resblock4", "proj"}
+    r = cli("circuits", "similarity", out, "--no-progress", "--metrics", "jaccard,wl_h1", "--subsets", "all")
+    assert r.exit_code == 0, r
+    assert (tmp_path / "v-similarity" / "circuit_similarity.json").is_file()
+    r = cli("circuits", "plot", out, "--domain", "q", "--class", "cello", "--out", tmp_path / "vfig.png")
+    assert r.exit_code == 0, r
+    g = nx.read_graphml(tmp_path / "vfig.graphml")
+    assert g.number_of_nodes() == sum(len(res.selected[n]) for n in res.layers[1:]) == 13 * 4 + 7
+
+    heads = tmp_path / "h.h5"  # attention heads as nodes: 2 heads + the bypassing stream per block
+    r = cli(*_compute_args(vit, synth_root, heads, nodes="heads", **{"node-fraction": 0.5}))
+    assert r.exit_code == 0, r
+    with open_circuits(heads) as cf:
+        assert cf.layers == ["input", "heads1", "heads2", "heads3", "heads4", "proj"]
+        assert cf.settings["nodes"] == "heads" and cf.settings["family"] == "vit"
+        res = cf.read("clipart", 11)
+    assert res.nodes["heads2"].shape == (3,) and res.edges["heads3"].shape == (2, 2)
+    r = cli("circuits", "similarity", heads, "--no-progress", "--metrics", "jaccard", "--subsets", "all")
+    assert r.exit_code == 0, r
+
+
 def test_shards_and_merge(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
     out = tmp_path / "c.h5"
     for i in (0, 1):
@@ -109,8 +147,10 @@ def test_one_line_errors(cli, circuits_run_dir, synth_root, small_circuits, tmp_
     _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out, domains="cx")), "--domains")
     _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out, classes="teddy-bear", domains="cp")),
                     "class 'teddy-bear' (303) has no test images in painting")
-    vit = make_random_run(tmp_path / "vit", model="ViT-tiny", epochs=(0,))
-    _one_line_error(cli(*_compute_args(vit, synth_root, out)), "model ViT-tiny", "ModifiedResNet family")
+    _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out, nodes="heads")), "--nodes",
+                    "a ResNet's nodes are its channels")
+    _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out, nodes="neurons")), "--nodes",
+                    "unknown node kind 'neurons'")
     copy = tmp_path / "copy.h5"
     copy.write_bytes(small_circuits.read_bytes())
     _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, copy, steps=3)), "fingerprint mismatch",

@@ -210,9 +210,15 @@ def _interpolated_rows(a, alphas: Sequence[float], r0: int, r1: int):
     return scale * a[img], img
 
 
-def _reduce_rows(g, a):
-    """``sum over rows and positions of g * a`` per channel, in float64: ``(R, C, ...) -> (C,)``."""
-    return (g.float() * a.float()).reshape(g.shape[0], g.shape[1], -1).sum(dim=(0, 2)).double()
+def _cf(t, axis: int, to: int = 1):
+    """``t`` with its channel axis ``axis`` moved to ``to`` (a view; ``t`` itself when it is there already)."""
+    return t if axis == to else t.movedim(axis, to)
+
+
+def _reduce_rows(g, a, axis: int = 1):
+    """``sum over rows and positions of g * a`` per channel (along ``axis``), in float64: ``(R, ...) -> (C,)``."""
+    p = _cf(g.float() * a.float(), axis)
+    return p.reshape(p.shape[0], p.shape[1], -1).sum(dim=(0, 2)).double()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,7 +244,8 @@ def clean_pass(chain, images, targets, *, with_grads: bool, plan: MemoryPlan, am
                 layer_acts = chain.activations(x)
                 m = metric(layer_acts[-1], targets[r0:r1])
             grads = torch.autograd.grad(m.sum(), layer_acts)
-            part = [_reduce_rows(g, a.detach()) for g, a in zip(grads, layer_acts, strict=True)]
+            part = [_reduce_rows(g, a.detach(), la.axis)
+                    for g, a, la in zip(grads, layer_acts, chain.layers, strict=True)]
             sums = part if sums is None else [s + p for s, p in zip(sums, part, strict=True)]
         else:
             with torch.no_grad(), amp():
@@ -269,8 +276,8 @@ def node_scores(chain, acts, targets, ig: IGConfig, plan: MemoryPlan, alpha0_sum
         raise ValueError("the left rule needs the alpha = 0 gradient sums of clean_pass(with_grads=True)")
     b = acts[0].shape[0]
     totals = []
-    for a, s0 in zip(acts, alpha0_sums or [None] * len(acts), strict=True):
-        t = torch.zeros(a.shape[1], dtype=torch.float64, device=a.device)
+    for la, a, s0 in zip(chain.layers, acts, alpha0_sums or [None] * len(acts), strict=True):
+        t = torch.zeros(la.channels, dtype=torch.float64, device=a.device)
         if with_zero:
             t += s0
         totals.append(t)
@@ -289,7 +296,7 @@ def node_scores(chain, acts, targets, ig: IGConfig, plan: MemoryPlan, alpha0_sum
                 m = metric(chain.run(hs[-1], start=j), targets[img])
             grads = torch.autograd.grad(m.sum(), hs)
             for k, g in zip(range(i, j + 1), grads, strict=True):
-                totals[k] += _reduce_rows(g, acts[k][img])
+                totals[k] += _reduce_rows(g, acts[k][img], chain.layers[k].axis)
             del hs, grads, m, x
         i = j + 1
     return [-t / (ig.steps * b) for t in totals]
@@ -308,7 +315,8 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
     objective's gradient (non-zero on channel ``j`` only) and ``J_k`` the stage's Jacobian at step ``k``:
 
     * ``reverse``: one backward pass per selected downstream channel ``j`` (``J^T v_j``), batched with
-      ``torch.autograd.grad(..., is_grads_batched=True)``;
+      ``torch.autograd.grad(..., is_grads_batched=True)`` (one after the other on the CPU for a chain whose
+      ``cpu_batched_backward`` is false: a ViT's batched backward through attention and layer norms is slower there);
     * ``forward``: one forward-mode pass per selected upstream channel ``u`` (``J a_u e_u``,
       :meth:`~clipgen.circuits.chain.ResNetChain.linearize`), the directions batched with the rows (every stage
       but the attention pool; that one stays reverse);
@@ -329,26 +337,27 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
     if not alphas or nj == 0 or nu == 0:
         return total
     forward = chain.has_jvp(stage) and (mode == "forward" or (mode == "auto" and nu < nj))
-    clean = down[:, down_sel]
+    ax_up, ax_down = chain.layers[stage - 1].axis, chain.layers[stage].axis  # channel axes (1: channels first)
+    clean = _cf(down.index_select(ax_down, down_sel), ax_down)
     norm = 2.0 / (b * chain.layers[stage].positions)  # d/dy of mean over (images, positions) of (y - clean)^2
     n_rows = len(alphas) * b
     for r0, r1 in _chunks(n_rows, plan.edge_rows(stage, n_rows)):
         x, img = _interpolated_rows(up, alphas, r0, r1)
-        rest, xs = chain.split_input(x, up_sel)
+        rest, xs = chain.split_input(x, up_sel, ax_up)
         del x
-        a_up = up[img][:, up_sel]
+        a_up = _cf(up[img].index_select(ax_up, up_sel), ax_up)
         if forward:
             xs = xs.detach()
             with torch.no_grad(), amp():
                 y, apply = chain.linearize(stage, rest, xs, up_sel, down_sel)
-            resid = ((y.float() - clean[img].float()) * norm).reshape(r1 - r0, nj, -1)
+            resid = ((_cf(y, ax_down).float() - clean[img].float()) * norm).reshape(r1 - r0, nj, -1)
             cu = plan.edge_channels(stage, r1 - r0, nu)
             for u0, u1 in _chunks(nu, cu):
                 t = torch.zeros((u1 - u0, *xs.shape), dtype=xs.dtype, device=xs.device)
                 idx = torch.arange(u1 - u0, device=xs.device)
-                t[idx, :, u0 + idx] = a_up[:, u0:u1].transpose(0, 1).to(xs.dtype)
+                _cf(t, ax_up + 1, 2)[idx, :, u0 + idx] = a_up[:, u0:u1].transpose(0, 1).to(xs.dtype)
                 with torch.no_grad(), amp():
-                    dy = apply(t)
+                    dy = _cf(apply(t), ax_down + 1, 2)
                 total[:, u0:u1] += torch.einsum("urjp,rjp->ju", dy.float().reshape(u1 - u0, r1 - r0, nj, -1),
                                                 resid).double()
                 del t, dy
@@ -358,16 +367,21 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
                 y = chain.stage(stage, rest, down_sel, x_sel=xs, in_channels=up_sel)
             if not y.requires_grad:  # no selected downstream channel depends on a selected upstream one
                 continue
-            resid = (y.detach().float() - clean[img].float()) * norm
+            resid = (_cf(y.detach(), ax_down).float() - clean[img].float()) * norm
             a_flat = a_up.float().reshape(r1 - r0, nu, -1)
-            cc = plan.edge_channels(stage, r1 - r0, nj)
+            one_by_one = not up.is_cuda and not getattr(chain, "cpu_batched_backward", True)
+            cc = 1 if one_by_one else plan.edge_channels(stage, r1 - r0, nj)
             for c0, c1 in _chunks(nj, cc):
                 v = torch.zeros((c1 - c0, *y.shape), dtype=y.dtype, device=y.device)
                 idx = torch.arange(c1 - c0, device=y.device)
-                v[idx, :, c0 + idx] = resid[:, c0:c1].transpose(0, 1).to(y.dtype)
-                (g,) = torch.autograd.grad(y, xs, v, is_grads_batched=True, retain_graph=c1 < nj)
-                total[c0:c1] += torch.einsum("crup,rup->cu", g.float().reshape(c1 - c0, r1 - r0, nu, -1),
-                                             a_flat).double()
+                _cf(v, ax_down + 1, 2)[idx, :, c0 + idx] = resid[:, c0:c1].transpose(0, 1).to(y.dtype)
+                if one_by_one:
+                    (g,) = torch.autograd.grad(y, xs, v[0], retain_graph=c1 < nj)
+                    g = g.unsqueeze(0)
+                else:
+                    (g,) = torch.autograd.grad(y, xs, v, is_grads_batched=True, retain_graph=c1 < nj)
+                g = _cf(g, ax_up + 1, 2).float()
+                total[c0:c1] += torch.einsum("crup,rup->cu", g.reshape(c1 - c0, r1 - r0, nu, -1), a_flat).double()
                 del v, g
             del y
         del xs, rest
@@ -417,18 +431,12 @@ def compute_circuit(chain, images, targets, *, ig: IGConfig = IGConfig(), node_f
 @contextlib.contextmanager
 def _hooks(chain, replace: tuple[str, Any] | None = None, capture: str | None = None) -> Iterator[dict]:
     """Forward hooks on the real modules: replace a layer's output, capture another's."""
-    from clipgen.models.layers import get_module
-
     store: dict[str, Any] = {}
     handles = []
     if replace is not None and replace[0] != "input":
-        value = replace[1]
-        handles.append(get_module(chain.visual, chain.module_path(replace[0])).register_forward_hook(
-            lambda _m, _i, _o: value))
+        handles += chain.hook_replace(replace[0], replace[1])
     if capture is not None:
-        def grab(_m, _i, o):
-            store[capture] = o
-        handles.append(get_module(chain.visual, chain.module_path(capture)).register_forward_hook(grab))
+        handles += chain.hook_capture(capture, lambda o: store.__setitem__(capture, o))
     try:
         yield store
     finally:
@@ -454,11 +462,8 @@ def reference_clean(chain, images):
     """Clean activations of every chain layer from the real modules (forward hooks)."""
     import torch
 
-    from clipgen.models.layers import get_module
-
     acts = {"input": images}
-    handles = [get_module(chain.visual, chain.module_path(n)).register_forward_hook(
-        lambda _m, _i, o, n=n: acts.__setitem__(n, o.clone())) for n in chain.names[1:]]
+    handles = [h for n in chain.names[1:] for h in chain.hook_capture(n, lambda o, n=n: acts.__setitem__(n, o.clone()))]
     try:
         with torch.no_grad():
             chain.visual(images)
@@ -483,12 +488,13 @@ def reference_nodes(chain, images, targets, ig: IGConfig = IGConfig(), layers: S
     out = {}
     with _trainable(chain.visual):
         for name in layers or chain.names:
+            la = chain.layers[chain.index(name)]
             a = clean[chain.index(name)]
             x = torch.cat([(1 - al) * a for al in ig.alphas]).requires_grad_()
             m, _, _ = _full_model(chain, images, targets, ig.alphas, name, x)
             m.sum().backward()
             g = x.grad.double().reshape(len(ig.alphas), *a.shape).mean(0)  # reductions in float64
-            out[name] = (g * -a.double()).reshape(b, a.shape[1], -1).sum(2).mean(0).detach().cpu().numpy()
+            out[name] = _cf(g * -a.double(), la.axis).reshape(b, la.channels, -1).sum(2).mean(0).detach().cpu().numpy()
     return out
 
 
@@ -505,17 +511,19 @@ def reference_edges(chain, images, targets, selected: Mapping[str, Any], ig: IGC
     with _trainable(chain.visual):
         for up, down in pairs or chain.pairs:
             a_up, a_down = clean[chain.index(up)], clean[chain.index(down)]
+            l_up, l_down = chain.layers[chain.index(up)], chain.layers[chain.index(down)]
             u_sel = torch.as_tensor(selected[up], dtype=torch.long)
             mat = torch.zeros(len(selected[down]), len(u_sel), dtype=torch.float64)
             for row, j in enumerate(selected[down]):
                 x = torch.cat([(1 - al) * a_up for al in ig.alphas]).requires_grad_()
                 _, d, _ = _full_model(chain, images, targets, ig.alphas, up, x, capture=down)
-                d = d.reshape(len(ig.alphas), b, a_down.shape[1], -1)
-                c = a_down.reshape(b, a_down.shape[1], -1)
+                d = _cf(d.reshape(len(ig.alphas), *a_down.shape), l_down.axis + 1, 2).reshape(
+                    len(ig.alphas), b, l_down.channels, -1)
+                c = _cf(a_down, l_down.axis).reshape(b, l_down.channels, -1)
                 loss = sum(F.mse_loss(c[:, int(j)], d[k, :, int(j)]) for k in range(len(ig.alphas)))
                 loss.backward()
                 g = x.grad.double().reshape(len(ig.alphas), *a_up.shape).mean(0)
-                eff = (g * -a_up.double()).reshape(b, a_up.shape[1], -1).sum(2).mean(0)
+                eff = _cf(g * -a_up.double(), l_up.axis).reshape(b, l_up.channels, -1).sum(2).mean(0)
                 mat[row] = eff[u_sel].detach().cpu().double()
             out[down] = mat.numpy()
     return out

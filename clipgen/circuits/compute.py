@@ -67,6 +67,7 @@ class CircuitsConfig:
     steps: int = 10
     rule: str = "left"  # left (the paper's) | midpoint
     node_fraction: float = 0.1
+    nodes: str = "channels"  # channels | heads (ViTs: their attention heads)
     templates: str = "paper"
     device: str = "auto"
     precision: str = "auto"  # auto: fp32 on CPU, bf16 autocast on GPU
@@ -101,8 +102,11 @@ class EntryImages:
 
 def _check_settings(cfg: CircuitsConfig) -> None:
     from clipgen.circuits.attribution import IGConfig, n_selected
+    from clipgen.circuits.chain import NODE_KINDS
 
     IGConfig(cfg.steps, cfg.rule)
+    if cfg.nodes not in NODE_KINDS:
+        raise option_error("--nodes", f"unknown node kind {cfg.nodes!r} (one of {', '.join(NODE_KINDS)})")
     n_selected(10, cfg.node_fraction)
     if cfg.samples_per_class < 1:
         raise option_error("--samples-per-class", f"must be at least 1, not {cfg.samples_per_class}")
@@ -206,8 +210,9 @@ def load_batch(entry: EntryImages, transform, cache: Any = None) -> Any:
 
 # -- provenance ------------------------------------------------------------------------------------------------
 
-def _settings(cfg: CircuitsConfig, precision: str, n_templates: int) -> dict[str, Any]:
-    return {"steps": cfg.steps, "rule": cfg.rule, "node_fraction": cfg.node_fraction,
+def _settings(cfg: CircuitsConfig, precision: str, n_templates: int, chain=None) -> dict[str, Any]:
+    kind = {} if chain is None else {"family": chain.family, "nodes": chain.node_kind}
+    return {**kind, "steps": cfg.steps, "rule": cfg.rule, "node_fraction": cfg.node_fraction,
             "samples_per_class": cfg.samples_per_class, "seed": cfg.seed, "sampling": SAMPLING, "split": SPLIT,
             "templates": cfg.templates, "n_templates": n_templates, "precision": precision, "baseline": "zero",
             "metric": "cosine similarity of the image embedding with the true class's template-averaged, "
@@ -279,7 +284,7 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
 
     from clipgen.artifacts import config_path_for, utc_now, write_config
     from clipgen.circuits.attribution import IGConfig, compute_circuit, default_budget, make_plan
-    from clipgen.circuits.chain import ResNetChain
+    from clipgen.circuits.chain import make_chain
     from clipgen.datasets import ImageRecord, folders_of
     from clipgen.devices import autocast, resolve_device, resolve_precision
     from clipgen.evaluation.zeroshot import build_classifier, classnames_from_folders, templates
@@ -302,7 +307,7 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
     if cfg.model_dir is None and cfg.checkpoint is None:
         raise option_error("--model-dir", "missing: the run directory of the model (or --checkpoint FILE --model NAME)")
     loaded = load_clip(cfg.model_dir, cfg.epoch, checkpoint=cfg.checkpoint, model_name=cfg.model, device=device)
-    chain = ResNetChain(loaded.model.visual, loaded.model_name)
+    chain = make_chain(loaded.model.visual, loaded.model_name, nodes=cfg.nodes)
     held = resolve_held_out(loaded.manifest, records)
     labels, explicit = parse_classes(cfg.classes, folders, held)
     plan, absent = plan_entries(splits, labels, explicit, root)
@@ -323,7 +328,7 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
         out = shard_path(out, i, n)
     header = CircuitsHeader(
         provenance=_provenance(cfg, loaded, root, splits, device, budget),
-        settings=_settings(cfg, precision, len(template_list)),
+        settings=_settings(cfg, precision, len(template_list), chain),
         layers=[{"name": la.name, "channels": la.channels, "shape": list(la.shape)} for la in chain.layers],
         domains=list(domains), classes=classes, held_out=[h for h in held if h in classes], plan=plan,
         absent=absent, shard=shard_info)

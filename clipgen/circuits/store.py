@@ -92,8 +92,17 @@ class CircuitsHeader:
         return [str(la["name"]) for la in self.layers]
 
 
+#: Settings that files written before they existed imply (ResNet channels): left out of the fingerprint at that value,
+#: so those files keep their fingerprint (they resume, and count as complete).
+IMPLIED_SETTINGS = {"family": "resnet", "nodes": "channels"}
+
+
+def _identity_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (settings or {}).items() if k not in IMPLIED_SETTINGS or IMPLIED_SETTINGS[k] != v}
+
+
 def identity(provenance: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    both = dict(provenance, settings=settings)
+    both = dict(provenance, settings=_identity_settings(settings))
     return {k: dotted_get(both, k) for k in FINGERPRINT_KEYS}
 
 
@@ -106,7 +115,7 @@ def fingerprint_diff(a: CircuitsHeader, b: CircuitsHeader) -> list[str]:
     """Identity fields in which two headers differ (settings are named one by one)."""
     ia, ib = identity(a.provenance, a.settings), identity(b.provenance, b.settings)
     out = [k for k in FINGERPRINT_KEYS if k != "settings" and canonical_json(ia[k]) != canonical_json(ib[k])]
-    sa, sb = a.settings or {}, b.settings or {}
+    sa, sb = _identity_settings(a.settings), _identity_settings(b.settings)
     out += [f"settings.{k}" for k in sorted(set(sa) | set(sb)) if canonical_json(sa.get(k)) != canonical_json(
         sb.get(k))]
     return out

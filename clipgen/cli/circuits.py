@@ -33,8 +33,8 @@ def _say(message: str) -> None:
 @app.command("compute")
 def compute(
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory (clipgen-run.json + "
-                                                                   "checkpoints/epoch_N.pt) of a ModifiedResNet "
-                                                                   "CLIP."),
+                                                                   "checkpoints/epoch_N.pt) of a ModifiedResNet or "
+                                                                   "ViT CLIP."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint not trained by clipgen (open_clip "
                                                                        "or OpenAI weights file), with --model."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),
@@ -53,6 +53,9 @@ def compute(
                                                     "(k + 1/2)/steps)."),
     node_fraction: float = typer.Option(0.1, "--node-fraction", help="Selected nodes per layer: the top "
                                                                      "ceil(fraction x channels) by |score|."),
+    nodes: str = typer.Option("channels", "--nodes", help="What a node is: channels (of a ResNet's feature maps, of "
+                                                         "a ViT's residual stream) or heads (a ViT's attention "
+                                                         "heads)."),
     templates: str = typer.Option("paper", "--templates", help="Prompt templates of the class text embeddings: "
                                                                "paper (86), openai, named-domain, simple."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -79,8 +82,8 @@ def compute(
     cfg = CircuitsConfig(out=out, model_dir=model_dir, data=data, epoch=epoch, checkpoint=checkpoint, model=model,
                          classes=classes, domains=domains,
                          samples_per_class=samples_per_class, seed=seed, steps=steps, rule=rule,
-                         node_fraction=node_fraction, templates=templates, device=device, precision=precision,
-                         memory_gb=memory_gb, images=images, shard=shard, force=force)
+                         node_fraction=node_fraction, nodes=nodes, templates=templates, device=device,
+                         precision=precision, memory_gb=memory_gb, images=images, shard=shard, force=force)
     res = compute_circuits(cfg, progress=progress, note=_say)
     per = f", {sum(res.seconds) / len(res.seconds):.2f} s per entry" if res.seconds else ""
     con.print(f"circuits {res.path}: {res.planned} (domain, class) entries, {res.computed} computed now{per}, "
@@ -208,7 +211,8 @@ def plot(
                                                                "none."),
     force: bool = typer.Option(False, "--force", help="Replace existing files."),
 ) -> None:
-    """Draw one circuit as a layered graph (bottom act1 to top attnpool) and export it as GraphML/DOT."""
+    """Draw one circuit as a layered graph (bottom: the first layer after input; top: the embedding) and export it
+    as GraphML/DOT."""
     from clipgen.circuits.similarity import PlotConfig, run_plot
     from clipgen.progress import out as con
 
