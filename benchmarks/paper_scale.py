@@ -156,7 +156,7 @@ def python(code: str, *args: object) -> list[str]:
 def stage_data(c: Ctx):
     spec = ",".join(f"{d}={tr}/{te}" for d, (tr, te) in c.plan.sizes.items())
     argv = clipgen("data", "synth", "--out", c.data, "--n-classes", c.plan.n_classes,
-                   "--n-held-out", min(15, c.plan.n_classes - 1), "--split-sizes", spec,
+                   "--n-held-out", min(15, max(1, c.plan.n_classes // 3)), "--split-sizes", spec,
                    "--base-rows", c.plan.base_rows, "--base-per-class", BASE_IMAGES_PER_CLASS,
                    "--base-extra-classes", 0, "--image-size", IMAGE_SIZE, "--fast", "--workers", c.workers,
                    "--force")
