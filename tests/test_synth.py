@@ -173,3 +173,23 @@ def test_cli_synth_split_sizes(cli, tmp_path):
     assert len(dn.read_split(tmp_path / "s", "sketch", "train")) == 3 * 30  # untouched: --train-per-class
     r = cli(*args, "--split-sizes", "quickdraw=4", "--force")
     assert r.exit_code == 2 and "--split-sizes" in r.output and "Traceback" not in r.output
+
+
+def test_distinct_images_links_the_rest(tmp_path):
+    """Every listed file exists; only N per (domain, split, class) are rendered, the others link to those."""
+    kw = dict(TINY_SYNTH, n_classes=3, n_held_out=1, train_per_class=5, test_per_class=3, base_per_class=2,
+              base_extra_classes=0, domains=["quickdraw", "real"])
+    res = generate(SynthConfig(out=tmp_path / "s", **kw, distinct_images=2, fast=True), progress=False)
+    for d in ("quickdraw", "real"):
+        for split, per in (("train", 5), ("test", 3)):
+            samples = dn.read_split(res.root, d, split, check_files=True)
+            assert len(samples) == 3 * per
+            for lab in {s.label for s in samples}:
+                files = [res.root / s.path for s in samples if s.label == lab]
+                assert len({f.stat().st_ino for f in files}) == 2
+                assert files[2].read_bytes() == files[0].read_bytes()  # image i links to image i mod 2
+    plain = generate(SynthConfig(out=tmp_path / "p", **kw, fast=True), progress=False)
+    files = [plain.root / s.path for s in dn.read_split(plain.root, "real", "train")]
+    assert len({f.stat().st_ino for f in files}) == len(files)
+    with pytest.raises(ClipgenError, match="--distinct-images"):
+        generate(SynthConfig(out=tmp_path / "z", **kw, distinct_images=0))
