@@ -39,6 +39,7 @@ MODEL = "RN-tiny"
 EPOCHS = 10  # checkpoints evaluated (copies of one random-weight checkpoint)
 IMAGE_SIZE = 32  # the rendered images and the model's input (RN-tiny at 32 px: a quarter of its 64 px cost)
 BASE_IMAGES_PER_CLASS = 8  # rendered base images per class; the base rows cycle over them
+DISTINCT_IMAGES = 8  # rendered images per (domain, split, class); the other files are hard links to them
 SAE_EPOCHS = 3
 CIRCUIT_CLASSES = ("axe", "banana", "lion")  # x 6 domains = 18 (class, domain) entries
 CIRCUIT_SAMPLES = 20
@@ -131,6 +132,7 @@ class Ctx:
     plan: Plan
     workers: int
     eval_forward: bool = False
+    distinct_images: int = DISTINCT_IMAGES
 
     @property
     def data(self) -> Path:
@@ -160,6 +162,8 @@ def stage_data(c: Ctx):
                    "--base-rows", c.plan.base_rows, "--base-per-class", BASE_IMAGES_PER_CLASS,
                    "--base-extra-classes", 0, "--image-size", IMAGE_SIZE, "--fast", "--workers", c.workers,
                    "--force")
+    if c.distinct_images:
+        argv += ["--distinct-images", str(c.distinct_images)]
     return argv, [c.data]
 
 
@@ -379,9 +383,10 @@ def estimate_seconds(plan: Plan, stages: list[str]) -> float:
 
 
 def run_rehearsal(out: Path, fraction: float, stages: list[str], *, workers: int = 2, n_classes: int = N_CLASSES,
-                  eval_forward: bool = False, echo: Callable[[str], None] = print) -> dict[str, Measured]:
+                  eval_forward: bool = False, distinct_images: int = DISTINCT_IMAGES,
+                  echo: Callable[[str], None] = print) -> dict[str, Measured]:
     plan = Plan(fraction, n_classes)
-    ctx = Ctx(out, plan, workers, eval_forward)
+    ctx = Ctx(out, plan, workers, eval_forward, distinct_images)
     out.mkdir(parents=True, exist_ok=True)
     echo(f"rehearsal at fraction {fraction}: {n_classes} classes, {plan.train_images:,} train + "
          f"{plan.test_images:,} test images, {plan.base_rows:,} base rows; output {out}")
@@ -490,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="Rendering / image-decoding processes.")
     ap.add_argument("--eval-forward", action="store_true",
                     help="Evaluate with a forward pass per checkpoint instead of the extract stage's store.")
+    ap.add_argument("--distinct-images", type=int, default=DISTINCT_IMAGES,
+                    help="Rendered images per domain, split and class; the other files are hard links to them "
+                         f"(0: render every image) (default {DISTINCT_IMAGES}).")
     ap.add_argument("--n-classes", type=int, default=N_CLASSES, help=argparse.SUPPRESS)  # the tests' tiny runs
     args = ap.parse_args(argv)
     if not 0 < args.fraction <= 1:
@@ -502,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out.resolve()
     measured = run_rehearsal(out / "main", args.fraction, stages, workers=args.workers, n_classes=args.n_classes,
-                             eval_forward=args.eval_forward)
+                             eval_forward=args.eval_forward, distinct_images=args.distinct_images)
     report: dict = {"fraction": args.fraction, "n_classes": args.n_classes, "cpu_count": os.cpu_count(),
                     "stages": {k: asdict(v) | {"rate": v.rate} for k, v in measured.items()}}
     if args.memory_check:
@@ -511,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                          *(["captions", "mixtures"] if "mixtures" in stages else [])}, key=STAGE_NAMES.index)
         print(f"\nmemory check: the same stages at fraction {q}")
         small = run_rehearsal(out / "quarter", q, needed, workers=args.workers, n_classes=args.n_classes,
-                              eval_forward=args.eval_forward)
+                              eval_forward=args.eval_forward, distinct_images=args.distinct_images)
         growth = memory_growth(small, measured, Plan(1.0, args.n_classes))
         report["memory"] = growth
         print(f"\n{'stage':12s} {'peak F/4':>9s} {'peak F':>9s} {'KB/unit':>8s} {'full-size peak':>15s}")
