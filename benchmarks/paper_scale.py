@@ -47,13 +47,14 @@ CIRCUIT_SAMPLES = 20
 MEMORY_STAGES = ("eval", "extract", "train-store", "cka", "sae", "embeddings")
 MEMORY_LIMIT_GB = 8.0
 
-#: Seconds per unit of each stage, measured on the development machine (2 shared cores) at --fraction 0.02:
-#: the start-up estimate of a run (see docs/paper-scale.md). Fixed costs (start-up, model load) are in ``FIXED_S``.
-DEV_SECONDS_PER_UNIT = {"data": 1 / 700, "captions": 1 / 200_000, "mixtures": 1 / 400_000, "run": 0.0,
-                        "eval": 1 / 1_000, "extract": 1 / 700, "train-store": 1 / 500_000, "cka": 1 / 200_000,
-                        "sae": 1 / 150_000, "embeddings": 1 / 200_000, "circuits": 2.0}
-FIXED_S = {"data": 3, "captions": 3, "mixtures": 4, "run": 3, "eval": 8, "extract": 8, "train-store": 3,
-           "cka": 6, "sae": 6, "embeddings": 20, "circuits": 8}
+#: Seconds per unit of work, measured on the development machine (2 shared cores, load 5-10, one thread per stage)
+#: at --fraction 0.02: the start-up estimate of a run (see docs/paper-scale.md), with ``FIXED_S`` per stage
+#: (start-up, model load, the 345-class text classifier).
+DEV_SECONDS = {"render": 1 / 400, "link": 1 / 20_000, "caption_row": 1 / 12_000, "mixture_row": 1 / 128_000,
+               "extract_image": 1 / 200, "eval_image": 1 / 3_800, "store_row": 1 / 12_000, "cka_row": 1 / 2_000,
+               "sae_sample": 1 / 3_800, "umap_point": 1 / 125, "circuit_image": 1 / 25}
+FIXED_S = {"data": 3, "captions": 1, "mixtures": 1, "run": 10, "eval": 8, "extract": 20, "train-store": 0.5,
+           "cka": 8, "sae": 4, "embeddings": 40, "circuits": 6}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,6 +101,17 @@ class Plan:
     @property
     def base_images(self) -> int:
         return self.n_classes * BASE_IMAGES_PER_CLASS
+
+    def rendered_images(self, distinct: int | None) -> int:
+        """Images ``data synth --distinct-images`` renders (the others are links), base images included."""
+        n = self.base_images
+        for domain, sizes in self.sizes.items():
+            for split, total in zip(("train", "test"), sizes, strict=True):
+                slots = self.n_classes - (domain == "painting" and split == "test")  # the quirk's class: none
+                q, r = divmod(total, slots)
+                per = [q + 1] * r + [q] * (slots - r)
+                n += sum(min(p, distinct) if distinct else p for p in per)
+        return n
 
     @property
     def eval_images(self) -> int:
@@ -329,8 +341,17 @@ def run_measured(argv: list[str], log: Path, env: dict[str, str] | None = None) 
     return seconds, usage.ru_maxrss / 1024, proc.returncode  # ru_maxrss is in KiB on Linux
 
 
+#: CPU threads of each stage's torch/OpenMP/numba pool (``--threads``). On a machine whose cores are shared, one
+#: thread is the safe choice: an oversubscribed OpenMP pool waits on descheduled threads at every barrier (measured
+#: on the 2-core development machine under load: RN-tiny forward 418 img/s on 1 thread, 70 img/s on 2).
+THREADS = {"n": 1}
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
+    if THREADS["n"]:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            env[var] = str(THREADS["n"])
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), env.get("PYTHONPATH", "")])
     env.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "numba"))
     return env
@@ -373,13 +394,25 @@ def fmt(m: Measured) -> str:
             f"wrote {m.bytes_written / 2**20:8,.1f} MiB")
 
 
-def estimate_seconds(plan: Plan, stages: list[str]) -> float:
-    """Wall time of ``stages`` at ``plan``'s size on the development machine, from :data:`DEV_SECONDS_PER_UNIT`."""
-    total = 0.0
-    for s in stages:
-        units = plan.units(s)[0] if s != "mixtures" else 16 * 2 * (plan.base_rows + plan.train_images) // 3
-        total += FIXED_S[s] + DEV_SECONDS_PER_UNIT[s] * units
-    return total
+def estimate_seconds(plan: Plan, stages: list[str], distinct_images: int = DISTINCT_IMAGES) -> float:
+    """Wall time of ``stages`` at ``plan``'s size on the development machine, from :data:`DEV_SECONDS`."""
+    k = DEV_SECONDS
+    rendered = plan.rendered_images(distinct_images)
+    files = plan.train_images + plan.test_images + plan.base_images
+    work = {
+        "data": rendered * k["render"] + (files - rendered) * k["link"],
+        "captions": (plan.train_images + plan.test_images) * k["caption_row"],
+        "mixtures": 20 * (plan.train_images + plan.base_rows) * k["mixture_row"],  # ~20 rows per train+base row
+        "run": 0.0,
+        "extract": plan.test_images * k["extract_image"],
+        "eval": plan.eval_images * k["eval_image"],
+        "train-store": plan.train_images * k["store_row"],
+        "cka": plan.test_images * k["cka_row"],
+        "sae": plan.units("sae")[0] * k["sae_sample"],
+        "embeddings": min(plan.test_images, 6 * 2000) * k["umap_point"],
+        "circuits": len(CIRCUIT_CLASSES) * 6 * CIRCUIT_SAMPLES * k["circuit_image"],
+    }
+    return sum(FIXED_S[s] + work[s] for s in stages)
 
 
 def run_rehearsal(out: Path, fraction: float, stages: list[str], *, workers: int = 2, n_classes: int = N_CLASSES,
@@ -390,7 +423,8 @@ def run_rehearsal(out: Path, fraction: float, stages: list[str], *, workers: int
     out.mkdir(parents=True, exist_ok=True)
     echo(f"rehearsal at fraction {fraction}: {n_classes} classes, {plan.train_images:,} train + "
          f"{plan.test_images:,} test images, {plan.base_rows:,} base rows; output {out}")
-    echo(f"estimated wall time on 2 cores: {estimate_seconds(plan, stages) / 60:.1f} min")
+    echo(f"estimated wall time on the 2-core development machine: "
+         f"{estimate_seconds(plan, stages, distinct_images) / 60:.1f} min")
     fns = dict(STAGES)
     return {name: run_stage(ctx, name, fns[name], echo=echo) for name in STAGE_NAMES if name in stages}
 
@@ -498,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distinct-images", type=int, default=DISTINCT_IMAGES,
                     help="Rendered images per domain, split and class; the other files are hard links to them "
                          f"(0: render every image) (default {DISTINCT_IMAGES}).")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads per stage (OMP/MKL/numba; 0: the libraries' defaults) (default 1).")
     ap.add_argument("--n-classes", type=int, default=N_CLASSES, help=argparse.SUPPRESS)  # the tests' tiny runs
     args = ap.parse_args(argv)
     if not 0 < args.fraction <= 1:
@@ -509,9 +545,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --stages: unknown stage {unknown[0]!r} (one of {', '.join(STAGE_NAMES)})", file=sys.stderr)
         return 2
     out = args.out.resolve()
+    THREADS["n"] = args.threads
     measured = run_rehearsal(out / "main", args.fraction, stages, workers=args.workers, n_classes=args.n_classes,
                              eval_forward=args.eval_forward, distinct_images=args.distinct_images)
     report: dict = {"fraction": args.fraction, "n_classes": args.n_classes, "cpu_count": os.cpu_count(),
+                    "threads": args.threads, "load_average": os.getloadavg(),
                     "stages": {k: asdict(v) | {"rate": v.rate} for k, v in measured.items()}}
     if args.memory_check:
         q = args.fraction / 4

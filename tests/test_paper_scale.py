@@ -33,6 +33,11 @@ def test_full_size_plan_is_the_papers(ps):
     small = ps.Plan(0.001)
     assert all(tr >= 345 and te >= 345 - (d == "painting") for d, (tr, te) in small.sizes.items())
     assert small.sizes["real"] == [345, 345] and ps.Plan(0.01).sizes["quickdraw"] == [1208, 518]
+    # 8 rendered images per (domain, split, class) plus the base images; every other file is a link
+    assert plan.rendered_images(8) == 345 * 6 * 2 * 8 - 8 + 345 * 8  # painting test: one class without images
+    assert plan.rendered_images(None) == 409_832 + 176_743 + 345 * 8
+    # the start-up estimate of the full run on the development machine stays under the hour the docs promise
+    assert 15 * 60 < ps.estimate_seconds(plan, ps.STAGE_NAMES) < 60 * 60
 
 
 def test_stage_accounting_and_resume(ps, tmp_path):
