@@ -314,16 +314,19 @@ class Measured:
 
 
 def disk_bytes(paths: list[Path]) -> int:
-    """Bytes on disk under ``paths`` (allocated blocks, so many small files count what they cost)."""
-    total = 0
+    """Bytes on disk under ``paths``: allocated blocks (so many small files count what they cost), each inode once
+    (hard links are free)."""
+    total, seen = 0, set()
+    files = [p for p in paths if p.is_file()]
     for p in paths:
-        if p.is_file():
-            total += p.stat().st_blocks * 512
-        elif p.is_dir():
-            for dirpath, _, files in os.walk(p):
-                for f in files:
-                    with contextlib.suppress(OSError):
-                        total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+        if p.is_dir():
+            files += [Path(dirpath, f) for dirpath, _, names in os.walk(p) for f in names]
+    for f in files:
+        with contextlib.suppress(OSError):
+            st = os.lstat(f)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
     return total
 
 
@@ -495,22 +498,17 @@ def extrapolate(measured: dict[str, Measured], fraction: float, mixtures_json: P
     stores = full.test_images
     rows.append({"what": f"stores: all layers of {stores:,} test images, per analysed model",
                  "hours": stores / min(fwd, dec_rate) / 3600,
-                 "basis": "assumed forward and decode rates (the model's forward dominates nothing here)"})
+                 "basis": "assumed forward and decode rates (decode-bound)"})
     for s in ("cka", "sae", "embeddings", "circuits"):
         if s in measured:
-            m = measured[s]
-            scale = 1.0 / fraction if s in ("sae",) else 1.0
-            if s == "cka" or s == "embeddings":
-                scale = full.units(s)[0] / max(m.units, 1)
-            hours = m.seconds * scale / 3600
-            note = "measured on 2 CPU cores"
+            note = (f"measured {measured[s].seconds:.0f} s at fraction {fraction} on this machine; full size from the "
+                    "per-unit costs measured on the 2-core development machine")
             if s == "sae":
-                note += f", {SAE_EPOCHS} epochs of the train split's rows; the paper's 200 epochs x 9.7M rows " \
-                        "run on a GPU"
+                note += f" ({SAE_EPOCHS} epochs; the paper's 200 epochs x 9.7M rows run on a GPU)"
             if s == "circuits":
-                note += f", {m.units} entries of RN-tiny (RN50 x 2,070 entries: GPU hours, see docs/circuits.md)"
-            rows.append({"what": f"{s} (one model)", "hours": hours, "basis": note + ("" if scale == 1 else
-                                                                                    f", scaled x{scale:.0f}")})
+                note += f" ({len(CIRCUIT_CLASSES) * 6} entries of RN-tiny; RN50 x 2,070 entries: see docs/circuits.md)"
+            rows.append({"what": f"{s} (one model, CPU)", "hours": estimate_seconds(full, [s]) / 3600,
+                         "basis": note})
     return rows
 
 

@@ -93,3 +93,15 @@ def test_first_stages_end_to_end(ps, tmp_path):
     assert res["data"].units == plan.train_images + plan.test_images + 12 * ps.BASE_IMAGES_PER_CLASS
     assert res["mixtures"].units > plan.base_rows and res["mixtures"].bytes_written > 0
     assert (tmp_path / "mixtures" / "mixtures.json").is_file()
+
+
+def test_disk_bytes_counts_blocks_once_per_inode(ps, tmp_path):
+    (tmp_path / "d").mkdir()
+    a = tmp_path / "d" / "a.bin"
+    a.write_bytes(bytes(100_000))
+    one = ps.disk_bytes([tmp_path / "d"])
+    assert one == a.stat().st_blocks * 512 >= 100_000
+    (tmp_path / "d" / "b.bin").hardlink_to(a)
+    (tmp_path / "d" / "c.bin").write_bytes(b"x")
+    assert ps.disk_bytes([tmp_path / "d"]) == one + (tmp_path / "d" / "c.bin").stat().st_blocks * 512
+    assert ps.disk_bytes([a, tmp_path / "missing"]) == one
