@@ -572,8 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {sum(r['hours'] for r in rows):8.2f} h  in all")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
-    if not args.keep and set(stages) == set(STAGE_NAMES):
-        shutil.rmtree(out)
+    if not args.keep and set(stages) == set(STAGE_NAMES):  # only what the script made, never --out's other files
+        for sub in ("main", "quarter"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            out.rmdir()
     return 0
 
 
