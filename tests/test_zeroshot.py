@@ -61,6 +61,34 @@ def test_classifier_equals_hand_built(random_run_dir):
     assert not torch.allclose(w, w1)
 
 
+def test_classifier_tokenises_the_prompts_once_across_checkpoints(random_run_dir):
+    """Every epoch of a run builds the same prompts: they are tokenised once, and the classifier equals open_clip's
+    ``build_zero_shot_classifier`` on every call."""
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+    m = load_clip(random_run_dir, 1)
+    calls = []
+
+    class Counting(type(m.tokenizer)):
+        def __call__(self, texts, *a, **k):
+            calls.append(len(texts))
+            return super().__call__(texts, *a, **k)
+
+    tok = Counting.__new__(Counting)
+    tok.__dict__.update(m.tokenizer.__dict__)
+    names = ["axe", "banana", "The Eiffel Tower", "cell phone", "lion"]
+    ts = templates("paper")
+    w1 = build_classifier(m.model, tok, names, ts, classes_per_batch=2)
+    w2 = build_classifier(m.model, tok, names, ts, classes_per_batch=3)
+    assert calls == [len(names) * len(ts)]
+    with torch.no_grad():
+        ref = build_zero_shot_classifier(m.model, m.tokenizer, names, ts, num_classes_per_batch=2).T
+    torch.testing.assert_close(w1, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w2, ref, atol=1e-6, rtol=1e-5)
+    build_classifier(m.model, tok, names[:2], ts)  # other classes: tokenised anew
+    assert calls == [len(names) * len(ts), 2 * len(ts)]
+
+
 def test_encode_images_matches_direct_forward(random_run_dir, synth_root):
     m = load_clip(random_run_dir, 0)
     recs = domainnet_records(synth_root, ["sketch"], "test")[:5]

@@ -26,8 +26,10 @@ Labels are the real DomainNet labels (not 0..K-1), so every real-data code path 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -49,8 +51,14 @@ HELD_OUT_ORDER: tuple[str, ...] = (
     "axe", "banana", "candle", "penguin", "barn", "bed", "lion", "mountain", "necklace", "pizza", "saxophone",
     "television", "tractor", "traffic light", "aircraft carrier",
 )
-#: A class that gets no painting test images when quirks are on (like one C1 class of the real dataset).
 SPLIT_NAMES = ("train", "test")
+#: The real DomainNet's (cleaned) split sizes, images per domain: (train, test). ``--split-sizes paper``.
+DOMAINNET_SPLIT_SIZES: dict[str, tuple[int, int]] = {
+    "clipart": (33_525, 14_604), "infograph": (36_023, 15_582), "painting": (50_416, 21_850),
+    "quickdraw": (120_750, 51_750), "real": (120_906, 52_041), "sketch": (48_212, 20_916),
+}
+#: Rows of the ImageNet-Captions base dataset the paper's step counts imply (train + val).
+IMAGENET_CAPTIONS_ROWS = 425_400
 
 BASE_TEMPLATES: tuple[str, ...] = (
     "a photo of a {c}",
@@ -86,6 +94,44 @@ class SynthConfig:
     quirks: bool = True
     workers: int = 0  # 0: one per CPU core
     domains: list[str] = field(default_factory=lambda: list(DOMAINS))
+    # Per-domain split totals {domain: [train, test]}, spread over the classes as evenly as possible (the first
+    # classes in label order take the remainder); replaces train/test_per_class for the domains it names.
+    split_sizes: dict[str, list[int]] | None = None
+    base_rows: int | None = None  # base-dataset rows (train + val); rows cycle over base_per_class images per class
+    fast: bool = False  # draw at the output size (no 2x supersampling): about 3x faster, blockier edges
+    # At most this many distinct images per (domain, split, class); the others are hard links to them (the files,
+    # paths and decoding cost of a large dataset, rendered in a fraction of the time). None: every image distinct.
+    distinct_images: int | None = None
+
+
+def spread(total: int, n: int) -> list[int]:
+    """``total`` split over ``n`` slots as evenly as possible, the first ``total mod n`` slots one more."""
+    if n <= 0:
+        return []
+    q, r = divmod(total, n)
+    return [q + 1 if i < r else q for i in range(n)]
+
+
+def parse_split_sizes(text: str, option: str = "--split-sizes") -> dict[str, list[int]]:
+    """``paper`` (the real DomainNet's) or ``domain=TRAIN/TEST,...`` (names or letters)."""
+    from clipgen.domainnet import parse_domains
+
+    if text.strip() == "paper":
+        return {d: list(v) for d, v in DOMAINNET_SPLIT_SIZES.items()}
+    out: dict[str, list[int]] = {}
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        name, _, sizes = part.partition("=")
+        train, _, test = sizes.partition("/")
+        try:
+            counts = [int(train), int(test)]
+        except ValueError:
+            raise option_error(option, f"{part!r} is not DOMAIN=TRAIN/TEST (or 'paper')") from None
+        if min(counts) < 0:
+            raise option_error(option, f"{part!r}: sizes must not be negative")
+        out[parse_domains([name.strip()], option=option)[0]] = counts
+    if not out:
+        raise option_error(option, "empty; give 'paper' or DOMAIN=TRAIN/TEST,...")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -415,11 +461,19 @@ RENDERERS = {
 RENDER_SCALE = 2  # draw at twice the size, then downsample: cheap antialiasing
 
 
-def render(domain: str, label: int, image_size: int, seed_key: Sequence[int]) -> Image.Image:
-    """Render one image of class ``label`` in ``domain``; deterministic in ``seed_key``."""
+def render(domain: str, label: int, image_size: int, seed_key: Sequence[int], *, fast: bool = False) -> Image.Image:
+    """Render one image of class ``label`` in ``domain``; deterministic in ``seed_key``. ``fast`` draws at the
+    output size instead of twice it (no antialiasing pass)."""
     rng = np.random.default_rng(list(seed_key))
-    big = RENDERERS[domain](class_shape(label), rng, image_size * RENDER_SCALE)
+    if fast:
+        return RENDERERS[domain](_class_shape_cached(label), rng, image_size)
+    big = RENDERERS[domain](_class_shape_cached(label), rng, image_size * RENDER_SCALE)
     return big.resize((image_size, image_size), Image.LANCZOS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_shape_cached(label: int) -> ClassShape:
+    return class_shape(label)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -434,14 +488,35 @@ class _Job:
     key: tuple[int, ...]
 
 
-def _render_chunk(args: tuple[list[_Job], int, str]) -> int:
-    jobs, size, root = args
+def _render_chunk(args: tuple[list[_Job], int, str, bool]) -> int:
+    jobs, size, root, fast = args
+    made: set[Path] = set()
     for job in jobs:
-        img = render(job.domain, job.label, size, job.key)
+        img = render(job.domain, job.label, size, job.key, fast=fast)
         path = Path(root) / job.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
         img.save(path, quality=92)
     return len(jobs)
+
+
+def render_jobs(cfg: SynthConfig, layout: dict) -> tuple[list[_Job], list[tuple[str, str]]]:
+    """The images to render, and ``(source, copy)`` pairs of relative paths: with ``distinct_images`` N, image i >= N
+    of a (domain, split, class) is a hard link to image i mod N of the same (domain, split, class)."""
+    jobs: list[_Job] = []
+    links: list[tuple[str, str]] = []
+    n = cfg.distinct_images
+    for (d, _), items in layout.items():
+        sources: dict[int, list[str]] = {}
+        for c, rel, key in items:
+            own = sources.setdefault(c.label, [])
+            if n and len(own) >= n:
+                links.append((own[key[-1] % n], rel))
+            else:
+                own.append(rel)
+                jobs.append(_Job(rel, d, c.label, key))
+    return jobs, links
 
 
 def plan(cfg: SynthConfig, classes: list[DNClass]) -> tuple[dict, list[tuple[DNClass, str, int]]]:
@@ -454,17 +529,31 @@ def plan(cfg: SynthConfig, classes: list[DNClass]) -> tuple[dict, list[tuple[DNC
         empty_painting = ids[len(ids) // 2].label if ids else None
     layout: dict[tuple[str, str], list[tuple[DNClass, str, tuple[int, ...]]]] = {}
     for d in cfg.domains:
+        per_class = class_counts(cfg, classes, d, empty_painting)
         counter = 0
         for c in classes:
             for si, split in enumerate(SPLIT_NAMES):
-                n = cfg.train_per_class if split == "train" else cfg.test_per_class
-                if split == "test" and d == "painting" and c.label == empty_painting:
-                    n = 0
-                for i in range(n):
+                for i in range(per_class[split][c.label]):
                     counter += 1
                     rel = f"{d}/{c.folder}/{d}_{c.label + 1:03d}_{counter:06d}.jpg"
                     layout.setdefault((d, split), []).append((c, rel, (cfg.seed, dom_index[d], c.label, si, i)))
     return layout, empty_painting
+
+
+def class_counts(cfg: SynthConfig, classes: list[DNClass], domain: str,
+                 empty_painting: int | None) -> dict[str, dict[int, int]]:
+    """Images per class of each split of ``domain``: the per-class options, or ``split_sizes`` spread over the
+    classes (over those with images: the painting test split skips the quirk's class)."""
+    out: dict[str, dict[int, int]] = {}
+    for si, split in enumerate(SPLIT_NAMES):
+        skip = empty_painting if split == "test" and domain == "painting" else None
+        kept = [c.label for c in classes if c.label != skip]
+        if cfg.split_sizes and domain in cfg.split_sizes:
+            counts = dict(zip(kept, spread(cfg.split_sizes[domain][si], len(kept)), strict=True))
+        else:
+            counts = dict.fromkeys(kept, cfg.train_per_class if split == "train" else cfg.test_per_class)
+        out[split] = {c.label: counts.get(c.label, 0) for c in classes}
+    return out
 
 
 def _base_classes(cfg: SynthConfig, classes: list[DNClass]) -> list[DNClass]:
@@ -474,6 +563,34 @@ def _base_classes(cfg: SynthConfig, classes: list[DNClass]) -> list[DNClass]:
     rng = np.random.default_rng([cfg.seed, 15485863])
     extra = [pool[int(i)] for i in rng.permutation(len(pool))[: cfg.base_extra_classes]]
     return list(classes) + sorted(extra, key=lambda c: c.label)
+
+
+def plan_base(cfg: SynthConfig, base_classes: list[DNClass]) -> tuple[list[_Job], list[tuple[str, str, bool]]]:
+    """The base dataset: ``base_per_class`` rendered images per class, and its rows ``(relative path, caption,
+    is validation)``. Without ``base_rows`` every image is one row; with it, ``base_rows`` rows are spread over the
+    classes and each class's rows cycle over its images (validation rows over the first images, training rows
+    over the others, so no image is in both splits)."""
+    jobs: list[_Job] = []
+    rows: list[tuple[str, str, bool]] = []
+    per_class = spread(cfg.base_rows, len(base_classes)) if cfg.base_rows else [cfg.base_per_class] * len(
+        base_classes)
+    counter = 0
+    for c, n_rows in zip(base_classes, per_class, strict=True):
+        rng = np.random.default_rng([cfg.seed, 99, c.label])
+        rels = []
+        for i in range(cfg.base_per_class):
+            counter += 1
+            rels.append(f"base/{c.folder}/base_{counter:06d}.jpg")
+            jobs.append(_Job(rels[-1], "real", c.label, (cfg.seed, 17, c.label, i)))
+        n_val_img = max(1, round(cfg.base_per_class * cfg.base_val_fraction))
+        if not cfg.base_rows:
+            rows += [(rel, base_caption(c.name, rng), i < n_val_img) for i, rel in enumerate(rels)]
+            continue
+        n_val = min(n_rows, max(1, round(n_rows * cfg.base_val_fraction)))
+        val_imgs, train_imgs = rels[:n_val_img], rels[n_val_img:] or rels[:n_val_img]
+        rows += [(val_imgs[i % len(val_imgs)], base_caption(c.name, rng), True) for i in range(n_val)]
+        rows += [(train_imgs[i % len(train_imgs)], base_caption(c.name, rng), False) for i in range(n_rows - n_val)]
+    return jobs, rows
 
 
 def base_caption(name: str, rng: np.random.Generator) -> str:
@@ -531,6 +648,16 @@ def generate(cfg: SynthConfig, *, force: bool = False, progress: bool = True) ->
         raise option_error("--test-per-class", "must be at least 1")
     if not 0 < cfg.base_val_fraction < 1:
         raise option_error("--base-val-fraction", "must be strictly between 0 and 1")
+    if cfg.distinct_images is not None and cfg.distinct_images < 1:
+        raise option_error("--distinct-images", "must be at least 1")
+    if cfg.base_rows is not None and cfg.base_rows < 1:
+        raise option_error("--base-rows", "must be at least 1")
+    if cfg.split_sizes:
+        unknown = sorted(set(cfg.split_sizes) - set(DOMAINS))
+        if unknown:
+            raise option_error("--split-sizes", f"unknown domain {unknown[0]!r}")
+        if any(len(v) != 2 or min(v) < 0 for v in cfg.split_sizes.values()):
+            raise option_error("--split-sizes", "each domain needs two sizes (train, test), none negative")
     root = Path(cfg.out)
     check_out_dir(root, force)
     classes = resolve_classes(cfg)
@@ -543,23 +670,14 @@ def generate(cfg: SynthConfig, *, force: bool = False, progress: bool = True) ->
     with atomic_path(root) as work:
         work.mkdir(parents=True)
         # base dataset plan: real-style renders with free-form captions
-        base_jobs: list[tuple[_Job, str, bool]] = []
-        counter = 0
-        for c in base_classes:
-            rng = np.random.default_rng([cfg.seed, 99, c.label])
-            n_val = max(1, round(cfg.base_per_class * cfg.base_val_fraction))
-            for i in range(cfg.base_per_class):
-                counter += 1
-                rel = f"base/{c.folder}/base_{counter:06d}.jpg"
-                job = _Job(rel, "real", c.label, (cfg.seed, 17, c.label, i))
-                base_jobs.append((job, base_caption(c.name, rng), i < n_val))
-        jobs = [_Job(rel, d, c.label, key) for (d, _), items in layout.items() for c, rel, key in items]
-        jobs += [j for j, _, _ in base_jobs]
+        base_jobs, base_rows = plan_base(cfg, base_classes)
+        jobs, links = render_jobs(cfg, layout)
+        jobs += base_jobs
         workers = cfg.workers or min(8, os.cpu_count() or 1)
         chunks = [jobs[i:i + 64] for i in range(0, len(jobs), 64)]
         with make_progress(disable=not progress) as bar:
-            task = bar.add_task("rendering synthetic DomainNet", total=len(jobs))
-            args = [(ch, cfg.image_size, str(work)) for ch in chunks]
+            task = bar.add_task("rendering synthetic DomainNet", total=len(jobs) + len(links))
+            args = [(ch, cfg.image_size, str(work), cfg.fast) for ch in chunks]
             if workers > 1 and len(jobs) > 256:
                 with ProcessPoolExecutor(workers) as ex:
                     for n in ex.map(_render_chunk, args):
@@ -567,6 +685,17 @@ def generate(cfg: SynthConfig, *, force: bool = False, progress: bool = True) ->
             else:
                 for a in args:
                     bar.advance(task, _render_chunk(a))
+            made: set[Path] = set()
+            for src, dst in links:  # after every source exists
+                target = work / dst
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(target.parent)
+                try:
+                    os.link(work / src, target)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(work / src, target)
+            bar.advance(task, len(links))
 
         for d in cfg.domains:
             for split in SPLIT_NAMES:
@@ -574,8 +703,8 @@ def generate(cfg: SynthConfig, *, force: bool = False, progress: bool = True) ->
                 (work / f"{d}_{split}.txt").write_text("".join(f"{rel} {c.label}\n" for c, rel, _ in items),
                                                        encoding="utf-8")
                 counts.setdefault(d, {})[split] = len(items)
-        train_rows = [(str(final / j.path), cap) for j, cap, is_val in base_jobs if not is_val]
-        val_rows = [(str(final / j.path), cap) for j, cap, is_val in base_jobs if is_val]
+        train_rows = [(str(final / rel), cap) for rel, cap, is_val in base_rows if not is_val]
+        val_rows = [(str(final / rel), cap) for rel, cap, is_val in base_rows if is_val]
         write_tsv(work / "base_train.tsv", train_rows)
         write_tsv(work / "base_val.tsv", val_rows)
         (work / "classes.tsv").write_text("label\tname\tfolder\theld_out\n" + "".join(
