@@ -44,7 +44,7 @@ SAE_EPOCHS = 3
 CIRCUIT_CLASSES = ("axe", "banana", "lion")  # x 6 domains = 18 (class, domain) entries
 CIRCUIT_SAMPLES = 20
 #: Stages whose peak memory should not grow with the number of rows (checked by --memory-check).
-MEMORY_STAGES = ("eval", "extract", "train-store", "cka", "sae", "embeddings")
+MEMORY_STAGES = ("cache", "eval", "extract", "train-store", "cka", "sae", "embeddings")
 MEMORY_LIMIT_GB = 8.0
 
 #: Seconds per unit of work, measured on the development machine (2 shared cores, load 5-10, one thread per stage)
@@ -52,8 +52,9 @@ MEMORY_LIMIT_GB = 8.0
 #: (start-up, model load, the 345-class text classifier).
 DEV_SECONDS = {"render": 1 / 400, "link": 1 / 20_000, "caption_row": 1 / 12_000, "mixture_row": 1 / 128_000,
                "extract_image": 1 / 200, "eval_image": 1 / 3_800, "store_row": 1 / 12_000, "cka_row": 1 / 2_000,
-               "sae_sample": 1 / 3_800, "umap_point": 1 / 125, "circuit_image": 1 / 25}
-FIXED_S = {"data": 3, "captions": 1, "mixtures": 1, "run": 10, "eval": 8, "extract": 20, "train-store": 0.5,
+               "sae_sample": 1 / 3_800, "umap_point": 1 / 125, "circuit_image": 1 / 25, "cache_image": 1 / 600}
+FIXED_S = {"data": 3, "captions": 1, "mixtures": 1, "run": 10, "cache": 5, "eval": 8, "extract": 20,
+           "train-store": 0.5,
            "cka": 8, "sae": 4, "embeddings": 40, "circuits": 6}
 
 
@@ -124,6 +125,7 @@ class Plan:
             "captions": (self.train_images + self.test_images, "rows"),
             "mixtures": (0, "rows"),  # counted from the written TSVs
             "run": (EPOCHS, "checkpoints"),
+            "cache": (self.test_images, "images"),
             "eval": (self.eval_images, "images"),
             "extract": (self.test_images, "images"),
             "train-store": (self.train_images, "rows"),
@@ -223,10 +225,19 @@ def stage_eval(c: Ctx):
                    "--epochs", "all", "--out", out, "--workers", c.workers, "--no-progress", *extra), [out]
 
 
+def stage_cache(c: Ctx):
+    """The six domains' test images decoded once into an image cache at the model's input size (what the SLURM
+    scripts build once per domain and split); extract and circuits read it instead of the JPEGs."""
+    path = c.stores / "test-images.h5"
+    return clipgen("data", "cache", "--data", c.data, "--split", "test", "--domains", "all", "--model-dir", c.run,
+                   "--out", path, "--workers", c.workers, "--no-progress"), [path]
+
+
 def stage_extract(c: Ctx):
     path = c.stores / "test.h5"
     return clipgen("extract", "--model-dir", c.run, "--data", c.data, "--split", "test", "--layer", "all",
-                   "--out", path, "--resume", "--workers", c.workers, "--no-progress"), [path]
+                   "--images", c.stores / "test-images.h5", "--out", path, "--workers", c.workers,
+                   "--no-progress"), [path]
 
 
 TRAIN_STORE = """
@@ -273,16 +284,18 @@ def stage_embeddings(c: Ctx):
 def stage_circuits(c: Ctx):
     path = c.out / "circuits" / "circuits.h5"
     return clipgen("circuits", "compute", "--model-dir", c.run, "--data", c.data, "--out", path,
+                   "--images", c.stores / "test-images.h5",
                    "--classes", ",".join(CIRCUIT_CLASSES), "--samples-per-class", CIRCUIT_SAMPLES,
                    "--device", "cpu", "--no-progress"), [path.parent]
 
 
-#: The stages in order. The image cache of decode-once evaluation goes in as one more entry (before eval).
+#: The stages in order.
 STAGES: list[tuple[str, Callable[[Ctx], tuple[list[str], list[Path]]]]] = [
     ("data", stage_data),
     ("captions", stage_captions),
     ("mixtures", stage_mixtures),
     ("run", stage_run),
+    ("cache", stage_cache),
     ("extract", stage_extract),
     ("eval", stage_eval),
     ("train-store", stage_train_store),
@@ -407,6 +420,7 @@ def estimate_seconds(plan: Plan, stages: list[str], distinct_images: int = DISTI
         "captions": (plan.train_images + plan.test_images) * k["caption_row"],
         "mixtures": 20 * (plan.train_images + plan.base_rows) * k["mixture_row"],  # ~20 rows per train+base row
         "run": 0.0,
+        "cache": plan.test_images * k["cache_image"],
         "extract": plan.test_images * k["extract_image"],
         "eval": plan.eval_images * k["eval_image"],
         "train-store": plan.train_images * k["store_row"],
