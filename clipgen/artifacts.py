@@ -138,3 +138,46 @@ def ensure_writable_output(path: str | Path, force: bool, option: str = "--force
     if path.exists() and not force:
         raise option_error(option, f"output {path} already exists; pass {option} to overwrite it")
     return path
+
+
+def check_writable(path: str | Path, option: str) -> Path:
+    """Refuse, before any work, an output that cannot be created: a path under a regular file, or a folder this
+    process may not write in (permissions, read-only file system). Creates nothing."""
+    path = Path(path)
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists():  # the nearest existing folder is where the output's folders would be created
+        if probe.is_symlink() or probe == probe.parent:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise option_error(option, f"{path}: {probe} is a regular file, not a folder")
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise option_error(option, f"{path}: cannot write in {probe} (permission denied or read-only file system)")
+    return path
+
+
+def _temp_pattern(path: Path):
+    import re
+
+    return re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp$")
+
+
+def stale_temps(path: str | Path) -> list[Path]:
+    """Temporary files or folders :func:`atomic_path` left beside ``path`` when its process was killed (names
+    ``.NAME.XXXXXXXX.tmp``). Only remove them while holding ``path``'s writer lock (:mod:`clipgen.locks`)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pat = _temp_pattern(path)
+    return sorted(p for p in path.parent.iterdir() if pat.match(p.name))
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove :func:`stale_temps` of ``path``; returns what was removed."""
+    gone = stale_temps(path)
+    for p in gone:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return gone

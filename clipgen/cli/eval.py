@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import writable
+
 app = typer.Typer(help="Evaluate checkpoints (zero-shot CLIP, supervised), summarise runs as the paper's Figure 2, "
                        "and run evaluation grids on SLURM.", no_args_is_help=True)
 
@@ -18,8 +20,8 @@ _HELD_OUT = typer.Option(None, "--held-out", help="Comma-separated held-out clas
                                                   "else the paper's 15 present in the data).")
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 _PRECISION = typer.Option("auto", "--precision", help="auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16, fp16.")
-_BATCH = typer.Option(256, "--batch-size", help="Images per forward pass.")
-_WORKERS = typer.Option(0, "--workers", help="Data-loading processes.")
+_BATCH = typer.Option(256, "--batch-size", min=1, help="Images per forward pass.")
+_WORKERS = typer.Option(0, "--workers", min=0, help="Data-loading processes.")
 _ON_ERROR = typer.Option("fail", "--on-error", help="Unreadable image: fail, or skip it (reported in results).")
 _FORCE = typer.Option(False, "--force", help="Discard an existing results.json in the output and start over.")
 _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
@@ -68,7 +70,7 @@ def zero_shot(
     epochs: str = _EPOCHS,
     model: str | None = typer.Option(None, "--model", help="Model name for explicit checkpoint files."),
     test_domain: str | None = _TEST_DOMAIN,
-    out: Path | None = typer.Option(None, "--out", "-o",
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: RUN_DIR/eval/zero-shot/<test domain>)."),
     templates: str = typer.Option("paper", "--templates",
                                   help="paper (80 OpenAI + 6 domain = 86), openai (80), named-domain (the published "
@@ -107,7 +109,7 @@ def supervised(
     epochs: str = _EPOCHS,
     model: str | None = typer.Option(None, "--model", help="Image-tower model name for explicit checkpoint files."),
     test_domain: str | None = _TEST_DOMAIN,
-    out: Path | None = typer.Option(None, "--out", "-o",
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: RUN_DIR/eval/supervised/<test domain>)."),
     held_out: str | None = _HELD_OUT,
     device: str = _DEVICE,
@@ -131,7 +133,7 @@ def supervised(
 @app.command("summary")
 def summary(
     results: list[Path] = typer.Argument(..., help="results.json files, or folders searched for them."),
-    out: Path = typer.Option(Path("eval-summary"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("eval-summary"), "--out", "-o", callback=writable, help="Output folder."),
     metric: str = typer.Option("ood_acc", "--metric",
                                help="Headline metric: ood_acc (sample-weighted, default), ood_acc_unweighted, "
                                     "id_acc, id_acc_unweighted, ood_top5, id_top5, ood_top5_unweighted, "
@@ -177,10 +179,10 @@ def grid(
     account: str | None = typer.Option(None, "--account", help="SLURM account."),
     qos: str | None = typer.Option(None, "--qos", help="SLURM QOS."),
     time: str = typer.Option("01:00:00", "--time", help="Time limit per task."),
-    cpus_per_task: int = typer.Option(8, "--cpus-per-task", help="CPU cores per task."),
-    gpus: int = typer.Option(1, "--gpus", help="GPUs per task (0 for CPU nodes)."),
+    cpus_per_task: int = typer.Option(8, "--cpus-per-task", min=1, help="CPU cores per task."),
+    gpus: int = typer.Option(1, "--gpus", min=0, help="GPUs per task (0 for CPU nodes)."),
     mem: str | None = typer.Option(None, "--mem", help="Memory per task, e.g. 32G."),
-    max_parallel: int | None = typer.Option(None, "--max-parallel", help="Array tasks running at once."),
+    max_parallel: int | None = typer.Option(None, "--max-parallel", min=1, help="Array tasks running at once."),
     setup: list[str] = typer.Option(None, "--setup", help="Shell line run before each task (repeatable)."),
 ) -> None:
     """Evaluate many runs as a SLURM array job; work already in a results.json is skipped."""
