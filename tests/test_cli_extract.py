@@ -99,3 +99,56 @@ def test_errors_are_one_line(cli, base, tmp_path, random_run_dir, synth_root):
     _one_line_error(cli("extract", "validate", trunc), "trunc.h5:")
     _one_line_error(cli(*base, "--out", out, "--resume", "--epoch", "1"), "fingerprint mismatch",
                     "checkpoint.sha256, epoch")
+
+
+def test_numeric_options_are_checked_up_front(cli, base, tmp_path):
+    out = tmp_path / "s.h5"
+    for opt, val in (("--batch-size", "-4"), ("--batch-size", "0"), ("--block-rows", "0"), ("--workers", "-1"),
+                     ("--writer-threads", "-1"), ("--epoch", "-1"), ("--max-size-gb", "0")):
+        _one_line_error(cli(*base, opt, val, "--out", out), f"Invalid value for '{opt}'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_checks_coverage_and_progress(cli, base, tmp_path):
+    from clipgen.store import build_store_from_arrays
+
+    # what '--batch-size -4' used to write: a store marked complete without a single row of its 5-image set
+    empty = build_store_from_arrays(tmp_path / "empty.h5", paths=[], labels=[], domains=[],
+                                    layers={"act1": np.zeros((0, 4), np.float32)},
+                                    provenance={"image_set": {"n_rows": 5}})
+    _one_line_error(cli("extract", "validate", empty), "rows: stored + skipped rows do not cover the image-set rows "
+                    "0..4 exactly (0 of 5 covered)")
+    out = tmp_path / "s.h5"
+    assert cli(*base, "--out", out).exit_code == 0
+    bad = tmp_path / "bad.h5"
+    shutil.copy(out, bad)
+    with h5py.File(bad, "a") as f:
+        n = int(f.attrs["n_samples"])
+        f["progress"].attrs["rows_done"] = n - 3
+    _one_line_error(cli("extract", "validate", bad, "--quick"), f"/progress: {n - 3} rows recorded as written, "
+                    f"n_samples is {n}")
+
+
+def test_disk_full_is_one_line_and_the_same_command_resumes(cli, base, tmp_path, monkeypatch):
+    import errno
+
+    import clipgen.store.parts as parts
+
+    real = parts.write_rows
+
+    def write_rows(ds, start, block, pool=None):
+        if "block-000002" in ds.file.filename:
+            raise OSError(errno.ENOSPC, "Driver write request failed (file write failed: filename = "
+                          f"'{ds.file.filename}', errno = 28, error message = 'No space left on device')")
+        return real(ds, start, block, pool)
+
+    monkeypatch.setattr(parts, "write_rows", write_rows)
+    out = tmp_path / "s.h5"
+    r = cli(*base, "--out", out)
+    _one_line_error(r, f"error: disk full: no space left on the device while writing {out}.parts/block-000002.h5 "
+                       f"(in {out}.parts); free some space and rerun the same command")
+    assert not list(tmp_path.rglob("*.tmp"))
+    monkeypatch.undo()
+    r = cli(*base, "--out", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert cli("extract", "validate", out).exit_code == 0
