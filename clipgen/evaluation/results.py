@@ -183,7 +183,12 @@ class ResultsWriter:
             self._write_predictions(epochs, topk, in_topk)
             new = self._document(res)
             doc = new if old is None else _merge(old, new, res.epoch)
-            write_json_atomic(self.path, doc)
+            try:
+                write_json_atomic(self.path, doc)
+            except BaseException:
+                if old is None:  # results.json is the commit point: no predictions without it
+                    (self.out_dir / PREDICTIONS_NAME).unlink(missing_ok=True)
+                raise
             return doc
 
     def _write_predictions(self, epochs: list[int], topk: list[np.ndarray], in_topk: list[Any]) -> None:

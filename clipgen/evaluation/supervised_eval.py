@@ -27,6 +27,7 @@ from clipgen.evaluation.runner import (
     default_test_domain,
     evaluate_checkpoints,
     resolve_checkpoints,
+    results_dir,
     run_info,
 )
 
@@ -144,8 +145,8 @@ def run_supervised(cfg: SupervisedConfig) -> EvalOutcome:
         return Prediction(topk, {"sha256": sha, "features": "forward", "store": None, "precision": precision,
                                  "device": str(device)})
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict, force=cfg.force,
-                                   progress=cfg.progress)
+    with results_dir(out_dir):
+        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict, force=cfg.force,
+                                       progress=cfg.progress)
     write_config(out_dir / "results.json", "eval supervised", cfg)
     return outcome

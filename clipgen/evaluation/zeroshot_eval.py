@@ -34,6 +34,7 @@ from clipgen.evaluation.runner import (
     default_test_domain,
     evaluate_checkpoints,
     resolve_checkpoints,
+    results_dir,
     run_info,
 )
 from clipgen.evaluation.zeroshot import build_classifier, encode_images, imagenet_classnames, predict_topk, templates
@@ -249,9 +250,10 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
             info.update(features="store", precision=hit.info["store_precision"] or "unknown", **hit.info)
         return Prediction(topk, info, in_topk)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
-                                   imagenet_labels=None if in_records is None else
-                                   np.array([r.label for r in in_records]), force=cfg.force, progress=cfg.progress)
+    with results_dir(out_dir):
+        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
+                                       imagenet_labels=None if in_records is None else
+                                       np.array([r.label for r in in_records]), force=cfg.force,
+                                       progress=cfg.progress)
     write_config(out_dir / "results.json", "eval zero-shot", cfg)
     return outcome
