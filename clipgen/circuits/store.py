@@ -264,7 +264,13 @@ def _write_entry_group(g, result, image_paths: Sequence[str], image_line: Sequen
 
 def write_entry(path: str | Path, header: CircuitsHeader, domain: str, label: int, result, *,
                 image_paths: Sequence[str], image_line: Sequence[int]) -> Path:
-    """Write one circuit as a whole part file of ``path`` (temporary name, then rename)."""
+    """Write one circuit as a whole part file of ``path`` (temporary name, then rename).
+
+    The HDF5 file is built in memory and written to disk with plain file I/O: a full disk is then an ordinary
+    OSError naming the file, and never an HDF5 file that fails to close (whose half-released objects flood stderr
+    with HDF5 errors and can crash the interpreter at exit)."""
+    import io
+
     import h5py
 
     if list(result.layers) != header.layer_names:
@@ -272,13 +278,19 @@ def write_entry(path: str | Path, header: CircuitsHeader, domain: str, label: in
     pdir = parts_dir(path)
     final = pdir / part_name(domain, label)
     tmp = pdir / f".{final.name}.tmp"
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.attrs["fingerprint"] = header.fingerprint
+        f.attrs["domain"], f.attrs["label"] = domain, int(label)
+        g = f.create_group(entry_group(domain, label))
+        _write_entry_group(g, result, image_paths, image_line, header.classes.get(int(label), str(label)),
+                           domain, label)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["fingerprint"] = header.fingerprint
-            f.attrs["domain"], f.attrs["label"] = domain, int(label)
-            g = f.create_group(entry_group(domain, label))
-            _write_entry_group(g, result, image_paths, image_line, header.classes.get(int(label), str(label)),
-                               domain, label)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(buf.getbuffer())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(tmp)) from None  # name the file (a bare ENOSPC does not)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
