@@ -105,3 +105,22 @@ def test_bad_stores_are_one_line_errors(cli, store, tmp_path):
     r = cli("sae", "features", other_layer, "--sae", tmp_path / "sae", "--out", tmp_path / "f", "--device", "cpu")
     assert r.exit_code == 2 and "--layer:" in r.stderr and "no layer 'embedding'" in r.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_second_writer_of_a_run_folder_is_refused(cli, store, tmp_path):
+    import os
+    import signal
+
+    from tests.test_locks import _holder
+
+    out = tmp_path / "sae"
+    p = _holder(out)
+    try:
+        r = _train(cli, store, out)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+        assert r.stderr.startswith(f"error: {out} is being written by another process (pid {p.pid})")
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not out.exists()
+    assert _train(cli, store, out).exit_code == 0  # the dead holder's lock is gone with it

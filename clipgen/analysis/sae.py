@@ -845,7 +845,20 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
     ``OUT/sae.pt`` (the final SAE, see :func:`load_sae`) and ``OUT/metrics.json``. With ``resume`` an existing run
     continues from its newest checkpoint (``epochs`` may be raised to train longer). ``model`` replaces the
     freshly initialised SAE (tests use it to plant dead latents). ``callback(step, info)`` runs after every step.
+    The run folder is written under an exclusive writer lock (:mod:`clipgen.locks`): a second process is refused.
     """
+    from clipgen.locks import output_lock
+
+    _check_config(cfg)
+    if not cfg.out:
+        raise option_error("--out", "an output folder is required")
+    with output_lock(cfg.out):
+        return _train_sae(cfg, data, model=model, resume=resume, force=force, progress=progress, callback=callback)
+
+
+def _train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: SparseAutoencoder | None = None,
+               resume: bool = False, force: bool = False, progress: bool = True,
+               callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
     from clipgen.artifacts import to_jsonable, write_config, write_json_atomic
     from clipgen.devices import resolve_device
     from clipgen.progress import console, make_progress
