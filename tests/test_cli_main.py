@@ -71,10 +71,26 @@ def _outputs_under_a_file(name, tmp_path, synth_root, tiny_store):
         fake_results(tmp_path / "r" / "s0" / "results.json", setup="cg-high", test_domain="quickdraw", seed=0,
                      values=[0.5])
         return ["eval", "summary", tmp_path / "r", "--out", blocked]
+    if name == "data mixtures":
+        return ["data", "mixtures", "--root", synth_root, "--out", blocked]
+    if name == "embeddings":
+        return ["embeddings", tiny_store, "--out", blocked]
+    if name == "extract":
+        return ["extract", "--model-dir", tmp_path, "--data", synth_root, "--out", blocked / "s.h5"]
+    if name == "extract merge":
+        return ["extract", "merge", tmp_path / "s.shard-0-of-1.h5", "--out", blocked / "s.h5"]
+    if name == "circuits nodes":
+        return ["circuits", "nodes", tmp_path / "c.h5", "--out", blocked]
+    if name == "circuits compute":
+        return ["circuits", "compute", "--model-dir", tmp_path, "--data", synth_root, "--out", blocked / "c.h5"]
+    if name == "train clip":
+        return ["train", "clip", "--train", tmp_path / "t.tsv", "--logs", blocked]
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", ["data synth", "data captions", "cka", "sae train", "eval summary"])
+@pytest.mark.parametrize("name", ["data synth", "data captions", "data mixtures", "cka", "embeddings", "sae train",
+                                  "eval summary", "extract", "extract merge", "circuits nodes", "circuits compute",
+                                  "train clip"])
 def test_output_under_a_regular_file_is_one_line(cli, name, tmp_path, synth_root, tiny_store):
     (tmp_path / "f").write_text("a file, not a folder\n")
     args = _outputs_under_a_file(name, tmp_path, synth_root, tiny_store)
