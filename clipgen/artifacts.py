@@ -181,3 +181,53 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
         else:
             p.unlink(missing_ok=True)
     return gone
+
+
+@contextlib.contextmanager
+def hdf5_create(path: str | Path) -> Iterator[Any]:
+    """``h5py.File(path, "w")`` for a temporary output file (the caller deletes it on failure), safe on a full disk.
+
+    HDF5 writes data and metadata when a file is flushed and closed. If the disk is full, a plain
+    ``with h5py.File(...)`` then fails to close: its objects stay half released, HDF5 errors flood stderr and the
+    interpreter can crash. Here, when the block fails (or the final flush does), the file's descriptor is pointed
+    at ``/dev/null`` first, so HDF5 closes the abandoned file cleanly, and the original error propagates.
+    """
+    import h5py
+
+    path = Path(path)
+    f = h5py.File(path, "w")
+    try:
+        yield f
+        f.flush()
+    except BaseException:
+        _abandon_hdf5(f)
+        raise
+    f.close()
+
+
+def _abandon_hdf5(f: Any) -> None:
+    """Close an HDF5 file whose contents are being thrown away, without writing to its disk."""
+    with contextlib.suppress(Exception):
+        fd = int(f.id.get_vfd_handle())
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)  # what HDF5 still writes while closing goes nowhere (reads see an empty file)
+        finally:
+            os.close(null)
+    with contextlib.suppress(Exception):
+        f.close()
+
+
+def ensure_free_space(folder: str | Path, needed: int, what: str) -> None:
+    """Refuse, before writing, an output of about ``needed`` bytes that the disk of ``folder`` cannot hold (a clean
+    one-line error instead of a file that fails half-way through)."""
+    folder = Path(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    margin = int(needed * 0.02) + (64 << 10)
+    if free < needed + margin:
+        raise ClipgenError(f"disk full: {what} needs about {(needed + margin) / 1e6:.1f} MB in {folder}, "
+                           f"{free / 1e6:.1f} MB are free; free some space and rerun the same command (finished "
+                           f"work is kept and resumes)")

@@ -57,16 +57,16 @@ def is_disk_full(exc: BaseException) -> bool:
     return _os_error(exc, full_only=True) is not None
 
 
-def _os_error(exc: BaseException | None, full_only: bool = False) -> OSError | None:
+def _os_error(exc: BaseException | None, full_only: bool = False) -> BaseException | None:
     seen = set()
     while exc is not None and id(exc) not in seen:  # the error itself, or what it was raised from
         seen.add(id(exc))
-        if isinstance(exc, OSError):
-            text = str(exc)
-            if exc.errno in _DISK_FULL or "No space left" in text or "Disk quota exceeded" in text:
-                return exc
-            if not full_only and exc.errno in _PATH_ERRNOS:
-                return exc
+        text = str(exc)
+        if isinstance(exc, OSError | RuntimeError) and ("No space left" in text or "Disk quota exceeded" in text
+                                                       or getattr(exc, "errno", None) in _DISK_FULL):
+            return exc  # (h5py raises some write failures, e.g. of a flush, as RuntimeError)
+        if isinstance(exc, OSError) and not full_only and exc.errno in _PATH_ERRNOS:
+            return exc
         exc = exc.__cause__  # (not __context__: an error raised while handling one is a bug of its own)
     return None
 
@@ -77,7 +77,7 @@ def os_error_message(exc: BaseException) -> str | None:
     e = _os_error(exc)
     if e is None:
         return None
-    path = e.filename
+    path = getattr(e, "filename", None)
     if path is None:
         m = _H5_FILENAME.search(str(e))
         path = m.group(1) if m else None
@@ -90,7 +90,7 @@ def os_error_message(exc: BaseException) -> str | None:
                 parts[i] = m.group(1)
         path = Path(*parts)
     where = f"{path}" if path is not None else "an output file"
-    if e.errno in _DISK_FULL or "No space left" in str(e) or "Disk quota exceeded" in str(e):
+    if getattr(e, "errno", None) in _DISK_FULL or "No space left" in str(e) or "Disk quota exceeded" in str(e):
         folder = Path(where).parent if path is not None else None
         return (f"disk full: no space left on the device while writing {where}"
                 + (f" (in {folder})" if folder is not None else "")

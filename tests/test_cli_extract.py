@@ -152,3 +152,35 @@ def test_disk_full_is_one_line_and_the_same_command_resumes(cli, base, tmp_path,
     r = cli(*base, "--out", out, "--resume")
     assert r.exit_code == 0, r.stderr
     assert cli("extract", "validate", out).exit_code == 0
+
+
+def test_real_full_disk_is_one_line_and_resumes_when_space_is_freed(random_run_dir, synth_root, tmp_path):
+    """On a 400 KiB tmpfs every block fits but not the final store (where HDF5 used to fail closing the file and
+    crash the interpreter): exit 2 with one line, no temporary file; with more space the same command resumes."""
+    import os
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        out = mnt / "s.h5"
+        cmd = [sys.executable, "-m", "clipgen.cli.main", "extract", "--model-dir", str(random_run_dir), "--data",
+               str(synth_root), "--domains", "cs", "--device", "cpu", "--batch-size", "8",
+               "--block-rows", "8", "--no-progress", "--out", str(out)]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2, r.stderr[-3000:]
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: disk full: ") and str(mnt) in lines[0], r.stderr
+        assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)
+        r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert subprocess.run([sys.executable, "-m", "clipgen.cli.main", "extract", "validate", str(out)],
+                              capture_output=True, env=env).returncode == 0
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -165,13 +165,12 @@ def _write_attrs(f, h: CircuitsHeader, complete: bool) -> None:
 
 def write_header(path: str | Path, header: CircuitsHeader) -> None:
     """Write the in-progress header (atomically) and create the parts folder."""
-    import h5py
 
-    from clipgen.artifacts import atomic_path, utc_now
+    from clipgen.artifacts import atomic_path, hdf5_create, utc_now
 
     header.created = header.created or utc_now()
     parts_dir(path).mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, force=True) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path, force=True) as tmp, hdf5_create(tmp) as f:
         _write_attrs(f, header, complete=False)
 
 
@@ -341,14 +340,15 @@ def assemble(path: str | Path, header: CircuitsHeader) -> Path:
     """Copy every part into the final file (replacing the header atomically) and remove the parts folder."""
     import h5py
 
-    from clipgen.artifacts import atomic_path
+    from clipgen.artifacts import atomic_path, ensure_free_space, hdf5_create
 
     path = Path(path)
     have = parts_on_disk(path)
     missing = [k for k in header.plan if k not in have]
     if missing:
         raise file_error(parts_dir(path), f"cannot assemble: {len(missing)} entries missing, first {missing[0]}")
-    with atomic_path(path, force=True) as tmp, h5py.File(tmp, "w") as f:
+    ensure_free_space(path.parent, sum(have[k].stat().st_size for k in header.plan), f"the final file {path}")
+    with atomic_path(path, force=True) as tmp, hdf5_create(tmp) as f:
         _write_attrs(f, header, complete=True)
         for key in header.plan:
             with h5py.File(have[key], "r", locking=False) as src:
@@ -521,9 +521,8 @@ def merge_circuits(shards: Sequence[str | Path], out: str | Path, *, force: bool
     Every shard must be complete, carry the same fingerprint, shard count and full plan, and together the shards
     must hold each planned (domain, class) exactly once: gaps, overlaps and mismatches are refused.
     """
-    import h5py
 
-    from clipgen.artifacts import atomic_path
+    from clipgen.artifacts import atomic_path, hdf5_create
 
     out = Path(out)
     if not shards:
@@ -578,7 +577,7 @@ def merge_circuits(shards: Sequence[str | Path], out: str | Path, *, force: bool
                                 plan=full, absent=[(d, int(lab)) for d, lab in absent_all], shard=None,
                                 text=first.header.text, created=first.header.created)
         by_path = {c.path: c for c in opened}
-        with atomic_path(out, force=True) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(out, force=True) as tmp, hdf5_create(tmp) as f:
             _write_attrs(f, header, complete=True)  # merged_from is not part of the identity: same fingerprint
             for key in full:
                 _copy_entry(by_path[owner[key]]._f, f, *key)
