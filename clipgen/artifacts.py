@@ -229,5 +229,5 @@ def ensure_free_space(folder: str | Path, needed: int, what: str) -> None:
     margin = int(needed * 0.02) + (64 << 10)
     if free < needed + margin:
         raise ClipgenError(f"disk full: {what} needs about {(needed + margin) / 1e6:.1f} MB in {folder}, "
-                           f"{free / 1e6:.1f} MB are free; free some space and rerun the same command (finished "
-                           f"work is kept and resumes)")
+                           f"{free / 1e6:.1f} MB are free; free some space and rerun the command (with --resume where "
+                           f"it has one): finished work is kept")

@@ -94,7 +94,7 @@ def os_error_message(exc: BaseException) -> str | None:
         folder = Path(where).parent if path is not None else None
         return (f"disk full: no space left on the device while writing {where}"
                 + (f" (in {folder})" if folder is not None else "")
-                + "; free some space and rerun the same command (finished work is kept and resumes)")
+                + "; free some space and rerun the command (with --resume where it has one): finished work is kept")
     why = _PATH_ERRNOS[e.errno]
     if e.filename2 is not None:
         return f"{where} -> {os.fsdecode(e.filename2)}: {why}"

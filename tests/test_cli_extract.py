@@ -146,7 +146,7 @@ def test_disk_full_is_one_line_and_the_same_command_resumes(cli, base, tmp_path,
     out = tmp_path / "s.h5"
     r = cli(*base, "--out", out)
     _one_line_error(r, f"error: disk full: no space left on the device while writing {out}.parts/block-000002.h5 "
-                       f"(in {out}.parts); free some space and rerun the same command")
+                       f"(in {out}.parts); free some space and rerun the command (with --resume where it has one)")
     assert not list(tmp_path.rglob("*.tmp"))
     monkeypatch.undo()
     r = cli(*base, "--out", out, "--resume")

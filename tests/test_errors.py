@@ -9,8 +9,8 @@ def test_disk_full_names_the_output_not_its_temporary_name():
     e = OSError(errno.ENOSPC, "No space left on device", "/data/stores/.q.h5.k3j9a_x2.tmp")
     assert is_disk_full(e)
     assert os_error_message(e) == ("disk full: no space left on the device while writing /data/stores/q.h5 (in "
-                                   "/data/stores); free some space and rerun the same command (finished work is "
-                                   "kept and resumes)")
+                                   "/data/stores); free some space and rerun the command (with --resume where it "
+                                   "has one): finished work is kept")
 
 
 def test_hdf5_disk_full_message_without_filename_attribute():

@@ -815,7 +815,13 @@ def _save_atomic(obj: Any, path: Path) -> None:
     from clipgen.artifacts import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as f:  # a file object: a full disk is then an OSError (ENOSPC), not torch's
+                torch.save(obj, f)      # RuntimeError without the cause
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, str(tmp)) from None
 
 
 def _truncate_log(path: Path, max_step: int) -> None:
