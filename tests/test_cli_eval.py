@@ -97,3 +97,22 @@ def test_disk_full_at_results_json_leaves_no_predictions(cli, random_run_dir, un
     _one_line(_zs(cli, random_run_dir, uneven_root, out), f"disk full: no space left on the device while writing "
               f"{out}/results.json")
     assert not out.exists()  # neither predictions.npz without its results.json, nor an empty folder
+
+
+def test_real_full_disk_is_one_line_and_leaves_nothing(cli, random_run_dir, uneven_root, tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        import pytest
+
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        (mnt / "filler").write_bytes(b"\0" * 4096)
+        r = _zs(cli, random_run_dir, uneven_root, mnt / "o")
+        _one_line(r, f"disk full: no space left on the device while writing {mnt}/o/")
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)

@@ -211,8 +211,14 @@ class ResultsWriter:
             itk = np.stack([_pad(t, ik) for t in in_topk]).astype(np.int16)
             arrays.update(imagenet_labels=np.asarray(self.imagenet_labels).astype(np.int16),
                           imagenet_predictions=itk[:, :, 0], imagenet_topk=itk)
-        with atomic_path(self.out_dir / PREDICTIONS_NAME) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+        with atomic_path(self.out_dir / PREDICTIONS_NAME) as tmp:
+            try:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, **arrays)
+            except OSError as e:  # a full disk: name the file (zipfile's write error does not)
+                if e.filename is not None:
+                    raise
+                raise OSError(e.errno, e.strerror, str(tmp)) from None
 
     def _document(self, res: EpochResult) -> dict[str, Any]:
         """The results document of a single epoch (merged with earlier epochs by :func:`_merge`)."""
