@@ -21,13 +21,13 @@ def embeddings(
     highlight: str = typer.Option("quickdraw", "--highlight",
                                   help="Domain left out of the second UMAP and plotted alone in the mean-difference "
                                        "figure."),
-    per_domain: int = typer.Option(2000, "--per-domain", min=1, help="Images per domain in the UMAP sample (seeded)."),
+    per_domain: int = typer.Option(2000, "--per-domain", help="Images per domain in the UMAP sample (seeded)."),
     seed: int = typer.Option(42, "--seed", help="Seed of the UMAP sample and of UMAP itself (42: the published "
                                                  "random_state)."),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="Fit the two UMAPs (slow: umap-learn compiles with "
                                                              "numba on first use)."),
-    n_neighbors: int = typer.Option(15, "--n-neighbors", min=2, help="UMAP n_neighbors."),
-    min_dist: float = typer.Option(0.1, "--min-dist", min=0.0, help="UMAP min_dist."),
+    n_neighbors: int = typer.Option(15, "--n-neighbors", help="UMAP n_neighbors."),
+    min_dist: float = typer.Option(0.1, "--min-dist", help="UMAP min_dist."),
     densmap: bool = typer.Option(True, "--densmap/--no-densmap", help="densMAP, as in the paper."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
