@@ -31,7 +31,7 @@ def clip(
     preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions, ccxm or synthetic."),
     model: str | None = typer.Option(None, "--model", help="Model name (open_clip's or RN-tiny/RN-small/ViT-tiny)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
-    lr: float | None = typer.Option(None, "--lr", callback=positive, help="Peak learning rate (preset)."),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (preset)."),
     warmup: int | None = typer.Option(None, "--warmup", min=0, help="Warm-up steps (preset)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Batch size per process (preset)."),
     effective_batch: int | None = typer.Option(None, "--effective-batch", min=1,
@@ -88,7 +88,7 @@ def supervised(
     preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions (the paper's) or synthetic."),
     model: str | None = typer.Option(None, "--model", help="Image tower of this CLIP model (preset)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
-    lr: float | None = typer.Option(None, "--lr", callback=positive, help="SGD learning rate (preset)."),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help="SGD learning rate (preset)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="Global batch size, split over processes (preset)."),
     milestones: str | None = typer.Option(None, "--milestones", help="Epochs after which lr is multiplied by "
