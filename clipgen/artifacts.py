@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -90,11 +91,13 @@ def atomic_path(path: str | Path, *, force: bool = True, option: str = "--force"
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, e.strerror, str(path)) from e  # a full disk: say which output
         raise
 
 
@@ -138,3 +141,96 @@ def ensure_writable_output(path: str | Path, force: bool, option: str = "--force
     if path.exists() and not force:
         raise option_error(option, f"output {path} already exists; pass {option} to overwrite it")
     return path
+
+
+def check_writable(path: str | Path, option: str) -> Path:
+    """Refuse, before any work, an output that cannot be created: a path under a regular file, or a folder this
+    process may not write in (permissions, read-only file system). Creates nothing."""
+    path = Path(path)
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists():  # the nearest existing folder is where the output's folders would be created
+        if probe.is_symlink() or probe == probe.parent:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise option_error(option, f"{path}: {probe} is a regular file, not a folder")
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise option_error(option, f"{path}: cannot write in {probe} (permission denied or read-only file system)")
+    return path
+
+
+def _temp_pattern(path: Path):
+    import re
+
+    return re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp$")
+
+
+def stale_temps(path: str | Path) -> list[Path]:
+    """Temporary files or folders :func:`atomic_path` left beside ``path`` when its process was killed (names
+    ``.NAME.XXXXXXXX.tmp``). Only remove them while holding ``path``'s writer lock (:mod:`clipgen.locks`)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pat = _temp_pattern(path)
+    return sorted(p for p in path.parent.iterdir() if pat.match(p.name))
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove :func:`stale_temps` of ``path``; returns what was removed."""
+    gone = stale_temps(path)
+    for p in gone:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return gone
+
+
+@contextlib.contextmanager
+def hdf5_create(path: str | Path) -> Iterator[Any]:
+    """``h5py.File(path, "w")`` for a temporary output file (the caller deletes it on failure), safe on a full disk.
+
+    HDF5 writes data and metadata when a file is flushed and closed. If the disk is full, a plain
+    ``with h5py.File(...)`` then fails to close: its objects stay half released, HDF5 errors flood stderr and the
+    interpreter can crash. Here, when the block fails (or the final flush does), the file's descriptor is pointed
+    at ``/dev/null`` first, so HDF5 closes the abandoned file cleanly, and the original error propagates.
+    """
+    import h5py
+
+    path = Path(path)
+    f = h5py.File(path, "w")
+    try:
+        yield f
+        f.flush()
+    except BaseException:
+        _abandon_hdf5(f)
+        raise
+    f.close()
+
+
+def _abandon_hdf5(f: Any) -> None:
+    """Close an HDF5 file whose contents are being thrown away, without writing to its disk."""
+    with contextlib.suppress(Exception):
+        fd = int(f.id.get_vfd_handle())
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)  # what HDF5 still writes while closing goes nowhere (reads see an empty file)
+        finally:
+            os.close(null)
+    with contextlib.suppress(Exception):
+        f.close()
+
+
+def ensure_free_space(folder: str | Path, needed: int, what: str) -> None:
+    """Refuse, before writing, an output of about ``needed`` bytes that the disk of ``folder`` cannot hold (a clean
+    one-line error instead of a file that fails half-way through)."""
+    folder = Path(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    margin = int(needed * 0.02) + (64 << 10)
+    if free < needed + margin:
+        raise ClipgenError(f"disk full: {what} needs about {(needed + margin) / 1e6:.1f} MB in {folder}, "
+                           f"{free / 1e6:.1f} MB are free; free some space and rerun the same command: it continues, "
+                           f"finished work is kept")

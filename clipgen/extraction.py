@@ -521,8 +521,8 @@ def _check_existing(plan: StorePlan, force: bool) -> dict[str, Any] | None:
             shutil.rmtree(plan.parts, ignore_errors=True)
             return None
         raise file_error(out, "exists and is not a readable clipgen store; pass --force to overwrite it") from None
-    if force:
-        out.unlink()
+    if force or (not head["complete"] and head["rows_done"] == 0):
+        out.unlink()  # (an interrupted store without a single row holds nothing to resume: start it afresh)
         shutil.rmtree(plan.parts, ignore_errors=True)
         return None
     if head["fingerprint"] != plan.fingerprint:
@@ -607,7 +607,62 @@ def _run_info(manifest) -> dict[str, Any] | None:
 
 def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
             note: Callable[[str], None] | None = None) -> ExtractResult:
-    """Run (or resume) an extraction and return where the finished store is."""
+    """Run (or resume) an extraction and return where the finished store is.
+
+    The store is written under an exclusive writer lock (:mod:`clipgen.locks`): a second process on the same output
+    is refused. Temporary files a killed final assembly left beside the store are removed first. A run that fails
+    before writing any row leaves nothing behind (no header, no parts folder); one that fails later (a disk filling
+    up, an unreadable image) keeps its finished blocks for ``--resume``.
+    """
+    from clipgen.artifacts import check_writable, remove_stale_temps
+    from clipgen.locks import output_lock
+
+    _check_numbers(cfg)
+    shard = parse_shard(cfg.shard)
+    out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
+    check_writable(out, "--out")
+    with output_lock(out):
+        remove_stale_temps(out)
+        existed = out.exists()
+        try:
+            return _extract(cfg, progress=progress, crash_after_blocks=crash_after_blocks, note=note)
+        except SimulatedCrash:
+            raise
+        except BaseException:
+            if not existed:
+                _discard_if_empty(out)
+            raise
+
+
+def _check_numbers(cfg: ExtractConfig) -> None:
+    """Numeric options, checked before any work (the CLI checks them too; this guards library callers)."""
+    for opt, val, lo in (("--batch-size", cfg.batch_size, 1), ("--block-rows", cfg.block_rows, 1),
+                         ("--workers", cfg.workers, 0), ("--writer-threads", cfg.writer_threads, 0),
+                         ("--epoch", cfg.epoch, 0)):
+        if val is not None and val < lo:
+            raise option_error(opt, f"{val} is below the minimum {lo}")
+    if not cfg.max_size_gb > 0:
+        raise option_error("--max-size-gb", f"{cfg.max_size_gb:g} is not a positive size")
+
+
+def _discard_if_empty(out: Path) -> None:
+    """Remove a store header (and its parts folder) in which no block was written: nothing to resume."""
+    import shutil
+
+    from clipgen.store.parts import completed_blocks_on_disk
+
+    pdir = parts_dir(out)
+    if completed_blocks_on_disk(pdir):
+        return
+    with contextlib.suppress(OSError, ClipgenError):
+        if out.is_file() and not read_plan_header(out)["complete"]:
+            out.unlink()
+    if not out.exists():
+        shutil.rmtree(pdir, ignore_errors=True)
+
+
+def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
+             note: Callable[[str], None] | None = None) -> ExtractResult:
     import torch
 
     from clipgen.artifacts import command_line, sha256_file, utc_now, write_config

@@ -55,7 +55,9 @@ def iter_tsv_lines(path: str | Path, *, columns: tuple[str, ...] = HEADER, check
             header = next(reader)
         except StopIteration:
             raise file_error(path, "empty TSV (expected a header 'filepath<TAB>title')") from None
-        except (csv.Error, UnicodeDecodeError) as e:
+        except UnicodeDecodeError:
+            raise _decode_error(path) from None
+        except csv.Error as e:
             raise file_error(path, f"unreadable TSV ({e})", line=1) from None
         missing = [c for c in columns if c not in header]
         if missing:
@@ -81,8 +83,24 @@ def iter_tsv_lines(path: str | Path, *, columns: tuple[str, ...] = HEADER, check
                 if check_files and not Path(fp).is_file():
                     raise file_error(path, f"image {fp} does not exist", line=line)
                 yield line, fp, title
-        except (csv.Error, UnicodeDecodeError) as e:
+        except UnicodeDecodeError:
+            raise _decode_error(path) from None
+        except csv.Error as e:
             raise file_error(path, f"malformed TSV ({e})", line=line) from None
+
+
+def _decode_error(path: Path):
+    """The error of a file that is not UTF-8, naming the line of the first bad byte (the text reader decodes ahead
+    in blocks, so the csv reader's line count is not where the bytes are)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return file_error(path, f"not UTF-8 text: byte 0x{data[e.start]:02x} at column {col} ({e.reason})",
+                          line=line)
+    return file_error(path, "not UTF-8 text")
 
 
 def read_tsv(path: str | Path, **kw) -> list[tuple[str, str]]:

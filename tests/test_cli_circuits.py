@@ -192,3 +192,91 @@ def test_compute_from_a_checkpoint_file_with_model(cli, circuits_run_dir, synth_
         ea, eb = a.read("quickdraw", 66), b.read("quickdraw", 66)
         for name in eb.nodes:
             np.testing.assert_allclose(ea.nodes[name], eb.nodes[name], rtol=1e-6, atol=1e-9)
+
+
+# -- failures: disk full, a second writer, a killed assembly ----------------------------------------------------
+
+def test_disk_full_is_one_line_keeps_finished_entries_and_resumes(cli, circuits_run_dir, synth_root, tmp_path,
+                                                                   monkeypatch):
+    import builtins
+    import errno
+
+    import clipgen.circuits.store as S
+
+    seen = []
+
+    class Full:  # the second entry's file: a few bytes reach the disk, then the device is full
+        def __init__(self, path):
+            self.f = builtins.open(path, "wb")  # noqa: SIM115 - closed by __exit__
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(bytes(data[:100]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fake_open(path, mode="r", *a, **kw):
+        seen.append(path)
+        return Full(path) if len(seen) == 2 else builtins.open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(S, "open", fake_open, raising=False)
+    out = tmp_path / "c.h5"
+    r = cli(*_compute_args(circuits_run_dir, synth_root, out))
+    _one_line_error(r, "error: disk full: no space left on the device while writing", f"{out}.parts/")
+    parts = sorted(p.name for p in (tmp_path / "c.h5.parts").iterdir())
+    assert len(parts) == 1 and not parts[0].startswith(".")  # the first entry kept, no temporary file
+    monkeypatch.undo()
+    r = cli(*_compute_args(circuits_run_dir, synth_root, out))
+    assert r.exit_code == 0, r.stderr
+    assert open_circuits(out).summary()["entries"]["complete"] == 4
+
+
+def test_real_full_disk_is_one_line_without_hdf5_noise(circuits_run_dir, synth_root, tmp_path):
+    """On a 64 KiB tmpfs (the header and one entry fit): a clean exit 2, not a crash with HDF5's error stack."""
+    import os
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        args = [str(a) for a in _compute_args(circuits_run_dir, synth_root, mnt / "c.h5")]
+        r = subprocess.run([sys.executable, "-m", "clipgen.cli.main", *args], capture_output=True, text=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+        assert r.returncode == 2, r.stderr[-3000:]
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: disk full: no space left on the device while "
+                                                       f"writing {mnt}/c.h5"), r.stderr[-3000:]
+        assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)
+
+
+def test_second_writer_refused_and_stale_assembly_temporaries_removed(cli, circuits_run_dir, synth_root,
+                                                                      tmp_path):
+    import os
+    import signal
+
+    from tests.test_locks import _holder
+
+    out = tmp_path / "c.h5"
+    p = _holder(out)
+    try:
+        _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out)),
+                        f"{out} is being written by another process (pid {p.pid})")
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert sorted(x.name for x in tmp_path.iterdir()) == [".c.h5.lock"]  # the dead holder's; nothing else
+    stale = tmp_path / ".c.h5.x1y2z3w4.tmp"  # what a kill during the final assembly leaves
+    stale.write_bytes(b"\0" * 1024)
+    r = cli(*_compute_args(circuits_run_dir, synth_root, out))
+    assert r.exit_code == 0, r.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["c.config.json", "c.h5"]

@@ -51,3 +51,72 @@ def test_summary_and_grid_commands(cli, random_run_dir, uneven_root, tmp_path, m
     assert r.exit_code == 0, r.stderr
     assert "1 tasks; job script" in r.stdout and "--test-domain sketch" in r.stdout
     assert "#SBATCH --partition=gpu" in (tmp_path / "eval-grid" / "eval-grid.sbatch").read_text()
+
+
+# -- bad input and failures: one line, exit 2, nothing left behind ------------------------------------------------
+
+def _one_line(r, *needles):
+    assert r.exit_code == 2, r
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+def _zs(cli, run, root, out, *extra):
+    return cli("eval", "zero-shot", "--data-root", root, "--model-dir", run, "--test-domain", "p", "--epochs",
+               "last", "--templates", "simple", "--out", out, "--no-progress", "--held-out", "axe", *extra)
+
+
+def test_zero_shot_numeric_options_refused(cli, random_run_dir, uneven_root, tmp_path):
+    out = tmp_path / "o"
+    for opt, val in (("--batch-size", "0"), ("--batch-size", "-1"), ("--workers", "-2")):
+        _one_line(_zs(cli, random_run_dir, uneven_root, out, opt, val), f"Invalid value for '{opt}'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_evaluation_leaves_no_output_folder(cli, random_run_dir, synth_root, tmp_path):
+    from tests._fixtures_eval import derived_root
+
+    def keep(domain, split, lines):
+        if domain == "painting" and split == "test":
+            return [*lines, f"painting/{lines[0].split('/')[1]}/missing.png {lines[0].split()[1]}"]
+        return lines
+
+    root = derived_root(synth_root, tmp_path / "dn", keep)
+    out = tmp_path / "runs" / "o"
+    _one_line(_zs(cli, random_run_dir, root, out), "missing.png")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_disk_full_at_results_json_leaves_no_predictions(cli, random_run_dir, uneven_root, tmp_path, monkeypatch):
+    import errno
+
+    import clipgen.evaluation.results as res
+
+    def full(path, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(res, "write_json_atomic", full)
+    out = tmp_path / "o"
+    _one_line(_zs(cli, random_run_dir, uneven_root, out), f"disk full: no space left on the device while writing "
+              f"{out}/results.json")
+    assert not out.exists()  # neither predictions.npz without its results.json, nor an empty folder
+
+
+def test_real_full_disk_is_one_line_and_leaves_nothing(cli, random_run_dir, uneven_root, tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        import pytest
+
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        (mnt / "filler").write_bytes(b"\0" * 4096)
+        r = _zs(cli, random_run_dir, uneven_root, mnt / "o")
+        _one_line(r, f"disk full: no space left on the device while writing {mnt}/o/")
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)

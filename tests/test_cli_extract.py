@@ -101,3 +101,88 @@ def test_errors_are_one_line(cli, base, tmp_path, random_run_dir, synth_root):
     _one_line_error(cli("extract", "validate", trunc), "trunc.h5:")
     _one_line_error(cli(*base, "--out", out, "--epoch", "1"), "fingerprint mismatch",
                     "checkpoint.sha256, epoch", "pass --force")
+
+
+def test_numeric_options_are_checked_up_front(cli, base, tmp_path):
+    out = tmp_path / "s.h5"
+    for opt, val in (("--batch-size", "-4"), ("--batch-size", "0"), ("--block-rows", "0"), ("--workers", "-1"),
+                     ("--writer-threads", "-1"), ("--epoch", "-1"), ("--max-size-gb", "0")):
+        _one_line_error(cli(*base, opt, val, "--out", out), f"Invalid value for '{opt}'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_checks_coverage_and_progress(cli, base, tmp_path):
+    from clipgen.store import build_store_from_arrays
+
+    # what '--batch-size -4' used to write: a store marked complete without a single row of its 5-image set
+    empty = build_store_from_arrays(tmp_path / "empty.h5", paths=[], labels=[], domains=[],
+                                    layers={"act1": np.zeros((0, 4), np.float32)},
+                                    provenance={"image_set": {"n_rows": 5}})
+    _one_line_error(cli("extract", "validate", empty), "rows: stored + skipped rows do not cover the image-set rows "
+                    "0..4 exactly (0 of 5 covered)")
+    out = tmp_path / "s.h5"
+    assert cli(*base, "--out", out).exit_code == 0
+    bad = tmp_path / "bad.h5"
+    shutil.copy(out, bad)
+    with h5py.File(bad, "a") as f:
+        n = int(f.attrs["n_samples"])
+        f["progress"].attrs["rows_done"] = n - 3
+    _one_line_error(cli("extract", "validate", bad, "--quick"), f"/progress: {n - 3} rows recorded as written, "
+                    f"n_samples is {n}")
+
+
+def test_disk_full_is_one_line_and_the_same_command_resumes(cli, base, tmp_path, monkeypatch):
+    import errno
+
+    import clipgen.store.parts as parts
+
+    real = parts.write_rows
+
+    def write_rows(ds, start, block, pool=None):
+        if "block-000002" in ds.file.filename:
+            raise OSError(errno.ENOSPC, "Driver write request failed (file write failed: filename = "
+                          f"'{ds.file.filename}', errno = 28, error message = 'No space left on device')")
+        return real(ds, start, block, pool)
+
+    monkeypatch.setattr(parts, "write_rows", write_rows)
+    out = tmp_path / "s.h5"
+    r = cli(*base, "--out", out)
+    _one_line_error(r, f"error: disk full: no space left on the device while writing {out}.parts/block-000002.h5 "
+                       f"(in {out}.parts); free some space and rerun the same command: it continues")
+    assert not list(tmp_path.rglob("*.tmp"))
+    monkeypatch.undo()
+    r = cli(*base, "--out", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert cli("extract", "validate", out).exit_code == 0
+
+
+def test_real_full_disk_is_one_line_and_resumes_when_space_is_freed(random_run_dir, synth_root, tmp_path):
+    """On a 400 KiB tmpfs every block fits but not the final store (where HDF5 used to fail closing the file and
+    crash the interpreter): exit 2 with one line, no temporary file; with more space the same command resumes."""
+    import os
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        out = mnt / "s.h5"
+        cmd = [sys.executable, "-m", "clipgen.cli.main", "extract", "--model-dir", str(random_run_dir), "--data",
+               str(synth_root), "--domains", "cs", "--device", "cpu", "--batch-size", "8",
+               "--block-rows", "8", "--no-progress", "--out", str(out)]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2, r.stderr[-3000:]
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: disk full: ") and str(mnt) in lines[0], r.stderr
+        assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)
+        r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert subprocess.run([sys.executable, "-m", "clipgen.cli.main", "extract", "validate", str(out)],
+                              capture_output=True, env=env).returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)

@@ -149,3 +149,43 @@ def test_names_end_to_end_with_an_openai_format_checkpoint(cli, tmp_path):
     r = cli("sae", "names", tmp_path / "sae4", "--checkpoint", weights, "--model", "RN-tiny", "--device", "cpu")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "layer 'layer4'" in r.stderr
     assert "joint image-text space" in r.stderr
+
+
+def test_second_writer_of_a_run_folder_is_refused(cli, store, tmp_path):
+    import os
+    import signal
+
+    from tests.test_locks import _holder
+
+    out = tmp_path / "sae"
+    p = _holder(out)
+    try:
+        r = _train(cli, store, out)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+        assert r.stderr.startswith(f"error: {out} is being written by another process (pid {p.pid})")
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not out.exists()
+    assert _train(cli, store, out).exit_code == 0  # the dead holder's lock is gone with it
+
+
+def test_real_full_disk_is_one_line_naming_the_checkpoint(cli, store, tmp_path):
+    """On a 24 KiB tmpfs the first checkpoint does not fit: one line, exit 2 (torch alone reports a RuntimeError
+    without the cause)."""
+    import subprocess
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        r = _train(cli, store, mnt / "sae")
+        assert r.exit_code == 2, r.output
+        assert r.stderr.splitlines()[-1].startswith(f"error: disk full: no space left on the device while writing "
+                                                    f"{mnt}/sae/checkpoints/step_"), r.stderr
+        assert "Traceback" not in r.output
+        assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)

@@ -131,3 +131,12 @@ def test_grid_local_runs_and_skips(cli, train_mixtures, tmp_path):
     assert m.mixture["setup"] == "natural-only" and m.seed == 0 and m.hyperparameters["epochs"] == 1
     r = cli(*args)
     assert r.exit_code == 0 and "1 runs, 1 complete, 0 to train" in r.stdout
+
+
+def test_numeric_options_are_one_line_before_any_work(cli, tmp_path):
+    for opt, val in (("--lr", "-1"), ("--accum-freq", "0"), ("--epochs", "0"), ("--batch-size", "-2"),
+                     ("--workers", "-1")):
+        r = cli("train", "clip", "--train", tmp_path / "t.tsv", "--logs", tmp_path / "logs", opt, val)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+        assert r.stderr.startswith(f"error: Invalid value for '{opt}'"), r.stderr
+    assert list(tmp_path.iterdir()) == []

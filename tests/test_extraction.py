@@ -420,7 +420,8 @@ def test_resume_with_every_block_written_only_assembles(tmp_path, reference_stor
 
 
 def test_float16_overflow_is_an_error_not_inf(tmp_path, random_run_dir, synth_root):
-    """Raised in the writer thread (block checks), reported in the main thread; the store stays incomplete."""
+    """Raised in the writer thread (block checks), reported in the main thread; no block was written, so nothing is
+    left behind."""
     run = tmp_path / "run"
     shutil.copytree(random_run_dir, run)
     ck = run / "checkpoints" / "epoch_2.pt"
@@ -430,9 +431,8 @@ def test_float16_overflow_is_an_error_not_inf(tmp_path, random_run_dir, synth_ro
     p = tmp_path / "o.h5"
     with pytest.raises(ClipgenError, match="layer attnpool: activations exceed the float16 range .*--dtype float32"):
         extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool"), progress=False)
-    with pytest.raises(ClipgenError, match="incomplete store"):
-        open_store(p)
-    res = extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool", dtype="float32", force=True),
+    assert not p.exists() and not parts_dir(p).exists()
+    res = extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool", dtype="float32"),
                   progress=False)
     with open_store(res.path) as st:
         assert np.abs(st.read_layer("attnpool")).max() > 65504
@@ -471,3 +471,97 @@ def test_a_store_from_the_image_cache_equals_one_from_the_jpegs(tmp_path, tiny_s
     with pytest.raises(ClipgenError, match="--images: .*c.h5 does not hold 96 of the 96 requested images"):
         extract(_cfg(tmp_path / "t.h5", random_run_dir, synth_root, split="train", images=cache), progress=False)
     assert not (tmp_path / "t.h5").exists()
+
+
+# -- failures: nothing left behind, finished work kept, one writer at a time -----------------------------------
+
+def test_numeric_settings_refused_before_any_work(tmp_path, random_run_dir, synth_root):
+    for kw, opt in ((dict(batch_size=-4), "--batch-size"), (dict(batch_size=0), "--batch-size"),
+                    (dict(block_rows=0), "--block-rows"), (dict(workers=-1), "--workers"),
+                    (dict(writer_threads=-2), "--writer-threads"), (dict(max_size_gb=0.0), "--max-size-gb")):
+        with pytest.raises(ClipgenError, match=f"^{opt}: "):
+            extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, **kw), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_run_without_rows_leaves_nothing_and_the_rerun_is_accepted(tmp_path, broken_root, random_run_dir,
+                                                                         monkeypatch):
+    import clipgen.extraction as ex
+
+    out = tmp_path / "a.h5"
+    cfg = _cfg(out, random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2)
+    with pytest.raises(ClipgenError, match="image not found"):  # block 0 holds the missing image
+        extract(cfg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dn"]  # no header, no .parts, no lock file
+    # a 0-row header left by an earlier failed run (as older versions did) does not block the same command
+    monkeypatch.setattr(ex, "_discard_if_empty", lambda out: None)
+    with pytest.raises(ClipgenError, match="image not found"):
+        extract(cfg, progress=False)
+    assert out.is_file()
+    monkeypatch.undo()
+    lines = (broken_root / "clipart_test.txt").read_text().split("\n")
+    (broken_root / "clipart_test.txt").write_text("\n".join([lines[0], lines[2], lines[3]]) + "\n")  # good images
+    res = extract(cfg, progress=False)
+    assert res.rows == 3 and not parts_dir(out).exists()
+
+
+def test_stale_assembly_temporaries_are_removed_on_resume_and_force(tmp_path, random_run_dir, synth_root):
+    out = tmp_path / "s.h5"
+    cfg = _cfg(out, random_run_dir, synth_root, domains="c")
+    with pytest.raises(SimulatedCrash):
+        extract(cfg, progress=False, crash_after_blocks=1)
+    stale = tmp_path / ".s.h5.k3j9a_x2.tmp"  # what a kill during the final assembly leaves (atomic_path's name)
+    stale.write_bytes(b"\0" * 4096)
+    other = tmp_path / ".s.h5.config.json.abcd1234.tmp"  # another output's temporary: not ours
+    other.write_text("{}")
+    cfg.resume = True
+    extract(cfg, progress=False)
+    assert not stale.exists() and other.exists()
+    stale.write_bytes(b"\0" * 4096)
+    cfg.resume, cfg.force = False, True
+    extract(cfg, progress=False)
+    assert not stale.exists()
+
+
+def test_second_writer_on_the_same_store_is_refused(tmp_path, random_run_dir, synth_root):
+    from tests.test_locks import _holder
+
+    out = tmp_path / "s.h5"
+    p = _holder(out)
+    try:
+        with pytest.raises(ClipgenError, match=rf"^{out} is being written by another process \(pid {p.pid}\)"):
+            extract(_cfg(out, random_run_dir, synth_root, domains="c"), progress=False)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not out.exists() and not parts_dir(out).exists()
+    assert extract(_cfg(out, random_run_dir, synth_root, domains="c"), progress=False).rows > 0  # lock freed
+
+
+def test_disk_full_keeps_finished_blocks_and_no_temporary_file(tmp_path, random_run_dir, synth_root, monkeypatch):
+    import errno
+
+    import clipgen.store.parts as parts
+
+    out = tmp_path / "s.h5"
+    cfg = _cfg(out, random_run_dir, synth_root, domains="c")
+    real = parts.write_rows
+    calls = []
+
+    def write_rows(ds, start, block, pool=None):
+        calls.append(ds.file.filename)
+        if "block-000001" in ds.file.filename:
+            raise OSError(errno.ENOSPC, "No space left on device", ds.file.filename)
+        return real(ds, start, block, pool)
+
+    monkeypatch.setattr(parts, "write_rows", write_rows)
+    with pytest.raises(OSError) as e:
+        extract(cfg, progress=False)
+    from clipgen.errors import is_disk_full
+
+    assert is_disk_full(e.value)
+    assert sorted(p.name for p in parts_dir(out).iterdir()) == ["block-000000.h5"]  # kept; no .tmp left
+    monkeypatch.undo()
+    cfg.resume = True
+    res = extract(cfg, progress=False)
+    assert res.blocks_computed == res.blocks_total - 1

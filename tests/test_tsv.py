@@ -90,3 +90,16 @@ def test_unclean_write_keeps_quotes_tabs_and_doubled_spaces_through_pandas(tmp_p
     # the default (clean) write collapses whitespace, and pandas reads that back too
     write_tsv(p, rows)
     assert list(pd.read_csv(p, sep="\t")["title"]) == [" ".join(r[1].split()) for r in rows]
+
+
+def test_non_utf8_bytes_are_reported_on_their_own_line(tmp_path):
+    # 200 rows of long captions: the text reader decodes far ahead, so the csv reader's count is not the line
+    lines = ["filepath\ttitle"] + [f"img/{i}.png\t" + "a photo of a long caption " * 8 for i in range(200)]
+    data = "\n".join(lines).encode()
+    start = data.index(b"img/137.png")
+    bad = data[:start + 4] + b"\xff" + data[start + 5:]  # line 139 (the header is line 1)
+    p = tmp_path / "bad.tsv"
+    p.write_bytes(bad)
+    with pytest.raises(ClipgenError) as e:
+        read_tsv(p)
+    assert str(e.value).startswith(f"{p}:139: not UTF-8 text: byte 0xff at column 5")

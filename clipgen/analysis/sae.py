@@ -865,7 +865,13 @@ def _save_atomic(obj: Any, path: Path) -> None:
     from clipgen.artifacts import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as f:  # a file object: a full disk is then an OSError (ENOSPC), not torch's
+                torch.save(obj, f)      # RuntimeError without the cause
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, str(tmp)) from None
 
 
 def _truncate_log(path: Path, max_step: int) -> None:
@@ -896,7 +902,20 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
     continues from its newest checkpoint (``epochs`` may be raised to train longer; other settings are refused) unless
     ``force`` starts over; ``resume`` is accepted for compatibility and changes nothing. ``model`` replaces the
     freshly initialised SAE (tests use it to plant dead latents). ``callback(step, info)`` runs after every step.
+    The run folder is written under an exclusive writer lock (:mod:`clipgen.locks`): a second process is refused.
     """
+    from clipgen.locks import output_lock
+
+    _check_config(cfg)
+    if not cfg.out:
+        raise option_error("--out", "an output folder is required")
+    with output_lock(cfg.out):
+        return _train_sae(cfg, data, model=model, resume=resume, force=force, progress=progress, callback=callback)
+
+
+def _train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: SparseAutoencoder | None = None,
+               resume: bool = False, force: bool = False, progress: bool = True,
+               callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
     from clipgen.artifacts import to_jsonable, write_config, write_json_atomic
     from clipgen.devices import resolve_device
     from clipgen.progress import console, make_progress

@@ -19,6 +19,7 @@ all domains and classes, so its choice for one (domain, class) depends on everyt
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from clipgen.circuits.store import (
     assemble,
     fingerprint_diff,
     parts_dir,
+    parts_on_disk,
     plan_sha256,
     read_header,
     verified_entries,
@@ -279,7 +281,36 @@ def _existing(out: Path, header: CircuitsHeader, force: bool) -> tuple[CircuitsH
 
 def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callable[[str], None] | None = None,
                      crash_after: int | None = None) -> CircuitsRun:
-    """Compute (or resume, or finish) a circuits file and return where it is."""
+    """Compute (or resume, or finish) a circuits file and return where it is.
+
+    The file is written under an exclusive writer lock (:mod:`clipgen.locks`); temporary files a killed final
+    assembly left beside it are removed first; a run that fails before finishing any entry leaves nothing behind.
+    """
+    from clipgen.artifacts import check_writable, remove_stale_temps
+    from clipgen.extraction import parse_shard, shard_path
+    from clipgen.locks import output_lock
+
+    _check_settings(cfg)
+    shard = parse_shard(cfg.shard)
+    out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
+    check_writable(out, "--out")
+    with output_lock(out):
+        remove_stale_temps(out)
+        existed = out.exists()
+        try:
+            return _compute_circuits(cfg, progress, note=note, crash_after=crash_after)
+        except SimulatedCrash:
+            raise
+        except BaseException:
+            if not existed and not parts_on_disk(out):
+                with contextlib.suppress(OSError):
+                    out.unlink(missing_ok=True)
+                    shutil.rmtree(parts_dir(out), ignore_errors=True)
+            raise
+
+
+def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callable[[str], None] | None = None,
+                      crash_after: int | None = None) -> CircuitsRun:
     import torch
 
     from clipgen.artifacts import config_path_for, utc_now, write_config

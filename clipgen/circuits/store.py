@@ -174,13 +174,12 @@ def _write_attrs(f, h: CircuitsHeader, complete: bool) -> None:
 
 def write_header(path: str | Path, header: CircuitsHeader) -> None:
     """Write the in-progress header (atomically) and create the parts folder."""
-    import h5py
 
-    from clipgen.artifacts import atomic_path, utc_now
+    from clipgen.artifacts import atomic_path, hdf5_create, utc_now
 
     header.created = header.created or utc_now()
     parts_dir(path).mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, force=True) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path, force=True) as tmp, hdf5_create(tmp) as f:
         _write_attrs(f, header, complete=False)
 
 
@@ -273,7 +272,13 @@ def _write_entry_group(g, result, image_paths: Sequence[str], image_line: Sequen
 
 def write_entry(path: str | Path, header: CircuitsHeader, domain: str, label: int, result, *,
                 image_paths: Sequence[str], image_line: Sequence[int]) -> Path:
-    """Write one circuit as a whole part file of ``path`` (temporary name, then rename)."""
+    """Write one circuit as a whole part file of ``path`` (temporary name, then rename).
+
+    The HDF5 file is built in memory and written to disk with plain file I/O: a full disk is then an ordinary
+    OSError naming the file, and never an HDF5 file that fails to close (whose half-released objects flood stderr
+    with HDF5 errors and can crash the interpreter at exit)."""
+    import io
+
     import h5py
 
     if list(result.layers) != header.layer_names:
@@ -281,13 +286,19 @@ def write_entry(path: str | Path, header: CircuitsHeader, domain: str, label: in
     pdir = parts_dir(path)
     final = pdir / part_name(domain, label)
     tmp = pdir / f".{final.name}.tmp"
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.attrs["fingerprint"] = header.fingerprint
+        f.attrs["domain"], f.attrs["label"] = domain, int(label)
+        g = f.create_group(entry_group(domain, label))
+        _write_entry_group(g, result, image_paths, image_line, header.classes.get(int(label), str(label)),
+                           domain, label)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["fingerprint"] = header.fingerprint
-            f.attrs["domain"], f.attrs["label"] = domain, int(label)
-            g = f.create_group(entry_group(domain, label))
-            _write_entry_group(g, result, image_paths, image_line, header.classes.get(int(label), str(label)),
-                               domain, label)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(buf.getbuffer())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(tmp)) from None  # name the file (a bare ENOSPC does not)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -338,14 +349,15 @@ def assemble(path: str | Path, header: CircuitsHeader) -> Path:
     """Copy every part into the final file (replacing the header atomically) and remove the parts folder."""
     import h5py
 
-    from clipgen.artifacts import atomic_path
+    from clipgen.artifacts import atomic_path, ensure_free_space, hdf5_create
 
     path = Path(path)
     have = parts_on_disk(path)
     missing = [k for k in header.plan if k not in have]
     if missing:
         raise file_error(parts_dir(path), f"cannot assemble: {len(missing)} entries missing, first {missing[0]}")
-    with atomic_path(path, force=True) as tmp, h5py.File(tmp, "w") as f:
+    ensure_free_space(path.parent, sum(have[k].stat().st_size for k in header.plan), f"the final file {path}")
+    with atomic_path(path, force=True) as tmp, hdf5_create(tmp) as f:
         _write_attrs(f, header, complete=True)
         for key in header.plan:
             with h5py.File(have[key], "r", locking=False) as src:
@@ -518,9 +530,8 @@ def merge_circuits(shards: Sequence[str | Path], out: str | Path, *, force: bool
     Every shard must be complete, carry the same fingerprint, shard count and full plan, and together the shards
     must hold each planned (domain, class) exactly once: gaps, overlaps and mismatches are refused.
     """
-    import h5py
 
-    from clipgen.artifacts import atomic_path
+    from clipgen.artifacts import atomic_path, hdf5_create
 
     out = Path(out)
     if not shards:
@@ -575,7 +586,7 @@ def merge_circuits(shards: Sequence[str | Path], out: str | Path, *, force: bool
                                 plan=full, absent=[(d, int(lab)) for d, lab in absent_all], shard=None,
                                 text=first.header.text, created=first.header.created)
         by_path = {c.path: c for c in opened}
-        with atomic_path(out, force=True) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(out, force=True) as tmp, hdf5_create(tmp) as f:
             _write_attrs(f, header, complete=True)  # merged_from is not part of the identity: same fingerprint
             for key in full:
                 _copy_entry(by_path[owner[key]]._f, f, *key)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import positive, writable
+
 app = typer.Typer(
     help="Neuron circuits of the zero-shot classifier (spec 5c, Fig. 6b/6c): integrated-gradient node scores and "
          "edge matrices per (domain, class), computed batched and locally; node and circuit similarity across "
@@ -39,16 +41,16 @@ def compute(
                                                                        "or OpenAI weights file), with --model."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),
     data: Path = typer.Option(..., "--data", help="DomainNet root (real or synthetic) with {domain}_test.txt."),
-    out: Path = typer.Option(..., "--out", "-o", help="The circuits file (CIRCUITS.h5)."),
-    epoch: int | None = typer.Option(None, "--epoch", help="Checkpoint epoch (default: the last)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=writable, help="The circuits file (CIRCUITS.h5)."),
+    epoch: int | None = typer.Option(None, "--epoch", min=0, help="Checkpoint epoch (default: the last)."),
     classes: str = typer.Option("all", "--classes", help="all, ood (the held-out classes), id (the others), or "
                                                          "comma-separated class names or labels."),
     domains: str = typer.Option("all", "--domains", help="Domains: all, letters (cipqrs) or comma-separated "
                                                          "names."),
-    samples_per_class: int = typer.Option(50, "--samples-per-class", help="Test images per (domain, class), a "
+    samples_per_class: int = typer.Option(50, "--samples-per-class", min=1, help="Test images per (domain, class), a "
                                                                           "seeded draw (fewer when fewer exist)."),
     seed: int = typer.Option(42, "--seed", help="Seed of the image draw."),
-    steps: int = typer.Option(10, "--steps", help="Integrated-gradient steps."),
+    steps: int = typer.Option(10, "--steps", min=1, help="Integrated-gradient steps."),
     rule: str = typer.Option("left", "--rule", help="left (alpha = k/steps, the paper's) or midpoint (alpha = "
                                                     "(k + 1/2)/steps)."),
     node_fraction: float = typer.Option(0.1, "--node-fraction", help="Selected nodes per layer: the top "
@@ -61,7 +63,8 @@ def compute(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="auto (fp32 on CPU, bf16 autocast on GPU), fp32, "
                                                               "bf16, fp16."),
-    memory_gb: float | None = typer.Option(None, "--memory-gb", help="Working memory of the batched passes "
+    memory_gb: float | None = typer.Option(None, "--memory-gb", callback=positive,
+                                           help="Working memory of the batched passes "
                                                                      "(default: half the free GPU memory; 2 on "
                                                                      "CPU)."),
     images: Path | None = typer.Option(None, "--images", help="Image cache of the test images ('clipgen data "
@@ -94,7 +97,7 @@ def compute(
 @app.command("merge")
 def merge(
     shards: list[Path] = typer.Argument(..., help="Shard files (CIRCUITS.shard-i-of-n.h5), in any order."),
-    out: Path = typer.Option(..., "--out", "-o", help="The merged circuits file."),
+    out: Path = typer.Option(..., "--out", "-o", callback=writable, help="The merged circuits file."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ) -> None:
     """Join shard files into one circuits file, refusing gaps, overlaps and mismatched fingerprints."""
@@ -152,7 +155,8 @@ def info(
 @app.command("nodes")
 def nodes(
     circuits: Path = _CIRCUITS,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: CIRCUITS without suffix + "
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
+                                    help="Output folder (default: CIRCUITS without suffix + "
                                                               "'-nodes' beside it)."),
     domains: str = _DOMAINS,
     subsets: str = _SUBSETS,
@@ -174,9 +178,11 @@ def nodes(
 @app.command("similarity")
 def similarity(
     circuits: Path = _CIRCUITS,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: CIRCUITS without suffix + "
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
+                                    help="Output folder (default: CIRCUITS without suffix + "
                                                               "'-similarity' beside it)."),
-    edge_k: int = typer.Option(3, "--edge-k", help="Edges per downstream node: its top-k upstream nodes by signed "
+    edge_k: int = typer.Option(3, "--edge-k", min=1,
+                               help="Edges per downstream node: its top-k upstream nodes by signed "
                                                    "edge score."),
     metrics: str = typer.Option("jaccard,wl_h1,wl_h2,wl_h3", "--metrics", help="jaccard (edge sets) and/or "
                                                                                "wl_hN (Weisfeiler-Lehman, h = N)."),
@@ -203,10 +209,12 @@ def plot(
     circuits: Path = _CIRCUITS,
     domain: str = typer.Option(..., "--domain", help="The domain (name or letter)."),
     class_name: str = typer.Option(..., "--class", help="The class: a name or a label."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="The PNG, or a folder for circuit_<domain>_"
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
+                                    help="The PNG, or a folder for circuit_<domain>_"
                                                               "<class>.png (default: CIRCUITS without suffix + "
                                                               "'-plots' beside it)."),
-    edge_k: int = typer.Option(3, "--edge-k", help="Edges per downstream node (top-k upstream by signed score)."),
+    edge_k: int = typer.Option(3, "--edge-k", min=1,
+                               help="Edges per downstream node (top-k upstream by signed score)."),
     export: str = typer.Option("graphml,dot", "--export", help="Graph files next to the PNG: graphml, dot, or "
                                                                "none."),
     force: bool = typer.Option(False, "--force", help="Replace existing files."),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import writable
+
 
 def _split(value: str | None) -> list[str] | None:
     if value is None:
@@ -15,7 +17,7 @@ def _split(value: str | None) -> list[str] | None:
 
 def cka(
     store: Path = typer.Argument(..., help="Activation store written by 'clipgen extract' (read only)."),
-    out: Path | None = typer.Option(None, "--out", "-o",
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: STORE without suffix + '-cka' beside STORE)."),
     layers: str | None = typer.Option(None, "--layers",
                                       help="Comma-separated layers (default: every stored layer, forward order)."),

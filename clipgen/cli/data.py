@@ -6,38 +6,41 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import writable
+
 app = typer.Typer(help="Prepare data: synthetic DomainNet, captions, ImageNet-Captions, mixtures, merges.",
                   no_args_is_help=True)
 
 
 @app.command("synth")
 def synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (the synthetic DomainNet root)."),
-    n_classes: int = typer.Option(12, "--n-classes", help="Number of classes (ignored with --classes)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=writable,
+                             help="Output folder (the synthetic DomainNet root)."),
+    n_classes: int = typer.Option(12, "--n-classes", min=1, help="Number of classes (ignored with --classes)."),
     classes: str | None = typer.Option(None, "--classes",
                                           help="Explicit comma-separated DomainNet class names."),
-    n_held_out: int | None = typer.Option(None, "--n-held-out",
+    n_held_out: int | None = typer.Option(None, "--n-held-out", min=0,
                                              help="How many of the paper's 15 held-out classes the default set "
                                                   "includes [default: a third of --n-classes]."),
-    train_per_class: int = typer.Option(30, "--train-per-class", help="Train images per class and domain."),
-    test_per_class: int = typer.Option(15, "--test-per-class", help="Test images per class and domain."),
-    base_per_class: int = typer.Option(40, "--base-per-class", help="Base-dataset images per class."),
-    base_extra_classes: int = typer.Option(8, "--base-extra-classes",
+    train_per_class: int = typer.Option(30, "--train-per-class", min=1, help="Train images per class and domain."),
+    test_per_class: int = typer.Option(15, "--test-per-class", min=1, help="Test images per class and domain."),
+    base_per_class: int = typer.Option(40, "--base-per-class", min=0, help="Base-dataset images per class."),
+    base_extra_classes: int = typer.Option(8, "--base-extra-classes", min=0,
                                            help="Base-only classes (like ImageNet classes absent from DomainNet)."),
-    image_size: int = typer.Option(64, "--image-size", help="Image side in pixels."),
+    image_size: int = typer.Option(64, "--image-size", min=8, help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the output is deterministic in it."),
     quirks: bool = typer.Option(True, "--quirks/--no-quirks",
                                 help="Mimic the real dataset's quirks (a class without painting test images)."),
-    workers: int = typer.Option(0, "--workers", help="Rendering processes (0: one per core, at most 8)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Rendering processes (0: one per core, at most 8)."),
     split_sizes: str | None = typer.Option(None, "--split-sizes",
                                            help="Images per domain and split instead of the per-class counts: "
                                                 "'paper' (the real DomainNet's) or DOMAIN=TRAIN/TEST,... spread "
                                                 "over the classes."),
-    base_rows: int | None = typer.Option(None, "--base-rows",
+    base_rows: int | None = typer.Option(None, "--base-rows", min=1,
                                          help="Base-dataset rows (train + val), cycling over --base-per-class "
                                               "images per class [default: one row per image]."),
     fast: bool = typer.Option(False, "--fast", help="Draw at the output size (no 2x supersampling): ~3x faster."),
-    distinct_images: int | None = typer.Option(None, "--distinct-images",
+    distinct_images: int | None = typer.Option(None, "--distinct-images", min=1,
                                                help="At most N distinct images per domain, split and class; the "
                                                     "others are hard links to them (large datasets in minutes)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing synthetic dataset in --out."),
@@ -82,7 +85,8 @@ def _float_list(value: str | None, option: str) -> list[float]:
 @app.command("captions")
 def captions(
     root: Path = typer.Option(..., "--root", help="DomainNet root (real or synthetic) with {domain}_{split}.txt."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: ROOT/captions)."),
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
+                                    help="Output folder (default: ROOT/captions)."),
     seed: int = typer.Option(42, "--seed", help="Random seed (42 gives the paper's captions)."),
     aligned: bool = typer.Option(True, "--aligned/--no-aligned",
                                  help="Also write the aligned captions (generic terms only) to OUT/aligned-captions."),
@@ -113,7 +117,8 @@ def captions(
 @app.command("mixtures")
 def mixtures(
     root: Path = typer.Option(..., "--root", help="DomainNet root (real or synthetic)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the TSVs, mixtures.json and the summary."),
+    out: Path = typer.Option(..., "--out", "-o", callback=writable,
+                             help="Output folder for the TSVs, mixtures.json and the summary."),
     captions_dir: Path | None = typer.Option(None, "--captions",
                                              help="Caption folder (default: ROOT/captions)."),
     paper: bool = typer.Option(False, "--paper",
@@ -177,7 +182,8 @@ def imagenet_captions(
     captions_json: Path = typer.Option(..., "--captions-json",
                                        help="imagenet_captions.json (mlfoundations/imagenet-captions)."),
     imagenet_train: Path = typer.Option(..., "--imagenet-train", help="ImageNet train folder (<wnid>/<file>.JPEG)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for in-captions-{train,val}.tsv."),
+    out: Path = typer.Option(..., "--out", "-o", callback=writable,
+                             help="Output folder for in-captions-{train,val}.tsv."),
     val_fraction: float = typer.Option(0.08, "--val-fraction", help="Validation fraction per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
@@ -202,7 +208,7 @@ def imagenet_captions(
 def merge_base(
     base: Path = typer.Option(..., "--base", help="Base training TSV (filepath<TAB>title), e.g. cc3m-train.tsv."),
     mixtures_dir: Path = typer.Option(..., "--mixtures", help="Folder written by 'clipgen data mixtures'."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (may be the mixtures folder)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=writable, help="Output folder (may be the mixtures folder)."),
     identifiers: str = typer.Option("all", "--identifiers",
                                     help="Comma-separated mixture identifiers (lso-...), 'paper-cc' (the paper's "
                                          "seven CC mixtures) or 'all' training mixtures of the folder."),
@@ -225,7 +231,7 @@ def merge_base(
 def imagenet_sketch(
     root: Path = typer.Option(..., "--root", help="DomainNet root (real or synthetic)."),
     sketch_root: Path = typer.Option(..., "--sketch-root", help="ImageNet-Sketch folder (<wnid>/*.JPEG)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(..., "--out", "-o", callback=writable, help="Output folder."),
     variant: str = typer.Option("add,mix", "--variant", help="add, mix, or both (comma-separated)."),
     modes: str = typer.Option("all", "--modes",
                               help="mix modes: fiftyp, twentyfivep, thirtyp, tenp, fivep, onep, one, or all."),

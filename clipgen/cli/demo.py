@@ -6,9 +6,12 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import writable
+
 
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder for every artifact and the report."),
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", callback=writable,
+                             help="Output folder for every artifact and the report."),
     test_domain: str = typer.Option("sketch", "--test-domain",
                                     help="Test domain of the mixtures: clipart, infograph, painting, quickdraw or "
                                          "sketch."),

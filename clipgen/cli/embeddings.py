@@ -6,10 +6,13 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import writable
+
 
 def embeddings(
     store: Path = typer.Argument(..., help="Activation store written by 'clipgen extract' (read only)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: STORE without suffix + "
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
+                                    help="Output folder (default: STORE without suffix + "
                                                               "'-embeddings' beside STORE)."),
     layer: str = typer.Option("embedding", "--layer", help="Stored layer to analyse (the L2-normalised image "
                                                             "embedding by default)."),

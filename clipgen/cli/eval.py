@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import writable
+
 app = typer.Typer(help="Evaluate checkpoints (zero-shot CLIP, supervised), summarise runs as the paper's Figure 2, "
                        "and run evaluation grids on SLURM.", no_args_is_help=True)
 
@@ -19,10 +21,10 @@ _HELD_OUT = typer.Option(None, "--held-out", help="Comma-separated held-out clas
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 _PRECISION = typer.Option("auto", "--precision", help="auto (as the published evaluation: on a GPU fp16 autocast for "
                                                          "CLIP, fp32 for supervised; fp32 on CPU), fp32, bf16, fp16.")
-_BATCH = typer.Option(256, "--batch-size", help="Images per forward pass.")
-_WORKERS = typer.Option(None, "--workers", help="Data-loading processes (default: one less than the CPU cores this "
-                                                 "process may use, from its affinity and SLURM_CPUS_PER_TASK; "
-                                                 "at most 16).", show_default=False)
+_BATCH = typer.Option(256, "--batch-size", min=1, help="Images per forward pass.")
+_WORKERS = typer.Option(None, "--workers", min=0, help="Data-loading processes (default: one less than the CPU cores "
+                                                        "this process may use, from its affinity and "
+                                                        "SLURM_CPUS_PER_TASK; at most 16).", show_default=False)
 _MEMORY = typer.Option(None, "--memory-gb", help="Memory (GiB) the models of one pass over the images may take on "
                                                  "the device: each image is decoded once per pass and fed to every "
                                                  "checkpoint of it (default: half the free GPU memory; on CPU a "
@@ -78,7 +80,7 @@ def zero_shot(
     epochs: str = _EPOCHS,
     model: str | None = typer.Option(None, "--model", help="Model name for explicit checkpoint files."),
     test_domain: str | None = _TEST_DOMAIN,
-    out: Path | None = typer.Option(None, "--out", "-o",
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: RUN_DIR/eval/zero-shot/<test domain>)."),
     templates: str = typer.Option("paper", "--templates",
                                   help="paper (80 OpenAI + 6 domain = 86), openai (80), named-domain (the published "
@@ -119,7 +121,7 @@ def supervised(
     epochs: str = _EPOCHS,
     model: str | None = typer.Option(None, "--model", help="Image-tower model name for explicit checkpoint files."),
     test_domain: str | None = _TEST_DOMAIN,
-    out: Path | None = typer.Option(None, "--out", "-o",
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: RUN_DIR/eval/supervised/<test domain>)."),
     held_out: str | None = _HELD_OUT,
     device: str = _DEVICE,
@@ -145,7 +147,7 @@ def supervised(
 @app.command("summary")
 def summary(
     results: list[Path] = typer.Argument(..., help="results.json files, or folders searched for them."),
-    out: Path = typer.Option(Path("eval-summary"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("eval-summary"), "--out", "-o", callback=writable, help="Output folder."),
     metric: str = typer.Option("ood_acc", "--metric",
                                help="Headline metric: ood_acc (sample-weighted, default), ood_acc_unweighted, "
                                     "id_acc, id_acc_unweighted, ood_top5, id_top5, ood_top5_unweighted, "
@@ -193,11 +195,11 @@ def grid(
     account: str | None = typer.Option(None, "--account", help="SLURM account."),
     qos: str | None = typer.Option(None, "--qos", help="SLURM QOS."),
     time: str = typer.Option("01:00:00", "--time", help="Time limit per task."),
-    cpus_per_task: int = typer.Option(8, "--cpus-per-task", help="CPU cores per task (each task decodes images "
+    cpus_per_task: int = typer.Option(8, "--cpus-per-task", min=1, help="CPU cores per task (each task decodes images "
                                                                  "with --workers = these cores but one)."),
-    gpus: int = typer.Option(1, "--gpus", help="GPUs per task (0 for CPU nodes)."),
+    gpus: int = typer.Option(1, "--gpus", min=0, help="GPUs per task (0 for CPU nodes)."),
     mem: str | None = typer.Option(None, "--mem", help="Memory per task, e.g. 32G."),
-    max_parallel: int | None = typer.Option(None, "--max-parallel", help="Array tasks running at once."),
+    max_parallel: int | None = typer.Option(None, "--max-parallel", min=1, help="Array tasks running at once."),
     setup: list[str] = typer.Option(None, "--setup", help="Shell line run before each task (repeatable)."),
 ) -> None:
     """Evaluate many runs as a SLURM array job; work already in a results.json is skipped."""

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import positive, writable
+
 app = typer.Typer(
     help="Extract activations of every requested layer into a versioned HDF5 store, in one forward pass.\n\n"
          "Run it as 'clipgen extract --model-dir RUN --data DOMAINNET_ROOT --out STORE.h5'; the subcommands list "
@@ -20,7 +22,8 @@ def extract(
     ctx: typer.Context,
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory (clipgen-run.json + "
                                                                     "checkpoints/epoch_N.pt)."),
-    epoch: int | None = typer.Option(None, "--epoch", help="Checkpoint epoch of --model-dir (default: the last)."),
+    epoch: int | None = typer.Option(None, "--epoch", min=0,
+                                     help="Checkpoint epoch of --model-dir (default: the last)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint trained outside clipgen "
                                                                        "(with --model)."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),
@@ -39,13 +42,14 @@ def extract(
     precision: str = typer.Option("auto", "--precision", help="auto (fp32 on CPU, bf16 autocast on GPU), fp32, "
                                                               "bf16, fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per forward pass (default: 256 on "
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: 256 on "
                                                                       "GPU, 32 on CPU; continuing a store: its "
                                                                       "own)."),
-    block_rows: int | None = typer.Option(None, "--block-rows", help="Rows per resumable block (a multiple of "
+    block_rows: int | None = typer.Option(None, "--block-rows", min=1, help="Rows per resumable block (a multiple of "
                                                                       "--batch-size) (default: about 256 MB)."),
-    workers: int | None = typer.Option(None, "--workers", help="Image-decoding processes (default: one less than "
-                                                                "the CPU cores this process may use, at most 16)."),
+    workers: int | None = typer.Option(None, "--workers", min=0,
+                                       help="Image-decoding processes (default: one less than the CPU cores this "
+                                            "process may use, at most 16)."),
     images: Path | None = typer.Option(None, "--images", help="Image cache of the image set ('clipgen data cache'): "
                                                               "read instead of decoding the JPEGs; refused if made "
                                                               "for another preprocessing or other images."),
@@ -56,14 +60,16 @@ def extract(
                                                                "simple."),
     text: bool = typer.Option(True, "--text/--no-text", help="Store the template-averaged class text embeddings."),
     compression: str = typer.Option("gzip", "--compression", help="gzip (+shuffle), lzf, or none."),
-    max_size_gb: float = typer.Option(20.0, "--max-size-gb", help="Refuse --pooling none above this estimated "
+    max_size_gb: float = typer.Option(20.0, "--max-size-gb", callback=positive,
+                                      help="Refuse --pooling none above this estimated "
                                                                   "store size."),
     channels_last: str = typer.Option("auto", "--channels-last", help="auto (ResNets on GPU), on, off."),
     shard: str | None = typer.Option(None, "--shard", help="Write part i of n (0-based 'i/n', or 'auto' from "
                                                            "SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE) to "
                                                            "STORE.shard-i-of-n.h5; join with 'extract merge'."),
-    writer_threads: int = typer.Option(0, "--writer-threads", help="Chunk-compression threads (0: min(8, cores))."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="The store file (STORE.h5)."),
+    writer_threads: int = typer.Option(0, "--writer-threads", min=0,
+                                       help="Chunk-compression threads (0: min(8, cores))."),
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable, help="The store file (STORE.h5)."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "interrupted store (and skips a complete one) anyway."),
     force: bool = typer.Option(False, "--force", help="Replace an existing store (needed when its settings differ)."),
@@ -99,7 +105,7 @@ def extract(
 @app.command("layers")
 def layers(
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory."),
-    epoch: int | None = typer.Option(None, "--epoch", help="Checkpoint epoch (default: the last)."),
+    epoch: int | None = typer.Option(None, "--epoch", min=0, help="Checkpoint epoch (default: the last)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint trained outside clipgen."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -126,7 +132,7 @@ def layers(
 @app.command("merge")
 def merge(
     shards: list[Path] = typer.Argument(..., help="Shard files (STORE.shard-i-of-n.h5), in any order."),
-    out: Path = typer.Option(..., "--out", "-o", help="The merged store."),
+    out: Path = typer.Option(..., "--out", "-o", callback=writable, help="The merged store."),
     copy: bool = typer.Option(False, "--copy", help="Copy the rows into a self-contained store (default: virtual "
                                                     "datasets that read the shard files in place)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),

@@ -3,8 +3,9 @@
 Each command group lives in its own module and imports only Typer at module level; library code (and torch,
 open_clip, umap) is imported inside command bodies, so ``clipgen --help`` answers in well under a second.
 
-Errors: a :class:`~clipgen.errors.ClipgenError` or a usage error becomes one line on stderr
-(``error: ...``) and exit code 2; anything else is a bug and keeps its traceback (exit code 1).
+Errors: a :class:`~clipgen.errors.ClipgenError`, a usage error, or an OSError a user can fix (disk full, permission
+denied, read-only file system, a path blocked by a regular file; :func:`~clipgen.errors.os_error_message`) becomes
+one line on stderr (``error: ...``) and exit code 2; anything else is a bug and keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as _cx
 
 from clipgen import __version__
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, os_error_message
 
 
 class ClipgenGroup(TyperGroup):
@@ -46,6 +47,11 @@ class ClipgenGroup(TyperGroup):
             sys.exit(130)
         except _cx.ClickException as e:
             _fail(" ".join(e.format_message().split()), e.exit_code)
+        except Exception as e:
+            message = os_error_message(e)  # disk full, permission denied, a path blocked by a file: one line
+            if message is None:
+                raise
+            _fail(message, 2)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -25,6 +25,10 @@ def _param_row(p: Any, ctx: Any) -> list[str]:
     if p.param_type_name == "argument":
         names = f"`{p.name.upper()}`" + (" ..." if p.nargs == -1 else "")
     kind = _cell(p.display_type(ctx)).strip("<>") if hasattr(p, "display_type") else ""
+    if kind.endswith(" range"):  # a bounded number: say the bounds (e.g. "int >= 1")
+        lo, hi = getattr(p, "min", None), getattr(p, "max", None)
+        bounds = [f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None else ""]
+        kind = kind[:-len(" range")] + " " + ", ".join(b for b in bounds if b)
     if p.required:
         default = "required"
     elif getattr(p, "is_flag", False):

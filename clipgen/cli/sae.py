@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import positive, writable
+
 app = typer.Typer(help="Sparse autoencoders on an activation store: train, and SAE feature sharing between domains.",
                   no_args_is_help=True)
 
@@ -19,7 +21,7 @@ def _csv(value: str | None) -> list[str] | None:
 @app.command("train")
 def train(
     stores: list[Path] = typer.Argument(..., help="Activation store(s) with the training rows (read only)."),
-    out: Path | None = typer.Option(None, "--out", "-o",
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: first STORE without suffix + '-sae' beside it)."),
     layer: str = typer.Option("embedding", "--layer", help="Stored layer to train on (embedding: the "
                                                              "L2-normalised image embedding, as in the paper)."),
@@ -30,41 +32,41 @@ def train(
     val_fraction: float = typer.Option(0.05, "--val-fraction",
                                        help="Without --val-store: seeded fraction of the training rows held out "
                                             "for validation (0: none)."),
-    val_max_rows: int = typer.Option(65_536, "--val-max-rows", help="At most this many validation rows."),
-    expansion: int = typer.Option(4, "--expansion", help="Latents per input dimension (paper: 4)."),
+    val_max_rows: int = typer.Option(65_536, "--val-max-rows", min=0, help="At most this many validation rows."),
+    expansion: int = typer.Option(4, "--expansion", min=1, help="Latents per input dimension (paper: 4)."),
     activation: str = typer.Option("relu", "--activation", help="relu (paper) or topk."),
-    k: int = typer.Option(32, "--k", help="Active latents per sample for --activation topk."),
-    l1: float | None = typer.Option(None, "--l1", help="L1 coefficient (default: 1e-4 (paper) for relu, 0 for "
+    k: int = typer.Option(32, "--k", min=1, help="Active latents per sample for --activation topk."),
+    l1: float | None = typer.Option(None, "--l1", min=0.0, help="L1 coefficient (default: 1e-4 (paper) for relu, 0 for "
                                                        "topk)."),
-    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate (paper: 1e-4)."),
-    batch_size: int = typer.Option(2048, "--batch-size", help="Batch size (paper: 2048)."),
-    epochs: int = typer.Option(200, "--epochs", help="Passes over the training rows (paper: 200)."),
+    lr: float = typer.Option(1e-4, "--lr", callback=positive, help="Adam learning rate (paper: 1e-4)."),
+    batch_size: int = typer.Option(2048, "--batch-size", min=1, help="Batch size (paper: 2048)."),
+    epochs: int = typer.Option(200, "--epochs", min=1, help="Passes over the training rows (paper: 200)."),
     seed: int = typer.Option(49, "--seed", help="Seed of the initialisation and data order (paper: 49)."),
-    resample_every: int | None = typer.Option(None, "--resample-every",
+    resample_every: int | None = typer.Option(None, "--resample-every", min=0,
                                               help="Samples between dead-latent resampling checks; 0 never "
                                                    "resamples (default: 10,000,000; 0 with --paper)."),
-    resample_max: int = typer.Option(4, "--resample-max", help="Resampling checks at most (0: unlimited)."),
-    resample_window: int | None = typer.Option(None, "--resample-window",
+    resample_max: int = typer.Option(4, "--resample-max", min=0, help="Resampling checks at most (0: unlimited)."),
+    resample_window: int | None = typer.Option(None, "--resample-window", min=1,
                                                help="A latent is dead after this many samples without firing "
                                                     "(default: --resample-every)."),
-    resample_samples: int = typer.Option(819_200, "--resample-samples",
+    resample_samples: int = typer.Option(819_200, "--resample-samples", min=0,
                                          help="Inputs whose loss decides where dead latents are re-initialised."),
     paper: bool = typer.Option(False, "--paper",
                                help="The published computation: no resampling (its resampler never fires), the "
                                     "decoder gradient projected off each dictionary vector before the Adam step, "
                                     "the published initialisation, fp32 with --precision auto (see docs/sae.md)."),
-    dead_window: int = typer.Option(1_000_000, "--dead-window",
+    dead_window: int = typer.Option(1_000_000, "--dead-window", min=0,
                                     help="Samples without firing after which the logs count a latent as dead."),
-    log_every: int = typer.Option(1_000_000, "--log-every", help="Samples between log lines."),
-    val_every: int = typer.Option(10_000_000, "--val-every", help="Samples between validations (0: only at the "
+    log_every: int = typer.Option(1_000_000, "--log-every", min=1, help="Samples between log lines."),
+    val_every: int = typer.Option(10_000_000, "--val-every", min=0, help="Samples between validations (0: only at the "
                                                                   "end)."),
-    checkpoint_every: int = typer.Option(10_000_000, "--checkpoint-every",
+    checkpoint_every: int = typer.Option(10_000_000, "--checkpoint-every", min=0,
                                          help="Samples between checkpoints (0: only at the end)."),
-    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Checkpoints kept (newest)."),
-    buffer_mb: float = typer.Option(4096, "--buffer-mb",
+    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", min=1, help="Checkpoints kept (newest)."),
+    buffer_mb: float = typer.Option(4096, "--buffer-mb", callback=positive,
                                     help="Training rows up to this size (MiB, float32) are held in memory (on the "
                                          "GPU when it has room); larger sets stream in shuffled buffers."),
-    block_rows: int = typer.Option(16_384, "--block-rows", help="Rows per contiguous read when streaming."),
+    block_rows: int = typer.Option(16_384, "--block-rows", min=1, help="Rows per contiguous read when streaming."),
     scale_inputs: bool = typer.Option(False, "--scale-inputs",
                                       help="Scale inputs so their mean norm is sqrt(width) (useful for raw layers; "
                                            "the paper trains on the unit-norm embedding unscaled)."),
@@ -125,7 +127,7 @@ def train(
 def features(
     store: Path = typer.Argument(..., help="Activation store with the images to analyse (read only)."),
     sae: Path = typer.Option(..., "--sae", help="SAE: a 'clipgen sae train' folder, its sae.pt or a checkpoint."),
-    out: Path | None = typer.Option(None, "--out", "-o",
+    out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: 'features' inside the SAE folder)."),
     layer: str | None = typer.Option(None, "--layer", help="Stored layer (default: the SAE's training layer)."),
     test_domain: str | None = typer.Option(None, "--test-domain",
@@ -136,12 +138,13 @@ def features(
     split: str = typer.Option("auto", "--split",
                               help="Rows to use: a split name, 'all', or auto (the test split when the store has "
                                    "one, as in the paper)."),
-    top: int = typer.Option(20, "--top", help="Top active latents per image that enter the histograms (paper: 20)."),
+    top: int = typer.Option(20, "--top", min=1,
+                            help="Top active latents per image that enter the histograms (paper: 20)."),
     ks: str = typer.Option("5,10,15,20", "--ks", help="k values averaged by mpct (paper: 5,10,15,20)."),
     zero_bins: str = typer.Option("include", "--zero-bins",
                                   help="include (paper): zero-count latents may fill a top-k set (ties by index); "
                                        "exclude: only latents counted at least once."),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Rows encoded at a time."),
+    batch_size: int = typer.Option(4096, "--batch-size", min=1, help="Rows encoded at a time."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     names: Path | None = typer.Option(None, "--names",
                                       help="'sae names' output whose names label the top latents of every class "

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.options import positive, writable
+
 app = typer.Typer(help="Train CLIP (OpenCLIP's own trainer), supervised classifiers, and the paper's grid.",
                   no_args_is_help=True)
 
@@ -23,34 +25,36 @@ def clip(
     ctx: typer.Context,
     train: Path = typer.Option(..., "--train", help="Training mixture TSV (filepath<TAB>title)."),
     val: Path | None = typer.Option(None, "--val", help="Validation TSV (open_clip's contrastive val metrics)."),
-    logs: Path = typer.Option(Path("logs"), "--logs", help="Folder of run directories."),
+    logs: Path = typer.Option(Path("logs"), "--logs", callback=writable, help="Folder of run directories."),
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME (default: TSV-MODEL-sSEED)."),
     preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions, ccxm or synthetic."),
     model: str | None = typer.Option(None, "--model", help="Model name (open_clip's or RN-tiny/RN-small/ViT-tiny)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (preset)."),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (preset)."),
-    warmup: int | None = typer.Option(None, "--warmup", help="Warm-up steps (preset)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size per process (preset)."),
-    effective_batch: int | None = typer.Option(None, "--effective-batch",
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (preset)."),
+    warmup: int | None = typer.Option(None, "--warmup", min=0, help="Warm-up steps (preset)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Batch size per process (preset)."),
+    effective_batch: int | None = typer.Option(None, "--effective-batch", min=1,
                                                help="Batch x processes x accumulation; sets --accum-freq (preset)."),
-    accum_freq: int | None = typer.Option(None, "--accum-freq", help="Gradient accumulation steps (derived)."),
-    wd: float | None = typer.Option(None, "--wd", help="AdamW weight decay (preset)."),
+    accum_freq: int | None = typer.Option(None, "--accum-freq", min=1, help="Gradient accumulation steps (derived)."),
+    wd: float | None = typer.Option(None, "--wd", min=0.0, help="AdamW weight decay (preset)."),
     precision: str | None = typer.Option(None, "--precision",
                                          help="open_clip precision (amp, fp32, bf16, ...) (preset on GPU, "
                                               "fp32 on CPU)."),
-    workers: int | None = typer.Option(None, "--workers", help="Data-loader workers per process (preset)."),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Data-loader workers per process (preset)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs (one process each; torchrun or srun)."),
-    nproc: int | None = typer.Option(None, "--nproc", help="Number of processes on CPU (gloo; for testing DDP)."),
+    gpus: int | None = typer.Option(None, "--gpus", min=0, help="Number of GPUs (one process each; torchrun or srun)."),
+    nproc: int | None = typer.Option(None, "--nproc", min=1,
+                                     help="Number of processes on CPU (gloo; for testing DDP)."),
     launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "existing run from its last checkpoint anyway."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
     log: str = typer.Option("bar", "--log", help="bar (progress bar + warnings), live (the trainer's whole log) "
                                                  "or quiet."),
-    check_sample: int = typer.Option(256, "--check-sample", help="Image paths checked to exist before training."),
+    check_sample: int = typer.Option(256, "--check-sample", min=0,
+                                     help="Image paths checked to exist before training."),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="CPU threads of each training process (default: torch's; on a small "
                                             "CPU, several 1-thread runs side by side train faster than one)."),
@@ -79,35 +83,37 @@ def clip(
 def supervised(
     train: Path = typer.Option(..., "--train", help="Training mixture TSV (captions are ignored)."),
     val: Path | None = typer.Option(None, "--val", help="Validation TSV (loss and accuracy after each epoch)."),
-    logs: Path = typer.Option(Path("logs"), "--logs", help="Folder of run directories."),
+    logs: Path = typer.Option(Path("logs"), "--logs", callback=writable, help="Folder of run directories."),
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME "
                                          "[default: TSV-MODEL-supervised-sSEED)."),
     preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions (the paper's) or synthetic."),
     model: str | None = typer.Option(None, "--model", help="Image tower of this CLIP model (preset)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (preset)."),
-    lr: float | None = typer.Option(None, "--lr", help="SGD learning rate (preset)."),
-    batch_size: int | None = typer.Option(None, "--batch-size",
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help="SGD learning rate (preset)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="Global batch size, split over processes (preset)."),
     milestones: str | None = typer.Option(None, "--milestones", help="Epochs after which lr is multiplied by "
                                                                       "--gamma, comma-separated (preset)."),
-    gamma: float | None = typer.Option(None, "--gamma", help="Learning-rate factor at each milestone (0.1)."),
-    momentum: float | None = typer.Option(None, "--momentum", help="Nesterov momentum (0.9)."),
-    wd: float | None = typer.Option(None, "--wd", help="Weight decay (not on norms, biases, 1-D) (1e-4)."),
+    gamma: float | None = typer.Option(None, "--gamma", callback=positive,
+                                       help="Learning-rate factor at each milestone (0.1)."),
+    momentum: float | None = typer.Option(None, "--momentum", min=0.0, help="Nesterov momentum (0.9)."),
+    wd: float | None = typer.Option(None, "--wd", min=0.0, help="Weight decay (not on norms, biases, 1-D) (1e-4)."),
     precision: str | None = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (mixed) (fp16 on GPU, "
                                                                    "fp32 on CPU)."),
-    workers: int | None = typer.Option(None, "--workers", help="Data-loader workers per process (preset)."),
-    save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N epochs (5)."),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Data-loader workers per process (preset)."),
+    save_every: int | None = typer.Option(None, "--save-every", min=1, help="Checkpoint every N epochs (5)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (0 seeds too)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs (one process each; torchrun or srun)."),
-    nproc: int | None = typer.Option(None, "--nproc", help="Number of processes on CPU (gloo)."),
+    gpus: int | None = typer.Option(None, "--gpus", min=0, help="Number of GPUs (one process each; torchrun or srun)."),
+    nproc: int | None = typer.Option(None, "--nproc", min=1, help="Number of processes on CPU (gloo)."),
     launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "existing run from checkpoints/latest.pt anyway."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    check_sample: int = typer.Option(256, "--check-sample", help="Image paths checked to exist before training."),
+    check_sample: int = typer.Option(256, "--check-sample", min=0,
+                                     help="Image paths checked to exist before training."),
 ) -> None:
     """Train the paper's supervised baseline (image tower + ReLU + linear head over 1000 ImageNet + 345 DomainNet
     classes) on a mixture TSV."""
@@ -141,7 +147,8 @@ def supervised(
 def grid(
     ctx: typer.Context,
     index: Path = typer.Option(..., "--index", help="Folder with mixtures.json (written by 'clipgen data mixtures')."),
-    logs: Path = typer.Option(Path("logs"), "--logs", help="Folder of the run directories (one per experiment "
+    logs: Path = typer.Option(Path("logs"), "--logs", callback=writable,
+                              help="Folder of the run directories (one per experiment "
                                                            "family)."),
     preset: str = typer.Option("imagenet-captions", "--preset", help="imagenet-captions, ccxm or synthetic."),
     setups: str = typer.Option(",".join(("natural-only", "cg-low", "cg-high", "leave-out-domain")), "--setups",
@@ -157,22 +164,24 @@ def grid(
     val: Path | None = typer.Option(None, "--val", help="One validation TSV for every run (each mixture's own)."),
     no_val: bool = typer.Option(False, "--no-val", help="Train without validation data."),
     model: str | None = typer.Option(None, "--model", help="Model for every run (preset)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epochs for every run (preset)."),
-    gpus: int | None = typer.Option(None, "--gpus", help="GPUs per run (SLURM: the paper's 4 (ccxm 8); --local: "
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs for every run (preset)."),
+    gpus: int | None = typer.Option(None, "--gpus", min=0, help="GPUs per run (SLURM: the paper's 4 (ccxm 8); --local: "
                                                          "auto)."),
     name_prefix: str = typer.Option("", "--name-prefix", help="Prefix of every run name."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the task list and write nothing."),
     submit: bool = typer.Option(False, "--submit", help="Write the array job and submit it with sbatch."),
     local: bool = typer.Option(False, "--local", help="Run the pending tasks one after another on this machine."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Where the job script goes (LOGS/grid)."),
+    out_dir: Path | None = typer.Option(None, "--out", callback=writable,
+                                        help="Where the job script goes (LOGS/grid)."),
     job_name: str = typer.Option("clipgen-train", "--job-name", help="SLURM job name (also the script's name)."),
     partition: str | None = typer.Option(None, "--partition", help="SLURM partition."),
     account: str | None = typer.Option(None, "--account", help="SLURM account."),
     qos: str | None = typer.Option(None, "--qos", help="SLURM QOS."),
     time_limit: str = typer.Option("24:00:00", "--time", help="SLURM time limit per task."),
-    cpus_per_task: int = typer.Option(6, "--cpus-per-task", help="CPUs per SLURM task (per GPU)."),
+    cpus_per_task: int = typer.Option(6, "--cpus-per-task", min=1, help="CPUs per SLURM task (per GPU)."),
     mem: str | None = typer.Option(None, "--mem", help="SLURM memory per node, e.g. 128G."),
-    max_parallel: int | None = typer.Option(None, "--max-parallel", help="At most this many array tasks at once."),
+    max_parallel: int | None = typer.Option(None, "--max-parallel", min=1,
+                                            help="At most this many array tasks at once."),
     setup_cmd: list[str] = typer.Option([], "--setup-cmd", help="Shell line run before each task (repeatable), "
                                                                  "e.g. 'source .venv/bin/activate'."),
 ) -> None:

@@ -183,7 +183,12 @@ class ResultsWriter:
             self._write_predictions(epochs, topk, in_topk)
             new = self._document(res)
             doc = new if old is None else _merge(old, new, res.epoch)
-            write_json_atomic(self.path, doc)
+            try:
+                write_json_atomic(self.path, doc)
+            except BaseException:
+                if old is None:  # results.json is the commit point: no predictions without it
+                    (self.out_dir / PREDICTIONS_NAME).unlink(missing_ok=True)
+                raise
             return doc
 
     def _write_predictions(self, epochs: list[int], topk: list[np.ndarray], in_topk: list[Any]) -> None:
@@ -206,8 +211,14 @@ class ResultsWriter:
             itk = np.stack([_pad(t, ik) for t in in_topk]).astype(np.int16)
             arrays.update(imagenet_labels=np.asarray(self.imagenet_labels).astype(np.int16),
                           imagenet_predictions=itk[:, :, 0], imagenet_topk=itk)
-        with atomic_path(self.out_dir / PREDICTIONS_NAME) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+        with atomic_path(self.out_dir / PREDICTIONS_NAME) as tmp:
+            try:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, **arrays)
+            except OSError as e:  # a full disk: name the file (zipfile's write error does not)
+                if e.filename is not None:
+                    raise
+                raise OSError(e.errno, e.strerror, str(tmp)) from None
 
     def _document(self, res: EpochResult) -> dict[str, Any]:
         """The results document of a single epoch (merged with earlier epochs by :func:`_merge`)."""

@@ -9,9 +9,10 @@ model of the chunk, :func:`plan_chunks`), so an interruption loses at most the c
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from clipgen import domainnet as dn
 from clipgen.errors import ClipgenError, file_error, option_error
 from clipgen.evaluation.metrics import accuracy, domain_metrics, macro_f1, topk_accuracy
 from clipgen.evaluation.protocol import EvalImageSet
-from clipgen.evaluation.results import EpochResult, ResultsWriter
+from clipgen.evaluation.results import LOCK_NAME, EpochResult, ResultsWriter
 from clipgen.runs import RunManifest, list_checkpoints, parse_epochs, read_manifest
 
 _EPOCH_IN_NAME = re.compile(r"epoch_(\d+)")
@@ -254,3 +255,24 @@ def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalI
 
         outcome.results = read_results(writer.path)
     return outcome
+
+
+@contextlib.contextmanager
+def results_dir(out_dir: Path) -> Iterator[Path]:
+    """Create the output folder of an evaluation for the block; if the block fails and the folder did not exist
+    before, remove it again when nothing was committed to it (no folder left holding only a lock file)."""
+    from clipgen.artifacts import check_writable
+
+    out_dir = Path(out_dir)
+    check_writable(out_dir, "--out")
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # folders this run creates, deepest first
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out_dir
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if made and [p.name for p in out_dir.iterdir()] == [LOCK_NAME]:
+                (out_dir / LOCK_NAME).unlink()
+            for d in made:
+                d.rmdir()  # only if empty
+        raise

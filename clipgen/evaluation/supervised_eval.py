@@ -30,6 +30,7 @@ from clipgen.evaluation.runner import (
     open_images,
     plan_chunks,
     resolve_checkpoints,
+    results_dir,
     run_info,
 )
 
@@ -162,13 +163,13 @@ def run_supervised(cfg: SupervisedConfig) -> EvalOutcome:
             return plan_chunks(todo, 1, memory_gb, per_checkpoint=True)
         return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
-    try:
-        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict, force=cfg.force,
-                                       progress=cfg.progress, plan=plan)
-    finally:
-        if cache is not None:
-            cache.close()
+    with results_dir(out_dir):
+        cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
+        try:
+            outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict, force=cfg.force,
+                                           progress=cfg.progress, plan=plan)
+        finally:
+            if cache is not None:
+                cache.close()
     write_config(out_dir / "results.json", "eval supervised", cfg)
     return outcome

@@ -38,6 +38,7 @@ from clipgen.evaluation.runner import (
     open_images,
     plan_chunks,
     resolve_checkpoints,
+    results_dir,
     run_info,
 )
 from clipgen.evaluation.zeroshot import (
@@ -283,15 +284,15 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
             return plan_chunks(todo, 1, memory_gb, per_checkpoint=True)
         return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
-    try:
-        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
-                                       imagenet_labels=None if in_records is None else
-                                       np.array([r.label for r in in_records]), force=cfg.force,
-                                       progress=cfg.progress, plan=plan)
-    finally:
-        if cache is not None:
-            cache.close()
+    with results_dir(out_dir):
+        cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
+        try:
+            outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
+                                           imagenet_labels=None if in_records is None else
+                                           np.array([r.label for r in in_records]), force=cfg.force,
+                                           progress=cfg.progress, plan=plan)
+        finally:
+            if cache is not None:
+                cache.close()
     write_config(out_dir / "results.json", "eval zero-shot", cfg)
     return outcome

@@ -82,14 +82,21 @@ def _validate(st: ActivationStore, problems: list[str], check_values: bool) -> N
     if np.intersect1d(skipped, s.index).size:
         problems.append("/skipped: a skipped row is also stored")
     covered = np.union1d(skipped, s.index)
-    if st.rows_complete and covered.size:
+    if st.rows_complete:
         lo = st.shard["start"] if st.shard else 0
-        hi = st.shard["stop"] if st.shard else covered.max() + 1
+        hi = st.shard["stop"] if st.shard else (int(covered.max()) + 1 if covered.size else 0)
         total = (st.provenance.get("image_set") or {}).get("n_rows")
         if st.shard is None and total is not None:
             hi = int(total)
-        if covered.size != hi - lo or covered.min() != lo or covered.max() != hi - 1:
-            problems.append(f"rows: stored + skipped rows do not cover the image-set rows {lo}..{hi - 1} exactly")
+        if hi <= lo:
+            problems.append("rows: the store covers no image of its image set")
+        elif covered.size != hi - lo or covered.min() != lo or covered.max() != hi - 1:
+            problems.append(f"rows: stored + skipped rows do not cover the image-set rows {lo}..{hi - 1} exactly "
+                            f"({covered.size} of {hi - lo} covered)")
+        if "progress" in f:
+            done = int(f["progress"].attrs.get("rows_done", -1))
+            if done != n:
+                problems.append(f"/progress: {done} rows recorded as written, n_samples is {n}")
     labels_present = set(np.unique(s.labels[s.labels >= 0]).tolist())
     missing_names = labels_present - set(st.class_names)
     if st.class_names and missing_names:

@@ -87,7 +87,7 @@ def merge_shards(shards: list[str | Path], out: str | Path, *, copy: bool = Fals
     """Merge shard files into ``out`` (virtual datasets, or a self-contained copy)."""
     import h5py
 
-    from clipgen.artifacts import atomic_path
+    from clipgen.artifacts import atomic_path, hdf5_create
 
     out = Path(out)
     if out.exists() and not force:
@@ -112,7 +112,7 @@ def merge_shards(shards: list[str | Path], out: str | Path, *, copy: bool = Fals
         prov = dict(first.provenance, merged_from=[p.path.name for p in stores])
         defs = _layer_defs(first)
         compression = _compression_of(first)
-        with atomic_path(out, force=True) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(out, force=True) as tmp, hdf5_create(tmp) as f:
             lay = StoreLayout(f, samples=table, layers=defs, dtype=first.dtype, provenance=prov,
                               class_names=first.class_names, held_out_labels=first.held_out_labels, text=text,
                               skipped=skipped, compression=compression, created=first.created)

@@ -98,11 +98,11 @@ def write_header(plan: StorePlan) -> None:
     """Write the in-progress header store (atomically) and create the parts folder."""
     import h5py
 
-    from clipgen.artifacts import atomic_path
+    from clipgen.artifacts import atomic_path, hdf5_create
 
     plan.parts.mkdir(parents=True, exist_ok=True)
     rel = plan.parts.name
-    with atomic_path(plan.out, force=True) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(plan.out, force=True) as tmp, hdf5_create(tmp) as f:
         lay = plan.layout(f)
         p = f["progress"].attrs
         p["parts"] = rel
@@ -175,11 +175,13 @@ def write_part(plan: StorePlan, k: int, arrays: dict[str, np.ndarray], reasons: 
     """Write block ``k`` (every layer's rows, and why any row is missing) as a whole part file."""
     import h5py
 
+    from clipgen.artifacts import hdf5_create
+
     a, b = plan.block_range(k)
     final = plan.parts / part_name(k)
     tmp = plan.parts / f".{part_name(k)}.tmp"
     try:
-        with h5py.File(tmp, "w") as f:
+        with hdf5_create(tmp) as f:
             f.attrs["fingerprint"] = plan.fingerprint
             f.attrs["block"], f.attrs["start"], f.attrs["stop"] = k, a, b
             f.attrs["block_rows"] = plan.block_rows
@@ -211,22 +213,27 @@ def assemble(plan: StorePlan, *, keep_parts: bool = False) -> tuple[int, list[tu
     """
     import h5py
 
-    from clipgen.artifacts import atomic_path
+    from clipgen.artifacts import atomic_path, hdf5_create
 
     missing = [k for k in range(plan.n_blocks) if not (plan.parts / part_name(k)).is_file()]
     if missing:
         raise file_error(plan.parts, f"cannot assemble: blocks {missing[:5]} are missing")
+    from clipgen.artifacts import ensure_free_space
+
     reasons: list[str] = []
+    stored = plan.out.stat().st_size if plan.out.is_file() else 0  # the header's part of the final file
     for k in range(plan.n_blocks):
         with h5py.File(plan.parts / part_name(k), "r", locking=False) as f:
             reasons.extend(str(r) for r in f["reason"].asstr()[...])
+            stored += sum(int(f[schema.dataset_path(ld.name)].id.get_storage_size()) for ld in plan.layers)
+    ensure_free_space(plan.out.parent, stored, f"the final store {plan.out}")
     keep = np.array([not r for r in reasons], dtype=bool)
     s = plan.samples
     skipped = [(int(s.index[i]), s.paths[i], reasons[i]) for i in np.flatnonzero(~keep)]
     kept = SampleTable([s.paths[i] for i in np.flatnonzero(keep)], [s.labels[i] for i in np.flatnonzero(keep)],
                        [s.domains[i] for i in np.flatnonzero(keep)], [s.splits[i] for i in np.flatnonzero(keep)],
                        [s.index[i] for i in np.flatnonzero(keep)])
-    with atomic_path(plan.out, force=True) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(plan.out, force=True) as tmp, hdf5_create(tmp) as f:
         created = None
         with contextlib.suppress(OSError, KeyError), h5py.File(plan.out, "r", locking=False) as h:
             created = str(h.attrs["created"])

@@ -231,9 +231,8 @@ def build_store_from_arrays(path: str | Path, *, paths: Sequence[str], labels: S
     class_names)`` where class_names is a ``{label: name}`` dict or a list aligned with ``labels``. Pooled 2-D
     layers are recorded with pooling ``"mean"``, higher-dimensional ones with ``"none"``.
     """
-    import h5py
 
-    from clipgen.artifacts import atomic_path
+    from clipgen.artifacts import atomic_path, hdf5_create
 
     n = len(paths)
     labels = [int(x) for x in labels]
@@ -265,7 +264,7 @@ def build_store_from_arrays(path: str | Path, *, paths: Sequence[str], labels: S
     img.setdefault("sha256", schema.image_set_sha256(table.paths, labels, table.domains, table.splits))
     img.setdefault("n_rows", n)
     prov["image_set"] = img
-    with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path, force=force) as tmp, hdf5_create(tmp) as f:
         lay = StoreLayout(f, samples=table, layers=defs, dtype=dtype, provenance=prov, class_names=names,
                           held_out_labels=held_out_labels, text=text_arrays, compression=compression)
         dsets = lay.create_layers()
