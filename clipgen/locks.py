@@ -1,24 +1,33 @@
 """Exclusive writer locks on outputs: one process at a time writes a store, circuits file, SAE run, results folder.
 
-:func:`output_lock` takes an ``fcntl.flock`` lock on a small lock file beside the output (``.NAME.lock``), holding
-the writer's pid. flock locks belong to the open file, so the kernel releases them when the process dies, kill -9
-included: a lock file left behind by a dead writer is taken over at once. A second writer is refused with one line
-naming the output and the pid that holds it. The lock file is removed on release; a process that opened it just
-before is not fooled (it checks after locking that the name still refers to the file it locked). flock is used
-rather than HDF5's own file locking, which is often disabled on network file systems.
+:func:`output_lock` takes a POSIX record lock (``fcntl.lockf``) on a small lock file beside the output
+(``.NAME.lock``), holding the writer's pid. Record locks belong to the process: the kernel releases them when the
+process dies, kill -9 included, so a lock file left behind by a dead writer is taken over at once, and they are not
+inherited by forked children (an ``flock`` would be: the image-loading worker processes of a killed writer would
+keep its output locked until they noticed their parent was gone). Within one process a registry refuses a second
+lock on the same output. A second writer is refused with one line naming the output and the pid that holds it. The
+lock file is removed on release; a process that opened it just before is not fooled (it checks after locking that
+the name still refers to the file it locked). Record locks also work on network file systems (through the NFS lock
+manager), where HDF5's own file locking is often disabled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from clipgen.errors import ClipgenError
 
 LOCK_SUFFIX = ".lock"
+
+#: Lock files held by this process (record locks do not exclude their own process), guarded by a thread lock.
+_HELD: set[str] = set()
+_HELD_GUARD = threading.Lock()
 
 
 def lock_path(output: str | Path) -> Path:
@@ -48,8 +57,10 @@ class OutputLock:
         with contextlib.suppress(OSError):  # unlink first, while still held: a waiting opener sees a new inode
             if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
                 self.path.unlink()
-        os.close(self.fd)  # closing releases the flock
+        os.close(self.fd)  # closing releases the record lock
         self.fd = -1
+        with _HELD_GUARD:
+            _HELD.discard(str(self.path))
         for d in reversed(self.created):
             with contextlib.suppress(OSError):
                 d.rmdir()
@@ -78,10 +89,23 @@ def acquire(output: str | Path) -> OutputLock:
                 with contextlib.suppress(OSError):
                     c.rmdir()
             raise ClipgenError(f"{output}: cannot write in {path.parent} ({e.strerror})") from None
+        key = str(path)
+        with _HELD_GUARD:
+            mine = key in _HELD
+            if not mine:
+                _HELD.add(key)
+        if mine:  # closing our second descriptor would drop the first one's record lock: refuse before locking
+            os.close(fd)
+            raise ClipgenError(f"{output} is being written by another writer of this process (pid {os.getpid()}); "
+                               f"choose another output")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            with _HELD_GUARD:
+                _HELD.discard(key)
             os.close(fd)  # (the holder created the folders: nothing of ours to remove)
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise ClipgenError(f"{output}: cannot lock {path} ({e.strerror})") from None
             raise ClipgenError(f"{output} is being written by another process{_holder(path)}; wait for it to "
                                f"finish or stop it, then rerun (or choose another output)") from None
         try:
@@ -90,6 +114,8 @@ def acquire(output: str | Path) -> OutputLock:
             same = False
         if not same:  # the previous holder removed the file between our open and our lock: take the new one
             os.close(fd)
+            with _HELD_GUARD:
+                _HELD.discard(key)
             continue
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

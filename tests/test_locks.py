@@ -1,5 +1,6 @@
 """Writer locks (clipgen.locks): a second writer is refused with the holder's pid; the lock dies with its process."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,10 +59,43 @@ def test_second_writer_refused_names_pid_then_lock_freed_by_kill9(tmp_path):
 
 def test_lock_is_exclusive_within_a_process_and_released(tmp_path):
     out = tmp_path / "run"
-    with output_lock(out), pytest.raises(ClipgenError, match="is being written by another process"):
+    with output_lock(out) as held, pytest.raises(ClipgenError, match="is being written by another writer of this "
+                                                                     f"process \\(pid {os.getpid()}\\)"):
         acquire(out)
+        assert held.path.exists()
     with output_lock(out):  # free again
         pass
+
+
+_HOLD_AND_FORK = textwrap.dedent("""
+    import os, sys, time
+    from clipgen.locks import acquire
+    lock = acquire(sys.argv[1])
+    child = os.fork()  # like a data-loading worker: it shares the lock file's descriptor
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_lock_dies_with_its_process_even_when_a_forked_child_lives_on(tmp_path):
+    """A writer killed with -9 while its loader workers (forked children) still run: the lock is free at once."""
+    out = tmp_path / "store.h5"
+    p = subprocess.Popen([sys.executable, "-c", _HOLD_AND_FORK, str(out)], stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    try:
+        with pytest.raises(ClipgenError, match=f"another process \\(pid {p.pid}\\)"):
+            acquire(out)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        os.kill(child, 0)  # the child still runs ...
+        with output_lock(out) as lk:  # ... and does not hold the lock
+            assert lk.path.read_text().strip() == str(os.getpid())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_folders_made_for_the_lock_are_removed_when_left_empty(tmp_path):
