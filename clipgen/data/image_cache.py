@@ -184,7 +184,7 @@ def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: 
     plan = StorePlan(out=Path(cfg.out), samples=samples, layers=[layer], dtype="uint8", provenance=provenance,
                      block_rows=cfg.block_rows, batch_size=cfg.batch_size, compression=cfg.compression)
     plan.out.parent.mkdir(parents=True, exist_ok=True)
-    head = _check_existing(plan, True, cfg.force)
+    head = _check_existing(plan, cfg.force)
     if head is not None and head["complete"]:
         import shutil
 
