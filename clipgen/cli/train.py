@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import device_option, force_option, precision_option
+
 app = typer.Typer(help="Train CLIP (OpenCLIP's own trainer), supervised classifiers, and the paper's grid.",
                   no_args_is_help=True)
 
@@ -27,7 +29,8 @@ def clip(
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME (default: TSV-MODEL-sSEED)."),
     preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions, ccxm or synthetic."),
-    model: str | None = typer.Option(None, "--model", help="Model name (open_clip's or RN-tiny/RN-small/ViT-tiny)."),
+    model: str | None = typer.Option(None, "--model", help="Model name (open_clip's, or RN-tiny, RN-small, "
+                                                                      "ViT-tiny)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs (preset)."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (preset)."),
     warmup: int | None = typer.Option(None, "--warmup", help="Warm-up steps (preset)."),
@@ -36,18 +39,17 @@ def clip(
                                                help="Batch x processes x accumulation; sets --accum-freq (preset)."),
     accum_freq: int | None = typer.Option(None, "--accum-freq", help="Gradient accumulation steps (derived)."),
     wd: float | None = typer.Option(None, "--wd", help="AdamW weight decay (preset)."),
-    precision: str | None = typer.Option(None, "--precision",
-                                         help="open_clip precision (amp, fp32, bf16, ...) (preset on GPU, "
-                                              "fp32 on CPU)."),
+    precision: str | None = precision_option(default=None, help="open_clip precision (amp, fp32, bf16, ...) "
+                                                                "(preset on GPU, fp32 on CPU)."),
     workers: int | None = typer.Option(None, "--workers", help="Data-loader workers per process (preset)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = device_option("auto, cpu or cuda."),
     gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs (one process each; torchrun or srun)."),
     nproc: int | None = typer.Option(None, "--nproc", help="Number of processes on CPU (gloo; for testing DDP)."),
     launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "existing run from its last checkpoint anyway."),
-    force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
+    force: bool = force_option("Delete an existing run of this name and start over."),
     log: str = typer.Option("bar", "--log", help="bar (progress bar + warnings), live (the trainer's whole log) "
                                                  "or quiet."),
     check_sample: int = typer.Option(256, "--check-sample", help="Image paths checked to exist before training."),
@@ -94,18 +96,18 @@ def supervised(
     gamma: float | None = typer.Option(None, "--gamma", help="Learning-rate factor at each milestone (0.1)."),
     momentum: float | None = typer.Option(None, "--momentum", help="Nesterov momentum (0.9)."),
     wd: float | None = typer.Option(None, "--wd", help="Weight decay (not on norms, biases, 1-D) (1e-4)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (mixed) (fp16 on GPU, "
+    precision: str | None = precision_option(default=None, help="fp32, fp16 or bf16 (mixed) (fp16 on GPU, "
                                                                    "fp32 on CPU)."),
     workers: int | None = typer.Option(None, "--workers", help="Data-loader workers per process (preset)."),
     save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N epochs (5)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (0 seeds too)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = device_option("auto, cpu or cuda."),
     gpus: int | None = typer.Option(None, "--gpus", help="Number of GPUs (one process each; torchrun or srun)."),
     nproc: int | None = typer.Option(None, "--nproc", help="Number of processes on CPU (gloo)."),
     launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "existing run from checkpoints/latest.pt anyway."),
-    force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
+    force: bool = force_option("Delete an existing run of this name and start over."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     check_sample: int = typer.Option(256, "--check-sample", help="Image paths checked to exist before training."),
 ) -> None:
@@ -145,9 +147,11 @@ def grid(
                                                            "family)."),
     preset: str = typer.Option("imagenet-captions", "--preset", help="imagenet-captions, ccxm or synthetic."),
     setups: str = typer.Option(",".join(("natural-only", "cg-low", "cg-high", "leave-out-domain")), "--setups",
-                               help="Comma-separated setups."),
+                               help="Comma-separated setups.",
+                               show_default="natural-only, cg-low, cg-high, leave-out-domain"),
     test_domains: str = typer.Option("clipart,infograph,painting,quickdraw,sketch", "--test-domains",
-                                     help="Comma-separated test domains."),
+                                     help="Comma-separated test domains.",
+                                     show_default="clipart, infograph, painting, quickdraw, sketch"),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds (preset: 0,1,2; ccxm: 0)."),
     pseudo: bool = typer.Option(False, "--pseudo", help="Train the upper-bound mixtures (held-out classes kept)."),
     aligned: bool = typer.Option(False, "--aligned", help="Train the aligned-caption mixtures."),
