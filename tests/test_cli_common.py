@@ -23,7 +23,7 @@ JSON_COMMANDS = ["cka", "embeddings", "sae train", "sae features", "circuits nod
 #: Commands that show progress bars: each takes --progress/--no-progress.
 PROGRESS_COMMANDS = ["cka", "embeddings", "sae train", "sae features", "extract", "eval zero-shot",
                      "eval supervised", "circuits compute", "circuits nodes", "circuits similarity", "data cache",
-                     "data captions", "data mixtures", "demo"]
+                     "data captions", "data mixtures", "demo", "train supervised"]
 
 
 def _all_commands() -> dict[str, object]:

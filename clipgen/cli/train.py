@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import device_option, force_option, precision_option
+from clipgen.cli.common import device_option, force_option, precision_option, progress_option
 
 app = typer.Typer(help="Train CLIP (OpenCLIP's own trainer), supervised classifiers, and the paper's grid.",
                   no_args_is_help=True)
@@ -84,7 +84,7 @@ def supervised(
     logs: Path = typer.Option(Path("logs"), "--logs", help="Folder of run directories."),
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME "
-                                         "[default: TSV-MODEL-supervised-sSEED)."),
+                                         "(default: TSV-MODEL-supervised-sSEED, e.g. mix-RN50-supervised-s0)."),
     preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions (the paper's) or synthetic."),
     model: str | None = typer.Option(None, "--model", help="Image tower of this CLIP model (preset)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs (preset)."),
@@ -108,7 +108,8 @@ def supervised(
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "existing run from checkpoints/latest.pt anyway."),
     force: bool = force_option("Delete an existing run of this name and start over."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    progress: bool = progress_option(),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar (the same as --no-progress)."),
     check_sample: int = typer.Option(256, "--check-sample", help="Image paths checked to exist before training."),
 ) -> None:
     """Train the paper's supervised baseline (image tower + ReLU + linear head over 1000 ImageNet + 345 DomainNet
@@ -126,7 +127,7 @@ def supervised(
         train=train, val=val, logs=logs, name=name, preset=preset, model=model, epochs=epochs, lr=lr,
         batch_size=batch_size, milestones=ms, gamma=gamma, momentum=momentum, wd=wd, precision=precision,
         workers=workers, save_every=save_every, seed=seed, device=device, gpus=gpus, nproc=nproc, launcher=launcher,
-        resume=resume, force=force, progress=not quiet, check_sample=check_sample,
+        resume=resume, force=force, progress=progress and not quiet, check_sample=check_sample,
     )
     res = train_supervised(cfg)
     if res.metrics and not res.skipped:
