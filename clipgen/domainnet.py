@@ -31,7 +31,7 @@ HELD_OUT_CLASSES: tuple[str, ...] = (
     "pizza", "saxophone", "television", "tractor", "traffic light",
 )
 
-#: Caption terms (spec 1.4): two generic terms plus two per domain.
+#: Caption terms: two generic terms plus two per domain.
 GENERIC_TERMS: tuple[str, ...] = ("image", "picture")
 DOMAIN_TERMS: dict[str, tuple[str, ...]] = {
     "clipart": ("clipart", "illustration"),

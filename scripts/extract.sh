@@ -8,7 +8,7 @@
 #   MECH_RUNS  OUT/stores/<family>/<run>/dn-test.h5: the DomainNet test split, all six domains, every layer
 #              (CKA, embeddings); default: the aligned quickdraw model and the standard CG high quickdraw s0
 #   SAE_RUNS   dn-test-embedding.h5, dn-train-embedding.h5 and base-train-embedding.h5: the image embedding of
-#              the DomainNet test and train splits and of the base dataset (the SAE's training rows, spec 5a);
+#              the DomainNet test and train splits and of the base dataset (the SAE's training rows);
 #              default: CG high + leave-out-domain for clipart and sketch, seed 0, of the CC12M family when
 #              CC12M_TSV is set, else of the main grid (SAE=0 skips them); the two training stores are written
 #              uncompressed, so that SAE training reads them at memory speed (docs/sae.md)

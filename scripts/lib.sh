@@ -148,10 +148,10 @@ cg_store_dir() {  # the store folder of a run directory: OUT/stores/<family>/<ru
 
 cg_default_runs() {  # MECH_RUNS and SAE_RUNS (space-separated run directories), unless set
     local fam=clip prefix="" s x
-    if [ -z "${MECH_RUNS:-}" ]; then  # spec 5: the aligned quickdraw model (CKA, circuits, UMAP-b), UMAP-a's standard
+    if [ -z "${MECH_RUNS:-}" ]; then  # the aligned quickdraw model (CKA, circuits, UMAP-b), UMAP-a's standard
         MECH_RUNS="$CG_RUNS/clip-aligned/aligned-cg-high-quickdraw-s0 $CG_RUNS/clip/cg-high-quickdraw-s0"
     fi
-    if [ -z "${SAE_RUNS:-}" ]; then  # spec 5a: CG high and leave-out-domain for clipart and sketch, seed 0
+    if [ -z "${SAE_RUNS:-}" ]; then  # CG high and leave-out-domain for clipart and sketch, seed 0
         if [ -n "${CC12M_TSV:-}" ]; then fam=clip-cc12m prefix=cc12m-; fi
         SAE_RUNS=""
         for s in cg-high leave-out-domain; do
@@ -189,7 +189,7 @@ cg_run_test_domain() {  # cg_run_test_domain RUN: the test domain of a run, from
     printf '%s' "$td"
 }
 
-cg_identifier() {  # cg_identifier SETUP [TEST_DOMAIN]: the published mixture identifier (spec 1.2)
+cg_identifier() {  # cg_identifier SETUP [TEST_DOMAIN]: the published mixture identifier
     local setup=$1 x=${2:-} d letters=""
     case "$setup" in
         natural-only) printf 'lso-real-only'; return 0 ;;

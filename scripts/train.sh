@@ -94,7 +94,8 @@ grid_family() {  # grid_family FAMILY INDEX_FOLDER [clipgen train grid options..
         return 0
     fi
     listing=$("${cmd[@]}" --dry-run)
-    if cg_dry; then printf '%s\n' "$listing" | sed 's/^/#   /'; fi
+    # the listing's last line is the summary, printed once as the note below
+    if cg_dry; then printf '%s\n' "$listing" | sed '$d' | sed 's/^/#   /'; fi
     cg_note "$family: $(printf '%s\n' "$listing" | tail -n 1)"
     mapfile -t names < <(printf '%s\n' "$listing" | sed -nE 's/^\[todo\] ([^:]+): .*/\1/p')
     if [ ${#names[@]} -eq 0 ]; then return 0; fi

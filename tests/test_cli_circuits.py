@@ -68,12 +68,29 @@ def test_compute_info_nodes_similarity_plot(cli, circuits_run_dir, synth_root, s
     assert len(row) == 1 and row[0]["n_classes"] == 1
     assert row[0]["mean"] == pytest.approx(len(a & b) / len(a | b))
     assert (tmp_path / "c-nodes" / "nodes_pairs_id.png").stat().st_size > 0
+    # the summary: the highlighted domain's mean similarity (over layers) vs the other pairs (none here)
+    layer_means = [x["mean"] for x in nodes["results"] if x["subset"] == "id"]
+    assert f"id classes, mean over layers: {sum(layer_means) / len(layer_means):.4f} vs n/a" in r.stdout
+    r = cli("circuits", "nodes", out, "--no-progress", "--subsets", "id", "--force", "--json")
+    assert r.exit_code == 0, r
+    doc = json.loads(r.stdout)
+    assert doc["out"] == str(tmp_path / "c-nodes") and "node_similarity.json" in doc["files"]
+    assert doc["highlight"]["domain"] == "quickdraw"
+    assert doc["highlight"]["subsets"]["id"]["with"] == pytest.approx(sum(layer_means) / len(layer_means))
+    assert doc["highlight"]["subsets"]["id"]["without"] is None
 
     r = cli("circuits", "similarity", out, "--no-progress", "--metrics", "jaccard,wl_h2", "--subsets", "all")
     assert r.exit_code == 0, r
     sim = json.loads((tmp_path / "c-similarity" / "circuit_similarity.json").read_text())
     assert sim["metrics"] == ["jaccard", "wl_h2"]
     assert (tmp_path / "c-similarity" / "circuits_wl_h2_all.png").is_file()
+    jac = sim["similarity"]["jaccard"]["all"]["clipart/quickdraw"]
+    assert f"jaccard, all classes: {jac:.4f} vs n/a" in r.stdout
+    r = cli("circuits", "similarity", out, "--no-progress", "--metrics", "jaccard", "--subsets", "all", "--force",
+            "--json")
+    assert r.exit_code == 0, r
+    doc = json.loads(r.stdout)
+    assert doc["highlight"]["metrics"]["jaccard"]["all"] == {"with": pytest.approx(jac), "without": None}
 
     r = cli("circuits", "plot", out, "--domain", "q", "--class", "cello", "--out", tmp_path / "fig.png")
     assert r.exit_code == 0, r

@@ -205,3 +205,28 @@ def test_rbf_median_lower_by_default_mean_as_an_option(cli, tmp_path):
     for name in ("lower", "mean"):
         assert vals[name][("l1", "clipart", "real", "rbf")] == pytest.approx(
             C.cka(xa, xb, "rbf", rbf_median=name), rel=1e-9)
+
+
+def test_cka_summary_and_json(cli, tiny_store, tmp_path):
+    """Per layer the mean CKA of the highlighted domain's pairs vs the other pairs, in the human summary and, with
+    --json, as one JSON document on stdout (summary on stderr); both equal the means of cka.json's values."""
+    out = tmp_path / "cka"
+    args = ("cka", tiny_store, "--out", out, "--subsets", "all", "--kernels", "linear", "--no-figures",
+            "--layers", "act1,embedding", "--no-progress")
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads((out / "cka.json").read_text())["results"]
+    for layer in ("act1", "embedding"):
+        with_q = [x["cka"] for x in rows if x["layer"] == layer and "quickdraw" in (x["domain_a"], x["domain_b"])]
+        other = [x["cka"] for x in rows if x["layer"] == layer and "quickdraw" not in (x["domain_a"], x["domain_b"])]
+        assert len(with_q) == 5 and len(other) == 10
+        assert f"  {layer:<9}  {np.mean(with_q):.4f}  vs  {np.mean(other):.4f}" in r.stdout
+    assert "pairs with quickdraw vs the other pairs" in r.stdout
+    r = cli(*args, "--force", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["out"] == str(out) and doc["highlight"] == "quickdraw" and doc["values"] == len(rows)
+    by_layer = {m["layer"]: m for m in doc["highlight_means"]}
+    emb = [x["cka"] for x in rows if x["layer"] == "embedding" and "quickdraw" in (x["domain_a"], x["domain_b"])]
+    assert by_layer["embedding"]["with"] == pytest.approx(np.mean(emb)) and by_layer["embedding"]["n_without"] == 10
+    assert "pairs with quickdraw" in r.stderr

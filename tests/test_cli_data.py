@@ -30,6 +30,11 @@ def test_captions_then_paper_mixtures(cli, synth_root, tmp_path):
     assert len(list(caps.glob("*.tsv"))) == 12 and len(list((caps / "aligned-captions").glob("*.tsv"))) == 12
     r = cli("data", "captions", "--root", synth_root, "--out", caps)
     one_line_error(r, "already exists", "--force")
+    r = cli("data", "captions", "--root", synth_root, "--out", caps, "--force", "--json", "--no-progress")
+    assert r.exit_code == 0, r
+    doc = json.loads(r.stdout)  # one JSON document; the table goes to stderr
+    assert doc["out"] == str(caps) and len(doc["files"]) == 24 and "domain term" in r.stderr
+    assert doc["counts"]["sketch"]["test"] == len((synth_root / "sketch_test.txt").read_text().splitlines())
 
     out = tmp_path / "mix"
     r = cli("data", "mixtures", "--root", synth_root, "--captions", caps, "--out", out, "--paper",
@@ -55,6 +60,14 @@ def test_captions_then_paper_mixtures(cli, synth_root, tmp_path):
     r = cli("data", "mixtures", "--root", synth_root, "--captions", caps, "--out", out, "--paper", "--force",
             "--base", synth_root / "base_train.tsv", "--base-val", synth_root / "base_val.tsv")
     assert r.exit_code == 0 and (out / "combined-captions-train-lso-cipqr-nosketchclasses.tsv").read_text() == before
+    r = cli("data", "mixtures", "--root", synth_root, "--captions", caps, "--out", out, "--paper", "--force",
+            "--base", synth_root / "base_train.tsv", "--base-val", synth_root / "base_val.tsv", "--json")
+    assert r.exit_code == 0, r
+    doc = json.loads(r.stdout)
+    assert doc["index"] == str(out / "mixtures.json") and doc["held_out"] == ["axe", "banana"]
+    assert len(doc["mixtures"]) == 64 and doc["reference_sizes"]["sketch"] == 80
+    row = next(m for m in doc["mixtures"] if m["file"] == "combined-captions-val-lso-real-only.tsv")
+    assert row["rows"] == len(read_tsv(out / row["file"]))
 
     # merge-base on top: the paper's CC preset
     cc = write_base(tmp_path / "cc3m-train.tsv", 5, prefix="cc3m")

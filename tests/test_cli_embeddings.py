@@ -141,3 +141,18 @@ def test_embeddings_refuses_incomplete_store_and_existing_output(cli, tiny_store
     (tmp_path / "o").mkdir()
     r = cli("embeddings", tiny_store, "--out", tmp_path / "o", "--no-umap")
     assert r.exit_code == 2 and "--force" in r.stderr
+
+
+def test_embeddings_json(cli, tiny_store, tmp_path):
+    """--json: one JSON document on stdout (the summary on stderr) whose distance is the one in embeddings.json."""
+    out = tmp_path / "e"
+    r = cli("embeddings", tiny_store, "--out", out, "--no-umap", "--no-figures", "--no-progress", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    res = json.loads((out / "embeddings.json").read_text())
+    doms = res["domains"]
+    h = doms.index("quickdraw")
+    l2 = [res["domain_mean_l2"][h][j] for j in range(len(doms)) if j != h]
+    assert doc["out"] == str(out) and doc["highlight"] == "quickdraw" and doc["domains"] == doms
+    assert doc["highlight_mean_l2"] == pytest.approx(sum(l2) / len(l2)) and doc["umap_points"] == {}
+    assert "embedding analysis" in r.stderr

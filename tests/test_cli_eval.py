@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from clipgen.evaluation.results import read_results
 from tests._fixtures_eval import fake_results, uneven_root
 
@@ -15,6 +17,16 @@ def test_zero_shot_command(cli, random_run_dir, uneven_root, tmp_path):
     assert doc["test_domain"] == "painting" and doc["held_out"]["names"] == ["axe"]
     assert "painting" in r.stdout and "skipped classes without images: teddy-bear" in r.stdout
     assert f"results: {out / 'results.json'}" in r.stdout
+    # final-epoch accuracies as one JSON document (the summary goes to stderr)
+    j = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "p",
+            "--epochs", "last", "--templates", "simple", "--out", out, "--no-progress", "--held-out", "axe", "--json")
+    assert j.exit_code == 0, j.stderr
+    got = json.loads(j.stdout)
+    assert got["results"] == str(out / "results.json") and got["skipped"] == [2] and got["final_epoch"] == 2
+    for d in doc["domains"]:
+        assert got["final"][d]["ood_acc"] == doc["metrics"][d]["ood_acc"][-1]
+        assert got["final"][d]["n_id"] == doc["counts"][d]["id"]
+    assert "already evaluated" in j.stderr
     again = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "p",
                 "--epochs", "last", "--templates", "simple", "--out", out, "--no-progress", "--held-out", "axe")
     assert again.exit_code == 0 and "already evaluated: epoch(s) 2" in again.stdout
@@ -45,6 +57,17 @@ def test_summary_and_grid_commands(cli, random_run_dir, uneven_root, tmp_path, m
     assert "| quickdraw | 30.0 ± 14.1 (n=2) |" in r.stdout
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
     assert cfg["command"] == "eval summary" and cfg["config"]["metric"] == "ood_acc"
+    # the same output again: the error names --out (the option that points at it) and how to replace it
+    r = cli("eval", "summary", tmp_path / "r", "--out", tmp_path / "s")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: --out: ") and "already exists (use --force to replace it)" in r.stderr
+    r = cli("eval", "summary", tmp_path / "r", "--out", tmp_path / "s", "--force", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["out"] == str(tmp_path / "s") and str(tmp_path / "s" / "summary.csv") in doc["files"]
+    row = next(x for x in doc["rows"] if x["test_domain"] == "quickdraw")
+    assert row["ood_acc_mean"] == pytest.approx(0.3) and row["n_seeds"] == 2
+    assert "| quickdraw | 30.0 ± 14.1 (n=2) |" in r.stderr
     monkeypatch.chdir(tmp_path)
     r = cli("eval", "grid", random_run_dir, "--data-root", uneven_root, "--test-domains", "sketch",
             "--epochs", "last", "--partition", "gpu")

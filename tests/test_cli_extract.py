@@ -31,6 +31,11 @@ def test_extract_info_validate(cli, base, tmp_path):
         n, layers = st.n_samples, st.layers
     assert f"store {out}: {n} rows, fingerprint" in r.stdout
     assert (tmp_path / "s.config.json").is_file()
+    r = cli(*base, "--out", out, "--json")  # the same command: already complete, one JSON document on stdout
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["out"] == str(out) and doc["rows"] == n and doc["already_complete"] is True
+    assert doc["bytes"] == out.stat().st_size and "(already complete)" in r.stderr
     r = cli("extract", "info", out)
     assert r.exit_code == 0, r.stderr
     assert "clipgen-activations schema 1.0, complete" in r.stdout and "model RN-tiny epoch 2" in r.stdout

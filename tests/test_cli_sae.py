@@ -189,3 +189,29 @@ def test_real_full_disk_is_one_line_naming_the_checkpoint(cli, store, tmp_path):
         assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)
+
+
+def test_json_output_and_progress_option(cli, store, tmp_path):
+    """--json: stdout is one JSON document with the key numbers and paths; the human summary goes to stderr.
+    --no-progress is accepted by both commands; the sharing table keeps full domain names."""
+    out = tmp_path / "sae"
+    r = _train(cli, store, out, "--json", "--no-progress")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert doc["sae"] == str(out / "sae.pt") and doc["already_complete"] is False
+    assert doc["steps"] > 0 and doc["train"]["fve"] == pytest.approx(metrics["final_train"]["fve"])
+    assert "variance explained" in r.stderr and "variance explained" not in r.stdout
+
+    r = cli("sae", "features", store, "--sae", out, "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output
+    header = next(line for line in r.stdout.splitlines() if "sketch" in line and "clipart" in line)
+    assert header.split() == ["clipart", "real", "sketch"]  # not cut to 6 characters
+    r = cli("sae", "features", store, "--sae", out, "--device", "cpu", "--json", "--force")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    res = json.loads((out / "features" / "feature-sharing.json").read_text())
+    assert doc["results"] == str(out / "features" / "feature-sharing.json")
+    assert doc["test_domain"] == "clipart" and doc["score"] == pytest.approx(res["score"])
+    assert doc["mean"]["clipart"]["sketch"] == pytest.approx(doc["mean"]["sketch"]["clipart"])
+    assert "score(clipart)" in r.stderr

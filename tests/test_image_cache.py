@@ -1,6 +1,7 @@
 """The image cache (``clipgen data cache``): exact model inputs, resumable writing, refusals, and evaluation from it
 with the same predictions as decoding the JPEGs."""
 
+import json
 import shutil
 
 import h5py
@@ -186,6 +187,13 @@ def test_cli_data_cache_and_eval_images(cli, random_run_dir, uneven_root, tmp_pa
     r = cli("data", "cache", "--data", uneven_root, "--domains", "sketch,real", "--model-dir", random_run_dir,
             "--out", out, "--workers", "0", "--no-progress")
     assert r.exit_code == 0 and "already complete" in r.stdout
+    r = cli("data", "cache", "--data", uneven_root, "--domains", "sketch,real", "--model-dir", random_run_dir,
+            "--out", out, "--workers", "0", "--no-progress", "--json")
+    assert r.exit_code == 0, r
+    doc = json.loads(r.stdout)  # one JSON document on stdout; the note goes to stderr
+    assert doc == {"out": str(out), "rows": 36, "skipped": 0, "blocks_computed": 0, "blocks_total": 1,
+                   "already_complete": True}
+    assert "already complete" in r.stderr
     r = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain",
             "sketch", "--epochs", "0", "--templates", "simple", "--images", out, "--out", tmp_path / "e",
             "--no-progress")

@@ -282,6 +282,7 @@ def test_prepare_data_dry_run_with_every_input(tmp_path, synth_root):
 def test_train_dry_run_lists_the_grid(tmp_path, synth_root, prepared):
     env = data_env(tmp_path, synth_root, prepared, SUPERVISED="1", AFTER="4242")
     stdout = ok(run("train.sh", env, "--dry-run"))
+    assert stdout.count("48 runs, 0 complete, 48 to train") == 1  # the grid's summary, once
     todo = re.findall(r"^#   \[todo\] ([^:]+): (\S+)  \$ (.*)$", stdout, re.M)
     main = [t for t in todo if not t[0].startswith("aligned-")]
     assert sorted(t[0] for t in main) == sorted(main_grid_names())  # 48 runs: 16 mixtures x 3 seeds

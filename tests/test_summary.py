@@ -64,7 +64,7 @@ def test_means_and_stds_by_hand(results_dir, tmp_path):
         assert (tmp_path / "s" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "s" / "config.json").exists()
     # an existing summary needs --force
-    with pytest.raises(ClipgenError, match="--force: .*summary.csv already exists"):
+    with pytest.raises(ClipgenError, match=r"--out: .*summary.csv already exists \(use --force to replace it\)"):
         summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "s"))
 
 

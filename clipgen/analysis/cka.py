@@ -1,4 +1,4 @@
-"""Centered kernel alignment (CKA) between domains, layer by layer (spec 5b, Fig. 6a).
+"""Centered kernel alignment (CKA) between domains, layer by layer (Fig. 6a).
 
 For every layer and every unordered pair of domains, each domain is represented by its **class-mean activation
 matrix** (one row per class, the mean over that domain's images of the class; float64), restricted to the classes
@@ -549,6 +549,24 @@ class CKAResult:
             "results": [r.as_row() for r in self.records],
         }
 
+    def highlight_means(self, highlight: str, subset: str | None = None, kernel: str | None = None,
+                        estimator: str | None = None) -> list[dict]:
+        """Per layer, the mean CKA over the pairs with ``highlight`` and over the other pairs (NaN values left out;
+        None where a group has no value), for one subset, kernel and estimator (default: the first of each)."""
+        subset = subset or self.subsets[0]
+        kernel = kernel or self.kernels[0]
+        estimator = estimator or self.estimators[0]
+        rows = []
+        for layer in self.layers:
+            groups: dict[str, list[float]] = {"with": [], "without": []}
+            for r in self.records:
+                if (r.layer, r.subset, r.kernel, r.estimator) == (layer, subset, kernel, estimator) and r.cka == r.cka:
+                    groups["with" if highlight in (r.domain_a, r.domain_b) else "without"].append(float(r.cka))
+            rows.append({"layer": layer, "subset": subset, "kernel": kernel, "estimator": estimator,
+                         **{g: (sum(v) / len(v) if v else None) for g, v in groups.items()},
+                         **{f"n_{g}": len(v) for g, v in groups.items()}})
+        return rows
+
 
 def _parse_choices(values: Sequence[str], allowed: Sequence[str], option: str) -> list[str]:
     out: list[str] = []
@@ -584,7 +602,7 @@ def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence
     """The full sweep on an open store (see :func:`clipgen.store.open_store`); validates everything before reading.
 
     ``classes_from`` (a domain of the store) restricts every pair to the classes present in that domain as well:
-    ``"painting"`` reproduces the published script, whose class list always came from painting (spec 6.4).
+    ``"painting"`` reproduces the published script, whose class list always came from painting.
     """
     subsets = _parse_choices(subsets, SUBSETS, "--subsets")
     kernels = _parse_choices(kernels, KERNELS, "--kernels")

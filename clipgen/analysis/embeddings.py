@@ -1,4 +1,4 @@
-"""Embedding analysis (spec 5d, Fig. 5): UMAP by domain, distances between domain means, mean-difference curves.
+"""Embedding analysis (Fig. 5): UMAP by domain, distances between domain means, mean-difference curves.
 
 All numbers come from one stored layer (default ``embedding``, the L2-normalised image embedding):
 

@@ -1,4 +1,4 @@
-"""SAE feature sharing between domains (spec 5a; the paper's App. C.1, Alg. 1 "get topk features" and Alg. 2
+"""SAE feature sharing between domains (the paper's App. C.1, Alg. 1 "get topk features" and Alg. 2
 "measure feature sharing").
 
 For every class ``c`` (the held-out classes by default) and domain ``d``, the histogram ``H[c, d]`` counts, over the
@@ -10,7 +10,7 @@ of ``M[t, j]`` over the other domains ``j``.
 Differences from the published ``analyze_sae_features.py`` (all documented in docs/sae.md):
 
 * the score uses the row of the requested test domain; the published code always scored the sketch row (its loop
-  variable ``domain`` shadows the argument, spec section 6 item 1). ``published_code_score`` keeps that value;
+  variable ``domain`` shadows the argument, a bug of the published script). ``published_code_score`` keeps that value;
 * ties (equal activations, equal histogram counts, notably the many zero counts) are broken by the lowest latent
   index, with a stable sort, so results do not depend on ``torch.topk``'s unspecified order;
 * a (class, domain) without images gives NaN entries (``null`` in JSON) that are left out of the class mean and of
@@ -135,6 +135,18 @@ class FeatureSharing:
     def score(self) -> float | None:
         return None if self.test_domain is None else self.scores.get(self.test_domain)
 
+    def mean_table(self) -> list[str]:
+        """The mean sharing matrix as text lines: a header of full domain names, one row per domain, '-' where a
+        cell has no value (each column as wide as its domain name, at least 6 characters)."""
+        w = max(len(d) for d in self.domains)
+        widths = [max(6, len(d)) for d in self.domains]
+        lines = [" " * (w + 1) + " ".join(f"{d:>{n}}" for d, n in zip(self.domains, widths, strict=True))]
+        for i, d in enumerate(self.domains):
+            cells = " ".join(f"{'-':>{n}}" if v != v else f"{v:{n}.3f}"
+                             for v, n in zip(self.mean[i], widths, strict=True))
+            lines.append(f"{d:>{w}} {cells}")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         def clean(a: np.ndarray) -> Any:
             return [clean(x) for x in a] if np.ndim(a) else (None if np.isnan(a) else float(a))
@@ -146,7 +158,7 @@ class FeatureSharing:
             "scores_by_domain": {d: _none_if_nan(v) for d, v in self.scores.items()},
             "published_code_score": _none_if_nan(published),
             "published_code_score_note": "what the published analyze_sae_features.py writes as 'score' whatever "
-                                         "--domain says: the sketch row (spec section 6 item 1)",
+                                         "--domain says: the sketch row (a bug of the published script)",
             "domains": self.domains,
             "classes": self.classes,
             "labels": self.labels,

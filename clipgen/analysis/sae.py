@@ -1,6 +1,6 @@
 """Sparse autoencoders on stored activations: model, fused training step, data sources, resampling, checkpoints.
 
-The model follows the paper's SAE (spec 5a, adapted from Discover-then-Name / ``sparse_autoencoder`` 1.x):
+The model follows the paper's SAE (adapted from Discover-then-Name / ``sparse_autoencoder`` 1.x):
 
 * a tied bias ``b_pre`` (initialised to 0) is subtracted before encoding and added after decoding;
 * encoder ``f = ReLU((x - b_pre) W_enc + b_enc)`` (Kaiming-uniform init), or the TopK variant that keeps the ``k``
@@ -27,7 +27,7 @@ resumes from its last checkpoint with exactly the batches it would have seen.
 
 Dead-latent resampling is Anthropic's recipe ("Towards Monosemanticity", 2023): latents that have not fired for a
 window are re-initialised from inputs drawn with probability proportional to their squared reconstruction loss, and
-their Adam state is reset. The published configuration never resamples (spec section 6 item 3):
+their Adam state is reset. The published configuration never resamples:
 ``resample_every=0`` reproduces that.
 """
 

@@ -1,4 +1,4 @@
-"""Neuron circuits of the zero-shot classifier (spec 5c): the RN chain (:mod:`.chain`), IG attribution of nodes and
+"""Neuron circuits of the zero-shot classifier: the RN chain (:mod:`.chain`), IG attribution of nodes and
 edges (:mod:`.attribution`), the computation over (domain, class) entries (:mod:`.compute`), the circuits file
 (:mod:`.store`), circuit graphs (:mod:`.graphs`) and node/circuit similarity (:mod:`.similarity`).
 

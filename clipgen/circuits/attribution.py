@@ -1,6 +1,6 @@
 """Neuron circuits by integrated gradients: node scores, node selection and edge matrices, computed locally.
 
-Definitions (the paper's, spec section 5c; ``a`` = clean activation of a layer, ``g`` = gradient, ``steps`` = S):
+Definitions (the paper's; ``a`` = clean activation of a layer, ``g`` = gradient, ``steps`` = S):
 
 * **Node score** of channel ``c`` of layer ``l``: integrated gradients of the true-class logit against a zero
   baseline, ``-(1 / (S * B)) * sum_k sum_{b, p} g_k[b, c, p] * a[b, c, p]`` where ``g_k`` is the gradient of the

@@ -1,6 +1,6 @@
 """Circuit graphs: the DAG of a circuit, Jaccard overlap, the Weisfeiler-Lehman subtree kernel, drawing and export.
 
-The graph of one circuit (:class:`~clipgen.circuits.attribution.CircuitResult`, spec 5c "Graph"):
+The graph of one circuit (:class:`~clipgen.circuits.attribution.CircuitResult`):
 
 * **nodes** ``"layer/channel"``: the selected channels of every chain layer except ``input``, in chain order and,
   inside a layer, in selection order (best first); attributes ``layer``, ``channel`` and ``score`` (the signed node

@@ -1,4 +1,4 @@
-"""Node and circuit similarity across domains (spec 5c, Fig. 6b and 6c), and one circuit drawn.
+"""Node and circuit similarity across domains (Fig. 6b and 6c), and one circuit drawn.
 
 Sources are a circuits file (a path, opened with :func:`clipgen.circuits.store.open_circuits`) or any object with
 its attributes (``path``, ``layers``, ``domains``, ``classes``, ``held_out``, ``settings``, ``provenance``,
@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import io
 import itertools
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -711,6 +712,23 @@ def run_circuit_similarity(cfg: CircuitSimilarityConfig, progress: bool = True) 
         write_config(tmp, "circuits similarity", config)
     _print_notes(result["notes"])
     return out
+
+
+def highlight_means(out: Path) -> dict | None:
+    """The key numbers of a ``circuits nodes`` or ``circuits similarity`` output folder: the highlighted domain's
+    mean similarity to the other domains vs the mean over the other pairs, per subset (nodes: averaged over the
+    layers; similarity: per metric). None without a highlight."""
+    out = Path(out)
+    nodes = out / "node_similarity.json"
+    doc = json.loads((nodes if nodes.exists() else out / "circuit_similarity.json").read_text(encoding="utf-8"))
+    hl = doc.get("highlight")
+    if not hl:
+        return None
+    if nodes.exists():
+        return {"domain": hl["domain"], "subsets": {
+            s: {g: _mean_or_none(hl[s][g]["mean"]) for g in ("with", "without")} for s in doc["subsets"]}}
+    return {"domain": hl["domain"], "metrics": {
+        m: {s: {g: hl[m][s][g] for g in ("with", "without")} for s in doc["subsets"]} for m in doc["metrics"]}}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import device_option, force_option, json_option, precision_option, progress_option
 from clipgen.cli.options import positive, writable
 
 app = typer.Typer(
-    help="Neuron circuits of the zero-shot classifier (spec 5c, Fig. 6b/6c): integrated-gradient node scores and "
+    help="Neuron circuits of the zero-shot classifier (Fig. 6b/6c): integrated-gradient node scores and "
          "edge matrices per (domain, class), computed batched and locally; node and circuit similarity across "
          "domains; circuit figures.\n\n"
          "Start with 'clipgen circuits compute --model-dir RUN --data DOMAINNET_ROOT --out CIRCUITS.h5'. See "
@@ -22,8 +23,6 @@ app = typer.Typer(
 _CIRCUITS = typer.Argument(..., help="A complete circuits file.")
 _DOMAINS = typer.Option("all", "--domains", help="all, letters or comma-separated names (at least two).")
 _SUBSETS = typer.Option("all,id,ood", "--subsets", help="Class subsets: all, id (not held out), ood.")
-_FORCE = typer.Option(False, "--force", help="Replace an existing output folder.")
-_PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
 
 
 def _say(message: str) -> None:
@@ -60,9 +59,8 @@ def compute(
                                                          "heads)."),
     templates: str = typer.Option("paper", "--templates", help="Prompt templates of the class text embeddings: "
                                                                "paper (86), openai, named-domain, simple."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help="auto (fp32 on CPU, bf16 autocast on GPU), fp32, "
-                                                              "bf16, fp16."),
+    device: str = device_option(),
+    precision: str = precision_option("auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16, fp16."),
     memory_gb: float | None = typer.Option(None, "--memory-gb", callback=positive,
                                            help="Working memory of the batched passes "
                                                                      "(default: half the free GPU memory; 2 on "
@@ -71,12 +69,12 @@ def compute(
                                                               "cache'): read instead of decoding the JPEGs; refused "
                                                               "if made for another preprocessing or other images."),
     shard: str | None = typer.Option(None, "--shard", help="Compute part i of n of the (domain, class) list "
-                                                           "(0-based 'i/n', or 'auto' from SLURM_ARRAY_TASK_ID/"
-                                                           "COUNT) into CIRCUITS.shard-i-of-n.h5; join with "
-                                                           "'circuits merge'."),
-    force: bool = typer.Option(False, "--force", help="Start over, replacing an existing file (even one from "
+                                                           "(0-based 'i/n', or 'auto' from the SLURM array task "
+                                                           "id and count) into the shard file CIRCUITS + "
+                                                           "'.shard-i-of-n.h5'; join with 'circuits merge'."),
+    force: bool = force_option("Start over, replacing an existing file (even one from "
                                                       "another model or other settings)."),
-    progress: bool = _PROGRESS,
+    progress: bool = progress_option(),
 ) -> None:
     """Compute the circuit of every (domain, class) into a circuits file; rerun the same command to resume."""
     from clipgen.circuits.compute import CircuitsConfig, compute_circuits
@@ -98,7 +96,7 @@ def compute(
 def merge(
     shards: list[Path] = typer.Argument(..., help="Shard files (CIRCUITS.shard-i-of-n.h5), in any order."),
     out: Path = typer.Option(..., "--out", "-o", callback=writable, help="The merged circuits file."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    force: bool = force_option("Replace an existing output."),
 ) -> None:
     """Join shard files into one circuits file, refusing gaps, overlaps and mismatched fingerprints."""
     from clipgen.circuits.store import MergeConfig, run_merge
@@ -112,7 +110,7 @@ def merge(
 @app.command("info")
 def info(
     circuits: Path = typer.Argument(..., help="A circuits file (also one being computed, or a shard)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = json_option("Print JSON."),
 ) -> None:
     """Provenance, settings, layers and progress of a circuits file."""
     import json
@@ -162,17 +160,17 @@ def nodes(
     subsets: str = _SUBSETS,
     highlight: str = typer.Option("quickdraw", "--highlight", help="Domain whose pairs are set against the others "
                                                                    "(none: no highlight)."),
-    force: bool = _FORCE,
-    progress: bool = _PROGRESS,
+    force: bool = force_option("Replace an existing output folder."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Node similarity (Fig. 6b): Jaccard of the selected channels per layer and domain pair, over classes."""
     from clipgen.circuits.similarity import NodeSimilarityConfig, run_node_similarity
-    from clipgen.progress import out as con
 
     cfg = NodeSimilarityConfig(circuits=circuits, out=out or circuits.with_name(circuits.stem + "-nodes"),
                                domains=domains, subsets=subsets, highlight=highlight, force=force)
     path = run_node_similarity(cfg, progress=progress)
-    con.print(f"node similarity: {path}", markup=False, highlight=False)
+    _similarity_summary("node similarity", path, as_json)
 
 
 @app.command("similarity")
@@ -190,18 +188,40 @@ def similarity(
     subsets: str = _SUBSETS,
     highlight: str = typer.Option("quickdraw", "--highlight", help="Domain left out of the 'without' average "
                                                                    "(none: no highlight)."),
-    force: bool = _FORCE,
-    progress: bool = _PROGRESS,
+    force: bool = force_option("Replace an existing output folder."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Circuit similarity (Fig. 6c): edge-set Jaccard and WL kernels between the domain graphs of each class."""
     from clipgen.circuits.similarity import CircuitSimilarityConfig, run_circuit_similarity
-    from clipgen.progress import out as con
 
     cfg = CircuitSimilarityConfig(circuits=circuits, out=out or circuits.with_name(circuits.stem + "-similarity"),
                                   edge_k=edge_k, metrics=metrics, domains=domains, subsets=subsets,
                                   highlight=highlight, force=force)
     path = run_circuit_similarity(cfg, progress=progress)
-    con.print(f"circuit similarity: {path}", markup=False, highlight=False)
+    _similarity_summary("circuit similarity", path, as_json)
+
+
+def _similarity_summary(label: str, path: Path, as_json: bool) -> None:
+    """The highlighted domain's mean similarity vs the other pairs, then the output folder (or one JSON document)."""
+    from clipgen.circuits.similarity import highlight_means
+    from clipgen.cli.common import emit_json, summary_console
+
+    con = summary_console(as_json)
+    hl = highlight_means(path)
+    if hl is not None:
+        groups = ({f"{s} classes, mean over layers": v for s, v in hl["subsets"].items()} if "subsets" in hl else
+                  {f"{m}, {s} classes": v for m, by_s in hl["metrics"].items() for s, v in by_s.items()})
+        con.print(f"{label}: pairs with {hl['domain']} vs the other pairs", markup=False, highlight=False)
+        for name, v in groups.items():
+            con.print(f"  {name}: {_num(v['with'])} vs {_num(v['without'])}", markup=False, highlight=False)
+    con.print(f"{label}: {path}", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": path, "files": sorted(p.name for p in Path(path).iterdir()), "highlight": hl})
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 @app.command("plot")
@@ -217,7 +237,7 @@ def plot(
                                help="Edges per downstream node (top-k upstream by signed score)."),
     export: str = typer.Option("graphml,dot", "--export", help="Graph files next to the PNG: graphml, dot, or "
                                                                "none."),
-    force: bool = typer.Option(False, "--force", help="Replace existing files."),
+    force: bool = force_option("Replace existing files."),
 ) -> None:
     """Draw one circuit as a layered graph (bottom: the first layer after input; top: the embedding) and export it
     as GraphML/DOT."""

@@ -1,4 +1,4 @@
-"""``clipgen cka STORE``: cross-domain CKA of class-mean activations, layer by layer (spec 5b, Fig. 6a)."""
+"""``clipgen cka STORE``: cross-domain CKA of class-mean activations, layer by layer (Fig. 6a)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import force_option, json_option, progress_option
 from clipgen.cli.options import writable
 
 
@@ -43,7 +44,9 @@ def cka(
     highlight: str = typer.Option("quickdraw", "--highlight",
                                   help="Domain whose pairs the highlight figure sets against the other pairs."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    force: bool = force_option("Replace an existing output folder."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Linear/RBF CKA between the class-mean activations of every domain pair, for every stored layer.
 
@@ -51,7 +54,7 @@ def cka(
     Writes cka.json, cka.csv (layer x pair x subset x kernel x estimator), config.json and the figures.
     """
     from clipgen.analysis.cka import CKAConfig, run_cka
-    from clipgen.progress import out as con
+    from clipgen.cli.common import emit_json, summary_console
 
     if out is None:
         out = store.with_name(store.stem + "-cka")
@@ -61,14 +64,26 @@ def cka(
                     classes_from=classes_from.strip().lower() if classes_from else None,
                     rbf_median=rbf_median.strip().lower(),
                     highlight=highlight.strip().lower(), figures=figures, force=force)
-    res = run_cka(cfg)
+    res = run_cka(cfg, progress=progress)
+    con = summary_console(as_json)
     con.print(f"[bold]CKA[/] {len(res.layers)} layers x {len(res.pairs)} domain pairs x {len(res.subsets)} subsets "
               f"x {len(res.kernels)} kernels x {len(res.estimators)} estimators = {len(res.records)} values")
-    last = res.layers[-1]
-    for s in res.subsets:
-        for k in res.kernels:
-            vals = [r.cka for r in res.records if r.layer == last and r.subset == s and r.kernel == k
-                    and r.estimator == res.estimators[0]]
-            con.print(f"  {last} {s:>3} {k:>6}: mean {sum(vals) / len(vals):.4f} over {len(vals)} pairs "
-                      f"(min {min(vals):.4f}, max {max(vals):.4f})")
-    con.print(f"results: {res.out}")
+    hl = cfg.highlight if cfg.highlight in res.domains else None
+    rows = res.highlight_means(hl) if hl else []
+    if rows:
+        r0 = rows[0]
+        con.print(f"mean CKA ({r0['subset']} classes, {r0['kernel']} kernel, {r0['estimator']}): pairs with {hl} "
+                  f"vs the other pairs", highlight=False)
+        w = max(len(r["layer"]) for r in rows)
+        for r in rows:
+            con.print(f"  {r['layer']:<{w}}  {_num(r['with'])}  vs  {_num(r['without'])}", markup=False,
+                      highlight=False)
+    con.print(f"results: {res.out}", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": res.out, "files": res.files, "layers": res.layers, "domains": res.domains,
+                   "pairs": [list(p) for p in res.pairs], "values": len(res.records), "highlight": hl,
+                   "highlight_means": rows})
+
+
+def _num(x: float | None) -> str:
+    return "   n/a" if x is None else f"{x:.4f}"

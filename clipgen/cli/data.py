@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import force_option, json_option, progress_option
 from clipgen.cli.options import writable
 
 app = typer.Typer(help="Prepare data: synthetic DomainNet, captions, ImageNet-Captions, mixtures, merges.",
@@ -43,7 +44,7 @@ def synth(
     distinct_images: int | None = typer.Option(None, "--distinct-images", min=1,
                                                help="At most N distinct images per domain, split and class; the "
                                                     "others are hard links to them (large datasets in minutes)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing synthetic dataset in --out."),
+    force: bool = force_option("Replace an existing synthetic dataset in --out."),
 ) -> None:
     """Generate a synthetic DomainNet (six rendering styles) plus a natural-style base dataset, offline."""
     from clipgen.data.synth import SynthConfig, generate, parse_split_sizes
@@ -91,16 +92,19 @@ def captions(
     aligned: bool = typer.Option(True, "--aligned/--no-aligned",
                                  help="Also write the aligned captions (generic terms only) to OUT/aligned-captions."),
     check_files: bool = typer.Option(False, "--check-files", help="Check that every image of the split files exists."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing caption files."),
+    force: bool = force_option("Overwrite existing caption files."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Caption files for every domain and split, with the paper's six templates, terms and seed."""
     from rich.table import Table
 
+    from clipgen.cli.common import emit_json, summary_console
     from clipgen.data.captions import CaptionConfig, build_captions
-    from clipgen.progress import out as con
 
     res = build_captions(CaptionConfig(root=root, out=out, seed=seed, aligned=aligned, check_files=check_files),
-                         force=force)
+                         force=force, progress=progress)
+    con = summary_console(as_json)
     t = Table(title=f"captions in {res.out} (seed {seed})", title_justify="left")
     t.add_column("domain")
     t.add_column("train", justify="right")
@@ -111,7 +115,10 @@ def captions(
         t.add_row(d, f"{c['train']:,}", f"{c['test']:,}",
                   *[f"{res.domain_term_fraction[k][d]:.1%}" for k in res.domain_term_fraction])
     con.print(t)
-    con.print(f"wrote {len(res.files)} caption files; summary: {res.summary}")
+    con.print(f"wrote {len(res.files)} caption files; summary: {res.summary}", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": res.out, "files": res.files, "summary": res.summary, "counts": res.counts,
+                   "domain_term_fraction": res.domain_term_fraction})
 
 
 @app.command("mixtures")
@@ -145,12 +152,14 @@ def mixtures(
     base: Path | None = typer.Option(None, "--base", help="Base dataset training TSV (filepath<TAB>title)."),
     base_val: Path | None = typer.Option(None, "--base-val", help="Base dataset validation TSV."),
     check_files: bool = typer.Option(False, "--check-files", help="Check that every image exists."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
+    force: bool = force_option("Overwrite existing TSVs."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Training/validation TSVs of the paper's data mixtures, with the published names and size matching."""
     from clipgen import domainnet as dn
+    from clipgen.cli.common import emit_json, summary_console
     from clipgen.data.mixtures import MixturesConfig, build_mixtures, render_summary
-    from clipgen.progress import out as con
 
     tds = list(dn.parse_domains(test_domain, option="--test-domain", allowed=dn.TEST_DOMAINS))
     cfg = MixturesConfig(
@@ -160,7 +169,8 @@ def mixtures(
         subsample=subsample, seed=seed, held_out=_split_list(held_out) if held_out is not None else None,
         base=base, base_val=base_val, check_files=check_files,
     )
-    res = build_mixtures(cfg, force=force)
+    res = build_mixtures(cfg, force=force, progress=progress)
+    con = summary_console(as_json)
     h = res.held_out
     if h.explicit:
         con.print(f"held-out classes: {', '.join(h.names)}")
@@ -174,7 +184,13 @@ def mixtures(
                   + ", ".join(f"{x} {n:,}" for x, n in res.reference_sizes.items()))
     for t in render_summary(res.infos):
         con.print(t)
-    con.print(f"wrote {len(res.infos)} TSVs to {res.out}; index {res.index.name}, summary {res.summary.name}")
+    con.print(f"wrote {len(res.infos)} TSVs to {res.out}; index {res.index.name}, summary {res.summary.name}",
+              markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": res.out, "index": res.index, "summary": res.summary, "held_out": list(h.names),
+                   "reference_sizes": res.reference_sizes,
+                   "mixtures": [{"file": i.file, "split": i.split, "setup": i.setup, "test_domain": i.test_domain,
+                                 "identifier": i.identifier, "rows": i.counts.get("total")} for i in res.infos]})
 
 
 @app.command("imagenet-captions")
@@ -186,7 +202,7 @@ def imagenet_captions(
                              help="Output folder for in-captions-{train,val}.tsv."),
     val_fraction: float = typer.Option(0.08, "--val-fraction", help="Validation fraction per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
+    force: bool = force_option("Overwrite existing TSVs."),
 ) -> None:
     """ImageNet-Captions train/val TSVs (caption = title; tags; description) with a seeded split."""
     from clipgen.data.imagenet_captions import ImageNetCaptionsConfig, build_imagenet_captions
@@ -214,7 +230,7 @@ def merge_base(
                                          "seven CC mixtures) or 'all' training mixtures of the folder."),
     name: str | None = typer.Option(None, "--name", help="Output prefix (default: base file name without -train)."),
     check_files: bool = typer.Option(False, "--check-files", help="Check that every base image exists."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
+    force: bool = force_option("Overwrite existing TSVs."),
 ) -> None:
     """Merge a base dataset (CC3M/CC12M) with the DomainNet part of mixtures: NAME-train-IDENTIFIER.tsv."""
     from clipgen.data.base import MergeBaseConfig
@@ -248,7 +264,7 @@ def imagenet_sketch(
     subsample: str = typer.Option("first-k", "--subsample", help="first-k or random."),
     subsample_seed: int = typer.Option(0, "--subsample-seed", help="Seed of --subsample random."),
     check_files: bool = typer.Option(False, "--check-files", help="Check that every image exists."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing TSVs."),
+    force: bool = force_option("Overwrite existing TSVs."),
 ) -> None:
     """ImageNet-Sketch experiments for the sketch test domain: add sketches to three mixtures, or mix them in."""
     from clipgen.data.imagenet_sketch import SketchConfig, build_sketch_mixtures, render_sketch_summary
@@ -292,20 +308,25 @@ def cache(
     on_error: str = typer.Option("fail", "--on-error", help="Unreadable image: fail, or skip it (listed in the "
                                                             "cache's /skipped)."),
     compression: str = typer.Option("none", "--compression", help="none (fastest reads), lzf or gzip."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing cache (even one for other images or "
-                                                      "another transform)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: bool = force_option("Replace an existing cache (even one for other images or another transform)."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Decode an image set once into a cache of model-input images (uint8, resized and cropped, not normalised)
     that 'eval zero-shot', 'eval supervised', 'extract' and 'circuits compute' read with --images CACHE; rerun
     the same command to continue an interrupted cache."""
+    from clipgen.cli.common import emit_json, summary_console
     from clipgen.data.image_cache import CacheConfig, build_cache
-    from clipgen.progress import out as con
 
+    con = summary_console(as_json)
     cfg = CacheConfig(out=out, data=data, tsv=tsv, split=split, domains=domains, size=size, model=model,
                       model_dir=model_dir, batch_size=batch_size, block_rows=block_rows, workers=workers,
                       on_error=on_error, compression=compression, force=force)
     res = build_cache(cfg, progress=progress, note=lambda m: con.print(m, markup=False, highlight=False))
     if not res.already_complete:
         con.print(f"wrote {res.rows:,} images to {res.path} ({res.blocks_computed} of {res.blocks_total} blocks "
-                  f"computed now; {len(res.skipped)} skipped)")
+                  f"computed now; {len(res.skipped)} skipped)", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": res.path, "rows": res.rows, "skipped": len(res.skipped),
+                   "blocks_computed": res.blocks_computed, "blocks_total": res.blocks_total,
+                   "already_complete": res.already_complete})

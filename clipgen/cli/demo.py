@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import device_option, force_option, progress_option
 from clipgen.cli.options import writable
 
 
@@ -21,9 +22,9 @@ def demo(
                                    "RN-small, more epochs)."),
     highlight: str = typer.Option("quickdraw", "--highlight",
                                   help="Domain the analyses set against the others (the paper's: quickdraw)."),
-    device: str = typer.Option("auto", "--device", help="auto (a GPU when present), cpu, cuda or cuda:N."),
-    force: bool = typer.Option(False, "--force", help="Redo every stage, even those finished earlier."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    device: str = device_option("auto (a GPU when present), cpu, cuda or cuda:N."),
+    force: bool = force_option("Redo every stage, even those finished earlier."),
+    progress: bool = progress_option("Show progress bars."),
     scale: str | None = typer.Option(None, "--scale", hidden=True,
                                      help="default, full or tiny (the test suite's reduced demo)."),
 ) -> None:

@@ -1,4 +1,4 @@
-"""``clipgen embeddings STORE``: UMAP by domain, distances between domain means, mean-difference curves (spec 5d)."""
+"""``clipgen embeddings STORE``: UMAP by domain, distances between domain means, mean-difference curves."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import force_option, json_option, progress_option
 from clipgen.cli.options import writable
 
 
@@ -30,7 +31,9 @@ def embeddings(
     min_dist: float = typer.Option(0.1, "--min-dist", help="UMAP min_dist."),
     densmap: bool = typer.Option(True, "--densmap/--no-densmap", help="densMAP, as in the paper."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    force: bool = force_option("Replace an existing output folder."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Embedding analysis of one stored layer: UMAP coloured by domain (with and without --highlight), L2
     distances between domain means and their class-sensitive version, per-dimension mean differences.
@@ -38,7 +41,7 @@ def embeddings(
     Writes embeddings.json, umap_*.csv, config.json and the PNG figures.
     """
     from clipgen.analysis.embeddings import EmbeddingsConfig, run_embeddings
-    from clipgen.progress import out as con
+    from clipgen.cli.common import emit_json, summary_console
 
     if out is None:
         out = store.with_name(store.stem + "-embeddings")
@@ -46,7 +49,8 @@ def embeddings(
                            domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
                            highlight=highlight.strip().lower(), per_domain=per_domain, seed=seed, umap=umap,
                            n_neighbors=n_neighbors, min_dist=min_dist, densmap=densmap, figures=figures, force=force)
-    res = run_embeddings(cfg)
+    res = run_embeddings(cfg, progress=progress)
+    con = summary_console(as_json)
     h = res.domains.index(res.highlight)
     others = [j for j in range(len(res.domains)) if j != h]
     con.print(f"[bold]embedding analysis[/] of '{res.layer}' over {len(res.domains)} domains "
@@ -56,4 +60,11 @@ def embeddings(
               f"{res.class_sensitive_l2[h, others].mean():.4f}")
     for name, fit in res.umap.items():
         con.print(f"  UMAP {name}: {len(fit['rows'])} points")
-    con.print(f"results: {res.out}")
+    con.print(f"results: {res.out}", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": res.out, "files": res.files, "layer": res.layer, "domains": res.domains,
+                   "highlight": res.highlight, "images": int(res.counts.sum()),
+                   "highlight_mean_l2": float(res.domain_mean_l2[h, others].mean()) if others else None,
+                   "highlight_class_sensitive_l2": float(res.class_sensitive_l2[h, others].mean()) if others
+                   else None,
+                   "umap_points": {name: len(fit["rows"]) for name, fit in res.umap.items()}})

@@ -6,21 +6,23 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import device_option, force_option, json_option, precision_option, progress_option
 from clipgen.cli.options import writable
 
 app = typer.Typer(help="Evaluate checkpoints (zero-shot CLIP, supervised), summarise runs as the paper's Figure 2, "
                        "and run evaluation grids on SLURM.", no_args_is_help=True)
 
 _DATA_ROOT = typer.Option(..., "--data-root", help="DomainNet root (real or synthetic) with {domain}_test.txt files.")
-_MODEL_DIR = typer.Option(None, "--model-dir", help="Run directory (clipgen-run.json + checkpoints/epoch_N.pt).")
+_MODEL_DIR = typer.Option(None, "--model-dir", help="Run directory (clipgen-run.json and its checkpoints "
+                                                    "epoch_N.pt).")
 _EPOCHS = typer.Option("all", "--epochs", help="Epochs of --model-dir: all, last, N, A-B or a comma list.")
 _TEST_DOMAIN = typer.Option(None, "--test-domain",
                             help="Test domain (default: the run's mixture test domain; required otherwise).")
 _HELD_OUT = typer.Option(None, "--held-out", help="Comma-separated held-out classes (default: the run's mixture, "
                                                   "else the paper's 15 present in the data).")
-_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-_PRECISION = typer.Option("auto", "--precision", help="auto (as the published evaluation: on a GPU fp16 autocast for "
-                                                         "CLIP, fp32 for supervised; fp32 on CPU), fp32, bf16, fp16.")
+_DEVICE = device_option()
+_PRECISION = precision_option("auto (as the published evaluation: on a GPU fp16 autocast for CLIP, fp32 for "
+                              "supervised; fp32 on CPU), fp32, bf16, fp16.")
 _BATCH = typer.Option(256, "--batch-size", min=1, help="Images per forward pass.")
 _WORKERS = typer.Option(None, "--workers", min=0, help="Data-loading processes (default: one less than the CPU cores "
                                                         "this process may use, from its affinity and "
@@ -33,38 +35,52 @@ _IMAGES = typer.Option(None, "--images", help="Image cache of the evaluated imag
                                                "instead of decoding the JPEGs; refused if made for another "
                                                "preprocessing or other images.")
 _ON_ERROR = typer.Option("fail", "--on-error", help="Unreadable image: fail, or skip it (reported in results).")
-_FORCE = typer.Option(False, "--force", help="Discard an existing results.json in the output and start over.")
-_PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+_FORCE = force_option("Discard an existing results.json in the output and start over.")
+_PROGRESS = progress_option()
+_JSON = json_option()
 
 
 def _split(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
-def _report(outcome) -> None:
-    from clipgen.progress import out
+def _report(outcome, as_json: bool = False) -> None:
+    from clipgen.cli.common import emit_json, summary_console
 
+    out = summary_console(as_json)
     doc = outcome.results
     if outcome.skipped:
         out.print(f"already evaluated: epoch(s) {', '.join(map(str, outcome.skipped))}")
     if doc is None:
-        out.print(f"nothing evaluated; output {outcome.out_dir}")
+        out.print(f"nothing evaluated; output {outcome.out_dir}", markup=False, highlight=False)
+        if as_json:
+            emit_json({"out": outcome.out_dir, "results": None, "evaluated": list(outcome.evaluated),
+                       "skipped": list(outcome.skipped)})
         return
     e = doc["epochs"][-1]
     out.print(f"[bold]{doc['kind']}[/] {doc['run']['name']} on {doc['test_domain']}: evaluated epoch(s) "
               f"{', '.join(map(str, outcome.evaluated)) or 'none'}; {len(doc['epochs'])} in {outcome.out_dir}")
     out.print(f"classes {doc['classes']['count']}, held-out {len(doc['held_out']['labels'])} "
               f"({', '.join(doc['held_out']['names'])}), precision {doc['precision']}")
+    final: dict[str, dict] = {}
     for d in doc["domains"]:
         m = doc["metrics"][d]
         skipped = doc["counts"][d]["skipped_classes"]
+        final[d] = {k: m[k][-1] for k in ("ood_acc", "ood_acc_unweighted", "id_acc", "id_acc_unweighted")}
+        final[d].update(n_ood=doc["counts"][d]["ood"], n_id=doc["counts"][d]["id"])
         out.print(f"  epoch {e} {d:<10} OOD {_pct(m['ood_acc'][-1])} (unweighted {_pct(m['ood_acc_unweighted'][-1])})"
                   f"  ID {_pct(m['id_acc'][-1])} (unweighted {_pct(m['id_acc_unweighted'][-1])})"
                   f"  n={doc['counts'][d]['ood']}/{doc['counts'][d]['id']}"
                   + (f"  skipped classes without images: {', '.join(skipped)}" if skipped else ""))
     if "imagenet" in doc["metrics"]:
+        final["imagenet"] = {"acc": doc["metrics"]["imagenet"]["acc"][-1]}
         out.print(f"  epoch {e} ImageNet-val top-1 {_pct(doc['metrics']['imagenet']['acc'][-1])}")
-    out.print(f"results: {outcome.out_dir / 'results.json'}")
+    out.print(f"results: {outcome.out_dir / 'results.json'}", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": outcome.out_dir, "results": outcome.out_dir / "results.json", "kind": doc["kind"],
+                   "run": doc["run"]["name"], "test_domain": doc["test_domain"], "epochs": doc["epochs"],
+                   "evaluated": list(outcome.evaluated), "skipped": list(outcome.skipped), "final_epoch": e,
+                   "final": final})
 
 
 def _pct(x) -> str:
@@ -81,7 +97,8 @@ def zero_shot(
     model: str | None = typer.Option(None, "--model", help="Model name for explicit checkpoint files."),
     test_domain: str | None = _TEST_DOMAIN,
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
-                                    help="Output folder (default: RUN_DIR/eval/zero-shot/<test domain>)."),
+                                    help="Output folder (default: eval/zero-shot/<test domain> in the run "
+                                         "directory)."),
     templates: str = typer.Option("paper", "--templates",
                                   help="paper (80 OpenAI + 6 domain = 86), openai (80), named-domain (the published "
                                        "--domain_invariant: the 10 templates naming a domain), simple (1)."),
@@ -100,6 +117,7 @@ def zero_shot(
     on_error: str = _ON_ERROR,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
+    as_json: bool = _JSON,
 ) -> None:
     """Zero-shot accuracy of a CLIP run on held-out (OOD) and other (ID) classes of a test domain and real."""
     from clipgen.evaluation.zeroshot_eval import ZeroShotConfig, run_zero_shot
@@ -109,7 +127,7 @@ def zero_shot(
                          held_out=_split(held_out), imagenet=imagenet, stores=list(store or []), device=device,
                          precision=precision, batch_size=batch_size, workers=workers, memory_gb=memory_gb,
                          images=images, on_error=on_error, force=force, progress=progress)
-    _report(run_zero_shot(cfg))
+    _report(run_zero_shot(cfg), as_json)
 
 
 @app.command("supervised")
@@ -122,7 +140,8 @@ def supervised(
     model: str | None = typer.Option(None, "--model", help="Image-tower model name for explicit checkpoint files."),
     test_domain: str | None = _TEST_DOMAIN,
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
-                                    help="Output folder (default: RUN_DIR/eval/supervised/<test domain>)."),
+                                    help="Output folder (default: eval/supervised/<test domain> in the run "
+                                         "directory)."),
     held_out: str | None = _HELD_OUT,
     device: str = _DEVICE,
     precision: str = _PRECISION,
@@ -133,6 +152,7 @@ def supervised(
     on_error: str = _ON_ERROR,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
+    as_json: bool = _JSON,
 ) -> None:
     """The same metrics for a supervised classifier run (argmax over its DomainNet head)."""
     from clipgen.evaluation.supervised_eval import SupervisedConfig, run_supervised
@@ -141,7 +161,7 @@ def supervised(
                            model=model, epochs=epochs, test_domain=test_domain, out=out, held_out=_split(held_out),
                            device=device, precision=precision, batch_size=batch_size, workers=workers,
                            memory_gb=memory_gb, images=images, on_error=on_error, force=force, progress=progress)
-    _report(run_supervised(cfg))
+    _report(run_supervised(cfg), as_json)
 
 
 @app.command("summary")
@@ -154,16 +174,21 @@ def summary(
                                     "id_top5_unweighted, ood_macro_f1, id_macro_f1."),
     epoch: str = typer.Option("last", "--epoch", help="Epoch of each run: last, or a number."),
     domain: str = typer.Option("test", "--domain", help="test (the run's test domain) or real."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing summary in --out."),
+    force: bool = force_option("Overwrite an existing summary in --out."),
+    as_json: bool = _JSON,
 ) -> None:
     """The paper's Figure-2 view: held-out-class accuracy per test domain and setup, mean ± std over seeds."""
+    from clipgen.cli.common import emit_json, summary_console
     from clipgen.evaluation.summary import SummaryConfig, summarise
-    from clipgen.progress import out as con
 
     res = summarise(SummaryConfig(inputs=list(results), out=out, metric=metric, epoch=epoch, domain=domain,
                                   force=force))
-    con.print(res.markdown)
-    con.print(f"wrote {', '.join(str(f) for f in res.files)}")
+    con = summary_console(as_json)
+    con.print(res.markdown, markup=False, highlight=False)
+    con.print(f"wrote {', '.join(str(f) for f in res.files)}", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": res.out_dir, "files": res.files, "metric": metric, "epoch": epoch, "domain": domain,
+                   "rows": res.rows})
 
 
 @app.command("grid")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import device_option, force_option, json_option, precision_option, progress_option
 from clipgen.cli.options import positive, writable
 
 app = typer.Typer(
@@ -20,8 +21,8 @@ app = typer.Typer(
 @app.callback(invoke_without_command=True)
 def extract(
     ctx: typer.Context,
-    model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory (clipgen-run.json + "
-                                                                    "checkpoints/epoch_N.pt)."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory (clipgen-run.json and its "
+                                                                    "checkpoints epoch_N.pt)."),
     epoch: int | None = typer.Option(None, "--epoch", min=0,
                                      help="Checkpoint epoch of --model-dir (default: the last)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint trained outside clipgen "
@@ -39,9 +40,8 @@ def extract(
                                                                      "(mean of the patch tokens)."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype of layers: float16 or float32 (the "
                                                          "embedding is always float32)."),
-    precision: str = typer.Option("auto", "--precision", help="auto (fp32 on CPU, bf16 autocast on GPU), fp32, "
-                                                              "bf16, fp16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = precision_option("auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16, fp16."),
+    device: str = device_option(),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: 256 on "
                                                                       "GPU, 32 on CPU; continuing a store: its "
                                                                       "own)."),
@@ -72,8 +72,9 @@ def extract(
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable, help="The store file (STORE.h5)."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "interrupted store (and skips a complete one) anyway."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing store (needed when its settings differ)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: bool = force_option("Replace an existing store (needed when its settings differ)."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Extract activations into an HDF5 store (or run a subcommand). Rerun the same command to continue an interrupted
     store; a complete one is skipped."""
@@ -83,11 +84,12 @@ def extract(
 
     if out is None:
         raise option_error("--out", "missing: where to write the store (STORE.h5)")
+    from clipgen.cli.common import emit_json, summary_console
     from clipgen.extraction import ExtractConfig
     from clipgen.extraction import extract as run
     from clipgen.progress import console
-    from clipgen.progress import out as con
 
+    con = summary_console(as_json)
     cfg = ExtractConfig(out=out, model_dir=model_dir, epoch=epoch, checkpoint=checkpoint, model=model, data=data,
                         tsv=tsv, split=split, domains=domains, layers=layer, pooling=pooling,
                         token_pooling=token_pooling, dtype=dtype, precision=precision, device=device,
@@ -100,6 +102,9 @@ def extract(
     con.print(f"store {res.path}: {res.rows} rows, fingerprint {res.fingerprint[:12]}, {size / 1e6:.1f} MB"
               + (f", {len(res.skipped)} image(s) skipped (see /skipped)" if res.skipped else "")
               + (" (already complete)" if res.already_complete else ""), markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": res.path, "rows": res.rows, "fingerprint": res.fingerprint, "bytes": size,
+                   "skipped": len(res.skipped), "already_complete": res.already_complete})
 
 
 @app.command("layers")
@@ -108,7 +113,7 @@ def layers(
     epoch: int | None = typer.Option(None, "--epoch", min=0, help="Checkpoint epoch (default: the last)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint trained outside clipgen."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option("Print JSON instead of a table."),
 ) -> None:
     """List the layers a run's image tower offers: names, channels, output shapes, bytes per image."""
     import json
@@ -135,7 +140,7 @@ def merge(
     out: Path = typer.Option(..., "--out", "-o", callback=writable, help="The merged store."),
     copy: bool = typer.Option(False, "--copy", help="Copy the rows into a self-contained store (default: virtual "
                                                     "datasets that read the shard files in place)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    force: bool = force_option(),
 ) -> None:
     """Join shard files into one store, checking fingerprints and that no row is missing or duplicated."""
     from clipgen.progress import out as con
@@ -150,7 +155,7 @@ def merge(
 @app.command("info")
 def info(
     store: Path = typer.Argument(..., help="A store file."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = json_option("Print JSON."),
 ) -> None:
     """Print a store's provenance, layers, shapes, sizes and completeness."""
     import json

@@ -21,7 +21,10 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as _cx
 
 from clipgen import __version__
+from clipgen.cli.common import hide_flag_metavars
 from clipgen.errors import ClipgenError, os_error_message
+
+hide_flag_metavars()
 
 
 class ClipgenGroup(TyperGroup):

@@ -1,4 +1,4 @@
-"""``clipgen sae``: train sparse autoencoders on stored activations and measure feature sharing (spec 5a)."""
+"""``clipgen sae``: train sparse autoencoders on stored activations and measure feature sharing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import device_option, force_option, json_option, precision_option, progress_option
 from clipgen.cli.options import positive, writable
 
 app = typer.Typer(help="Sparse autoencoders on an activation store: train, and SAE feature sharing between domains.",
@@ -70,16 +71,16 @@ def train(
     scale_inputs: bool = typer.Option(False, "--scale-inputs",
                                       help="Scale inputs so their mean norm is sqrt(width) (useful for raw layers; "
                                            "the paper trains on the unit-norm embedding unscaled)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    precision: str = typer.Option("auto", "--precision",
-                                  help="fp32 or bf16 matrix products (fp32 master weights) (auto: bf16 on GPU)."),
+    device: str = device_option(),
+    precision: str = precision_option("fp32 or bf16 matrix products (fp32 master weights) (auto: bf16 on GPU)."),
     step_mode: str = typer.Option("auto", "--step-mode",
                                   help="eager, or graph (the whole step captured in a CUDA graph) (auto: graph on "
                                        "GPU)."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues the "
                                                         "run in --out from its newest checkpoint anyway."),
-    force: bool = typer.Option(False, "--force", help="Start over, replacing the run in --out (needed when its "
-                                                      "settings differ)."),
+    force: bool = force_option("Start over, replacing the run in --out (needed when its settings differ)."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """Train a sparse autoencoder on one stored layer (the paper's SAE: tied bias, ReLU, unit-norm decoder, L1).
 
@@ -88,8 +89,8 @@ def train(
     interrupted run (or, with a larger --epochs, to train a finished one further).
     """
     from clipgen.analysis.sae import SAETrainConfig, train_sae
+    from clipgen.cli.common import emit_json, summary_console
     from clipgen.errors import option_error
-    from clipgen.progress import out as con
 
     if paper and resample_every not in (None, 0):
         raise option_error("--paper", "cannot be combined with --resample-every (the published run never resamples)")
@@ -106,7 +107,8 @@ def train(
         keep_checkpoints=keep_checkpoints, buffer_mb=buffer_mb, block_rows=block_rows, device=device,
         precision=precision, step_mode=step_mode, paper=paper,
     )
-    res = train_sae(cfg, resume=resume, force=force)
+    res = train_sae(cfg, resume=resume, force=force, progress=progress)
+    con = summary_console(as_json)
     f = res.final or {}
     if res.already_complete:
         con.print(f"[bold]SAE[/] {res.out} was already complete ({res.steps} steps, {res.epochs} epochs)")
@@ -120,7 +122,12 @@ def train(
         v = res.val
         con.print(f"val ({v['rows']} rows): loss {v['loss']:.4g}, L0 {v['l0']:.1f}, variance explained "
                   f"{v['fve']:.3f}, never active {v['dead']}")
-    con.print(f"sae: {res.out / 'sae.pt'}")
+    con.print(f"sae: {res.out / 'sae.pt'}", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": res.out, "sae": res.out / "sae.pt", "already_complete": res.already_complete,
+                   "steps": res.steps, "samples": res.samples, "epochs": res.epochs,
+                   "samples_per_s": res.samples_per_s, "resample_checks": res.resample_checks,
+                   "revived": res.revived, "train": f or None, "val": res.val})
 
 
 @app.command("features")
@@ -145,11 +152,13 @@ def features(
                                   help="include (paper): zero-count latents may fill a top-k set (ties by index); "
                                        "exclude: only latents counted at least once."),
     batch_size: int = typer.Option(4096, "--batch-size", min=1, help="Rows encoded at a time."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    device: str = device_option(),
     names: Path | None = typer.Option(None, "--names",
                                       help="'sae names' output whose names label the top latents of every class "
                                            "(default: the SAE folder's names/ when it exists)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing results in --out."),
+    force: bool = force_option("Overwrite existing results in --out."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ) -> None:
     """SAE feature sharing between domains (paper App. C.1, Alg. 1-2): per class and domain the histogram of the
     top-20 active latents, mpct for every domain pair, the class mean and the test domain's score.
@@ -158,8 +167,8 @@ def features(
     and OUT/config.json; with names, also OUT/named-latents.json and OUT/named-latents/CLASS.png.
     """
     from clipgen.analysis.feature_sharing import FeatureSharingConfig, run_feature_sharing
+    from clipgen.cli.common import emit_json, summary_console
     from clipgen.errors import option_error
-    from clipgen.progress import out as con
 
     try:
         k_values = [int(v) for v in _csv(ks) or []]
@@ -171,21 +180,25 @@ def features(
                                classes=_csv(classes), split=split, top=top, ks=k_values,
                                zero_bins=zero_bins.strip().lower(), batch_size=batch_size, device=device,
                                names=str(names) if names else None)
-    res, path = run_feature_sharing(cfg, force=force)
-    w = max(len(d) for d in res.domains)
+    res, path = run_feature_sharing(cfg, force=force, progress=progress)
+    con = summary_console(as_json)
     con.print(f"[bold]feature sharing[/] (mpct over k={','.join(map(str, res.ks))}, top {res.top}), "
               f"{len(res.classes)} classes: {', '.join(res.classes)}")
-    con.print(" " * (w + 1) + " ".join(f"{d[:6]:>6}" for d in res.domains))
-    for i, d in enumerate(res.domains):
-        cells = " ".join("     -" if v != v else f"{v:6.3f}" for v in res.mean[i])
-        con.print(f"{d:>{w}} {cells}")
+    for line in res.mean_table():
+        con.print(line, markup=False, highlight=False)
     score = res.score
     line = f"score({res.test_domain}) = " + ("undefined" if score is None or score != score else f"{score:.4f}")
     sk = res.scores.get("sketch")
     if res.test_domain != "sketch" and sk is not None and sk == sk:
         line += f"  (the published code would report the sketch row: {sk:.4f})"
-    con.print(line)
-    con.print(f"results: {path / 'feature-sharing.json'}")
+    con.print(line, markup=False, highlight=False)
+    con.print(f"results: {path / 'feature-sharing.json'}", markup=False, highlight=False)
+    if as_json:
+        emit_json({"out": path, "results": path / "feature-sharing.json", "classes": res.classes,
+                   "domains": res.domains, "ks": res.ks, "top": res.top, "test_domain": res.test_domain,
+                   "score": score, "scores": res.scores,
+                   "mean": {a: {b: res.mean[i][j] for j, b in enumerate(res.domains)}
+                            for i, a in enumerate(res.domains)}})
 
 
 @app.command("names")
@@ -208,8 +221,8 @@ def names(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: 'names' inside the SAE "
                                                                "folder)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Terms encoded at a time."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    force: bool = typer.Option(False, "--force", help="Replace names made with other settings."),
+    device: str = device_option("auto, cpu, cuda, cuda:N."),
+    force: bool = force_option("Replace names made with other settings."),
 ) -> None:
     """Name every SAE latent with the vocabulary terms whose CLIP text embedding is most similar (cosine) to its
     decoder direction (Discover-then-Name, as the published name_concepts.py).

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import device_option, force_option, precision_option, progress_option
 from clipgen.cli.options import positive, writable
 
 app = typer.Typer(help="Train CLIP (OpenCLIP's own trainer), supervised classifiers, and the paper's grid.",
@@ -29,7 +30,8 @@ def clip(
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME (default: TSV-MODEL-sSEED)."),
     preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions, ccxm or synthetic."),
-    model: str | None = typer.Option(None, "--model", help="Model name (open_clip's or RN-tiny/RN-small/ViT-tiny)."),
+    model: str | None = typer.Option(None, "--model", help="Model name (open_clip's, or RN-tiny, RN-small, "
+                                                                      "ViT-tiny)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
     lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (preset)."),
     warmup: int | None = typer.Option(None, "--warmup", min=0, help="Warm-up steps (preset)."),
@@ -38,19 +40,18 @@ def clip(
                                                help="Batch x processes x accumulation; sets --accum-freq (preset)."),
     accum_freq: int | None = typer.Option(None, "--accum-freq", min=1, help="Gradient accumulation steps (derived)."),
     wd: float | None = typer.Option(None, "--wd", min=0.0, help="AdamW weight decay (preset)."),
-    precision: str | None = typer.Option(None, "--precision",
-                                         help="open_clip precision (amp, fp32, bf16, ...) (preset on GPU, "
-                                              "fp32 on CPU)."),
+    precision: str | None = precision_option(default=None, help="open_clip precision (amp, fp32, bf16, ...) "
+                                                                "(preset on GPU, fp32 on CPU)."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Data-loader workers per process (preset)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = device_option("auto, cpu or cuda."),
     gpus: int | None = typer.Option(None, "--gpus", min=0, help="Number of GPUs (one process each; torchrun or srun)."),
     nproc: int | None = typer.Option(None, "--nproc", min=1,
                                      help="Number of processes on CPU (gloo; for testing DDP)."),
     launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "existing run from its last checkpoint anyway."),
-    force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
+    force: bool = force_option("Delete an existing run of this name and start over."),
     log: str = typer.Option("bar", "--log", help="bar (progress bar + warnings), live (the trainer's whole log) "
                                                  "or quiet."),
     check_sample: int = typer.Option(256, "--check-sample", min=0,
@@ -86,7 +87,7 @@ def supervised(
     logs: Path = typer.Option(Path("logs"), "--logs", callback=writable, help="Folder of run directories."),
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME "
-                                         "[default: TSV-MODEL-supervised-sSEED)."),
+                                         "(default: TSV-MODEL-supervised-sSEED, e.g. mix-RN50-supervised-s0)."),
     preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions (the paper's) or synthetic."),
     model: str | None = typer.Option(None, "--model", help="Image tower of this CLIP model (preset)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
@@ -99,19 +100,20 @@ def supervised(
                                        help="Learning-rate factor at each milestone (0.1)."),
     momentum: float | None = typer.Option(None, "--momentum", min=0.0, help="Nesterov momentum (0.9)."),
     wd: float | None = typer.Option(None, "--wd", min=0.0, help="Weight decay (not on norms, biases, 1-D) (1e-4)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (mixed) (fp16 on GPU, "
+    precision: str | None = precision_option(default=None, help="fp32, fp16 or bf16 (mixed) (fp16 on GPU, "
                                                                    "fp32 on CPU)."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Data-loader workers per process (preset)."),
     save_every: int | None = typer.Option(None, "--save-every", min=1, help="Checkpoint every N epochs (5)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (0 seeds too)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = device_option("auto, cpu or cuda."),
     gpus: int | None = typer.Option(None, "--gpus", min=0, help="Number of GPUs (one process each; torchrun or srun)."),
     nproc: int | None = typer.Option(None, "--nproc", min=1, help="Number of processes on CPU (gloo)."),
     launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
                                                         "existing run from checkpoints/latest.pt anyway."),
-    force: bool = typer.Option(False, "--force", help="Delete an existing run of this name and start over."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    force: bool = force_option("Delete an existing run of this name and start over."),
+    progress: bool = progress_option(),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar (the same as --no-progress)."),
     check_sample: int = typer.Option(256, "--check-sample", min=0,
                                      help="Image paths checked to exist before training."),
 ) -> None:
@@ -130,7 +132,7 @@ def supervised(
         train=train, val=val, logs=logs, name=name, preset=preset, model=model, epochs=epochs, lr=lr,
         batch_size=batch_size, milestones=ms, gamma=gamma, momentum=momentum, wd=wd, precision=precision,
         workers=workers, save_every=save_every, seed=seed, device=device, gpus=gpus, nproc=nproc, launcher=launcher,
-        resume=resume, force=force, progress=not quiet, check_sample=check_sample,
+        resume=resume, force=force, progress=progress and not quiet, check_sample=check_sample,
     )
     res = train_supervised(cfg)
     if res.metrics and not res.skipped:
@@ -152,9 +154,11 @@ def grid(
                                                            "family)."),
     preset: str = typer.Option("imagenet-captions", "--preset", help="imagenet-captions, ccxm or synthetic."),
     setups: str = typer.Option(",".join(("natural-only", "cg-low", "cg-high", "leave-out-domain")), "--setups",
-                               help="Comma-separated setups."),
+                               help="Comma-separated setups.",
+                               show_default="natural-only, cg-low, cg-high, leave-out-domain"),
     test_domains: str = typer.Option("clipart,infograph,painting,quickdraw,sketch", "--test-domains",
-                                     help="Comma-separated test domains."),
+                                     help="Comma-separated test domains.",
+                                     show_default="clipart, infograph, painting, quickdraw, sketch"),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds (preset: 0,1,2; ccxm: 0)."),
     pseudo: bool = typer.Option(False, "--pseudo", help="Train the upper-bound mixtures (held-out classes kept)."),
     aligned: bool = typer.Option(False, "--aligned", help="Train the aligned-caption mixtures."),

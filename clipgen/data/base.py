@@ -1,4 +1,4 @@
-"""Merging another base dataset (CC3M, CC12M, any ``filepath<TAB>title`` TSV) with mixtures (spec 1.4).
+"""Merging another base dataset (CC3M, CC12M, any ``filepath<TAB>title`` TSV) with mixtures.
 
 For its CC3M/CC12M runs the paper trains on ``{cc}-train.tsv`` followed by the DomainNet part of a mixture
 (``dn-captions-train-{identifier}.tsv``), without ImageNet-Captions, and validates on the plain ``{cc}-val.tsv``.

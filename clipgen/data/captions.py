@@ -1,4 +1,4 @@
-"""DomainNet caption files (spec 1.4): one caption per image, from the split files, paper-faithful.
+"""DomainNet caption files: one caption per image, from the split files, paper-faithful.
 
 Each image gets ``template.format(A=article, T=term, C=class name)`` with
 

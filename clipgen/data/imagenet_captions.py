@@ -1,4 +1,4 @@
-"""ImageNet-Captions train/val TSVs (spec 1.4): the paper's base dataset D0.
+"""ImageNet-Captions train/val TSVs: the paper's base dataset D0.
 
 Input: ``imagenet_captions.json`` of ``mlfoundations/imagenet-captions`` (a JSON list of objects with
 ``filename``, ``wnid``, ``title``, ``tags`` (a list of strings) and ``description``) and an ImageNet train folder

@@ -1,4 +1,4 @@
-"""ImageNet-Sketch mixing experiments (spec 1.2; sketch is the test domain).
+"""ImageNet-Sketch mixing experiments (sketch is the test domain).
 
 ImageNet-Sketch images (``<sketch_root>/<wnid>/*.JPEG``, read in ImageFolder order: sorted class folders, sorted
 file names) get synthetic captions: a template drawn from :data:`SKETCH_TEMPLATES` (21), its full stop dropped

@@ -18,7 +18,7 @@ from clipgen.errors import file_error
 INDEX_NAME = "mixtures.json"
 #: Setups of the paper (Figure 1/2) plus "custom" for arbitrary domain subsets.
 SETUPS = ("natural-only", "cg-low", "cg-high", "leave-out-domain", "custom")
-#: ImageNet-Sketch experiments (spec 1.2): ``add`` (three setups plus ImageNet sketches) and ``mix``
+#: ImageNet-Sketch experiments: ``add`` (three setups plus ImageNet sketches) and ``mix``
 #: (CG high-diversity with ImageNet sketches, DomainNet sketches kept for a percentage of the C1 classes;
 #: modes in the published order, which fixes the random stream).
 SKETCH_MIX_MODES = {"fiftyp": 50, "twentyfivep": 25, "thirtyp": 30, "tenp": 10, "fivep": 5, "onep": 1, "one": None}

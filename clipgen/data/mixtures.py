@@ -1,4 +1,4 @@
-"""Training and validation mixtures (spec 1.2, 1.3), named as the published files.
+"""Training and validation mixtures, named as the published files.
 
 A mixture is the base dataset (optional here; ImageNet-Captions in the paper, ``base_train.tsv`` of a synthetic
 root) plus a DomainNet part:

@@ -1,4 +1,4 @@
-"""Size matching (spec 1.3): the published first-k rule, exactly, and a seeded random variant of the same sizes.
+"""Size matching: the published first-k rule, exactly, and a seeded random variant of the same sizes.
 
 A mixture's DomainNet training part is a list of *groups*, one per (domain, class), in the order the published
 script builds them: domains clipart, infograph, painting, quickdraw, real, sketch; inside a domain, classes in the

@@ -343,7 +343,7 @@ def summarise(cfg: SummaryConfig) -> SummaryOutcome:
     out = Path(cfg.out)
     existing = [out / f for f in OUTPUT_FILES if (out / f).exists()]
     if existing and not cfg.force:
-        raise option_error("--force", f"{existing[0]} already exists; pass --force to overwrite the summary")
+        raise option_error("--out", f"{existing[0]} already exists (use --force to replace it)")
     runs = [load_run(p) for p in find_results(cfg.inputs)]
     groups = group_runs(runs)
     rows = summary_rows(groups, cfg.metric, cfg.epoch, cfg.domain)

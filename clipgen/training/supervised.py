@@ -1,7 +1,7 @@
 """The paper's supervised baseline: an open_clip image tower (random init) + ReLU + linear head over 1345 classes.
 
 Plain PyTorch (DistributedDataParallel through torchrun or one srun task per GPU; one process on CPU for tiny
-models). The paper's settings (spec 2.2, preset ``imagenet-captions``): RN50, SGD with Nesterov momentum 0.9,
+models). The paper's settings (preset ``imagenet-captions``): RN50, SGD with Nesterov momentum 0.9,
 lr 0.01, weight decay 1e-4 except on norm layers, biases and other 1-D parameters, lr x0.1 after epochs 30, 50
 and 70, 90 epochs, global batch 256 split over the processes, fp16 mixed precision on GPU. Labels: see
 :mod:`clipgen.training.labels`.

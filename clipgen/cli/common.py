@@ -1,0 +1,91 @@
+"""The options every command shares, defined once, and how a command prints its result.
+
+Each option is a factory (a fresh ``typer.Option`` per use, so a command may word its help for what it replaces or
+where it computes) with the same flag names, defaults and metavars everywhere: ``--progress/--no-progress``,
+``--device``, ``--precision``, ``--force`` and ``--json``.
+
+With ``--json`` a command prints exactly one JSON document on stdout (its key numbers and output paths) and
+everything else (progress bars, notes, the human summary) goes to stderr; without it, the human summary goes to
+stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import typer
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+
+
+def progress_option(help: str = "Show progress bars (on stderr).") -> Any:
+    """``--progress/--no-progress`` (default on)."""
+    return typer.Option(True, "--progress/--no-progress", help=help)
+
+
+def device_option(help: str = DEVICE_HELP, default: str = "auto") -> Any:
+    """``--device`` (auto, cpu, cuda, cuda:N)."""
+    return typer.Option(default, "--device", help=help)
+
+
+def precision_option(help: str, default: str | None = "auto") -> Any:
+    """``--precision``; each command says which precisions it offers and what auto means there."""
+    return typer.Option(default, "--precision", help=help)
+
+
+def force_option(help: str = "Replace an existing output.") -> Any:
+    """``--force`` (a flag, default off)."""
+    return typer.Option(False, "--force", help=help)
+
+
+def json_option(help: str = "Print one JSON document (key numbers and output paths) on stdout; the summary, "
+                            "notes and progress go to stderr.") -> Any:
+    """``--json`` (a flag, default off)."""
+    return typer.Option(False, "--json", help=help)
+
+
+def summary_console(as_json: bool):
+    """Where the human summary goes: stdout, or stderr when stdout carries the JSON document."""
+    from clipgen.progress import console, out
+
+    return console if as_json else out
+
+
+def emit_json(doc: Any) -> None:
+    """Print ``doc`` as one JSON document on stdout (paths, numpy values and dataclasses converted; NaN as null)."""
+    from clipgen.artifacts import to_jsonable
+
+    typer.echo(json.dumps(_finite(to_jsonable(doc)), indent=2))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def hide_flag_metavars() -> None:
+    """Show flags (``--force``, ``--x/--no-x``, ``--help``) without a value type in the rich help.
+
+    Typer's rich help prints a type column for every option, ``<bool>`` for flags too, although a flag takes no
+    value; the plain help already leaves it out. Idempotent.
+    """
+    from typer.core import TyperOption
+
+    if getattr(TyperOption.display_type_rich, "_clipgen_flags", False):
+        return
+    original = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._clipgen_flags = True
+    TyperOption.display_type_rich = display_type_rich
