@@ -33,9 +33,9 @@ def _say(message: str) -> None:
 
 @app.command("compute")
 def compute(
-    model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory (clipgen-run.json + "
-                                                                   "checkpoints/epoch_N.pt) of a ModifiedResNet or "
-                                                                   "ViT CLIP."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory of a ModifiedResNet or ViT CLIP "
+                                                                   "(clipgen-run.json and its checkpoints "
+                                                                   "epoch_N.pt)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint not trained by clipgen (open_clip "
                                                                        "or OpenAI weights file), with --model."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),

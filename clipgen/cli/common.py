@@ -71,10 +71,12 @@ def _finite(obj: Any) -> Any:
 
 
 def hide_flag_metavars() -> None:
-    """Show flags (``--force``, ``--x/--no-x``, ``--help``) without a value type in the rich help.
+    """Show flags (``--force``, ``--x/--no-x``, ``--help``) without a value type in the rich help, and bounded
+    numbers as ``<int>`` / ``<float>`` (their bounds are printed in the help text, e.g. ``[x>=1]``).
 
     Typer's rich help prints a type column for every option, ``<bool>`` for flags too, although a flag takes no
-    value; the plain help already leaves it out. Idempotent.
+    value; the plain help already leaves it out. ``<int range>`` widens that column so much that help texts are cut
+    at 80 columns. Idempotent.
     """
     from typer.core import TyperOption
 
@@ -85,7 +87,25 @@ def hide_flag_metavars() -> None:
     def display_type_rich(self, ctx):
         if getattr(self, "is_flag", False) and self.metavar is None:
             return None
-        return original(self, ctx)
+        shown = original(self, ctx)
+        return shown.replace(" range>", ">") if isinstance(shown, str) and self.metavar is None else shown
 
     display_type_rich._clipgen_flags = True
     TyperOption.display_type_rich = display_type_rich
+
+    # A bounded number's range moves from the narrow type column to the help text ("[x>=1]" after the default).
+    from rich.text import Text
+    from typer import rich_utils
+
+    rich_utils.RANGE_STRING = ""
+    original_help = rich_utils._get_parameter_help
+
+    def parameter_help(*, param, ctx, markup_mode):
+        columns = original_help(param=param, ctx=ctx, markup_mode=markup_mode)
+        describe = getattr(param, "_get_number_range_help_str", None)
+        shown = describe() if describe is not None else None
+        if shown:
+            columns.renderables.append(Text(f"[{shown}]", style=rich_utils.STYLE_OPTION_DEFAULT))
+        return columns
+
+    rich_utils._get_parameter_help = parameter_help
