@@ -383,3 +383,35 @@ def test_threads_reach_the_training_process(train_mixtures, tmp_path, monkeypatc
             train_clip(ClipTrainConfig(train=train, logs=tmp_path, name=f"t{threads}", device="cpu",
                                        threads=threads, log="quiet"))
         assert seen[-1].get("OMP_NUM_THREADS") == want
+
+
+def test_preset_is_chosen_from_the_data_and_a_mismatch_is_warned(train_mixtures, tmp_path):
+    from types import SimpleNamespace
+
+    from clipgen.training.clip import choose_preset
+
+    train = train_mixtures / mixture_file("cg-low", "sketch", "train")
+    # no --preset: the small synthetic mixture gets the synthetic preset, with a note saying why
+    prep = prepare_clip_run(ClipTrainConfig(train=train, logs=tmp_path, device="cpu"))
+    assert prep.cfg.preset == "synthetic" and prep.hyper.model == "RN-tiny"
+    assert prep.preset_note.startswith("note: preset synthetic chosen")
+    # a preset for a million rows on a few hundred: kept, with a warning
+    prep = prepare_clip_run(ClipTrainConfig(train=train, logs=tmp_path, device="cpu", preset="imagenet-captions",
+                                            model="RN-tiny", batch_size=8, effective_batch=8))
+    assert prep.cfg.preset == "imagenet-captions"
+    assert prep.preset_note.startswith("warning: preset imagenet-captions does not match")
+    assert "preset synthetic fits it" in prep.preset_note
+    assert prepare_clip_run(ClipTrainConfig(train=train, logs=tmp_path, device="cpu",
+                                            preset="synthetic")).preset_note is None
+    # large data: ImageNet-Captions, or ccxm on a CC12M base; the synthetic preset there is warned about
+    ic = SimpleNamespace(base="/data/in-captions-train.tsv")
+    cc = SimpleNamespace(base="/data/cc12m-train.tsv")
+    assert choose_preset(None, "t.tsv", 450_000, ic)[0] == "imagenet-captions"
+    assert choose_preset(None, "t.tsv", 450_000, None)[0] == "imagenet-captions"
+    assert choose_preset(None, "t.tsv", 10_000_000, cc)[0] == "ccxm"
+    name, msg = choose_preset("synthetic", "t.tsv", 450_000, ic)
+    assert name == "synthetic" and msg.startswith("warning: preset synthetic does not match t.tsv")
+    # supervised training has no ccxm preset: imagenet-captions
+    from clipgen.training.supervised import PRESETS as SUP
+
+    assert choose_preset(None, "t.tsv", 10_000_000, cc, SUP)[0] == "imagenet-captions"

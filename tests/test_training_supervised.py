@@ -152,3 +152,15 @@ def test_unlabeled_row_is_an_error_before_training(train_mixtures, tmp_path):
     with pytest.raises(ClipgenError, match=r"t\.tsv:5: cannot determine the class of .*/cc/000/1\.jpg"):
         train_supervised(SupervisedTrainConfig(train=tmp_path / "t.tsv", logs=tmp_path / "logs", device="cpu"))
     assert not (tmp_path / "logs").exists()
+
+
+def test_preset_is_chosen_from_the_data(train_mixtures, tmp_path):
+    from clipgen.training.supervised import prepare_supervised_run
+
+    train = train_mixtures / mixture_file("cg-low", "sketch", "train")
+    prep = prepare_supervised_run(SupervisedTrainConfig(train=train, logs=tmp_path, device="cpu"))
+    assert prep.cfg.preset == "synthetic" and prep.settings.model == "RN-tiny"
+    assert prep.preset_note.startswith("note: preset synthetic chosen")
+    prep = prepare_supervised_run(SupervisedTrainConfig(train=train, logs=tmp_path, device="cpu",
+                                                        preset="imagenet-captions", model="RN-tiny", batch_size=8))
+    assert prep.preset_note.startswith("warning: preset imagenet-captions does not match")

@@ -26,7 +26,8 @@ def clip(
     logs: Path = typer.Option(Path("logs"), "--logs", help="Folder of run directories."),
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME (default: TSV-MODEL-sSEED)."),
-    preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions, ccxm or synthetic."),
+    preset: str | None = typer.Option(None, "--preset", help="imagenet-captions, ccxm or synthetic (default: chosen "
+                                                             "from the training data's base dataset or size)."),
     model: str | None = typer.Option(None, "--model", help="Model name (open_clip's or RN-tiny/RN-small/ViT-tiny)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs (preset)."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (preset)."),
@@ -83,7 +84,8 @@ def supervised(
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME "
                                          "[default: TSV-MODEL-supervised-sSEED)."),
-    preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions (the paper's) or synthetic."),
+    preset: str | None = typer.Option(None, "--preset", help="imagenet-captions (the paper's) or synthetic "
+                                                             "(default: chosen from the training data's size)."),
     model: str | None = typer.Option(None, "--model", help="Image tower of this CLIP model (preset)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs (preset)."),
     lr: float | None = typer.Option(None, "--lr", help="SGD learning rate (preset)."),

@@ -96,6 +96,39 @@ def get_preset(name: str, presets: dict[str, Any] | None = None, option: str = "
     return presets[name]
 
 
+#: A training TSV with at least this many rows is taken for real data when no mixture metadata says otherwise (the
+#: paper's ImageNet-Captions mixtures hold about 450,000 rows, the synthetic DomainNet's mixtures a few thousand).
+REAL_DATA_ROWS = 50_000
+
+
+def data_preset(rows: int, info: Any, presets: dict[str, Any]) -> tuple[str, str]:
+    """The preset that fits a training TSV, and why: fewer than ``REAL_DATA_ROWS`` rows is ``synthetic``; a larger
+    one is ``ccxm`` when the base dataset recorded by ``clipgen data mixtures`` / ``merge-base`` in
+    ``mixtures.json`` next to the TSV is CC3M/CC12M, else ``imagenet-captions``."""
+    if rows < REAL_DATA_ROWS:
+        return "synthetic", f"{rows:,} rows, fewer than {REAL_DATA_ROWS:,}"
+    base = getattr(info, "base", None) if info is not None else None
+    stem = Path(str(base)).name.lower() if base else ""
+    if any(x in stem for x in ("cc3m", "cc12m", "ccxm")) and "ccxm" in presets:
+        return "ccxm", f"{rows:,} rows on the base dataset {Path(str(base)).name}"
+    return "imagenet-captions", f"{rows:,} rows" + (f" on the base dataset {Path(str(base)).name}" if base else "")
+
+
+def choose_preset(given: str | None, train: str | Path, rows: int, info: Any,
+                  presets: dict[str, Any] | None = None) -> tuple[str, str | None]:
+    """``(preset, message)``: the given preset (a warning when it does not fit the data) or, when none is given,
+    the one that fits the data (a note saying which and why)."""
+    presets = PRESETS if presets is None else presets
+    fits, why = data_preset(rows, info, presets)
+    if given is None:
+        return fits, f"note: preset {fits} chosen for {train} ({why}); pass --preset to choose another"
+    get_preset(given, presets)
+    if given != fits:
+        return given, (f"warning: preset {given} does not match {train} ({why}: preset {fits} fits it); "
+                       f"its epochs, warm-up and batch size are meant for other data")
+    return given, None
+
+
 @dataclass
 class ClipTrainConfig:
     """Options of ``clipgen train clip``; ``None`` means "the preset's value"."""
@@ -104,7 +137,7 @@ class ClipTrainConfig:
     val: Path | None = None
     logs: Path = Path("logs")
     name: str | None = None
-    preset: str = "synthetic"
+    preset: str | None = None  # None: chosen from the training data (choose_preset)
     model: str | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -175,7 +208,7 @@ def check_run_name(name: str) -> str:
 
 def resolve_hyper(cfg: ClipTrainConfig, world_size: int, device: str, launcher: str) -> ClipHyper:
     """Preset values overridden by the config; derives gradient accumulation from the effective batch."""
-    p = get_preset(cfg.preset)
+    p = get_preset(cfg.preset or "synthetic")  # no preset and no data read (prepare_clip_run chooses one first)
     model = cfg.model or p.model
     batch = cfg.batch_size or p.batch_size
     for opt, v in (("--batch-size", batch), ("--epochs", cfg.epochs), ("--accum-freq", cfg.accum_freq),
@@ -294,6 +327,7 @@ class PreparedClipRun:
     complete: bool
     discard: list[Path] = field(default_factory=list)  # unreadable last checkpoints, set aside before resuming
     resuming: bool = False  # the run directory holds an earlier start of this run, which is continued
+    preset_note: str | None = None  # which preset was chosen for the data, or a warning that it does not fit
 
 
 _RESUME_KEYS = ("model", "epochs", "lr", "warmup", "effective_batch", "wd")
@@ -316,6 +350,11 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
 
     if cfg.log not in ("bar", "live", "quiet"):
         raise option_error("--log", f"unknown mode {cfg.log!r} (bar, live or quiet)")
+    train = None
+    if cfg.preset is None:  # the preset depends on the data: read it first
+        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        chosen, preset_note = choose_preset(None, cfg.train, train.rows, read_info(cfg.train))
+        cfg = replace(cfg, preset=chosen)
     get_preset(cfg.preset)
     plan = resolve_launch(cfg.device, cfg.gpus, cfg.nproc, cfg.launcher)
     hp = resolve_hyper(cfg, plan.world_size, plan.device, plan.launcher)
@@ -324,7 +363,9 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     logs = Path(cfg.logs)
     run_dir = logs / name
 
-    train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+    if train is None:
+        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        _, preset_note = choose_preset(cfg.preset, cfg.train, train.rows, read_info(cfg.train))
     if train.rows < hp.effective_batch:
         raise option_error("--train", f"{cfg.train} has {train.rows} rows, fewer than one optimizer step "
                                       f"(effective batch {hp.effective_batch}); lower --batch-size")
@@ -382,7 +423,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     model_config(hp.model)  # extra arguments may name another model
     command = module_command(ENTRY_MODULE, argv, plan)
     return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete, discard,
-                           resuming)
+                           resuming, preset_note)
 
 
 def _manifest(prep: PreparedClipRun, *, status: str, extra: dict[str, Any] | None = None):
@@ -421,6 +462,8 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     t0 = time.perf_counter()
     prep = prepare_clip_run(cfg)
     run_dir, hp = prep.run_dir, prep.hyper
+    if prep.preset_note and prep.plan.is_rank0 and cfg.log != "quiet" and not prep.complete:
+        console.print(prep.preset_note, markup=False, highlight=False)
     ck_dir = run_dir / "checkpoints"
     if prep.plan.is_rank0:
         for p in ck_dir.glob(".epoch_*.pt.*.tmp"):  # a save cut off by a kill (never renamed into place)
