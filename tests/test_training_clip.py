@@ -415,3 +415,17 @@ def test_preset_is_chosen_from_the_data_and_a_mismatch_is_warned(train_mixtures,
     from clipgen.training.supervised import PRESETS as SUP
 
     assert choose_preset(None, "t.tsv", 10_000_000, cc, SUP)[0] == "imagenet-captions"
+
+
+def test_training_loss_curves_in_the_run_directory(trained_run_dir):
+    from clipgen.training.clip import training_loss_figure
+
+    png = trained_run_dir / "curves" / "training_loss.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    m = read_manifest(trained_run_dir)
+    ax = training_loss_figure(m.extra["train_loss"], m.extra["val_loss"]).axes[0]
+    train = next(ln for ln in ax.get_lines() if ln.get_label().startswith("training"))
+    assert list(train.get_xdata()) == [1, 2]
+    assert list(train.get_ydata()) == pytest.approx([m.extra["train_loss"]["1"], m.extra["train_loss"]["2"]])
+    assert list(ax.get_xticks()) == [1.0, 2.0]  # whole epochs only
+    assert any(ln.get_label().startswith("validation") for ln in ax.get_lines())

@@ -352,6 +352,45 @@ def percent_axis(ax: Any, label: str) -> None:
     ax.set_ylabel(label)
 
 
+ACCURACY_FIGURE = "accuracy.png"
+
+
+def accuracy_figure(doc: dict[str, Any]) -> Any:
+    """Zero-shot (or supervised) accuracy over the evaluated epochs of one results.json: held-out (OOD) and other
+    (ID) classes of the test domain, and the ID classes of every other evaluated domain (a Figure, not saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(e) for e in doc["epochs"]]
+    td = doc["test_domain"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series = [(td, "ood_acc", f"{td}: held-out classes", "-"), (td, "id_acc", f"{td}: other classes", "--")]
+    series += [(d, "id_acc", f"{d}: other classes", ":") for d in doc["metrics"] if d != td]
+    for d, metric, label, ls in series:
+        values = (doc["metrics"].get(d) or {}).get(metric)
+        if not values:
+            continue
+        ys = [np.nan if v is None else 100 * float(v) for v in values]
+        ax.plot(epochs, ys, marker="o", ms=4, ls=ls, label=label)
+    run = (doc.get("run") or {}).get("name") or ""
+    ax.set_title(f"{doc.get('kind', '')} accuracy, test domain {td}" + (f"\n{run}" if run else ""), fontsize=9)
+    epoch_axis(ax, epochs)
+    percent_axis(ax, "top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_accuracy_figure(out_dir: str | Path, doc: dict[str, Any]) -> Path:
+    """``OUT_DIR/accuracy.png`` (beside results.json) from a results document."""
+    path = Path(out_dir) / ACCURACY_FIGURE
+    _save(accuracy_figure(doc), path)
+    return path
+
+
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 

@@ -565,6 +565,56 @@ def _finalise_manifest(run_dir: Path, epochs: list[int], train_loss: dict[int, f
                    val_loss={str(k): v for k, v in sorted({**prev_val, **val_loss}.items())},
                    seconds=round(seconds + float(m.extra.get("seconds", 0.0) if add_seconds else 0.0), 1))
     write_manifest(run_dir, m)
+    plot_training_curves(run_dir, m.extra["train_loss"], m.extra["val_loss"])
+
+
+CURVES_DIR = "curves"
+TRAINING_LOSS_FIGURE = "training_loss.png"
+
+
+def training_loss_figure(train_loss: dict, val_loss: dict, title: str = ""):
+    """Training loss (the trainer's running mean over each epoch's logged steps) and validation loss per epoch (a
+    Figure, not saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clipgen.evaluation.summary import epoch_axis
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    epochs: list[int] = []
+    for losses, label, style in ((train_loss, "training (mean over the epoch)", "-"),
+                                 (val_loss, "validation (clip_val_loss)", "--")):
+        pts = sorted((int(e), float(v)) for e, v in losses.items() if v is not None)
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o", ms=4, ls=style, label=label)
+            epochs += list(xs)
+    epoch_axis(ax, epochs)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("contrastive loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if epochs:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(run_dir: Path, train_loss: dict, val_loss: dict) -> Path:
+    """``RUN/curves/training_loss.png`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    from clipgen.artifacts import atomic_path
+
+    path = Path(run_dir) / CURVES_DIR / TRAINING_LOSS_FIGURE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = training_loss_figure(train_loss, val_loss, f"training loss, {Path(run_dir).name}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _repair_complete_manifest(run_dir: Path, epochs: int) -> None:
