@@ -328,6 +328,7 @@ class PreparedClipRun:
     discard: list[Path] = field(default_factory=list)  # unreadable last checkpoints, set aside before resuming
     resuming: bool = False  # the run directory holds an earlier start of this run, which is continued
     preset_note: str | None = None  # which preset was chosen for the data, or a warning that it does not fit
+    extended_from: int | None = None  # a complete run of this many epochs, extended to hyper.epochs
 
 
 _RESUME_KEYS = ("model", "epochs", "lr", "warmup", "effective_batch", "wd")
@@ -381,6 +382,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     start_epoch, complete = 0, False
     discard: list[Path] = []
     resuming = state.started and not cfg.force  # the same command continues a run (--resume is implied)
+    extended_from: int | None = None
     if resuming:
         if state.has_manifest:
             old = read_manifest(run_dir, option="--name")
@@ -388,8 +390,13 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
                 raise option_error("--name", f"{run_dir} is a {old.kind} run, not a CLIP run; pass --force to "
                                              f"replace it or choose another --name")
             old_hp = dict(old.hyperparameters, model=old.model)
+            old_epochs = old_hp.get("epochs")
+            # more epochs on a complete run extend it (every other setting as it was); fewer stay refused
+            if isinstance(old_epochs, int) and hp.epochs > old_epochs and old_epochs in state.checkpoints:
+                extended_from = old_epochs
             diff = [f"{k} {old_hp.get(k)!r} -> {getattr(hp, k)!r}" for k in _RESUME_KEYS
-                    if k in old_hp and old_hp.get(k) != getattr(hp, k)]
+                    if k in old_hp and old_hp.get(k) != getattr(hp, k)
+                    and not (k == "epochs" and extended_from is not None)]
             old_sha = (old.data.get("train") or {}).get("sha256")
             if old_sha and old_sha != train.sha256:
                 diff.append(f"train data sha256 {old_sha[:12]}... -> {train.sha256[:12]}...")
@@ -423,7 +430,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     model_config(hp.model)  # extra arguments may name another model
     command = module_command(ENTRY_MODULE, argv, plan)
     return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete, discard,
-                           resuming, preset_note)
+                           resuming, preset_note, extended_from)
 
 
 def _manifest(prep: PreparedClipRun, *, status: str, extra: dict[str, Any] | None = None):
@@ -481,14 +488,23 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
         return ClipRunResult(run_dir, ck_dir, sorted(list_checkpoints(run_dir)), {}, {}, skipped=True)
 
     if prep.plan.is_rank0:
+        if prep.extended_from is not None and cfg.log != "quiet":
+            console.print(f"note: extending {run_dir} from {prep.extended_from} to {hp.epochs} epochs (the cosine "
+                          f"schedule is recomputed over {hp.epochs} epochs; see docs/train.md)",
+                          markup=False, highlight=False)
         if cfg.force and run_dir.exists():
+            note = force_note(run_dir)
+            if note and cfg.log != "quiet":
+                console.print(note, markup=False, highlight=False)
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         extra: dict[str, Any] = {"versions": _versions(), "started": utc_now()}
         if prep.resuming and (run_dir / "clipgen-run.json").is_file():
             old = read_manifest(run_dir, option="--name")
-            history = [*old.extra.get("history", []),
-                       {"resumed": utc_now(), "from_epoch": prep.start_epoch, "command": command_line()}]
+            entry: dict[str, Any] = {"resumed": utc_now(), "from_epoch": prep.start_epoch, "command": command_line()}
+            if prep.extended_from is not None:
+                entry.update(extended_from_epochs=prep.extended_from, extended_to_epochs=hp.epochs)
+            history = [*old.extra.get("history", []), entry]
             m = _manifest(prep, status="running", extra={**old.extra, **extra, "history": history})
             m.created, m.command = old.created, old.command
         else:
@@ -539,6 +555,16 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
             raise TrainingFailed(f"training ended without {ck_dir / f'epoch_{hp.epochs}.pt'} (see {run_dir}/out.log)")
         _finalise_manifest(run_dir, epochs, result.train_loss, result.val_loss, seconds, add_seconds=prep.resuming)
     return result
+
+
+def force_note(run_dir: Path) -> str | None:
+    """The line ``--force`` prints before deleting a run directory that holds evaluation results (they belong to
+    the weights being deleted): the evaluation folders it deletes with it."""
+    ev = Path(run_dir) / "eval"
+    found = sorted(str(p.parent.relative_to(run_dir)) for p in ev.rglob("results.json")) if ev.is_dir() else []
+    if not found:
+        return None
+    return f"note: --force deletes {run_dir} with its evaluation results: {', '.join(found)}"
 
 
 def _update_manifest(run_dir: Path, **fields: Any) -> None:

@@ -292,6 +292,11 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
                                    skipped=True)
     if prep.plan.is_rank0:
         if cfg.force and run_dir.exists():
+            from clipgen.training.clip import force_note
+
+            note = force_note(run_dir)
+            if note and cfg.progress:
+                console.print(note, markup=False, highlight=False)
             shutil.rmtree(run_dir)
         ck_dir.mkdir(parents=True, exist_ok=True)
         old = read_manifest(run_dir, option="--name") if (not cfg.force and (run_dir / "clipgen-run.json").is_file()) \
