@@ -108,6 +108,13 @@ def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     metrics = read_metrics(run)
     assert [r["epoch"] for r in metrics] == [1, 2, 3] and metrics[-1]["step"] == 3 * (metrics[0]["step"])
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    # the loss curves beside the logs: every epoch's training and validation loss
+    from clipgen.training.clip import training_loss_figure
+
+    assert (run / "curves" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+    ax = training_loss_figure({r["epoch"]: r["train_loss"] for r in metrics},
+                              {r["epoch"]: r["val_loss"] for r in metrics}).axes[0]
+    assert [list(ln.get_xdata()) for ln in ax.get_lines()] == [[1, 2, 3], [1, 2, 3]]
     # evaluation: the trainer's DomainNet-head accuracy equals one computed by hand; every val row counts
     val_tsv = train_mixtures / mixture_file("cg-low", "sketch", "val")
     acc, n = _accuracy_by_hand(run, 3, val_tsv)

@@ -333,6 +333,11 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
         if metrics:
             m.extra["final_metrics"] = metrics[-1]
         write_manifest(run_dir, m)
+        from clipgen.training.clip import plot_training_curves
+
+        plot_training_curves(run_dir, {r["epoch"]: r.get("train_loss") for r in metrics},
+                             {r["epoch"]: r.get("val_loss") for r in metrics if "val_loss" in r},
+                             ylabel="cross-entropy loss", val_label="validation")
     return SupervisedRunResult(run_dir, ck_dir, epochs, metrics, False, seconds)
 
 
