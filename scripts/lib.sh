@@ -5,7 +5,8 @@
 #   * options every script takes: --dry-run (or DRY_RUN=1) and --help (prints the script's header);
 #   * one-line errors: `error: ...` on stderr and exit code 2 for a missing variable or path (cg_require*);
 #   * the dry-run wrapper cg_run (prints `+ COMMAND`; runs it unless DRY_RUN=1) and the clipgen command
-#     (CLIPGEN, default `clipgen` on PATH, resolved to an absolute path so that SLURM jobs run the same one);
+#     (CLIPGEN, default `clipgen` on PATH, else the project's .venv/bin/clipgen, resolved to an absolute path so that
+#     SLURM jobs run the same one);
 #   * the sbatch wrapper cg_submit (`sbatch --parsable`, --dependency=afterok:..., resources, logs; sets CG_JOB
 #     to the job id, or to a placeholder `dry-N` in a dry run) and the resource options (cg_res);
 #   * job-id bookkeeping between the stages of one driver run (cg_dep_set / cg_dep_get / cg_jobs_add);
@@ -231,11 +232,16 @@ cg_mkdir() {  # folders are made only when the pipeline really runs
 }
 
 cg_init_clipgen() {  # CG_CLIPGEN: the clipgen command as an array, its program resolved to an absolute path
-    local words exe
+    local words exe venv
+    if [ -z "${CLIPGEN+x}" ] && ! command -v clipgen > /dev/null 2>&1; then
+        # not on PATH: the project's own environment (make install), if there is one
+        venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/clipgen"
+        if [ -x "$venv" ]; then CLIPGEN=$venv; fi
+    fi
     read -r -a words <<< "${CLIPGEN:-clipgen}"
     [ ${#words[@]} -gt 0 ] || cg_die "CLIPGEN is empty (the clipgen command, e.g. /path/to/.venv/bin/clipgen)"
     exe=$(command -v -- "${words[0]}") ||
-        cg_die "CLIPGEN: '${words[0]}' not found (activate clipgen's environment or set CLIPGEN=/path/to/clipgen)"
+        cg_die "CLIPGEN: '${words[0]}' not found (activate clipgen's environment, run make install, or set CLIPGEN=/path/to/clipgen)"
     case "$exe" in /*) ;; *) cg_die "CLIPGEN: '${words[0]}' is not a program" ;; esac
     words[0]=$exe
     CG_CLIPGEN=("${words[@]}")

@@ -196,3 +196,19 @@ def test_run_feature_sharing_refusals(tmp_path):
                                           r"row\); the SAE needs one vector per image"):
         run(store=str(unpooled), test_domain="sketch", layer="conv")
     assert not (tmp_path / "o").exists()
+
+
+def test_class_maps_have_one_shared_colour_bar():
+    import numpy as np
+
+    from clipgen.analysis.feature_sharing import FeatureSharing, class_matrices_figure
+
+    mats = np.array([[[1.0, 0.2], [0.2, 1.0]], [[1.0, 0.0], [0.0, 1.0]], [[1.0, np.nan], [np.nan, 1.0]]])
+    res = FeatureSharing(classes=["a", "b", "c"], labels=[0, 1, 2], domains=["real", "sketch"],
+                         histograms=np.zeros((3, 2, 4), np.int64), images=np.ones((3, 2)), matrices=mats,
+                         mean=mats[:2].mean(0), n_classes=np.full((2, 2), 2), scores={}, test_domain="sketch")
+    fig = class_matrices_figure(res)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1
+    assert bars[0].get_ylim() == (0.0, 1.0)
+    assert len(fig.axes) == 3 + 1

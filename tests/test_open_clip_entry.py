@@ -133,3 +133,24 @@ def test_two_cpu_processes_and_epoch0_is_the_initial_model(train_mixtures, tmp_p
     # buffers (BatchNorm statistics) did move: the epoch really ran on both processes
     assert any(not torch.equal(e0[n], e1[n]) for n in e0 if n.endswith("running_mean"))
     assert "Running in distributed mode" in (run / "out.log").read_text()
+
+
+def test_the_trainers_model_creation_logs_no_pretrained_weights_notice(tmp_path, monkeypatch, caplog):
+    """open_clip warns "No pretrained weights loaded" for every model clipgen trains (it never loads any): the
+    trainer's log (and so the progress-bar console) does not show it; other warnings still pass."""
+    import logging
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", torch.nn.parallel.DistributedDataParallel)
+
+    def create(*args, **kwargs):
+        logging.warning("No pretrained weights loaded for model 'RN-tiny'. Model initialized randomly.")
+        logging.warning("something else")
+        return torch.nn.Linear(2, 2), None, None
+
+    fake = types.SimpleNamespace(create_model_and_transforms=create, get_latest_checkpoint=lambda p, r: None,
+                                 pt_load=lambda *a, **k: None, train_one_epoch=lambda *a, **k: None, torch=torch)
+    entry._install_hooks(fake, tmp_path / "checkpoints", "r")
+    with caplog.at_level(logging.WARNING):
+        fake.create_model_and_transforms("RN-tiny")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["something else"]

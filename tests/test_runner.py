@@ -129,3 +129,20 @@ def test_a_changed_checkpoint_is_evaluated_again(random_run_dir, uneven_root, tm
     assert _done_epochs(tmp_path / "o", {0: ck}) == [0]
     shutil.copy(run / "checkpoints" / "epoch_2.pt", ck)
     assert _done_epochs(tmp_path / "o", {0: ck}) == []
+
+
+def test_accuracy_curves_beside_results_json(random_run_dir, uneven_root, tmp_path):
+    """Every evaluation (re)draws OUT/accuracy.png from the whole results.json, also when it only adds epochs."""
+    from clipgen.evaluation.summary import accuracy_figure
+
+    cfg = dict(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch", out=tmp_path / "o",
+               templates="simple", progress=False)
+    run_zero_shot(ZeroShotConfig(**cfg, epochs="0"))
+    png = tmp_path / "o" / "accuracy.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    run_zero_shot(ZeroShotConfig(**cfg, epochs="0,1"))
+    doc = read_results(tmp_path / "o")
+    ax = accuracy_figure(doc).axes[0]
+    assert list(ax.get_xticks()) == [0.0, 1.0] and ax.get_ylim() == (0.0, 100.0)
+    ood = next(ln for ln in ax.get_lines() if ln.get_label() == "sketch: held-out classes")
+    assert list(ood.get_ydata()) == pytest.approx([100 * v for v in doc["metrics"]["sketch"]["ood_acc"]])

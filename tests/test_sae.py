@@ -615,3 +615,59 @@ def test_store_refusals(tmp_path):
         (tmp_path / "junk.h5").write_text("junk")
         train_sae(_store_cfg(tmp_path / "e", [tmp_path / "junk.h5"]), progress=False)
     assert not any((tmp_path / n).exists() for n in "abcde")
+
+
+def test_final_statistics_are_the_final_models_not_the_runs_average(tmp_path, planted):
+    """With one log interval spanning the whole run, the interval mean includes the untrained model's first steps;
+    the reported final statistics are a pass of the final model over the training rows."""
+    x, _ = planted
+    res = train_sae(_cfg(tmp_path / "run", epochs=6, log_every=10**9), TrainingData(ArraySource(x)), progress=False)
+    model, _ = load_sae(tmp_path / "run")
+    by_hand = evaluate(model, torch.from_numpy(x), 3e-2)
+    assert res.final["fve"] == pytest.approx(by_hand["fve"], abs=1e-6)
+    assert res.final["l0"] == pytest.approx(by_hand["l0"], abs=1e-6)
+    assert res.final["loss"] == pytest.approx(by_hand["loss"], rel=1e-6)
+    assert res.final["dead"] == by_hand["dead"] and res.final["rows"] == 4096
+    log = _log(tmp_path / "run")
+    interval = [r for r in log if r["kind"] == "train"]
+    assert len(interval) == 1 and interval[0]["fve"] < res.final["fve"] - 0.05  # the run's average is worse
+    assert log[-1]["kind"] == "final" and log[-1]["step"] == res.steps
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["final"]["fve"] == pytest.approx(res.final["fve"])
+
+
+def test_curves_png_beside_the_log(tmp_path, planted):
+    from clipgen.analysis.sae import curves_figure, read_log
+
+    x, _ = planted
+    train_sae(_cfg(tmp_path / "run", epochs=2, val_every=128 * 16),
+              TrainingData(ArraySource(x), val=torch.from_numpy(x[:256])), progress=False)
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = curves_figure(read_log(tmp_path / "run" / "log.jsonl"))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss (mse + l1)", "L0 (active latents per row)", "dead latents", "variance explained"]
+    fve = fig.axes[3]
+    train_line = next(ln for ln in fve.get_lines() if ln.get_label().startswith("training"))
+    logged = [r for r in _log(tmp_path / "run") if r["kind"] == "train"]
+    assert list(train_line.get_xdata()) == [r["step"] for r in logged]  # 64 steps, logged every 8
+    assert list(train_line.get_ydata()) == pytest.approx([r["fve"] for r in logged])
+    labels = {ln.get_label() for ln in fve.get_lines()}
+    assert {"validation", "final model (training rows)"} <= labels
+
+
+def test_default_batch_size_fits_a_small_training_set(tmp_path, planted, capsys):
+    x, _ = planted
+    cfg = _cfg(tmp_path / "run", batch_size=None, epochs=3)
+    res = train_sae(cfg, TrainingData(ArraySource(x[:1577])), progress=False)
+    assert res.steps == 3  # one batch of all 1,577 rows per epoch
+    assert "note: batch size 1577: all 1,577 training rows" in capsys.readouterr().err.replace("\n", " ")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["batch_size"] == 1577
+    # the same command continues / skips it (the resolved batch size is the recorded one)
+    again = train_sae(cfg, TrainingData(ArraySource(x[:1577])), progress=False)
+    assert again.already_complete
+    # the paper's 2048 when there are enough rows
+    assert train_sae(_cfg(tmp_path / "big", batch_size=None, epochs=1), TrainingData(ArraySource(x)),
+                     progress=False).steps == 2
+    with pytest.raises(ClipgenError, match=r"^--batch-size: 4096 is larger than the 1577 training rows; pass "
+                                           r"--batch-size 1577 or less"):
+        train_sae(_cfg(tmp_path / "c", batch_size=4096), TrainingData(ArraySource(x[:1577])), progress=False)

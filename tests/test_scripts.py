@@ -522,3 +522,44 @@ def test_batch_scripts_run_their_task(tmp_path):
     r = subprocess.run(["bash", str(SCRIPTS / "slurm/job.sbatch"), "printf", "%s", "a b"], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.endswith("a b")
+
+
+def _readme_block(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return next(b for b in blocks if marker in b)
+
+
+def test_readme_reproduce_block_works_as_written_in_dry_run(tmp_path):
+    """README's block, with its variables pointed at existing folders and without the real (non-dry) run: no CLIPGEN
+    variable, clipgen not on PATH (the project's .venv is found) or on it (an activated environment)."""
+    block = _readme_block("scripts/reproduce.sh --dry-run")
+    lines = [x for x in block.replace("\\\n", " ").splitlines() if x.strip()]
+    export = next(x for x in lines if x.startswith("export "))
+    names = re.findall(r"(\w+)=\S+", export)
+    assert set(names) == {"DOMAINNET", "IMAGENET_TRAIN", "IMAGENET_CAPTIONS_JSON", "OUT", "PARTITION"}
+    values = {"DOMAINNET": tmp_path / "domainnet", "IMAGENET_TRAIN": tmp_path / "imagenet" / "train",
+              "IMAGENET_CAPTIONS_JSON": tmp_path / "imagenet_captions.json", "OUT": tmp_path / "out",
+              "PARTITION": "gpu"}
+    values["DOMAINNET"].mkdir()
+    values["IMAGENET_TRAIN"].mkdir(parents=True)
+    values["IMAGENET_CAPTIONS_JSON"].write_text("{}")
+    export = re.sub(r"(\w+)=\S+", lambda m: f"{m.group(1)}={values[m.group(1)]}", export)
+    dry = next(x for x in lines if "scripts/reproduce.sh --dry-run" in x)
+    script = f"{export}\n{dry}\n"
+    env = {k: v for k, v in base_env(tmp_path).items() if k != "CLIPGEN"}
+    bindir = str(Path(sys.executable).parent)
+    own_venv = (ROOT / ".venv" / "bin" / "clipgen").is_file()
+    if own_venv:  # as a user who has not activated it: clipgen is not on PATH
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                      if p and not (Path(p) / "clipgen").exists())
+    else:
+        env["PATH"] = bindir + os.pathsep + env["PATH"]
+    r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = ok(r)
+    assert "# === stage data" in out and "# === stage eval" in out
+    subs = sbatch_lines(out)
+    assert option(job_named(subs, "clipgen-data")[0], "partition") == "gpu"
+    assert not values["OUT"].exists()  # a dry run writes nothing
+    if own_venv:
+        assert str(ROOT / ".venv" / "bin" / "clipgen") in out

@@ -110,3 +110,42 @@ def test_find_results(tmp_path, results_dir):
         find_results([tmp_path / "empty"])
     with pytest.raises(ClipgenError, match="does not exist"):
         find_results([tmp_path / "nope.json"])
+
+
+def test_paper_setups_come_before_their_variants(tmp_path):
+    """A run evaluated off its own test domain ("trained for quickdraw") sorts after every paper setup, whatever the
+    alphabetical order of the domains."""
+    files = [fake_results(tmp_path / f"{i}" / "results.json", setup=s, test_domain="sketch", seed=0, values=[0.5],
+                          mixture_test_domain=mtd)
+             for i, (s, mtd) in enumerate([("cg-high", "quickdraw"), ("leave-out-domain", "sketch"),
+                                           ("cg-high", "sketch"), ("natural-only", None), ("cg-low", "sketch")])]
+    files.append(fake_results(tmp_path / "ub" / "results.json", setup="cg-low", pseudo=True, test_domain="sketch",
+                              seed=0, values=[0.9]))
+    res = summarise(SummaryConfig(inputs=files, out=tmp_path / "s"))
+    header = next(line for line in res.markdown.splitlines() if line.startswith("| test domain"))
+    cols = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert cols == ["Natural-only", "CG low-diversity", "CG high-diversity", "Leave-out-domain",
+                    "CG low-diversity (upper bound)", "CG high-diversity (trained for quickdraw)"]
+
+
+def test_figure2_bars_carry_their_values(results_dir, tmp_path):
+    from clipgen.evaluation.summary import bar_figure, group_runs, load_run, setup_order, summary_rows
+
+    groups = group_runs([load_run(p) for p in find_results([results_dir])])
+    rows = summary_rows(groups, "ood_acc", "last", "test")
+    fig = bar_figure(rows, "ood_acc", setup_order(groups))
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    # one label per bar (4 setups on sketch + cg-high on clipart + the upper bound), natural-only = 20.0 %
+    assert len(labels) == 6
+    assert "20.0" in labels and "70.0" in labels
+
+
+def test_curves_have_integer_epoch_ticks_and_a_0_to_100_axis_with_one_epoch(tmp_path):
+    from clipgen.evaluation.summary import curves_figure, group_runs, load_run
+
+    f = fake_results(tmp_path / "a" / "results.json", setup="cg-high", test_domain="sketch", seed=0, values=[0.0],
+                     epochs=[1])
+    fig = curves_figure(group_runs([load_run(f)]), "ood_acc", "test")
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [1.0]
+    assert ax.get_ylim() == (0.0, 100.0)

@@ -383,3 +383,104 @@ def test_threads_reach_the_training_process(train_mixtures, tmp_path, monkeypatc
             train_clip(ClipTrainConfig(train=train, logs=tmp_path, name=f"t{threads}", device="cpu",
                                        threads=threads, log="quiet"))
         assert seen[-1].get("OMP_NUM_THREADS") == want
+
+
+def test_preset_is_chosen_from_the_data_and_a_mismatch_is_warned(train_mixtures, tmp_path):
+    from types import SimpleNamespace
+
+    from clipgen.training.clip import choose_preset
+
+    train = train_mixtures / mixture_file("cg-low", "sketch", "train")
+    # no --preset: the small synthetic mixture gets the synthetic preset, with a note saying why
+    prep = prepare_clip_run(ClipTrainConfig(train=train, logs=tmp_path, device="cpu"))
+    assert prep.cfg.preset == "synthetic" and prep.hyper.model == "RN-tiny"
+    assert prep.preset_note.startswith("note: preset synthetic chosen")
+    # a preset for a million rows on a few hundred: kept, with a warning
+    prep = prepare_clip_run(ClipTrainConfig(train=train, logs=tmp_path, device="cpu", preset="imagenet-captions",
+                                            model="RN-tiny", batch_size=8, effective_batch=8))
+    assert prep.cfg.preset == "imagenet-captions"
+    assert prep.preset_note.startswith("warning: preset imagenet-captions does not match")
+    assert "preset synthetic fits it" in prep.preset_note
+    assert prepare_clip_run(ClipTrainConfig(train=train, logs=tmp_path, device="cpu",
+                                            preset="synthetic")).preset_note is None
+    # large data: ImageNet-Captions, or ccxm on a CC12M base; the synthetic preset there is warned about
+    ic = SimpleNamespace(base="/data/in-captions-train.tsv")
+    cc = SimpleNamespace(base="/data/cc12m-train.tsv")
+    assert choose_preset(None, "t.tsv", 450_000, ic)[0] == "imagenet-captions"
+    assert choose_preset(None, "t.tsv", 450_000, None)[0] == "imagenet-captions"
+    assert choose_preset(None, "t.tsv", 10_000_000, cc)[0] == "ccxm"
+    name, msg = choose_preset("synthetic", "t.tsv", 450_000, ic)
+    assert name == "synthetic" and msg.startswith("warning: preset synthetic does not match t.tsv")
+    # supervised training has no ccxm preset: imagenet-captions
+    from clipgen.training.supervised import PRESETS as SUP
+
+    assert choose_preset(None, "t.tsv", 10_000_000, cc, SUP)[0] == "imagenet-captions"
+
+
+def test_training_loss_curves_in_the_run_directory(trained_run_dir):
+    from clipgen.training.clip import training_loss_figure
+
+    png = trained_run_dir / "curves" / "training_loss.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    m = read_manifest(trained_run_dir)
+    ax = training_loss_figure(m.extra["train_loss"], m.extra["val_loss"]).axes[0]
+    train = next(ln for ln in ax.get_lines() if ln.get_label().startswith("training"))
+    assert list(train.get_xdata()) == [1, 2]
+    assert list(train.get_ydata()) == pytest.approx([m.extra["train_loss"]["1"], m.extra["train_loss"]["2"]])
+    assert list(ax.get_xticks()) == [1.0, 2.0]  # whole epochs only
+    assert any(ln.get_label().startswith("validation") for ln in ax.get_lines())
+
+
+def test_more_epochs_extend_a_complete_run(trained_run_dir, tmp_path, train_mixtures):
+    """--epochs 3 on a complete 2-epoch run trains epoch 3 from epoch_2.pt on the cosine schedule of 3 epochs; fewer
+    epochs, or more epochs with another setting, stay refused."""
+    logs = tmp_path / "logs"
+    run = logs / "run"
+    shutil.copytree(trained_run_dir, run)
+    before = {e: (run / "checkpoints" / f"epoch_{e}.pt").read_bytes() for e in (0, 1, 2)}
+    with pytest.raises(RuntimeError, match=r"other settings \(epochs 2 -> 1\)"):
+        train_tiny_run(train_mixtures, logs, "run", 1)
+    with pytest.raises(RuntimeError, match=r"other settings \(lr 0.001 -> 0.002\)"):
+        train_tiny_run(train_mixtures, logs, "run", 3, "--lr", "0.002")
+    train_tiny_run(train_mixtures, logs, "run", 3)
+    assert sorted(list_checkpoints(run)) == [0, 1, 2, 3]
+    assert all((run / "checkpoints" / f"epoch_{e}.pt").read_bytes() == b for e, b in before.items())
+    m = read_manifest(run)
+    assert m.hyperparameters["epochs"] == 3 and m.extra["status"] == "complete"
+    assert m.extra["history"][-1]["extended_from_epochs"] == 2 and m.extra["history"][-1]["extended_to_epochs"] == 3
+    assert m.extra["history"][-1]["from_epoch"] == 2 and set(m.extra["train_loss"]) == {"1", "2", "3"}
+    # the resumed steps follow open_clip_train's cosine over the new total: lr at the first step of epoch 3
+    import re
+
+    log = (run / "out.log").read_text()
+    assert "(epoch 2)" in log
+    rows = m.data["train"]["rows"]
+    spe = rows // m.hyperparameters["batch_size"]
+    warmup, lr = m.hyperparameters["warmup"], m.hyperparameters["lr"]
+    logged = [float(x) for x in re.findall(r"Train Epoch: 2 \[.*? LR: (\S+)", log)]
+    assert len(logged) == spe  # logged every step
+
+    def cosine(step, total):  # open_clip_train's cosine_lr
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) * lr
+
+    assert 3 * spe > warmup  # the last step of epoch 3 is past the warm-up
+    assert logged == pytest.approx([cosine(2 * spe + i, 3 * spe) for i in range(spe)], abs=1e-6)
+    assert (run / "curves" / "training_loss.png").is_file()
+    # the extended run is complete: the same command has nothing to do
+    train_tiny_run(train_mixtures, logs, "run", 3)
+    assert (run / "out.log").read_text() == log
+
+
+def test_force_names_the_evaluation_results_it_deletes(tmp_path):
+    from clipgen.training.clip import force_note
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert force_note(run) is None
+    for kind, td in (("zero-shot", "sketch"), ("supervised", "clipart")):
+        (run / "eval" / kind / td).mkdir(parents=True)
+        (run / "eval" / kind / td / "results.json").write_text("{}")
+    assert force_note(run) == (f"note: --force deletes {run} with its evaluation results: eval/supervised/clipart, "
+                               f"eval/zero-shot/sketch")

@@ -108,6 +108,13 @@ def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     metrics = read_metrics(run)
     assert [r["epoch"] for r in metrics] == [1, 2, 3] and metrics[-1]["step"] == 3 * (metrics[0]["step"])
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    # the loss curves beside the logs: every epoch's training and validation loss
+    from clipgen.training.clip import training_loss_figure
+
+    assert (run / "curves" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+    ax = training_loss_figure({r["epoch"]: r["train_loss"] for r in metrics},
+                              {r["epoch"]: r["val_loss"] for r in metrics}).axes[0]
+    assert [list(ln.get_xdata()) for ln in ax.get_lines()] == [[1, 2, 3], [1, 2, 3]]
     # evaluation: the trainer's DomainNet-head accuracy equals one computed by hand; every val row counts
     val_tsv = train_mixtures / mixture_file("cg-low", "sketch", "val")
     acc, n = _accuracy_by_hand(run, 3, val_tsv)
@@ -152,3 +159,15 @@ def test_unlabeled_row_is_an_error_before_training(train_mixtures, tmp_path):
     with pytest.raises(ClipgenError, match=r"t\.tsv:5: cannot determine the class of .*/cc/000/1\.jpg"):
         train_supervised(SupervisedTrainConfig(train=tmp_path / "t.tsv", logs=tmp_path / "logs", device="cpu"))
     assert not (tmp_path / "logs").exists()
+
+
+def test_preset_is_chosen_from_the_data(train_mixtures, tmp_path):
+    from clipgen.training.supervised import prepare_supervised_run
+
+    train = train_mixtures / mixture_file("cg-low", "sketch", "train")
+    prep = prepare_supervised_run(SupervisedTrainConfig(train=train, logs=tmp_path, device="cpu"))
+    assert prep.cfg.preset == "synthetic" and prep.settings.model == "RN-tiny"
+    assert prep.preset_note.startswith("note: preset synthetic chosen")
+    prep = prepare_supervised_run(SupervisedTrainConfig(train=train, logs=tmp_path, device="cpu",
+                                                        preset="imagenet-captions", model="RN-tiny", batch_size=8))
+    assert prep.preset_note.startswith("warning: preset imagenet-captions does not match")

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -647,8 +648,40 @@ def records_csv(records: Sequence[CKARecord]) -> str:
     return buf.getvalue()
 
 
-def plot_pairs(result: CKAResult, subset: str, kernel: str, estimator: str, path: Path) -> Path:
-    """Similarity vs layer, one line per domain pair."""
+def pair_styles(pairs: Sequence[tuple[str, str]], highlight: str | None) -> list[dict[str, Any]]:
+    """Line styles of a one-line-per-pair plot: the pairs with ``highlight`` in strong, distinguishable colours
+    (tab10, thick, drawn on top), the other pairs muted (greys of a few lightness levels with dash patterns, thin)."""
+    import matplotlib
+
+    strong = matplotlib.colormaps["tab10"]
+    dashes = ("-", "--", "-.", ":")
+    greys = (0.35, 0.5, 0.65)
+    styles, i_hl, i_other = [], 0, 0
+    for a, b in pairs:
+        if highlight is not None and highlight in (a, b):
+            styles.append({"color": strong(i_hl % 10), "lw": 2.0, "alpha": 1.0, "ls": "-", "zorder": 3})
+            i_hl += 1
+        else:
+            g = greys[i_other % len(greys)]
+            styles.append({"color": (g, g, g), "lw": 1.0, "alpha": 0.8, "ls": dashes[(i_other // len(greys)) % 4],
+                           "zorder": 2})
+            i_other += 1
+    return styles
+
+
+def plot_pairs(result: CKAResult, subset: str, kernel: str, estimator: str, path: Path,
+               highlight: str | None = None) -> Path:
+    """Similarity vs layer, one line per domain pair (the pairs with ``highlight`` stand out)."""
+    import matplotlib.pyplot as plt
+
+    fig = pairs_figure(result, subset, kernel, estimator, highlight)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def pairs_figure(result: CKAResult, subset: str, kernel: str, estimator: str, highlight: str | None = None):
+    """The figure of :func:`plot_pairs` (a matplotlib Figure, not saved)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -657,16 +690,17 @@ def plot_pairs(result: CKAResult, subset: str, kernel: str, estimator: str, path
     t = result.table()
     x = np.arange(len(result.layers))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 2) + 3.5, 4.5))
-    cmap = plt.get_cmap("tab20")
-    for i, (a, b) in enumerate(result.pairs):
+    pairs = list(result.pairs)
+    styles = pair_styles(pairs, highlight)
+    # the highlighted pairs first in the legend
+    for i in sorted(range(len(pairs)), key=lambda i: styles[i]["zorder"] != 3):
+        a, b = pairs[i]
         y = [t[(layer, a, b, subset, kernel, estimator)] for layer in result.layers]
-        ax.plot(x, y, marker="o", ms=3, lw=1.2, color=cmap(i % 20), label=f"{a}/{b}")
+        ax.plot(x, y, marker="o", ms=3, label=f"{a}/{b}", **styles[i])
     _decorate(ax, result, subset, kernel, estimator)
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_highlight(result: CKAResult, subset: str, kernel: str, estimator: str, highlight: str, path: Path) -> Path:
@@ -736,7 +770,7 @@ def run_cka(cfg: CKAConfig, *, progress: bool = True) -> CKAResult:
             for s in result.subsets:
                 for k in result.kernels:
                     for e in result.estimators:
-                        plot_pairs(result, s, k, e, tmp / f"pairs_{s}_{k}_{e}.png")
+                        plot_pairs(result, s, k, e, tmp / f"pairs_{s}_{k}_{e}.png", cfg.highlight)
                         plot_highlight(result, s, k, e, cfg.highlight, tmp / f"highlight_{s}_{k}_{e}.png")
                         names += [f"pairs_{s}_{k}_{e}.png", f"highlight_{s}_{k}_{e}.png"]
         write_config(tmp, "cka", cfg)

@@ -476,26 +476,38 @@ def plot_matrix(res: FeatureSharing, path: str | Path) -> Path:
 
 
 def plot_class_matrices(res: FeatureSharing, path: str | Path) -> Path:
-    """One small heatmap per class."""
+    """One small heatmap per class, with one colour scale (0 to 1) for all of them."""
+    import matplotlib.pyplot as plt
+
+    from clipgen.artifacts import atomic_path
+
+    fig = class_matrices_figure(res)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def class_matrices_figure(res: FeatureSharing):
+    """The figure of :func:`plot_class_matrices` (a matplotlib Figure, not saved)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from clipgen.artifacts import atomic_path
-
     n = len(res.classes)
     cols = min(5, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.8, 2.6 * rows), squeeze=False)
+    im = None
     for i, ax in enumerate(axes.flat):
         if i < n:
-            _heatmap(ax, res.matrices[i], res.domains, res.test_domain, annotate=False, title=res.classes[i])
+            im = _heatmap(ax, res.matrices[i], res.domains, res.test_domain, annotate=False, title=res.classes[i])
             ax.tick_params(labelsize=6)
         else:
             ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    if im is not None:  # every map uses vmin 0, vmax 1: one colour bar for all of them
+        cbar = fig.colorbar(im, ax=list(axes.flat), fraction=0.02, pad=0.02)
+        cbar.set_label(f"mpct@{max(res.ks)}", fontsize=8)
+    return fig

@@ -70,7 +70,7 @@ PUBLISHED_RESAMPLE_INTERVAL = 302_080
 PUBLISHED_RESAMPLE_SAMPLES = 819_200
 
 # stream ids for np.random.default_rng([seed, epoch, stream, ...]) so every random choice is reproducible
-_RNG_PERMUTATION, _RNG_BLOCKS, _RNG_BUFFER, _RNG_RESAMPLE, _RNG_VAL, _RNG_INIT = 1, 2, 3, 4, 5, 6
+_RNG_PERMUTATION, _RNG_BLOCKS, _RNG_BUFFER, _RNG_RESAMPLE, _RNG_VAL, _RNG_INIT, _RNG_FINAL = 1, 2, 3, 4, 5, 6, 7
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -616,7 +616,7 @@ class SAETrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    batch_size: int = 2048
+    batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE (the paper's), or every training row when fewer
     epochs: int = 200
     seed: int = 49
     resample_every: int = 10_000_000  # samples between resampling checks (0: never, the published behaviour)
@@ -640,6 +640,13 @@ class SAETrainConfig:
             return float(self.l1)
         return 0.0 if self.activation == "topk" else 1e-4
 
+
+#: The paper's SAE batch size (the default when the training set holds at least this many rows).
+DEFAULT_BATCH_SIZE = 2048
+
+#: Training rows the final model is evaluated on (a seeded sample; every row of a smaller set) for the final
+#: statistics (``TrainResult.final``, ``metrics.json``'s ``final``, the log's ``final`` record).
+FINAL_EVAL_ROWS = 65_536
 
 #: Settings a resumed run must share with its checkpoint (they change the model or the data order).
 FROZEN_ON_RESUME = ("layer", "split", "val_store", "val_split", "val_fraction", "val_max_rows", "expansion",
@@ -801,7 +808,7 @@ def _interval_steps(samples: int | None, batch_size: int) -> int:
 
 def _check_config(cfg: SAETrainConfig) -> None:
     for name in ("batch_size", "epochs", "expansion", "block_rows", "log_every", "keep_checkpoints"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise option_error("--" + name.replace("_", "-"), f"must be at least 1, got {getattr(cfg, name)}")
     for name in ("resample_every", "resample_max", "resample_samples", "dead_window", "val_every",
                  "checkpoint_every", "val_max_rows"):
@@ -835,7 +842,7 @@ def _resolve_precision(spec: str, device: torch.device, paper: bool = False) -> 
 
 def _run_files(out: Path) -> list[Path]:
     return [p for p in (out / "config.json", out / LOG_FILE, out / METRICS_FILE, out / SAE_FILE,
-                        out / CHECKPOINT_DIR) if p.exists()]
+                        out / CURVES_FILE, out / CHECKPOINT_DIR) if p.exists()]
 
 
 def list_checkpoints(out: str | Path) -> dict[int, Path]:
@@ -947,9 +954,18 @@ def _train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: 
             data = open_training_data(cfg, stack, device=device)
         src = data.source
         b = cfg.batch_size
+        if b is None:  # the paper's batch, or one batch of every row of a smaller training set
+            b = min(DEFAULT_BATCH_SIZE, src.n_rows)
+            if b < DEFAULT_BATCH_SIZE:
+                console.print(f"note: batch size {b}: all {src.n_rows:,} training rows (the default "
+                              f"{DEFAULT_BATCH_SIZE} is more than there are); --batch-size sets another",
+                              markup=False, highlight=False)
+            cfg = dataclasses.replace(cfg, batch_size=b)
         spe = src.n_rows // b
         if spe == 0:
-            raise option_error("--batch-size", f"{b} is larger than the {src.n_rows} training rows")
+            raise option_error("--batch-size", f"{b} is larger than the {src.n_rows} training rows; pass "
+                                               f"--batch-size {src.n_rows} or less (or leave it out: the default "
+                                               f"fits it to the rows)")
         total_steps = cfg.epochs * spe
         l1 = cfg.resolved_l1()
 
@@ -1088,19 +1104,87 @@ def _train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: 
                 record({"kind": "val", "step": step, "samples": step * b, **last_val})
         if not last_train:
             last_train = _last_log_record(out / LOG_FILE, "train")
+        # the final model's statistics: a pass over (a seeded sample of) the training rows, not the mean of the last
+        # log interval (which can span the whole run)
+        rows_final = src.sample(FINAL_EVAL_ROWS, np.random.default_rng([cfg.seed, step, _RNG_FINAL]))
+        final = {"kind": "final", "step": step, "samples": step * b, "epoch": step / spe,
+                 **evaluate(model, rows_final, l1)}
+        if not already:
+            record(final)
         trained = (step - start_step) * b
         sps = trained / seconds if seconds > 0 and trained else 0.0
         save_sae(out / SAE_FILE, model, layer=cfg.layer, steps=step, samples=step * b, train_config=cfg,
                  data=data.info)
         metrics = {"steps": step, "samples": step * b, "epochs": cfg.epochs, "steps_per_epoch": spe,
                    "train_rows": src.n_rows, "layer": cfg.layer, "arch": dataclasses.asdict(arch), "l1": l1,
-                   "final_train": last_train, "val": last_val, "resample_checks": resample_checks,
+                   "final": final, "final_train": last_train, "val": last_val, "resample_checks": resample_checks,
                    "revived": revived, "seconds_this_session": seconds, "samples_per_s_this_session": sps,
                    "device": str(device), "precision": str(cdt).replace("torch.", ""), "step_mode": step_mode}
         write_json_atomic(out / METRICS_FILE, metrics)
-        return TrainResult(out=out, steps=step, samples=step * b, epochs=cfg.epochs, final=last_train, val=last_val,
+        plot_curves(out)
+        return TrainResult(out=out, steps=step, samples=step * b, epochs=cfg.epochs, final=final, val=last_val,
                            resample_checks=resample_checks, revived=revived, seconds=seconds, samples_per_s=sps,
                            already_complete=already)
+
+
+CURVES_FILE = "curves.png"
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``log.jsonl`` (unreadable lines skipped)."""
+    recs = []
+    p = Path(path)
+    if p.is_file():
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return recs
+
+
+def curves_figure(records: Sequence[dict[str, Any]]):
+    """Loss, L0, dead latents and variance explained over training steps: the training log's intervals (means
+    over each interval), validation passes and the final model's pass (a Figure, not saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = (("loss", "loss (mse + l1)"), ("l0", "L0 (active latents per row)"), ("dead", "dead latents"),
+              ("fve", "variance explained"))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        for kind, style in (("train", {"marker": "o", "ms": 3, "lw": 1.4, "label": "training (interval mean)"}),
+                            ("val", {"marker": "s", "ms": 4, "lw": 1.0, "ls": "--", "label": "validation"}),
+                            ("final", {"marker": "*", "ms": 11, "lw": 0, "color": "crimson",
+                                       "label": "final model (training rows)"})):
+            pts = [(r["step"], r[key]) for r in records if r.get("kind") == kind and r.get(key) is not None]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, **style)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(out: str | Path) -> Path:
+    """Write ``OUT/curves.png`` from ``OUT/log.jsonl`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    from clipgen.artifacts import atomic_path
+
+    path = Path(out) / CURVES_FILE
+    fig = curves_figure(read_log(Path(out) / LOG_FILE))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _last_log_record(path: Path, kind: str) -> dict[str, Any]:

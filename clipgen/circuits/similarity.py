@@ -548,15 +548,19 @@ def _class_range(result: dict, subset: str) -> str:
 
 
 def plot_node_pairs(result: dict, subset: str, path: Path) -> Path:
-    """Node similarity vs layer, one line per domain pair."""
+    """Node similarity vs layer, one line per domain pair (the highlighted domain's pairs stand out)."""
+    from clipgen.analysis.cka import pair_styles
+
     plt = _plt()
     layers = result["layers"]
     x = np.arange(len(layers))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 2) + 3.0, 4.5))
-    cmap = plt.get_cmap("tab20")
-    for i, (a, b) in enumerate(result["pairs"]):
+    pairs = [tuple(p) for p in result["pairs"]]
+    styles = pair_styles(pairs, (result.get("highlight") or {}).get("domain"))
+    for i in sorted(range(len(pairs)), key=lambda i: styles[i]["zorder"] != 3):
+        a, b = pairs[i]
         y = [_nan(result["similarity"][subset][layer][pair_key(a, b)]) for layer in layers]
-        ax.plot(x, y, marker="o", ms=3, lw=1.2, color=cmap(i % 20), label=f"{a} vs {b}")
+        ax.plot(x, y, marker="o", ms=3, label=f"{a} vs {b}", **styles[i])
     _layer_axis(ax, layers, subset, _class_range(result, subset))
     ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
@@ -565,8 +569,25 @@ def plot_node_pairs(result: dict, subset: str, path: Path) -> Path:
     return path
 
 
+def jaccard_band(mean: Sequence[float | None], std: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The +-1 std band around a mean Jaccard similarity, clipped to [0, 1] (a Jaccard index never leaves it)."""
+    m = np.array([_nan(v) for v in mean])
+    sd = np.array([_nan(v) for v in std])
+    return np.clip(m - sd, 0.0, 1.0), np.clip(m + sd, 0.0, 1.0)
+
+
 def plot_node_highlight(result: dict, subset: str, path: Path) -> Path:
-    """Pairs with the highlighted domain vs the other pairs: mean over pairs, a +-1 std band, faint pair lines."""
+    """Pairs with the highlighted domain vs the other pairs: mean over pairs, a +-1 std band (clipped to [0, 1]),
+    faint pair lines."""
+    plt = _plt()
+    fig = node_highlight_figure(result, subset)
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def node_highlight_figure(result: dict, subset: str):
+    """The figure of :func:`plot_node_highlight` (a matplotlib Figure, not saved)."""
     plt = _plt()
     layers = result["layers"]
     hl = result["highlight"]
@@ -580,16 +601,14 @@ def plot_node_highlight(result: dict, subset: str, path: Path) -> Path:
             ax.plot(x, [_nan(result["similarity"][subset][layer][key]) for layer in layers], color=color, lw=0.6,
                     alpha=0.3)
         mean = np.array([_nan(v) for v in g["mean"]])
-        std = np.array([_nan(v) for v in g["std"]])
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
+        lo, hi = jaccard_band(g["mean"], g["std"])
+        ax.fill_between(x, lo, hi, color=color, alpha=0.15)
         label = (f"pairs with {hl['domain']}" if group == "with" else "other pairs") + f" (n={len(g['pairs'])})"
         ax.plot(x, mean, color=color, lw=2.2, marker="o", ms=3, label=label)
     _layer_axis(ax, layers, subset, _class_range(result, subset))
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_heatmap(result: dict, metric: str, subset: str, path: Path) -> Path:

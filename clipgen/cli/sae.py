@@ -40,7 +40,9 @@ def train(
     l1: float | None = typer.Option(None, "--l1", min=0.0, help="L1 coefficient (default: 1e-4 (paper) for relu, 0 for "
                                                        "topk)."),
     lr: float = typer.Option(1e-4, "--lr", callback=positive, help="Adam learning rate (paper: 1e-4)."),
-    batch_size: int = typer.Option(2048, "--batch-size", min=1, help="Batch size (paper: 2048)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
+                                          help="Batch size (default: the paper's 2048, or all training rows when "
+                                               "there are fewer)."),
     epochs: int = typer.Option(200, "--epochs", min=1, help="Passes over the training rows (paper: 200)."),
     seed: int = typer.Option(49, "--seed", help="Seed of the initialisation and data order (paper: 49)."),
     resample_every: int | None = typer.Option(None, "--resample-every", min=0,

@@ -29,7 +29,8 @@ def clip(
     logs: Path = typer.Option(Path("logs"), "--logs", callback=writable, help="Folder of run directories."),
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME (default: TSV-MODEL-sSEED)."),
-    preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions, ccxm or synthetic."),
+    preset: str | None = typer.Option(None, "--preset", help="imagenet-captions, ccxm or synthetic (default: chosen "
+                                                             "from the training data's base dataset or size)."),
     model: str | None = typer.Option(None, "--model", help="Model name (open_clip's, or RN-tiny, RN-small, "
                                                                       "ViT-tiny)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
@@ -88,7 +89,8 @@ def supervised(
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME "
                                          "(default: TSV-MODEL-supervised-sSEED, e.g. mix-RN50-supervised-s0)."),
-    preset: str = typer.Option("synthetic", "--preset", help="imagenet-captions (the paper's) or synthetic."),
+    preset: str | None = typer.Option(None, "--preset", help="imagenet-captions (the paper's) or synthetic "
+                                                             "(default: chosen from the training data's size)."),
     model: str | None = typer.Option(None, "--model", help="Image tower of this CLIP model (preset)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
     lr: float | None = typer.Option(None, "--lr", min=0.0, help="SGD learning rate (preset)."),

@@ -254,6 +254,10 @@ def evaluate_checkpoints(out_dir: Path, header: dict[str, Any], image_set: EvalI
         from clipgen.evaluation.results import read_results
 
         outcome.results = read_results(writer.path)
+    if outcome.results is not None:
+        from clipgen.evaluation.summary import write_accuracy_figure
+
+        write_accuracy_figure(out_dir, outcome.results)
     return outcome
 
 

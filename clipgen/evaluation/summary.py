@@ -99,7 +99,7 @@ def setup_of(run: dict[str, Any], test_domain: str) -> tuple[tuple, str]:
     """``(sort key, label)`` of a run's setup from its recorded mixture."""
     mix = run.get("mixture")
     if not mix or not mix.get("setup"):
-        return (9, 0, run.get("name", "?")), f"run {run.get('name', '?')} (no setup recorded)"
+        return (9, 0, 0, run.get("name", "?")), f"run {run.get('name', '?')} (no setup recorded)"
     setup = mix["setup"]
     rank = _SETUP_ORDER.index(setup) if setup in _SETUP_ORDER else len(_SETUP_ORDER)
     label = SETUP_TITLES.get(setup, setup)
@@ -114,10 +114,14 @@ def setup_of(run: dict[str, Any], test_domain: str) -> tuple[tuple, str]:
     if setup == "custom":
         label += f" {letters}"
     mtd = mix.get("test_domain")
-    if mtd and mtd != test_domain:
+    elsewhere = bool(mtd and mtd != test_domain)
+    if elsewhere:
         label += f" (trained for {mtd})"
     upper = 1 if mix.get("pseudo") else 0
-    return (upper, rank, sub, float(mix.get("allow_pct") or 0.0), letters, mtd or ""), label
+    # the paper's four setups first (in the paper's order), then the variants: upper bounds first, then allow-pct,
+    # aligned captions, custom domain subsets and runs trained for another test domain
+    variant = int(bool(upper or sub or setup not in _SETUP_ORDER[:4] or elsewhere))
+    return (variant, -upper, rank, elsewhere, sub, float(mix.get("allow_pct") or 0.0), letters, mtd or ""), label
 
 
 def load_run(path: Path) -> RunResult:
@@ -246,6 +250,11 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 def bar_chart(rows: Sequence[dict[str, Any]], metric: str, order: Sequence[str], path: Path) -> None:
     """Grouped bars: test domains on x, one bar per setup, error bars = std over seeds."""
+    _save(bar_figure(rows, metric, order), path)
+
+
+def bar_figure(rows: Sequence[dict[str, Any]], metric: str, order: Sequence[str]) -> Any:
+    """The figure of :func:`bar_chart` (a matplotlib Figure, not saved)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,7 +277,9 @@ def bar_chart(rows: Sequence[dict[str, Any]], metric: str, order: Sequence[str],
                     ys.append(100 * hit[0][f"{metric}_mean"])
                     sd = hit[0][f"{metric}_std"]
                     es.append(0.0 if math.isnan(sd) else 100 * sd)
-            ax.bar(xs, ys, width, yerr=es, capsize=2, label=s, color=colours[s])
+            bars = ax.bar(xs, ys, width, yerr=es, capsize=2, label=s, color=colours[s])
+            # every bar carries its value: a 0 bar would otherwise look like a missing one
+            ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=6, padding=2)
         ax.set_xticks(range(len(tds)), tds)
         ax.set_ylabel(f"{metric} (%)")
         ax.set_ylim(0, 100)
@@ -276,16 +287,20 @@ def bar_chart(rows: Sequence[dict[str, Any]], metric: str, order: Sequence[str],
         ax.legend(fontsize=7, ncol=2)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def curves(groups: Sequence[Group], metric: str, domain: str, path: Path) -> None:
     """Metric over epochs: one panel per (family, test domain), mean ± std over seeds per setup."""
+    _save(curves_figure(groups, metric, domain), path)
+
+
+def curves_figure(groups: Sequence[Group], metric: str, domain: str) -> Any:
+    """The figure of :func:`curves` (a matplotlib Figure, not saved)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     panels = list(dict.fromkeys((g.family, g.test_domain) for g in groups))
     ncol = min(3, len(panels))
@@ -307,15 +322,73 @@ def curves(groups: Sequence[Group], metric: str, domain: str, path: Path) -> Non
                 sd = np.nanstd(ys, axis=0, ddof=1) * 100
                 ax.fill_between(common, mu - sd, mu + sd, color=line.get_color(), alpha=0.2)
         ax.set_title(f"{td}\n{fam}", fontsize=8)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(f"{metric} (%)")
+        epoch_axis(ax, [e for g in groups if (g.family, g.test_domain) == (fam, td) for r in g.runs for e in r.epochs])
+        percent_axis(ax, f"{metric} (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    _save(fig, path)
+    return fig
+
+
+def epoch_axis(ax: Any, epochs: Sequence[int]) -> None:
+    """An x axis of epochs: integer ticks only (each epoch when there are few), half an epoch of margin."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    es = sorted({int(e) for e in epochs})
+    if es and len(es) <= 12:
+        ax.set_xticks(es)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if es:
+        ax.set_xlim(es[0] - 0.5, es[-1] + 0.5)
+
+
+def percent_axis(ax: Any, label: str) -> None:
+    """A y axis of percentages: always 0 to 100 (an accuracy is never negative, one epoch included)."""
+    ax.set_ylim(0, 100)
+    ax.set_ylabel(label)
+
+
+ACCURACY_FIGURE = "accuracy.png"
+
+
+def accuracy_figure(doc: dict[str, Any]) -> Any:
+    """Zero-shot (or supervised) accuracy over the evaluated epochs of one results.json: held-out (OOD) and other
+    (ID) classes of the test domain, and the ID classes of every other evaluated domain (a Figure, not saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(e) for e in doc["epochs"]]
+    td = doc["test_domain"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series = [(td, "ood_acc", f"{td}: held-out classes", "-"), (td, "id_acc", f"{td}: other classes", "--")]
+    series += [(d, "id_acc", f"{d}: other classes", ":") for d in doc["metrics"] if d != td]
+    for d, metric, label, ls in series:
+        values = (doc["metrics"].get(d) or {}).get(metric)
+        if not values:
+            continue
+        ys = [np.nan if v is None else 100 * float(v) for v in values]
+        ax.plot(epochs, ys, marker="o", ms=4, ls=ls, label=label)
+    run = (doc.get("run") or {}).get("name") or ""
+    ax.set_title(f"{doc.get('kind', '')} accuracy, test domain {td}" + (f"\n{run}" if run else ""), fontsize=9)
+    epoch_axis(ax, epochs)
+    percent_axis(ax, "top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_accuracy_figure(out_dir: str | Path, doc: dict[str, Any]) -> Path:
+    """``OUT_DIR/accuracy.png`` (beside results.json) from a results document."""
+    path = Path(out_dir) / ACCURACY_FIGURE
+    _save(accuracy_figure(doc), path)
+    return path
 
 
 def _save(fig: Any, path: Path) -> None:

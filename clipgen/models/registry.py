@@ -73,7 +73,7 @@ class _NoPretrainedNotice(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_open_clip():
+def quiet_open_clip():
     """clipgen never loads pretrained weights, so open_clip's warning about it is noise."""
     f = _NoPretrainedNotice()
     logging.getLogger().addFilter(f)
@@ -94,14 +94,14 @@ def create_model(name: str, *, device: str = "cpu", precision: str = "fp32", mod
     register_configs()
     if model_config_override is None:
         model_config(name)  # validates the name with a clear message
-        with _quiet_open_clip():
+        with quiet_open_clip():
             return open_clip.create_model_and_transforms(name, pretrained=None, device=device, precision=precision)
     from open_clip.factory import _MODEL_CONFIGS
 
     key = f"__clipgen_run__{name}"
     _MODEL_CONFIGS[key] = json.loads(json.dumps(model_config_override))
     try:
-        with _quiet_open_clip():
+        with quiet_open_clip():
             return open_clip.create_model_and_transforms(key, pretrained=None, device=device, precision=precision)
     finally:
         _MODEL_CONFIGS.pop(key, None)

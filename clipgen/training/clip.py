@@ -96,6 +96,39 @@ def get_preset(name: str, presets: dict[str, Any] | None = None, option: str = "
     return presets[name]
 
 
+#: A training TSV with at least this many rows is taken for real data when no mixture metadata says otherwise (the
+#: paper's ImageNet-Captions mixtures hold about 450,000 rows, the synthetic DomainNet's mixtures a few thousand).
+REAL_DATA_ROWS = 50_000
+
+
+def data_preset(rows: int, info: Any, presets: dict[str, Any]) -> tuple[str, str]:
+    """The preset that fits a training TSV, and why: fewer than ``REAL_DATA_ROWS`` rows is ``synthetic``; a larger
+    one is ``ccxm`` when the base dataset recorded by ``clipgen data mixtures`` / ``merge-base`` in
+    ``mixtures.json`` next to the TSV is CC3M/CC12M, else ``imagenet-captions``."""
+    if rows < REAL_DATA_ROWS:
+        return "synthetic", f"{rows:,} rows, fewer than {REAL_DATA_ROWS:,}"
+    base = getattr(info, "base", None) if info is not None else None
+    stem = Path(str(base)).name.lower() if base else ""
+    if any(x in stem for x in ("cc3m", "cc12m", "ccxm")) and "ccxm" in presets:
+        return "ccxm", f"{rows:,} rows on the base dataset {Path(str(base)).name}"
+    return "imagenet-captions", f"{rows:,} rows" + (f" on the base dataset {Path(str(base)).name}" if base else "")
+
+
+def choose_preset(given: str | None, train: str | Path, rows: int, info: Any,
+                  presets: dict[str, Any] | None = None) -> tuple[str, str | None]:
+    """``(preset, message)``: the given preset (a warning when it does not fit the data) or, when none is given,
+    the one that fits the data (a note saying which and why)."""
+    presets = PRESETS if presets is None else presets
+    fits, why = data_preset(rows, info, presets)
+    if given is None:
+        return fits, f"note: preset {fits} chosen for {train} ({why}); pass --preset to choose another"
+    get_preset(given, presets)
+    if given != fits:
+        return given, (f"warning: preset {given} does not match {train} ({why}: preset {fits} fits it); "
+                       f"its epochs, warm-up and batch size are meant for other data")
+    return given, None
+
+
 @dataclass
 class ClipTrainConfig:
     """Options of ``clipgen train clip``; ``None`` means "the preset's value"."""
@@ -104,7 +137,7 @@ class ClipTrainConfig:
     val: Path | None = None
     logs: Path = Path("logs")
     name: str | None = None
-    preset: str = "synthetic"
+    preset: str | None = None  # None: chosen from the training data (choose_preset)
     model: str | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -175,7 +208,7 @@ def check_run_name(name: str) -> str:
 
 def resolve_hyper(cfg: ClipTrainConfig, world_size: int, device: str, launcher: str) -> ClipHyper:
     """Preset values overridden by the config; derives gradient accumulation from the effective batch."""
-    p = get_preset(cfg.preset)
+    p = get_preset(cfg.preset or "synthetic")  # no preset and no data read (prepare_clip_run chooses one first)
     model = cfg.model or p.model
     batch = cfg.batch_size or p.batch_size
     for opt, v in (("--batch-size", batch), ("--epochs", cfg.epochs), ("--accum-freq", cfg.accum_freq),
@@ -294,6 +327,8 @@ class PreparedClipRun:
     complete: bool
     discard: list[Path] = field(default_factory=list)  # unreadable last checkpoints, set aside before resuming
     resuming: bool = False  # the run directory holds an earlier start of this run, which is continued
+    preset_note: str | None = None  # which preset was chosen for the data, or a warning that it does not fit
+    extended_from: int | None = None  # a complete run of this many epochs, extended to hyper.epochs
 
 
 _RESUME_KEYS = ("model", "epochs", "lr", "warmup", "effective_batch", "wd")
@@ -316,6 +351,11 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
 
     if cfg.log not in ("bar", "live", "quiet"):
         raise option_error("--log", f"unknown mode {cfg.log!r} (bar, live or quiet)")
+    train = None
+    if cfg.preset is None:  # the preset depends on the data: read it first
+        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        chosen, preset_note = choose_preset(None, cfg.train, train.rows, read_info(cfg.train))
+        cfg = replace(cfg, preset=chosen)
     get_preset(cfg.preset)
     plan = resolve_launch(cfg.device, cfg.gpus, cfg.nproc, cfg.launcher)
     hp = resolve_hyper(cfg, plan.world_size, plan.device, plan.launcher)
@@ -324,7 +364,9 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     logs = Path(cfg.logs)
     run_dir = logs / name
 
-    train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+    if train is None:
+        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        _, preset_note = choose_preset(cfg.preset, cfg.train, train.rows, read_info(cfg.train))
     if train.rows < hp.effective_batch:
         raise option_error("--train", f"{cfg.train} has {train.rows} rows, fewer than one optimizer step "
                                       f"(effective batch {hp.effective_batch}); lower --batch-size")
@@ -340,6 +382,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     start_epoch, complete = 0, False
     discard: list[Path] = []
     resuming = state.started and not cfg.force  # the same command continues a run (--resume is implied)
+    extended_from: int | None = None
     if resuming:
         if state.has_manifest:
             old = read_manifest(run_dir, option="--name")
@@ -347,8 +390,13 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
                 raise option_error("--name", f"{run_dir} is a {old.kind} run, not a CLIP run; pass --force to "
                                              f"replace it or choose another --name")
             old_hp = dict(old.hyperparameters, model=old.model)
+            old_epochs = old_hp.get("epochs")
+            # more epochs on a complete run extend it (every other setting as it was); fewer stay refused
+            if isinstance(old_epochs, int) and hp.epochs > old_epochs and old_epochs in state.checkpoints:
+                extended_from = old_epochs
             diff = [f"{k} {old_hp.get(k)!r} -> {getattr(hp, k)!r}" for k in _RESUME_KEYS
-                    if k in old_hp and old_hp.get(k) != getattr(hp, k)]
+                    if k in old_hp and old_hp.get(k) != getattr(hp, k)
+                    and not (k == "epochs" and extended_from is not None)]
             old_sha = (old.data.get("train") or {}).get("sha256")
             if old_sha and old_sha != train.sha256:
                 diff.append(f"train data sha256 {old_sha[:12]}... -> {train.sha256[:12]}...")
@@ -382,7 +430,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     model_config(hp.model)  # extra arguments may name another model
     command = module_command(ENTRY_MODULE, argv, plan)
     return PreparedClipRun(cfg, hp, run_dir, argv, command, plan, data, mixture, start_epoch, complete, discard,
-                           resuming)
+                           resuming, preset_note, extended_from)
 
 
 def _manifest(prep: PreparedClipRun, *, status: str, extra: dict[str, Any] | None = None):
@@ -421,6 +469,8 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     t0 = time.perf_counter()
     prep = prepare_clip_run(cfg)
     run_dir, hp = prep.run_dir, prep.hyper
+    if prep.preset_note and prep.plan.is_rank0 and cfg.log != "quiet" and not prep.complete:
+        console.print(prep.preset_note, markup=False, highlight=False)
     ck_dir = run_dir / "checkpoints"
     if prep.plan.is_rank0:
         for p in ck_dir.glob(".epoch_*.pt.*.tmp"):  # a save cut off by a kill (never renamed into place)
@@ -438,14 +488,23 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
         return ClipRunResult(run_dir, ck_dir, sorted(list_checkpoints(run_dir)), {}, {}, skipped=True)
 
     if prep.plan.is_rank0:
+        if prep.extended_from is not None and cfg.log != "quiet":
+            console.print(f"note: extending {run_dir} from {prep.extended_from} to {hp.epochs} epochs (the cosine "
+                          f"schedule is recomputed over {hp.epochs} epochs; see docs/train.md)",
+                          markup=False, highlight=False)
         if cfg.force and run_dir.exists():
+            note = force_note(run_dir)
+            if note and cfg.log != "quiet":
+                console.print(note, markup=False, highlight=False)
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         extra: dict[str, Any] = {"versions": _versions(), "started": utc_now()}
         if prep.resuming and (run_dir / "clipgen-run.json").is_file():
             old = read_manifest(run_dir, option="--name")
-            history = [*old.extra.get("history", []),
-                       {"resumed": utc_now(), "from_epoch": prep.start_epoch, "command": command_line()}]
+            entry: dict[str, Any] = {"resumed": utc_now(), "from_epoch": prep.start_epoch, "command": command_line()}
+            if prep.extended_from is not None:
+                entry.update(extended_from_epochs=prep.extended_from, extended_to_epochs=hp.epochs)
+            history = [*old.extra.get("history", []), entry]
             m = _manifest(prep, status="running", extra={**old.extra, **extra, "history": history})
             m.created, m.command = old.created, old.command
         else:
@@ -498,6 +557,16 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     return result
 
 
+def force_note(run_dir: Path) -> str | None:
+    """The line ``--force`` prints before deleting a run directory that holds evaluation results (they belong to
+    the weights being deleted): the evaluation folders it deletes with it."""
+    ev = Path(run_dir) / "eval"
+    found = sorted(str(p.parent.relative_to(run_dir)) for p in ev.rglob("results.json")) if ev.is_dir() else []
+    if not found:
+        return None
+    return f"note: --force deletes {run_dir} with its evaluation results: {', '.join(found)}"
+
+
 def _update_manifest(run_dir: Path, **fields: Any) -> None:
     """Set ``fields`` in the manifest's ``extra`` (when the run has a manifest)."""
     from clipgen.runs import manifest_path, read_manifest, write_manifest
@@ -522,6 +591,57 @@ def _finalise_manifest(run_dir: Path, epochs: list[int], train_loss: dict[int, f
                    val_loss={str(k): v for k, v in sorted({**prev_val, **val_loss}.items())},
                    seconds=round(seconds + float(m.extra.get("seconds", 0.0) if add_seconds else 0.0), 1))
     write_manifest(run_dir, m)
+    plot_training_curves(run_dir, m.extra["train_loss"], m.extra["val_loss"])
+
+
+CURVES_DIR = "curves"
+TRAINING_LOSS_FIGURE = "training_loss.png"
+
+
+def training_loss_figure(train_loss: dict, val_loss: dict, title: str = "", *, ylabel: str = "contrastive loss",
+                         val_label: str = "validation (clip_val_loss)"):
+    """Training loss (the trainer's running mean over each epoch's logged steps) and validation loss per epoch (a
+    Figure, not saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clipgen.evaluation.summary import epoch_axis
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    epochs: list[int] = []
+    for losses, label, style in ((train_loss, "training (mean over the epoch)", "-"),
+                                 (val_loss, val_label, "--")):
+        pts = sorted((int(e), float(v)) for e, v in losses.items() if v is not None)
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o", ms=4, ls=style, label=label)
+            epochs += list(xs)
+    epoch_axis(ax, epochs)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if epochs:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(run_dir: Path, train_loss: dict, val_loss: dict, **labels: str) -> Path:
+    """``RUN/curves/training_loss.png`` (atomically); ``labels``: see :func:`training_loss_figure`."""
+    import matplotlib.pyplot as plt
+
+    from clipgen.artifacts import atomic_path
+
+    path = Path(run_dir) / CURVES_DIR / TRAINING_LOSS_FIGURE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = training_loss_figure(train_loss, val_loss, f"training loss, {Path(run_dir).name}", **labels)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _repair_complete_manifest(run_dir: Path, epochs: int) -> None:

@@ -141,7 +141,10 @@ def _install_hooks(ocm, checkpoint_dir: Path, name: str) -> None:
     state = {"first": True}
 
     def create_and_save_initial(*args, **kwargs):
-        out = create(*args, **kwargs)
+        from clipgen.models.registry import quiet_open_clip
+
+        with quiet_open_clip():  # no "No pretrained weights loaded" in the trainer's log: clipgen never loads any
+            out = create(*args, **kwargs)
         if state["first"]:  # the trained model; a later call would be a distillation teacher
             state["first"] = False
             if _global_rank() == 0:

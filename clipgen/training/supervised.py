@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class SupervisedTrainConfig:
     val: Path | None = None
     logs: Path = Path("logs")
     name: str | None = None
-    preset: str = "synthetic"
+    preset: str | None = None  # None: chosen from the training data (clipgen.training.clip.choose_preset)
     model: str | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -154,7 +154,7 @@ def resolve_settings(cfg: SupervisedTrainConfig, run_dir: Path, plan) -> Supervi
     from clipgen.models.supervised import NUM_JOINT
     from clipgen.training.clip import get_preset
 
-    p = get_preset(cfg.preset, PRESETS)
+    p = get_preset(cfg.preset or "synthetic", PRESETS)  # no preset and no data read (prepare chooses one first)
     model = cfg.model or p.model
     cfg_model = model_config(model)
     if "embed_dim" not in cfg_model:
@@ -198,6 +198,7 @@ class PreparedSupervisedRun:
     mixture: dict[str, Any] | None
     start_epoch: int
     complete: bool
+    preset_note: str | None = None  # which preset was chosen for the data, or a warning that it does not fit
 
 
 #: Settings a resumed run must share with the original. ``epochs`` may grow: the step schedule does not depend on it.
@@ -209,17 +210,24 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
     from clipgen.data.mixture_info import read_info
     from clipgen.runs import read_manifest
     from clipgen.training.checks import check_run_dir, check_tsv, load_checkpoint, refuse_other_settings, run_state
-    from clipgen.training.clip import check_run_name, default_run_name, get_preset
+    from clipgen.training.clip import check_run_name, choose_preset, default_run_name, get_preset
     from clipgen.training.labels import tsv_labels
     from clipgen.training.launch import resolve_launch
 
+    train = None
+    if cfg.preset is None:  # the preset depends on the data: read it first
+        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        chosen, preset_note = choose_preset(None, cfg.train, train.rows, read_info(cfg.train), PRESETS)
+        cfg = replace(cfg, preset=chosen)
     p = get_preset(cfg.preset, PRESETS)
     plan = resolve_launch(cfg.device, cfg.gpus, cfg.nproc, cfg.launcher)
     name = check_run_name(cfg.name or default_run_name(cfg.train, f"{cfg.model or p.model}-supervised", cfg.seed))
     run_dir = Path(cfg.logs) / name
     settings = resolve_settings(cfg, run_dir, plan)
 
-    train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+    if train is None:
+        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        _, preset_note = choose_preset(cfg.preset, cfg.train, train.rows, read_info(cfg.train), PRESETS)
     tsv_labels(cfg.train)
     if train.rows < settings.batch_size:
         raise option_error("--train", f"{cfg.train} has {train.rows} rows, fewer than one batch "
@@ -258,7 +266,7 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
             raise option_error("--name", f"{latest} is missing, so the optimizer state is lost; start over with "
                                          f"--force")
     return PreparedSupervisedRun(cfg, settings, run_dir, plan, data, asdict(info) if info else None, start_epoch,
-                                 complete)
+                                 complete, preset_note)
 
 
 def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
@@ -272,7 +280,10 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
 
     t0 = time.perf_counter()
     prep = prepare_supervised_run(cfg)
+    cfg = prep.cfg  # the preset resolved
     s, run_dir = prep.settings, prep.run_dir
+    if prep.preset_note and prep.plan.is_rank0 and cfg.progress and not prep.complete:
+        console.print(prep.preset_note, markup=False, highlight=False)
     ck_dir = run_dir / "checkpoints"
     if prep.complete:
         if prep.plan.is_rank0 and cfg.progress:
@@ -281,6 +292,11 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
                                    skipped=True)
     if prep.plan.is_rank0:
         if cfg.force and run_dir.exists():
+            from clipgen.training.clip import force_note
+
+            note = force_note(run_dir)
+            if note and cfg.progress:
+                console.print(note, markup=False, highlight=False)
             shutil.rmtree(run_dir)
         ck_dir.mkdir(parents=True, exist_ok=True)
         old = read_manifest(run_dir, option="--name") if (not cfg.force and (run_dir / "clipgen-run.json").is_file()) \
@@ -317,6 +333,11 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
         if metrics:
             m.extra["final_metrics"] = metrics[-1]
         write_manifest(run_dir, m)
+        from clipgen.training.clip import plot_training_curves
+
+        plot_training_curves(run_dir, {r["epoch"]: r.get("train_loss") for r in metrics},
+                             {r["epoch"]: r.get("val_loss") for r in metrics if "val_loss" in r},
+                             ylabel="cross-entropy loss", val_label="validation")
     return SupervisedRunResult(run_dir, ck_dir, epochs, metrics, False, seconds)
 
 
