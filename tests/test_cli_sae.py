@@ -200,7 +200,7 @@ def test_json_output_and_progress_option(cli, store, tmp_path):
     doc = json.loads(r.stdout)
     metrics = json.loads((out / "metrics.json").read_text())
     assert doc["sae"] == str(out / "sae.pt") and doc["already_complete"] is False
-    assert doc["steps"] > 0 and doc["train"]["fve"] == pytest.approx(metrics["final_train"]["fve"])
+    assert doc["steps"] > 0 and doc["train"]["fve"] == pytest.approx(metrics["final"]["fve"])
     assert "variance explained" in r.stderr and "variance explained" not in r.stdout
 
     r = cli("sae", "features", store, "--sae", out, "--device", "cpu", "--no-progress")

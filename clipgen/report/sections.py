@@ -357,7 +357,7 @@ def _sae_section(ctx: _Ctx) -> None:
     xs = sorted({r[6] for r in res})
     rows = []
     for _a, fs, m, label, name, _, _x in res:
-        val = m.get("val") or m.get("final_train") or {}
+        val = m.get("val") or m.get("final") or m.get("final_train") or {}
         rows.append([label if len(res) == len({r[3] for r in res}) else f"{label} ({name})", num(fs.get("score")),
                      num(val.get("fve"), 2), num(val.get("l0"), 1), str(val.get("dead", "n/a")),
                      str(m.get("arch", {}).get("d_sae", "n/a"))])
