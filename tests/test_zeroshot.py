@@ -123,3 +123,32 @@ def test_unreadable_image_in_a_worker_is_a_one_line_error(random_run_dir, synth_
     assert torch.isnan(f[1]).all() and not torch.isnan(f[[0, 2]]).any()
     with pytest.raises(ClipgenError, match="--on-error: must be 'fail' or 'skip'"):
         encode_images(m.model, recs, m.preprocess, on_error="ignore")
+
+
+def test_topk_many_equals_the_labels_of_the_embeddings_and_holds_no_embeddings(random_run_dir, synth_root, tmp_path,
+                                                                               monkeypatch):
+    """Top-k labels computed batch by batch for two checkpoints: the same as predict_topk of the full (N, D)
+    embeddings, skipped images -1; and nothing of shape (N, D) is ever allocated (memory O(N k) per checkpoint)."""
+    import clipgen.evaluation.zeroshot as zs
+
+    a, b = load_clip(random_run_dir, 0), load_clip(random_run_dir, 2)
+    recs = domainnet_records(synth_root, ["sketch", "real"], "test")[:9]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    recs[4] = type(recs[4])(str(bad), recs[4].label, "sketch", "test", "sketch/x/bad.jpg")
+    labels = [11, 13, 58, 66, 218, 300]
+    rng = np.random.default_rng(0)
+    ws = [torch.nn.functional.normalize(torch.as_tensor(rng.standard_normal((6, 64)), dtype=torch.float32), dim=-1)
+          for _ in range(2)]
+    want = [predict_topk(encode_images(m.model, recs, a.preprocess, batch_size=2, on_error="skip"), w, labels, 5)
+            for m, w in ((a, ws[0]), (b, ws[1]))]
+    shapes = []
+    real_full = torch.full
+    monkeypatch.setattr(torch, "full", lambda size, *x, **k: shapes.append(tuple(size)) or real_full(size, *x, **k))
+    got = zs.topk_many([a.model, b.model], ws, labels, 5, recs, a.preprocess, batch_size=2, on_error="skip")
+    for g, w_ in zip(got, want, strict=True):
+        assert g.dtype == np.int64 and g.shape == (9, 5)
+        np.testing.assert_array_equal(g, w_)
+        assert (g[4] == -1).all() and (g[[0, 1, 2, 3, 5, 6, 7, 8]] >= 0).all()
+    assert shapes == [(9, 5), (9, 5)]  # the labels of each checkpoint, never (9, 64) embeddings
+

@@ -97,8 +97,8 @@ def test_skip_existing_and_resume(random_run_dir, uneven_root, tmp_path, monkeyp
     assert first.evaluated == [0, 2]
     before = read_results(out)
     calls = []
-    real = zeroshot_eval.encode_images_many
-    monkeypatch.setattr(zeroshot_eval, "encode_images_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = zeroshot_eval.topk_many
+    monkeypatch.setattr(zeroshot_eval, "topk_many", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run_zero_shot(ZeroShotConfig(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch",
                                          epochs="all", out=out, progress=False, templates="simple"))
     assert again.skipped == [0, 2] and again.evaluated == [1] and len(calls) == 1
@@ -248,8 +248,8 @@ def test_store_embeddings_replace_the_forward_pass(random_run_dir, uneven_root, 
     import clipgen.runs
 
     calls, loads = [], []
-    real, real_load = zeroshot_eval.encode_images_many, clipgen.runs.load_clip
-    monkeypatch.setattr(zeroshot_eval, "encode_images_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real, real_load = zeroshot_eval.topk_many, clipgen.runs.load_clip
+    monkeypatch.setattr(zeroshot_eval, "topk_many", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(clipgen.runs, "load_clip", lambda *a, **k: loads.append(a[1]) or real_load(*a, **k))
     out = tmp_path / "o"
     run_zero_shot(ZeroShotConfig(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch",
@@ -363,7 +363,7 @@ def test_chunks_follow_memory_and_a_crash_loses_only_the_chunk_in_progress(rando
     per_model = checkpoint_bytes(list_checkpoints(random_run_dir)[0])
     two = 2.5 * per_model / 2**30  # room for two models: chunks [0, 1], [2]
     n = len(build_eval_set(uneven_root, "sketch"))
-    real = zeroshot_eval.encode_images_many
+    real = zeroshot_eval.topk_many
     calls = []
 
     def crash_second(*a, **k):
@@ -372,14 +372,14 @@ def test_chunks_follow_memory_and_a_crash_loses_only_the_chunk_in_progress(rando
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(zeroshot_eval, "encode_images_many", crash_second)
+    monkeypatch.setattr(zeroshot_eval, "topk_many", crash_second)
     out = tmp_path / "o"
     cfg = dict(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch", out=out, templates="simple",
                workers=0, memory_gb=two, progress=False)
     with pytest.raises(KeyboardInterrupt):
         run_zero_shot(ZeroShotConfig(**cfg))
     assert calls == [2, 1] and read_results(out)["epochs"] == [0, 1]
-    monkeypatch.setattr(zeroshot_eval, "encode_images_many", real)
+    monkeypatch.setattr(zeroshot_eval, "topk_many", real)
     DECODES.reset()
     again = run_zero_shot(ZeroShotConfig(**cfg))
     assert again.skipped == [0, 1] and again.evaluated == [2] and DECODES.reset() == n

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,10 @@ from clipgen.evaluation.runner import (
 )
 from clipgen.evaluation.zeroshot import (
     build_classifier,
-    encode_images_many,
     imagenet_classnames,
     predict_topk,
     templates,
+    topk_many,
 )
 
 TOP_K = 5
@@ -225,6 +225,7 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
         from clipgen.runs import load_clip
 
         shas, hits, loaded, w, w_in = [], [], [], [], []
+        hit_topk: dict[int, Any] = {}
         for ref in chunk:
             sha = sha256_file(ref.path)
             hit, notes = store_features(stores, sha, image_set, ts, cfg.on_error) if stores else (None, [])
@@ -247,26 +248,31 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
                 with autocast(device, precision):
                     w_in.append(build_classifier(lm.model, lm.tokenizer, imagenet_classnames(), ts,
                                                  device=device).cpu())
+            if hit is not None:  # labels now, so the (N, D) embeddings of the chunk's stores are not all held
+                hit_topk[len(hits)] = predict_topk(hit.features, w[-1], image_set.class_labels, TOP_K)
+                hit = replace(hit, features=None)
             shas.append(sha)
             hits.append(hit)
             loaded.append(lm)
         # one pass over the images feeds every model of the chunk that needs a forward pass
         fwd = [i for i, h in enumerate(hits) if h is None]
         label = f"epoch {chunk[0].epoch}" if len(chunk) == 1 else f"epochs {chunk[0].epoch}-{chunk[-1].epoch}"
-        feats: list[Any] = [h.features if h is not None else None for h in hits]
+        # top-k labels batch by batch: memory holds (N, k) labels per checkpoint, not (N, D) embeddings
+        topk: list[Any] = [hit_topk.get(j) for j in range(len(hits))]
         if fwd:
-            for i, f in zip(fwd, encode_images_many([loaded[i].model for i in fwd], image_set.records,
-                                                    loaded[fwd[0]].preprocess, device=device, precision=precision,
-                                                    batch_size=cfg.batch_size, workers=workers,
-                                                    on_error=cfg.on_error, progress=bar,
-                                                    description=f"{label} images", images=cache), strict=True):
-                feats[i] = f
+            for i, t in zip(fwd, topk_many([loaded[i].model for i in fwd], [w[i] for i in fwd],
+                                           image_set.class_labels, TOP_K, image_set.records,
+                                           loaded[fwd[0]].preprocess, device=device, precision=precision,
+                                           batch_size=cfg.batch_size, workers=workers, on_error=cfg.on_error,
+                                           progress=bar, description=f"{label} images", images=cache),
+                            strict=True):
+                topk[i] = t
         in_topk: list[Any] = [None] * len(chunk)
         if in_records is not None:
-            f_in = encode_images_many([lm.model for lm in loaded], in_records, loaded[0].preprocess, device=device,
-                                      precision=precision, batch_size=cfg.batch_size, workers=workers,
-                                      on_error=cfg.on_error, progress=bar, description=f"{label} ImageNet")
-            in_topk = [predict_topk(f, wi, np.arange(1000), TOP_K) for f, wi in zip(f_in, w_in, strict=True)]
+            in_topk = topk_many([lm.model for lm in loaded], w_in, np.arange(1000), TOP_K, in_records,
+                                loaded[0].preprocess, device=device, precision=precision, batch_size=cfg.batch_size,
+                                workers=workers, on_error=cfg.on_error, progress=bar,
+                                description=f"{label} ImageNet")
         del loaded
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -276,7 +282,7 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
                                     "device": str(device), "image_cache": cache_path if hit is None else None}
             if hit is not None:
                 info.update(features="store", precision=hit.info["store_precision"] or "unknown", **hit.info)
-            out.append(Prediction(predict_topk(feats[j], w[j], image_set.class_labels, TOP_K), info, in_topk[j]))
+            out.append(Prediction(topk[j], info, in_topk[j]))
         return out
 
     def plan(todo: list[CheckpointRef]) -> list[list[CheckpointRef]]:
