@@ -218,9 +218,10 @@ def stage_eval(c: Ctx):
     """Every checkpoint on the test domain's and real's test split. By default the image embeddings come from the
     extract stage's store (the checkpoints are copies of the one it was extracted with), so the stage measures the
     per-checkpoint work at 345 classes (text classifier, metrics, predictions) and the image forward pass is
-    measured once, by extract; ``--eval-forward`` runs the forward pass for every checkpoint instead."""
+    measured once, by extract; ``--eval-forward`` runs the forward pass for every checkpoint instead, reading the
+    images once per run from the cache stage's image cache (decode-once evaluation)."""
     out = c.out / "eval"
-    extra = [] if c.eval_forward else ["--store", c.stores / "test.h5"]
+    extra = (["--images", c.stores / "test-images.h5"] if c.eval_forward else ["--store", c.stores / "test.h5"])
     return clipgen("eval", "zero-shot", "--model-dir", c.run, "--data-root", c.data, "--test-domain", TEST_DOMAIN,
                    "--epochs", "all", "--out", out, "--workers", c.workers, "--no-progress", *extra), [out]
 
