@@ -146,6 +146,29 @@ def open_images(path: str | Path | None, records: Sequence[Any], on_error: str) 
     return cache, str(Path(path).resolve())
 
 
+@contextlib.contextmanager
+def opened_images(path: str | Path | None, records: Sequence[Any], on_error: str) -> Iterator[tuple[Any, str | None]]:
+    """:func:`open_images` for the block: the cache is closed when the block ends."""
+    cache, resolved = open_images(path, records, on_error)
+    try:
+        yield cache, resolved
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def chunk_planner(per_checkpoint: bool, memory_gb: float) -> Callable[[list[CheckpointRef]], list[list[CheckpointRef]]]:
+    """The ``plan`` of :func:`evaluate_checkpoints`: chunks of checkpoints whose weights (the size of the first
+    checkpoint file each) fit in ``memory_gb`` GiB, or one checkpoint per chunk with ``per_checkpoint``."""
+
+    def plan(todo: list[CheckpointRef]) -> list[list[CheckpointRef]]:
+        if per_checkpoint:
+            return plan_chunks(todo, 1, memory_gb, per_checkpoint=True)
+        return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb)
+
+    return plan
+
+
 def plan_chunks(refs: Sequence[CheckpointRef], model_bytes: int, memory_gb: float,
                 per_checkpoint: bool = False) -> list[list[CheckpointRef]]:
     """Consecutive chunks of ``refs`` whose models (``model_bytes`` each) fit in ``memory_gb`` GiB together: one

@@ -30,13 +30,12 @@ from clipgen.evaluation.runner import (
     CheckpointRef,
     EvalOutcome,
     Prediction,
-    checkpoint_bytes,
+    chunk_planner,
     class_header,
     default_out_dir,
     default_test_domain,
     evaluate_checkpoints,
-    open_images,
-    plan_chunks,
+    opened_images,
     resolve_checkpoints,
     results_dir,
     run_info,
@@ -285,20 +284,10 @@ def run_zero_shot(cfg: ZeroShotConfig) -> EvalOutcome:
             out.append(Prediction(topk[j], info, in_topk[j]))
         return out
 
-    def plan(todo: list[CheckpointRef]) -> list[list[CheckpointRef]]:
-        if cfg.per_checkpoint:
-            return plan_chunks(todo, 1, memory_gb, per_checkpoint=True)
-        return plan_chunks(todo, checkpoint_bytes(todo[0].path), memory_gb)
-
-    with results_dir(out_dir):
-        cache, cache_path = open_images(cfg.images, image_set.records, cfg.on_error)
-        try:
-            outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
-                                           imagenet_labels=None if in_records is None else
-                                           np.array([r.label for r in in_records]), force=cfg.force,
-                                           progress=cfg.progress, plan=plan)
-        finally:
-            if cache is not None:
-                cache.close()
+    with results_dir(out_dir), opened_images(cfg.images, image_set.records, cfg.on_error) as (cache, cache_path):
+        outcome = evaluate_checkpoints(out_dir, header, image_set, held.labels, refs, predict,
+                                       imagenet_labels=None if in_records is None else
+                                       np.array([r.label for r in in_records]), force=cfg.force,
+                                       progress=cfg.progress, plan=chunk_planner(cfg.per_checkpoint, memory_gb))
     write_config(out_dir / "results.json", "eval zero-shot", cfg)
     return outcome
