@@ -614,24 +614,13 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
     before writing any row leaves nothing behind (no header, no parts folder); one that fails later (a disk filling
     up, an unreadable image) keeps its finished blocks for ``--resume``.
     """
-    from clipgen.artifacts import check_writable, remove_stale_temps
-    from clipgen.locks import output_lock
+    from clipgen.locks import writing_output
 
     _check_numbers(cfg)
     shard = parse_shard(cfg.shard)
     out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
-    check_writable(out, "--out")
-    with output_lock(out):
-        remove_stale_temps(out)
-        existed = out.exists()
-        try:
-            return _extract(cfg, progress=progress, crash_after_blocks=crash_after_blocks, note=note)
-        except SimulatedCrash:
-            raise
-        except BaseException:
-            if not existed:
-                _discard_if_empty(out)
-            raise
+    with writing_output(out, lambda o: _discard_if_empty(o), keep=(SimulatedCrash,)):
+        return _extract(cfg, progress=progress, crash_after_blocks=crash_after_blocks, note=note)
 
 
 def _check_numbers(cfg: ExtractConfig) -> None:

@@ -18,7 +18,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from clipgen.errors import ClipgenError
@@ -130,3 +130,28 @@ def output_lock(output: str | Path) -> Iterator[OutputLock]:
         yield lock
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def writing_output(out: str | Path, discard: Callable[[Path], None], *,
+                   keep: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
+    """The frame of a resumable writer of ``out`` (an activation store, a circuits file): the output is checked to be
+    writable, its writer lock held for the block, temporary files a killed final assembly left beside it removed
+    first. If the block fails and ``out`` did not exist before, ``discard(out)`` removes what holds nothing to
+    resume; an exception of a ``keep`` type (a simulated crash in the tests) leaves everything as it is."""
+    from clipgen.artifacts import check_writable, remove_stale_temps
+
+    out = Path(out)
+    check_writable(out, "--out")
+    with output_lock(out):
+        remove_stale_temps(out)
+        existed = out.exists()
+        try:
+            yield out
+        except keep:
+            raise
+        except BaseException:
+            if not existed:
+                discard(out)
+            raise
+

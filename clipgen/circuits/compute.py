@@ -286,27 +286,22 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
     The file is written under an exclusive writer lock (:mod:`clipgen.locks`); temporary files a killed final
     assembly left beside it are removed first; a run that fails before finishing any entry leaves nothing behind.
     """
-    from clipgen.artifacts import check_writable, remove_stale_temps
     from clipgen.extraction import parse_shard, shard_path
-    from clipgen.locks import output_lock
+    from clipgen.locks import writing_output
 
     _check_settings(cfg)
     shard = parse_shard(cfg.shard)
     out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
-    check_writable(out, "--out")
-    with output_lock(out):
-        remove_stale_temps(out)
-        existed = out.exists()
-        try:
-            return _compute_circuits(cfg, progress, note=note, crash_after=crash_after)
-        except SimulatedCrash:
-            raise
-        except BaseException:
-            if not existed and not parts_on_disk(out):
-                with contextlib.suppress(OSError):
-                    out.unlink(missing_ok=True)
-                    shutil.rmtree(parts_dir(out), ignore_errors=True)
-            raise
+    with writing_output(out, _discard_unstarted, keep=(SimulatedCrash,)):
+        return _compute_circuits(cfg, progress, note=note, crash_after=crash_after)
+
+
+def _discard_unstarted(out: Path) -> None:
+    """Remove a circuits file (and its parts folder) that holds no finished entry: nothing to resume."""
+    if not parts_on_disk(out):
+        with contextlib.suppress(OSError):
+            out.unlink(missing_ok=True)
+            shutil.rmtree(parts_dir(out), ignore_errors=True)
 
 
 def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callable[[str], None] | None = None,
