@@ -42,6 +42,11 @@ class _Ctx:
         self.missing.append((what, command))
         self.doc.p(f"*Not computed yet:* {what}. Computed by `{command}`.")
 
+    def results(self, command: str, filename: str) -> list[tuple[Any, dict[str, Any]]]:
+        """``(artifact, its readable results file)`` of every output of ``command`` in the study."""
+        found = [(a, _read_json(a.path / filename)) for a in self.study.by_command(command)]
+        return [(a, doc) for a, doc in found if doc]
+
     def label(self, artifact: Any) -> tuple[str, str, Any]:
         """``(setup label, run name, RunInfo or None)`` of the model an analysis looks at."""
         run = self.study.run_of(artifact)
@@ -286,8 +291,7 @@ def _need_store(ctx: _Ctx, then: str) -> str:
 
 def _cka_section(ctx: _Ctx) -> None:
     doc = ctx.doc
-    arts = [(a, _read_json(a.path / "cka.json")) for a in ctx.study.by_command("cka")]
-    arts = [(a, c) for a, c in arts if c]
+    arts = ctx.results("cka", "cka.json")
     doc.h(2, "Representational similarity across domains (CKA, the paper's Figure 6a)")
     if not arts:
         ctx.not_computed("CKA between the domains", _need_store(ctx, "clipgen cka {store}"))
@@ -403,8 +407,7 @@ def _embedding_section(ctx: _Ctx) -> None:
     import numpy as np
 
     doc = ctx.doc
-    arts = [(a, _read_json(a.path / "embeddings.json")) for a in ctx.study.by_command("embeddings")]
-    arts = [(a, e) for a, e in arts if e]
+    arts = ctx.results("embeddings", "embeddings.json")
     doc.h(2, "Embedding analysis (the paper's Figure 5)")
     if not arts:
         ctx.not_computed("the embedding analysis", _need_store(ctx, "clipgen embeddings {store}"))
