@@ -9,7 +9,7 @@ import pytest
 
 from clipgen.circuits.store import open_circuits
 from tests._circuits_helpers import SMALL, assert_same_entries
-from tests.conftest import make_random_run
+from tests.conftest import make_random_run, small_disk
 
 pytest_plugins = ["tests._fixtures_circuits"]  # circuits_run_dir, small_circuits
 
@@ -258,12 +258,7 @@ def test_real_full_disk_is_one_line_without_hdf5_noise(circuits_run_dir, synth_r
     import subprocess
     import sys
 
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs is not permitted here")
-    try:
+    with small_disk(tmp_path, "64k") as mnt:
         args = [str(a) for a in _compute_args(circuits_run_dir, synth_root, mnt / "c.h5")]
         r = subprocess.run([sys.executable, "-m", "clipgen.cli.main", *args], capture_output=True, text=True,
                            env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
@@ -272,8 +267,6 @@ def test_real_full_disk_is_one_line_without_hdf5_noise(circuits_run_dir, synth_r
         assert len(lines) == 1 and lines[0].startswith(f"error: disk full: no space left on the device while "
                                                        f"writing {mnt}/c.h5"), r.stderr[-3000:]
         assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)
 
 
 def test_second_writer_refused_and_stale_assembly_temporaries_removed(cli, circuits_run_dir, synth_root,

@@ -4,6 +4,7 @@ import pytest
 
 from clipgen.evaluation.results import read_results
 from tests._fixtures_eval import fake_results, uneven_root
+from tests.conftest import small_disk
 
 FIXTURES = (uneven_root,)
 
@@ -127,19 +128,9 @@ def test_disk_full_at_results_json_leaves_no_predictions(cli, random_run_dir, un
 
 
 def test_real_full_disk_is_one_line_and_leaves_nothing(cli, random_run_dir, uneven_root, tmp_path):
-    import subprocess
 
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        import pytest
-
-        pytest.skip("mounting a small tmpfs is not permitted here")
-    try:
+    with small_disk(tmp_path, "8k") as mnt:
         (mnt / "filler").write_bytes(b"\0" * 4096)
         r = _zs(cli, random_run_dir, uneven_root, mnt / "o")
         _one_line(r, f"disk full: no space left on the device while writing {mnt}/o/")
         assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)

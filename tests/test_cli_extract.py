@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from clipgen.store import open_store
+from tests.conftest import small_disk
 
 
 @pytest.fixture
@@ -168,12 +169,7 @@ def test_real_full_disk_is_one_line_and_resumes_when_space_is_freed(random_run_d
     import subprocess
     import sys
 
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs is not permitted here")
-    try:
+    with small_disk(tmp_path, "400k") as mnt:
         out = mnt / "s.h5"
         cmd = [sys.executable, "-m", "clipgen.cli.main", "extract", "--model-dir", str(random_run_dir), "--data",
                str(synth_root), "--domains", "cs", "--device", "cpu", "--batch-size", "8",
@@ -189,5 +185,3 @@ def test_real_full_disk_is_one_line_and_resumes_when_space_is_freed(random_run_d
         assert r.returncode == 0, r.stderr[-3000:]
         assert subprocess.run([sys.executable, "-m", "clipgen.cli.main", "extract", "validate", str(out)],
                               capture_output=True, env=env).returncode == 0
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests._fixtures_sae import make_store
+from tests.conftest import small_disk
 
 
 @pytest.fixture
@@ -173,22 +174,14 @@ def test_second_writer_of_a_run_folder_is_refused(cli, store, tmp_path):
 def test_real_full_disk_is_one_line_naming_the_checkpoint(cli, store, tmp_path):
     """On a 24 KiB tmpfs the first checkpoint does not fit: one line, exit 2 (torch alone reports a RuntimeError
     without the cause)."""
-    import subprocess
 
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs is not permitted here")
-    try:
+    with small_disk(tmp_path, "24k") as mnt:
         r = _train(cli, store, mnt / "sae")
         assert r.exit_code == 2, r.output
         assert r.stderr.splitlines()[-1].startswith(f"error: disk full: no space left on the device while writing "
                                                     f"{mnt}/sae/checkpoints/step_"), r.stderr
         assert "Traceback" not in r.output
         assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)  # (lazy: a failed run may hold a file)
 
 
 def test_json_output_and_progress_option(cli, store, tmp_path):
