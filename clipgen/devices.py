@@ -119,10 +119,10 @@ def available_cpus() -> int:
 MAX_DEFAULT_WORKERS = 16
 
 
-def default_workers() -> int:
-    """Data-loading processes by default: one less than :func:`available_cpus` (the main process feeds the model),
-    at most :data:`MAX_DEFAULT_WORKERS`; 0 (load in the main process) on a single core."""
-    return min(MAX_DEFAULT_WORKERS, available_cpus() - 1)
+def default_workers(cpus: int | None = None) -> int:
+    """Data-loading processes by default: one less than ``cpus`` (default :func:`available_cpus`; the main process
+    feeds the model), at most :data:`MAX_DEFAULT_WORKERS`; 0 (load in the main process) on a single core."""
+    return max(0, min(MAX_DEFAULT_WORKERS, (available_cpus() if cpus is None else int(cpus)) - 1))
 
 
 def resolve_workers(workers: int | None, option: str = "--workers") -> int:

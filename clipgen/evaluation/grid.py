@@ -145,11 +145,9 @@ def plan(cfg: GridConfig) -> tuple[list[GridTask], list[str]]:
 def task_workers(cfg: GridConfig) -> int:
     """Data-loading processes of each task: the task's CPUs but one (SLURM), or this machine's usable CPUs but one
     (``--local``)."""
-    from clipgen.devices import MAX_DEFAULT_WORKERS, default_workers
+    from clipgen.devices import default_workers
 
-    if cfg.mode == "local":
-        return default_workers()
-    return max(0, min(MAX_DEFAULT_WORKERS, int(cfg.slurm.cpus_per_task) - 1))
+    return default_workers(None if cfg.mode == "local" else cfg.slurm.cpus_per_task)
 
 
 @dataclass
