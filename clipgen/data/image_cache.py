@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import file_error, option_error
 
 #: Version of the cache's content (part of the fingerprint): bump when what is stored changes.
 CACHE_VERSION = 1
@@ -444,10 +444,7 @@ def _open_one(path: Path) -> Any:
     if cache.get("version") != CACHE_VERSION:
         raise file_error(path, f"image cache version {cache.get('version')} (this clipgen reads {CACHE_VERSION}); "
                                f"rebuild it with 'clipgen data cache'")
-    try:
-        st = open_store(path)
-    except ClipgenError as e:
-        raise ClipgenError(str(e).replace("'clipgen extract ...'", "'clipgen data cache ...'")) from None
+    st = open_store(path, command="clipgen data cache")
     try:
         prov = st.provenance
         if PIXELS not in st.layers or "steps" not in prov.get("preprocess", {}):

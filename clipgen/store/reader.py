@@ -357,10 +357,11 @@ class ActivationStore:
             yield d, present, means
 
 
-def open_store(path: str | Path, *, allow_incomplete: bool = False) -> ActivationStore:
+def open_store(path: str | Path, *, allow_incomplete: bool = False,
+               command: str = "clipgen extract") -> ActivationStore:
     """Open a store for reading; refuses, with a one-line error naming the file, anything that is not a complete
     clipgen store of a schema this version reads (``allow_incomplete`` admits stores still being written and
-    shard files)."""
+    shard files). ``command`` is the one that writes this kind of file, named in the message of an incomplete one."""
     path = Path(path)
     f = open_h5(path)
     try:
@@ -377,7 +378,7 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False) -> Activatio
 
                 done = rows_done(path, f) if "progress" in f else 0
                 raise file_error(path, f"incomplete store ({done} of {st.n_samples} rows written): finish it with "
-                                       f"the same 'clipgen extract ...' command")
+                                       f"the same '{command} ...' command")
         check_virtual_sources(path, f)
         return st
     except BaseException:
