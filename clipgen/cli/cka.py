@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import force_option, json_option, progress_option
-from clipgen.cli.options import writable
+from clipgen.cli.common import force_option, json_option, progress_option, writable
 
 
 def _split(value: str | None) -> list[str] | None:

@@ -1,4 +1,4 @@
-"""The options every command shares, defined once, and how a command prints its result.
+"""The options every command shares, defined once, their checks, and how a command prints its result.
 
 Each option is a factory (a fresh ``typer.Option`` per use, so a command may word its help for what it replaces or
 where it computes) with the same flag names, defaults and metavars everywhere: ``--progress/--no-progress``,
@@ -44,6 +44,25 @@ def json_option(help: str = "Print one JSON document (key numbers and output pat
                             "notes and progress go to stderr.") -> Any:
     """``--json`` (a flag, default off)."""
     return typer.Option(False, "--json", help=help)
+
+
+# -- checks of option values that Typer's ``min=`` cannot say: a failed check is a usage error (one line, exit 2)
+
+def positive(value: float | None) -> float | None:
+    """Callback of a float option that must be > 0 (a learning rate, a size)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not positive (must be > 0)")
+    return value
+
+
+def writable(ctx: typer.Context, param, value):
+    """Callback of an output option (``--out``, ``--logs``): refuse, before any work, a path under a regular file
+    or in a folder this process may not write in (one line naming the option and the path)."""
+    if value is not None and not ctx.resilient_parsing:
+        from clipgen.artifacts import check_writable
+
+        check_writable(value, param.opts[0] if param.opts else "--out")
+    return value
 
 
 def summary_console(as_json: bool):

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import device_option, force_option, json_option, precision_option, progress_option
-from clipgen.cli.options import writable
+from clipgen.cli.common import device_option, force_option, json_option, precision_option, progress_option, writable
 
 app = typer.Typer(help="Evaluate checkpoints (zero-shot CLIP, supervised), summarise runs as the paper's Figure 2, "
                        "and run evaluation grids on SLURM.", no_args_is_help=True)

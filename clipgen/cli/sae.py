@@ -6,8 +6,15 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import device_option, force_option, json_option, precision_option, progress_option
-from clipgen.cli.options import positive, writable
+from clipgen.cli.common import (
+    device_option,
+    force_option,
+    json_option,
+    positive,
+    precision_option,
+    progress_option,
+    writable,
+)
 
 app = typer.Typer(help="Sparse autoencoders on an activation store: train, and SAE feature sharing between domains.",
                   no_args_is_help=True)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import device_option, force_option, precision_option, progress_option
-from clipgen.cli.options import positive, writable
+from clipgen.cli.common import device_option, force_option, positive, precision_option, progress_option, writable
 
 app = typer.Typer(help="Train CLIP (OpenCLIP's own trainer), supervised classifiers, and the paper's grid.",
                   no_args_is_help=True)
