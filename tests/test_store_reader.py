@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clipgen.errors import ClipgenError
-from clipgen.store import FORMAT, SCHEMA_VERSION, build_store_from_arrays, open_store
+from clipgen.store import FORMAT, SCHEMA_VERSION, build_store_from_arrays, open_store, schema
 from clipgen.store import reader as reader_mod
 
 DOMAINS = ["clipart", "sketch", "painting"]
@@ -89,6 +89,17 @@ def test_iter_layer_contiguous_blocks(store):
         assert seen == list(range(90))
         sel = [rows for rows, _ in st.iter_layer("wide", block_rows=16, rows=[1, 2, 40, 89])]
         assert [r.tolist() for r in sel] == [[1, 2], [40], [89]]
+
+
+def test_read_slice_is_the_raw_stored_rows(store):
+    path, _, _, layers = store
+    with open_store(path) as st:
+        got = st.read_slice("wide", 5, 37)
+        assert got.dtype == st.file[schema.dataset_path("wide")].dtype  # as stored, no float32 copy
+        np.testing.assert_array_equal(got, layers["wide"][5:37].astype(got.dtype))
+        assert st.read_slice("wide", 90, 90).shape[0] == 0
+        with pytest.raises(ClipgenError, match="rows 80:91 are outside layer 'wide'"):
+            st.read_slice("wide", 80, 91)
 
 
 def test_class_means_against_numpy(store, monkeypatch):

@@ -781,16 +781,12 @@ def open_training_data(cfg: SAETrainConfig, stack: Any, *, device: torch.device)
         blocks = [(a, min(a + cfg.block_rows, off + n)) for _, off, n in segments
                   for a in range(off, off + n, cfg.block_rows)]
 
-        from clipgen.store.schema import dataset_path
-
-        datasets = [st.file[dataset_path(cfg.layer)] for st, _, _ in segments]
-
         def read(a: int, b: int) -> np.ndarray:
-            # a plain slice of the HDF5 dataset: contiguous, in the store's dtype (no per-read row selection over
+            # a plain slice of the layer: contiguous, in the store's dtype (no per-read row selection over
             # the whole store, no float32 copy: the step converts each batch)
-            for ds, (_, off, n) in zip(datasets, segments, strict=True):
+            for st, off, n in segments:
                 if off <= a < off + n:
-                    return ds[a - off:b - off]
+                    return st.read_slice(cfg.layer, a - off, b - off)
             raise ClipgenError(f"rows {a}:{b} are outside the training stores")  # pragma: no cover
 
         source = StreamingSource(blocks, read, width, keep=keep, seed=cfg.seed, buffer_rows=budget_rows)

@@ -295,6 +295,15 @@ class ActivationStore:
             pos += len(block)
         return out
 
+    def read_slice(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of a layer exactly as stored (the store's dtype, no row selection, no copy to float32):
+        the cheapest read, for callers that stream contiguous blocks and convert each batch themselves."""
+        ds = self._dataset(name)
+        n = int(ds.shape[0])
+        if not 0 <= start <= stop <= n:
+            raise ClipgenError(f"{self.path}: rows {start}:{stop} are outside layer {name!r} ({n} rows)")
+        return ds[start:stop]
+
     def iter_layer(self, name: str, *, block_rows: int | None = None, rows: Any = None,
                    domains: str | Iterable[str] | None = None, labels: int | Iterable[int] | None = None,
                    dtype: Any = np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
