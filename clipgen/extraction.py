@@ -11,12 +11,7 @@ run; ``--shard i/n`` writes one part of the image set for :func:`clipgen.store.m
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,19 +20,27 @@ import numpy as np
 
 from clipgen import __version__
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.data.image_sets import cache_batches, make_batches, resolve_image_set
+from clipgen.errors import option_error
 from clipgen.store import schema
-from clipgen.store.parts import StorePlan, assemble, parts_dir, read_plan_header, verified_blocks, write_header
+from clipgen.store.blocks import BlockWriter
+from clipgen.store.parts import (
+    StorePlan,
+    assemble,
+    check_existing,
+    discard_if_empty,
+    existing_settings,
+    verified_blocks,
+    write_header,
+)
+from clipgen.store.shards import parse_shard, shard_path, shard_range
+from clipgen.store.testing import SimulatedCrash
 from clipgen.store.writer import LayerDef, SampleTable
 
 POOLINGS = ("mean", "none")
 TOKEN_POOLINGS = ("cls", "mean")
 #: Host memory one row block may take (pooled layers of all rows of a block).
 BLOCK_BYTES = 256 << 20
-
-
-class SimulatedCrash(RuntimeError):
-    """Raised by ``extract(..., crash_after_blocks=k)`` (tests): dies like a killed process, leaving parts."""
 
 
 @dataclass
@@ -84,77 +87,6 @@ class ExtractResult:
     blocks_total: int = 0
     already_complete: bool = False
     fingerprint: str = ""
-
-
-# -- image sets ------------------------------------------------------------------------------------------------
-
-def resolve_image_set(cfg: ExtractConfig):
-    """``(records, image_set provenance)`` for a DomainNet root or a TSV."""
-    from clipgen.artifacts import sha256_file
-    from clipgen.datasets import domainnet_records, tsv_records
-
-    if (cfg.data is None) == (cfg.tsv is None):
-        raise option_error("--data", "give exactly one image set: --data DOMAINNET_ROOT or --tsv FILE")
-    if cfg.data is not None:
-        root = Path(cfg.data)
-        if not root.is_dir():
-            raise option_error("--data", f"{root} is not a directory")
-        domains = dn.parse_domains(cfg.domains)
-        recs = domainnet_records(root, domains, cfg.split)
-        sources = [dn.split_file(root, d, cfg.split) for d in domains]
-        info = {"kind": "domainnet", "index": str(root.resolve()), "split": cfg.split, "domains": list(domains)}
-    else:
-        tsv = Path(cfg.tsv)
-        recs = tsv_records(tsv)
-        sources = [tsv]
-        info = {"kind": "tsv", "index": str(tsv.resolve())}
-    if not recs:
-        raise option_error("--data" if cfg.data is not None else "--tsv", "the image set is empty")
-    info["sources"] = [{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in sources]
-    info["sha256"] = schema.image_set_sha256([r.rel or r.path for r in recs], [r.label for r in recs],
-                                             [r.domain for r in recs], [r.split for r in recs])
-    info["n_rows"] = len(recs)
-    return recs, info
-
-
-def parse_shard(spec: str | None, option: str = "--shard") -> tuple[int, int] | None:
-    """``i/n`` (0 <= i < n) or ``auto`` (SLURM_ARRAY_TASK_ID/COUNT, or torchrun RANK/WORLD_SIZE)."""
-    if not spec:
-        return None
-    s = spec.strip().lower()
-    if s == "auto":
-        env = os.environ
-        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-            i = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-            n = int(env["SLURM_ARRAY_TASK_COUNT"])
-        elif "RANK" in env and "WORLD_SIZE" in env:
-            i, n = int(env["RANK"]), int(env["WORLD_SIZE"])
-        else:
-            raise option_error(option, "'auto' needs SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE in the environment")
-    else:
-        try:
-            a, b = s.split("/")
-            i, n = int(a), int(b)
-        except ValueError:
-            raise option_error(option, f"expected i/n (e.g. 0/4), got {spec!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise option_error(option, f"shard {i}/{n}: need 0 <= i < n")
-    return i, n
-
-
-def shard_path(out: Path, i: int, n: int) -> Path:
-    """The part file of shard ``i`` of ``n``: ``STORE.shard-i-of-n.h5``."""
-    return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix or '.h5'}")
-
-
-def shard_range(n_rows: int, i: int, n: int, align: int = 1) -> tuple[int, int]:
-    """Rows ``[start, stop)`` of shard ``i`` of ``n``; boundaries on multiples of ``align`` (the batch size, so every
-    batch holds the same images as in a single run) when every shard still gets rows."""
-    if align > 1 and n_rows >= n * align:
-        cut = [min(n_rows, round(j * n_rows / n / align) * align) for j in range(n + 1)]
-        cut[-1] = n_rows
-        return cut[i], cut[i + 1]
-    return i * n_rows // n, (i + 1) * n_rows // n
 
 
 # -- layers and hooks ------------------------------------------------------------------------------------------
@@ -274,132 +206,7 @@ class Extractor:
         self.capture.remove()
 
 
-# -- the block writer ------------------------------------------------------------------------------------------
-
-class BlockWriter:
-    """A thread that gathers batches into row blocks and writes each block as a part file.
-
-    Writing is behind-the-scenes too: a finished block is handed to a single I/O thread (which compresses its chunks
-    on the thread pool and writes the part file) while this thread goes on filling the next block from the queue, so
-    the model never waits for compression unless the writing falls a whole block behind. Host memory: the block being
-    filled, at most one block being written, and ``max_queue`` batches.
-    """
-
-    def __init__(self, plan: StorePlan, extractor: Extractor, *, threads: int = 0,
-                 on_rows: Callable[[int], None] | None = None, max_queue: int = 4, max_blocks: int | None = None):
-        self.plan, self.ex = plan, extractor
-        self.q: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.pool = ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1))
-        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipgen-store-io")
-        self.pending = None  # the Future of the part file being written
-        self.on_rows, self.max_blocks = on_rows, max_blocks
-        self.error: BaseException | None = None
-        self.blocks: dict[int, dict[str, Any]] = {}
-        self.written = 0
-        self.thread = threading.Thread(target=self._run, name="clipgen-store-writer", daemon=True)
-        self.thread.start()
-
-    def put(self, block: int, local_rows: np.ndarray, packed, emb, event, skipped: Sequence[tuple[int, str]]):
-        """Queue one batch: rows ``local_rows`` (within ``block``) of the device tensors, plus skipped rows."""
-        if self.error is not None:
-            raise self.error
-        while True:
-            try:
-                self.q.put((block, local_rows, packed, emb, event, list(skipped)), timeout=0.5)
-                return
-            except queue.Full:
-                if self.error is not None:
-                    raise self.error from None
-
-    def _buffer(self, k: int) -> dict[str, Any]:
-        if k not in self.blocks:
-            a, b = self.plan.block_range(k)
-            n = b - a
-            arrays = {d.name: np.full((n, *d.shape), np.nan, dtype=np.float32 if d.kind == "embedding"
-                                      else self.plan.dtype) for d in self.plan.layers}
-            self.blocks[k] = {"arrays": arrays, "reasons": [""] * n, "left": n}
-        return self.blocks[k]
-
-    def _run(self) -> None:
-        try:
-            while True:
-                item = self.q.get()
-                if item is None:
-                    self._wait_pending()
-                    return
-                k, rows, packed, emb, event, skipped = item
-                if event is not None:
-                    event.synchronize()
-                buf = self._buffer(k)
-                if len(rows):
-                    host = self.ex.unpack(packed.numpy() if packed is not None else None,
-                                          emb.numpy() if emb is not None else None)
-                    for name, arr in host.items():
-                        buf["arrays"][name][rows] = arr
-                for r, reason in skipped:
-                    buf["reasons"][r] = reason
-                buf["left"] -= len(rows) + len(skipped)
-                if buf["left"] == 0:
-                    self._finish(k, buf)
-                if self.on_rows:
-                    self.on_rows(len(rows) + len(skipped))
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            self.error = e
-
-    def _finish(self, k: int, buf: dict[str, Any]) -> None:
-        for d in self.plan.layers:
-            arr = buf["arrays"][d.name]
-            if d.kind != "embedding" and self.plan.dtype == "float16":
-                good = np.array([not r for r in buf["reasons"]])
-                if not np.isfinite(arr[good]).all():
-                    raise ClipgenError(f"layer {d.name}: activations exceed the float16 range (or are not "
-                                       f"finite) in rows {self.plan.block_range(k)}; extract with --dtype float32")
-        self._wait_pending()  # at most one block is being written while the next one fills
-        del self.blocks[k]
-        self.pending = self.io.submit(self._write, k, buf)
-        if self.max_blocks is not None:  # tests: die right after the k-th whole part file, as a killed process would
-            self._wait_pending()
-            if self.written >= self.max_blocks:
-                raise SimulatedCrash(f"simulated crash after {self.written} blocks")
-
-    def _write(self, k: int, buf: dict[str, Any]) -> None:
-        from clipgen.store.parts import write_part
-
-        write_part(self.plan, k, buf["arrays"], buf["reasons"], self.pool)
-        self.written += 1
-
-    def _wait_pending(self) -> None:
-        """Wait for the part file being written; re-raise its error."""
-        if self.pending is not None:
-            fut, self.pending = self.pending, None
-            fut.result()
-
-    def close(self, wait: bool = True) -> None:
-        """Finish queued work (``wait``) or abandon it (a crash, an error in the main thread); re-raise the thread's
-        error. Abandoning drops the queued batches and the block being filled; a part file being written is finished
-        or not written at all (never half)."""
-        if wait:
-            while self.thread.is_alive():
-                try:
-                    self.q.put(None, timeout=0.5)
-                    break
-                except queue.Full:
-                    if self.error is not None:
-                        break
-            self.thread.join()
-        else:
-            while True:  # let the thread end: drop what is queued, then the end marker
-                try:
-                    self.q.get_nowait()
-                except queue.Empty:
-                    break
-            with contextlib.suppress(queue.Full):
-                self.q.put_nowait(None)
-        self.io.shutdown(wait=wait)
-        self.pool.shutdown(wait=wait)
-        if self.error is not None and (wait or isinstance(self.error, SimulatedCrash)):
-            raise self.error
-
+# -- the forward loop ------------------------------------------------------------------------------------------
 
 def run_blocks(plan: StorePlan, extractor: Extractor, batches: Iterable[tuple[Any, np.ndarray, list]], *,
                writer_threads: int = 0, on_rows: Callable[[int], None] | None = None,
@@ -503,42 +310,9 @@ def list_layers(cfg: ExtractConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_existing(plan: StorePlan, force: bool) -> dict[str, Any] | None:
-    """Decide what to do with an existing output; returns its header to continue it (or skip it when complete), None
-    to start fresh. The same command continues its own store; a store of other settings needs ``force``."""
-    import shutil
-
-    out = plan.out
-    if not out.exists():
-        if plan.parts.exists():
-            shutil.rmtree(plan.parts)  # leftovers without a header: nothing to resume
-        return None
-    try:
-        head = read_plan_header(out)
-    except ClipgenError:
-        if force:
-            out.unlink()
-            shutil.rmtree(plan.parts, ignore_errors=True)
-            return None
-        raise file_error(out, "exists and is not a readable clipgen store; pass --force to overwrite it") from None
-    if force or (not head["complete"] and head["rows_done"] == 0):
-        out.unlink()  # (an interrupted store without a single row holds nothing to resume: start it afresh)
-        shutil.rmtree(plan.parts, ignore_errors=True)
-        return None
-    if head["fingerprint"] != plan.fingerprint:
-        diff = schema.fingerprint_diff(head["provenance"], plan.provenance)
-        raise file_error(out, f"fingerprint mismatch: the existing store was made from a different "
-                              f"{', '.join(diff) or 'configuration'}; pass --force (or another --out) for a new store")
-    s = head["settings"]
-    if not head["complete"] and (s["block_rows"] != plan.block_rows or s["batch_size"] != plan.batch_size):
-        raise option_error("--batch-size", f"the interrupted store was started with --batch-size {s['batch_size']} "
-                                           f"--block-rows {s['block_rows']}; rerun with those to continue it, "
-                                           f"or pass --force to start over")
-    return head
-
-
 def _load_header_extras(path: Path) -> tuple[dict[int, str], tuple | None, list[int]]:
-    from clipgen.store.reader import ActivationStore, open_h5
+    from clipgen.store.kind import open_h5
+    from clipgen.store.reader import ActivationStore
 
     f = open_h5(path)
     try:
@@ -548,51 +322,6 @@ def _load_header_extras(path: Path) -> tuple[dict[int, str], tuple | None, list[
         return dict(st.class_names), text, list(st.held_out_labels)
     finally:
         f.close()
-
-
-def make_batches(plan: StorePlan, records, transform, todo: Sequence[int], *, workers: int, on_error: str,
-                 pin_memory: bool):
-    """Batches of the blocks in ``todo`` from image files: ``(images, plan rows, skipped [(row, reason)])``."""
-    from torch.utils.data import DataLoader
-
-    from clipgen.datasets import CountingLoader, ImageDataset, collate_skip, load_image
-    from clipgen.evaluation.zeroshot import raise_unreadable
-
-    batch_sampler = []
-    for k in todo:
-        a, b = plan.block_range(k)
-        batch_sampler.extend(list(range(s, min(s + plan.batch_size, b))) for s in range(a, b, plan.batch_size))
-    # the dataset always skips; a failure is raised here, in the main process, with its one-line message (raised in
-    # a worker it would come back wrapped in the worker's traceback)
-    ds = ImageDataset(records, transform, "skip")
-    kw = {"prefetch_factor": 4, "persistent_workers": False} if workers else {}
-    loader = CountingLoader(DataLoader(ds, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_skip,
-                                       pin_memory=pin_memory, **kw))
-    for images, kept, bad in loader:
-        if on_error == "fail" and len(bad):
-            raise_unreadable(records, bad.tolist())
-        skipped = []
-        for i in bad.tolist():
-            try:
-                load_image(records[i].path)
-                why = "unreadable image"
-            except ClipgenError as e:
-                why = str(e)
-            skipped.append((i, why))
-        yield images, kept.numpy(), skipped
-
-
-def cache_batches(plan: StorePlan, records, cache, transform, todo: Sequence[int], *, device, on_error: str):
-    """:func:`make_batches` from an image cache (the same batches, already normalised on ``device``)."""
-    batch_rows = []
-    for k in todo:
-        a, b = plan.block_range(k)
-        batch_rows.extend(range(s, min(s + plan.batch_size, b)) for s in range(a, b, plan.batch_size))
-    if not batch_rows:
-        return
-    for images, kept, bad in cache.batches(records, transform, device=device, on_error=on_error,
-                                           batch_rows=batch_rows):
-        yield images, kept.numpy(), [(int(i), cache.reason(records[int(i)])) for i in bad.tolist()]
 
 
 def _run_info(manifest) -> dict[str, Any] | None:
@@ -619,7 +348,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
     _check_numbers(cfg)
     shard = parse_shard(cfg.shard)
     out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
-    with writing_output(out, lambda o: _discard_if_empty(o), keep=(SimulatedCrash,)):
+    with writing_output(out, lambda o: discard_if_empty(o), keep=(SimulatedCrash,)):
         return _extract(cfg, progress=progress, crash_after_blocks=crash_after_blocks, note=note)
 
 
@@ -632,22 +361,6 @@ def _check_numbers(cfg: ExtractConfig) -> None:
             raise option_error(opt, f"{val} is below the minimum {lo}")
     if not cfg.max_size_gb > 0:
         raise option_error("--max-size-gb", f"{cfg.max_size_gb:g} is not a positive size")
-
-
-def _discard_if_empty(out: Path) -> None:
-    """Remove a store header (and its parts folder) in which no block was written: nothing to resume."""
-    import shutil
-
-    from clipgen.store.parts import completed_blocks_on_disk
-
-    pdir = parts_dir(out)
-    if completed_blocks_on_disk(pdir):
-        return
-    with contextlib.suppress(OSError, ClipgenError):
-        if out.is_file() and not read_plan_header(out)["complete"]:
-            out.unlink()
-    if not out.exists():
-        shutil.rmtree(pdir, ignore_errors=True)
 
 
 def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
@@ -682,7 +395,7 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
                                         f"--max-size-gb")
     cuda = device.type == "cuda"
     out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
-    old = {} if cfg.force else _existing_settings(out)
+    old = {} if cfg.force else existing_settings(out)
     batch_size = cfg.batch_size or old.get("batch_size") or (256 if cuda else 32)
     block_rows = cfg.block_rows or old.get("block_rows") or default_block_rows(batch_size, per_row)
     if block_rows % batch_size:
@@ -722,7 +435,7 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
                                [r.split for r in sub], list(range(a, b)))
     plan = StorePlan(out=out, samples=plan_samples, layers=defs, dtype=cfg.dtype, provenance=provenance,
                      block_rows=block_rows, batch_size=batch_size, shard=shard_info, compression=cfg.compression)
-    head = _check_existing(plan, cfg.force)
+    head = check_existing(plan, cfg.force)
     if head is not None and head["complete"]:
         import shutil
 
@@ -789,24 +502,5 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
     return ExtractResult(out, rows, skipped, written, plan.n_blocks, fingerprint=plan.fingerprint)
 
 
-def _existing_settings(out: Path) -> dict[str, int]:
-    """Batch size and block rows of an existing store (empty if none or unreadable: _check_existing decides)."""
-    from clipgen.store.parts import header_settings
-    from clipgen.store.reader import open_h5
-
-    if not out.is_file():
-        return {}
-    try:
-        f = open_h5(out)
-    except ClipgenError:
-        return {}
-    try:
-        return {k: v for k, v in header_settings(f).items() if k in ("batch_size", "block_rows") and v}
-    except (KeyError, OSError):
-        return {}
-    finally:
-        f.close()
-
-
-__all__ = ["ExtractConfig", "ExtractResult", "Extractor", "SimulatedCrash", "default_block_rows", "extract",
-           "layer_defs", "list_layers", "parts_dir", "row_bytes", "run_blocks"]
+__all__ = ["ExtractConfig", "ExtractResult", "Extractor", "default_block_rows", "extract", "layer_defs", "list_layers",
+           "row_bytes", "run_blocks"]

@@ -12,10 +12,11 @@ import torch
 
 from clipgen import domainnet as dn
 from clipgen.errors import ClipgenError
-from clipgen.extraction import ExtractConfig, SimulatedCrash, extract, parse_shard, shard_range
+from clipgen.extraction import ExtractConfig, extract
 from clipgen.store import open_store
 from clipgen.store.merge import merge_shards
 from clipgen.store.parts import parts_dir
+from clipgen.store.testing import SimulatedCrash
 from tests.conftest import h5_datasets, make_random_run, shared_artifact
 
 
@@ -311,21 +312,6 @@ def test_shards_merged_equal_a_single_run(tmp_path, reference_store, random_run_
         assert st.n_samples == 48
 
 
-def test_shard_specs(monkeypatch):
-    assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
-    for bad in ("4/4", "x", "1/0", "-1/3"):
-        with pytest.raises(ClipgenError, match="--shard"):
-            parse_shard(bad)
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
-    assert parse_shard("auto") == (2, 4)
-    cuts = [shard_range(140, i, 3, 32) for i in range(3)]
-    assert cuts[0][0] == 0 and cuts[-1][1] == 140 and all(a % 32 == 0 for a, _ in cuts)
-    assert all(cuts[i][1] == cuts[i + 1][0] for i in range(2))
-    assert [shard_range(5, i, 3, 32) for i in range(3)] == [(0, 1), (1, 3), (3, 5)]
-
-
 # -- bad input -----------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -494,7 +480,7 @@ def test_failed_run_without_rows_leaves_nothing_and_the_rerun_is_accepted(tmp_pa
         extract(cfg, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dn"]  # no header, no .parts, no lock file
     # a 0-row header left by an earlier failed run (as older versions did) does not block the same command
-    monkeypatch.setattr(ex, "_discard_if_empty", lambda out: None)
+    monkeypatch.setattr(ex, "discard_if_empty", lambda out: None)
     with pytest.raises(ClipgenError, match="image not found"):
         extract(cfg, progress=False)
     assert out.is_file()

@@ -15,8 +15,8 @@ from clipgen.errors import ClipgenError
 from clipgen.evaluation.protocol import build_eval_set
 from clipgen.evaluation.results import read_predictions, read_results
 from clipgen.evaluation.zeroshot_eval import ZeroShotConfig, run_zero_shot
-from clipgen.extraction import SimulatedCrash
 from clipgen.runs import load_clip
+from clipgen.store.testing import SimulatedCrash
 from tests._fixtures_eval import uneven_root
 
 FIXTURES = (uneven_root,)

@@ -286,8 +286,8 @@ def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callab
     The file is written under an exclusive writer lock (:mod:`clipgen.locks`); temporary files a killed final
     assembly left beside it are removed first; a run that fails before finishing any entry leaves nothing behind.
     """
-    from clipgen.extraction import parse_shard, shard_path
     from clipgen.locks import writing_output
+    from clipgen.store.shards import parse_shard, shard_path
 
     _check_settings(cfg)
     shard = parse_shard(cfg.shard)
@@ -314,9 +314,10 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
     from clipgen.datasets import ImageRecord, folders_of
     from clipgen.devices import autocast, resolve_device, resolve_precision
     from clipgen.evaluation.zeroshot import build_classifier, classnames_from_folders, templates
-    from clipgen.extraction import parse_shard, resolve_held_out, shard_path, shard_range
+    from clipgen.extraction import resolve_held_out
     from clipgen.progress import make_progress
     from clipgen.runs import load_clip
+    from clipgen.store.shards import parse_shard, shard_path, shard_range
 
     say = note or (lambda _m: None)
     _check_settings(cfg)

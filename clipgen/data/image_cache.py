@@ -148,10 +148,11 @@ def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: 
     """Write (or continue) the cache of ``cfg``; an interrupted cache continues where it stopped."""
     from clipgen import __version__
     from clipgen.artifacts import write_config
+    from clipgen.data.image_sets import make_batches, resolve_image_set
     from clipgen.devices import resolve_workers
-    from clipgen.extraction import SimulatedCrash, _check_existing, make_batches, resolve_image_set
     from clipgen.progress import make_progress
-    from clipgen.store.parts import StorePlan, assemble, verified_blocks, write_header, write_part
+    from clipgen.store.parts import StorePlan, assemble, check_existing, verified_blocks, write_header, write_part
+    from clipgen.store.testing import crash_point
     from clipgen.store.writer import LayerDef, SampleTable
 
     say = note or (lambda _m: None)
@@ -184,7 +185,7 @@ def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: 
     plan = StorePlan(out=Path(cfg.out), samples=samples, layers=[layer], dtype="uint8", provenance=provenance,
                      block_rows=cfg.block_rows, batch_size=cfg.batch_size, compression=cfg.compression)
     plan.out.parent.mkdir(parents=True, exist_ok=True)
-    head = _check_existing(plan, cfg.force)
+    head = check_existing(plan, cfg.force)
     if head is not None and head["complete"]:
         import shutil
 
@@ -221,8 +222,7 @@ def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: 
                 bar.advance(task, len(rows) + len(skipped))
             write_part(plan, k, {PIXELS: arr}, reasons)
             written += 1
-            if crash_after_blocks is not None and written >= crash_after_blocks:
-                raise SimulatedCrash(f"simulated crash after {written} blocks")
+            crash_point(written, crash_after_blocks)  # testing hook
     rows, skipped = assemble(plan)
     write_config(plan.out, "data cache", cfg)
     if skipped:
@@ -430,7 +430,7 @@ def open_cache(path: str | Path | Sequence[str | Path], option: str = "--images"
 def _open_one(path: Path) -> Any:
     """One cache file as an open activation store, after checking it is an image cache of this version."""
     from clipgen.store import open_store
-    from clipgen.store.reader import open_h5
+    from clipgen.store.kind import open_h5
 
     f = open_h5(path, what="an image cache", short="image cache")
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from clipgen.store import schema
+import clipgen.store.schema as schema
 from clipgen.store.reader import ActivationStore, open_store
 
 

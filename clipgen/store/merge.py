@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+import clipgen.store.schema as schema
 from clipgen.errors import ClipgenError, file_error
-from clipgen.store import schema
+from clipgen.store.kind import writing_h5
 from clipgen.store.reader import ActivationStore, open_store
+from clipgen.store.shards import missing_shards_hint, opened_shards
 from clipgen.store.writer import LayerDef, SampleTable, StoreLayout, copy_rows_raw
 
 
@@ -74,9 +76,7 @@ def check_shards(stores: list[ActivationStore]) -> list[ActivationStore]:
         owner[rows] = j
     missing = np.flatnonzero(owner < 0)
     if missing.size:
-        have = sorted(int(s.shard["index"]) for s in stores)
-        absent = [i for i in range(int(first.shard["count"])) if i not in have]
-        hint = f" (shard(s) {', '.join(map(str, absent))} of {first.shard['count']} not given)" if absent else ""
+        hint = missing_shards_hint([s.shard["index"] for s in stores], first.shard["count"])
         raise ClipgenError(f"merge: gap: {missing.size} row(s) of the image set are in no shard, first row "
                            f"{int(missing[0])}{hint}")
     return stores
@@ -87,17 +87,8 @@ def merge_shards(shards: list[str | Path], out: str | Path, *, copy: bool = Fals
     """Merge shard files into ``out`` (virtual datasets, or a self-contained copy)."""
     import h5py
 
-    from clipgen.artifacts import atomic_path, hdf5_create
-
     out = Path(out)
-    if out.exists() and not force:
-        raise file_error(out, "already exists; pass --force to overwrite it")
-    opened: list[ActivationStore] = []
-    try:
-        for p in shards:
-            if Path(p).resolve() == out.resolve():
-                raise file_error(out, "the output is one of the shards")
-            opened.append(open_store(p, allow_incomplete=True))
+    with opened_shards(shards, out, lambda p: open_store(p, allow_incomplete=True), force=force) as opened:
         stores = check_shards(opened)
         first = stores[0]
         s = [st.samples for st in stores]
@@ -112,7 +103,7 @@ def merge_shards(shards: list[str | Path], out: str | Path, *, copy: bool = Fals
         prov = dict(first.provenance, merged_from=[p.path.name for p in stores])
         defs = _layer_defs(first)
         compression = _compression_of(first)
-        with atomic_path(out, force=True) as tmp, hdf5_create(tmp) as f:
+        with writing_h5(out) as f:
             lay = StoreLayout(f, samples=table, layers=defs, dtype=first.dtype, provenance=prov,
                               class_names=first.class_names, held_out_labels=first.held_out_labels, text=text,
                               skipped=skipped, compression=compression, created=first.created)
@@ -143,9 +134,6 @@ def merge_shards(shards: list[str | Path], out: str | Path, *, copy: bool = Fals
                 f.attrs["virtual_sources"] = json.dumps(rels)
             lay.mark_complete()
         return MergeResult(out, len(stores), len(table), not copy)
-    finally:
-        for st in opened:
-            st.close()
 
 
 def _compression_of(st: ActivationStore) -> str:

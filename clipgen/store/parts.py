@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from clipgen.errors import ClipgenError, file_error
-from clipgen.store import schema
+import clipgen.store.schema as schema
+from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.store.kind import open_h5, parts_dir
 from clipgen.store.writer import (
     LayerDef,
     SampleTable,
@@ -36,17 +34,9 @@ from clipgen.store.writer import (
     write_rows,
 )
 
-PARTS_SUFFIX = ".parts"
-_PART_RE = re.compile(r"^block-(\d{6})\.h5$")
-
-
-def parts_dir(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + PARTS_SUFFIX)
-
 
 def part_name(k: int) -> str:
-    return f"block-{k:06d}.h5"
+    return schema.KIND.part_name(k)
 
 
 @dataclass
@@ -98,11 +88,8 @@ def write_header(plan: StorePlan) -> None:
     """Write the in-progress header store (atomically) and create the parts folder."""
     import h5py
 
-    from clipgen.artifacts import atomic_path, hdf5_create
-
-    plan.parts.mkdir(parents=True, exist_ok=True)
     rel = plan.parts.name
-    with atomic_path(plan.out, force=True) as tmp, hdf5_create(tmp) as f:
+    with schema.KIND.writing_header(plan.out) as f:
         lay = plan.layout(f)
         p = f["progress"].attrs
         p["parts"] = rel
@@ -139,36 +126,20 @@ def rows_done(path: str | Path, f) -> int:
 
 
 def completed_blocks_on_disk(pdir: Path) -> set[int]:
-    if not pdir.is_dir():
-        return set()
-    return {int(m.group(1)) for p in pdir.iterdir() if (m := _PART_RE.match(p.name))}
+    return set(schema.KIND.parts_in(pdir))
 
 
 # -- parts -----------------------------------------------------------------------------------------------------
 
 def verified_blocks(plan: StorePlan) -> set[int]:
     """Blocks whose part file is whole and belongs to this plan; stray or foreign files are removed."""
-    import h5py
 
-    done = set()
-    for k in sorted(completed_blocks_on_disk(plan.parts)):
-        p = plan.parts / part_name(k)
-        ok = False
-        if k < plan.n_blocks:
-            try:
-                with h5py.File(p, "r", locking=False) as f:
-                    a, b = plan.block_range(k)
-                    ok = (f.attrs.get("fingerprint") == plan.fingerprint and int(f.attrs["start"]) == a
-                          and int(f.attrs["stop"]) == b and int(f.attrs["block_rows"]) == plan.block_rows)
-            except (OSError, KeyError):
-                ok = False
-        if ok:
-            done.add(k)
-        else:
-            p.unlink(missing_ok=True)
-    for stray in plan.parts.glob("*.tmp"):  # a part being written when the process died
-        stray.unlink(missing_ok=True)
-    return done
+    def ok(k: int, f) -> bool:
+        a, b = plan.block_range(k)
+        return (f.attrs.get("fingerprint") == plan.fingerprint and int(f.attrs["start"]) == a
+                and int(f.attrs["stop"]) == b and int(f.attrs["block_rows"]) == plan.block_rows)
+
+    return schema.KIND.verified_parts(plan.out, range(plan.n_blocks), ok)
 
 
 def write_part(plan: StorePlan, k: int, arrays: dict[str, np.ndarray], reasons: Sequence[str], pool=None) -> Path:
@@ -178,30 +149,23 @@ def write_part(plan: StorePlan, k: int, arrays: dict[str, np.ndarray], reasons: 
     from clipgen.artifacts import hdf5_create
 
     a, b = plan.block_range(k)
-    final = plan.parts / part_name(k)
-    tmp = plan.parts / f".{part_name(k)}.tmp"
-    try:
-        with hdf5_create(tmp) as f:
-            f.attrs["fingerprint"] = plan.fingerprint
-            f.attrs["block"], f.attrs["start"], f.attrs["stop"] = k, a, b
-            f.attrs["block_rows"] = plan.block_rows
-            for ld in plan.layers:
-                arr = arrays[ld.name]
-                if arr.shape != (b - a, *ld.shape):
-                    raise ClipgenError(f"block {k}: layer {ld.name} has shape {arr.shape}, expected "
-                                       f"{(b - a, *ld.shape)}")
-                rows = schema.chunk_rows(int(np.prod(ld.shape)), np.dtype(stored_dtype(ld, plan.dtype)).itemsize,
-                                         plan.block_rows)
-                ds = f.create_dataset(schema.dataset_path(ld.name), shape=arr.shape, maxshape=(None, *ld.shape),
-                                      dtype=stored_dtype(ld, plan.dtype), chunks=(rows, *ld.shape),
-                                      **_filters(plan.compression))
-                write_rows(ds, 0, arr, pool)
-            f.create_dataset("reason", data=np.array(list(reasons), dtype=h5py.string_dtype("utf-8")))
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final
+    with schema.KIND.writing_part(plan.out, k) as tmp, hdf5_create(tmp) as f:
+        f.attrs["fingerprint"] = plan.fingerprint
+        f.attrs["block"], f.attrs["start"], f.attrs["stop"] = k, a, b
+        f.attrs["block_rows"] = plan.block_rows
+        for ld in plan.layers:
+            arr = arrays[ld.name]
+            if arr.shape != (b - a, *ld.shape):
+                raise ClipgenError(f"block {k}: layer {ld.name} has shape {arr.shape}, expected "
+                                   f"{(b - a, *ld.shape)}")
+            rows = schema.chunk_rows(int(np.prod(ld.shape)), np.dtype(stored_dtype(ld, plan.dtype)).itemsize,
+                                     plan.block_rows)
+            ds = f.create_dataset(schema.dataset_path(ld.name), shape=arr.shape, maxshape=(None, *ld.shape),
+                                  dtype=stored_dtype(ld, plan.dtype), chunks=(rows, *ld.shape),
+                                  **_filters(plan.compression))
+            write_rows(ds, 0, arr, pool)
+        f.create_dataset("reason", data=np.array(list(reasons), dtype=h5py.string_dtype("utf-8")))
+    return plan.parts / part_name(k)
 
 
 # -- assembly --------------------------------------------------------------------------------------------------
@@ -212,8 +176,6 @@ def assemble(plan: StorePlan, *, keep_parts: bool = False) -> tuple[int, list[tu
     Rows of images that could not be read (``--on-error skip``) are left out and listed under ``/skipped``.
     """
     import h5py
-
-    from clipgen.artifacts import atomic_path, hdf5_create
 
     missing = [k for k in range(plan.n_blocks) if not (plan.parts / part_name(k)).is_file()]
     if missing:
@@ -233,7 +195,7 @@ def assemble(plan: StorePlan, *, keep_parts: bool = False) -> tuple[int, list[tu
     kept = SampleTable([s.paths[i] for i in np.flatnonzero(keep)], [s.labels[i] for i in np.flatnonzero(keep)],
                        [s.domains[i] for i in np.flatnonzero(keep)], [s.splits[i] for i in np.flatnonzero(keep)],
                        [s.index[i] for i in np.flatnonzero(keep)])
-    with atomic_path(plan.out, force=True) as tmp, hdf5_create(tmp) as f:
+    with schema.KIND.assembling(plan.out, keep_parts=keep_parts) as f:
         created = None
         with contextlib.suppress(OSError, KeyError), h5py.File(plan.out, "r", locking=False) as h:
             created = str(h.attrs["created"])
@@ -252,20 +214,80 @@ def assemble(plan: StorePlan, *, keep_parts: bool = False) -> tuple[int, list[tu
                     dsets[ld.name][pos:pos + int(m.sum())] = data[m]
                 pos += int(m.sum())
         lay.mark_complete()
-    if not keep_parts:
-        shutil.rmtree(plan.parts, ignore_errors=True)
     return int(keep.sum()), skipped
 
 
 def read_plan_header(path: Path) -> dict[str, Any]:
     """Fingerprint, provenance and settings of an existing store file (header or final)."""
-    from clipgen.store.reader import check_header, open_h5
-
     f = open_h5(path)
     try:
-        check_header(path, f)
+        schema.KIND.check(path, f)
         return {"fingerprint": str(f.attrs["fingerprint"]), "provenance": json.loads(str(f.attrs["provenance"])),
                 "complete": bool(f.attrs.get("complete", False)), "settings": header_settings(f),
                 "rows_done": rows_done(path, f), "n_samples": int(f.attrs["n_samples"])}
     finally:
         f.close()
+
+
+def check_existing(plan: StorePlan, force: bool) -> dict[str, Any] | None:
+    """Decide what to do with an existing output; returns its header to continue it (or skip it when complete), None
+    to start fresh. The same command continues its own store; a store of other settings needs ``force``."""
+    import shutil
+
+    out = plan.out
+    if not out.exists():
+        if plan.parts.exists():
+            shutil.rmtree(plan.parts)  # leftovers without a header: nothing to resume
+        return None
+    try:
+        head = read_plan_header(out)
+    except ClipgenError:
+        if force:
+            out.unlink()
+            shutil.rmtree(plan.parts, ignore_errors=True)
+            return None
+        raise file_error(out, "exists and is not a readable clipgen store; pass --force to overwrite it") from None
+    if force or (not head["complete"] and head["rows_done"] == 0):
+        out.unlink()  # (an interrupted store without a single row holds nothing to resume: start it afresh)
+        shutil.rmtree(plan.parts, ignore_errors=True)
+        return None
+    if head["fingerprint"] != plan.fingerprint:
+        diff = schema.fingerprint_diff(head["provenance"], plan.provenance)
+        raise file_error(out, f"fingerprint mismatch: the existing store was made from a different "
+                              f"{', '.join(diff) or 'configuration'}; pass --force (or another --out) for a new store")
+    s = head["settings"]
+    if not head["complete"] and (s["block_rows"] != plan.block_rows or s["batch_size"] != plan.batch_size):
+        raise option_error("--batch-size", f"the interrupted store was started with --batch-size {s['batch_size']} "
+                                           f"--block-rows {s['block_rows']}; rerun with those to continue it, "
+                                           f"or pass --force to start over")
+    return head
+
+
+def existing_settings(out: Path) -> dict[str, int]:
+    """Batch size and block rows of an existing store (empty if none or unreadable: check_existing decides)."""
+    if not out.is_file():
+        return {}
+    try:
+        f = open_h5(out)
+    except ClipgenError:
+        return {}
+    try:
+        return {k: v for k, v in header_settings(f).items() if k in ("batch_size", "block_rows") and v}
+    except (KeyError, OSError):
+        return {}
+    finally:
+        f.close()
+
+
+def discard_if_empty(out: Path) -> None:
+    """Remove a store header (and its parts folder) in which no block was written: nothing to resume."""
+    import shutil
+
+    pdir = parts_dir(out)
+    if completed_blocks_on_disk(pdir):
+        return
+    with contextlib.suppress(OSError, ClipgenError):
+        if out.is_file() and not read_plan_header(out)["complete"]:
+            out.unlink()
+    if not out.exists():
+        shutil.rmtree(pdir, ignore_errors=True)

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+import clipgen.store.schema as schema
 from clipgen.errors import ClipgenError, file_error
-from clipgen.store import schema
+from clipgen.store.kind import attr_str, open_h5
 
 #: Rows of float32 a block read aims at (bytes).
 BLOCK_BYTES = 16 << 20
@@ -54,53 +55,9 @@ def _str_dataset(ds) -> np.ndarray:
     return np.array(list(vals), dtype=str) if len(vals) else np.array([], dtype=str)
 
 
-def _check_file(path: Path, what: str, short: str) -> None:
-    import h5py
-
-    if not path.exists():
-        raise file_error(path, f"{short} not found")
-    if path.is_dir():
-        raise file_error(path, f"is a directory, not {what}")
-    try:
-        ok = h5py.is_hdf5(str(path))
-    except OSError:
-        ok = False
-    if not ok:
-        raise file_error(path, f"not an HDF5 file (truncated, or not {what})")
-
-
-def open_h5(path: str | Path, mode: str = "r", *, what: str = "an activation store", short: str = "store"):
-    """Open an HDF5 file with a one-line error for anything unreadable; ``what`` / ``short`` name the kind of
-    file in the messages ("is a directory, not an activation store", "store not found")."""
-    import h5py
-
-    path = Path(path)
-    if mode == "r":
-        _check_file(path, what, short)
-    try:
-        return h5py.File(path, mode, locking=False, rdcc_nbytes=32 << 20)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise file_error(path, f"truncated or corrupt HDF5 file ({first})") from None
-
-
-def _attr_str(attrs, key: str, default: str = "") -> str:
-    v = attrs.get(key, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def check_header(path: Path, f) -> None:
     """Refuse a file that is not a clipgen activation store this version reads."""
-    fmt = _attr_str(f.attrs, "format")
-    if fmt != schema.FORMAT:
-        what = f"format {fmt!r}" if fmt else "no 'format' attribute"
-        raise file_error(path, f"not a clipgen activation store ({what}; expected {schema.FORMAT!r})")
-    ver = _attr_str(f.attrs, "schema_version")
-    major, _ = schema.parse_version(ver)
-    if major != schema.SCHEMA_MAJOR:
-        raise file_error(path, f"unsupported store schema version: found {ver or 'none'}, this clipgen reads "
-                               f"{schema.SCHEMA_MAJOR}.x (schema {schema.SCHEMA_VERSION})"
-                               + ("; upgrade clipgen" if major > schema.SCHEMA_MAJOR else ""))
+    schema.KIND.check(path, f)
 
 
 class ActivationStore:
@@ -140,28 +97,28 @@ class ActivationStore:
     # -- header ---------------------------------------------------------------------------------------------
     @property
     def schema_version(self) -> str:
-        return _attr_str(self.file.attrs, "schema_version")
+        return attr_str(self.file.attrs, "schema_version")
 
     @property
     def fingerprint(self) -> str:
-        return _attr_str(self.file.attrs, "fingerprint")
+        return attr_str(self.file.attrs, "fingerprint")
 
     @cached_property
     def provenance(self) -> dict[str, Any]:
-        return json.loads(_attr_str(self.file.attrs, "provenance", "{}") or "{}")
+        return json.loads(attr_str(self.file.attrs, "provenance", "{}") or "{}")
 
     @property
     def created(self) -> str:
-        return _attr_str(self.file.attrs, "created")
+        return attr_str(self.file.attrs, "created")
 
     @property
     def dtype(self) -> str:
-        return _attr_str(self.file.attrs, "dtype")
+        return attr_str(self.file.attrs, "dtype")
 
     @cached_property
     def shard(self) -> dict[str, Any] | None:
         """``{"index", "count", "start", "stop", "total"}`` for a shard file, else None."""
-        s = _attr_str(self.file.attrs, "shard")
+        s = attr_str(self.file.attrs, "shard")
         return json.loads(s) if s else None
 
     @property
@@ -180,7 +137,7 @@ class ActivationStore:
 
     @cached_property
     def layers(self) -> list[str]:
-        return list(json.loads(_attr_str(self.file.attrs, "layers", "[]")))
+        return list(json.loads(attr_str(self.file.attrs, "layers", "[]")))
 
     def _dataset(self, name: str):
         if name not in self.layers:
@@ -192,10 +149,10 @@ class ActivationStore:
         a = ds.attrs
         return {
             "channels": int(a["channels"]),
-            "original_shape": tuple(json.loads(_attr_str(a, "original_shape", "[]"))),
-            "pooling": _attr_str(a, "pooling"),
-            "dtype": _attr_str(a, "dtype", str(ds.dtype)),
-            "kind": _attr_str(a, "kind"),
+            "original_shape": tuple(json.loads(attr_str(a, "original_shape", "[]"))),
+            "pooling": attr_str(a, "pooling"),
+            "dtype": attr_str(a, "dtype", str(ds.dtype)),
+            "kind": attr_str(a, "kind"),
             "shape": tuple(int(x) for x in ds.shape),
             "chunk_rows": int(ds.chunks[0]) if ds.chunks else None,
         }
@@ -207,7 +164,7 @@ class ActivationStore:
             paths=_str_dataset(g["path"]),
             labels=np.asarray(g["label"][...], dtype=np.int64),
             domains=np.asarray(g["domain"][...], dtype=np.int64),
-            domain_names=list(json.loads(_attr_str(g["domain"].attrs, "names", "[]"))),
+            domain_names=list(json.loads(attr_str(g["domain"].attrs, "names", "[]"))),
             splits=_str_dataset(g["split"]),
             index=np.asarray(g["index"][...], dtype=np.int64),
         )
@@ -219,7 +176,7 @@ class ActivationStore:
 
     @cached_property
     def held_out_labels(self) -> list[int]:
-        return [int(x) for x in json.loads(_attr_str(self.file.attrs, "held_out_labels", "[]") or "[]")]
+        return [int(x) for x in json.loads(attr_str(self.file.attrs, "held_out_labels", "[]") or "[]")]
 
     @cached_property
     def text_embeddings(self) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
@@ -397,7 +354,7 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False,
 
 def check_virtual_sources(path: Path, f) -> None:
     """A merged store made of virtual datasets needs its shard files: name the first one missing."""
-    src = _attr_str(f.attrs, "virtual_sources")
+    src = attr_str(f.attrs, "virtual_sources")
     if not src:
         return
     for name in json.loads(src):

@@ -1,4 +1,4 @@
-"""The activation store's schema (version 1): names, attributes, fingerprint, chunking.
+"""The activation store's schema (version 1, :data:`KIND`): names, attributes, fingerprint, chunking.
 
 One HDF5 file per (checkpoint, image set) extraction. Layout (docs/extract.md documents it in full)::
 
@@ -25,24 +25,27 @@ it. Everything that only says *how* the store was made (device, batch size, comm
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from clipgen import domainnet as dn
-
-FORMAT = "clipgen-activations"
-SCHEMA_VERSION = "1.0"
-SCHEMA_MAJOR = 1
-
-#: The name of the L2-normalised image embedding among the layers, and where it lives.
-EMBEDDING = "embedding"
-EMBEDDING_PATH = "embeddings/image"
+from clipgen.store.kind import FileKind, canonical_json, dotted_get, parse_version
 
 #: Provenance keys (dotted for nested ones) that make up the fingerprint.
 FINGERPRINT_KEYS = (
     "model.name", "model.config", "checkpoint.sha256", "epoch", "image_set.sha256", "preprocess", "pooling",
     "layers", "dtype", "precision", "text.templates",
 )
+
+#: The activation store as a file kind: bumping the schema is one edit, ``schema_version`` here.
+KIND = FileKind(format="clipgen-activations", schema_version="1.0", title="activation store", noun="store",
+                fingerprint_keys=FINGERPRINT_KEYS, part_name=lambda k: f"block-{int(k):06d}.h5",
+                part_pattern=r"^block-(\d{6})\.h5$", part_key=lambda m: int(m.group(1)))
+FORMAT = KIND.format
+SCHEMA_VERSION = KIND.schema_version
+
+#: The name of the L2-normalised image embedding among the layers, and where it lives.
+EMBEDDING = "embedding"
+EMBEDDING_PATH = "embeddings/image"
 
 DTYPES = ("float16", "float32")
 #: The dtype of an image cache's ``pixels`` layer (``clipgen data cache``): model-input images before normalisation.
@@ -51,52 +54,29 @@ IMAGE_DTYPE = "uint8"
 CHUNK_BYTES = 1 << 18
 MIN_CHUNK_ROWS = 16
 
+__all__ = ["CHUNK_BYTES", "DTYPES", "EMBEDDING", "EMBEDDING_PATH", "FINGERPRINT_KEYS", "FORMAT", "IMAGE_DTYPE", "KIND",
+           "MIN_CHUNK_ROWS", "SCHEMA_VERSION", "canonical_json", "chunk_rows", "dataset_path", "domain_table",
+           "dotted_get", "fingerprint", "fingerprint_diff", "identity", "image_set_sha256", "parse_version"]
+
 
 def dataset_path(layer: str) -> str:
     """Where a layer's dataset lives in the file."""
     return EMBEDDING_PATH if layer == EMBEDDING else f"layers/{layer}"
 
 
-def parse_version(text: Any) -> tuple[int, int]:
-    """``"1.0"`` -> (1, 0); anything unparsable -> (-1, 0)."""
-    try:
-        s = text.decode() if isinstance(text, bytes) else str(text)
-        major, _, minor = s.partition(".")
-        return int(major), int(minor or 0)
-    except (ValueError, AttributeError):
-        return -1, 0
-
-
-def dotted_get(d: dict, dotted: str) -> Any:
-    """``d["a"]["b"]`` for ``"a.b"``; None where a part is missing."""
-    cur: Any = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
 def identity(provenance: dict[str, Any]) -> dict[str, Any]:
     """The part of the provenance the fingerprint covers."""
-    return {k: dotted_get(provenance, k) for k in FINGERPRINT_KEYS}
-
-
-def canonical_json(obj: Any) -> str:
-    from clipgen.artifacts import to_jsonable
-
-    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return KIND.identity(provenance)
 
 
 def fingerprint(provenance: dict[str, Any]) -> str:
     """sha256 (hex) of the identity fields of ``provenance``."""
-    return hashlib.sha256(canonical_json(identity(provenance)).encode()).hexdigest()
+    return KIND.fingerprint(provenance)
 
 
 def fingerprint_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The identity fields in which two provenances differ (for error messages)."""
-    ia, ib = identity(a), identity(b)
-    return [k for k in FINGERPRINT_KEYS if canonical_json(ia[k]) != canonical_json(ib[k])]
+    return KIND.fingerprint_diff(a, b)
 
 
 def image_set_sha256(paths, labels, domains, splits) -> str:

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+import clipgen.store.schema as schema
 from clipgen import __version__
 from clipgen.errors import ClipgenError
-from clipgen.store import schema
+from clipgen.store.kind import str_array
 
 COMPRESSIONS = ("gzip", "lzf", "none")
 #: Deflate level of "gzip" layers. Pooled float16 activations compress little (about 1.2-1.6x); level 1 stores them
@@ -79,16 +80,10 @@ def stored_dtype(layer: LayerDef, dtype: str) -> str:
     return "float32" if layer.kind == "embedding" else dtype
 
 
-def _str_array(values: Sequence[Any]) -> np.ndarray:
-    import h5py
-
-    return np.array(["" if v is None else str(v) for v in values], dtype=h5py.string_dtype("utf-8"))
-
-
 def _write_strings(group, name: str, values: Sequence[Any]) -> None:
     import h5py
 
-    arr = _str_array(values)
+    arr = str_array(values)
     group.create_dataset(name, data=arr, dtype=h5py.string_dtype("utf-8"), maxshape=(None,),
                          chunks=(max(1, min(len(arr), 4096)),) if len(arr) else (1,), compression="gzip")
 
@@ -122,11 +117,7 @@ class StoreLayout:
     def _write_header(self, class_names, held_out, text, skipped, shard) -> None:
         f, s = self.f, self.samples
         a = f.attrs
-        a["format"] = schema.FORMAT
-        a["schema_version"] = schema.SCHEMA_VERSION
-        a["clipgen_version"] = __version__
-        a["created"] = self.created
-        a["complete"] = False
+        schema.KIND.stamp(a, created=self.created, complete=False)
         a["n_samples"] = len(s)
         a["layers"] = json.dumps([ld.name for ld in self.layers])
         a["dtype"] = self.dtype
