@@ -35,9 +35,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import re
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,20 +43,21 @@ from typing import Any
 import numpy as np
 
 from clipgen.errors import ClipgenError, file_error
-from clipgen.store.schema import canonical_json, dotted_get
-
-FORMAT = "clipgen-circuits"
-SCHEMA_VERSION = "1.0"
-SCHEMA_MAJOR = 1
-PARTS_SUFFIX = ".parts"
-_PART_RE = re.compile(r"^([a-z0-9_]+)-(\d+)\.h5$")
+from clipgen.store.kind import FileKind, attr_str, canonical_json, open_h5, parts_dir, str_array
+from clipgen.store.testing import SimulatedCrash
 
 #: Provenance / settings keys (dotted) that make up the fingerprint.
 FINGERPRINT_KEYS = ("model", "model_config", "checkpoint.sha256", "epoch", "data.sources", "settings")
 
+#: The circuits file as a file kind: bumping the schema is one edit, ``schema_version`` here.
+KIND = FileKind(format="clipgen-circuits", schema_version="1.0", title="circuits file", noun="circuits",
+                fingerprint_keys=FINGERPRINT_KEYS, part_name=lambda key: f"{key[0]}-{int(key[1]):03d}.h5",
+                part_pattern=r"^([a-z0-9_]+)-(\d+)\.h5$", part_key=lambda m: (m.group(1), int(m.group(2))))
+FORMAT = KIND.format
 
-class SimulatedCrash(RuntimeError):
-    """Raised by ``compute_circuits(..., crash_after=k)`` (tests): dies like a killed process, leaving parts."""
+__all__ = ["FINGERPRINT_KEYS", "FORMAT", "KIND", "CircuitsFile", "CircuitsHeader", "SimulatedCrash", "assemble",
+           "fingerprint", "fingerprint_diff", "open_circuits", "parts_dir", "parts_on_disk", "plan_sha256",
+           "read_header", "verified_entries", "write_entry", "write_header"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,59 +99,38 @@ def _identity_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (settings or {}).items() if k not in IMPLIED_SETTINGS or IMPLIED_SETTINGS[k] != v}
 
 
-def identity(provenance: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    both = dict(provenance, settings=_identity_settings(settings))
-    return {k: dotted_get(both, k) for k in FINGERPRINT_KEYS}
+def _identified(provenance: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    return dict(provenance, settings=_identity_settings(settings))
 
 
 def fingerprint(provenance: dict[str, Any], settings: dict[str, Any]) -> str:
     """sha256 (hex) of the identity fields (model, weights, epoch, image lists, settings)."""
-    return hashlib.sha256(canonical_json(identity(provenance, settings)).encode()).hexdigest()
+    return KIND.fingerprint(_identified(provenance, settings))
 
 
 def fingerprint_diff(a: CircuitsHeader, b: CircuitsHeader) -> list[str]:
     """Identity fields in which two headers differ (settings are named one by one)."""
-    ia, ib = identity(a.provenance, a.settings), identity(b.provenance, b.settings)
-    out = [k for k in FINGERPRINT_KEYS if k != "settings" and canonical_json(ia[k]) != canonical_json(ib[k])]
-    sa, sb = _identity_settings(a.settings), _identity_settings(b.settings)
-    out += [f"settings.{k}" for k in sorted(set(sa) | set(sb)) if canonical_json(sa.get(k)) != canonical_json(
-        sb.get(k))]
-    return out
+    return KIND.fingerprint_diff(_identified(a.provenance, a.settings), _identified(b.provenance, b.settings),
+                                 itemise=("settings",))
 
 
 def plan_sha256(plan: Iterable[tuple[str, int]]) -> str:
     return hashlib.sha256(canonical_json([[d, int(lab)] for d, lab in plan]).encode()).hexdigest()
 
 
-def parts_dir(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + PARTS_SUFFIX)
-
-
 def part_name(domain: str, label: int) -> str:
-    return f"{domain}-{int(label):03d}.h5"
+    return KIND.part_name((domain, label))
 
 
 def entry_group(domain: str, label: int) -> str:
     return f"entries/{domain}/{int(label)}"
 
 
-def _str_array(values: Sequence[Any]):
-    import h5py
-
-    return np.array([str(v) for v in values], dtype=h5py.string_dtype("utf-8"))
-
-
-def _write_attrs(f, h: CircuitsHeader, complete: bool) -> None:
-    from clipgen import __version__
+def write_attrs(f, h: CircuitsHeader, complete: bool) -> None:
     from clipgen.artifacts import utc_now
 
     a = f.attrs
-    a["format"] = FORMAT
-    a["schema_version"] = SCHEMA_VERSION
-    a["clipgen_version"] = __version__
-    a["created"] = h.created or utc_now()
-    a["complete"] = bool(complete)
+    KIND.stamp(a, created=h.created or utc_now(), complete=complete)
     a["fingerprint"] = h.fingerprint
     a["provenance"] = canonical_json(h.provenance)
     a["settings"] = canonical_json(h.settings)
@@ -169,27 +146,20 @@ def _write_attrs(f, h: CircuitsHeader, complete: bool) -> None:
         t = f.create_group("text")
         t.create_dataset("label", data=np.asarray(labels, dtype=np.int64))
         t.create_dataset("embedding", data=np.asarray(emb, dtype=np.float32))
-        t.create_dataset("template", data=_str_array(templates))
+        t.create_dataset("template", data=str_array(templates))
 
 
 def write_header(path: str | Path, header: CircuitsHeader) -> None:
     """Write the in-progress header (atomically) and create the parts folder."""
-
-    from clipgen.artifacts import atomic_path, hdf5_create, utc_now
+    from clipgen.artifacts import utc_now
 
     header.created = header.created or utc_now()
-    parts_dir(path).mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, force=True) as tmp, hdf5_create(tmp) as f:
-        _write_attrs(f, header, complete=False)
+    with KIND.writing_header(path) as f:
+        write_attrs(f, header, complete=False)
 
 
-def _attr(attrs, key: str, default: str = "") -> str:
-    v = attrs.get(key, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _json_attr(path: Path, attrs, key: str, default: Any) -> Any:
-    text = _attr(attrs, key)
+def _jsonattr_str(path: Path, attrs, key: str, default: Any) -> Any:
+    text = attr_str(attrs, key)
     if not text:
         return default
     try:
@@ -199,26 +169,12 @@ def _json_attr(path: Path, attrs, key: str, default: Any) -> Any:
 
 
 def _open_h5(path: Path):
-    from clipgen.store.reader import open_h5
-
     return open_h5(path, what="a circuits file", short="circuits file")
 
 
 def check_format(path: Path, f) -> None:
     """Refuse a file that is not a circuits file this version reads."""
-    fmt = _attr(f.attrs, "format")
-    if fmt != FORMAT:
-        what = f"format {fmt!r}" if fmt else "no 'format' attribute"
-        raise file_error(path, f"not a clipgen circuits file ({what}; expected {FORMAT!r})")
-    ver = _attr(f.attrs, "schema_version")
-    try:
-        major = int(ver.split(".")[0])
-    except ValueError:
-        major = -1
-    if major != SCHEMA_MAJOR:
-        raise file_error(path, f"unsupported circuits schema version: found {ver or 'none'}, this clipgen reads "
-                               f"{SCHEMA_MAJOR}.x (schema {SCHEMA_VERSION})"
-                               + ("; upgrade clipgen" if major > SCHEMA_MAJOR else ""))
+    KIND.check(path, f)
 
 
 def read_header(path: str | Path, f=None) -> CircuitsHeader:
@@ -234,13 +190,13 @@ def read_header(path: str | Path, f=None) -> CircuitsHeader:
             t = f["text"]
             text = (t["label"][...].tolist(), t["embedding"][...], list(t["template"].asstr()[...]))
         return CircuitsHeader(
-            provenance=_json_attr(path, a, "provenance", {}), settings=_json_attr(path, a, "settings", {}),
-            layers=_json_attr(path, a, "layers", []), domains=list(_json_attr(path, a, "domains", [])),
-            classes={int(k): str(v) for k, v in _json_attr(path, a, "classes", {}).items()},
-            held_out=[int(x) for x in _json_attr(path, a, "held_out", [])],
-            plan=[(str(d), int(lab)) for d, lab in _json_attr(path, a, "plan", [])],
-            absent=[(str(d), int(lab)) for d, lab in _json_attr(path, a, "absent", [])],
-            shard=_json_attr(path, a, "shard", None) or None, text=text, created=_attr(a, "created") or None,
+            provenance=_jsonattr_str(path, a, "provenance", {}), settings=_jsonattr_str(path, a, "settings", {}),
+            layers=_jsonattr_str(path, a, "layers", []), domains=list(_jsonattr_str(path, a, "domains", [])),
+            classes={int(k): str(v) for k, v in _jsonattr_str(path, a, "classes", {}).items()},
+            held_out=[int(x) for x in _jsonattr_str(path, a, "held_out", [])],
+            plan=[(str(d), int(lab)) for d, lab in _jsonattr_str(path, a, "plan", [])],
+            absent=[(str(d), int(lab)) for d, lab in _jsonattr_str(path, a, "absent", [])],
+            shard=_jsonattr_str(path, a, "shard", None) or None, text=text, created=attr_str(a, "created") or None,
             complete=bool(a.get("complete", False)))
     finally:
         if own:
@@ -260,7 +216,7 @@ def _write_entry_group(g, result, image_paths: Sequence[str], image_line: Sequen
     for name in result.layers[1:]:
         edges.create_dataset(name, data=np.asarray(result.edges[name], dtype=np.float32))
     g.create_dataset("metric", data=np.asarray(result.metric, dtype=np.float32))
-    g.create_dataset("image_path", data=_str_array(image_paths))
+    g.create_dataset("image_path", data=str_array(image_paths))
     g.create_dataset("image_line", data=np.asarray(image_line, dtype=np.int64))
     g.attrs["domain"] = domain
     g.attrs["label"] = int(label)
@@ -283,9 +239,6 @@ def write_entry(path: str | Path, header: CircuitsHeader, domain: str, label: in
 
     if list(result.layers) != header.layer_names:
         raise ClipgenError(f"circuit ({domain}, {label}): layers {result.layers} differ from the file's")
-    pdir = parts_dir(path)
-    final = pdir / part_name(domain, label)
-    tmp = pdir / f".{final.name}.tmp"
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
         f.attrs["fingerprint"] = header.fingerprint
@@ -293,63 +246,36 @@ def write_entry(path: str | Path, header: CircuitsHeader, domain: str, label: in
         g = f.create_group(entry_group(domain, label))
         _write_entry_group(g, result, image_paths, image_line, header.classes.get(int(label), str(label)),
                            domain, label)
-    try:
+    with KIND.writing_part(path, (domain, label)) as tmp:
         try:
             with open(tmp, "wb") as out:
                 out.write(buf.getbuffer())
         except OSError as e:
             raise OSError(e.errno, e.strerror, str(tmp)) from None  # name the file (a bare ENOSPC does not)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final
+    return parts_dir(path) / part_name(domain, label)
 
 
 def parts_on_disk(path: str | Path) -> dict[tuple[str, int], Path]:
-    pdir = parts_dir(path)
-    if not pdir.is_dir():
-        return {}
-    out = {}
-    for p in pdir.iterdir():
-        m = _PART_RE.match(p.name)
-        if m:
-            out[(m.group(1), int(m.group(2)))] = p
-    return out
+    return KIND.parts_on_disk(path)
 
 
 def verified_entries(path: str | Path, header: CircuitsHeader, *, clean: bool = True) -> set[tuple[str, int]]:
     """Planned entries whose part file is whole and has this header's fingerprint; with ``clean`` stray,
     foreign and temporary files are removed."""
-    import h5py
 
-    planned = set(header.plan)
-    done = set()
-    for key, p in parts_on_disk(path).items():
-        ok = False
-        if key in planned:
-            try:
-                with h5py.File(p, "r", locking=False) as f:
-                    g = f.get(entry_group(*key))
-                    ok = (f.attrs.get("fingerprint") == header.fingerprint and g is not None
-                          and bool(g.attrs.get("complete", False)))
-            except (OSError, KeyError):
-                ok = False
-        if ok:
-            done.add(key)
-        elif clean:
-            p.unlink(missing_ok=True)
-    if clean:
-        for stray in parts_dir(path).glob(".*.tmp"):
-            stray.unlink(missing_ok=True)
-    return done
+    def ok(key: tuple[str, int], f) -> bool:
+        g = f.get(entry_group(*key))
+        return f.attrs.get("fingerprint") == header.fingerprint and g is not None and bool(g.attrs.get("complete",
+                                                                                                           False))
+
+    return KIND.verified_parts(path, set(header.plan), ok, clean=clean)
 
 
 def assemble(path: str | Path, header: CircuitsHeader) -> Path:
     """Copy every part into the final file (replacing the header atomically) and remove the parts folder."""
     import h5py
 
-    from clipgen.artifacts import atomic_path, ensure_free_space, hdf5_create
+    from clipgen.artifacts import ensure_free_space
 
     path = Path(path)
     have = parts_on_disk(path)
@@ -357,16 +283,15 @@ def assemble(path: str | Path, header: CircuitsHeader) -> Path:
     if missing:
         raise file_error(parts_dir(path), f"cannot assemble: {len(missing)} entries missing, first {missing[0]}")
     ensure_free_space(path.parent, sum(have[k].stat().st_size for k in header.plan), f"the final file {path}")
-    with atomic_path(path, force=True) as tmp, hdf5_create(tmp) as f:
-        _write_attrs(f, header, complete=True)
+    with KIND.assembling(path) as f:
+        write_attrs(f, header, complete=True)
         for key in header.plan:
             with h5py.File(have[key], "r", locking=False) as src:
-                _copy_entry(src, f, *key)
-    shutil.rmtree(parts_dir(path), ignore_errors=True)
+                copy_entry(src, f, *key)
     return path
 
 
-def _copy_entry(src, dst, domain: str, label: int) -> None:
+def copy_entry(src, dst, domain: str, label: int) -> None:
     parent = dst.require_group(f"entries/{domain}")
     src.copy(src[entry_group(domain, label)], parent, name=str(int(label)))
 
@@ -389,7 +314,7 @@ class CircuitsFile:
         self.held_out: list[int] = [h for h in header.held_out if h in header.classes]
         self.settings: dict[str, Any] = dict(header.settings)
         self.provenance: dict[str, Any] = dict(header.provenance)
-        self.fingerprint: str = _attr(f.attrs, "fingerprint")
+        self.fingerprint: str = attr_str(f.attrs, "fingerprint")
         self.shard = header.shard
         self.plan: list[tuple[str, int]] = list(header.plan)
         self.absent: list[tuple[str, int]] = list(header.absent)
@@ -453,7 +378,7 @@ class CircuitsFile:
             sel = {n: g["selected"][n][...] for n in self.layers}
             edges = {n: g["edges"][n][...] for n in self.layers[1:]}
             m = g["metric"][...]
-            timings = json.loads(_attr(g.attrs, "timings") or "{}")
+            timings = json.loads(attr_str(g.attrs, "timings") or "{}")
         return CircuitResult(list(self.layers), nodes, sel, edges, m, timings)
 
     def n_images(self, domain: str, label: int) -> int:
@@ -474,8 +399,9 @@ class CircuitsFile:
         counts = [self.n_images(d, lab) for d, lab in entries]
         per_domain = {d: sum(1 for e in entries if e[0] == d) for d in self.domains}
         return {
-            "path": str(self.path), "format": FORMAT, "schema_version": _attr(self._f.attrs, "schema_version"),
-            "clipgen_version": _attr(self._f.attrs, "clipgen_version"), "created": _attr(self._f.attrs, "created"),
+            "path": str(self.path), "format": FORMAT, "schema_version": attr_str(self._f.attrs, "schema_version"),
+            "clipgen_version": attr_str(self._f.attrs, "clipgen_version"),
+            "created": attr_str(self._f.attrs, "created"),
             "complete": self.complete, "fingerprint": self.fingerprint, "shard": self.shard,
             "model": self.provenance.get("model"), "epoch": self.provenance.get("epoch"),
             "checkpoint": self.provenance.get("checkpoint"), "settings": self.settings,
@@ -511,103 +437,3 @@ def open_circuits(path: str | Path, *, allow_incomplete: bool = False) -> Circui
     except BaseException:
         f.close()
         raise
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# merging shards
-
-
-@dataclass
-class MergeResult:
-    path: Path
-    shards: int
-    entries: int
-
-
-def merge_circuits(shards: Sequence[str | Path], out: str | Path, *, force: bool = False) -> MergeResult:
-    """Join finished shard files (``clipgen circuits compute --shard i/n``) into one circuits file.
-
-    Every shard must be complete, carry the same fingerprint, shard count and full plan, and together the shards
-    must hold each planned (domain, class) exactly once: gaps, overlaps and mismatches are refused.
-    """
-
-    from clipgen.artifacts import atomic_path, hdf5_create
-
-    out = Path(out)
-    if not shards:
-        raise ClipgenError("merge: no shard files given")
-    if out.exists() and not force:
-        raise file_error(out, "already exists; pass --force to overwrite it")
-    opened: list[CircuitsFile] = []
-    try:
-        for p in shards:
-            if Path(p).resolve() == out.resolve():
-                raise file_error(out, "the output is one of the shards")
-            opened.append(open_circuits(p, allow_incomplete=True))
-        for cf in opened:
-            if not cf.shard:
-                raise file_error(cf.path, "is not a shard file (computed without --shard); nothing to merge")
-            if not cf.complete:
-                raise file_error(cf.path, f"shard {cf.shard['index']}/{cf.shard['count']} is unfinished "
-                                          f"({len(cf.entries())} of {len(cf.plan)} entries); rerun its 'clipgen "
-                                          f"circuits compute ... --shard' command to finish it")
-        first = opened[0]
-        for cf in opened[1:]:
-            if cf.fingerprint != first.fingerprint:
-                diff = ", ".join(fingerprint_diff(first.header, cf.header)) or "the header"
-                raise file_error(cf.path, f"fingerprint differs from {first.path.name} (in {diff}): shards of "
-                                          f"different computations cannot be merged")
-            if (cf.shard["count"], cf.shard["plan_sha256"]) != (first.shard["count"], first.shard["plan_sha256"]):
-                raise file_error(cf.path, f"is shard of {cf.shard['count']} of a different (domain, class) list "
-                                          f"than {first.path.name} (shard of {first.shard['count']})")
-        full = [(str(d), int(lab)) for d, lab in first.shard["full_plan"]]
-        owner: dict[tuple[str, int], Path] = {}
-        for cf in sorted(opened, key=lambda c: c.shard["index"]):
-            for key in cf.entries():
-                if key in owner:
-                    raise file_error(cf.path, f"overlap: ({key[0]}, {first.classes.get(key[1], key[1])}) is also in "
-                                              f"{owner[key].name}")
-                owner[key] = cf.path
-        missing = [k for k in full if k not in owner]
-        if missing:
-            have = sorted(int(c.shard["index"]) for c in opened)
-            absent = [i for i in range(int(first.shard["count"])) if i not in have]
-            hint = f" (shard(s) {', '.join(map(str, absent))} of {first.shard['count']} not given)" if absent else ""
-            raise ClipgenError(f"merge: gap: {len(missing)} (domain, class) entries are in no shard, first "
-                               f"({missing[0][0]}, {first.classes.get(missing[0][1], missing[0][1])}){hint}")
-        extra = [k for k in owner if k not in set(full)]
-        if extra:
-            raise file_error(owner[extra[0]], f"holds ({extra[0][0]}, {extra[0][1]}), which is not in the plan")
-        absent_all = sorted({tuple(a) for cf in opened for a in cf.absent})
-        prov = dict(first.provenance, merged_from=[c.path.name for c in sorted(opened, key=lambda c: c.shard[
-            "index"])])
-        header = CircuitsHeader(provenance=prov, settings=first.settings, layers=first.header.layers,
-                                domains=first.domains, classes=first.classes, held_out=first.header.held_out,
-                                plan=full, absent=[(d, int(lab)) for d, lab in absent_all], shard=None,
-                                text=first.header.text, created=first.header.created)
-        by_path = {c.path: c for c in opened}
-        with atomic_path(out, force=True) as tmp, hdf5_create(tmp) as f:
-            _write_attrs(f, header, complete=True)  # merged_from is not part of the identity: same fingerprint
-            for key in full:
-                _copy_entry(by_path[owner[key]]._f, f, *key)
-        return MergeResult(out, len(opened), len(full))
-    finally:
-        for cf in opened:
-            cf.close()
-
-
-@dataclass
-class MergeConfig:
-    """``clipgen circuits merge``: written beside the merged file as ``OUT.config.json``."""
-
-    shards: list[Path]
-    out: Path
-    force: bool = False
-
-
-def run_merge(cfg: MergeConfig) -> MergeResult:
-    from clipgen.artifacts import write_config
-
-    res = merge_circuits(cfg.shards, cfg.out, force=cfg.force)
-    write_config(res.path, "circuits merge", cfg)
-    return res

@@ -106,7 +106,7 @@ def merge(
     force: bool = force_option("Replace an existing output."),
 ) -> None:
     """Join shard files into one circuits file, refusing gaps, overlaps and mismatched fingerprints."""
-    from clipgen.circuits.store import MergeConfig, run_merge
+    from clipgen.circuits.merge import MergeConfig, run_merge
     from clipgen.progress import out as con
 
     res = run_merge(MergeConfig(shards=list(shards), out=out, force=force))
