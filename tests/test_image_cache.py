@@ -2,7 +2,9 @@
 with the same predictions as decoding the JPEGs."""
 
 import json
+import os
 import shutil
+import signal
 
 import h5py
 import numpy as np
@@ -16,6 +18,7 @@ from clipgen.evaluation.protocol import build_eval_set
 from clipgen.evaluation.results import read_predictions, read_results
 from clipgen.evaluation.zeroshot_eval import ZeroShotConfig, run_zero_shot
 from clipgen.runs import load_clip
+from clipgen.store.kind import parts_dir
 from clipgen.store.testing import SimulatedCrash
 from tests._fixtures_eval import uneven_root
 
@@ -152,7 +155,8 @@ def test_refusals_are_one_line(random_run_dir, uneven_root, tmp_path, sketch_cac
     assert describe_transform(load_clip(random_run_dir, 0).preprocess)["steps"][-1] == "MaybeConvertMode(mode='RGB')"
 
 
-def test_unreadable_images_are_skipped_or_refused(random_run_dir, uneven_root, tmp_path):
+def _root_with_a_corrupt_image(uneven_root, tmp_path):
+    """A derived root whose first sketch test image is a file that is not an image."""
     from tests._fixtures_eval import derived_root
 
     def corrupt_first(d, split, lines):  # the first sketch test image points to a file that is not an image
@@ -165,6 +169,11 @@ def test_unreadable_images_are_skipped_or_refused(random_run_dir, uneven_root, t
     bad = root / "broken" / "/".join((root / "sketch_test.txt").read_text().split()[0].split("/")[1:])
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not an image")
+    return root
+
+
+def test_unreadable_images_are_skipped_or_refused(random_run_dir, uneven_root, tmp_path):
+    root = _root_with_a_corrupt_image(uneven_root, tmp_path)
     with pytest.raises(ClipgenError, match="corrupt or unreadable image"):
         _cache(root, tmp_path / "f.h5", size=64)
     res = _cache(root, tmp_path / "k.h5", size=64, on_error="skip")
@@ -176,6 +185,28 @@ def test_unreadable_images_are_skipped_or_refused(random_run_dir, uneven_root, t
     run_zero_shot(ZeroShotConfig(**base, out=tmp_path / "o", images=res.path, on_error="skip"))
     run_zero_shot(ZeroShotConfig(**base, out=tmp_path / "j", on_error="skip"))
     np.testing.assert_array_equal(read_predictions(tmp_path / "o")["topk"], read_predictions(tmp_path / "j")["topk"])
+
+
+def test_a_failed_cache_leaves_nothing_and_a_second_writer_is_refused(uneven_root, tmp_path):
+    """Like an extraction: a run that fails before a block is written leaves no header or parts folder; a second
+    writer of the same cache is refused with one line naming the process that holds it."""
+    from tests.test_locks import _holder
+
+    root = _root_with_a_corrupt_image(uneven_root, tmp_path)
+    out = tmp_path / "f.h5"
+    with pytest.raises(ClipgenError, match="corrupt or unreadable image"):  # in the first block
+        _cache(root, out, size=64, domains="sketch")
+    assert not out.exists() and not parts_dir(out).exists()
+    out = tmp_path / "c.h5"
+    p = _holder(out)
+    try:
+        with pytest.raises(ClipgenError, match=rf"^{out} is being written by another process \(pid {p.pid}\)"):
+            _cache(uneven_root, out, size=64)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not out.exists() and not parts_dir(out).exists()
+    assert _cache(uneven_root, out, size=64).rows == 36  # the lock is freed
 
 
 def test_cli_data_cache_and_eval_images(cli, random_run_dir, uneven_root, tmp_path):

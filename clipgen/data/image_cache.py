@@ -145,7 +145,27 @@ def crop_size(transform: Any) -> int:
 
 def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
                 note: Any = None) -> CacheResult:
-    """Write (or continue) the cache of ``cfg``; an interrupted cache continues where it stopped."""
+    """Write (or continue) the cache of ``cfg``; an interrupted cache continues where it stopped.
+
+    As an extraction, under the output's writer lock (a second writer is refused); a run that fails before writing a
+    block leaves nothing behind, one that fails later keeps its finished blocks for the same command to continue."""
+    from clipgen.locks import writing_output
+    from clipgen.store.parts import discard_if_empty
+    from clipgen.store.testing import SimulatedCrash
+
+    if cfg.on_error not in ("fail", "skip"):
+        raise option_error("--on-error", f"must be 'fail' or 'skip', not {cfg.on_error!r}")
+    if cfg.compression not in COMPRESSIONS:
+        raise option_error("--compression", f"unknown compression {cfg.compression!r} (one of "
+                                            f"{', '.join(COMPRESSIONS)})")
+    if cfg.batch_size < 1 or cfg.block_rows < 1 or cfg.block_rows % cfg.batch_size:
+        raise option_error("--block-rows", f"{cfg.block_rows} must be a positive multiple of --batch-size "
+                                           f"{cfg.batch_size}")
+    with writing_output(Path(cfg.out), discard_if_empty, keep=(SimulatedCrash,)):
+        return _build_cache(cfg, progress=progress, crash_after_blocks=crash_after_blocks, note=note)
+
+
+def _build_cache(cfg: CacheConfig, *, progress: bool, crash_after_blocks: int | None, note: Any) -> CacheResult:
     from clipgen import __version__
     from clipgen.artifacts import write_config
     from clipgen.data.image_sets import make_batches, resolve_image_set
@@ -156,14 +176,6 @@ def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: 
     from clipgen.store.writer import LayerDef, SampleTable
 
     say = note or (lambda _m: None)
-    if cfg.on_error not in ("fail", "skip"):
-        raise option_error("--on-error", f"must be 'fail' or 'skip', not {cfg.on_error!r}")
-    if cfg.compression not in COMPRESSIONS:
-        raise option_error("--compression", f"unknown compression {cfg.compression!r} (one of "
-                                            f"{', '.join(COMPRESSIONS)})")
-    if cfg.batch_size < 1 or cfg.block_rows < 1 or cfg.block_rows % cfg.batch_size:
-        raise option_error("--block-rows", f"{cfg.block_rows} must be a positive multiple of --batch-size "
-                                           f"{cfg.batch_size}")
     workers = resolve_workers(cfg.workers)
     transform, source = cache_transform(cfg)
     desc = describe_transform(transform, "--size")
