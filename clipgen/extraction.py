@@ -3,10 +3,11 @@
 Forward hooks on the catalogued modules (:mod:`clipgen.models.layers`) pool each output *on the device, at once*
 (spatial mean of conv maps, class token or patch-token mean of ViT tokens), so later in-place operations (ReLU with
 ``inplace=True``, ``out += identity``) cannot change what was captured, and only pooled values cross to the host.
-All layers of a batch are packed into one tensor and copied to the host asynchronously; a writer thread assembles
-row blocks and writes them as part files (:mod:`clipgen.store.parts`), compressing chunks on a thread pool while the
-model computes the next batches. The store is resumable after any interruption and identical to an uninterrupted
-run; ``--shard i/n`` writes one part of the image set for :func:`clipgen.store.merge.merge_shards`.
+All layers of a batch are packed into one tensor and copied to the host asynchronously; a writer thread
+(:mod:`clipgen.store.blocks`) assembles row blocks and writes them as part files (:mod:`clipgen.store.parts`),
+compressing chunks on a thread pool while the model computes the next batches. The store is resumable after any
+interruption and identical to an uninterrupted run; ``--shard i/n`` writes one part of the image set for
+:func:`clipgen.store.merge.merge_shards`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from clipgen.store.parts import (
     verified_blocks,
     write_header,
 )
+from clipgen.store.reader import header_extras
 from clipgen.store.shards import parse_shard, shard_path, shard_range
 from clipgen.store.testing import SimulatedCrash
 from clipgen.store.writer import LayerDef, SampleTable
@@ -310,20 +312,6 @@ def list_layers(cfg: ExtractConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _load_header_extras(path: Path) -> tuple[dict[int, str], tuple | None, list[int]]:
-    from clipgen.store.kind import open_h5
-    from clipgen.store.reader import ActivationStore
-
-    f = open_h5(path)
-    try:
-        st = ActivationStore(path, f)
-        te = st.text_embeddings
-        text = (te[0].tolist(), te[1], te[2]) if te is not None else None
-        return dict(st.class_names), text, list(st.held_out_labels)
-    finally:
-        f.close()
-
-
 def _run_info(manifest) -> dict[str, Any] | None:
     """The run's name, seed and training mixture (setup, test domain, held-out classes) from its manifest: later
     commands take their defaults from it (e.g. ``clipgen sae features`` scores the mixture's test domain)."""
@@ -454,7 +442,7 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
             raise
         plan.provenance["image_cache"] = {"path": str(Path(cfg.images).resolve()), "fingerprint": cache.fingerprint}
     if head is not None:
-        plan.class_names, plan.text, plan.held_out_labels = _load_header_extras(out)
+        plan.class_names, plan.text, plan.held_out_labels = header_extras(out)
         plan.provenance = dict(head["provenance"], resumed=[*head["provenance"].get("resumed", []), utc_now()])
         done = verified_blocks(plan)
         say(f"{out}: resuming, {len(done)} of {plan.n_blocks} blocks already written")

@@ -352,6 +352,19 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False,
         raise
 
 
+def header_extras(path: Path) -> tuple[dict[int, str], tuple | None, list[int]]:
+    """Class names, ``(labels, text embeddings, templates)`` and held-out labels of a store file, complete or still
+    being written: what a resumed extraction carries over."""
+    f = open_h5(path)
+    try:
+        st = ActivationStore(path, f)
+        te = st.text_embeddings
+        text = (te[0].tolist(), te[1], te[2]) if te is not None else None
+        return dict(st.class_names), text, list(st.held_out_labels)
+    finally:
+        f.close()
+
+
 def check_virtual_sources(path: Path, f) -> None:
     """A merged store made of virtual datasets needs its shard files: name the first one missing."""
     src = attr_str(f.attrs, "virtual_sources")
