@@ -1,4 +1,4 @@
-"""The circuits file (HDF5, schema version 1): writing entry by entry, resuming, shards, merging, reading.
+"""The circuits file (HDF5, schema version 1): writing entry by entry, resuming, shards, reading.
 
 One file per circuits computation (one model checkpoint, one set of settings). Layout::
 
@@ -28,6 +28,10 @@ identical to an uninterrupted one.
 
 The fingerprint is the sha256 of what decides the numbers (model, weights, epoch, settings, templates, image lists);
 resuming and merging refuse a mismatch. Device, memory budget, dates and command line stay out of it.
+
+What is generic (header and version check, part files, atomic header and assembly, fingerprints) is the shared HDF5
+layer of :mod:`clipgen.store.kind`; this module holds the circuits file's :data:`KIND` and what is circuits-specific.
+Shard files are joined by :mod:`clipgen.circuits.merge`.
 """
 
 from __future__ import annotations
