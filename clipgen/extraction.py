@@ -464,20 +464,13 @@ def _text(loaded, records, template_set: str, device) -> tuple[dict[int, str], t
 
 
 def resolve_held_out(manifest, records) -> list[int]:
-    """The run's mixture held-out labels if recorded, else the paper's 15 held-out classes present in the
-    sample folders."""
+    """The run's mixture held-out labels if recorded (all of them, with or without images here: the store keeps
+    the run's record), else the paper's 15 held-out classes present in the sample folders."""
     from clipgen.datasets import folders_of
 
     mix = getattr(manifest, "mixture", None) or {}
-    if mix.get("held_out_labels"):
-        return sorted(int(x) for x in mix["held_out_labels"])
-    folders = {f: lab for lab, f in folders_of(records).items()}
-    out = []
-    for name in dn.HELD_OUT_CLASSES:
-        c = dn.class_by_name(name)
-        if c.folder in folders:
-            out.append(folders[c.folder])
-    return sorted(out)
+    held = dn.resolve_held_out(folders_of(records), recorded=mix.get("held_out_labels"))
+    return sorted({*held.labels, *held.absent_labels})
 
 
 def describe_model(cfg: ExtractConfig, device: Any = "cpu"):

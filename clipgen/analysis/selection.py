@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clipgen import domainnet as dn
 from clipgen.errors import option_error
 
 
@@ -61,17 +62,16 @@ def resolve_layers(store, layers: Sequence[str] | None, option: str = "--layers"
 
 
 def resolve_held_out(store, names: Sequence[str] | None, option: str = "--held-out") -> list[int]:
-    """Held-out labels: the store's, or the given class names looked up in the store's class names."""
+    """Held-out labels: the store's, or the given class names looked up in the store's class names (by
+    :func:`clipgen.domainnet.resolve_held_out`, matching the store's own names: it may hold any classes)."""
     if names is None:
         return sorted({int(h) for h in store.held_out_labels})
-    by_name = {" ".join(n.split()).lower(): lab for lab, n in class_name_map(store).items()}
-    labels = set()
-    for n in names:
-        key = " ".join(n.replace("_", " ").split()).lower()
-        if key not in by_name:
-            raise option_error(option, f"class {n!r} is not among the store's class names")
-        labels.add(by_name[key])
-    return sorted(labels)
+    classes = class_name_map(store)
+    by_name = {" ".join(n.split()).lower(): lab for lab, n in classes.items()}
+    held = dn.resolve_held_out(classes, names, option=option,
+                               match=lambda n: by_name.get(" ".join(n.replace("_", " ").split()).lower()),
+                               missing=lambda n, _: f"class {n!r} is not among the store's class names")
+    return held.labels
 
 
 def present_labels(store, domains: Sequence[str]) -> dict[str, np.ndarray]:
