@@ -44,14 +44,13 @@ from clipgen.circuits.graphs import (
     parse_export,
     to_networkx,
 )
+from clipgen.domainnet import CIRCUIT_PAIR_ORDER, DEFAULT_HIGHLIGHT, SUBSETS
 from clipgen.errors import ClipgenError, option_error
 
-#: The published scripts' domain order for pairs.
-PAIR_ORDER: tuple[str, ...] = ("real", "clipart", "infograph", "painting", "quickdraw", "sketch")
-SUBSETS: tuple[str, ...] = ("all", "id", "ood")
-DEFAULT_SUBSETS = "all,id,ood"
+#: The published scripts' domain order for pairs (real first; see clipgen.domainnet for why CKA's differs).
+PAIR_ORDER: tuple[str, ...] = CIRCUIT_PAIR_ORDER
+DEFAULT_SUBSETS = ",".join(SUBSETS)
 DEFAULT_METRICS = "jaccard,wl_h1,wl_h2,wl_h3"
-DEFAULT_HIGHLIGHT = "quickdraw"
 MAX_WL_H = 10
 NODE_FORMAT = "clipgen-circuit-node-similarity"
 CIRCUIT_FORMAT = "clipgen-circuit-similarity"

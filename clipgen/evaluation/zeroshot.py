@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from clipgen.domainnet import TEMPLATE_DOMAIN_WORDS
 from clipgen.errors import ClipgenError, option_error
 
 #: The paper's six additional domain templates.
@@ -19,7 +20,6 @@ DOMAIN_TEMPLATES: tuple[str, ...] = (
     "a clipart of the {}.", "a clipart of a {}.", "an infograph of the {}.", "an infograph of a {}.",
     "a quickdraw of the {}.", "a quickdraw of a {}.",
 )
-_DOMAIN_WORDS = ("clipart", "infograph", "painting", "quickdraw", "sketch")
 TEMPLATE_SETS = ("paper", "openai", "named-domain", "simple")
 
 
@@ -38,7 +38,7 @@ def templates(name: str = "paper", option: str = "--templates") -> list[str]:
     if name == "openai":
         return openai_templates()
     if name == "named-domain":
-        return [t for t in templates("paper") if any(w in t for w in _DOMAIN_WORDS)]
+        return [t for t in templates("paper") if any(w in t for w in TEMPLATE_DOMAIN_WORDS)]
     if name == "simple":
         return ["a photo of a {}."]
     raise option_error(option, f"unknown template set {name!r} (one of {', '.join(TEMPLATE_SETS)})")
