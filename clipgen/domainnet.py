@@ -337,3 +337,20 @@ def imagenet_class_index() -> dict[int, tuple[str, str]]:
 def imagenet_to_domainnet() -> dict[str, list[int] | None]:
     """DomainNet class name -> list of ImageNet-1k indices (or None), in DomainNet label order."""
     return json.loads(_resource_text("in_to_dn_mapping.json"))
+
+
+#: The four indices where the published scripts' ImageNet class names (OpenAI's list) differ from open_clip's
+#: ``IMAGENET_CLASSNAMES``: index -> (published name, open_clip's name).
+IMAGENET_NAME_DIFFERENCES: dict[int, tuple[str, str]] = {
+    27: ("eft", "newt"), 638: ("maillot", "tights"), 744: ("projectile", "missile"), 836: ("sunglass", "sunglasses"),
+}
+
+
+def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet class names the published scripts use (OpenAI's list), in class-index order.
+
+    Shipped as ``clipgen/resources/imagenet_classnames.txt`` (one name per line). It equals open_clip's
+    ``IMAGENET_CLASSNAMES`` except at the four indices of :data:`IMAGENET_NAME_DIFFERENCES` (e.g. 27 is "eft",
+    where open_clip says "newt"). Used for the ImageNet-Sketch captions and the ImageNet zero-shot classifier.
+    """
+    return _resource_text("imagenet_classnames.txt").splitlines()

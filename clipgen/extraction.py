@@ -451,7 +451,7 @@ def default_block_rows(batch: int, bytes_per_row: int) -> int:
 def _text(loaded, records, template_set: str, device) -> tuple[dict[int, str], tuple | None, list[str]]:
     """class names, (labels, text embeddings, templates) and the template list, for labelled image sets."""
     from clipgen.datasets import folders_of
-    from clipgen.evaluation.zeroshot import build_classifier, classnames_from_folders, templates
+    from clipgen.models.zeroshot_classifier import build_classifier, classnames_from_folders, templates
 
     folders = folders_of(records)
     if not folders:
@@ -548,8 +548,7 @@ def make_batches(plan: StorePlan, records, transform, todo: Sequence[int], *, wo
     """Batches of the blocks in ``todo`` from image files: ``(images, plan rows, skipped [(row, reason)])``."""
     from torch.utils.data import DataLoader
 
-    from clipgen.datasets import CountingLoader, ImageDataset, collate_skip, load_image
-    from clipgen.evaluation.zeroshot import raise_unreadable
+    from clipgen.datasets import CountingLoader, ImageDataset, collate_skip, load_image, raise_unreadable
 
     batch_sampler = []
     for k in todo:
@@ -743,7 +742,7 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
             plan.class_names, plan.text, _ = _text(loaded, records, cfg.templates, device)
         else:
             from clipgen.datasets import folders_of
-            from clipgen.evaluation.zeroshot import classnames_from_folders
+            from clipgen.models.zeroshot_classifier import classnames_from_folders
 
             fo = folders_of(records)
             plan.class_names = dict(zip(fo, classnames_from_folders(list(fo.values())), strict=True))

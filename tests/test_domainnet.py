@@ -160,3 +160,17 @@ def test_resolve_held_out_recorded_and_matched():
     assert (held.labels, held.by_name) == ([1], {"class 1": 1})
     with pytest.raises(ClipgenError, match=r"^--held-out: nope 'class 9'$"):
         dn.resolve_held_out({}, ["class 9"], match=names.get, missing=lambda n, _: f"nope {n!r}")
+
+
+def test_imagenet_classnames_are_the_published_list():
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    names = dn.imagenet_classnames()
+    assert len(names) == 1000 and len(set(names)) == 1000  # open_clip's has "missile" and "sunglasses" twice
+    assert (names[27], names[638], names[744], names[836]) == ("eft", "maillot", "projectile", "sunglass")
+    assert names[0] == "tench" and names[26] == "smooth newt" and names[837] == "sunglasses" and names[999] == \
+        "toilet paper"
+    # open_clip's list differs at exactly these four indices
+    diff = {i: (a, b) for i, (a, b) in enumerate(zip(names, IMAGENET_CLASSNAMES, strict=True)) if a != b}
+    assert diff == dn.IMAGENET_NAME_DIFFERENCES
+    assert all(n == n.strip() and n for n in names)

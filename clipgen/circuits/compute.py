@@ -313,8 +313,8 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
     from clipgen.circuits.chain import make_chain
     from clipgen.datasets import ImageRecord, folders_of
     from clipgen.devices import autocast, resolve_device, resolve_precision
-    from clipgen.evaluation.zeroshot import build_classifier, classnames_from_folders, templates
     from clipgen.extraction import parse_shard, resolve_held_out, shard_path, shard_range
+    from clipgen.models.zeroshot_classifier import build_classifier, classnames_from_folders, templates
     from clipgen.progress import make_progress
     from clipgen.runs import load_clip
 

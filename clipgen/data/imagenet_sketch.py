@@ -192,7 +192,6 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
         read_base,
         resolve_held_out,
     )
-    from clipgen.evaluation.zeroshot import imagenet_classnames
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv
 
@@ -230,7 +229,7 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
             if p.exists():
                 raise ClipgenError(f"{p}: already exists (pass --force to overwrite)")
 
-    classnames = imagenet_classnames()
+    classnames = dn.imagenet_classnames()
     images = caption_sketches(scan_sketch_root(cfg.sketch_root), classnames, cfg.caption_seed)
     kept = filter_sketches(images, classnames, cfg.filter)
     other = filter_sketches(images, classnames, "substring" if cfg.filter == "class" else "class")
