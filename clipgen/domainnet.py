@@ -176,6 +176,47 @@ def parse_test_domain(name: str, option: str = "--test-domain") -> str:
     return d
 
 
+def split_list(spec: str | Sequence[str] | None) -> list[str]:
+    """Option values as a list: a string split at commas and spaces, or the items of a sequence; each stripped and
+    lower-cased, empty ones dropped."""
+    if spec is None:
+        return []
+    parts = spec.replace(",", " ").split() if isinstance(spec, str) else [str(s) for s in spec]
+    return [p.strip().lower() for p in parts if p.strip()]
+
+
+def choose_domains(have: Sequence[str], requested: str | Sequence[str] | None, *, where: str,
+                   option: str = "--domains", minimum: int = 2, order: Sequence[str] | None = None,
+                   parse: bool = False,
+                   too_few: str = "needs at least {minimum} domains, got {n} ({domains})") -> list[str]:
+    """The domains an analysis compares: ``requested`` (default: every domain of ``have``), each one the data
+    holds (``have``; ``where`` names the data in errors), at least ``minimum`` of them.
+
+    ``parse``: the request is DomainNet domains, by name or letter, or ``all`` (:func:`parse_domains`); otherwise
+    names as the data spells them (a store may hold any domain). ``order``: the order of the result (a pair order,
+    which also drops domains outside it); otherwise the order requested, or ``have``'s. ``too_few`` is the error
+    text of too few domains (``{minimum}``, ``{n}``, ``{domains}`` and ``{where}`` filled in).
+    """
+    have = [str(d) for d in have]
+    parts = split_list(requested)
+    if not parts or (parse and parts == ["all"]):
+        chosen = list(have)
+    elif parse:
+        chosen = list(parse_domains(parts if len(parts) > 1 else parts[0], option=option))
+    else:
+        chosen = list(dict.fromkeys(parts))
+    if order is not None:
+        chosen = [d for d in order if d in set(chosen)]
+    missing = [d for d in chosen if d not in have]
+    if missing:
+        raise option_error(option, f"domain {missing[0]!r} is not in {where} (it has: "
+                                   f"{', '.join(have) or 'no domains'})")
+    if len(chosen) < minimum:
+        raise option_error(option, too_few.format(minimum=minimum, n=len(chosen), domains=", ".join(chosen) or "none",
+                                                  where=where))
+    return chosen
+
+
 def domain_letters(domains: Iterable[str]) -> str:
     """``['real', 'sketch']`` -> ``'rs'``, always in the order c i p q r s."""
     ds = set(domains)

@@ -174,3 +174,37 @@ def test_imagenet_classnames_are_the_published_list():
     diff = {i: (a, b) for i, (a, b) in enumerate(zip(names, IMAGENET_CLASSNAMES, strict=True)) if a != b}
     assert diff == dn.IMAGENET_NAME_DIFFERENCES
     assert all(n == n.strip() and n for n in names)
+
+
+def test_split_list():
+    assert dn.split_list(" Real, sketch  clipart,,") == ["real", "sketch", "clipart"]
+    assert dn.split_list(["Real ", " ", "x y"]) == ["real", "x y"] and dn.split_list(None) == []
+
+
+def test_choose_domains_as_stored():
+    have = ["clipart", "real", "sketch", "imagenet"]
+    assert dn.choose_domains(have, None, where="the store") == have
+    assert dn.choose_domains(have, ["Sketch", "real", "sketch"], where="the store") == ["sketch", "real"]
+    with pytest.raises(ClipgenError, match=r"^--domains: domain 'quickdraw' is not in the store \(it has: clipart, "
+                                           r"real, sketch, imagenet\)$"):
+        dn.choose_domains(have, ["real", "quickdraw"], where="the store")
+    with pytest.raises(ClipgenError, match=r"^--x: needs at least 3 domains, got 2 \(real, sketch\)$"):
+        dn.choose_domains(have, "real,sketch", where="the store", option="--x", minimum=3)
+
+
+def test_choose_domains_parsed_in_a_pair_order():
+    have = ["sketch", "real", "quickdraw", "imagenet"]
+    kw = dict(where="f.h5", order=dn.CIRCUIT_PAIR_ORDER, parse=True)
+    assert dn.choose_domains(have, "all", **kw) == ["real", "quickdraw", "sketch"]  # imagenet: in no pair order
+    assert dn.choose_domains(have, "sq", **kw) == ["quickdraw", "sketch"]
+    assert dn.choose_domains(have, ["sketch", "r"], **kw) == ["real", "sketch"]
+    with pytest.raises(ClipgenError, match=r"^--domains: domain 'clipart' is not in f.h5 \(it has: sketch, real, "):
+        dn.choose_domains(have, "c,s", **kw)
+    with pytest.raises(ClipgenError, match=r"^--domains: domain 'clipart' is not in f.h5 \(it has: no domains\)$"):
+        dn.choose_domains([], "c", **kw)
+    with pytest.raises(ClipgenError, match=r"^--domains: needs at least 2 domains to compare, got 1 \(sketch\) in "
+                                           r"f.h5$"):
+        dn.choose_domains(have, "s", too_few="needs at least {minimum} domains to compare, got {n} ({domains}) in "
+                                             "{where}", **kw)
+    with pytest.raises(ClipgenError, match="unknown domain"):
+        dn.choose_domains(have, "sculpture", **kw)

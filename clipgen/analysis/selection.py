@@ -37,18 +37,9 @@ def store_domain_names(store) -> list[str]:
 
 
 def resolve_domains(store, domains: Sequence[str] | None, option: str = "--domains", minimum: int = 2) -> list[str]:
-    """The requested domains (default: every stored one), checked against the store; at least ``minimum``."""
-    have = store_domain_names(store)
-    if not domains:
-        chosen = have
-    else:
-        chosen = list(dict.fromkeys(d.strip().lower() for d in domains if d.strip()))
-        missing = [d for d in chosen if d not in have]
-        if missing:
-            raise option_error(option, f"domain {missing[0]!r} is not in the store (it has: {', '.join(have)})")
-    if len(chosen) < minimum:
-        raise option_error(option, f"needs at least {minimum} domains, got {len(chosen)} ({', '.join(chosen)})")
-    return chosen
+    """The requested domains (default: every stored one), checked against the store; at least ``minimum``
+    (:func:`clipgen.domainnet.choose_domains`, in the order requested, else the store's)."""
+    return dn.choose_domains(store_domain_names(store), domains, where="the store", option=option, minimum=minimum)
 
 
 def resolve_layers(store, layers: Sequence[str] | None, option: str = "--layers") -> list[str]:

@@ -44,7 +44,7 @@ from clipgen.circuits.graphs import (
     parse_export,
     to_networkx,
 )
-from clipgen.domainnet import CIRCUIT_PAIR_ORDER, DEFAULT_HIGHLIGHT, SUBSETS
+from clipgen.domainnet import CIRCUIT_PAIR_ORDER, DEFAULT_HIGHLIGHT, SUBSETS, choose_domains, split_list
 from clipgen.errors import ClipgenError, option_error
 
 #: The published scripts' domain order for pairs (real first; see clipgen.domainnet for why CKA's differs).
@@ -126,33 +126,12 @@ def source_name(source) -> str:
     return str(getattr(source, "path", source))
 
 
-def _split(spec: str | Sequence[str] | None) -> list[str]:
-    if spec is None:
-        return []
-    parts = spec.replace(",", " ").split() if isinstance(spec, str) else [str(s) for s in spec]
-    return [p.strip().lower() for p in parts if p.strip()]
-
-
 def resolve_domains(source, domains: str | Sequence[str] | None = None, option: str = "--domains",
                     minimum: int = 2) -> list[str]:
     """The domains to compare, in :data:`PAIR_ORDER`; each must be a DomainNet domain present in the source."""
-    from clipgen.domainnet import parse_domains
-
-    have = [str(d) for d in source.domains]
-    parts = _split(domains)
-    if not parts or parts == ["all"]:
-        chosen = set(have)
-    else:
-        chosen = set(parse_domains(parts if len(parts) > 1 else parts[0], option=option))
-        missing = [d for d in PAIR_ORDER if d in chosen and d not in have]
-        if missing:
-            raise option_error(option, f"domain {missing[0]!r} is not in {source_name(source)} (it has: "
-                                       f"{', '.join(have) or 'no domains'})")
-    out = [d for d in PAIR_ORDER if d in chosen]
-    if len(out) < minimum:
-        raise option_error(option, f"needs at least {minimum} domains to compare, got {len(out)} "
-                                   f"({', '.join(out) or 'none'}) in {source_name(source)}")
-    return out
+    return choose_domains(source.domains, domains, where=source_name(source), option=option, minimum=minimum,
+                          order=PAIR_ORDER, parse=True,
+                          too_few="needs at least {minimum} domains to compare, got {n} ({domains}) in {where}")
 
 
 def domain_pairs(domains: Sequence[str]) -> list[tuple[str, str]]:
@@ -167,7 +146,7 @@ def pair_key(a: str, b: str) -> str:
 
 def parse_subsets(subsets: str | Sequence[str] | None) -> tuple[list[str], bool]:
     """``(subsets, explicit)``: ``explicit`` is False for the default ``all,id,ood``."""
-    parts = _split(subsets if subsets is not None else DEFAULT_SUBSETS)
+    parts = split_list(subsets if subsets is not None else DEFAULT_SUBSETS)
     out: list[str] = []
     for p in parts:
         if p not in SUBSETS:
@@ -182,7 +161,7 @@ def parse_subsets(subsets: str | Sequence[str] | None) -> tuple[list[str], bool]
 def parse_metrics(metrics: str | Sequence[str] | None) -> list[str]:
     """``jaccard`` and ``wl_h<N>`` (``0 <= N <= 10``), in the order given, without repeats."""
     out: list[str] = []
-    for p in _split(metrics if metrics is not None else DEFAULT_METRICS):
+    for p in split_list(metrics if metrics is not None else DEFAULT_METRICS):
         m = re.fullmatch(r"wl_h(\d+)", p)
         if p != "jaccard" and not (m and int(m[1]) <= MAX_WL_H):
             raise option_error("--metrics", f"unknown metric {p!r} (jaccard, or wl_h<N> with N in 0..{MAX_WL_H}: "
