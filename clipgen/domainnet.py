@@ -367,6 +367,14 @@ def resolve_held_out(present: Mapping[int, str], names: Sequence[str] | None = N
                    absent=[c.name for c in paper if c.folder not in by_folder])
 
 
+def run_held_out_labels(mixture: Mapping[str, Any] | None, present: Mapping[int, str]) -> list[int]:
+    """A run's held-out labels for the files made from its model (a store, a circuits file): every label its
+    mixture recorded, with or without images in ``present`` (the file keeps the run's record), else the paper's
+    classes present (:func:`resolve_held_out`)."""
+    held = resolve_held_out(present, recorded=(mixture or {}).get("held_out_labels"))
+    return sorted({*held.labels, *held.absent_labels})
+
+
 @lru_cache(maxsize=1)
 def imagenet_class_index() -> dict[int, tuple[str, str]]:
     """ImageNet-1k index -> (WordNet id, class name)."""

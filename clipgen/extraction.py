@@ -468,9 +468,7 @@ def resolve_held_out(manifest, records) -> list[int]:
     the run's record), else the paper's 15 held-out classes present in the sample folders."""
     from clipgen.datasets import folders_of
 
-    mix = getattr(manifest, "mixture", None) or {}
-    held = dn.resolve_held_out(folders_of(records), recorded=mix.get("held_out_labels"))
-    return sorted({*held.labels, *held.absent_labels})
+    return dn.run_held_out_labels(getattr(manifest, "mixture", None), folders_of(records))
 
 
 def describe_model(cfg: ExtractConfig, device: Any = "cpu"):

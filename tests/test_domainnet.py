@@ -208,3 +208,11 @@ def test_choose_domains_parsed_in_a_pair_order():
                                              "{where}", **kw)
     with pytest.raises(ClipgenError, match="unknown domain"):
         dn.choose_domains(have, "sculpture", **kw)
+
+
+def test_run_held_out_labels_keep_the_run_record():
+    present = _present(0, 11, 66)
+    # recorded labels are kept, with or without images here (a store or circuits file keeps the run's record)
+    assert dn.run_held_out_labels({"held_out_labels": [174, 11, 11]}, present) == [11, 174]
+    assert dn.run_held_out_labels({"held_out_labels": []}, present) == [0, 11]  # nothing recorded: the paper's
+    assert dn.run_held_out_labels(None, present) == [0, 11]
