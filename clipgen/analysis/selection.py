@@ -60,7 +60,7 @@ def resolve_held_out(store, names: Sequence[str] | None, option: str = "--held-o
     classes = class_name_map(store)
     by_name = {" ".join(n.split()).lower(): lab for lab, n in classes.items()}
     held = dn.resolve_held_out(classes, names, option=option,
-                               match=lambda n: by_name.get(" ".join(n.replace("_", " ").split()).lower()),
+                               match=lambda n: by_name.get(dn.normalise_class_name(n)),
                                missing=lambda n, _: f"class {n!r} is not among the store's class names")
     return held.labels
 
