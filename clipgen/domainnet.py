@@ -313,6 +313,11 @@ class HeldOut:
         return list(self.by_name)
 
     @property
+    def explicit(self) -> bool:
+        """Named by the user (not a default)."""
+        return self.source == "option"
+
+    @property
     def label_set(self) -> frozenset[int]:
         return frozenset(self.labels)
 

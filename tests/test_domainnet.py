@@ -124,7 +124,7 @@ def _present(*labels: int) -> dict[int, str]:
 
 def test_resolve_held_out_paper_default():
     held = dn.resolve_held_out(_present(0, 1, 11, 13, 66))
-    assert (held.labels, held.source) == ([0, 11, 13], "paper")
+    assert (held.labels, held.source, held.explicit) == ([0, 11, 13], "paper", False)
     assert held.by_name == {"aircraft carrier": 0, "axe": 11, "banana": 13}
     assert held.names == ["aircraft carrier", "axe", "banana"] and held.label_set == frozenset({0, 11, 13})
     assert held.absent == [n for n in dn.HELD_OUT_CLASSES if n not in held.by_name] and len(held.absent) == 12
@@ -138,8 +138,8 @@ def test_resolve_held_out_paper_default():
 def test_resolve_held_out_by_name_uses_the_data_labels():
     present = {7: "axe", 66: "cello", 308: "The_Eiffel_Tower"}  # the data says axe is 7
     held = dn.resolve_held_out(present, ["the eiffel tower", "AXE", "axe"])
-    assert (held.labels, held.by_name, held.source, held.absent) == (
-        [7, 308], {"the eiffel tower": 308, "axe": 7}, "option", [])
+    assert (held.labels, held.by_name, held.source, held.absent, held.explicit) == (
+        [7, 308], {"the eiffel tower": 308, "axe": 7}, "option", [], True)
     with pytest.raises(ClipgenError, match=r"^--held-out: held-out class 'lion' \(folder lion\) has no images in the "
                                            r"data$"):
         dn.resolve_held_out(present, ["lion"])

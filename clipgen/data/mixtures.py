@@ -232,7 +232,7 @@ def resolve_held_out(names: Sequence[str] | None, samples: Sequence[dn.Sample]) 
 
 def held_out_record(held: dn.HeldOut) -> dict[str, Any]:
     """The held-out classes as the mixture summaries record them."""
-    return {"names": held.names, "labels": held.by_name, "absent": held.absent, "explicit": held.source == "option"}
+    return {"names": held.names, "labels": held.by_name, "absent": held.absent, "explicit": held.explicit}
 
 
 def reference_size(data: CaptionedDomainNet, test_domain: str, held: frozenset[int]) -> int:
