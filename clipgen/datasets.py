@@ -73,6 +73,15 @@ def load_image(path: str):
         raise file_error(path, f"corrupt or unreadable image ({e.__class__.__name__})") from None
 
 
+def raise_unreadable(records: Sequence[Any], indices: Sequence[int]) -> None:
+    """Raise the one-line error of the first unreadable image among ``indices`` (decoded again here, in the main
+    process: an error raised inside a DataLoader worker would come back wrapped in the worker's traceback)."""
+    for i in indices:
+        load_image(records[int(i)].path)  # raises a ClipgenError naming the file
+    if len(indices):
+        raise ClipgenError(f"{records[int(indices[0])].path}: unreadable image")
+
+
 class ImageDataset:
     """A torch map-style dataset of ``(image_tensor, index)``; ``None`` for a bad image with on_error="skip"."""
 

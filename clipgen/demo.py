@@ -104,7 +104,7 @@ class DemoConfig:
     full: bool = False
     scale: str | None = None  # overrides --full: "default", "full" or "tiny" (the test suite's)
     device: str = "auto"
-    highlight: str = "quickdraw"
+    highlight: str = dn.DEFAULT_HIGHLIGHT
     progress: bool = True
     force: bool = False  # redo every stage
 

@@ -1,4 +1,7 @@
-"""The DomainNet vocabulary (domains, letters, classes, held-out classes, caption terms) and split-file reader.
+"""The one DomainNet vocabulary: domains, letters, classes, held-out classes and their resolution, the analyses'
+class subsets, domain pair orders and default highlighted domain, caption terms; and the split-file reader.
+
+Every other module takes these from here (none restates a domain name, a subset or the held-out rule).
 
 Labels always come from the split files (``{domain}_{split}.txt``, lines ``relative/path label``), never from
 sorting folder names: DomainNet's label order is not Python's ``sorted()`` order (``cello`` comes before
@@ -9,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from clipgen.errors import ClipgenError, file_error, option_error
 
@@ -24,6 +28,22 @@ DOMAIN_LETTERS: dict[str, str] = {d[0]: d for d in DOMAINS}
 TEST_DOMAINS: tuple[str, ...] = tuple(d for d in DOMAINS if d != "real")
 SPLITS: tuple[str, ...] = ("train", "test")
 NUM_CLASSES = 345
+
+#: The domain the analyses (CKA, embeddings, node/circuit similarity, the demo and its report) highlight by
+#: default: the paper's outlier domain.
+DEFAULT_HIGHLIGHT = "quickdraw"
+#: The class subsets of the analyses: every class, the in-distribution ones (not held out), the held-out ones.
+SUBSETS: tuple[str, ...] = ("all", "id", "ood")
+#: Domain pair orders. Pairs are unordered; an order fixes how they are listed (rows of a CSV, lines of a
+#: figure), so each command keeps the order its outputs always had:
+#: * CKA and embeddings list the domains of the activation store in its id order, which for DomainNet stores is
+#:   :data:`DOMAINS` (ids c0 i1 p2 q3 r4 s5, shared by every store) unless ``--domains`` orders them;
+#: * node and circuit similarity follow the published circuit scripts: real first, then :data:`DOMAINS` order.
+STORE_PAIR_ORDER: tuple[str, ...] = DOMAINS
+CIRCUIT_PAIR_ORDER: tuple[str, ...] = ("real", *(d for d in DOMAINS if d != "real"))
+#: The words that make a zero-shot template name a domain (the published ``--domain_invariant`` keeps those
+#: templates): every domain but real, whose templates say "photo" like the generic ones.
+TEMPLATE_DOMAIN_WORDS: tuple[str, ...] = tuple(d for d in DOMAINS if d != "real")
 
 #: The paper's 15 held-out (C2) classes, by name.
 HELD_OUT_CLASSES: tuple[str, ...] = (
@@ -156,6 +176,47 @@ def parse_test_domain(name: str, option: str = "--test-domain") -> str:
     return d
 
 
+def split_list(spec: str | Sequence[str] | None) -> list[str]:
+    """Option values as a list: a string split at commas and spaces, or the items of a sequence; each stripped and
+    lower-cased, empty ones dropped."""
+    if spec is None:
+        return []
+    parts = spec.replace(",", " ").split() if isinstance(spec, str) else [str(s) for s in spec]
+    return [p.strip().lower() for p in parts if p.strip()]
+
+
+def choose_domains(have: Sequence[str], requested: str | Sequence[str] | None, *, where: str,
+                   option: str = "--domains", minimum: int = 2, order: Sequence[str] | None = None,
+                   parse: bool = False,
+                   too_few: str = "needs at least {minimum} domains, got {n} ({domains})") -> list[str]:
+    """The domains an analysis compares: ``requested`` (default: every domain of ``have``), each one the data
+    holds (``have``; ``where`` names the data in errors), at least ``minimum`` of them.
+
+    ``parse``: the request is DomainNet domains, by name or letter, or ``all`` (:func:`parse_domains`); otherwise
+    names as the data spells them (a store may hold any domain). ``order``: the order of the result (a pair order,
+    which also drops domains outside it); otherwise the order requested, or ``have``'s. ``too_few`` is the error
+    text of too few domains (``{minimum}``, ``{n}``, ``{domains}`` and ``{where}`` filled in).
+    """
+    have = [str(d) for d in have]
+    parts = split_list(requested)
+    if not parts or (parse and parts == ["all"]):
+        chosen = list(have)
+    elif parse:
+        chosen = list(parse_domains(parts if len(parts) > 1 else parts[0], option=option))
+    else:
+        chosen = list(dict.fromkeys(parts))
+    if order is not None:
+        chosen = [d for d in order if d in set(chosen)]
+    missing = [d for d in chosen if d not in have]
+    if missing:
+        raise option_error(option, f"domain {missing[0]!r} is not in {where} (it has: "
+                                   f"{', '.join(have) or 'no domains'})")
+    if len(chosen) < minimum:
+        raise option_error(option, too_few.format(minimum=minimum, n=len(chosen), domains=", ".join(chosen) or "none",
+                                                  where=where))
+    return chosen
+
+
 def domain_letters(domains: Iterable[str]) -> str:
     """``['real', 'sketch']`` -> ``'rs'``, always in the order c i p q r s."""
     ds = set(domains)
@@ -217,10 +278,6 @@ def read_split(root: str | Path, domain: str, split: str, *, num_classes: int = 
     return samples
 
 
-def read_splits(root: str | Path, domains: Iterable[str], split: str, **kw) -> dict[str, list[Sample]]:
-    return {d: read_split(root, d, split, **kw) for d in domains}
-
-
 def folders_by_label(samples: Iterable[Sample], source: str = "split files") -> dict[int, str]:
     """Map label -> class folder as the split files say, checking that each label has one folder."""
     out: dict[int, str] = {}
@@ -234,14 +291,93 @@ def folders_by_label(samples: Iterable[Sample], source: str = "split files") -> 
 
 def held_out_labels(names: Sequence[str], samples: Iterable[Sample], option: str = "--held-out") -> dict[str, int]:
     """Resolve held-out class names to labels *as the split files give them* (via each class's folder)."""
-    by_folder = {folder: label for label, folder in folders_by_label(samples).items()}
-    out: dict[str, int] = {}
-    for name in names:
-        c = class_by_name(name, option=option)
-        if c.folder not in by_folder:
-            raise option_error(option, f"held-out class {c.name!r} (folder {c.folder}) has no images in the data")
-        out[c.name] = by_folder[c.folder]
-    return out
+    return resolve_held_out(folders_by_label(samples), names, option=option).by_name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Held-out classes
+
+
+@dataclass
+class HeldOut:
+    """Held-out (C2) classes resolved against the classes present in some data (:func:`resolve_held_out`)."""
+
+    labels: list[int]  # the held-out labels with images in the data, sorted
+    by_name: dict[str, int]  # class name -> its label in the data, in the order asked (names, or the paper's order)
+    source: str  # "option" (names given), "manifest" (labels recorded by a run) or "paper" (the paper's 15)
+    absent: list[str] = field(default_factory=list)  # the paper's classes without images in the data
+    absent_labels: list[int] = field(default_factory=list)  # recorded labels without images, in recorded order
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.by_name)
+
+    @property
+    def explicit(self) -> bool:
+        """Named by the user (not a default)."""
+        return self.source == "option"
+
+    @property
+    def label_set(self) -> frozenset[int]:
+        return frozenset(self.labels)
+
+    def describe(self) -> dict[str, Any]:
+        return {"labels": self.labels, "names": self.names, "source": self.source, "absent": self.absent}
+
+
+def not_in_data(name: str, folder: str | None) -> str:
+    """The error of a held-out class asked for by name that has no images in the data."""
+    return f"held-out class {name!r} (folder {folder}) has no images in the data"
+
+
+def resolve_held_out(present: Mapping[int, str], names: Sequence[str] | None = None,
+                     recorded: Iterable[int] | None = None, *, option: str = "--held-out",
+                     missing: Callable[[str, str | None], str] = not_in_data,
+                     match: Callable[[str], int | None] | None = None) -> HeldOut:
+    """The held-out classes of some data, from the first source given: ``names``, ``recorded`` labels (a run's
+    mixture), else the paper's 15 (:data:`HELD_OUT_CLASSES`).
+
+    ``present`` maps every label with images in the data to its class folder. A name is a DomainNet class (by
+    name or folder, :func:`class_by_name`) found in the data by its folder, so labels are the data's own; one
+    without images is an error (``missing(name, folder)``). ``match`` replaces that lookup (it returns the label of
+    a name, or None for the error ``missing(name, None)``), for data whose classes are known only by their own
+    names. Recorded labels and the paper's classes may be absent from the data: those are reported in
+    ``absent_labels`` / ``absent``, never an error here (each caller decides what too few classes means). Labels
+    in the result are unique and sorted; ``by_name`` is empty for recorded labels (they come without names).
+    """
+    if names is not None:
+        by_name: dict[str, int] = {}
+        if match is not None:
+            for n in names:
+                label = match(n)
+                if label is None:
+                    raise option_error(option, missing(n, None))
+                by_name[n] = label
+        else:
+            by_folder = {folder: label for label, folder in present.items()}
+            for n in names:
+                c = class_by_name(n, option=option)
+                if c.folder not in by_folder:
+                    raise option_error(option, missing(c.name, c.folder))
+                by_name[c.name] = by_folder[c.folder]
+        return HeldOut(sorted(set(by_name.values())), by_name, "option")
+    wanted = [int(x) for x in recorded or ()]
+    if wanted:
+        return HeldOut(sorted({x for x in wanted if x in present}), {}, "manifest",
+                       absent_labels=[x for x in wanted if x not in present])
+    by_folder = {folder: label for label, folder in present.items()}
+    paper = [class_by_name(n) for n in HELD_OUT_CLASSES]
+    by_name = {c.name: by_folder[c.folder] for c in paper if c.folder in by_folder}
+    return HeldOut(sorted(set(by_name.values())), by_name, "paper",
+                   absent=[c.name for c in paper if c.folder not in by_folder])
+
+
+def run_held_out_labels(mixture: Mapping[str, Any] | None, present: Mapping[int, str]) -> list[int]:
+    """A run's held-out labels for the files made from its model (a store, a circuits file): every label its
+    mixture recorded, with or without images in ``present`` (the file keeps the run's record), else the paper's
+    classes present (:func:`resolve_held_out`)."""
+    held = resolve_held_out(present, recorded=(mixture or {}).get("held_out_labels"))
+    return sorted({*held.labels, *held.absent_labels})
 
 
 @lru_cache(maxsize=1)
@@ -255,3 +391,20 @@ def imagenet_class_index() -> dict[int, tuple[str, str]]:
 def imagenet_to_domainnet() -> dict[str, list[int] | None]:
     """DomainNet class name -> list of ImageNet-1k indices (or None), in DomainNet label order."""
     return json.loads(_resource_text("in_to_dn_mapping.json"))
+
+
+#: The four indices where the published scripts' ImageNet class names (OpenAI's list) differ from open_clip's
+#: ``IMAGENET_CLASSNAMES``: index -> (published name, open_clip's name).
+IMAGENET_NAME_DIFFERENCES: dict[int, tuple[str, str]] = {
+    27: ("eft", "newt"), 638: ("maillot", "tights"), 744: ("projectile", "missile"), 836: ("sunglass", "sunglasses"),
+}
+
+
+def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet class names the published scripts use (OpenAI's list), in class-index order.
+
+    Shipped as ``clipgen/resources/imagenet_classnames.txt`` (one name per line). It equals open_clip's
+    ``IMAGENET_CLASSNAMES`` except at the four indices of :data:`IMAGENET_NAME_DIFFERENCES` (e.g. 27 is "eft",
+    where open_clip says "newt"). Used for the ImageNet-Sketch captions and the ImageNet zero-shot classifier.
+    """
+    return _resource_text("imagenet_classnames.txt").splitlines()

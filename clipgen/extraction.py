@@ -260,7 +260,7 @@ def default_block_rows(batch: int, bytes_per_row: int) -> int:
 def _text(loaded, records, template_set: str, device) -> tuple[dict[int, str], tuple | None, list[str]]:
     """class names, (labels, text embeddings, templates) and the template list, for labelled image sets."""
     from clipgen.datasets import folders_of
-    from clipgen.evaluation.zeroshot import build_classifier, classnames_from_folders, templates
+    from clipgen.models.zeroshot_classifier import build_classifier, classnames_from_folders, templates
 
     folders = folders_of(records)
     if not folders:
@@ -273,20 +273,11 @@ def _text(loaded, records, template_set: str, device) -> tuple[dict[int, str], t
 
 
 def resolve_held_out(manifest, records) -> list[int]:
-    """The run's mixture held-out labels if recorded, else the paper's 15 held-out classes present in the
-    sample folders."""
+    """The run's mixture held-out labels if recorded (all of them, with or without images here: the store keeps
+    the run's record), else the paper's 15 held-out classes present in the sample folders."""
     from clipgen.datasets import folders_of
 
-    mix = getattr(manifest, "mixture", None) or {}
-    if mix.get("held_out_labels"):
-        return sorted(int(x) for x in mix["held_out_labels"])
-    folders = {f: lab for lab, f in folders_of(records).items()}
-    out = []
-    for name in dn.HELD_OUT_CLASSES:
-        c = dn.class_by_name(name)
-        if c.folder in folders:
-            out.append(folders[c.folder])
-    return sorted(out)
+    return dn.run_held_out_labels(getattr(manifest, "mixture", None), folders_of(records))
 
 
 def describe_model(cfg: ExtractConfig, device: Any = "cpu"):
@@ -451,7 +442,7 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
             plan.class_names, plan.text, _ = _text(loaded, records, cfg.templates, device)
         else:
             from clipgen.datasets import folders_of
-            from clipgen.evaluation.zeroshot import classnames_from_folders
+            from clipgen.models.zeroshot_classifier import classnames_from_folders
 
             fo = folders_of(records)
             plan.class_names = dict(zip(fo, classnames_from_folders(list(fo.values())), strict=True))

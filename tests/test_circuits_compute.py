@@ -77,7 +77,7 @@ def test_the_image_draw_is_seeded_per_entry(synth_root):
 
 
 def test_an_entry_equals_a_direct_computation(small_circuits, circuits_run_dir):
-    from clipgen.evaluation.zeroshot import build_classifier, templates
+    from clipgen.models.zeroshot_classifier import build_classifier, templates
     from clipgen.runs import load_clip
 
     loaded = load_clip(circuits_run_dir)

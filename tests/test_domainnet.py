@@ -88,3 +88,131 @@ def test_imagenet_mapping():
     assert sum(1 for v in m.values() if v) == 182
     assert len({i for v in m.values() if v for i in v}) == 450
     assert dn.imagenet_class_index()[0] == ("n01440764", "tench")
+
+
+def test_class_table_is_the_reference_table():
+    import csv
+
+    ref = Path("/work/shared/data/domainnet_classes.tsv")
+    if not ref.is_file():
+        pytest.skip("reference data folder not available")
+    rows = list(csv.DictReader(ref.read_text(encoding="utf-8").splitlines(), delimiter="\t"))
+    assert [(c.label, c.name, c.folder) for c in dn.class_table()] == [
+        (int(r["index"]), r["name"], r["folder"]) for r in rows]
+    assert [c.label for c in dn.class_table()] == list(range(dn.NUM_CLASSES))
+
+
+def test_analysis_vocabulary():
+    assert dn.SUBSETS == ("all", "id", "ood")
+    assert dn.DEFAULT_HIGHLIGHT == "quickdraw" and dn.DEFAULT_HIGHLIGHT in dn.TEST_DOMAINS
+    # CKA/embeddings: the store's id order (c i p q r s); circuits: the published scripts' order, real first
+    assert dn.STORE_PAIR_ORDER == ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
+    assert dn.CIRCUIT_PAIR_ORDER == ("real", "clipart", "infograph", "painting", "quickdraw", "sketch")
+    assert sorted(dn.CIRCUIT_PAIR_ORDER) == sorted(dn.STORE_PAIR_ORDER)
+    assert dn.TEMPLATE_DOMAIN_WORDS == ("clipart", "infograph", "painting", "quickdraw", "sketch")
+
+
+def test_store_pair_order_is_the_store_domain_table():
+    from clipgen.store.schema import domain_table
+
+    assert tuple(domain_table(["sketch", "real", "clipart"])[0]) == dn.STORE_PAIR_ORDER
+
+
+def _present(*labels: int) -> dict[int, str]:
+    return {lab: dn.class_by_label(lab).folder for lab in labels}
+
+
+def test_resolve_held_out_paper_default():
+    held = dn.resolve_held_out(_present(0, 1, 11, 13, 66))
+    assert (held.labels, held.source, held.explicit) == ([0, 11, 13], "paper", False)
+    assert held.by_name == {"aircraft carrier": 0, "axe": 11, "banana": 13}
+    assert held.names == ["aircraft carrier", "axe", "banana"] and held.label_set == frozenset({0, 11, 13})
+    assert held.absent == [n for n in dn.HELD_OUT_CLASSES if n not in held.by_name] and len(held.absent) == 12
+    # every paper class: all 15 resolved, in the paper's order, none absent
+    full = dn.resolve_held_out({c.label: c.folder for c in dn.class_table()})
+    assert full.names == list(dn.HELD_OUT_CLASSES) and full.absent == [] and len(full.labels) == 15
+    # none present: an empty result (each caller words its own error)
+    assert dn.resolve_held_out(_present(1, 2)).labels == []
+
+
+def test_resolve_held_out_by_name_uses_the_data_labels():
+    present = {7: "axe", 66: "cello", 308: "The_Eiffel_Tower"}  # the data says axe is 7
+    held = dn.resolve_held_out(present, ["the eiffel tower", "AXE", "axe"])
+    assert (held.labels, held.by_name, held.source, held.absent, held.explicit) == (
+        [7, 308], {"the eiffel tower": 308, "axe": 7}, "option", [], True)
+    with pytest.raises(ClipgenError, match=r"^--held-out: held-out class 'lion' \(folder lion\) has no images in the "
+                                           r"data$"):
+        dn.resolve_held_out(present, ["lion"])
+    with pytest.raises(ClipgenError, match=r"^--x: held-out class 'lion' is missing$"):
+        dn.resolve_held_out(present, ["lion"], option="--x", missing=lambda n, f: f"held-out class {n!r} is missing")
+    with pytest.raises(ClipgenError, match="did you mean"):
+        dn.resolve_held_out(present, ["bananna"])
+
+
+def test_resolve_held_out_recorded_and_matched():
+    held = dn.resolve_held_out(_present(0, 11, 66), names=None, recorded=[66, 13, 0])
+    assert (held.labels, held.source, held.absent_labels, held.by_name) == ([0, 66], "manifest", [13], {})
+    # an empty record falls back to the paper's classes
+    assert dn.resolve_held_out(_present(0, 11), recorded=[]).source == "paper"
+    # names matched by the data's own names (e.g. a store with any classes)
+    names = {"class 0": 0, "class 1": 1}
+    held = dn.resolve_held_out({0: "class 0", 1: "class 1"}, ["class 1"], match=names.get)
+    assert (held.labels, held.by_name) == ([1], {"class 1": 1})
+    with pytest.raises(ClipgenError, match=r"^--held-out: nope 'class 9'$"):
+        dn.resolve_held_out({}, ["class 9"], match=names.get, missing=lambda n, _: f"nope {n!r}")
+
+
+def test_imagenet_classnames_are_the_published_list():
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    names = dn.imagenet_classnames()
+    assert len(names) == 1000 and len(set(names)) == 1000  # open_clip's has "missile" and "sunglasses" twice
+    assert (names[27], names[638], names[744], names[836]) == ("eft", "maillot", "projectile", "sunglass")
+    assert names[0] == "tench" and names[26] == "smooth newt" and names[837] == "sunglasses" and names[999] == \
+        "toilet paper"
+    # open_clip's list differs at exactly these four indices
+    diff = {i: (a, b) for i, (a, b) in enumerate(zip(names, IMAGENET_CLASSNAMES, strict=True)) if a != b}
+    assert diff == dn.IMAGENET_NAME_DIFFERENCES
+    assert all(n == n.strip() and n for n in names)
+
+
+def test_split_list():
+    assert dn.split_list(" Real, sketch  clipart,,") == ["real", "sketch", "clipart"]
+    assert dn.split_list(["Real ", " ", "x y"]) == ["real", "x y"] and dn.split_list(None) == []
+
+
+def test_choose_domains_as_stored():
+    have = ["clipart", "real", "sketch", "imagenet"]
+    assert dn.choose_domains(have, None, where="the store") == have
+    assert dn.choose_domains(have, ["Sketch", "real", "sketch"], where="the store") == ["sketch", "real"]
+    with pytest.raises(ClipgenError, match=r"^--domains: domain 'quickdraw' is not in the store \(it has: clipart, "
+                                           r"real, sketch, imagenet\)$"):
+        dn.choose_domains(have, ["real", "quickdraw"], where="the store")
+    with pytest.raises(ClipgenError, match=r"^--x: needs at least 3 domains, got 2 \(real, sketch\)$"):
+        dn.choose_domains(have, "real,sketch", where="the store", option="--x", minimum=3)
+
+
+def test_choose_domains_parsed_in_a_pair_order():
+    have = ["sketch", "real", "quickdraw", "imagenet"]
+    kw = dict(where="f.h5", order=dn.CIRCUIT_PAIR_ORDER, parse=True)
+    assert dn.choose_domains(have, "all", **kw) == ["real", "quickdraw", "sketch"]  # imagenet: in no pair order
+    assert dn.choose_domains(have, "sq", **kw) == ["quickdraw", "sketch"]
+    assert dn.choose_domains(have, ["sketch", "r"], **kw) == ["real", "sketch"]
+    with pytest.raises(ClipgenError, match=r"^--domains: domain 'clipart' is not in f.h5 \(it has: sketch, real, "):
+        dn.choose_domains(have, "c,s", **kw)
+    with pytest.raises(ClipgenError, match=r"^--domains: domain 'clipart' is not in f.h5 \(it has: no domains\)$"):
+        dn.choose_domains([], "c", **kw)
+    with pytest.raises(ClipgenError, match=r"^--domains: needs at least 2 domains to compare, got 1 \(sketch\) in "
+                                           r"f.h5$"):
+        dn.choose_domains(have, "s", too_few="needs at least {minimum} domains to compare, got {n} ({domains}) in "
+                                             "{where}", **kw)
+    with pytest.raises(ClipgenError, match="unknown domain"):
+        dn.choose_domains(have, "sculpture", **kw)
+
+
+def test_run_held_out_labels_keep_the_run_record():
+    present = _present(0, 11, 66)
+    # recorded labels are kept, with or without images here (a store or circuits file keeps the run's record)
+    assert dn.run_held_out_labels({"held_out_labels": [174, 11, 11]}, present) == [11, 174]
+    assert dn.run_held_out_labels({"held_out_labels": []}, present) == [0, 11]  # nothing recorded: the paper's
+    assert dn.run_held_out_labels(None, present) == [0, 11]

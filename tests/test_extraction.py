@@ -109,7 +109,7 @@ def test_float32_store_matches_hooks_tightly(tmp_path, random_run_dir, synth_roo
 
 def test_store_metadata(tiny_store, synth_root, random_run_dir):
     from clipgen.datasets import domainnet_records, folders_of
-    from clipgen.evaluation.zeroshot import build_classifier, templates
+    from clipgen.models.zeroshot_classifier import build_classifier, templates
     from clipgen.runs import load_clip
 
     recs = domainnet_records(synth_root, dn.DOMAINS, "test")

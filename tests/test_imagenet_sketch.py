@@ -40,7 +40,7 @@ def sketch_run(synth_root, synth_captioned, tmp_path_factory):
 
 
 def test_captions_follow_the_published_stream(sketch_run):
-    from clipgen.evaluation.zeroshot import imagenet_classnames
+    from clipgen.domainnet import imagenet_classnames
 
     tmp, sk, res = sketch_run
     names = imagenet_classnames()
@@ -58,7 +58,7 @@ def test_captions_follow_the_published_stream(sketch_run):
 
 def test_captions_use_the_published_imagenet_names():
     from clipgen.data.imagenet_sketch import caption_sketches
-    from clipgen.evaluation.zeroshot import imagenet_classnames
+    from clipgen.domainnet import imagenet_classnames
 
     # the published stream (seed 42) gives the first image "an image of the {}."; class 27 is "eft" there
     # (open_clip's list says "newt"), and likewise maillot, projectile and sunglass

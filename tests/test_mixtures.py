@@ -279,7 +279,7 @@ def test_synthetic_quirks_and_default_held_out(synth_root, synth_captioned, tmp_
                                         setups=["cg-low", "cg-high"], test_domains=["painting"]), progress=False)
     # the synthetic default holds 2 of the paper's 15 held-out classes; the default uses those and says so
     assert res.held_out.names == ["axe", "banana"] and len(res.held_out.absent) == 13
-    assert res.held_out.labels == {"axe": 11, "banana": 13}
+    assert res.held_out.by_name == {"axe": 11, "banana": 13}
     rows = read_tsv(tmp_path / "combined-captions-train-lso-cipqrs-nopaintingclasses.tsv")
     assert {Path(p).parent.name for p, _ in rows} >= {"The_Eiffel_Tower", "teddy-bear", "cell_phone", "cello"}
     # the class without painting test images is simply absent from the painting part of the val set
@@ -294,7 +294,7 @@ def test_synthetic_quirks_and_default_held_out(synth_root, synth_captioned, tmp_
 def test_explicit_held_out(synth_root, synth_captioned, tmp_path):
     res = build_mixtures(MixtureConfig(synth_root, synth_captioned, tmp_path, "cello,The Eiffel Tower"),
                          progress=False)
-    assert res.held_out.labels == {"cello": 66, "the eiffel tower": 308}
+    assert res.held_out.by_name == {"cello": 66, "the eiffel tower": 308}
     rows = read_tsv(tmp_path / "combined-captions-train-lso-rs-nosketchclasses.tsv")
     sk = {Path(p).parent.name for p, _ in rows if "/sketch/" in p}
     assert sk == {"axe", "banana", "cell_phone", "teddy-bear"}

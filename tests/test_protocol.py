@@ -78,3 +78,22 @@ def test_imagenet_val_layout(synth_root, tmp_path):
     with pytest.raises(ClipgenError, match="--imagenet: no images under"):
         (tmp_path / "empty").mkdir()
         imagenet_val_records(tmp_path / "empty")
+
+
+def test_paper_held_out_classes_are_found_by_folder_not_by_reference_label(synth_root, tmp_path):
+    """The data's labels come from its split files: a paper class whose folder has no images is absent, even when
+    the data uses the paper class's reference label for another folder (here axe's 11 for cello)."""
+    def relabel(d, s, lines):
+        out = []
+        for x in lines:
+            path, label = x.split()
+            if "/axe/" in path:
+                continue
+            out.append(f"{path} 11" if "/cello/" in path else x)
+        return out
+
+    s = build_eval_set(derived_root(synth_root, tmp_path / "dn", keep=relabel), "sketch")
+    assert s.class_folders[s.class_labels.index(11)] == "cello"
+    h = resolve_held_out(s)
+    assert (h.labels, h.names, h.source) == ([13], ["banana"], "paper")
+    assert "axe" in h.absent and len(h.absent) == 14

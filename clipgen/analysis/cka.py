@@ -45,6 +45,7 @@ from clipgen.analysis.selection import (  # noqa: F401 - re-exported: part of th
     resolve_layers,
     store_domain_names,
 )
+from clipgen.domainnet import DEFAULT_HIGHLIGHT, SUBSETS
 from clipgen.errors import ClipgenError, option_error
 
 KERNELS: tuple[str, ...] = ("linear", "rbf")
@@ -52,7 +53,6 @@ ESTIMATORS: tuple[str, ...] = ("unbiased", "biased")
 #: How σ² of the RBF kernel takes the median of an even number of distances: ``lower`` = the lower of the two middle
 #: values (``torch.median``, the published script's), ``mean`` = their mean (``np.median``).
 RBF_MEDIANS: tuple[str, ...] = ("lower", "mean")
-SUBSETS: tuple[str, ...] = ("all", "id", "ood")
 #: The unbiased HSIC estimator needs n > 3 (it divides by n(n-3)); clipgen requires at least 4 classes for both.
 MIN_CLASSES = 4
 RESULT_FIELDS: tuple[str, ...] = ("layer", "domain_a", "domain_b", "subset", "kernel", "estimator", "n_classes", "cka")
@@ -510,7 +510,7 @@ class CKAConfig:
     held_out: list[str] | None = None  # class names overriding the store's held-out classes
     classes_from: str | None = None  # also restrict every pair to this domain's classes ("painting": as published)
     rbf_median: str = "lower"  # σ² of the RBF kernel for an even count: lower middle value (published) or "mean"
-    highlight: str = "quickdraw"
+    highlight: str = DEFAULT_HIGHLIGHT
     figures: bool = True
     force: bool = False
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipgen.domainnet import DEFAULT_HIGHLIGHT
 from clipgen.errors import ClipgenError, option_error
 
 FORMAT = "clipgen-embedding-analysis"
@@ -182,7 +183,7 @@ class EmbeddingsConfig:
     out: Path
     layer: str = "embedding"
     domains: list[str] | None = None  # None: every stored domain
-    highlight: str = "quickdraw"
+    highlight: str = DEFAULT_HIGHLIGHT
     per_domain: int = 2000
     seed: int = 42  # the published UMAP random_state; here it also seeds the sample
     umap: bool = True

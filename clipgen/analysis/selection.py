@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clipgen import domainnet as dn
 from clipgen.errors import option_error
 
 
@@ -36,18 +37,9 @@ def store_domain_names(store) -> list[str]:
 
 
 def resolve_domains(store, domains: Sequence[str] | None, option: str = "--domains", minimum: int = 2) -> list[str]:
-    """The requested domains (default: every stored one), checked against the store; at least ``minimum``."""
-    have = store_domain_names(store)
-    if not domains:
-        chosen = have
-    else:
-        chosen = list(dict.fromkeys(d.strip().lower() for d in domains if d.strip()))
-        missing = [d for d in chosen if d not in have]
-        if missing:
-            raise option_error(option, f"domain {missing[0]!r} is not in the store (it has: {', '.join(have)})")
-    if len(chosen) < minimum:
-        raise option_error(option, f"needs at least {minimum} domains, got {len(chosen)} ({', '.join(chosen)})")
-    return chosen
+    """The requested domains (default: every stored one), checked against the store; at least ``minimum``
+    (:func:`clipgen.domainnet.choose_domains`, in the order requested, else the store's)."""
+    return dn.choose_domains(store_domain_names(store), domains, where="the store", option=option, minimum=minimum)
 
 
 def resolve_layers(store, layers: Sequence[str] | None, option: str = "--layers") -> list[str]:
@@ -61,17 +53,16 @@ def resolve_layers(store, layers: Sequence[str] | None, option: str = "--layers"
 
 
 def resolve_held_out(store, names: Sequence[str] | None, option: str = "--held-out") -> list[int]:
-    """Held-out labels: the store's, or the given class names looked up in the store's class names."""
+    """Held-out labels: the store's, or the given class names looked up in the store's class names (by
+    :func:`clipgen.domainnet.resolve_held_out`, matching the store's own names: it may hold any classes)."""
     if names is None:
         return sorted({int(h) for h in store.held_out_labels})
-    by_name = {" ".join(n.split()).lower(): lab for lab, n in class_name_map(store).items()}
-    labels = set()
-    for n in names:
-        key = " ".join(n.replace("_", " ").split()).lower()
-        if key not in by_name:
-            raise option_error(option, f"class {n!r} is not among the store's class names")
-        labels.add(by_name[key])
-    return sorted(labels)
+    classes = class_name_map(store)
+    by_name = {" ".join(n.split()).lower(): lab for lab, n in classes.items()}
+    held = dn.resolve_held_out(classes, names, option=option,
+                               match=lambda n: by_name.get(dn.normalise_class_name(n)),
+                               missing=lambda n, _: f"class {n!r} is not among the store's class names")
+    return held.labels
 
 
 def present_labels(store, domains: Sequence[str]) -> dict[str, np.ndarray]:

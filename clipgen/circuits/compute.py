@@ -313,8 +313,7 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
     from clipgen.circuits.chain import make_chain
     from clipgen.datasets import ImageRecord, folders_of
     from clipgen.devices import autocast, resolve_device, resolve_precision
-    from clipgen.evaluation.zeroshot import build_classifier, classnames_from_folders, templates
-    from clipgen.extraction import resolve_held_out
+    from clipgen.models.zeroshot_classifier import build_classifier, classnames_from_folders, templates
     from clipgen.progress import make_progress
     from clipgen.runs import load_clip
     from clipgen.store.shards import parse_shard, shard_path, shard_range
@@ -335,7 +334,7 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
         raise option_error("--model-dir", "missing: the run directory of the model (or --checkpoint FILE --model NAME)")
     loaded = load_clip(cfg.model_dir, cfg.epoch, checkpoint=cfg.checkpoint, model_name=cfg.model, device=device)
     chain = make_chain(loaded.model.visual, loaded.model_name, nodes=cfg.nodes)
-    held = resolve_held_out(loaded.manifest, records)
+    held = dn.run_held_out_labels(getattr(loaded.manifest, "mixture", None), folders)
     labels, explicit = parse_classes(cfg.classes, folders, held)
     plan, absent = plan_entries(splits, labels, explicit, root)
     budget = int(cfg.memory_gb * (1 << 30)) if cfg.memory_gb else default_budget(device)

@@ -50,8 +50,7 @@ def make_batches(plan: Any, records, transform, todo: Sequence[int], *, workers:
     """Batches of the blocks in ``todo`` from image files: ``(images, plan rows, skipped [(row, reason)])``."""
     from torch.utils.data import DataLoader
 
-    from clipgen.datasets import CountingLoader, ImageDataset, collate_skip, load_image
-    from clipgen.evaluation.zeroshot import raise_unreadable
+    from clipgen.datasets import CountingLoader, ImageDataset, collate_skip, load_image, raise_unreadable
 
     batch_sampler = []
     for k in todo:

@@ -182,18 +182,16 @@ def _counts(rows: Sequence[tuple[Any, ...]], held: frozenset[int]) -> dict[str, 
 
 
 def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: bool = True) -> SketchResult:
-    from dataclasses import asdict
-
     from clipgen.artifacts import config_record, write_json_atomic
     from clipgen.data.mixtures import (
         _caption_seed,
         build_mixture,
+        held_out_record,
         load_domainnet,
         make_spec,
         read_base,
         resolve_held_out,
     )
-    from clipgen.evaluation.zeroshot import imagenet_classnames
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv
 
@@ -231,7 +229,7 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
             if p.exists():
                 raise ClipgenError(f"{p}: already exists (pass --force to overwrite)")
 
-    classnames = imagenet_classnames()
+    classnames = dn.imagenet_classnames()
     images = caption_sketches(scan_sketch_root(cfg.sketch_root), classnames, cfg.caption_seed)
     kept = filter_sketches(images, classnames, cfg.filter)
     other = filter_sketches(images, classnames, "substring" if cfg.filter == "class" else "class")
@@ -307,7 +305,7 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
             bpath = cfg.base if split == "train" else cfg.base_val
             info = MixtureInfo(
                 file=fname(split, setup, mode), split=split, setup=sketch_setup, domains=list(src.domains),
-                test_domain=TEST_DOMAIN, held_out=list(held.names), held_out_labels=sorted(held.labels.values()),
+                test_domain=TEST_DOMAIN, held_out=list(held.names), held_out_labels=list(held.labels),
                 aligned=False, size_matched=src.size_match and split == "train",
                 subsample=src.subsample if src.size_match and split == "train" else "none", seed=src.seed,
                 base=str(Path(bpath).resolve()) if bpath else None,
@@ -327,7 +325,8 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
             bar.advance(task)
     write_index(out, infos)
     write_json_atomic(out / CONFIG_NAME, {**config_record("data imagenet-sketch", cfg), "result": {
-        "images": len(images), "kept": len(kept), "kept_with_other_filter": len(other), "held_out": asdict(held)}})
+        "images": len(images), "kept": len(kept), "kept_with_other_filter": len(other),
+        "held_out": held_out_record(held)}})
     return SketchResult(out, infos, out / CAPTIONS_NAME, len(images), len(kept), len(other),
                         len({im.index for im in kept}))
 

@@ -216,34 +216,23 @@ def load_domainnet(root: str | Path, domains: Iterable[str], *, captions: str | 
     return data
 
 
-@dataclass
-class HeldOut:
-    names: list[str]
-    labels: dict[str, int]  # name -> label as the split files give it
-    absent: list[str]  # default classes not in the data (empty for an explicit list)
-    explicit: bool
-
-    @property
-    def label_set(self) -> frozenset[int]:
-        return frozenset(self.labels.values())
-
-
-def resolve_held_out(names: Sequence[str] | None, samples: Sequence[dn.Sample]) -> HeldOut:
+def resolve_held_out(names: Sequence[str] | None, samples: Sequence[dn.Sample]) -> dn.HeldOut:
     """Explicit names must all be DomainNet classes present in the data; the default (the paper's 15) uses those
-    present."""
+    present (:func:`clipgen.domainnet.resolve_held_out` on the split files' label -> folder)."""
     if names is not None:
         names = [n.strip() for n in names if n.strip()]
         if not names:
             raise option_error("--held-out", "no class given")
-        labels = dn.held_out_labels(names, samples, option="--held-out")
-        return HeldOut(list(labels), labels, [], True)
-    present_folders = set(dn.folders_by_label(samples).values())
-    present = [n for n in dn.HELD_OUT_CLASSES if dn.class_by_name(n).folder in present_folders]
-    if not present:
+    held = dn.resolve_held_out(dn.folders_by_label(samples), names, option="--held-out")
+    if not held.labels:
         raise option_error("--held-out", "none of the paper's 15 held-out classes is in the data; name the held-out "
                                          "classes explicitly")
-    labels = dn.held_out_labels(present, samples, option="--held-out")
-    return HeldOut(list(labels), labels, [n for n in dn.HELD_OUT_CLASSES if n not in labels], False)
+    return held
+
+
+def held_out_record(held: dn.HeldOut) -> dict[str, Any]:
+    """The held-out classes as the mixture summaries record them."""
+    return {"names": held.names, "labels": held.by_name, "absent": held.absent, "explicit": held.explicit}
 
 
 def reference_size(data: CaptionedDomainNet, test_domain: str, held: frozenset[int]) -> int:
@@ -399,13 +388,13 @@ def plan_specs(cfg: MixturesConfig) -> list[MixtureSpec]:
 class MixturesResult:
     out: Path
     infos: list[MixtureInfo]
-    held_out: HeldOut
+    held_out: dn.HeldOut
     reference_sizes: dict[str, int]
     summary: Path
     index: Path
 
 
-def _infos_for(b: BuiltMixture, held: HeldOut, base_n: dict[str, int], base: dict[str, Path | None],
+def _infos_for(b: BuiltMixture, held: dn.HeldOut, base_n: dict[str, int], base: dict[str, Path | None],
                caption_seed: int | None, with_dn_files: bool) -> list[tuple[MixtureInfo, list[tuple[str, str]]]]:
     s = b.spec
     out = []
@@ -419,7 +408,7 @@ def _infos_for(b: BuiltMixture, held: HeldOut, base_n: dict[str, int], base: dic
             counts: dict[str, Any] = {"base": nb, **dn_counts, "total": nb + n_dn}
             info = MixtureInfo(
                 file=s.file(split, kind), split=split, setup=s.setup, domains=list(s.domains),
-                test_domain=s.test_domain, held_out=list(held.names), held_out_labels=sorted(held.labels.values()),
+                test_domain=s.test_domain, held_out=list(held.names), held_out_labels=list(held.labels),
                 pseudo=s.pseudo, allow_pct=s.allow_pct, aligned=s.aligned, size_matched=matched,
                 subsample=(s.subsample if matched else "none"), seed=s.seed,
                 base=str(base[split].resolve()) if kind == "combined" and base[split] is not None else None,
@@ -501,10 +490,8 @@ def summary_rows(infos: Sequence[MixtureInfo]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_summary(out: Path, infos: Sequence[MixtureInfo], held: HeldOut, refs: dict[str, int]) -> Path:
+def write_summary(out: Path, infos: Sequence[MixtureInfo], held: dn.HeldOut, refs: dict[str, int]) -> Path:
     """``mixtures-summary.json``: the summary table of every mixture in the folder (merged across runs)."""
-    from dataclasses import asdict
-
     from clipgen.artifacts import write_json_atomic
 
     path = out / SUMMARY_NAME
@@ -522,7 +509,7 @@ def write_summary(out: Path, infos: Sequence[MixtureInfo], held: HeldOut, refs: 
                              counts=m["counts"]) for m in merged.values()]
     doc = {
         "format": "clipgen-mixtures-summary", "version": 1,
-        "held_out": {**asdict(held), "label_set": sorted(held.labels.values())},
+        "held_out": {**held_out_record(held), "label_set": held.labels},
         "reference_sizes": {**old.get("reference_sizes", {}), **refs},
         "columns": sorted(merged),
         "mixtures": [merged[k] for k in sorted(merged)],

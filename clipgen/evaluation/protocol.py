@@ -101,50 +101,24 @@ def build_eval_set(root: str | Path, test_domain: str, option: str = "--test-dom
     )
 
 
-@dataclass
-class HeldOut:
-    """The held-out (OOD) classes of an evaluation, and where they came from."""
-
-    labels: list[int]
-    names: list[str]
-    source: str  # "option", "manifest" or "paper"
-    absent: list[str]  # requested (manifest/paper) classes without images in the evaluated data
-
-    def describe(self) -> dict[str, Any]:
-        return {"labels": self.labels, "names": self.names, "source": self.source, "absent": self.absent}
-
-
 def resolve_held_out(image_set: EvalImageSet, names: Sequence[str] | None = None,
-                     manifest_labels: Sequence[int] | None = None, option: str = "--held-out") -> HeldOut:
-    """Held-out classes present in ``image_set`` (see the module docstring for the order of sources)."""
-    by_folder = {f: c for c, f in zip(image_set.class_labels, image_set.class_folders, strict=True)}
-    name_of = dict(zip(image_set.class_labels, image_set.class_names, strict=True))
-    if names:
-        labels = []
-        for n in names:
-            c = dn.class_by_name(n, option=option)
-            if c.folder not in by_folder:
-                raise option_error(option, f"held-out class {c.name!r} has no test images in "
-                                           f"{' or '.join(image_set.domains)} under {image_set.root}")
-            labels.append(by_folder[c.folder])
-        source, absent = "option", []
-    else:
-        if manifest_labels:
-            wanted, source = [int(x) for x in manifest_labels], "manifest"
-        else:
-            paper = [dn.class_by_name(n) for n in dn.HELD_OUT_CLASSES]
-            wanted = [by_folder.get(c.folder, c.label) for c in paper]
-            source = "paper"
-        labels = [c for c in wanted if c in name_of]
-        absent = [dn.class_by_label(c).name for c in wanted if c not in name_of]
-    labels = sorted(set(labels))
-    if not labels:
-        raise option_error(option, f"no held-out class ({source}) has test images in "
-                                   f"{' or '.join(image_set.domains)} under {image_set.root}; name the held-out "
+                     manifest_labels: Sequence[int] | None = None, option: str = "--held-out") -> dn.HeldOut:
+    """Held-out classes present in ``image_set`` (see the module docstring for the order of sources), by
+    :func:`clipgen.domainnet.resolve_held_out`; an evaluation needs held-out and in-distribution classes. Names
+    are the prompt names of the image set."""
+    where = f"{' or '.join(image_set.domains)} under {image_set.root}"
+    held = dn.resolve_held_out(dict(zip(image_set.class_labels, image_set.class_folders, strict=True)),
+                               names or None, manifest_labels, option=option,
+                               missing=lambda name, _: f"held-out class {name!r} has no test images in {where}")
+    source = held.source
+    absent = [dn.class_by_label(c).name for c in held.absent_labels] if source == "manifest" else held.absent
+    if not held.labels:
+        raise option_error(option, f"no held-out class ({source}) has test images in {where}; name the held-out "
                                    f"classes with {option}")
-    if len(labels) == len(image_set.class_labels):
+    if len(held.labels) == len(image_set.class_labels):
         raise option_error(option, "every evaluated class is held out; no in-distribution classes remain")
-    return HeldOut(labels, [name_of[c] for c in labels], source, absent)
+    name_of = dict(zip(image_set.class_labels, image_set.class_names, strict=True))
+    return dn.HeldOut(held.labels, {name_of[c]: c for c in held.labels}, source, absent, held.absent_labels)
 
 
 def imagenet_val_records(root: str | Path, option: str = "--imagenet") -> list[ImageRecord]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from clipgen.artifacts import sha256_file, write_config
+from clipgen.domainnet import imagenet_classnames
 from clipgen.errors import option_error
 from clipgen.evaluation.protocol import (
     EvalImageSet,
@@ -40,13 +41,8 @@ from clipgen.evaluation.runner import (
     results_dir,
     run_info,
 )
-from clipgen.evaluation.zeroshot import (
-    build_classifier,
-    imagenet_classnames,
-    predict_topk,
-    templates,
-    topk_many,
-)
+from clipgen.evaluation.zeroshot import predict_topk, topk_many
+from clipgen.models.zeroshot_classifier import build_classifier, templates
 
 TOP_K = 5
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipgen.domainnet import DEFAULT_HIGHLIGHT
 from clipgen.errors import ClipgenError
 from clipgen.report.document import Document
 from clipgen.report.numbers import (
@@ -297,7 +298,7 @@ def _cka_section(ctx: _Ctx) -> None:
         ctx.not_computed("CKA between the domains", _need_store(ctx, "clipgen cka {store}"))
         return
     for a, cka in arts:
-        hl = a.option("highlight") or "quickdraw"
+        hl = a.option("highlight") or DEFAULT_HIGHLIGHT
         means = cka_layer_means(cka, hl)
         layers = [lay for lay in cka["layers"] if lay in means]
         if not layers:
@@ -413,7 +414,7 @@ def _embedding_section(ctx: _Ctx) -> None:
         ctx.not_computed("the embedding analysis", _need_store(ctx, "clipgen embeddings {store}"))
         return
     for a, emb in arts:
-        hl = a.option("highlight") or "quickdraw"
+        hl = a.option("highlight") or DEFAULT_HIGHLIGHT
         doms = emb["domains"]
         if hl not in doms:
             doc.p(f"*`{a.path}` has no domain {hl}.*")
@@ -472,7 +473,7 @@ def _circuits_section(ctx: _Ctx) -> None:
         first = (nodes or sim)[0]
         data = (nodes or sim)[1]
         label, name, _ = ctx.label(first)
-        hl = first.option("highlight") or "quickdraw"
+        hl = first.option("highlight") or DEFAULT_HIGHLIGHT
         classes = data.get("classes", {})
         settings = data.get("settings", {})
         doc.p(f"Neuron circuits of the {label} model's zero-shot classifier ({name}) for {len(classes)} classes "
@@ -529,9 +530,10 @@ def _rerun_command(a: Any) -> str | None:
     join = ",".join
     if a.command == "cka":
         return (f"clipgen cka {c['store']} --out {a.path} --subsets {join(c.get('subsets') or ['all'])} --kernels "
-                f"{join(c.get('kernels') or ['linear'])} --highlight {c.get('highlight', 'quickdraw')} --force")
+                f"{join(c.get('kernels') or ['linear'])} --highlight {c.get('highlight', DEFAULT_HIGHLIGHT)} --force")
     if a.command == "embeddings":
-        return f"clipgen embeddings {c['store']} --out {a.path} --highlight {c.get('highlight', 'quickdraw')} --force"
+        return (f"clipgen embeddings {c['store']} --out {a.path} --highlight {c.get('highlight', DEFAULT_HIGHLIGHT)} "
+                "--force")
     if a.command == "sae features":
         return f"clipgen sae features {c['store']} --sae {c['sae']} --out {a.path} --force"
     if a.command == "eval summary":
