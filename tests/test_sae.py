@@ -299,7 +299,7 @@ def test_published_resample_weights_are_the_squared_total_loss():
 
 
 def test_paper_config_switches_on_the_published_computation(tmp_path, planted, monkeypatch):
-    import clipgen.analysis.sae as S
+    import clipgen.analysis.sae.resample as S
 
     x, _ = planted
     seen = {}
