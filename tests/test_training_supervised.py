@@ -1,8 +1,6 @@
 import json
-import random
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,10 +11,8 @@ from clipgen.training.launch import LaunchPlan
 from clipgen.training.supervised import (
     PRESETS,
     SupervisedTrainConfig,
-    param_groups,
     read_metrics,
     resolve_settings,
-    seed_everything,
     train_supervised,
 )
 from tests._fixtures_train import mixture_file, train_mixtures
@@ -42,28 +38,6 @@ def test_paper_preset_settings(tmp_path):
         resolve_settings(SupervisedTrainConfig(train="t", precision="fp16"), tmp_path, LaunchPlan("local", "cpu", 1))
     with pytest.raises(ClipgenError, match=r"^--milestones: \[5, 3\]: must be increasing"):
         resolve_settings(SupervisedTrainConfig(train="t", milestones=[5, 3]), tmp_path, LaunchPlan("local", "cpu", 1))
-
-
-def test_param_groups_exempt_norms_and_biases():
-    model, _, _ = create_supervised("RN-tiny")
-    no_decay, decay = param_groups(model)
-    assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
-    names = {id(p): n for n, p in model.named_parameters()}
-    nd = {names[id(p)] for p in no_decay["params"]}
-    d = {names[id(p)] for p in decay["params"]}
-    assert nd | d == set(names.values()) and not nd & d
-    assert "head.bias" in nd and "visual.bn1.weight" in nd and "visual.bn1.bias" in nd
-    assert "head.weight" in d and "visual.conv1.weight" in d
-    assert all(model.get_parameter(n).ndim >= 2 for n in d)
-
-
-def test_seed_zero_is_seeded():
-    seed_everything(0)
-    a = (torch.rand(3), np.random.rand(), random.random())
-    torch.rand(5)
-    seed_everything(0)
-    b = (torch.rand(3), np.random.rand(), random.random())
-    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
 def _cfg(mix, logs, name, epochs, **kw):

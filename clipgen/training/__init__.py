@@ -2,7 +2,9 @@
 
 - :mod:`clipgen.training.clip` - presets, the ``open_clip_train`` argument list, and the run (``clipgen train clip``)
 - :mod:`clipgen.training.open_clip_entry` - the module the training process runs (``python -m`` / ``torchrun -m``)
-- :mod:`clipgen.training.supervised` - the supervised classifier trainer (``clipgen train supervised``)
+- :mod:`clipgen.training.supervised` - the supervised classifier trainer: settings and the run (``clipgen train
+  supervised``)
+- :mod:`clipgen.training.supervised_worker` - one training process of it (in-process, or ``torchrun -m``)
 - :mod:`clipgen.training.grid` - the paper's grid of runs as a SLURM array job (``clipgen train grid``)
 - :mod:`clipgen.training.launch` - single process, torchrun or srun; device checks
 - :mod:`clipgen.training.checks` - TSV and run-directory checks done before any training starts
