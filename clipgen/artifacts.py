@@ -119,10 +119,13 @@ def save_torch_atomic(obj: Any, path: str | Path) -> Path:
         try:
             with open(tmp, "wb") as f:  # a file object: a full disk is then an OSError (ENOSPC), not torch's
                 torch.save(obj, f)      # RuntimeError without the cause
-        except OSError as e:
-            if e.filename is not None:
+        except (OSError, RuntimeError) as e:
+            # torch's archive writer may fail again while closing after the write failed: a RuntimeError whose
+            # context is the OSError
+            err = e if isinstance(e, OSError) else e.__context__
+            if not isinstance(err, OSError) or (err is e and e.filename is not None):
                 raise
-            raise OSError(e.errno, e.strerror, str(tmp)) from None
+            raise OSError(err.errno, err.strerror, str(tmp)) from None
     return Path(path)
 
 

@@ -145,3 +145,18 @@ def test_preset_is_chosen_from_the_data(train_mixtures, tmp_path):
     prep = prepare_supervised_run(SupervisedTrainConfig(train=train, logs=tmp_path, device="cpu",
                                                         preset="imagenet-captions", model="RN-tiny", batch_size=8))
     assert prep.preset_note.startswith("warning: preset imagenet-captions does not match")
+
+
+def test_full_disk_at_a_checkpoint_is_an_os_error_naming_it(train_mixtures, tmp_path):
+    """A real full disk while the worker saves a checkpoint: an OSError naming the checkpoint (the CLI's one line),
+    and no temporary file left behind (torch alone raises a RuntimeError without the cause)."""
+    from clipgen.errors import os_error_message
+    from tests.conftest import small_disk
+
+    with small_disk(tmp_path, "1m") as mnt:
+        with pytest.raises(OSError) as e:
+            train_supervised(_cfg(train_mixtures, mnt / "logs", "full", 1))
+        msg = os_error_message(e.value)
+        assert msg is not None and msg.startswith(f"disk full: no space left on the device while writing "
+                                                  f"{mnt}/logs/full/checkpoints/epoch_0.pt"), msg
+        assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]

@@ -135,14 +135,6 @@ def _records(tsv: str) -> tuple[list[str], list[int]]:
     return paths, tsv_labels(tsv, paths)
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _init_distributed(s: SupervisedSettings) -> tuple[int, int, Any]:
     """``(rank, local_rank, device)``; initialises the process group when there are several processes."""
     import torch
@@ -171,6 +163,7 @@ def run_worker(s: SupervisedSettings, *, show_progress: bool = True) -> None:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+    from clipgen.artifacts import save_torch_atomic
     from clipgen.devices import autocast
     from clipgen.models.supervised import NUM_IMAGENET, create_supervised
     from clipgen.progress import make_progress
@@ -191,7 +184,7 @@ def run_worker(s: SupervisedSettings, *, show_progress: bool = True) -> None:
         model, pre_train, pre_val = create_supervised(s.model, num_classes=s.num_classes, model_config=s.model_config)
         if rank == 0 and not (ck_dir / "epoch_0.pt").exists():
             ck_dir.mkdir(parents=True, exist_ok=True)
-            _save_atomic({"epoch": 0, "step": 0, "kind": "supervised", "model": s.model,
+            save_torch_atomic({"epoch": 0, "step": 0, "kind": "supervised", "model": s.model,
                           "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}},
                          ck_dir / "epoch_0.pt")
         model.to(device)
@@ -281,9 +274,9 @@ def run_worker(s: SupervisedSettings, *, show_progress: bool = True) -> None:
                     done = epoch + 1
                     sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
                     if done % s.save_every == 0 or done == s.epochs:
-                        _save_atomic({"epoch": done, "step": step, "kind": "supervised", "model": s.model,
+                        save_torch_atomic({"epoch": done, "step": step, "kind": "supervised", "model": s.model,
                                       "state_dict": sd}, ck_dir / f"epoch_{done}.pt")
-                    _save_atomic({"epoch": done, "step": step, "state_dict": sd, "optimizer": opt.state_dict(),
+                    save_torch_atomic({"epoch": done, "step": step, "state_dict": sd, "optimizer": opt.state_dict(),
                                   "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                                   "rng": get_rng_state(), "metrics": rec}, latest)
                 if distributed:
