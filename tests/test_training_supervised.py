@@ -83,7 +83,7 @@ def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     assert [r["epoch"] for r in metrics] == [1, 2, 3] and metrics[-1]["step"] == 3 * (metrics[0]["step"])
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     # the loss curves beside the logs: every epoch's training and validation loss
-    from clipgen.training.clip import training_loss_figure
+    from clipgen.training.curves import training_loss_figure
 
     assert (run / "curves" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
     ax = training_loss_figure({r["epoch"]: r["train_loss"] for r in metrics},

@@ -79,7 +79,7 @@ class SupervisedTrainConfig:
     val: Path | None = None
     logs: Path = Path("logs")
     name: str | None = None
-    preset: str | None = None  # None: chosen from the training data (clipgen.training.clip.choose_preset)
+    preset: str | None = None  # None: chosen from the training data (clipgen.training.clip_settings.choose_preset)
     model: str | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -116,7 +116,7 @@ class SupervisedRunResult:
 def resolve_settings(cfg: SupervisedTrainConfig, run_dir: Path, plan) -> SupervisedSettings:
     from clipgen.models.registry import model_config
     from clipgen.models.supervised import NUM_JOINT
-    from clipgen.training.clip import get_preset
+    from clipgen.training.clip_settings import get_preset
 
     p = get_preset(cfg.preset or "synthetic", PRESETS)  # no preset and no data read (prepare chooses one first)
     model = cfg.model or p.model
@@ -174,7 +174,7 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
     from clipgen.data.mixture_info import read_info
     from clipgen.runs import read_manifest
     from clipgen.training.checks import check_run_dir, check_tsv, load_checkpoint, refuse_other_settings, run_state
-    from clipgen.training.clip import check_run_name, choose_preset, default_run_name, get_preset
+    from clipgen.training.clip_settings import check_run_name, choose_preset, default_run_name, get_preset
     from clipgen.training.labels import tsv_labels
     from clipgen.training.launch import resolve_launch
 
@@ -297,7 +297,7 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
         if metrics:
             m.extra["final_metrics"] = metrics[-1]
         write_manifest(run_dir, m)
-        from clipgen.training.clip import plot_training_curves
+        from clipgen.training.curves import plot_training_curves
 
         plot_training_curves(run_dir, {r["epoch"]: r.get("train_loss") for r in metrics},
                              {r["epoch"]: r.get("val_loss") for r in metrics if "val_loss" in r},
