@@ -111,6 +111,24 @@ def write_json_atomic(path: str | Path, obj: Any, *, force: bool = True, indent:
     return write_text_atomic(path, json.dumps(to_jsonable(obj), indent=indent) + "\n", force=force)
 
 
+def save_torch_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_path`; a full disk is an OSError naming the file."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:  # a file object: a full disk is then an OSError (ENOSPC), not torch's
+                torch.save(obj, f)      # RuntimeError without the cause
+        except (OSError, RuntimeError) as e:
+            # torch's archive writer may fail again while closing after the write failed: a RuntimeError whose
+            # context is the OSError
+            err = e if isinstance(e, OSError) else e.__context__
+            if not isinstance(err, OSError) or (err is e and e.filename is not None):
+                raise
+            raise OSError(err.errno, err.strerror, str(tmp)) from None
+    return Path(path)
+
+
 def config_path_for(artifact: str | Path) -> Path:
     """Where an artifact's config lives: ``DIR/config.json`` for a folder, ``name.config.json`` beside a file."""
     artifact = Path(artifact)

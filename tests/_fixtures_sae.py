@@ -1,8 +1,15 @@
-"""Synthetic data for the SAE tests: sparse non-negative combinations of planted unit-norm dictionary atoms."""
+"""Synthetic data for the SAE tests (sparse non-negative combinations of planted unit-norm dictionary atoms, stores),
+and the small run configurations and models the SAE test modules share."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
+import torch
+
+from clipgen.analysis.sae import SAEArch, SAETrainConfig, SparseAutoencoder
 
 
 def planted_data(n: int = 4096, d: int = 16, n_atoms: int = 24, active: int = 3, seed: int = 0,
@@ -45,3 +52,34 @@ def make_store(path, *, width: int = 16, labels=(0, 11, 13, 25), held_out=(11, 1
                             held_out_labels=list(held_out), provenance=provenance, dtype=dtype,
                             class_names={lab: names.get(lab, f"class{lab}") for lab in labels})
     return path, x
+
+
+def sae_cfg(out, **kw) -> SAETrainConfig:
+    base = dict(out=str(out), expansion=4, l1=3e-2, lr=1e-2, batch_size=128, epochs=2, seed=0, resample_every=0,
+                log_every=128 * 8, val_every=0, checkpoint_every=0, device="cpu")
+    base.update(kw)
+    return SAETrainConfig(**base)
+
+
+def run_log(path) -> list[dict]:
+    return [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module", name="planted")
+def planted_fixture():
+    """``planted``: the data set the SAE tests train on (a test module imports ``planted_fixture`` to use it)."""
+    return planted_data(n=4096, d=16, n_atoms=24, active=3, seed=0)
+
+
+def model_with_dead(n_dead: int) -> SparseAutoencoder:
+    m = SparseAutoencoder(SAEArch(d_in=16, d_sae=64), seed=0)
+    with torch.no_grad():
+        m.b_enc[:n_dead] = -100.0
+    return m
+
+
+def store_cfg(out, stores, **kw):
+    base = dict(stores=[str(s) for s in stores], out=str(out), expansion=2, l1=1e-3, lr=1e-2, batch_size=16,
+                epochs=2, seed=0, resample_every=0, log_every=16 * 4, val_every=0, checkpoint_every=0, device="cpu")
+    base.update(kw)
+    return SAETrainConfig(**base)

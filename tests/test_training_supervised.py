@@ -1,8 +1,6 @@
 import json
-import random
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,10 +11,8 @@ from clipgen.training.launch import LaunchPlan
 from clipgen.training.supervised import (
     PRESETS,
     SupervisedTrainConfig,
-    param_groups,
     read_metrics,
     resolve_settings,
-    seed_everything,
     train_supervised,
 )
 from tests._fixtures_train import mixture_file, train_mixtures
@@ -42,28 +38,6 @@ def test_paper_preset_settings(tmp_path):
         resolve_settings(SupervisedTrainConfig(train="t", precision="fp16"), tmp_path, LaunchPlan("local", "cpu", 1))
     with pytest.raises(ClipgenError, match=r"^--milestones: \[5, 3\]: must be increasing"):
         resolve_settings(SupervisedTrainConfig(train="t", milestones=[5, 3]), tmp_path, LaunchPlan("local", "cpu", 1))
-
-
-def test_param_groups_exempt_norms_and_biases():
-    model, _, _ = create_supervised("RN-tiny")
-    no_decay, decay = param_groups(model)
-    assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
-    names = {id(p): n for n, p in model.named_parameters()}
-    nd = {names[id(p)] for p in no_decay["params"]}
-    d = {names[id(p)] for p in decay["params"]}
-    assert nd | d == set(names.values()) and not nd & d
-    assert "head.bias" in nd and "visual.bn1.weight" in nd and "visual.bn1.bias" in nd
-    assert "head.weight" in d and "visual.conv1.weight" in d
-    assert all(model.get_parameter(n).ndim >= 2 for n in d)
-
-
-def test_seed_zero_is_seeded():
-    seed_everything(0)
-    a = (torch.rand(3), np.random.rand(), random.random())
-    torch.rand(5)
-    seed_everything(0)
-    b = (torch.rand(3), np.random.rand(), random.random())
-    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
 def _cfg(mix, logs, name, epochs, **kw):
@@ -109,7 +83,7 @@ def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     assert [r["epoch"] for r in metrics] == [1, 2, 3] and metrics[-1]["step"] == 3 * (metrics[0]["step"])
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     # the loss curves beside the logs: every epoch's training and validation loss
-    from clipgen.training.clip import training_loss_figure
+    from clipgen.training.curves import training_loss_figure
 
     assert (run / "curves" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
     ax = training_loss_figure({r["epoch"]: r["train_loss"] for r in metrics},
@@ -171,3 +145,18 @@ def test_preset_is_chosen_from_the_data(train_mixtures, tmp_path):
     prep = prepare_supervised_run(SupervisedTrainConfig(train=train, logs=tmp_path, device="cpu",
                                                         preset="imagenet-captions", model="RN-tiny", batch_size=8))
     assert prep.preset_note.startswith("warning: preset imagenet-captions does not match")
+
+
+def test_full_disk_at_a_checkpoint_is_an_os_error_naming_it(train_mixtures, tmp_path):
+    """A real full disk while the worker saves a checkpoint: an OSError naming the checkpoint (the CLI's one line),
+    and no temporary file left behind (torch alone raises a RuntimeError without the cause)."""
+    from clipgen.errors import os_error_message
+    from tests.conftest import small_disk
+
+    with small_disk(tmp_path, "1m") as mnt:
+        with pytest.raises(OSError) as e:
+            train_supervised(_cfg(train_mixtures, mnt / "logs", "full", 1))
+        msg = os_error_message(e.value)
+        assert msg is not None and msg.startswith(f"disk full: no space left on the device while writing "
+                                                  f"{mnt}/logs/full/checkpoints/epoch_0.pt"), msg
+        assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
