@@ -255,10 +255,10 @@ class Demo:
         from clipgen.progress import make_progress
         from clipgen.runs import list_checkpoints
         from clipgen.training.clip import ClipTrainConfig, train_clip
-        from clipgen.training.grid import GridConfig, plan_grid
+        from clipgen.training.grid import TrainGridConfig, plan_grid
 
         s = self.scale
-        grid = GridConfig(index=self.mixtures, logs=self.runs, preset="synthetic", setups=list(SETUPS),
+        grid = TrainGridConfig(index=self.mixtures, logs=self.runs, preset="synthetic", setups=list(SETUPS),
                           test_domains=[self.test_domain], seeds=[self.cfg.seed], no_val=True, model=s.model,
                           epochs=s.epochs)
         tasks = plan_grid(grid)

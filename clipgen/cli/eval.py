@@ -230,14 +230,14 @@ def grid(
     import shlex
 
     from clipgen.errors import ClipgenError
-    from clipgen.evaluation.grid import GridConfig, run_grid
+    from clipgen.evaluation.grid import EvalGridConfig, run_grid
     from clipgen.progress import out as con
     from clipgen.slurm import SlurmConfig
 
     modes = [m for m, on in (("dry-run", dry_run), ("submit", submit), ("local", local)) if on]
     if len(modes) > 1:
         raise ClipgenError(f"--{modes[0]} and --{modes[1]} exclude each other")
-    cfg = GridConfig(runs=list(runs), data_root=data_root, test_domains=test_domains, epochs=epochs,
+    cfg = EvalGridConfig(runs=list(runs), data_root=data_root, test_domains=test_domains, epochs=epochs,
                      out_root=out_root, templates=templates, imagenet=imagenet, stores=list(store or []), images=images,
                      extra_args=shlex.split(task_args) if task_args else [], per_checkpoint=per_checkpoint,
                      jobs_dir=jobs_dir, name=name, mode=modes[0] if modes else "write",

@@ -198,7 +198,7 @@ def grid(
     from clipgen.slurm import SlurmConfig, run_local
     from clipgen.slurm import submit as sbatch
     from clipgen.training.clip import get_preset
-    from clipgen.training.grid import GridConfig, describe, plan_grid, write_grid
+    from clipgen.training.grid import TrainGridConfig, describe, plan_grid, write_grid
 
     if sum((dry_run, submit, local)) > 1:
         raise option_error("--dry-run", "choose one of --dry-run, --submit and --local")
@@ -206,7 +206,7 @@ def grid(
         seed_list = _split_list(seeds, int)
     except ValueError:
         raise option_error("--seeds", f"{seeds!r} is not a comma-separated list of integers") from None
-    cfg = GridConfig(index=index, logs=logs, preset=preset, setups=_split_list(setups) or [],
+    cfg = TrainGridConfig(index=index, logs=logs, preset=preset, setups=_split_list(setups) or [],
                      test_domains=_split_list(test_domains) or [], seeds=seed_list, pseudo=pseudo, aligned=aligned,
                      base=base, val=val, no_val=no_val, model=model, epochs=epochs, gpus=gpus, name_prefix=name_prefix,
                      train_args=list(ctx.args))

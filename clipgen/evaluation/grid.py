@@ -28,7 +28,7 @@ MODES = ("write", "dry-run", "submit", "local")
 
 
 @dataclass
-class GridConfig:
+class EvalGridConfig:
     """Options of ``clipgen eval grid``."""
 
     runs: list[Path]  # run directories, or folders holding run directories
@@ -100,7 +100,7 @@ def _done_epochs(out: Path, checkpoints: dict[int, Path]) -> list[int]:
     return [e for e in done if e not in changed]
 
 
-def plan(cfg: GridConfig) -> tuple[list[GridTask], list[str]]:
+def plan(cfg: EvalGridConfig) -> tuple[list[GridTask], list[str]]:
     """The tasks still to run, and one note per (run, test domain) already complete."""
     if cfg.mode not in MODES:
         raise option_error("--mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
@@ -142,7 +142,7 @@ def plan(cfg: GridConfig) -> tuple[list[GridTask], list[str]]:
     return tasks, notes
 
 
-def task_workers(cfg: GridConfig) -> int:
+def task_workers(cfg: EvalGridConfig) -> int:
     """Data-loading processes of each task: the task's CPUs but one (SLURM), or this machine's usable CPUs but one
     (``--local``)."""
     from clipgen.devices import default_workers
@@ -158,7 +158,7 @@ class GridOutcome:
     job_id: str | None
 
 
-def run_grid(cfg: GridConfig) -> GridOutcome:
+def run_grid(cfg: EvalGridConfig) -> GridOutcome:
     """Plan the grid, then write the job script (write, submit) and submit it, or run the tasks here (local);
     ``dry-run`` plans only."""
     tasks, notes = plan(cfg)

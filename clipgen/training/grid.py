@@ -27,7 +27,7 @@ MAIN_SETUPS: tuple[str, ...] = ("natural-only", "cg-low", "cg-high", "leave-out-
 
 
 @dataclass
-class GridConfig:
+class TrainGridConfig:
     """Options of ``clipgen train grid``."""
 
     index: Path  # folder with mixtures.json (or the mixtures.json file itself)
@@ -91,7 +91,7 @@ def load_index(index: Path) -> tuple[Path, list[dict[str, Any]]]:
     return p.parent, entries
 
 
-def _matches(e: dict[str, Any], setup: str, domain: str | None, split: str, cfg: GridConfig) -> bool:
+def _matches(e: dict[str, Any], setup: str, domain: str | None, split: str, cfg: TrainGridConfig) -> bool:
     return (e.get("setup") == setup and e.get("split") == split
             and (domain is None or e.get("test_domain") == domain)
             and bool(e.get("pseudo", False)) == cfg.pseudo and bool(e.get("aligned", False)) == cfg.aligned
@@ -109,7 +109,7 @@ def select_base(found: list[dict[str, Any]], base: str | None) -> list[dict[str,
     return [e for e in found if e.get("base") and (e["base"] == base or base in Path(e["base"]).name)]
 
 
-def find_mixture(entries: list[dict[str, Any]], setup: str, domain: str | None, split: str, cfg: GridConfig,
+def find_mixture(entries: list[dict[str, Any]], setup: str, domain: str | None, split: str, cfg: TrainGridConfig,
                  index_file: Path, required: bool = True) -> dict[str, Any] | None:
     found = select_base([e for e in entries if _matches(e, setup, domain, split, cfg)], cfg.base)
     what = f"{setup}" + (f" / {domain}" if domain else "") + f" ({split})"
@@ -139,7 +139,7 @@ def run_name(setup: str, domain: str | None, seed: int, prefix: str = "") -> str
     return f"{prefix}{setup}" + (f"-{domain}" if domain else "") + f"-s{seed}"
 
 
-def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
+def plan_grid(cfg: TrainGridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     """All tasks of the grid, in a fixed order (seed, then setup, then test domain, each in the paper's order),
     with their status."""
     from clipgen.training.clip import get_preset
