@@ -12,7 +12,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from clipgen.cli.common import emit_json
+from clipgen.cli.common import emit_json, split_list
 from clipgen.cli.main import app
 from clipgen.cli.reference import _commands
 
@@ -45,6 +45,15 @@ def test_emit_json_is_one_document_with_paths_numpy_values_and_nan_as_null(capsy
     text = capsys.readouterr().out
     assert json.loads(text) == {"out": "/x/y", "n": 3, "v": [0.5, None], "f": None}
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_split_list_of_a_comma_separated_option():
+    assert split_list(None) is None
+    assert split_list("") == [] and split_list(" , ,") == []
+    assert split_list(" a, b ,,c ") == ["a", "b", "c"]
+    assert split_list("0, 2", int) == [0, 2]
+    with pytest.raises(ValueError):
+        split_list("0,x", int)
 
 
 @pytest.mark.parametrize("path", JSON_COMMANDS)

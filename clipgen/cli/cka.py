@@ -6,13 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import force_option, json_option, progress_option, writable
-
-
-def _split(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+from clipgen.cli.common import force_option, json_option, progress_option, split_list, writable
 
 
 def cka(
@@ -57,9 +51,9 @@ def cka(
 
     if out is None:
         out = store.with_name(store.stem + "-cka")
-    cfg = CKAConfig(store=store, out=out, layers=_split(layers), domains=_split(domains),
-                    subsets=_split(subsets) or [], kernels=_split(kernels) or [],
-                    estimators=_split(estimators) or [], held_out=_split(held_out),
+    cfg = CKAConfig(store=store, out=out, layers=split_list(layers), domains=split_list(domains),
+                    subsets=split_list(subsets) or [], kernels=split_list(kernels) or [],
+                    estimators=split_list(estimators) or [], held_out=split_list(held_out),
                     classes_from=classes_from.strip().lower() if classes_from else None,
                     rbf_median=rbf_median.strip().lower(),
                     highlight=highlight.strip().lower(), figures=figures, force=force)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -44,6 +45,14 @@ def json_option(help: str = "Print one JSON document (key numbers and output pat
                             "notes and progress go to stderr.") -> Any:
     """``--json`` (a flag, default off)."""
     return typer.Option(False, "--json", help=help)
+
+
+def split_list(value: str | None, cast: Callable[[str], Any] = str) -> list | None:
+    """A comma-separated option value as a list (items stripped, empty items dropped, each passed through
+    ``cast``, whose ValueError the caller words for its option); None stays None."""
+    if value is None:
+        return None
+    return [cast(v.strip()) for v in value.split(",") if v.strip()]
 
 
 # -- checks of option values that Typer's ``min=`` cannot say: a failed check is a usage error (one line, exit 2)

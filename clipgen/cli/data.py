@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import force_option, json_option, progress_option, writable
+from clipgen.cli.common import force_option, json_option, progress_option, split_list, writable
 
 app = typer.Typer(help="Prepare data: synthetic DomainNet, captions, ImageNet-Captions, mixtures, merges.",
                   no_args_is_help=True)
@@ -50,7 +50,7 @@ def synth(
     from clipgen.progress import out as con
 
     cfg = SynthConfig(
-        out=out, classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+        out=out, classes=split_list(classes or None),
         n_classes=n_classes, n_held_out=n_held_out, train_per_class=train_per_class, test_per_class=test_per_class,
         base_per_class=base_per_class, base_extra_classes=base_extra_classes, image_size=image_size, seed=seed,
         quirks=quirks, workers=workers, split_sizes=parse_split_sizes(split_sizes) if split_sizes else None,
@@ -66,15 +66,11 @@ def synth(
     con.print(f"contact sheet: {res.contact_sheet}")
 
 
-def _split_list(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
 def _float_list(value: str | None, option: str) -> list[float]:
     from clipgen.errors import option_error
 
     out = []
-    for v in _split_list(value):
+    for v in split_list(value) or []:
         try:
             out.append(float(v))
         except ValueError:
@@ -162,10 +158,10 @@ def mixtures(
 
     tds = list(dn.parse_domains(test_domain, option="--test-domain", allowed=dn.TEST_DOMAINS))
     cfg = MixturesConfig(
-        root=root, out=out, captions=captions_dir, paper=paper, setups=_split_list(setup),
-        domain_sets=_split_list(domains), test_domains=tds, pseudo=pseudo,
+        root=root, out=out, captions=captions_dir, paper=paper, setups=split_list(setup) or [],
+        domain_sets=split_list(domains) or [], test_domains=tds, pseudo=pseudo,
         allow_pct=_float_list(allow_pct, "--allow-pct"), aligned=aligned, size_match=size_match,
-        subsample=subsample, seed=seed, held_out=_split_list(held_out) if held_out is not None else None,
+        subsample=subsample, seed=seed, held_out=split_list(held_out),
         base=base, base_val=base_val, check_files=check_files,
     )
     res = build_mixtures(cfg, force=force, progress=progress)
@@ -236,7 +232,7 @@ def merge_base(
     from clipgen.data.base import merge_base as run
     from clipgen.progress import out as con
 
-    res = run(MergeBaseConfig(base=base, mixtures=mixtures_dir, out=out, identifiers=_split_list(identifiers),
+    res = run(MergeBaseConfig(base=base, mixtures=mixtures_dir, out=out, identifiers=split_list(identifiers) or [],
                               name=name, check_files=check_files), force=force)
     for f, i in zip(res.files, res.infos, strict=True):
         con.print(f"{f}: {res.base_rows:,} base + {i.counts['total'] - res.base_rows:,} DomainNet rows")
@@ -270,10 +266,10 @@ def imagenet_sketch(
     from clipgen.data.mixture_info import SKETCH_MIX_MODES
     from clipgen.progress import out as con
 
-    mode_list = list(SKETCH_MIX_MODES) if modes.strip() == "all" else _split_list(modes)
-    cfg = SketchConfig(root=root, sketch_root=sketch_root, out=out, variants=_split_list(variant), modes=mode_list,
+    mode_list = list(SKETCH_MIX_MODES) if modes.strip() == "all" else split_list(modes) or []
+    cfg = SketchConfig(root=root, sketch_root=sketch_root, out=out, variants=split_list(variant) or [], modes=mode_list,
                        filter=filter_, caption_seed=caption_seed, seed=seed, captions=captions_dir,
-                       held_out=_split_list(held_out) if held_out is not None else None, base=base,
+                       held_out=split_list(held_out), base=base,
                        base_val=base_val, size_match=size_match, subsample=subsample, subsample_seed=subsample_seed,
                        check_files=check_files)
     res = build_sketch_mixtures(cfg, force=force)

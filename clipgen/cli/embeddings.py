@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import force_option, json_option, progress_option, writable
+from clipgen.cli.common import force_option, json_option, progress_option, split_list, writable
 
 
 def embeddings(
@@ -45,7 +45,7 @@ def embeddings(
     if out is None:
         out = store.with_name(store.stem + "-embeddings")
     cfg = EmbeddingsConfig(store=store, out=out, layer=layer,
-                           domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+                           domains=split_list(domains or None),
                            highlight=highlight.strip().lower(), per_domain=per_domain, seed=seed, umap=umap,
                            n_neighbors=n_neighbors, min_dist=min_dist, densmap=densmap, figures=figures, force=force)
     res = run_embeddings(cfg, progress=progress)

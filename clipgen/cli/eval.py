@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import device_option, force_option, json_option, precision_option, progress_option, writable
+from clipgen.cli.common import (
+    device_option,
+    force_option,
+    json_option,
+    precision_option,
+    progress_option,
+    split_list,
+    writable,
+)
 
 app = typer.Typer(help="Evaluate checkpoints (zero-shot CLIP, supervised), summarise runs as the paper's Figure 2, "
                        "and run evaluation grids on SLURM.", no_args_is_help=True)
@@ -37,10 +45,6 @@ _ON_ERROR = typer.Option("fail", "--on-error", help="Unreadable image: fail, or 
 _FORCE = force_option("Discard an existing results.json in the output and start over.")
 _PROGRESS = progress_option()
 _JSON = json_option()
-
-
-def _split(s: str | None) -> list[str] | None:
-    return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
 def _report(outcome, as_json: bool = False) -> None:
@@ -123,7 +127,8 @@ def zero_shot(
 
     cfg = ZeroShotConfig(data_root=data_root, model_dir=model_dir, checkpoints=list(checkpoints or []), model=model,
                          epochs=epochs, test_domain=test_domain, out=out, templates=templates,
-                         held_out=_split(held_out), imagenet=imagenet, stores=list(store or []), device=device,
+                         held_out=split_list(held_out or None), imagenet=imagenet, stores=list(store or []),
+                         device=device,
                          precision=precision, batch_size=batch_size, workers=workers, memory_gb=memory_gb,
                          images=images, on_error=on_error, force=force, progress=progress)
     _report(run_zero_shot(cfg), as_json)
@@ -157,7 +162,8 @@ def supervised(
     from clipgen.evaluation.supervised_eval import SupervisedConfig, run_supervised
 
     cfg = SupervisedConfig(data_root=data_root, model_dir=model_dir, checkpoints=list(checkpoints or []),
-                           model=model, epochs=epochs, test_domain=test_domain, out=out, held_out=_split(held_out),
+                           model=model, epochs=epochs, test_domain=test_domain, out=out,
+                           held_out=split_list(held_out or None),
                            device=device, precision=precision, batch_size=batch_size, workers=workers,
                            memory_gb=memory_gb, images=images, on_error=on_error, force=force, progress=progress)
     _report(run_supervised(cfg), as_json)

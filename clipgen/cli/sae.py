@@ -13,17 +13,12 @@ from clipgen.cli.common import (
     positive,
     precision_option,
     progress_option,
+    split_list,
     writable,
 )
 
 app = typer.Typer(help="Sparse autoencoders on an activation store: train, and SAE feature sharing between domains.",
                   no_args_is_help=True)
-
-
-def _csv(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 @app.command("train")
@@ -180,13 +175,13 @@ def features(
     from clipgen.errors import option_error
 
     try:
-        k_values = [int(v) for v in _csv(ks) or []]
+        k_values = split_list(ks, int) or []
     except ValueError:
         raise option_error("--ks", f"expected comma-separated integers, got {ks!r}") from None
     if out is None:
         out = (sae if sae.is_dir() else sae.parent) / "features"
     cfg = FeatureSharingConfig(store=str(store), sae=str(sae), out=str(out), layer=layer, test_domain=test_domain,
-                               classes=_csv(classes), split=split, top=top, ks=k_values,
+                               classes=split_list(classes), split=split, top=top, ks=k_values,
                                zero_bins=zero_bins.strip().lower(), batch_size=batch_size, device=device,
                                names=str(names) if names else None)
     res, path = run_feature_sharing(cfg, force=force, progress=progress)

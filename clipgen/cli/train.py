@@ -6,18 +6,20 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import device_option, force_option, positive, precision_option, progress_option, writable
+from clipgen.cli.common import (
+    device_option,
+    force_option,
+    positive,
+    precision_option,
+    progress_option,
+    split_list,
+    writable,
+)
 
 app = typer.Typer(help="Train CLIP (OpenCLIP's own trainer), supervised classifiers, and the paper's grid.",
                   no_args_is_help=True)
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def _split_list(value: str | None, cast=str) -> list | None:
-    if value is None:
-        return None
-    return [cast(x.strip()) for x in value.split(",") if x.strip()]
 
 
 @app.command("clip", context_settings=_PASS_THROUGH)
@@ -124,7 +126,7 @@ def supervised(
     from clipgen.training.supervised import SupervisedTrainConfig, train_supervised
 
     try:
-        ms = _split_list(milestones, int)
+        ms = split_list(milestones, int)
     except ValueError:
         from clipgen.errors import option_error
 
@@ -203,11 +205,11 @@ def grid(
     if sum((dry_run, submit, local)) > 1:
         raise option_error("--dry-run", "choose one of --dry-run, --submit and --local")
     try:
-        seed_list = _split_list(seeds, int)
+        seed_list = split_list(seeds, int)
     except ValueError:
         raise option_error("--seeds", f"{seeds!r} is not a comma-separated list of integers") from None
-    cfg = TrainGridConfig(index=index, logs=logs, preset=preset, setups=_split_list(setups) or [],
-                     test_domains=_split_list(test_domains) or [], seeds=seed_list, pseudo=pseudo, aligned=aligned,
+    cfg = TrainGridConfig(index=index, logs=logs, preset=preset, setups=split_list(setups) or [],
+                     test_domains=split_list(test_domains) or [], seeds=seed_list, pseudo=pseudo, aligned=aligned,
                      base=base, val=val, no_val=no_val, model=model, epochs=epochs, gpus=gpus, name_prefix=name_prefix,
                      train_args=list(ctx.args))
     p = get_preset(preset)
