@@ -4,7 +4,7 @@ import shlex
 import pytest
 
 from clipgen.errors import ClipgenError
-from clipgen.training.grid import TrainGridConfig, load_index, plan_grid, run_name, write_grid
+from clipgen.training.grid import TrainGridConfig, load_index, plan_grid, run_grid, run_name, write_grid
 from tests._fixtures_train import mixture_file, train_mixtures
 
 FIXTURES = (train_mixtures,)
@@ -106,6 +106,22 @@ def test_write_array_job(train_mixtures, tmp_path):
         t.done = True
     with pytest.raises(ClipgenError, match="every run of the grid is complete"):
         write_grid(tasks, tmp_path / "out2", "job", SlurmConfig())
+
+
+def test_run_grid_modes(train_mixtures, tmp_path):
+    """The mode dispatch of 'clipgen train grid' is the library's: dry-run writes nothing, write (the default)
+    writes the array job with the preset's reference GPUs per task, and on_plan sees the grid before any run."""
+    logs = tmp_path / "logs"
+    dry = run_grid(TrainGridConfig(index=train_mixtures, logs=logs, seeds=[0], mode="dry-run"))
+    assert dry.script is None and dry.job_id is None and not logs.exists()
+    assert dry.summary == "16 runs, 0 complete, 16 to train" and len(dry.pending) == 16
+    assert all(_opt(t.argv, "--gpus") == "4" and _opt(t.argv, "--log") == "live" for t in dry.tasks)
+    seen = []
+    res = run_grid(TrainGridConfig(index=train_mixtures, logs=logs, seeds=[0]), on_plan=lambda g: seen.append(g.script))
+    assert res.script == logs / "grid" / "clipgen-train.sbatch" and seen == [res.script] and res.job_id is None
+    assert "#SBATCH --gres=gpu:4" in res.script.read_text() and "srun" in res.script.read_text()
+    with pytest.raises(ClipgenError, match="unknown mode 'later'"):
+        run_grid(TrainGridConfig(index=train_mixtures, mode="later"))
 
 
 def test_base_selection(train_mixtures, tmp_path):

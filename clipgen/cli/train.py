@@ -197,10 +197,8 @@ def grid(
     skipped; other arguments are passed to every 'clipgen train clip'."""
     from clipgen.errors import option_error
     from clipgen.progress import out
-    from clipgen.slurm import SlurmConfig, run_local
-    from clipgen.slurm import submit as sbatch
-    from clipgen.training.clip import get_preset
-    from clipgen.training.grid import TrainGridConfig, describe, plan_grid, write_grid
+    from clipgen.slurm import SlurmConfig
+    from clipgen.training.grid import TrainGridConfig, describe, run_grid
 
     if sum((dry_run, submit, local)) > 1:
         raise option_error("--dry-run", "choose one of --dry-run, --submit and --local")
@@ -208,34 +206,24 @@ def grid(
         seed_list = split_list(seeds, int)
     except ValueError:
         raise option_error("--seeds", f"{seeds!r} is not a comma-separated list of integers") from None
+    mode = "dry-run" if dry_run else "submit" if submit else "local" if local else "write"
     cfg = TrainGridConfig(index=index, logs=logs, preset=preset, setups=split_list(setups) or [],
-                     test_domains=split_list(test_domains) or [], seeds=seed_list, pseudo=pseudo, aligned=aligned,
-                     base=base, val=val, no_val=no_val, model=model, epochs=epochs, gpus=gpus, name_prefix=name_prefix,
-                     train_args=list(ctx.args))
-    p = get_preset(preset)
-    if not local and cfg.gpus is None:
-        cfg.gpus = p.reference_gpus or None
-    tasks = plan_grid(cfg, log_mode="bar" if local else "live")
-    pending = [t for t in tasks if not t.done]
-    summary = f"{len(tasks)} runs, {len(tasks) - len(pending)} complete, {len(pending)} to train"
-    if dry_run:
-        out.print(describe(tasks), markup=False, highlight=False)
-        out.print(summary)
-        return
+                          test_domains=split_list(test_domains) or [], seeds=seed_list, pseudo=pseudo,
+                          aligned=aligned, base=base, val=val, no_val=no_val, model=model, epochs=epochs, gpus=gpus,
+                          name_prefix=name_prefix, train_args=list(ctx.args), mode=mode, out=out_dir,
+                          slurm=SlurmConfig(job_name=job_name, partition=partition, account=account, qos=qos,
+                                            time=time_limit, cpus_per_task=cpus_per_task, mem=mem,
+                                            max_parallel=max_parallel, setup=list(setup_cmd)))
+
+    def announce(planned) -> None:
+        if dry_run:
+            out.print(describe(planned.tasks), markup=False, highlight=False)
+        out.print(planned.summary)
+
+    res = run_grid(cfg, on_plan=announce)
     if local:
-        out.print(summary)
-        if pending:
-            run_local([t.argv for t in pending], description="grid runs")
         out.print(f"runs in {Path(logs).resolve()}")
-        return
-    n_gpus = cfg.gpus or 0
-    scfg = SlurmConfig(job_name=job_name, partition=partition, account=account, qos=qos, time=time_limit,
-                       gpus_per_node=n_gpus, ntasks_per_node=max(1, n_gpus), cpus_per_task=cpus_per_task, mem=mem,
-                       max_parallel=max_parallel, setup=list(setup_cmd), use_srun=n_gpus > 1)
-    script = write_grid(tasks, out_dir or Path(logs) / "grid", job_name, scfg)
-    out.print(summary)
-    if submit:
-        job = sbatch(script)
-        out.print(f"submitted array job {job}: {script}")
-    else:
-        out.print(f"job script: {script} (submit with 'sbatch {script}' or --submit)")
+    elif res.job_id is not None:
+        out.print(f"submitted array job {res.job_id}: {res.script}")
+    elif res.script is not None:
+        out.print(f"job script: {res.script} (submit with 'sbatch {res.script}' or --submit)")

@@ -4,8 +4,9 @@ Mixtures are found through the ``mixtures.json`` index that ``clipgen data mixtu
 (:mod:`clipgen.data.mixture_info`), never by parsing file names. Each task is one ``clipgen train clip``
 command (the same command continues its run, so a requeued or re-submitted task continues where it stopped; the
 ``--resume`` it carries changes nothing and keeps the task lines valid for older clipgen versions); tasks whose last
-checkpoint exists are skipped. The tasks go to a SLURM array job (:mod:`clipgen.slurm`), or run one after
-another on this machine (``--local``).
+checkpoint exists are skipped. :func:`run_grid` plans the tasks, then, by the config's ``mode``, writes them as a SLURM
+array job (:mod:`clipgen.slurm`; ``write``, the default), writes and submits it (``submit``), runs them one after
+another on this machine (``local``), or only plans (``dry-run``), as ``clipgen eval grid`` does.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from clipgen import domainnet as dn
 from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.slurm import SlurmConfig
 
 #: The main grid of the paper (Figure 2).
 MAIN_SETUPS: tuple[str, ...] = ("natural-only", "cg-low", "cg-high", "leave-out-domain")
+#: What :func:`run_grid` does with the planned tasks.
+MODES = ("write", "dry-run", "submit", "local")
 
 
 @dataclass
@@ -47,6 +52,11 @@ class TrainGridConfig:
     gpus: int | None = None  # per task; default: the preset's reference GPU count for SLURM, auto for --local
     name_prefix: str = ""
     train_args: list[str] = field(default_factory=list)  # extra arguments for every 'clipgen train clip'
+    mode: str = "write"  # one of MODES
+    out: Path | None = None  # where the job script goes (default: LOGS/grid)
+    slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="clipgen-train", time="24:00:00",
+                                                                     cpus_per_task=6))
+    #  (slurm.job_name also names the script; its GPUs per node, tasks per node and srun come from ``gpus``)
 
 
 @dataclass
@@ -225,3 +235,46 @@ def write_grid(tasks: list[GridTask], out_dir: Path, job_name: str, slurm_cfg) -
     write_json_atomic(Path(out_dir) / f"{job_name}.grid.json",
                       {"tasks": [asdict(t) for t in tasks], "array": [t.name for t in pending]})
     return script
+
+
+@dataclass
+class TrainGridOutcome:
+    tasks: list[GridTask]  # every run of the grid, complete or not
+    script: Path | None  # the array job (write, submit)
+    job_id: str | None  # (submit)
+
+    @property
+    def pending(self) -> list[GridTask]:
+        return [t for t in self.tasks if not t.done]
+
+    @property
+    def summary(self) -> str:
+        n, todo = len(self.tasks), len(self.pending)
+        return f"{n} runs, {n - todo} complete, {todo} to train"
+
+
+def run_grid(cfg: TrainGridConfig, on_plan: Callable[[TrainGridOutcome], None] | None = None) -> TrainGridOutcome:
+    """Plan the grid, then by ``cfg.mode`` write its array job (write), write and submit it (submit), train the
+    pending runs one after another here (local), or stop (dry-run). ``on_plan`` sees the planned grid, with its
+    job script written, before any run starts or the job is submitted (to report it first). Without ``cfg.gpus``
+    a SLURM task gets the preset's reference GPU count, a local run chooses by itself."""
+    from clipgen.slurm import run_local, submit
+    from clipgen.training.clip import get_preset
+
+    if cfg.mode not in MODES:
+        raise option_error("--mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
+    local = cfg.mode == "local"
+    if not local and cfg.gpus is None:
+        cfg = replace(cfg, gpus=get_preset(cfg.preset).reference_gpus or None)
+    outcome = TrainGridOutcome(plan_grid(cfg, log_mode="bar" if local else "live"), None, None)
+    if not local and cfg.mode != "dry-run":
+        n_gpus = cfg.gpus or 0
+        scfg = replace(cfg.slurm, gpus_per_node=n_gpus, ntasks_per_node=max(1, n_gpus), use_srun=n_gpus > 1)
+        outcome.script = write_grid(outcome.tasks, cfg.out or Path(cfg.logs) / "grid", scfg.job_name, scfg)
+    if on_plan is not None:
+        on_plan(outcome)
+    if local and outcome.pending:
+        run_local([t.argv for t in outcome.pending], description="grid runs")
+    if cfg.mode == "submit":
+        outcome.job_id = submit(outcome.script)
+    return outcome
