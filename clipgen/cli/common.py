@@ -137,3 +137,89 @@ def hide_flag_metavars() -> None:
         return columns
 
     rich_utils._get_parameter_help = parameter_help
+
+
+# -- which config dataclass each command fills, and the options whose parameter is named otherwise than the field it
+#    sets (a dotted field is one of a nested config's). The CLI's error mapping names a field's flag from this, and
+#    a test checks every mapped option's default against its field's.
+
+#: command path -> ("module:ConfigClass", {parameter: field})
+CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
+    "circuits compute": ("clipgen.circuits.compute:CircuitsConfig", {}),
+    "circuits merge": ("clipgen.circuits.store:MergeConfig", {}),
+    "circuits nodes": ("clipgen.circuits.similarity:NodeSimilarityConfig", {}),
+    "circuits similarity": ("clipgen.circuits.similarity:CircuitSimilarityConfig", {}),
+    "circuits plot": ("clipgen.circuits.similarity:PlotConfig", {}),
+    "cka": ("clipgen.analysis.cka:CKAConfig", {}),
+    "data synth": ("clipgen.data.synth:SynthConfig", {}),
+    "data captions": ("clipgen.data.captions:CaptionConfig", {}),
+    "data mixtures": ("clipgen.data.mixtures:MixturesConfig",
+                      {"captions_dir": "captions", "setup": "setups", "domains": "domain_sets",
+                       "test_domain": "test_domains"}),
+    "data imagenet-captions": ("clipgen.data.imagenet_captions:ImageNetCaptionsConfig", {}),
+    "data merge-base": ("clipgen.data.base:MergeBaseConfig", {"mixtures_dir": "mixtures"}),
+    "data imagenet-sketch": ("clipgen.data.imagenet_sketch:SketchConfig",
+                             {"variant": "variants", "filter_": "filter", "captions_dir": "captions"}),
+    "data cache": ("clipgen.data.image_cache:CacheConfig", {}),
+    "demo": ("clipgen.demo:DemoConfig", {}),
+    "embeddings": ("clipgen.analysis.embeddings:EmbeddingsConfig", {}),
+    "eval zero-shot": ("clipgen.evaluation.zeroshot_eval:ZeroShotConfig", {"store": "stores"}),
+    "eval supervised": ("clipgen.evaluation.supervised_eval:SupervisedConfig", {}),
+    "eval summary": ("clipgen.evaluation.summary:SummaryConfig", {"results": "inputs"}),
+    "eval grid": ("clipgen.evaluation.grid:EvalGridConfig",
+                  {"store": "stores", "task_args": "extra_args", "partition": "slurm.partition",
+                   "account": "slurm.account", "qos": "slurm.qos", "time": "slurm.time",
+                   "cpus_per_task": "slurm.cpus_per_task", "gpus": "slurm.gpus_per_node", "mem": "slurm.mem",
+                   "max_parallel": "slurm.max_parallel", "setup": "slurm.setup"}),
+    "extract": ("clipgen.extraction:ExtractConfig", {"layer": "layers"}),
+    "extract layers": ("clipgen.extraction:ExtractConfig", {}),
+    "report": ("clipgen.report:ReportConfig", {"study": "inputs"}),
+    "sae train": ("clipgen.analysis.sae:SAETrainConfig", {}),
+    "sae features": ("clipgen.analysis.feature_sharing:FeatureSharingConfig", {}),
+    "sae names": ("clipgen.analysis.sae_names:SaeNamesConfig", {}),
+    "status": ("clipgen.status:StatusConfig", {"study": "inputs"}),
+    "train clip": ("clipgen.training.clip:ClipTrainConfig", {}),
+    "train supervised": ("clipgen.training.supervised:SupervisedTrainConfig", {}),
+    "train grid": ("clipgen.training.grid:TrainGridConfig",
+                   {"out_dir": "out", "job_name": "slurm.job_name", "partition": "slurm.partition",
+                    "account": "slurm.account", "qos": "slurm.qos", "time_limit": "slurm.time",
+                    "cpus_per_task": "slurm.cpus_per_task", "mem": "slurm.mem", "max_parallel": "slurm.max_parallel",
+                    "setup_cmd": "slurm.setup"}),
+}
+
+
+def default(config: type, name: str) -> Any:
+    """The default of field ``name`` of the config dataclass ``config``: an option's default lives in one place,
+    the config (``typer.Option(default(CKAConfig, "batch_size"), "--batch-size")``). A dotted name reaches into a
+    nested config's default (``"slurm.time"``); a list default comes as a fresh list."""
+    import dataclasses
+
+    head, _, rest = name.partition(".")
+    f = next((f for f in dataclasses.fields(config) if f.name == head), None)
+    if f is None:
+        raise AttributeError(f"{config.__name__} has no field {head!r}")
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        raise TypeError(f"{config.__name__}.{head} has no default")
+    for part in rest.split(".") if rest else ():
+        value = getattr(value, part)
+    return list(value) if isinstance(value, list) else value
+
+
+def default_list(config: type, name: str) -> str:
+    """A list field's default as the comma-separated text of its option (``"linear,rbf"``)."""
+    return ",".join(map(str, default(config, name)))
+
+
+def option_for_field(command: Any, path: str, field: str) -> str:
+    """The flag (or argument name) of ``command`` (a Click command at ``path``, e.g. ``"train grid"``) that sets
+    config field ``field``; ``--`` + the field with dashes where no option sets it."""
+    renames = CONFIGS.get(path, ("", {}))[1]
+    for p in getattr(command, "params", ()):
+        if renames.get(p.name, p.name) == field:
+            longs = [o for o in p.opts if o.startswith("--")]
+            return longs[0] if longs else p.human_readable_name
+    return "--" + field.replace("_", "-")

@@ -1,7 +1,8 @@
 """The root ``clipgen`` app.
 
-Each command group lives in its own module and imports only Typer at module level; library code (and torch,
-open_clip, umap) is imported inside command bodies, so ``clipgen --help`` answers in well under a second.
+Each command group lives in its own module and imports, at module level, only Typer and the config dataclasses its
+options take their defaults from (:func:`clipgen.cli.common.default`); the code that does the work (and torch,
+open_clip, umap) is imported inside command bodies, so ``clipgen --help`` stays fast.
 
 Errors: a :class:`~clipgen.errors.ClipgenError`, a usage error, or an OSError a user can fix (disk full, permission
 denied, read-only file system, a path blocked by a regular file; :func:`~clipgen.errors.os_error_message`) becomes

@@ -7,12 +7,18 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import default
+from clipgen.status import StatusConfig
+
 
 def status(
     study: list[Path] = typer.Argument(..., help="Study folder(s) searched for runs, results, stores and analyses."),
-    runs: list[Path] = typer.Option([], "--runs", help="Another folder of run directories (repeatable)."),
-    stores: list[Path] = typer.Option([], "--stores", help="Another folder of activation stores (repeatable)."),
-    analyses: list[Path] = typer.Option([], "--analyses", help="Another folder of analysis outputs (repeatable)."),
+    runs: list[Path] = typer.Option(default(StatusConfig, "runs"), "--runs",
+                                    help="Another folder of run directories (repeatable)."),
+    stores: list[Path] = typer.Option(default(StatusConfig, "stores"), "--stores",
+                                      help="Another folder of activation stores (repeatable)."),
+    analyses: list[Path] = typer.Option(default(StatusConfig, "analyses"), "--analyses",
+                                        help="Another folder of analysis outputs (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
 ) -> None:
     """Per run: trained epochs / planned, evaluated epochs per test domain, stores and analyses present."""

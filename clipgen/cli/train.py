@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from clipgen.cli.common import (
+    default,
+    default_list,
     device_option,
     force_option,
     positive,
@@ -15,6 +17,9 @@ from clipgen.cli.common import (
     split_list,
     writable,
 )
+from clipgen.training.clip import ClipTrainConfig
+from clipgen.training.grid import TrainGridConfig
+from clipgen.training.supervised import SupervisedTrainConfig
 
 app = typer.Typer(help="Train CLIP (OpenCLIP's own trainer), supervised classifiers, and the paper's grid.",
                   no_args_is_help=True)
@@ -27,13 +32,14 @@ def clip(
     ctx: typer.Context,
     train: Path = typer.Option(..., "--train", help="Training mixture TSV (filepath<TAB>title)."),
     val: Path | None = typer.Option(None, "--val", help="Validation TSV (open_clip's contrastive val metrics)."),
-    logs: Path = typer.Option(Path("logs"), "--logs", callback=writable, help="Folder of run directories."),
+    logs: Path = typer.Option(default(ClipTrainConfig, "logs"), "--logs",
+                              callback=writable, help="Folder of run directories."),
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME (default: TSV-MODEL-sSEED)."),
     preset: str | None = typer.Option(None, "--preset", help="imagenet-captions, ccxm or synthetic (default: chosen "
                                                              "from the training data's base dataset or size)."),
     model: str | None = typer.Option(None, "--model", help="Model name (open_clip's, or RN-tiny, RN-small, "
-                                                                      "ViT-tiny)."),
+                                                           "ViT-tiny)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (preset)."),
     lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (preset)."),
     warmup: int | None = typer.Option(None, "--warmup", min=0, help="Warm-up steps (preset)."),
@@ -45,18 +51,21 @@ def clip(
     precision: str | None = precision_option(default=None, help="open_clip precision (amp, fp32, bf16, ...) "
                                                                 "(preset on GPU, fp32 on CPU)."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Data-loader workers per process (preset)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(default(ClipTrainConfig, "seed"), "--seed", help="Random seed."),
     device: str = device_option("auto, cpu or cuda."),
     gpus: int | None = typer.Option(None, "--gpus", min=0, help="Number of GPUs (one process each; torchrun or srun)."),
     nproc: int | None = typer.Option(None, "--nproc", min=1,
                                      help="Number of processes on CPU (gloo; for testing DDP)."),
-    launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
-    resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
-                                                        "existing run from its last checkpoint anyway."),
+    launcher: str = typer.Option(default(ClipTrainConfig, "launcher"), "--launcher",
+                                 help="auto, local, torchrun or srun."),
+    resume: bool = typer.Option(default(ClipTrainConfig, "resume"), "--resume",
+                                help="Accepted for compatibility: the same command continues an "
+                                     "existing run from its last checkpoint anyway."),
     force: bool = force_option("Delete an existing run of this name and start over."),
-    log: str = typer.Option("bar", "--log", help="bar (progress bar + warnings), live (the trainer's whole log) "
-                                                 "or quiet."),
-    check_sample: int = typer.Option(256, "--check-sample", min=0,
+    log: str = typer.Option(default(ClipTrainConfig, "log"), "--log",
+                            help="bar (progress bar + warnings), live (the trainer's whole log) "
+                                 "or quiet."),
+    check_sample: int = typer.Option(default(ClipTrainConfig, "check_sample"), "--check-sample", min=0,
                                      help="Image paths checked to exist before training."),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="CPU threads of each training process (default: torch's; on a small "
@@ -86,7 +95,8 @@ def clip(
 def supervised(
     train: Path = typer.Option(..., "--train", help="Training mixture TSV (captions are ignored)."),
     val: Path | None = typer.Option(None, "--val", help="Validation TSV (loss and accuracy after each epoch)."),
-    logs: Path = typer.Option(Path("logs"), "--logs", callback=writable, help="Folder of run directories."),
+    logs: Path = typer.Option(default(SupervisedTrainConfig, "logs"), "--logs",
+                              callback=writable, help="Folder of run directories."),
     name: str | None = typer.Option(None, "--name",
                                     help="Run name: the run directory is LOGS/NAME "
                                          "(default: TSV-MODEL-supervised-sSEED, e.g. mix-RN50-supervised-s0)."),
@@ -98,26 +108,28 @@ def supervised(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="Global batch size, split over processes (preset)."),
     milestones: str | None = typer.Option(None, "--milestones", help="Epochs after which lr is multiplied by "
-                                                                      "--gamma, comma-separated (preset)."),
+                                                                     "--gamma, comma-separated (preset)."),
     gamma: float | None = typer.Option(None, "--gamma", callback=positive,
                                        help="Learning-rate factor at each milestone (0.1)."),
     momentum: float | None = typer.Option(None, "--momentum", min=0.0, help="Nesterov momentum (0.9)."),
     wd: float | None = typer.Option(None, "--wd", min=0.0, help="Weight decay (not on norms, biases, 1-D) (1e-4)."),
     precision: str | None = precision_option(default=None, help="fp32, fp16 or bf16 (mixed) (fp16 on GPU, "
-                                                                   "fp32 on CPU)."),
+                                                                "fp32 on CPU)."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Data-loader workers per process (preset)."),
     save_every: int | None = typer.Option(None, "--save-every", min=1, help="Checkpoint every N epochs (5)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (0 seeds too)."),
+    seed: int = typer.Option(default(SupervisedTrainConfig, "seed"), "--seed", help="Random seed (0 seeds too)."),
     device: str = device_option("auto, cpu or cuda."),
     gpus: int | None = typer.Option(None, "--gpus", min=0, help="Number of GPUs (one process each; torchrun or srun)."),
     nproc: int | None = typer.Option(None, "--nproc", min=1, help="Number of processes on CPU (gloo)."),
-    launcher: str = typer.Option("auto", "--launcher", help="auto, local, torchrun or srun."),
-    resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
-                                                        "existing run from checkpoints/latest.pt anyway."),
+    launcher: str = typer.Option(default(SupervisedTrainConfig, "launcher"), "--launcher",
+                                 help="auto, local, torchrun or srun."),
+    resume: bool = typer.Option(default(SupervisedTrainConfig, "resume"), "--resume",
+                                help="Accepted for compatibility: the same command continues an "
+                                     "existing run from checkpoints/latest.pt anyway."),
     force: bool = force_option("Delete an existing run of this name and start over."),
     progress: bool = progress_option(),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar (the same as --no-progress)."),
-    check_sample: int = typer.Option(256, "--check-sample", min=0,
+    check_sample: int = typer.Option(default(SupervisedTrainConfig, "check_sample"), "--check-sample", min=0,
                                      help="Image paths checked to exist before training."),
 ) -> None:
     """Train the paper's supervised baseline (image tower + ReLU + linear head over 1000 ImageNet + 345 DomainNet
@@ -152,45 +164,52 @@ def supervised(
 def grid(
     ctx: typer.Context,
     index: Path = typer.Option(..., "--index", help="Folder with mixtures.json (written by 'clipgen data mixtures')."),
-    logs: Path = typer.Option(Path("logs"), "--logs", callback=writable,
+    logs: Path = typer.Option(default(TrainGridConfig, "logs"), "--logs", callback=writable,
                               help="Folder of the run directories (one per experiment "
-                                                           "family)."),
-    preset: str = typer.Option("imagenet-captions", "--preset", help="imagenet-captions, ccxm or synthetic."),
-    setups: str = typer.Option(",".join(("natural-only", "cg-low", "cg-high", "leave-out-domain")), "--setups",
+                                   "family)."),
+    preset: str = typer.Option(default(TrainGridConfig, "preset"), "--preset",
+                               help="imagenet-captions, ccxm or synthetic."),
+    setups: str = typer.Option(default_list(TrainGridConfig, "setups"), "--setups",
                                help="Comma-separated setups.",
                                show_default="natural-only, cg-low, cg-high, leave-out-domain"),
-    test_domains: str = typer.Option("clipart,infograph,painting,quickdraw,sketch", "--test-domains",
+    test_domains: str = typer.Option(default_list(TrainGridConfig, "test_domains"), "--test-domains",
                                      help="Comma-separated test domains.",
                                      show_default="clipart, infograph, painting, quickdraw, sketch"),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds (preset: 0,1,2; ccxm: 0)."),
-    pseudo: bool = typer.Option(False, "--pseudo", help="Train the upper-bound mixtures (held-out classes kept)."),
-    aligned: bool = typer.Option(False, "--aligned", help="Train the aligned-caption mixtures."),
+    pseudo: bool = typer.Option(default(TrainGridConfig, "pseudo"), "--pseudo",
+                                help="Train the upper-bound mixtures (held-out classes kept)."),
+    aligned: bool = typer.Option(default(TrainGridConfig, "aligned"), "--aligned",
+                                 help="Train the aligned-caption mixtures."),
     base: str | None = typer.Option(None, "--base", help="Base dataset of the mixtures: a base TSV name or part of it "
                                                          "(e.g. cc12m), or 'none' for DomainNet-only TSVs (default: "
                                                          "the mixtures that have a base)."),
     val: Path | None = typer.Option(None, "--val", help="One validation TSV for every run (each mixture's own)."),
-    no_val: bool = typer.Option(False, "--no-val", help="Train without validation data."),
+    no_val: bool = typer.Option(default(TrainGridConfig, "no_val"), "--no-val", help="Train without validation data."),
     model: str | None = typer.Option(None, "--model", help="Model for every run (preset)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs for every run (preset)."),
     gpus: int | None = typer.Option(None, "--gpus", min=0, help="GPUs per run (SLURM: the paper's 4 (ccxm 8); --local: "
-                                                         "auto)."),
-    name_prefix: str = typer.Option("", "--name-prefix", help="Prefix of every run name."),
+                                                                "auto)."),
+    name_prefix: str = typer.Option(default(TrainGridConfig, "name_prefix"), "--name-prefix",
+                                    help="Prefix of every run name."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the task list and write nothing."),
     submit: bool = typer.Option(False, "--submit", help="Write the array job and submit it with sbatch."),
     local: bool = typer.Option(False, "--local", help="Run the pending tasks one after another on this machine."),
     out_dir: Path | None = typer.Option(None, "--out", callback=writable,
                                         help="Where the job script goes (LOGS/grid)."),
-    job_name: str = typer.Option("clipgen-train", "--job-name", help="SLURM job name (also the script's name)."),
+    job_name: str = typer.Option(default(TrainGridConfig, "slurm.job_name"), "--job-name",
+                                 help="SLURM job name (also the script's name)."),
     partition: str | None = typer.Option(None, "--partition", help="SLURM partition."),
     account: str | None = typer.Option(None, "--account", help="SLURM account."),
     qos: str | None = typer.Option(None, "--qos", help="SLURM QOS."),
-    time_limit: str = typer.Option("24:00:00", "--time", help="SLURM time limit per task."),
-    cpus_per_task: int = typer.Option(6, "--cpus-per-task", min=1, help="CPUs per SLURM task (per GPU)."),
+    time_limit: str = typer.Option(default(TrainGridConfig, "slurm.time"), "--time", help="SLURM time limit per task."),
+    cpus_per_task: int = typer.Option(default(TrainGridConfig, "slurm.cpus_per_task"), "--cpus-per-task",
+                                      min=1, help="CPUs per SLURM task (per GPU)."),
     mem: str | None = typer.Option(None, "--mem", help="SLURM memory per node, e.g. 128G."),
     max_parallel: int | None = typer.Option(None, "--max-parallel", min=1,
                                             help="At most this many array tasks at once."),
-    setup_cmd: list[str] = typer.Option([], "--setup-cmd", help="Shell line run before each task (repeatable), "
-                                                                 "e.g. 'source .venv/bin/activate'."),
+    setup_cmd: list[str] = typer.Option(default(TrainGridConfig, "slurm.setup"), "--setup-cmd",
+                                        help="Shell line run before each task (repeatable), "
+                                             "e.g. 'source .venv/bin/activate'."),
 ) -> None:
     """Train the paper's grid: natural-only + {CG low, CG high, leave-out-domain} x test domains x seeds, as a
     SLURM array job (default: write it), --submit, --dry-run, or --local. Runs whose last checkpoint exists are
