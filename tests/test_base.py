@@ -86,8 +86,8 @@ def test_merge_bad_input(cc_mixtures, tmp_path):
             merge_base(MergeBaseConfig(**cfg), progress=False)
         assert not (tmp_path / "bad").exists()
 
-    fails(r"--identifiers: no training mixture 'lso-ir-noinfographclasses'", identifiers=["ir-noinfographclasses"])
-    fails(r"--mixtures: .* has no mixtures.json", mixtures=tmp_path)
+    fails(r"^identifiers: no training mixture 'lso-ir-noinfographclasses'", identifiers=["ir-noinfographclasses"])
+    fails(r"^mixtures: .* has no mixtures.json", mixtures=tmp_path)
     fails(r"--base: .*nothing.tsv: base TSV not found", base=tmp_path / "nothing.tsv")
     bad = tmp_path / "bad.tsv"
     bad.write_text("filepath\ttitle\n/a.jpg\tok\n/b.jpg\n")
@@ -95,7 +95,7 @@ def test_merge_bad_input(cc_mixtures, tmp_path):
     bad.write_text("path\tcaption\n/a.jpg\tok\n")
     fails(r"bad.tsv:1: header .* lacks column", base=bad)
     bad.write_text("filepath\ttitle\n")
-    fails(r"--base: .*bad.tsv: base TSV has no rows", base=bad)
+    fails(r"^base: .*bad.tsv: base TSV has no rows", base=bad)
     fails(r"missing.tsv:2: image /data/base/img_0000.jpg does not exist",
           base=write_base(tmp_path / "x" / "missing.tsv", 2), check_files=True)
 

@@ -74,7 +74,7 @@ def test_job_script_and_modes(runs, uneven_root, tmp_path):
     dry = run_grid(EvalGridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "dry", mode="dry-run"))
     assert [t.argv for t in dry.tasks] == [t.argv for t in res.tasks] and dry.script is None
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
-    with pytest.raises(ClipgenError, match="--mode: unknown mode"):
+    with pytest.raises(ClipgenError, match="^mode: unknown mode"):
         plan(EvalGridConfig(runs=[cgl], data_root=uneven_root, mode="later"))
     with pytest.raises(ClipgenError, match="no clipgen run"):
         discover_runs([tmp_path / "jobs"])

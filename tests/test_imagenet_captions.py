@@ -89,9 +89,9 @@ def test_existing_outputs_and_bad_input(tmp_path):
     fails(bad, r"bad.json: expected a JSON list")
     bad.write_text('[{"filename": "a.JPEG", "wnid": "n1", "tags": "x"}]')
     fails(bad, r"bad.json: entry 0: 'tags' must be a list")
-    fails(tmp_path / "nope.json", r"--captions-json: .*nope.json: file not found")
-    fails(js, r"--imagenet-train: .* is not a folder", train_dir=tmp_path / "nothing")
+    fails(tmp_path / "nope.json", r"^captions_json: .*nope.json: file not found")
+    fails(js, r"^imagenet_train: .* is not a folder", train_dir=tmp_path / "nothing")
     empty = tmp_path / "empty"
     empty.mkdir()
-    fails(js, r"--imagenet-train: none of the 5 images", train_dir=empty)
-    fails(js, r"--val-fraction: 1.0 is not in \[0, 1\)", val_fraction=1.0)
+    fails(js, r"^imagenet_train: none of the 5 images", train_dir=empty)
+    fails(js, r"^val_fraction: 1.0 is not in \[0, 1\)", val_fraction=1.0)

@@ -105,9 +105,9 @@ def test_other_layers_and_bad_input_are_refused(setup, tmp_path, random_run_dir)
     empty.write_text("\n \n")
     with pytest.raises(ClipgenError, match="empty.txt: the vocabulary is empty"):
         run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(empty), device="cpu"))
-    with pytest.raises(ClipgenError, match="--template"):
+    with pytest.raises(ClipgenError, match="^template: "):
         run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), template="a photo", device="cpu"))
-    with pytest.raises(ClipgenError, match="--top-k"):
+    with pytest.raises(ClipgenError, match="^top_k: "):
         run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), top_k=0, device="cpu"))
     ck1 = random_run_dir / "checkpoints" / "epoch_1.pt"  # not the checkpoint the store was extracted with
     with pytest.raises(ClipgenError, match="not the checkpoint whose embeddings the SAE was trained on"):

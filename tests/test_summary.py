@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.evaluation.summary import SummaryConfig, find_results, summarise
 from tests._fixtures_eval import fake_results
 
@@ -64,7 +64,7 @@ def test_means_and_stds_by_hand(results_dir, tmp_path):
         assert (tmp_path / "s" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "s" / "config.json").exists()
     # an existing summary needs --force
-    with pytest.raises(ClipgenError, match=r"--out: .*summary.csv already exists \(use --force to replace it\)"):
+    with pytest.raises(ConfigFieldError, match=r"^out: .*summary.csv already exists \(use --force to replace it\)"):
         summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "s"))
 
 
@@ -74,11 +74,11 @@ def test_epoch_metric_and_domain_choices(results_dir, tmp_path):
     ub = [r for r in res.rows if r["setup"].endswith("(upper bound)")][0]
     assert ub["ood_acc_mean"] == pytest.approx(0.9) and ub["ood_acc_unweighted_mean"] == 0.0
     assert list(res.rows[0])[3:5] == ["ood_acc_unweighted_mean", "ood_acc_unweighted_std"]
-    with pytest.raises(ClipgenError, match="--epoch: .* has no epoch 5"):
+    with pytest.raises(ConfigFieldError, match="^epoch: .* has no epoch 5"):
         summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", epoch="5"))
-    with pytest.raises(ClipgenError, match="--metric: unknown metric 'acc'"):
+    with pytest.raises(ConfigFieldError, match="^metric: unknown metric 'acc'"):
         summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", metric="acc"))
-    with pytest.raises(ClipgenError, match="--domain: must be 'test' or 'real'"):
+    with pytest.raises(ConfigFieldError, match="^domain: must be 'test' or 'real'"):
         summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", domain="clipart"))
 
 

@@ -55,9 +55,9 @@ def test_selection_skip_and_overrides(train_mixtures, tmp_path):
 
 
 def test_index_errors(train_mixtures, tmp_path):
-    with pytest.raises(ClipgenError, match=r"^--index: .*mixtures\.json not found"):
+    with pytest.raises(ClipgenError, match=r"^index: .*mixtures\.json not found"):
         plan_grid(TrainGridConfig(index=tmp_path))
-    with pytest.raises(ClipgenError, match=r"^--setups: unknown setup 'cg-mid'"):
+    with pytest.raises(ClipgenError, match=r"^setups: unknown setup 'cg-mid'"):
         plan_grid(TrainGridConfig(index=train_mixtures, setups=["cg-mid"]))
     with pytest.raises(ClipgenError, match=r"^--test-domains: 'real' is not a test domain"):
         plan_grid(TrainGridConfig(index=train_mixtures, test_domains=["real"]))

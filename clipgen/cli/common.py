@@ -221,5 +221,5 @@ def option_for_field(command: Any, path: str, field: str) -> str:
     for p in getattr(command, "params", ()):
         if renames.get(p.name, p.name) == field:
             longs = [o for o in p.opts if o.startswith("--")]
-            return longs[0] if longs else p.human_readable_name
+            return longs[0] if longs else (getattr(p, "metavar", None) or p.name.upper())
     return "--" + field.replace("_", "-")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from clipgen import domainnet as dn
 from clipgen.artifacts import atomic_path, config_record, write_json_atomic
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 
 ALIGNED_DIR = "aligned-captions"
 DEFAULT_SUBDIR = "captions"
@@ -127,7 +127,7 @@ def build_captions(cfg: CaptionConfig, *, force: bool = False, progress: bool = 
 
     root = Path(cfg.root)
     if not root.is_dir():
-        raise option_error("--root", f"{root} is not a folder")
+        raise ConfigFieldError("root", f"{root} is not a folder")
     out = Path(cfg.out) if cfg.out is not None else default_captions_dir(root)
     kinds = [False, True] if cfg.aligned else [False]
     targets = [caption_path(out, d, s, a) for a in kinds for d in dn.DOMAINS for s in dn.SPLITS]

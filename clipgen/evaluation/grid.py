@@ -19,7 +19,7 @@ from pathlib import Path
 
 from clipgen import domainnet as dn
 from clipgen.artifacts import write_config
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.evaluation.results import RESULTS_NAME, read_results
 from clipgen.runs import MANIFEST_NAME, RunManifest, list_checkpoints, parse_epochs, read_manifest
 from clipgen.slurm import SlurmConfig, run_local, submit, write_array_job
@@ -68,10 +68,10 @@ def discover_runs(paths: Sequence[str | Path]) -> list[Path]:
             found.append(p)
             continue
         if not p.is_dir():
-            raise option_error("RUNS", f"{p} is not a directory")
+            raise ConfigFieldError("runs", f"{p} is not a directory")
         hits = sorted({m.parent for pat in (f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}") for m in p.glob(pat)})
         if not hits:
-            raise option_error("RUNS", f"no clipgen run (with {MANIFEST_NAME}) in or under {p}")
+            raise ConfigFieldError("runs", f"no clipgen run (with {MANIFEST_NAME}) in or under {p}")
         found += hits
     return list(dict.fromkeys(found))
 
@@ -103,7 +103,7 @@ def _done_epochs(out: Path, checkpoints: dict[int, Path]) -> list[int]:
 def plan(cfg: EvalGridConfig) -> tuple[list[GridTask], list[str]]:
     """The tasks still to run, and one note per (run, test domain) already complete."""
     if cfg.mode not in MODES:
-        raise option_error("--mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
+        raise ConfigFieldError("mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
     tasks: list[GridTask] = []
     notes: list[str] = []
     for run in discover_runs(cfg.runs):

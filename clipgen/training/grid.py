@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 from clipgen.slurm import SlurmConfig
 
 #: The main grid of the paper (Figure 2).
@@ -79,8 +79,8 @@ def _index_path(index: Path) -> Path:
     if p.is_dir():
         p = p / INDEX_NAME
     if not p.is_file():
-        raise option_error("--index", f"{p} not found (run 'clipgen data mixtures' first; it writes mixtures.json "
-                                      f"next to the TSVs)")
+        raise ConfigFieldError("index", f"{p} not found (run 'clipgen data mixtures' first; it writes mixtures.json "
+                                        f"next to the TSVs)")
     return p
 
 
@@ -157,15 +157,15 @@ def plan_grid(cfg: TrainGridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     preset = get_preset(cfg.preset)
     for s in cfg.setups:
         if s not in MAIN_SETUPS:
-            raise option_error("--setups", f"unknown setup {s!r} (one of {', '.join(MAIN_SETUPS)})")
+            raise ConfigFieldError("setups", f"unknown setup {s!r} (one of {', '.join(MAIN_SETUPS)})")
     chosen = {dn.parse_test_domain(d, option="--test-domains") for d in cfg.test_domains}
     domains = [d for d in dn.TEST_DOMAINS if d in chosen]  # canonical order, no repeats
     setups = [s for s in MAIN_SETUPS if s in cfg.setups]
     if not domains or not setups:
-        raise option_error("--setups" if not setups else "--test-domains", "nothing selected")
+        raise ConfigFieldError("setups" if not setups else "test_domains", "nothing selected")
     seeds = list(preset.seeds if cfg.seeds is None else cfg.seeds)
     if not seeds:
-        raise option_error("--seeds", "no seed given")
+        raise ConfigFieldError("seeds", "no seed given")
     epochs = cfg.epochs or preset.epochs
     folder, entries = load_index(cfg.index)
     index_file = _index_path(cfg.index)
@@ -173,7 +173,7 @@ def plan_grid(cfg: TrainGridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     val_fixed = None
     if cfg.val is not None:
         if not Path(cfg.val).is_file():
-            raise option_error("--val", f"{cfg.val}: TSV file not found")
+            raise ConfigFieldError("val", f"{cfg.val}: TSV file not found")
         val_fixed = os.path.abspath(cfg.val)
 
     combos: list[tuple[str, str | None]] = []
@@ -262,7 +262,7 @@ def run_grid(cfg: TrainGridConfig, on_plan: Callable[[TrainGridOutcome], None] |
     from clipgen.training.clip import get_preset
 
     if cfg.mode not in MODES:
-        raise option_error("--mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
+        raise ConfigFieldError("mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
     local = cfg.mode == "local"
     if not local and cfg.gpus is None:
         cfg = replace(cfg, gpus=get_preset(cfg.preset).reference_gpus or None)
