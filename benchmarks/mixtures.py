@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         n = make_root(root, args.scale)
         print(f"text-only DomainNet: {n:,} images (scale {args.scale:g}), made in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
-        build_captions(CaptionConfig(root=root), force=True, progress=False)
+        build_captions(CaptionConfig(root=root, force=True), progress=False)
         t_caps = time.perf_counter() - t
         print(f"captions (standard + aligned, 24 files): {t_caps:.1f} s")
 

@@ -224,7 +224,7 @@ class Demo:
                             base_per_class=s.base_per_class, base_extra_classes=s.base_extra_classes,
                             image_size=s.image_size, seed=self.cfg.seed)
         res = generate(synth, force=True, progress=self.cfg.progress)
-        build_captions(CaptionConfig(root=self.data), force=True, progress=self.cfg.progress)
+        build_captions(CaptionConfig(root=self.data, force=True), progress=self.cfg.progress)
         return {"root": str(self.data), "contact_sheet": str(res.contact_sheet)}
 
     def stage_mixtures(self) -> dict[str, Any]:
@@ -362,7 +362,7 @@ class Demo:
                                      epochs=s.sae_epochs, lr=s.sae_lr, batch_size=s.sae_batch, seed=self.cfg.seed,
                                      device=self.device_arg), resume=True, progress=self.cfg.progress)
             # names from the built-in vocabulary; the features below are labelled with them
-            run_sae_names(SaeNamesConfig(sae=str(out), device=self.device_arg), force=True)
+            run_sae_names(SaeNamesConfig(sae=str(out), device=self.device_arg, force=True))
             feats = out / "features"
             run_feature_sharing(FeatureSharingConfig(store=str(self.store(setup, "test")), sae=str(out),
                                                      out=str(feats), test_domain=self.test_domain,

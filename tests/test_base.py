@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -66,7 +67,7 @@ def test_merge_all_relative_paths_and_force(cc_mixtures, tmp_path):
     assert default_base_name(cc) == "cc12m" and res.files[0].name.startswith("cc12m-train-lso-")
     with pytest.raises(ClipgenError, match="already exists .*--force"):
         merge_base(cfg, progress=False)
-    merge_base(cfg, force=True, progress=False)
+    merge_base(dataclasses.replace(cfg, force=True), progress=False)
     # merging into the mixture folder itself: the merged files are not taken as sources next time
     cfg2 = MergeBaseConfig(base=cc, mixtures=cc_mixtures[True], out=cc_mixtures[True], name="ccx",
                            identifiers=["rs-nosketchclasses"])

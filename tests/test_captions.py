@@ -116,7 +116,7 @@ def test_existing_outputs_need_force(text_root, tmp_path):
     with pytest.raises(ClipgenError, match="already exists.*--force"):
         build_captions(CaptionConfig(root=text_root, out=out, aligned=False, seed=1), progress=False)
     assert (out / "sketch_test.tsv").read_text() == before
-    build_captions(CaptionConfig(root=text_root, out=out, aligned=False, seed=1), force=True, progress=False)
+    build_captions(CaptionConfig(root=text_root, out=out, aligned=False, seed=1, force=True), progress=False)
     assert (out / "sketch_test.tsv").read_text() != before
 
 

@@ -73,7 +73,7 @@ def test_existing_outputs_and_bad_input(tmp_path):
     build_imagenet_captions(ImageNetCaptionsConfig(js, train, out), progress=False)
     with pytest.raises(ClipgenError, match="in-captions-train.tsv: already exists .*--force"):
         build_imagenet_captions(ImageNetCaptionsConfig(js, train, out), progress=False)
-    build_imagenet_captions(ImageNetCaptionsConfig(js, train, out), force=True, progress=False)
+    build_imagenet_captions(ImageNetCaptionsConfig(js, train, out, force=True), progress=False)
 
     def fails(path, message, train_dir=train, **kw):
         with pytest.raises(ClipgenError, match=message):

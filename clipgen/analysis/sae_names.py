@@ -142,6 +142,7 @@ class SaeNamesConfig:
     model: str | None = None
     batch_size: int = 256
     device: str = "auto"
+    force: bool = False  # replace names made with other settings
 
 
 @dataclass
@@ -237,7 +238,7 @@ def cached_text_embeddings(cache_dir: Path, loaded: Any, terms: list[str], templ
     return emb, False
 
 
-def run_sae_names(cfg: SaeNamesConfig, *, force: bool = False) -> SaeNames:
+def run_sae_names(cfg: SaeNamesConfig) -> SaeNames:
     """Name every latent of the SAE ``cfg.sae``; writes OUT/names.json, OUT/names.csv and OUT/config.json (OUT
     defaults to SAE_RUN/names), and, when ``sae features`` results exist in SAE_RUN/features, the named top latents
     of every class there."""
@@ -271,7 +272,7 @@ def run_sae_names(cfg: SaeNamesConfig, *, force: bool = False) -> SaeNames:
     vocab_sha = vocabulary_sha256(terms)
     sae_sha = sha256_file(info["path"])
     settings = _settings(cfg, sae_sha, ck_sha, vocab_sha)
-    if (out / NAMES_JSON).is_file() and not force:
+    if (out / NAMES_JSON).is_file() and not cfg.force:
         try:
             old = json.loads((out / NAMES_JSON).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):

@@ -37,7 +37,8 @@ def precision_option(help: str, default: str | None = "auto") -> Any:
 
 
 def force_option(help: str = "Replace an existing output.") -> Any:
-    """``--force`` (a flag, default off)."""
+    """``--force`` (a flag, default off): it sets the ``force`` field of the command's config (library entry points
+    take no separate ``force`` argument); config.json records it like every other field."""
     return typer.Option(False, "--force", help=help)
 
 

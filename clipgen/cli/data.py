@@ -114,8 +114,8 @@ def captions(
     from clipgen.cli.common import emit_json, summary_console
     from clipgen.data.captions import CaptionConfig, build_captions
 
-    res = build_captions(CaptionConfig(root=root, out=out, seed=seed, aligned=aligned, check_files=check_files),
-                         force=force, progress=progress)
+    res = build_captions(CaptionConfig(root=root, out=out, seed=seed, aligned=aligned, check_files=check_files,
+                                       force=force), progress=progress)
     con = summary_console(as_json)
     t = Table(title=f"captions in {res.out} (seed {seed})", title_justify="left")
     t.add_column("domain")
@@ -224,8 +224,8 @@ def imagenet_captions(
     from clipgen.data.imagenet_captions import ImageNetCaptionsConfig, build_imagenet_captions
     from clipgen.progress import out as con
 
-    res = build_imagenet_captions(ImageNetCaptionsConfig(captions_json, imagenet_train, out, val_fraction, seed),
-                                  force=force)
+    res = build_imagenet_captions(ImageNetCaptionsConfig(captions_json, imagenet_train, out, val_fraction, seed,
+                                                         force=force))
     con.print(f"ImageNet-Captions: {res.n_train:,} train ({res.train}), {res.n_val:,} val ({res.val}) "
               f"from {res.n_entries:,} entries")
     if res.missing:
@@ -255,7 +255,7 @@ def merge_base(
     from clipgen.progress import out as con
 
     res = run(MergeBaseConfig(base=base, mixtures=mixtures_dir, out=out, identifiers=split_list(identifiers) or [],
-                              name=name, check_files=check_files), force=force)
+                              name=name, check_files=check_files, force=force))
     for f, i in zip(res.files, res.infos, strict=True):
         con.print(f"{f}: {res.base_rows:,} base + {i.counts['total'] - res.base_rows:,} DomainNet rows")
 

@@ -254,7 +254,7 @@ def names(
                          template=template, top_k=top_k, model_dir=str(model_dir) if model_dir else None,
                          epoch=epoch, checkpoint=str(checkpoint) if checkpoint else None, model=model,
                          batch_size=batch_size, device=device)
-    res = run_sae_names(cfg, force=force)
+    res = run_sae_names(cfg)
     m = res.indices.shape[0]
     state = " (already complete)" if res.already_complete else (" (text embeddings from the cache)" if res.cached
                                                                 else "")

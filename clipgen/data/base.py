@@ -103,6 +103,7 @@ class MergeBaseConfig:
     identifiers: list[str] = field(default_factory=lambda: ["all"])  # "all", "paper-cc", or identifiers
     name: str | None = None  # output prefix [default: base file name without -train.tsv]
     check_files: bool = False
+    force: bool = False  # overwrite existing TSVs
 
 
 def resolve_identifiers(requested: Sequence[str], index: dict[str, MixtureInfo]) -> list[str]:
@@ -131,7 +132,7 @@ class MergeBaseResult:
     base_rows: int
 
 
-def merge_base(cfg: MergeBaseConfig, *, force: bool = False, progress: bool = True) -> MergeBaseResult:
+def merge_base(cfg: MergeBaseConfig, *, progress: bool = True) -> MergeBaseResult:
     from clipgen.artifacts import config_record, write_json_atomic
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv
@@ -146,7 +147,7 @@ def merge_base(cfg: MergeBaseConfig, *, force: bool = False, progress: bool = Tr
         raise ConfigFieldError("name", f"{name!r} is not a usable file name prefix")
     out = Path(cfg.out)
     targets = [out / f"{name}-train-{i}.tsv" for i in ids]
-    if not force:
+    if not cfg.force:
         for p in targets:
             if p.exists():
                 raise ClipgenError(f"{p}: already exists (pass --force to overwrite)")

@@ -70,6 +70,7 @@ class ImageNetCaptionsConfig:
     out: Path
     val_fraction: float = 0.08
     seed: int = 0
+    force: bool = False  # overwrite existing TSVs
 
 
 @dataclass
@@ -110,8 +111,7 @@ def _load_entries(path: Path) -> list[dict]:
     return data
 
 
-def build_imagenet_captions(cfg: ImageNetCaptionsConfig, *, force: bool = False,
-                            progress: bool = True) -> ImageNetCaptionsResult:
+def build_imagenet_captions(cfg: ImageNetCaptionsConfig, *, progress: bool = True) -> ImageNetCaptionsResult:
     """Write ``in-captions-train.tsv`` and ``in-captions-val.tsv`` (absolute paths) into ``cfg.out``."""
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv
@@ -123,7 +123,7 @@ def build_imagenet_captions(cfg: ImageNetCaptionsConfig, *, force: bool = False,
         raise ConfigFieldError("imagenet_train", f"{train_dir} is not a folder")
     out = Path(cfg.out)
     targets = [out / TRAIN_NAME, out / VAL_NAME]
-    if not force:
+    if not cfg.force:
         for p in targets:
             if p.exists():
                 raise ClipgenError(f"{p}: already exists (pass --force to overwrite)")
