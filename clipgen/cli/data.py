@@ -112,10 +112,10 @@ def captions(
     from rich.table import Table
 
     from clipgen.cli.common import emit_json, summary_console
-    from clipgen.data.captions import CaptionConfig, build_captions
+    from clipgen.data.captions import CaptionConfig, run_captions
 
-    res = build_captions(CaptionConfig(root=root, out=out, seed=seed, aligned=aligned, check_files=check_files,
-                                       force=force), progress=progress)
+    res = run_captions(CaptionConfig(root=root, out=out, seed=seed, aligned=aligned, check_files=check_files,
+                                     force=force), progress=progress)
     con = summary_console(as_json)
     t = Table(title=f"captions in {res.out} (seed {seed})", title_justify="left")
     t.add_column("domain")
@@ -221,11 +221,11 @@ def imagenet_captions(
     force: bool = force_option("Overwrite existing TSVs."),
 ) -> None:
     """ImageNet-Captions train/val TSVs (caption = title; tags; description) with a seeded split."""
-    from clipgen.data.imagenet_captions import ImageNetCaptionsConfig, build_imagenet_captions
+    from clipgen.data.imagenet_captions import ImageNetCaptionsConfig, run_imagenet_captions
     from clipgen.progress import out as con
 
-    res = build_imagenet_captions(ImageNetCaptionsConfig(captions_json, imagenet_train, out, val_fraction, seed,
-                                                         force=force))
+    res = run_imagenet_captions(ImageNetCaptionsConfig(captions_json, imagenet_train, out, val_fraction, seed,
+                                                       force=force))
     con.print(f"ImageNet-Captions: {res.n_train:,} train ({res.train}), {res.n_val:,} val ({res.val}) "
               f"from {res.n_entries:,} entries")
     if res.missing:
@@ -250,12 +250,12 @@ def merge_base(
     force: bool = force_option("Overwrite existing TSVs."),
 ) -> None:
     """Merge a base dataset (CC3M/CC12M) with the DomainNet part of mixtures: NAME-train-IDENTIFIER.tsv."""
-    from clipgen.data.base import MergeBaseConfig
-    from clipgen.data.base import merge_base as run
+    from clipgen.data.base import MergeBaseConfig, run_merge_base
     from clipgen.progress import out as con
 
-    res = run(MergeBaseConfig(base=base, mixtures=mixtures_dir, out=out, identifiers=split_list(identifiers) or [],
-                              name=name, check_files=check_files, force=force))
+    res = run_merge_base(MergeBaseConfig(base=base, mixtures=mixtures_dir, out=out,
+                                         identifiers=split_list(identifiers) or [], name=name, check_files=check_files,
+                                         force=force))
     for f, i in zip(res.files, res.infos, strict=True):
         con.print(f"{f}: {res.base_rows:,} base + {i.counts['total'] - res.base_rows:,} DomainNet rows")
 

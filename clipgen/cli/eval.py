@@ -191,10 +191,10 @@ def summary(
 ) -> None:
     """The paper's Figure-2 view: held-out-class accuracy per test domain and setup, mean ± std over seeds."""
     from clipgen.cli.common import emit_json, summary_console
-    from clipgen.evaluation.summary import SummaryConfig, summarise
+    from clipgen.evaluation.summary import SummaryConfig, run_summary
 
-    res = summarise(SummaryConfig(inputs=list(results), out=out, metric=metric, epoch=epoch, domain=domain,
-                                  force=force))
+    res = run_summary(SummaryConfig(inputs=list(results), out=out, metric=metric, epoch=epoch, domain=domain,
+                                    force=force))
     con = summary_console(as_json)
     con.print(res.markdown, markup=False, highlight=False)
     con.print(f"wrote {', '.join(str(f) for f in res.files)}", markup=False, highlight=False)

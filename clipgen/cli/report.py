@@ -31,8 +31,8 @@ def report(
     every figure. See docs/report.md.
     """
     from clipgen.progress import out as con
-    from clipgen.report import ReportConfig, build_report
+    from clipgen.report import ReportConfig, run_report
 
-    md, html = build_report(ReportConfig(inputs=list(study), out=out, runs=list(runs), stores=list(stores),
-                                         analyses=list(analyses)))
+    md, html = run_report(ReportConfig(inputs=list(study), out=out, runs=list(runs), stores=list(stores),
+                                       analyses=list(analyses)))
     con.print(f"report: {md} and {html.name}")

@@ -23,10 +23,10 @@ def status(
 ) -> None:
     """Per run: trained epochs / planned, evaluated epochs per test domain, stores and analyses present."""
     from clipgen.progress import out as con
-    from clipgen.status import StatusConfig, status_table, study_status
+    from clipgen.status import StatusConfig, run_status, status_table
 
-    st, rows = study_status(StatusConfig(inputs=list(study), runs=list(runs), stores=list(stores),
-                                         analyses=list(analyses)))
+    st, rows = run_status(StatusConfig(inputs=list(study), runs=list(runs), stores=list(stores),
+                                       analyses=list(analyses)))
     other = [{"command": a.command, "path": str(a.path)} for a in st.analyses if a.run is None]
     if as_json:
         typer.echo(json.dumps({"roots": [str(p) for p in st.roots], "runs": rows, "not_tied_to_a_run": other},

@@ -2,7 +2,7 @@
 
 For its CC3M/CC12M runs the paper trains on ``{cc}-train.tsv`` followed by the DomainNet part of a mixture
 (``dn-captions-train-{identifier}.tsv``), without ImageNet-Captions, and validates on the plain ``{cc}-val.tsv``.
-:func:`merge_base` does the same for any mixture written by ``clipgen data mixtures``: it takes the DomainNet part
+:func:`run_merge_base` does the same for any mixture written by ``clipgen data mixtures``: it takes the DomainNet part
 from the mixture folder (the ``dn-captions`` file, or the ``combined-captions`` file minus its recorded base rows)
 and writes ``{name}-train-{identifier}.tsv`` = base rows, then the DomainNet rows.
 
@@ -132,7 +132,7 @@ class MergeBaseResult:
     base_rows: int
 
 
-def merge_base(cfg: MergeBaseConfig, *, progress: bool = True) -> MergeBaseResult:
+def run_merge_base(cfg: MergeBaseConfig, *, progress: bool = True) -> MergeBaseResult:
     from clipgen.artifacts import config_record, write_json_atomic
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv

@@ -122,7 +122,7 @@ def write_caption_file(path: Path, rows: list[CaptionRow], force: bool) -> None:
         f.writelines(f"{p}\t{label}\t{cap}\n" for p, label, cap in rows)
 
 
-def build_captions(cfg: CaptionConfig, *, progress: bool = True) -> CaptionResult:
+def run_captions(cfg: CaptionConfig, *, progress: bool = True) -> CaptionResult:
     """Read and validate all split files, then write the standard (and aligned) caption files."""
     from clipgen.progress import make_progress
 

@@ -111,7 +111,7 @@ def _load_entries(path: Path) -> list[dict]:
     return data
 
 
-def build_imagenet_captions(cfg: ImageNetCaptionsConfig, *, progress: bool = True) -> ImageNetCaptionsResult:
+def run_imagenet_captions(cfg: ImageNetCaptionsConfig, *, progress: bool = True) -> ImageNetCaptionsResult:
     """Write ``in-captions-train.tsv`` and ``in-captions-val.tsv`` (absolute paths) into ``cfg.out``."""
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv

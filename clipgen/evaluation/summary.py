@@ -407,7 +407,7 @@ class SummaryOutcome:
     files: list[Path]
 
 
-def summarise(cfg: SummaryConfig) -> SummaryOutcome:
+def run_summary(cfg: SummaryConfig) -> SummaryOutcome:
     """Read the results, group them, and write summary.csv, summary.md, figure2.png and curves.png."""
     if cfg.metric not in SCALAR_METRICS:
         raise ConfigFieldError("metric", f"unknown metric {cfg.metric!r} (one of {', '.join(SCALAR_METRICS)})")
