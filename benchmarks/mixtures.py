@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     args = ap.parse_args(argv)
 
-    from clipgen.data.captions import CaptionConfig, build_captions
+    from clipgen.data.captions import CaptionConfig, run_captions
     from clipgen.data.mixtures import (
         MixturesConfig,
         build_mixture,
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         n = make_root(root, args.scale)
         print(f"text-only DomainNet: {n:,} images (scale {args.scale:g}), made in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
-        build_captions(CaptionConfig(root=root), force=True, progress=False)
+        run_captions(CaptionConfig(root=root, force=True), progress=False)
         t_caps = time.perf_counter() - t
         print(f"captions (standard + aligned, 24 files): {t_caps:.1f} s")
 

@@ -215,7 +215,7 @@ class Demo:
 
     # -- stages --------------------------------------------------------------------------------------------------
     def stage_data(self) -> dict[str, Any]:
-        from clipgen.data.captions import CaptionConfig, build_captions
+        from clipgen.data.captions import CaptionConfig, run_captions
         from clipgen.data.synth import SynthConfig, generate
 
         s = self.scale
@@ -224,7 +224,7 @@ class Demo:
                             base_per_class=s.base_per_class, base_extra_classes=s.base_extra_classes,
                             image_size=s.image_size, seed=self.cfg.seed)
         res = generate(synth, force=True, progress=self.cfg.progress)
-        build_captions(CaptionConfig(root=self.data), force=True, progress=self.cfg.progress)
+        run_captions(CaptionConfig(root=self.data, force=True), progress=self.cfg.progress)
         return {"root": str(self.data), "contact_sheet": str(res.contact_sheet)}
 
     def stage_mixtures(self) -> dict[str, Any]:
@@ -255,10 +255,10 @@ class Demo:
         from clipgen.progress import make_progress
         from clipgen.runs import list_checkpoints
         from clipgen.training.clip import ClipTrainConfig, train_clip
-        from clipgen.training.grid import GridConfig, plan_grid
+        from clipgen.training.grid import TrainGridConfig, plan_grid
 
         s = self.scale
-        grid = GridConfig(index=self.mixtures, logs=self.runs, preset="synthetic", setups=list(SETUPS),
+        grid = TrainGridConfig(index=self.mixtures, logs=self.runs, preset="synthetic", setups=list(SETUPS),
                           test_domains=[self.test_domain], seeds=[self.cfg.seed], no_val=True, model=s.model,
                           epochs=s.epochs)
         tasks = plan_grid(grid)
@@ -286,7 +286,7 @@ class Demo:
         return {"runs": runs, "parallel": parallel, "threads_per_run": threads}
 
     def stage_eval(self) -> dict[str, Any]:
-        from clipgen.evaluation.summary import SummaryConfig, summarise
+        from clipgen.evaluation.summary import SummaryConfig, run_summary
         from clipgen.evaluation.zeroshot_eval import ZeroShotConfig, run_zero_shot
 
         results = {}
@@ -295,7 +295,7 @@ class Demo:
                                              test_domain=self.test_domain, device=self.device_arg,
                                              progress=self.cfg.progress))
             results[setup] = str(Path(o.out_dir) / "results.json")
-        summary = summarise(SummaryConfig(inputs=[self.runs], out=self.out / "eval-summary", force=True))
+        summary = run_summary(SummaryConfig(inputs=[self.runs], out=self.out / "eval-summary", force=True))
         return {"results": results, "summary": str(summary.out_dir)}
 
     def stage_extract(self) -> dict[str, Any]:
@@ -362,7 +362,7 @@ class Demo:
                                      epochs=s.sae_epochs, lr=s.sae_lr, batch_size=s.sae_batch, seed=self.cfg.seed,
                                      device=self.device_arg), resume=True, progress=self.cfg.progress)
             # names from the built-in vocabulary; the features below are labelled with them
-            run_sae_names(SaeNamesConfig(sae=str(out), device=self.device_arg), force=True)
+            run_sae_names(SaeNamesConfig(sae=str(out), device=self.device_arg, force=True))
             feats = out / "features"
             run_feature_sharing(FeatureSharingConfig(store=str(self.store(setup, "test")), sae=str(out),
                                                      out=str(feats), test_domain=self.test_domain,
@@ -466,7 +466,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from clipgen import __version__
     from clipgen.artifacts import utc_now, write_config
     from clipgen.progress import console
-    from clipgen.report import ReportConfig, build_report
+    from clipgen.report import ReportConfig, run_report
 
     t_start = time.perf_counter()
     demo = Demo(cfg)
@@ -504,6 +504,6 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         state.record(name, StageRecord(key, round(time.perf_counter() - t0, 1), outputs, utc_now()))
     console.print("[bold]report[/]")
     total = time.perf_counter() - t_start
-    md, html = build_report(ReportConfig(inputs=[demo.out], out=demo.out), invocation_seconds=total)
+    md, html = run_report(ReportConfig(inputs=[demo.out], out=demo.out), invocation_seconds=total)
     console.print(f"demo finished in {total:.0f} s on {device_line}; report in {md} and {html.name}")
     return DemoResult(demo.out, device_line, dict(state.stages), skipped, md, html, total)

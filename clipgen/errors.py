@@ -25,6 +25,17 @@ class ClipgenError(Exception):
         return " ".join(str(self.message).split())
 
 
+class ConfigFieldError(ClipgenError):
+    """A bad value of a config field. Library code names the FIELD (``batch_size``), as it knows no command line;
+    the CLI, which knows which flag sets which field, shows it as that flag (``error: --batch-size: ...``).
+    Outside the CLI the message names the field (``batch_size: ...``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.detail = message
+
+
 def file_error(path: str | Path, message: str, line: int | None = None) -> ClipgenError:
     """A ClipgenError that names a file (and optionally a 1-based line number)."""
     where = f"{path}:{line}" if line is not None else f"{path}"
@@ -32,7 +43,7 @@ def file_error(path: str | Path, message: str, line: int | None = None) -> Clipg
 
 
 def option_error(option: str, message: str) -> ClipgenError:
-    """A ClipgenError that names a command-line option."""
+    """A ClipgenError that names a command-line option (CLI code; library code raises :class:`ConfigFieldError`)."""
     return ClipgenError(f"{option}: {message}")
 
 

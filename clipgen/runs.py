@@ -16,7 +16,7 @@ from typing import Any
 
 from clipgen import __version__
 from clipgen.artifacts import command_line, sha256_file, utc_now, write_json_atomic
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error, option_error
 
 MANIFEST_NAME = "clipgen-run.json"
 RUN_FORMAT = "clipgen-run"
@@ -128,7 +128,7 @@ def resolve_checkpoint(run_dir: str | Path, epoch: int | None = None, option: st
     """The checkpoint of ``epoch`` (default: the last one)."""
     cks = list_checkpoints(run_dir)
     if not cks:
-        raise option_error("--model-dir", f"{run_dir} has no checkpoints/epoch_N.pt files")
+        raise ConfigFieldError("model_dir", f"{run_dir} has no checkpoints/epoch_N.pt files")
     if epoch is None:
         epoch = max(cks)
     if epoch not in cks:
@@ -236,7 +236,7 @@ def load_clip(run_dir: str | Path | None = None, epoch: int | None = None, *, ch
     if run_dir is not None:
         manifest = read_manifest(run_dir)
         if manifest.kind != "clip":
-            raise option_error("--model-dir", f"{run_dir} is a {manifest.kind} run, not a CLIP run")
+            raise ConfigFieldError("model_dir", f"{run_dir} is a {manifest.kind} run, not a CLIP run")
         if checkpoint is None:
             epoch, checkpoint = resolve_checkpoint(run_dir, epoch)
         name, cfg = manifest.model, manifest.model_config

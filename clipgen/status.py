@@ -62,7 +62,7 @@ def status_rows(study: Study) -> list[dict[str, Any]]:
     return rows
 
 
-def study_status(cfg: StatusConfig) -> tuple[Study, list[dict[str, Any]]]:
+def run_status(cfg: StatusConfig) -> tuple[Study, list[dict[str, Any]]]:
     study = discover(cfg.inputs, runs=cfg.runs, stores=cfg.stores, analyses=cfg.analyses)
     return study, status_rows(study)
 

@@ -58,11 +58,11 @@ def write_base(path: Path, n: int, prefix: str = "base") -> Path:
 @pytest.fixture(scope="session")
 def text_root(tmp_path_factory) -> Path:
     """A captioned text-only DomainNet (read-only: copy before modifying) with base_train/base_val TSVs."""
-    from clipgen.data.captions import CaptionConfig, build_captions
+    from clipgen.data.captions import CaptionConfig, run_captions
 
     def build(path: Path) -> None:
         root = make_text_domainnet(path / "dn")
-        build_captions(CaptionConfig(root=root), progress=False)
+        run_captions(CaptionConfig(root=root), progress=False)
         write_base(root / "base_train.tsv", 50)
         write_base(root / "base_val.tsv", 7, prefix="baseval")
 
@@ -72,10 +72,10 @@ def text_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_captioned(tmp_path_factory, synth_root) -> Path:
     """Caption folder of the shared synthetic DomainNet (written outside the read-only root)."""
-    from clipgen.data.captions import CaptionConfig, build_captions
+    from clipgen.data.captions import CaptionConfig, run_captions
 
     def build(path: Path) -> None:
-        build_captions(CaptionConfig(root=synth_root, out=path / "captions"), progress=False)
+        run_captions(CaptionConfig(root=synth_root, out=path / "captions"), progress=False)
 
     return shared_artifact(tmp_path_factory, "synth-tiny-captions", build) / "captions"
 

@@ -8,11 +8,11 @@ import pytest
 from clipgen import domainnet as dn
 from clipgen.data.captions import (
     CaptionConfig,
-    build_captions,
     caption_path,
     check_matches_split,
     mentions_domain,
     read_caption_file,
+    run_captions,
 )
 from clipgen.errors import ClipgenError
 
@@ -100,8 +100,8 @@ def test_class_names_keep_folder_spelling(synth_captioned, synth_root):
 
 
 def test_deterministic_and_seed_dependent(text_root, tmp_path):
-    a = build_captions(CaptionConfig(root=text_root, out=tmp_path / "a", seed=42, aligned=False), progress=False)
-    b = build_captions(CaptionConfig(root=text_root, out=tmp_path / "b", seed=7, aligned=False), progress=False)
+    a = run_captions(CaptionConfig(root=text_root, out=tmp_path / "a", seed=42, aligned=False), progress=False)
+    b = run_captions(CaptionConfig(root=text_root, out=tmp_path / "b", seed=7, aligned=False), progress=False)
     same = (tmp_path / "a" / "real_train.tsv").read_text() == (text_root / "captions" / "real_train.tsv").read_text()
     assert same
     assert (tmp_path / "b" / "real_train.tsv").read_text() != (tmp_path / "a" / "real_train.tsv").read_text()
@@ -111,12 +111,12 @@ def test_deterministic_and_seed_dependent(text_root, tmp_path):
 
 def test_existing_outputs_need_force(text_root, tmp_path):
     out = tmp_path / "caps"
-    build_captions(CaptionConfig(root=text_root, out=out, aligned=False), progress=False)
+    run_captions(CaptionConfig(root=text_root, out=out, aligned=False), progress=False)
     before = (out / "sketch_test.tsv").read_text()
     with pytest.raises(ClipgenError, match="already exists.*--force"):
-        build_captions(CaptionConfig(root=text_root, out=out, aligned=False, seed=1), progress=False)
+        run_captions(CaptionConfig(root=text_root, out=out, aligned=False, seed=1), progress=False)
     assert (out / "sketch_test.tsv").read_text() == before
-    build_captions(CaptionConfig(root=text_root, out=out, aligned=False, seed=1), force=True, progress=False)
+    run_captions(CaptionConfig(root=text_root, out=out, aligned=False, seed=1, force=True), progress=False)
     assert (out / "sketch_test.tsv").read_text() != before
 
 
@@ -131,18 +131,18 @@ def test_bad_split_files_write_nothing(tmp_path, damage, message):
     root = make_text_domainnet(tmp_path / "dn", lo=1, hi=3)
     damage(root)
     with pytest.raises(ClipgenError, match=message):
-        build_captions(CaptionConfig(root=root), progress=False)
+        run_captions(CaptionConfig(root=root), progress=False)
     assert not (root / "captions").exists() or not any((root / "captions").glob("*.tsv"))
 
 
 def test_check_files(tmp_path, synth_root):
     root = tmp_path / "dn"
     shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns("base"))
-    build_captions(CaptionConfig(root=root, check_files=True, aligned=False), progress=False)
+    run_captions(CaptionConfig(root=root, check_files=True, aligned=False), progress=False)
     victim = dn.read_split(root, "infograph", "test")[3]
     (root / victim.path).unlink()
     with pytest.raises(ClipgenError, match=rf"infograph_test.txt:{victim.line}: image .* does not exist"):
-        build_captions(CaptionConfig(root=root, check_files=True, out=tmp_path / "c2"), progress=False)
+        run_captions(CaptionConfig(root=root, check_files=True, out=tmp_path / "c2"), progress=False)
     assert not (tmp_path / "c2").exists()
 
 

@@ -203,5 +203,5 @@ def test_make_chain_builds_the_family_chain_behind_one_interface(visual):
     assert rn.node_kind == "channels" and all(la.channel_axis == 0 for la in rn.layers)
     vit = make_chain(create_model("ViT-tiny")[0].visual, "ViT-tiny")
     assert type(vit) is ViTChain and isinstance(vit, CircuitChain) and vit.family == "vit"
-    with pytest.raises(ClipgenError, match="--nodes: unknown node kind 'neurons'"):
+    with pytest.raises(ClipgenError, match="^nodes: unknown node kind 'neurons'"):
         make_chain(visual, "RN-tiny", nodes="neurons")

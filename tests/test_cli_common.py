@@ -12,7 +12,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from clipgen.cli.common import emit_json
+from clipgen.cli.common import CONFIGS, default, emit_json, split_list
 from clipgen.cli.main import app
 from clipgen.cli.reference import _commands
 
@@ -47,6 +47,15 @@ def test_emit_json_is_one_document_with_paths_numpy_values_and_nan_as_null(capsy
     assert "NaN" not in text and "Infinity" not in text
 
 
+def test_split_list_of_a_comma_separated_option():
+    assert split_list(None) is None
+    assert split_list("") == [] and split_list(" , ,") == []
+    assert split_list(" a, b ,,c ") == ["a", "b", "c"]
+    assert split_list("0, 2", int) == [0, 2]
+    with pytest.raises(ValueError):
+        split_list("0,x", int)
+
+
 @pytest.mark.parametrize("path", JSON_COMMANDS)
 def test_json_option_everywhere(path):
     opt = _options(_all_commands()[path])["--json"]
@@ -79,3 +88,58 @@ def test_help_fits_80_columns_and_flags_have_no_type():
     assert not problems, "\n".join(f"{p}: {line}" for p, line in problems)
     force = next(line for line in _help("cka").splitlines() if "--force" in line)
     assert force.split("│")[1].split()[:2] == ["--force", "Replace"]
+
+
+#: Options whose default is the config field's default spelled for the command line, or left to the command.
+SPELLED_OTHERWISE = {
+    ("data mixtures", "test_domain"): "'all' = every test domain (the field's None)",
+    ("data imagenet-sketch", "modes"): "'all' = every mix mode (the field's default list)",
+    ("sae train", "resample_every"): "None = the field's default, or 0 with --paper",
+}
+
+
+def _config(path: str) -> type:
+    import importlib
+
+    module, name = CONFIGS[path][0].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_every_config_command_is_mapped():
+    import dataclasses
+
+    commands = _all_commands()
+    for path, (_, renames) in CONFIGS.items():
+        config = _config(path)
+        assert dataclasses.is_dataclass(config), path
+        params = {p.name for p in commands[path].params}
+        for param, field in renames.items():  # the renames name real parameters and real fields
+            assert param in params, (path, param)
+            default(config, field) if "." in field else config.__dataclass_fields__[field]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS))
+def test_option_defaults_are_the_config_defaults(path):
+    """Each option that sets a config field has the field's default (the CLI reads it from the config): the two
+    cannot drift apart."""
+    config, renames = _config(path), CONFIGS[path][1]
+    checked = 0
+    for p in _all_commands()[path].params:
+        field = renames.get(p.name, p.name)
+        try:
+            expected = default(config, field)
+        except AttributeError:
+            continue  # not a field of the config (--json, --dry-run, ...)
+        except TypeError:
+            expected = ...  # a required field
+        if (path, p.name) in SPELLED_OTHERWISE:
+            continue
+        checked += 1
+        given = p.default
+        if given is None and (expected is ... or expected in ("", [])):
+            continue  # required on the command line, or derived by the command (e.g. --out from the input)
+        if isinstance(given, str) and isinstance(expected, list):
+            given, expected = split_list(given), [str(x) for x in expected]
+        assert given == expected, f"{path} {p.opts or p.name}: CLI default {given!r}, {config.__name__}.{field} " \
+                                  f"default {expected!r}"
+    assert checked > 0

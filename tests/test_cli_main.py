@@ -34,6 +34,29 @@ def test_usage_errors_are_one_line_exit_2(cli):
     assert r.exit_code == 2 and "--image-size" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_config_field_errors_name_the_flag_that_sets_the_field(cli, tmp_path):
+    """Library code names a config field; the CLI shows the flag that sets it, also where the flag is not
+    '--' + the field (an argument, a renamed option), and '--' + the field where no option sets it."""
+    from typer.main import get_command
+
+    from clipgen.cli.common import option_for_field
+    from clipgen.cli.main import app
+
+    root = get_command(app)
+    summary, grid = root.commands["eval"].commands["summary"], root.commands["train"].commands["grid"]
+    assert option_for_field(summary, "eval summary", "inputs") == "RESULTS"
+    assert option_for_field(summary, "eval summary", "out") == "--out"
+    assert option_for_field(grid, "train grid", "out") == "--out"
+    assert option_for_field(grid, "train grid", "slurm.time") == "--time"
+    assert option_for_field(grid, "train grid", "mode") == "--mode"
+    r = cli("eval", "summary", tmp_path / "nothing-here")
+    assert r.exit_code == 2 and r.stderr == f"error: RESULTS: {tmp_path / 'nothing-here'} does not exist\n"
+    r = cli("eval", "summary", tmp_path, "--metric", "accuracy")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --metric: unknown metric 'accuracy' (one of ")
+    r = cli("train", "grid", "--index", tmp_path, "--dry-run")
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: --index: {tmp_path / 'mixtures.json'} not found")
+
+
 def test_clipgen_error_is_one_line_exit_2(cli, tmp_path):
     r = cli("data", "synth", "--out", tmp_path / "o", "--classes", "axe,qqqq")
     assert r.exit_code == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clipgen.analysis import embeddings as E
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 DOMS = ["clipart", "painting", "quickdraw", "real"]
 
@@ -84,12 +84,12 @@ def test_sample_rows_seeded_per_domain():
     for k in "abc":
         assert len(set(s1[k].tolist())) == len(s1[k]) and np.all(dom[s1[k]] == k)
         assert s1[k].tolist() == sorted(s1[k].tolist())
-    with pytest.raises(ClipgenError, match="--per-domain"):
+    with pytest.raises(ConfigFieldError, match="^per_domain: "):
         E.sample_rows(dom, ["a"], 0, seed=0)
 
 
 def test_umap_settings_are_checked_before_umap_is_imported():
-    with pytest.raises(ClipgenError, match="--n-neighbors"):
+    with pytest.raises(ConfigFieldError, match="^n_neighbors: "):
         E.fit_umap(np.zeros((5, 3)), n_neighbors=5)
 
 

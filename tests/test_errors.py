@@ -54,3 +54,12 @@ def test_other_errors_keep_their_traceback():
     assert os_error_message(OSError(errno.EIO, "Input/output error", "x")) is None
     assert os_error_message(ValueError("bug")) is None
     assert not is_disk_full(PermissionError(errno.EACCES, "Permission denied", "x"))
+
+
+def test_config_field_error_names_the_field_outside_the_cli():
+    from clipgen.errors import ClipgenError, ConfigFieldError
+
+    e = ConfigFieldError("batch_size", "must be at least 1, got 0")
+    assert isinstance(e, ClipgenError) and e.exit_code == 2
+    assert str(e) == "batch_size: must be at least 1, got 0"
+    assert (e.field, e.detail) == ("batch_size", "must be at least 1, got 0")

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from clipgen.errors import ClipgenError
-from clipgen.evaluation.grid import GridConfig, discover_runs, plan, run_grid
+from clipgen.evaluation.grid import EvalGridConfig, discover_runs, plan, run_grid
 from clipgen.evaluation.results import read_results
 from clipgen.runs import read_manifest, write_manifest
 from tests._fixtures_eval import fake_results, uneven_root
@@ -34,7 +34,7 @@ def runs(random_run_dir, tmp_path):
 def test_plan_covers_runs_domains_and_skips_done_work(runs, uneven_root):
     root, nat, cgl = runs
     assert discover_runs([root]) == [cgl, nat]
-    tasks, notes = plan(GridConfig(runs=[root], data_root=uneven_root))
+    tasks, notes = plan(EvalGridConfig(runs=[root], data_root=uneven_root))
     assert sorted((t.run_dir.name, t.test_domain) for t in tasks) == sorted(
         [("cgl", "sketch")] + [("nat", d) for d in ("clipart", "infograph", "painting", "quickdraw", "sketch")])
     t = [t for t in tasks if t.run_dir == cgl][0]
@@ -47,11 +47,11 @@ def test_plan_covers_runs_domains_and_skips_done_work(runs, uneven_root):
                  seed=0, values=[0.1, 0.2, 0.3])
     fake_results(nat / "eval" / "zero-shot" / "clipart" / "results.json", setup="natural-only",
                  test_domain="clipart", seed=0, values=[0.1, 0.2], epochs=[0, 1])
-    tasks, notes = plan(GridConfig(runs=[root], data_root=uneven_root, test_domains="c,s"))
+    tasks, notes = plan(EvalGridConfig(runs=[root], data_root=uneven_root, test_domains="c,s"))
     assert [(t.run_dir.name, t.test_domain, t.epochs) for t in tasks] == [
         ("cgl", "clipart", [0, 1, 2]), ("nat", "clipart", [2]), ("nat", "sketch", [0, 1, 2])]
     assert any("cgl" in n and "done" in n for n in notes)
-    tasks, _ = plan(GridConfig(runs=[nat], data_root=uneven_root, test_domains="sketch", per_checkpoint=True,
+    tasks, _ = plan(EvalGridConfig(runs=[nat], data_root=uneven_root, test_domains="sketch", per_checkpoint=True,
                                out_root=root / "evals", templates="simple", extra_args=["--batch-size", "8"]))
     assert [t.epochs for t in tasks] == [[0], [1], [2]]
     assert tasks[0].out == root / "evals" / "nat" / "zero-shot" / "sketch"
@@ -60,7 +60,7 @@ def test_plan_covers_runs_domains_and_skips_done_work(runs, uneven_root):
 
 def test_job_script_and_modes(runs, uneven_root, tmp_path):
     root, nat, cgl = runs
-    cfg = GridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "jobs")
+    cfg = EvalGridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "jobs")
     res = run_grid(cfg)
     assert res.script == tmp_path / "jobs" / "eval-grid.sbatch" and res.job_id is None
     assert subprocess.run(["bash", "-n", str(res.script)]).returncode == 0
@@ -70,12 +70,12 @@ def test_job_script_and_modes(runs, uneven_root, tmp_path):
     assert (tmp_path / "jobs" / "eval-grid.config.json").exists()
     if not any(os.access(os.path.join(p, "sbatch"), os.X_OK) for p in os.environ["PATH"].split(os.pathsep)):
         with pytest.raises(ClipgenError, match="--submit: sbatch not found"):
-            run_grid(GridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "jobs", mode="submit"))
-    dry = run_grid(GridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "dry", mode="dry-run"))
+            run_grid(EvalGridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "jobs", mode="submit"))
+    dry = run_grid(EvalGridConfig(runs=[cgl], data_root=uneven_root, jobs_dir=tmp_path / "dry", mode="dry-run"))
     assert [t.argv for t in dry.tasks] == [t.argv for t in res.tasks] and dry.script is None
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
-    with pytest.raises(ClipgenError, match="--mode: unknown mode"):
-        plan(GridConfig(runs=[cgl], data_root=uneven_root, mode="later"))
+    with pytest.raises(ClipgenError, match="^mode: unknown mode"):
+        plan(EvalGridConfig(runs=[cgl], data_root=uneven_root, mode="later"))
     with pytest.raises(ClipgenError, match="no clipgen run"):
         discover_runs([tmp_path / "jobs"])
 
@@ -91,7 +91,7 @@ def test_local_mode_runs_the_tasks(runs, uneven_root, cli, monkeypatch):
 
     monkeypatch.setattr(grid, "run_local", run_in_process)
     root, nat, cgl = runs
-    cfg = GridConfig(runs=[cgl], data_root=uneven_root, epochs="last", templates="simple", mode="local")
+    cfg = EvalGridConfig(runs=[cgl], data_root=uneven_root, epochs="last", templates="simple", mode="local")
     res = run_grid(cfg)
     assert len(res.tasks) == 1
     doc = read_results(cgl / "eval" / "zero-shot" / "sketch")
@@ -106,7 +106,7 @@ def test_every_task_gets_workers_and_the_image_cache(runs, uneven_root, tmp_path
     root, nat, cgl = runs
 
     def argv_of(**kw):
-        (t,) = plan(GridConfig(runs=[cgl], data_root=uneven_root, **kw))[0]
+        (t,) = plan(EvalGridConfig(runs=[cgl], data_root=uneven_root, **kw))[0]
         return t.argv
 
     a = argv_of()  # the default 8 CPUs per task: 7 loader processes

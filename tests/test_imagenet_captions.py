@@ -6,8 +6,8 @@ import pytest
 from clipgen.data.imagenet_captions import (
     MISSING_NAME,
     ImageNetCaptionsConfig,
-    build_imagenet_captions,
     make_caption,
+    run_imagenet_captions,
 )
 from clipgen.errors import ClipgenError
 from clipgen.tsv import read_tsv
@@ -31,8 +31,8 @@ def test_caption_composition(entry, caption):
 
 def test_split_rows_and_missing(tmp_path):
     js, train = make_imagenet_captions(tmp_path / "in", {W1: 20, W2: 11}, missing=3)
-    res = build_imagenet_captions(ImageNetCaptionsConfig(js, train, tmp_path / "out", val_fraction=0.2, seed=5),
-                                  progress=False)
+    res = run_imagenet_captions(ImageNetCaptionsConfig(js, train, tmp_path / "out", val_fraction=0.2, seed=5),
+                                progress=False)
     tr, va = read_tsv(res.train), read_tsv(res.val)
     # stratified: round(0.2 * n) validation images per class
     assert sum(W1 in p for p, _ in va) == 4 and sum(W2 in p for p, _ in va) == 2
@@ -57,8 +57,8 @@ def test_split_is_seeded_and_order_independent(tmp_path):
     js, train = make_imagenet_captions(tmp_path / "in", {W1: 30, W2: 30})
 
     def val(seed, path, out):
-        return {p for p, _ in read_tsv(build_imagenet_captions(
-            ImageNetCaptionsConfig(path, train, tmp_path / out, val_fraction=0.1, seed=seed), progress=False).val)}
+        return {p for p, _ in read_tsv(run_imagenet_captions(
+          ImageNetCaptionsConfig(path, train, tmp_path / out, val_fraction=0.1, seed=seed), progress=False).val)}
 
     a, b, c = val(0, js, "a"), val(0, js, "b"), val(1, js, "c")
     shuffled = tmp_path / "shuffled.json"
@@ -70,14 +70,14 @@ def test_split_is_seeded_and_order_independent(tmp_path):
 def test_existing_outputs_and_bad_input(tmp_path):
     js, train = make_imagenet_captions(tmp_path / "in", {W1: 5})
     out = tmp_path / "out"
-    build_imagenet_captions(ImageNetCaptionsConfig(js, train, out), progress=False)
+    run_imagenet_captions(ImageNetCaptionsConfig(js, train, out), progress=False)
     with pytest.raises(ClipgenError, match="in-captions-train.tsv: already exists .*--force"):
-        build_imagenet_captions(ImageNetCaptionsConfig(js, train, out), progress=False)
-    build_imagenet_captions(ImageNetCaptionsConfig(js, train, out), force=True, progress=False)
+        run_imagenet_captions(ImageNetCaptionsConfig(js, train, out), progress=False)
+    run_imagenet_captions(ImageNetCaptionsConfig(js, train, out, force=True), progress=False)
 
     def fails(path, message, train_dir=train, **kw):
         with pytest.raises(ClipgenError, match=message):
-            build_imagenet_captions(ImageNetCaptionsConfig(path, train_dir, tmp_path / "bad", **kw), progress=False)
+            run_imagenet_captions(ImageNetCaptionsConfig(path, train_dir, tmp_path / "bad", **kw), progress=False)
         assert not (tmp_path / "bad").exists()
 
     bad = tmp_path / "bad.json"
@@ -89,9 +89,9 @@ def test_existing_outputs_and_bad_input(tmp_path):
     fails(bad, r"bad.json: expected a JSON list")
     bad.write_text('[{"filename": "a.JPEG", "wnid": "n1", "tags": "x"}]')
     fails(bad, r"bad.json: entry 0: 'tags' must be a list")
-    fails(tmp_path / "nope.json", r"--captions-json: .*nope.json: file not found")
-    fails(js, r"--imagenet-train: .* is not a folder", train_dir=tmp_path / "nothing")
+    fails(tmp_path / "nope.json", r"^captions_json: .*nope.json: file not found")
+    fails(js, r"^imagenet_train: .* is not a folder", train_dir=tmp_path / "nothing")
     empty = tmp_path / "empty"
     empty.mkdir()
-    fails(js, r"--imagenet-train: none of the 5 images", train_dir=empty)
-    fails(js, r"--val-fraction: 1.0 is not in \[0, 1\)", val_fraction=1.0)
+    fails(js, r"^imagenet_train: none of the 5 images", train_dir=empty)
+    fails(js, r"^val_fraction: 1.0 is not in \[0, 1\)", val_fraction=1.0)

@@ -107,9 +107,9 @@ def test_study_report_figure2_means_and_stds_by_hand(study, cli):
 
 
 def test_study_report_sections_cka_and_not_computed_yet(study, tmp_path):
-    from clipgen.report import ReportConfig, build_report
+    from clipgen.report import ReportConfig, run_report
 
-    md_path, html_path = build_report(ReportConfig(inputs=[study], out=tmp_path / "rep"))
+    md_path, html_path = run_report(ReportConfig(inputs=[study], out=tmp_path / "rep"))
     md = md_path.read_text()
     sections = ["## Zero-shot generalization (the paper's Figure 2)",
                 "## Representational similarity across domains (CKA, the paper's Figure 6a)",
@@ -178,9 +178,9 @@ def test_study_report_bad_input_is_one_line(tmp_path, cli, study):
 def test_report_html_in_headless_chromium(study, tmp_path):
     """scripts/check_report_html.sh: every image decodes in a real browser, no console errors; a broken image and a
     script error are caught."""
-    from clipgen.report import ReportConfig, build_report
+    from clipgen.report import ReportConfig, run_report
 
-    _, html_path = build_report(ReportConfig(inputs=[study], out=tmp_path / "rep"))
+    _, html_path = run_report(ReportConfig(inputs=[study], out=tmp_path / "rep"))
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_html.sh"
     r = subprocess.run([str(script), str(html_path)], capture_output=True, text=True, timeout=120)
     n = html_path.read_text().count("<img ")
@@ -219,7 +219,7 @@ def _feature_sharing(study, run_dir, name, score):
 
 def test_study_report_sae_finding_with_a_zero_accuracy(study):
     """The CG high-diversity model at 0% held-out accuracy still enters the SAE finding (0.0 is a value)."""
-    from clipgen.report import ReportConfig, build_report
+    from clipgen.report import ReportConfig, run_report
 
     cg, lod = study / "grid" / "exp-cg-high-sketch-seed0", study / "grid" / "exp-leave-out-domain-sketch-seed0"
     res = cg / "eval" / "zero-shot" / "sketch" / "results.json"
@@ -228,7 +228,7 @@ def test_study_report_sae_finding_with_a_zero_accuracy(study):
     res.write_text(json.dumps(doc))
     _feature_sharing(study, cg, "cg", 0.4)
     _feature_sharing(study, lod, "lod", 0.6)
-    md = build_report(ReportConfig(inputs=[study]))[0].read_text()
+    md = run_report(ReportConfig(inputs=[study]))[0].read_text()
     assert "| CG high-diversity | 0.400 | 0.91 | 7.5 | 3 | 64 |" in md and "| Leave-out-domain | 0.600 |" in md
     assert "for the CG high-diversity model; the sketch row scores 0.400." in md
     assert ("CG high-diversity vs leave-out-domain) | sharing 0.400 vs 0.600; sketch C2 accuracy 0.0% vs 70.0% | "

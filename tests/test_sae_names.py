@@ -87,11 +87,11 @@ def test_text_embeddings_are_cached_per_checkpoint_vocabulary_and_template(setup
     assert again.already_complete
     with pytest.raises(ClipgenError, match="other settings.*--force"):
         run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), top_k=2, device="cpu"))
-    forced = run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), top_k=2, device="cpu"), force=True)
+    forced = run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), top_k=2, device="cpu", force=True))
     assert forced.cached and forced.indices.shape == (32, 2)
     np.testing.assert_array_equal(forced.indices, first.indices[:, :2])
-    tpl = run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), template="a photo of a {}.", device="cpu"),
-                        force=True)
+    tpl = run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), template="a photo of a {}.", device="cpu",
+                                       force=True))
     assert not tpl.cached and len(list((run / "names" / "text-embeddings").glob("*.npz"))) == 2
 
 
@@ -105,9 +105,9 @@ def test_other_layers_and_bad_input_are_refused(setup, tmp_path, random_run_dir)
     empty.write_text("\n \n")
     with pytest.raises(ClipgenError, match="empty.txt: the vocabulary is empty"):
         run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(empty), device="cpu"))
-    with pytest.raises(ClipgenError, match="--template"):
+    with pytest.raises(ClipgenError, match="^template: "):
         run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), template="a photo", device="cpu"))
-    with pytest.raises(ClipgenError, match="--top-k"):
+    with pytest.raises(ClipgenError, match="^top_k: "):
         run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), top_k=0, device="cpu"))
     ck1 = random_run_dir / "checkpoints" / "epoch_1.pt"  # not the checkpoint the store was extracted with
     with pytest.raises(ClipgenError, match="not the checkpoint whose embeddings the SAE was trained on"):

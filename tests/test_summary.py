@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from clipgen.errors import ClipgenError
-from clipgen.evaluation.summary import SummaryConfig, find_results, summarise
+from clipgen.errors import ClipgenError, ConfigFieldError
+from clipgen.evaluation.summary import SummaryConfig, find_results, run_summary
 from tests._fixtures_eval import fake_results
 
 SETUPS = {  # last-epoch values per seed
@@ -36,7 +36,7 @@ def _stats(xs):
 
 
 def test_means_and_stds_by_hand(results_dir, tmp_path):
-    res = summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "s"))
+    res = run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "s"))
     rows = {(r["test_domain"], r["setup"]): r for r in res.rows}
     titles = {"natural-only": "Natural-only", "cg-low": "CG low-diversity", "cg-high": "CG high-diversity",
               "leave-out-domain": "Leave-out-domain"}
@@ -64,29 +64,29 @@ def test_means_and_stds_by_hand(results_dir, tmp_path):
         assert (tmp_path / "s" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "s" / "config.json").exists()
     # an existing summary needs --force
-    with pytest.raises(ClipgenError, match=r"--out: .*summary.csv already exists \(use --force to replace it\)"):
-        summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "s"))
+    with pytest.raises(ConfigFieldError, match=r"^out: .*summary.csv already exists \(use --force to replace it\)"):
+        run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "s"))
 
 
 def test_epoch_metric_and_domain_choices(results_dir, tmp_path):
-    res = summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "s", epoch="0",
-                                  metric="ood_acc_unweighted"))
+    res = run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "s", epoch="0",
+                                    metric="ood_acc_unweighted"))
     ub = [r for r in res.rows if r["setup"].endswith("(upper bound)")][0]
     assert ub["ood_acc_mean"] == pytest.approx(0.9) and ub["ood_acc_unweighted_mean"] == 0.0
     assert list(res.rows[0])[3:5] == ["ood_acc_unweighted_mean", "ood_acc_unweighted_std"]
-    with pytest.raises(ClipgenError, match="--epoch: .* has no epoch 5"):
-        summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", epoch="5"))
-    with pytest.raises(ClipgenError, match="--metric: unknown metric 'acc'"):
-        summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", metric="acc"))
-    with pytest.raises(ClipgenError, match="--domain: must be 'test' or 'real'"):
-        summarise(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", domain="clipart"))
+    with pytest.raises(ConfigFieldError, match="^epoch: .* has no epoch 5"):
+        run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", epoch="5"))
+    with pytest.raises(ConfigFieldError, match="^metric: unknown metric 'acc'"):
+        run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", metric="acc"))
+    with pytest.raises(ConfigFieldError, match="^domain: must be 'test' or 'real'"):
+        run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", domain="clipart"))
 
 
 def test_grouping_rules(tmp_path):
     a = fake_results(tmp_path / "a" / "results.json", setup="cg-high", test_domain="sketch", seed=0, values=[0.5])
     b = fake_results(tmp_path / "b" / "results.json", setup="cg-high", test_domain="sketch", seed=0, values=[0.6])
     with pytest.raises(ClipgenError, match="same family, test domain, setup and seed"):
-        summarise(SummaryConfig(inputs=[a, b], out=tmp_path / "s"))
+        run_summary(SummaryConfig(inputs=[a, b], out=tmp_path / "s"))
     # other kinds / models are other families; a run evaluated off its own test domain is labelled so
     sup = fake_results(tmp_path / "c" / "results.json", setup="cg-high", test_domain="sketch", seed=0,
                        values=[0.1], kind="supervised")
@@ -94,7 +94,7 @@ def test_grouping_rules(tmp_path):
                        mixture_test_domain="clipart")
     none = fake_results(tmp_path / "e" / "results.json", setup=None, test_domain="sketch", seed=None, values=[0.3],
                         name="external")
-    res = summarise(SummaryConfig(inputs=[a, sup, off, none], out=tmp_path / "s"))
+    res = run_summary(SummaryConfig(inputs=[a, sup, off, none], out=tmp_path / "s"))
     got = {(r["family"], r["setup"]) for r in res.rows}
     assert got == {("zero-shot RN50 templates=paper", "CG high-diversity"),
                    ("supervised RN50 templates=paper", "CG high-diversity"),
@@ -121,7 +121,7 @@ def test_paper_setups_come_before_their_variants(tmp_path):
                                            ("cg-high", "sketch"), ("natural-only", None), ("cg-low", "sketch")])]
     files.append(fake_results(tmp_path / "ub" / "results.json", setup="cg-low", pseudo=True, test_domain="sketch",
                               seed=0, values=[0.9]))
-    res = summarise(SummaryConfig(inputs=files, out=tmp_path / "s"))
+    res = run_summary(SummaryConfig(inputs=files, out=tmp_path / "s"))
     header = next(line for line in res.markdown.splitlines() if line.startswith("| test domain"))
     cols = [c.strip() for c in header.strip("|").split("|")][1:]
     assert cols == ["Natural-only", "CG low-diversity", "CG high-diversity", "Leave-out-domain",

@@ -4,7 +4,7 @@ import shlex
 import pytest
 
 from clipgen.errors import ClipgenError
-from clipgen.training.grid import GridConfig, load_index, plan_grid, run_name, write_grid
+from clipgen.training.grid import TrainGridConfig, load_index, plan_grid, run_grid, run_name, write_grid
 from tests._fixtures_train import mixture_file, train_mixtures
 
 FIXTURES = (train_mixtures,)
@@ -15,7 +15,7 @@ def _opt(argv, flag):
 
 
 def test_full_grid(train_mixtures, tmp_path):
-    tasks = plan_grid(GridConfig(index=train_mixtures, logs=tmp_path / "logs"))
+    tasks = plan_grid(TrainGridConfig(index=train_mixtures, logs=tmp_path / "logs"))
     # natural-only + 3 setups x 5 test domains, x seeds 0, 1, 2 (the imagenet-captions preset)
     assert len(tasks) == (1 + 3 * 5) * 3 == 48
     assert len({t.name for t in tasks}) == 48 and not any(t.done for t in tasks)
@@ -36,7 +36,7 @@ def test_selection_skip_and_overrides(train_mixtures, tmp_path):
     done = logs / run_name("cg-high", "sketch", 0) / "checkpoints"
     done.mkdir(parents=True)
     (done / "epoch_3.pt").write_bytes(b"x")
-    cfg = GridConfig(index=train_mixtures / "mixtures.json", logs=logs, preset="synthetic",
+    cfg = TrainGridConfig(index=train_mixtures / "mixtures.json", logs=logs, preset="synthetic",
                      setups=["cg-high", "cg-low"], test_domains=["s", "clipart"], seeds=[0], epochs=3,
                      model="RN-tiny", gpus=2, no_val=True,
                      name_prefix="x-", train_args=["--workers", "1", "--", "--grad-clip-norm", "1"])
@@ -55,12 +55,12 @@ def test_selection_skip_and_overrides(train_mixtures, tmp_path):
 
 
 def test_index_errors(train_mixtures, tmp_path):
-    with pytest.raises(ClipgenError, match=r"^--index: .*mixtures\.json not found"):
-        plan_grid(GridConfig(index=tmp_path))
-    with pytest.raises(ClipgenError, match=r"^--setups: unknown setup 'cg-mid'"):
-        plan_grid(GridConfig(index=train_mixtures, setups=["cg-mid"]))
+    with pytest.raises(ClipgenError, match=r"^index: .*mixtures\.json not found"):
+        plan_grid(TrainGridConfig(index=tmp_path))
+    with pytest.raises(ClipgenError, match=r"^setups: unknown setup 'cg-mid'"):
+        plan_grid(TrainGridConfig(index=train_mixtures, setups=["cg-mid"]))
     with pytest.raises(ClipgenError, match=r"^--test-domains: 'real' is not a test domain"):
-        plan_grid(GridConfig(index=train_mixtures, test_domains=["real"]))
+        plan_grid(TrainGridConfig(index=train_mixtures, test_domains=["real"]))
     # an index without one of the mixtures, and one with two candidates for the same slot
     folder, entries = load_index(train_mixtures)
     raw = json.loads((train_mixtures / "mixtures.json").read_text())
@@ -71,27 +71,27 @@ def test_index_errors(train_mixtures, tmp_path):
     part = {k: v for k, v in raw["mixtures"].items() if not (v["setup"] == "cg-low" and v["test_domain"] == "painting")}
     (d / "mixtures.json").write_text(json.dumps({**raw, "mixtures": part}))
     with pytest.raises(ClipgenError, match=r"mixtures\.json: no cg-low / painting \(train\) mixture in the index"):
-        plan_grid(GridConfig(index=d))
-    assert len(plan_grid(GridConfig(index=d, test_domains=["sketch"], seeds=[0]))) == 4
+        plan_grid(TrainGridConfig(index=d))
+    assert len(plan_grid(TrainGridConfig(index=d, test_domains=["sketch"], seeds=[0]))) == 4
     dup = dict(raw["mixtures"])
     src = mixture_file("cg-low", "sketch", "train")
     dup["copy.tsv"] = {**dup[src], "file": "copy.tsv"}
     (d / "copy.tsv").symlink_to(folder / src)
     (d / "mixtures.json").write_text(json.dumps({**raw, "mixtures": dup}))
     with pytest.raises(ClipgenError, match=r"2 cg-low / sketch \(train\) mixtures \(copy\.tsv, synth-train"):
-        plan_grid(GridConfig(index=d))
+        plan_grid(TrainGridConfig(index=d))
     (d / "mixtures.json").write_text("{}")
     with pytest.raises(ClipgenError, match="not a clipgen mixture index"):
-        plan_grid(GridConfig(index=d))
+        plan_grid(TrainGridConfig(index=d))
     # an upper-bound grid needs pseudo mixtures, which this index does not have
     with pytest.raises(ClipgenError, match=r"no cg-low / clipart \(train\)"):
-        plan_grid(GridConfig(index=train_mixtures, pseudo=True, setups=["cg-low"]))
+        plan_grid(TrainGridConfig(index=train_mixtures, pseudo=True, setups=["cg-low"]))
 
 
 def test_write_array_job(train_mixtures, tmp_path):
     from clipgen.slurm import SlurmConfig
 
-    tasks = plan_grid(GridConfig(index=train_mixtures, logs=tmp_path / "logs", seeds=[0], gpus=4))
+    tasks = plan_grid(TrainGridConfig(index=train_mixtures, logs=tmp_path / "logs", seeds=[0], gpus=4))
     tasks[0].done = True
     script = write_grid(tasks, tmp_path / "out", "job", SlurmConfig(job_name="job", gpus_per_node=4,
                                                                     ntasks_per_node=4, use_srun=True))
@@ -108,6 +108,22 @@ def test_write_array_job(train_mixtures, tmp_path):
         write_grid(tasks, tmp_path / "out2", "job", SlurmConfig())
 
 
+def test_run_grid_modes(train_mixtures, tmp_path):
+    """The mode dispatch of 'clipgen train grid' is the library's: dry-run writes nothing, write (the default)
+    writes the array job with the preset's reference GPUs per task, and on_plan sees the grid before any run."""
+    logs = tmp_path / "logs"
+    dry = run_grid(TrainGridConfig(index=train_mixtures, logs=logs, seeds=[0], mode="dry-run"))
+    assert dry.script is None and dry.job_id is None and not logs.exists()
+    assert dry.summary == "16 runs, 0 complete, 16 to train" and len(dry.pending) == 16
+    assert all(_opt(t.argv, "--gpus") == "4" and _opt(t.argv, "--log") == "live" for t in dry.tasks)
+    seen = []
+    res = run_grid(TrainGridConfig(index=train_mixtures, logs=logs, seeds=[0]), on_plan=lambda g: seen.append(g.script))
+    assert res.script == logs / "grid" / "clipgen-train.sbatch" and seen == [res.script] and res.job_id is None
+    assert "#SBATCH --gres=gpu:4" in res.script.read_text() and "srun" in res.script.read_text()
+    with pytest.raises(ClipgenError, match="unknown mode 'later'"):
+        run_grid(TrainGridConfig(index=train_mixtures, mode="later"))
+
+
 def test_base_selection(train_mixtures, tmp_path):
     """Like 'clipgen data mixtures', the index also lists DomainNet-only TSVs (no base) and may list merged CC ones."""
     raw = json.loads((train_mixtures / "mixtures.json").read_text())
@@ -122,8 +138,8 @@ def test_base_selection(train_mixtures, tmp_path):
     (d / "mixtures.json").write_text(json.dumps({**raw, "mixtures": mixtures}))
     with pytest.raises(ClipgenError, match=r"2 natural-only \(train\) mixtures .*choose one with --base "
                                            r"\(base_train\.tsv, cc12m-train\.tsv\)"):
-        plan_grid(GridConfig(index=d, seeds=[0]))
-    files = {b: {str(t.train).rsplit("/", 1)[1] for t in plan_grid(GridConfig(index=d, seeds=[0], base=b))}
+        plan_grid(TrainGridConfig(index=d, seeds=[0]))
+    files = {b: {str(t.train).rsplit("/", 1)[1] for t in plan_grid(TrainGridConfig(index=d, seeds=[0], base=b))}
              for b in ("none", "cc12m", "base_train")}
     assert all(f.startswith("dn-") for f in files["none"]) and len(files["none"]) == 16
     assert all(f.startswith("cc12m-") for f in files["cc12m"])
@@ -133,8 +149,8 @@ def test_base_selection(train_mixtures, tmp_path):
         del mixtures[k]
     (d / "mixtures.json").write_text(json.dumps({**raw, "mixtures": mixtures}))
     # without a base-dataset candidate for natural-only, the DomainNet-only one is used ...
-    nat = plan_grid(GridConfig(index=d, seeds=[0], setups=["natural-only"]))
+    nat = plan_grid(TrainGridConfig(index=d, seeds=[0], setups=["natural-only"]))
     assert nat[0].train.endswith("dn-" + mixture_file("natural-only", None, "train"))
     # ... and the others keep the mixtures that have a base
-    assert plan_grid(GridConfig(index=d, seeds=[0], setups=["cg-low"]))[0].train.endswith(
+    assert plan_grid(TrainGridConfig(index=d, seeds=[0], setups=["cg-low"]))[0].train.endswith(
         "/" + mixture_file("cg-low", "clipart", "train"))

@@ -29,27 +29,27 @@ def test_cpu_defaults_and_cpu_processes():
 def test_gpus():
     assert resolve_launch(gpus=4, env=NO_SLURM, cuda_count=4) == LaunchPlan("torchrun", "cuda", 4)
     assert resolve_launch(gpus=1, env=NO_SLURM, cuda_count=4) == LaunchPlan("local", "cuda", 1)
-    with pytest.raises(ClipgenError, match=r"^--gpus: 8 GPUs requested but only 4 visible"):
+    with pytest.raises(ClipgenError, match=r"^gpus: 8 GPUs requested but only 4 visible"):
         resolve_launch(gpus=8, env=NO_SLURM, cuda_count=4)
 
 
 def test_gpu_requested_where_none_exists():
-    with pytest.raises(ClipgenError, match=r"^--gpus: a GPU was requested but no CUDA GPU is available"):
+    with pytest.raises(ClipgenError, match=r"^gpus: a GPU was requested but no CUDA GPU is available"):
         resolve_launch(gpus=1, env=NO_SLURM, cuda_count=0)
-    with pytest.raises(ClipgenError, match=r"^--device: a GPU was requested"):
+    with pytest.raises(ClipgenError, match=r"^device: a GPU was requested"):
         resolve_launch("cuda", env=NO_SLURM, cuda_count=0)
 
 
 def test_bad_combinations():
-    with pytest.raises(ClipgenError, match=r"^--gpus: cannot be combined with --device cpu"):
+    with pytest.raises(ClipgenError, match=r"^gpus: cannot be combined with --device cpu"):
         resolve_launch("cpu", gpus=2, env=NO_SLURM, cuda_count=2)
-    with pytest.raises(ClipgenError, match=r"^--nproc: 3 differs from --gpus 2"):
+    with pytest.raises(ClipgenError, match=r"^nproc: 3 differs from --gpus 2"):
         resolve_launch(gpus=2, nproc=3, env=NO_SLURM, cuda_count=2)
-    with pytest.raises(ClipgenError, match=r"^--launcher: unknown launcher 'mpi'"):
+    with pytest.raises(ClipgenError, match=r"^launcher: unknown launcher 'mpi'"):
         resolve_launch(launcher="mpi", env=NO_SLURM, cuda_count=0)
-    with pytest.raises(ClipgenError, match=r"^--device: unknown device 'tpu'"):
+    with pytest.raises(ClipgenError, match=r"^device: unknown device 'tpu'"):
         resolve_launch("tpu", env=NO_SLURM, cuda_count=0)
-    with pytest.raises(ClipgenError, match=r"^--launcher: local runs one process"):
+    with pytest.raises(ClipgenError, match=r"^launcher: local runs one process"):
         resolve_launch("cpu", nproc=2, launcher="local", env=NO_SLURM, cuda_count=0)
 
 
@@ -61,10 +61,10 @@ def test_srun_task():
     assert slurm_step_tasks(SRUN_ENV) == 4 and slurm_step_tasks({}) == 0
     plan = resolve_launch(gpus=4, env=SRUN_ENV, cuda_count=1)
     assert plan == LaunchPlan("srun", "cuda", 4, rank=2) and not plan.is_rank0
-    with pytest.raises(ClipgenError, match=r"^--gpus: 2 processes requested but this SLURM step has 4 tasks"):
+    with pytest.raises(ClipgenError, match=r"^gpus: 2 processes requested but this SLURM step has 4 tasks"):
         resolve_launch(gpus=2, env=SRUN_ENV, cuda_count=1)
     env = {k: v for k, v in SRUN_ENV.items() if k != "MASTER_PORT"}
-    with pytest.raises(ClipgenError, match=r"^--launcher: srun: MASTER_PORT not set"):
+    with pytest.raises(ClipgenError, match=r"^launcher: srun: MASTER_PORT not set"):
         resolve_launch(env=env, cuda_count=1)
     # a single-task batch step is not an srun launch
     assert resolve_launch(env={"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, cuda_count=1).launcher == "local"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from clipgen.domainnet import DEFAULT_HIGHLIGHT
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 FORMAT = "clipgen-embedding-analysis"
 FORMAT_VERSION = 1
@@ -127,7 +127,7 @@ def mean_differences(stats: DomainStats) -> dict[str, np.ndarray]:
 def sample_rows(domain_of_row: np.ndarray, domains: Sequence[str], per_domain: int, seed: int) -> dict[str, np.ndarray]:
     """Per domain (in order), ``min(per_domain, n_d)`` row indices drawn without replacement, seeded, sorted."""
     if per_domain < 1:
-        raise option_error("--per-domain", f"must be at least 1, got {per_domain}")
+        raise ConfigFieldError("per_domain", f"must be at least 1, got {per_domain}")
     rng = np.random.default_rng(seed)
     dom = np.asarray(domain_of_row)
     out = {}
@@ -146,9 +146,9 @@ UMAP_SPREAD = 1.0
 def check_umap_settings(n_neighbors: int, min_dist: float) -> None:
     """The UMAP settings umap-learn would reject with a traceback, as one-line option errors."""
     if n_neighbors < 2:
-        raise option_error("--n-neighbors", f"must be at least 2, got {n_neighbors}")
+        raise ConfigFieldError("n_neighbors", f"must be at least 2, got {n_neighbors}")
     if not 0.0 <= min_dist <= UMAP_SPREAD:
-        raise option_error("--min-dist", f"must be between 0 and {UMAP_SPREAD:g} (UMAP's spread), got {min_dist:g}")
+        raise ConfigFieldError("min_dist", f"must be between 0 and {UMAP_SPREAD:g} (UMAP's spread), got {min_dist:g}")
 
 
 def fit_umap(x: np.ndarray, *, seed: int = 42, n_neighbors: int = 15, min_dist: float = 0.1,
@@ -159,8 +159,8 @@ def fit_umap(x: np.ndarray, *, seed: int = 42, n_neighbors: int = 15, min_dist: 
     n = int(np.asarray(x).shape[0])
     check_umap_settings(n_neighbors, min_dist)
     if n <= n_neighbors:
-        raise option_error("--n-neighbors", f"{n_neighbors} neighbours need more than {n_neighbors} points, the "
-                                            f"sample has {n} (raise --per-domain or lower --n-neighbors)")
+        raise ConfigFieldError("n_neighbors", f"{n_neighbors} neighbours need more than {n_neighbors} points, the "
+                                              f"sample has {n} (raise --per-domain or lower --n-neighbors)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap warns that a seed disables parallelism, and numba chatter
         import umap
@@ -256,11 +256,11 @@ def compute_embeddings(store, cfg: EmbeddingsConfig, *, progress: bool = False) 
     from clipgen.analysis.selection import domain_of_rows, resolve_domains
 
     if cfg.layer not in store.layers:
-        raise option_error("--layer", f"layer {cfg.layer!r} is not in the store (it has: {', '.join(store.layers)})")
+        raise ConfigFieldError("layer", f"layer {cfg.layer!r} is not in the store (it has: {', '.join(store.layers)})")
     domains = resolve_domains(store, cfg.domains)
     if cfg.highlight not in domains:
-        raise option_error("--highlight", f"domain {cfg.highlight!r} is not among the analysed domains "
-                                          f"({', '.join(domains)})")
+        raise ConfigFieldError("highlight", f"domain {cfg.highlight!r} is not among the analysed domains "
+                                            f"({', '.join(domains)})")
     fits: list[tuple[str, np.ndarray]] = []
     if cfg.umap:  # draw the sample and check the UMAP settings before any heavy work
         check_umap_settings(cfg.n_neighbors, cfg.min_dist)
@@ -270,9 +270,9 @@ def compute_embeddings(store, cfg: EmbeddingsConfig, *, progress: bool = False) 
         fits = [("all", rows), (f"without_{cfg.highlight}", rows[dom_names[rows] != cfg.highlight])]
         for name, r in fits:
             if r.size <= cfg.n_neighbors:
-                raise option_error("--n-neighbors", f"{cfg.n_neighbors} neighbours need more than {cfg.n_neighbors} "
-                                                    f"points, the UMAP sample '{name}' has {r.size} (raise "
-                                                    f"--per-domain or lower --n-neighbors)")
+                raise ConfigFieldError("n_neighbors", f"{cfg.n_neighbors} neighbours need more than {cfg.n_neighbors} "
+                                                      f"points, the UMAP sample '{name}' has {r.size} (raise "
+                                                      f"--per-domain or lower --n-neighbors)")
 
     steps = len(domains) + (2 if cfg.umap else 0)
     bar = None

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 
 NAMES_FORMAT = "clipgen-sae-names"
 NAMES_VERSION = 1
@@ -67,7 +67,7 @@ def read_vocabulary(path: str | Path) -> list[str]:
     """One term per line (blank lines and repeats skipped); an empty or unreadable file is a one-line error."""
     p = Path(path)
     if not p.is_file():
-        raise option_error("--vocab", f"{p}: no such file")
+        raise ConfigFieldError("vocab", f"{p}: no such file")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -85,7 +85,7 @@ def vocabulary_sha256(terms: list[str]) -> str:
 
 def check_template(template: str) -> str:
     if template.count("{}") != 1 or "{" in template.replace("{}", "") or "}" in template.replace("{}", ""):
-        raise option_error("--template", f"{template!r} must contain '{{}}' exactly once (where the term goes)")
+        raise ConfigFieldError("template", f"{template!r} must contain '{{}}' exactly once (where the term goes)")
     return template
 
 
@@ -142,6 +142,7 @@ class SaeNamesConfig:
     model: str | None = None
     batch_size: int = 256
     device: str = "auto"
+    force: bool = False  # replace names made with other settings
 
 
 @dataclass
@@ -200,7 +201,7 @@ def resolve_model(cfg: SaeNamesConfig, info: dict[str, Any], device: Any):
         return load_clip(checkpoint=ck, model_name=name, device=device)
     where = f"the store it was trained on ({store}) names no model that is still there" if store else \
         "the SAE records no store it was trained on"
-    raise option_error("--model-dir", f"{where}; pass --model-dir RUN_DIR (or --checkpoint FILE --model NAME)")
+    raise ConfigFieldError("model_dir", f"{where}; pass --model-dir RUN_DIR (or --checkpoint FILE --model NAME)")
 
 
 def _settings(cfg: SaeNamesConfig, sae_sha: str, ck_sha: str, vocab_sha: str) -> dict[str, Any]:
@@ -237,7 +238,7 @@ def cached_text_embeddings(cache_dir: Path, loaded: Any, terms: list[str], templ
     return emb, False
 
 
-def run_sae_names(cfg: SaeNamesConfig, *, force: bool = False) -> SaeNames:
+def run_sae_names(cfg: SaeNamesConfig) -> SaeNames:
     """Name every latent of the SAE ``cfg.sae``; writes OUT/names.json, OUT/names.csv and OUT/config.json (OUT
     defaults to SAE_RUN/names), and, when ``sae features`` results exist in SAE_RUN/features, the named top latents
     of every class there."""
@@ -246,9 +247,9 @@ def run_sae_names(cfg: SaeNamesConfig, *, force: bool = False) -> SaeNames:
     from clipgen.devices import resolve_device
 
     if cfg.top_k < 1:
-        raise option_error("--top-k", f"must be at least 1, got {cfg.top_k}")
+        raise ConfigFieldError("top_k", f"must be at least 1, got {cfg.top_k}")
     if cfg.batch_size < 1:
-        raise option_error("--batch-size", f"must be at least 1, got {cfg.batch_size}")
+        raise ConfigFieldError("batch_size", f"must be at least 1, got {cfg.batch_size}")
     check_template(cfg.template)
     terms = read_vocabulary(cfg.vocab) if cfg.vocab else default_vocabulary()
     sae_model, info = load_sae(cfg.sae)
@@ -265,13 +266,13 @@ def run_sae_names(cfg: SaeNamesConfig, *, force: bool = False) -> SaeNames:
     _, prov = _store_provenance(info)
     store_sha = (prov.get("checkpoint") or {}).get("sha256")
     if store_sha and store_sha != ck_sha:
-        raise option_error("--model-dir" if not cfg.checkpoint else "--checkpoint",
-                           f"{loaded.checkpoint} (sha256 {ck_sha[:12]}) is not the checkpoint whose embeddings the "
-                           f"SAE was trained on (sha256 {store_sha[:12]}); its text embeddings would not match")
+        raise ConfigFieldError("model_dir" if not cfg.checkpoint else "checkpoint",
+                               f"{loaded.checkpoint} (sha256 {ck_sha[:12]}) is not the checkpoint whose embeddings the "
+                               f"SAE was trained on (sha256 {store_sha[:12]}); its text embeddings would not match")
     vocab_sha = vocabulary_sha256(terms)
     sae_sha = sha256_file(info["path"])
     settings = _settings(cfg, sae_sha, ck_sha, vocab_sha)
-    if (out / NAMES_JSON).is_file() and not force:
+    if (out / NAMES_JSON).is_file() and not cfg.force:
         try:
             old = json.loads((out / NAMES_JSON).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -280,8 +281,8 @@ def run_sae_names(cfg: SaeNamesConfig, *, force: bool = False) -> SaeNames:
             res = load_names(out)
             res.already_complete = True
             return res
-        raise option_error("--force", f"{out / NAMES_JSON} holds names made with other settings (SAE, model, "
-                                       "vocabulary, template or --top-k); pass --force to replace them")
+        raise ConfigFieldError("force", f"{out / NAMES_JSON} holds names made with other settings (SAE, model, "
+                                        "vocabulary, template or --top-k); pass --force to replace them")
     text, cached = cached_text_embeddings(out / CACHE_DIR, loaded, terms, cfg.template, ck_sha=ck_sha,
                                           batch_size=cfg.batch_size, device=device)
     decoder = sae_model.W_dec.detach().cpu().numpy()

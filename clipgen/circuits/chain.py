@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 INPUT = "input"
 #: Node kinds: every chain has ``channels``; a ViT also offers ``heads`` (its attention heads).
@@ -253,8 +253,8 @@ def _resnet(visual, model_name: str, nodes: str):
     from clipgen.circuits.resnet import ResNetChain
 
     if nodes != "channels":
-        raise option_error("--nodes", f"{nodes!r} nodes exist for ViTs only; a ResNet's nodes are its channels "
-                                      f"(model {model_name})")
+        raise ConfigFieldError("nodes", f"{nodes!r} nodes exist for ViTs only; a ResNet's nodes are its channels "
+                                        f"(model {model_name})")
     return ResNetChain(visual, model_name)
 
 
@@ -276,7 +276,7 @@ def make_chain(visual: Any, model_name: str = "?", *, nodes: str = "channels") -
     from clipgen.models.layers import family
 
     if nodes not in NODE_KINDS:
-        raise option_error("--nodes", f"unknown node kind {nodes!r} (one of {', '.join(NODE_KINDS)})")
+        raise ConfigFieldError("nodes", f"unknown node kind {nodes!r} (one of {', '.join(NODE_KINDS)})")
     try:
         fam = family(visual)
     except ClipgenError:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
+from clipgen.circuits.compute import CircuitsConfig
+from clipgen.circuits.similarity import CircuitSimilarityConfig, NodeSimilarityConfig, PlotConfig
 from clipgen.cli.common import (
+    default,
     device_option,
     force_option,
     json_option,
@@ -28,8 +31,10 @@ app = typer.Typer(
 
 #: Options shared by the commands that read a finished circuits file.
 _CIRCUITS = typer.Argument(..., help="A complete circuits file.")
-_DOMAINS = typer.Option("all", "--domains", help="all, letters or comma-separated names (at least two).")
-_SUBSETS = typer.Option("all,id,ood", "--subsets", help="Class subsets: all, id (not held out), ood.")
+_DOMAINS = typer.Option(default(NodeSimilarityConfig, "domains"), "--domains",
+                        help="all, letters or comma-separated names (at least two).")
+_SUBSETS = typer.Option(default(NodeSimilarityConfig, "subsets"), "--subsets",
+                        help="Class subsets: all, id (not held out), ood.")
 
 
 def _say(message: str) -> None:
@@ -41,37 +46,44 @@ def _say(message: str) -> None:
 @app.command("compute")
 def compute(
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Run directory of a ModifiedResNet or ViT CLIP "
-                                                                   "(clipgen-run.json and its checkpoints "
-                                                                   "epoch_N.pt)."),
+                                                                    "(clipgen-run.json and its checkpoints "
+                                                                    "epoch_N.pt)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint not trained by clipgen (open_clip "
-                                                                       "or OpenAI weights file), with --model."),
+                                                                      "or OpenAI weights file), with --model."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),
     data: Path = typer.Option(..., "--data", help="DomainNet root (real or synthetic) with {domain}_test.txt."),
     out: Path = typer.Option(..., "--out", "-o", callback=writable, help="The circuits file (CIRCUITS.h5)."),
     epoch: int | None = typer.Option(None, "--epoch", min=0, help="Checkpoint epoch (default: the last)."),
-    classes: str = typer.Option("all", "--classes", help="all, ood (the held-out classes), id (the others), or "
-                                                         "comma-separated class names or labels."),
-    domains: str = typer.Option("all", "--domains", help="Domains: all, letters (cipqrs) or comma-separated "
-                                                         "names."),
-    samples_per_class: int = typer.Option(50, "--samples-per-class", min=1, help="Test images per (domain, class), a "
-                                                                          "seeded draw (fewer when fewer exist)."),
-    seed: int = typer.Option(42, "--seed", help="Seed of the image draw."),
-    steps: int = typer.Option(10, "--steps", min=1, help="Integrated-gradient steps."),
-    rule: str = typer.Option("left", "--rule", help="left (alpha = k/steps, the paper's) or midpoint (alpha = "
-                                                    "(k + 1/2)/steps)."),
-    node_fraction: float = typer.Option(0.1, "--node-fraction", help="Selected nodes per layer: the top "
-                                                                     "ceil(fraction x channels) by |score|."),
-    nodes: str = typer.Option("channels", "--nodes", help="What a node is: channels (of a ResNet's feature maps, of "
-                                                         "a ViT's residual stream) or heads (a ViT's attention "
-                                                         "heads)."),
-    templates: str = typer.Option("paper", "--templates", help="Prompt templates of the class text embeddings: "
-                                                               "paper (86), openai, named-domain, simple."),
+    classes: str = typer.Option(default(CircuitsConfig, "classes"), "--classes",
+                                help="all, ood (the held-out classes), id (the others), or "
+                                     "comma-separated class names or labels."),
+    domains: str = typer.Option(default(CircuitsConfig, "domains"), "--domains",
+                                help="Domains: all, letters (cipqrs) or comma-separated "
+                                     "names."),
+    samples_per_class: int = typer.Option(default(CircuitsConfig, "samples_per_class"), "--samples-per-class",
+                                          min=1, help="Test images per (domain, class), a "
+                                                      "seeded draw (fewer when fewer exist)."),
+    seed: int = typer.Option(default(CircuitsConfig, "seed"), "--seed", help="Seed of the image draw."),
+    steps: int = typer.Option(default(CircuitsConfig, "steps"), "--steps", min=1, help="Integrated-gradient steps."),
+    rule: str = typer.Option(default(CircuitsConfig, "rule"), "--rule",
+                             help="left (alpha = k/steps, the paper's) or midpoint (alpha = "
+                                  "(k + 1/2)/steps)."),
+    node_fraction: float = typer.Option(default(CircuitsConfig, "node_fraction"), "--node-fraction",
+                                        help="Selected nodes per layer: the top "
+                                             "ceil(fraction x channels) by |score|."),
+    nodes: str = typer.Option(default(CircuitsConfig, "nodes"), "--nodes",
+                              help="What a node is: channels (of a ResNet's feature maps, of "
+                                   "a ViT's residual stream) or heads (a ViT's attention "
+                                   "heads)."),
+    templates: str = typer.Option(default(CircuitsConfig, "templates"), "--templates",
+                                  help="Prompt templates of the class text embeddings: "
+                                       "paper (86), openai, named-domain, simple."),
     device: str = device_option(),
     precision: str = precision_option("auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16, fp16."),
     memory_gb: float | None = typer.Option(None, "--memory-gb", callback=positive,
                                            help="Working memory of the batched passes "
-                                                                     "(default: half the free GPU memory; 2 on "
-                                                                     "CPU)."),
+                                                "(default: half the free GPU memory; 2 on "
+                                                "CPU)."),
     images: Path | None = typer.Option(None, "--images", help="Image cache of the test images ('clipgen data "
                                                               "cache'): read instead of decoding the JPEGs; refused "
                                                               "if made for another preprocessing or other images."),
@@ -162,11 +174,12 @@ def nodes(
     circuits: Path = _CIRCUITS,
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: CIRCUITS without suffix + "
-                                                              "'-nodes' beside it)."),
+                                         "'-nodes' beside it)."),
     domains: str = _DOMAINS,
     subsets: str = _SUBSETS,
-    highlight: str = typer.Option("quickdraw", "--highlight", help="Domain whose pairs are set against the others "
-                                                                   "(none: no highlight)."),
+    highlight: str = typer.Option(default(NodeSimilarityConfig, "highlight"), "--highlight",
+                                  help="Domain whose pairs are set against the others "
+                                       "(none: no highlight)."),
     force: bool = force_option("Replace an existing output folder."),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
@@ -185,16 +198,18 @@ def similarity(
     circuits: Path = _CIRCUITS,
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: CIRCUITS without suffix + "
-                                                              "'-similarity' beside it)."),
-    edge_k: int = typer.Option(3, "--edge-k", min=1,
+                                         "'-similarity' beside it)."),
+    edge_k: int = typer.Option(default(CircuitSimilarityConfig, "edge_k"), "--edge-k", min=1,
                                help="Edges per downstream node: its top-k upstream nodes by signed "
-                                                   "edge score."),
-    metrics: str = typer.Option("jaccard,wl_h1,wl_h2,wl_h3", "--metrics", help="jaccard (edge sets) and/or "
-                                                                               "wl_hN (Weisfeiler-Lehman, h = N)."),
+                                    "edge score."),
+    metrics: str = typer.Option(default(CircuitSimilarityConfig, "metrics"), "--metrics",
+                                help="jaccard (edge sets) and/or "
+                                     "wl_hN (Weisfeiler-Lehman, h = N)."),
     domains: str = _DOMAINS,
     subsets: str = _SUBSETS,
-    highlight: str = typer.Option("quickdraw", "--highlight", help="Domain left out of the 'without' average "
-                                                                   "(none: no highlight)."),
+    highlight: str = typer.Option(default(CircuitSimilarityConfig, "highlight"), "--highlight",
+                                  help="Domain left out of the 'without' average "
+                                       "(none: no highlight)."),
     force: bool = force_option("Replace an existing output folder."),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
@@ -238,12 +253,13 @@ def plot(
     class_name: str = typer.Option(..., "--class", help="The class: a name or a label."),
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="The PNG, or a folder for circuit_<domain>_"
-                                                              "<class>.png (default: CIRCUITS without suffix + "
-                                                              "'-plots' beside it)."),
-    edge_k: int = typer.Option(3, "--edge-k", min=1,
+                                         "<class>.png (default: CIRCUITS without suffix + "
+                                         "'-plots' beside it)."),
+    edge_k: int = typer.Option(default(PlotConfig, "edge_k"), "--edge-k", min=1,
                                help="Edges per downstream node (top-k upstream by signed score)."),
-    export: str = typer.Option("graphml,dot", "--export", help="Graph files next to the PNG: graphml, dot, or "
-                                                               "none."),
+    export: str = typer.Option(default(PlotConfig, "export"), "--export",
+                               help="Graph files next to the PNG: graphml, dot, or "
+                                    "none."),
     force: bool = force_option("Replace existing files."),
 ) -> None:
     """Draw one circuit as a layered graph (bottom: the first layer after input; top: the embedding) and export it

@@ -6,13 +6,8 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import force_option, json_option, progress_option, writable
-
-
-def _split(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+from clipgen.analysis.cka import CKAConfig
+from clipgen.cli.common import default, default_list, force_option, json_option, progress_option, split_list, writable
 
 
 def cka(
@@ -24,13 +19,14 @@ def cka(
     domains: str | None = typer.Option(None, "--domains",
                                        help="Comma-separated domains; every unordered pair is compared "
                                             "(default: every domain in the store)."),
-    subsets: str = typer.Option("all,id,ood", "--subsets",
+    subsets: str = typer.Option(default_list(CKAConfig, "subsets"), "--subsets",
                                 help="Class subsets: all, id (not held out), ood (held out)."),
-    kernels: str = typer.Option("linear,rbf", "--kernels", help="Kernels: linear, rbf (sigma^2 = median of the "
-                                                                 "non-zero squared distances)."),
-    estimators: str = typer.Option("unbiased", "--estimators",
+    kernels: str = typer.Option(default_list(CKAConfig, "kernels"), "--kernels",
+                                help="Kernels: linear, rbf (sigma^2 = median of the "
+                                     "non-zero squared distances)."),
+    estimators: str = typer.Option(default_list(CKAConfig, "estimators"), "--estimators",
                                    help="HSIC estimators: unbiased (Song et al., the paper's) and/or biased."),
-    rbf_median: str = typer.Option("lower", "--rbf-median",
+    rbf_median: str = typer.Option(default(CKAConfig, "rbf_median"), "--rbf-median",
                                    help="sigma^2 of the RBF kernel for an even number of distances: lower (the "
                                         "lower of the two middle values, as published) or mean (their mean)."),
     held_out: str | None = typer.Option(None, "--held-out",
@@ -40,9 +36,10 @@ def cka(
                                             help="Also restrict every pair to the classes present in this domain; "
                                                  "'painting' reproduces the published script's class list "
                                                  "(default: the classes present in both domains of each pair)."),
-    highlight: str = typer.Option("quickdraw", "--highlight",
+    highlight: str = typer.Option(default(CKAConfig, "highlight"), "--highlight",
                                   help="Domain whose pairs the highlight figure sets against the other pairs."),
-    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
+    figures: bool = typer.Option(default(CKAConfig, "figures"), "--figures/--no-figures",
+                                 help="Write the PNG figures."),
     force: bool = force_option("Replace an existing output folder."),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
@@ -57,9 +54,9 @@ def cka(
 
     if out is None:
         out = store.with_name(store.stem + "-cka")
-    cfg = CKAConfig(store=store, out=out, layers=_split(layers), domains=_split(domains),
-                    subsets=_split(subsets) or [], kernels=_split(kernels) or [],
-                    estimators=_split(estimators) or [], held_out=_split(held_out),
+    cfg = CKAConfig(store=store, out=out, layers=split_list(layers), domains=split_list(domains),
+                    subsets=split_list(subsets) or [], kernels=split_list(kernels) or [],
+                    estimators=split_list(estimators) or [], held_out=split_list(held_out),
                     classes_from=classes_from.strip().lower() if classes_from else None,
                     rbf_median=rbf_median.strip().lower(),
                     highlight=highlight.strip().lower(), figures=figures, force=force)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -36,7 +37,8 @@ def precision_option(help: str, default: str | None = "auto") -> Any:
 
 
 def force_option(help: str = "Replace an existing output.") -> Any:
-    """``--force`` (a flag, default off)."""
+    """``--force`` (a flag, default off): it sets the ``force`` field of the command's config (library entry points
+    take no separate ``force`` argument); config.json records it like every other field."""
     return typer.Option(False, "--force", help=help)
 
 
@@ -44,6 +46,14 @@ def json_option(help: str = "Print one JSON document (key numbers and output pat
                             "notes and progress go to stderr.") -> Any:
     """``--json`` (a flag, default off)."""
     return typer.Option(False, "--json", help=help)
+
+
+def split_list(value: str | None, cast: Callable[[str], Any] = str) -> list | None:
+    """A comma-separated option value as a list (items stripped, empty items dropped, each passed through
+    ``cast``, whose ValueError the caller words for its option); None stays None."""
+    if value is None:
+        return None
+    return [cast(v.strip()) for v in value.split(",") if v.strip()]
 
 
 # -- checks of option values that Typer's ``min=`` cannot say: a failed check is a usage error (one line, exit 2)
@@ -128,3 +138,89 @@ def hide_flag_metavars() -> None:
         return columns
 
     rich_utils._get_parameter_help = parameter_help
+
+
+# -- which config dataclass each command fills, and the options whose parameter is named otherwise than the field it
+#    sets (a dotted field is one of a nested config's). The CLI's error mapping names a field's flag from this, and
+#    a test checks every mapped option's default against its field's.
+
+#: command path -> ("module:ConfigClass", {parameter: field})
+CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
+    "circuits compute": ("clipgen.circuits.compute:CircuitsConfig", {}),
+    "circuits merge": ("clipgen.circuits.store:MergeConfig", {}),
+    "circuits nodes": ("clipgen.circuits.similarity:NodeSimilarityConfig", {}),
+    "circuits similarity": ("clipgen.circuits.similarity:CircuitSimilarityConfig", {}),
+    "circuits plot": ("clipgen.circuits.similarity:PlotConfig", {}),
+    "cka": ("clipgen.analysis.cka:CKAConfig", {}),
+    "data synth": ("clipgen.data.synth:SynthConfig", {}),
+    "data captions": ("clipgen.data.captions:CaptionConfig", {}),
+    "data mixtures": ("clipgen.data.mixtures:MixturesConfig",
+                      {"captions_dir": "captions", "setup": "setups", "domains": "domain_sets",
+                       "test_domain": "test_domains"}),
+    "data imagenet-captions": ("clipgen.data.imagenet_captions:ImageNetCaptionsConfig", {}),
+    "data merge-base": ("clipgen.data.base:MergeBaseConfig", {"mixtures_dir": "mixtures"}),
+    "data imagenet-sketch": ("clipgen.data.imagenet_sketch:SketchConfig",
+                             {"variant": "variants", "filter_": "filter", "captions_dir": "captions"}),
+    "data cache": ("clipgen.data.image_cache:CacheConfig", {}),
+    "demo": ("clipgen.demo:DemoConfig", {}),
+    "embeddings": ("clipgen.analysis.embeddings:EmbeddingsConfig", {}),
+    "eval zero-shot": ("clipgen.evaluation.zeroshot_eval:ZeroShotConfig", {"store": "stores"}),
+    "eval supervised": ("clipgen.evaluation.supervised_eval:SupervisedConfig", {}),
+    "eval summary": ("clipgen.evaluation.summary:SummaryConfig", {"results": "inputs"}),
+    "eval grid": ("clipgen.evaluation.grid:EvalGridConfig",
+                  {"store": "stores", "task_args": "extra_args", "partition": "slurm.partition",
+                   "account": "slurm.account", "qos": "slurm.qos", "time": "slurm.time",
+                   "cpus_per_task": "slurm.cpus_per_task", "gpus": "slurm.gpus_per_node", "mem": "slurm.mem",
+                   "max_parallel": "slurm.max_parallel", "setup": "slurm.setup"}),
+    "extract": ("clipgen.extraction:ExtractConfig", {"layer": "layers"}),
+    "extract layers": ("clipgen.extraction:ExtractConfig", {}),
+    "report": ("clipgen.report:ReportConfig", {"study": "inputs"}),
+    "sae train": ("clipgen.analysis.sae:SAETrainConfig", {}),
+    "sae features": ("clipgen.analysis.feature_sharing:FeatureSharingConfig", {}),
+    "sae names": ("clipgen.analysis.sae_names:SaeNamesConfig", {}),
+    "status": ("clipgen.status:StatusConfig", {"study": "inputs"}),
+    "train clip": ("clipgen.training.clip:ClipTrainConfig", {}),
+    "train supervised": ("clipgen.training.supervised:SupervisedTrainConfig", {}),
+    "train grid": ("clipgen.training.grid:TrainGridConfig",
+                   {"out_dir": "out", "job_name": "slurm.job_name", "partition": "slurm.partition",
+                    "account": "slurm.account", "qos": "slurm.qos", "time_limit": "slurm.time",
+                    "cpus_per_task": "slurm.cpus_per_task", "mem": "slurm.mem", "max_parallel": "slurm.max_parallel",
+                    "setup_cmd": "slurm.setup"}),
+}
+
+
+def default(config: type, name: str) -> Any:
+    """The default of field ``name`` of the config dataclass ``config``: an option's default lives in one place,
+    the config (``typer.Option(default(CKAConfig, "batch_size"), "--batch-size")``). A dotted name reaches into a
+    nested config's default (``"slurm.time"``); a list default comes as a fresh list."""
+    import dataclasses
+
+    head, _, rest = name.partition(".")
+    f = next((f for f in dataclasses.fields(config) if f.name == head), None)
+    if f is None:
+        raise AttributeError(f"{config.__name__} has no field {head!r}")
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        raise TypeError(f"{config.__name__}.{head} has no default")
+    for part in rest.split(".") if rest else ():
+        value = getattr(value, part)
+    return list(value) if isinstance(value, list) else value
+
+
+def default_list(config: type, name: str) -> str:
+    """A list field's default as the comma-separated text of its option (``"linear,rbf"``)."""
+    return ",".join(map(str, default(config, name)))
+
+
+def option_for_field(command: Any, path: str, field: str) -> str:
+    """The flag (or argument name) of ``command`` (a Click command at ``path``, e.g. ``"train grid"``) that sets
+    config field ``field``; ``--`` + the field with dashes where no option sets it."""
+    renames = CONFIGS.get(path, ("", {}))[1]
+    for p in getattr(command, "params", ()):
+        if renames.get(p.name, p.name) == field:
+            longs = [o for o in p.opts if o.startswith("--")]
+            return longs[0] if longs else (getattr(p, "metavar", None) or p.name.upper())
+    return "--" + field.replace("_", "-")

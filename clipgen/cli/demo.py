@@ -6,20 +6,22 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import device_option, force_option, progress_option, writable
+from clipgen.cli.common import default, device_option, force_option, progress_option, writable
+from clipgen.demo import DemoConfig
 
 
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o", callback=writable,
+    out: Path = typer.Option(default(DemoConfig, "out"), "--out", "-o", callback=writable,
                              help="Output folder for every artifact and the report."),
-    test_domain: str = typer.Option("sketch", "--test-domain",
+    test_domain: str = typer.Option(default(DemoConfig, "test_domain"), "--test-domain",
                                     help="Test domain of the mixtures: clipart, infograph, painting, quickdraw or "
                                          "sketch."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data, the mixtures, training and the SAEs."),
-    full: bool = typer.Option(False, "--full",
+    seed: int = typer.Option(default(DemoConfig, "seed"), "--seed",
+                             help="Seed of the synthetic data, the mixtures, training and the SAEs."),
+    full: bool = typer.Option(default(DemoConfig, "full"), "--full",
                               help="A larger, slower, more faithful synthetic study (more classes and images, "
                                    "RN-small, more epochs)."),
-    highlight: str = typer.Option("quickdraw", "--highlight",
+    highlight: str = typer.Option(default(DemoConfig, "highlight"), "--highlight",
                                   help="Domain the analyses set against the others (the paper's: quickdraw)."),
     device: str = device_option("auto (a GPU when present), cpu, cuda or cuda:N."),
     force: bool = force_option("Redo every stage, even those finished earlier."),

@@ -6,30 +6,38 @@ from pathlib import Path
 
 import typer
 
-from clipgen.cli.common import force_option, json_option, progress_option, writable
+from clipgen.analysis.embeddings import EmbeddingsConfig
+from clipgen.cli.common import default, force_option, json_option, progress_option, split_list, writable
 
 
 def embeddings(
     store: Path = typer.Argument(..., help="Activation store written by 'clipgen extract' (read only)."),
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: STORE without suffix + "
-                                                              "'-embeddings' beside STORE)."),
-    layer: str = typer.Option("embedding", "--layer", help="Stored layer to analyse (the L2-normalised image "
-                                                            "embedding by default)."),
+                                         "'-embeddings' beside STORE)."),
+    layer: str = typer.Option(default(EmbeddingsConfig, "layer"), "--layer",
+                              help="Stored layer to analyse (the L2-normalised image "
+                                   "embedding by default)."),
     domains: str | None = typer.Option(None, "--domains", help="Comma-separated domains (default: every domain in "
-                                                                "the store)."),
-    highlight: str = typer.Option("quickdraw", "--highlight",
+                                                               "the store)."),
+    highlight: str = typer.Option(default(EmbeddingsConfig, "highlight"), "--highlight",
                                   help="Domain left out of the second UMAP and plotted alone in the mean-difference "
                                        "figure."),
-    per_domain: int = typer.Option(2000, "--per-domain", help="Images per domain in the UMAP sample (seeded)."),
-    seed: int = typer.Option(42, "--seed", help="Seed of the UMAP sample and of UMAP itself (42: the published "
-                                                 "random_state)."),
-    umap: bool = typer.Option(True, "--umap/--no-umap", help="Fit the two UMAPs (slow: umap-learn compiles with "
-                                                             "numba on first use)."),
-    n_neighbors: int = typer.Option(15, "--n-neighbors", help="UMAP n_neighbors."),
-    min_dist: float = typer.Option(0.1, "--min-dist", help="UMAP min_dist."),
-    densmap: bool = typer.Option(True, "--densmap/--no-densmap", help="densMAP, as in the paper."),
-    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
+    per_domain: int = typer.Option(default(EmbeddingsConfig, "per_domain"), "--per-domain",
+                                   help="Images per domain in the UMAP sample (seeded)."),
+    seed: int = typer.Option(default(EmbeddingsConfig, "seed"), "--seed",
+                             help="Seed of the UMAP sample and of UMAP itself (42: the published "
+                                  "random_state)."),
+    umap: bool = typer.Option(default(EmbeddingsConfig, "umap"), "--umap/--no-umap",
+                              help="Fit the two UMAPs (slow: umap-learn compiles with "
+                                   "numba on first use)."),
+    n_neighbors: int = typer.Option(default(EmbeddingsConfig, "n_neighbors"), "--n-neighbors",
+                                    help="UMAP n_neighbors."),
+    min_dist: float = typer.Option(default(EmbeddingsConfig, "min_dist"), "--min-dist", help="UMAP min_dist."),
+    densmap: bool = typer.Option(default(EmbeddingsConfig, "densmap"), "--densmap/--no-densmap",
+                                 help="densMAP, as in the paper."),
+    figures: bool = typer.Option(default(EmbeddingsConfig, "figures"), "--figures/--no-figures",
+                                 help="Write the PNG figures."),
     force: bool = force_option("Replace an existing output folder."),
     progress: bool = progress_option(),
     as_json: bool = json_option(),
@@ -45,7 +53,7 @@ def embeddings(
     if out is None:
         out = store.with_name(store.stem + "-embeddings")
     cfg = EmbeddingsConfig(store=store, out=out, layer=layer,
-                           domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+                           domains=split_list(domains or None),
                            highlight=highlight.strip().lower(), per_domain=per_domain, seed=seed, umap=umap,
                            n_neighbors=n_neighbors, min_dist=min_dist, densmap=densmap, figures=figures, force=force)
     res = run_embeddings(cfg, progress=progress)

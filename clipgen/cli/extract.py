@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from clipgen.cli.common import (
+    default,
     device_option,
     force_option,
     json_option,
@@ -15,6 +16,7 @@ from clipgen.cli.common import (
     progress_option,
     writable,
 )
+from clipgen.extraction import ExtractConfig
 
 app = typer.Typer(
     help="Extract activations of every requested layer into a versioned HDF5 store, in one forward pass.\n\n"
@@ -33,52 +35,63 @@ def extract(
     epoch: int | None = typer.Option(None, "--epoch", min=0,
                                      help="Checkpoint epoch of --model-dir (default: the last)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint trained outside clipgen "
-                                                                       "(with --model)."),
+                                                                      "(with --model)."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),
     data: Path | None = typer.Option(None, "--data", help="DomainNet root (real or synthetic) with split files."),
     tsv: Path | None = typer.Option(None, "--tsv", help="Or: any filepath<TAB>title TSV (labels unknown)."),
-    split: str = typer.Option("test", "--split", help="DomainNet split: test or train."),
-    domains: str = typer.Option("all", "--domains", help="Domains: all, letters (cpqs) or comma-separated names."),
-    layer: str = typer.Option("all", "--layer", "--layers", help="all, or comma-separated layer names "
-                                                                  "(see 'clipgen extract layers')."),
-    pooling: str = typer.Option("mean", "--pooling", help="mean: spatial mean of conv maps (the paper); none: "
-                                                          "full maps (large; see --max-size-gb)."),
-    token_pooling: str = typer.Option("cls", "--token-pooling", help="ViT token layers: cls (class token) or mean "
-                                                                     "(mean of the patch tokens)."),
-    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype of layers: float16 or float32 (the "
-                                                         "embedding is always float32)."),
+    split: str = typer.Option(default(ExtractConfig, "split"), "--split", help="DomainNet split: test or train."),
+    domains: str = typer.Option(default(ExtractConfig, "domains"), "--domains",
+                                help="Domains: all, letters (cpqs) or comma-separated names."),
+    layer: str = typer.Option(default(ExtractConfig, "layers"), "--layer", "--layers",
+                              help="all, or comma-separated layer names "
+                                   "(see 'clipgen extract layers')."),
+    pooling: str = typer.Option(default(ExtractConfig, "pooling"), "--pooling",
+                                help="mean: spatial mean of conv maps (the paper); none: "
+                                     "full maps (large; see --max-size-gb)."),
+    token_pooling: str = typer.Option(default(ExtractConfig, "token_pooling"), "--token-pooling",
+                                      help="ViT token layers: cls (class token) or mean "
+                                           "(mean of the patch tokens)."),
+    dtype: str = typer.Option(default(ExtractConfig, "dtype"), "--dtype",
+                              help="Stored dtype of layers: float16 or float32 (the "
+                                   "embedding is always float32)."),
     precision: str = precision_option("auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16, fp16."),
     device: str = device_option(),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: 256 on "
-                                                                      "GPU, 32 on CPU; continuing a store: its "
-                                                                      "own)."),
+                                                                            "GPU, 32 on CPU; continuing a store: its "
+                                                                            "own)."),
     block_rows: int | None = typer.Option(None, "--block-rows", min=1, help="Rows per resumable block (a multiple of "
-                                                                      "--batch-size) (default: about 256 MB)."),
+                                                                            "--batch-size) (default: about 256 MB)."),
     workers: int | None = typer.Option(None, "--workers", min=0,
                                        help="Image-decoding processes (default: one less than the CPU cores this "
                                             "process may use, at most 16)."),
     images: Path | None = typer.Option(None, "--images", help="Image cache of the image set ('clipgen data cache'): "
                                                               "read instead of decoding the JPEGs; refused if made "
                                                               "for another preprocessing or other images."),
-    on_error: str = typer.Option("fail", "--on-error", help="Missing or corrupt image: fail, or skip it (listed "
-                                                            "under /skipped in the store and reported)."),
-    templates: str = typer.Option("paper", "--templates", help="Prompt templates of the stored class text "
-                                                               "embeddings: paper (86), openai, named-domain, "
-                                                               "simple."),
-    text: bool = typer.Option(True, "--text/--no-text", help="Store the template-averaged class text embeddings."),
-    compression: str = typer.Option("gzip", "--compression", help="gzip (+shuffle), lzf, or none."),
-    max_size_gb: float = typer.Option(20.0, "--max-size-gb", callback=positive,
+    on_error: str = typer.Option(default(ExtractConfig, "on_error"), "--on-error",
+                                 help="Missing or corrupt image: fail, or skip it (listed "
+                                      "under /skipped in the store and reported)."),
+    templates: str = typer.Option(default(ExtractConfig, "templates"), "--templates",
+                                  help="Prompt templates of the stored class text "
+                                       "embeddings: paper (86), openai, named-domain, "
+                                       "simple."),
+    text: bool = typer.Option(default(ExtractConfig, "text"), "--text/--no-text",
+                              help="Store the template-averaged class text embeddings."),
+    compression: str = typer.Option(default(ExtractConfig, "compression"), "--compression",
+                                    help="gzip (+shuffle), lzf, or none."),
+    max_size_gb: float = typer.Option(default(ExtractConfig, "max_size_gb"), "--max-size-gb", callback=positive,
                                       help="Refuse --pooling none above this estimated "
-                                                                  "store size."),
-    channels_last: str = typer.Option("auto", "--channels-last", help="auto (ResNets on GPU), on, off."),
+                                           "store size."),
+    channels_last: str = typer.Option(default(ExtractConfig, "channels_last"), "--channels-last",
+                                      help="auto (ResNets on GPU), on, off."),
     shard: str | None = typer.Option(None, "--shard", help="Write part i of n (0-based 'i/n', or 'auto' from "
                                                            "SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE) to "
                                                            "STORE.shard-i-of-n.h5; join with 'extract merge'."),
-    writer_threads: int = typer.Option(0, "--writer-threads", min=0,
+    writer_threads: int = typer.Option(default(ExtractConfig, "writer_threads"), "--writer-threads", min=0,
                                        help="Chunk-compression threads (0: min(8, cores))."),
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable, help="The store file (STORE.h5)."),
-    resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues an "
-                                                        "interrupted store (and skips a complete one) anyway."),
+    resume: bool = typer.Option(default(ExtractConfig, "resume"), "--resume",
+                                help="Accepted for compatibility: the same command continues an "
+                                     "interrupted store (and skips a complete one) anyway."),
     force: bool = force_option("Replace an existing store (needed when its settings differ)."),
     progress: bool = progress_option(),
     as_json: bool = json_option(),

@@ -1,11 +1,13 @@
 """The root ``clipgen`` app.
 
-Each command group lives in its own module and imports only Typer at module level; library code (and torch,
-open_clip, umap) is imported inside command bodies, so ``clipgen --help`` answers in well under a second.
+Each command group lives in its own module and imports, at module level, only Typer and the config dataclasses its
+options take their defaults from (:func:`clipgen.cli.common.default`); the code that does the work (and torch,
+open_clip, umap) is imported inside command bodies, so ``clipgen --help`` stays fast.
 
-Errors: a :class:`~clipgen.errors.ClipgenError`, a usage error, or an OSError a user can fix (disk full, permission
-denied, read-only file system, a path blocked by a regular file; :func:`~clipgen.errors.os_error_message`) becomes
-one line on stderr (``error: ...``) and exit code 2; anything else is a bug and keeps its traceback (exit code 1).
+Errors: a :class:`~clipgen.errors.ClipgenError` (a :class:`~clipgen.errors.ConfigFieldError` shown with the flag
+that sets its field), a usage error, or an OSError a user can fix (disk full, permission denied, read-only file
+system, a path blocked by a regular file; :func:`~clipgen.errors.os_error_message`) becomes one line on stderr
+(``error: ...``) and exit code 2; anything else is a bug and keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from clipgen import __version__
 from clipgen.cli.common import hide_flag_metavars
-from clipgen.errors import ClipgenError, os_error_message
+from clipgen.errors import ClipgenError, ConfigFieldError, option_error, os_error_message
 
 hide_flag_metavars()
 
@@ -35,6 +37,8 @@ class ClipgenGroup(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ConfigFieldError as e:  # the library names a config field: name the flag that sets it
+            _fail(str(option_error(_flag_of(self, args, e.field), e.detail)), e.exit_code)
         except ClipgenError as e:
             _fail(str(e), e.exit_code)
         except _cx.NoArgsIsHelpError as e:  # a bare group name: show its help
@@ -56,6 +60,20 @@ class ClipgenGroup(TyperGroup):
                 raise
             _fail(message, 2)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _flag_of(group, args, field: str) -> str:
+    """The flag of the invoked command that sets config field ``field`` (the command path is the leading words of
+    the command line: the root and the groups take no options but --help and --version)."""
+    from clipgen.cli.common import option_for_field
+
+    cmd, path = group, []
+    for word in sys.argv[1:] if args is None else args:
+        sub = getattr(cmd, "commands", {}).get(str(word))
+        if sub is None:
+            break
+        cmd, path = sub, [*path, str(word)]
+    return option_for_field(cmd, " ".join(path), field)
 
 
 def _fail(message: str, code: int) -> None:

@@ -6,15 +6,20 @@ from pathlib import Path
 
 import typer
 
+from clipgen.cli.common import default
+from clipgen.report import ReportConfig
+
 
 def report(
     study: list[Path] = typer.Argument(..., help="Study folder(s): run directories, evaluation results, stores and "
                                                  "analysis outputs are found under them by their marker files."),
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="Folder for report.md and report.html (default: the first STUDY folder)."),
-    runs: list[Path] = typer.Option([], "--runs", help="Another folder of run directories (repeatable)."),
-    stores: list[Path] = typer.Option([], "--stores", help="Another folder of activation stores (repeatable)."),
-    analyses: list[Path] = typer.Option([], "--analyses",
+    runs: list[Path] = typer.Option(default(ReportConfig, "runs"), "--runs",
+                                    help="Another folder of run directories (repeatable)."),
+    stores: list[Path] = typer.Option(default(ReportConfig, "stores"), "--stores",
+                                      help="Another folder of activation stores (repeatable)."),
+    analyses: list[Path] = typer.Option(default(ReportConfig, "analyses"), "--analyses",
                                         help="Another folder of analysis outputs (CKA, embeddings, SAE, circuits, "
                                              "eval summary; repeatable)."),
 ) -> None:
@@ -26,8 +31,8 @@ def report(
     every figure. See docs/report.md.
     """
     from clipgen.progress import out as con
-    from clipgen.report import ReportConfig, build_report
+    from clipgen.report import ReportConfig, run_report
 
-    md, html = build_report(ReportConfig(inputs=list(study), out=out, runs=list(runs), stores=list(stores),
-                                         analyses=list(analyses)))
+    md, html = run_report(ReportConfig(inputs=list(study), out=out, runs=list(runs), stores=list(stores),
+                                       analyses=list(analyses)))
     con.print(f"report: {md} and {html.name}")

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import typer
 
+from clipgen.analysis.feature_sharing import FeatureSharingConfig
+from clipgen.analysis.sae_names import SaeNamesConfig
 from clipgen.cli.common import (
+    default,
+    default_list,
     device_option,
     force_option,
     json_option,
     positive,
     precision_option,
     progress_option,
+    split_list,
     writable,
 )
 
@@ -20,21 +25,17 @@ app = typer.Typer(help="Sparse autoencoders on an activation store: train, and S
                   no_args_is_help=True)
 
 
-def _csv(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
+# The defaults of 'sae train' are written here, not read from SAETrainConfig: its module imports torch, which the CLI
+# keeps out of its import (tests/test_cli_common.py checks them against the config's).
 @app.command("train")
 def train(
     stores: list[Path] = typer.Argument(..., help="Activation store(s) with the training rows (read only)."),
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: first STORE without suffix + '-sae' beside it)."),
     layer: str = typer.Option("embedding", "--layer", help="Stored layer to train on (embedding: the "
-                                                             "L2-normalised image embedding, as in the paper)."),
+                                                           "L2-normalised image embedding, as in the paper)."),
     split: str | None = typer.Option(None, "--split", help="Train only on store rows of this split (default: all "
-                                                          "rows)."),
+                                                           "rows)."),
     val_store: Path | None = typer.Option(None, "--val-store", help="Store with the validation rows."),
     val_split: str | None = typer.Option(None, "--val-split", help="Split of --val-store to validate on."),
     val_fraction: float = typer.Option(0.05, "--val-fraction",
@@ -45,7 +46,7 @@ def train(
     activation: str = typer.Option("relu", "--activation", help="relu (paper) or topk."),
     k: int = typer.Option(32, "--k", min=1, help="Active latents per sample for --activation topk."),
     l1: float | None = typer.Option(None, "--l1", min=0.0, help="L1 coefficient (default: 1e-4 (paper) for relu, 0 for "
-                                                       "topk)."),
+                                                                "topk)."),
     lr: float = typer.Option(1e-4, "--lr", callback=positive, help="Adam learning rate (paper: 1e-4)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="Batch size (default: the paper's 2048, or all training rows when "
@@ -69,7 +70,7 @@ def train(
                                     help="Samples without firing after which the logs count a latent as dead."),
     log_every: int = typer.Option(1_000_000, "--log-every", min=1, help="Samples between log lines."),
     val_every: int = typer.Option(10_000_000, "--val-every", min=0, help="Samples between validations (0: only at the "
-                                                                  "end)."),
+                                                                         "end)."),
     checkpoint_every: int = typer.Option(10_000_000, "--checkpoint-every", min=0,
                                          help="Samples between checkpoints (0: only at the end)."),
     keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", min=1, help="Checkpoints kept (newest)."),
@@ -151,16 +152,18 @@ def features(
                                                 "run's mixture test domain recorded in the store)."),
     classes: str | None = typer.Option(None, "--classes",
                                        help="Comma-separated class names (default: the store's held-out classes)."),
-    split: str = typer.Option("auto", "--split",
+    split: str = typer.Option(default(FeatureSharingConfig, "split"), "--split",
                               help="Rows to use: a split name, 'all', or auto (the test split when the store has "
                                    "one, as in the paper)."),
-    top: int = typer.Option(20, "--top", min=1,
+    top: int = typer.Option(default(FeatureSharingConfig, "top"), "--top", min=1,
                             help="Top active latents per image that enter the histograms (paper: 20)."),
-    ks: str = typer.Option("5,10,15,20", "--ks", help="k values averaged by mpct (paper: 5,10,15,20)."),
-    zero_bins: str = typer.Option("include", "--zero-bins",
+    ks: str = typer.Option(default_list(FeatureSharingConfig, "ks"), "--ks",
+                           help="k values averaged by mpct (paper: 5,10,15,20)."),
+    zero_bins: str = typer.Option(default(FeatureSharingConfig, "zero_bins"), "--zero-bins",
                                   help="include (paper): zero-count latents may fill a top-k set (ties by index); "
                                        "exclude: only latents counted at least once."),
-    batch_size: int = typer.Option(4096, "--batch-size", min=1, help="Rows encoded at a time."),
+    batch_size: int = typer.Option(default(FeatureSharingConfig, "batch_size"), "--batch-size",
+                                   min=1, help="Rows encoded at a time."),
     device: str = device_option(),
     names: Path | None = typer.Option(None, "--names",
                                       help="'sae names' output whose names label the top latents of every class "
@@ -180,13 +183,13 @@ def features(
     from clipgen.errors import option_error
 
     try:
-        k_values = [int(v) for v in _csv(ks) or []]
+        k_values = split_list(ks, int) or []
     except ValueError:
         raise option_error("--ks", f"expected comma-separated integers, got {ks!r}") from None
     if out is None:
         out = (sae if sae.is_dir() else sae.parent) / "features"
     cfg = FeatureSharingConfig(store=str(store), sae=str(sae), out=str(out), layer=layer, test_domain=test_domain,
-                               classes=_csv(classes), split=split, top=top, ks=k_values,
+                               classes=split_list(classes), split=split, top=top, ks=k_values,
                                zero_bins=zero_bins.strip().lower(), batch_size=batch_size, device=device,
                                names=str(names) if names else None)
     res, path = run_feature_sharing(cfg, force=force, progress=progress)
@@ -217,19 +220,22 @@ def names(
     vocab: Path | None = typer.Option(None, "--vocab", help="Vocabulary, one term per line (default: built in: the "
                                                             "DomainNet and ImageNet class names and the captions' "
                                                             "domain terms)."),
-    template: str = typer.Option("{}", "--template", help="How a term becomes text; '{}' is the term (the "
-                                                         "published script: the raw term), e.g. 'a photo of a {}.'"),
-    top_k: int = typer.Option(5, "--top-k", help="Names kept per latent (the published script keeps 1)."),
+    template: str = typer.Option(default(SaeNamesConfig, "template"), "--template",
+                                 help="How a term becomes text; '{}' is the term (the "
+                                      "published script: the raw term), e.g. 'a photo of a {}.'"),
+    top_k: int = typer.Option(default(SaeNamesConfig, "top_k"), "--top-k",
+                              help="Names kept per latent (the published script keeps 1)."),
     model_dir: Path | None = typer.Option(None, "--model-dir",
                                           help="Run directory of the CLIP whose text tower names the latents "
                                                "(default: the model recorded in the SAE's training store)."),
     epoch: int | None = typer.Option(None, "--epoch", help="Checkpoint epoch of --model-dir (default: the last)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint not trained by clipgen (open_clip "
-                                                                       "or OpenAI weights file), with --model."),
+                                                                      "or OpenAI weights file), with --model."),
     model: str | None = typer.Option(None, "--model", help="Model name for --checkpoint (e.g. RN50)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: 'names' inside the SAE "
-                                                               "folder)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Terms encoded at a time."),
+                                                              "folder)."),
+    batch_size: int = typer.Option(default(SaeNamesConfig, "batch_size"), "--batch-size",
+                                   help="Terms encoded at a time."),
     device: str = device_option("auto, cpu, cuda, cuda:N."),
     force: bool = force_option("Replace names made with other settings."),
 ) -> None:
@@ -248,7 +254,7 @@ def names(
                          template=template, top_k=top_k, model_dir=str(model_dir) if model_dir else None,
                          epoch=epoch, checkpoint=str(checkpoint) if checkpoint else None, model=model,
                          batch_size=batch_size, device=device)
-    res = run_sae_names(cfg, force=force)
+    res = run_sae_names(cfg)
     m = res.indices.shape[0]
     state = " (already complete)" if res.already_complete else (" (text embeddings from the cache)" if res.cached
                                                                 else "")

@@ -2,7 +2,7 @@
 
 For its CC3M/CC12M runs the paper trains on ``{cc}-train.tsv`` followed by the DomainNet part of a mixture
 (``dn-captions-train-{identifier}.tsv``), without ImageNet-Captions, and validates on the plain ``{cc}-val.tsv``.
-:func:`merge_base` does the same for any mixture written by ``clipgen data mixtures``: it takes the DomainNet part
+:func:`run_merge_base` does the same for any mixture written by ``clipgen data mixtures``: it takes the DomainNet part
 from the mixture folder (the ``dn-captions`` file, or the ``combined-captions`` file minus its recorded base rows)
 and writes ``{name}-train-{identifier}.tsv`` = base rows, then the DomainNet rows.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from clipgen.data.mixture_info import INDEX_NAME, MixtureInfo, write_index
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error, option_error
 
 #: The seven mixtures of the paper's CC3M/CC12M runs (natural-only; CG low, CG high, LOD for clipart and sketch).
 PAPER_CC_IDENTIFIERS: tuple[str, ...] = (
@@ -59,7 +59,8 @@ def load_index(folder: Path) -> dict[str, MixtureInfo]:
 
     path = folder / INDEX_NAME
     if not path.is_file():
-        raise option_error("--mixtures", f"{folder} has no {INDEX_NAME} (write mixtures with 'clipgen data mixtures')")
+        raise ConfigFieldError("mixtures",
+                               f"{folder} has no {INDEX_NAME} (write mixtures with 'clipgen data mixtures')")
     try:
         raw = json.loads(path.read_text(encoding="utf-8")).get("mixtures", {})
     except (OSError, json.JSONDecodeError, AttributeError) as e:
@@ -73,7 +74,7 @@ def dn_part_source(index: dict[str, MixtureInfo], identifier: str) -> MixtureInf
     cands = [i for i in index.values() if i.identifier == identifier and i.split == "train" and i.source is None
              and i.in_sketch is None]
     if not cands:
-        raise option_error("--identifiers", f"no training mixture {identifier!r} in the mixture folder")
+        raise ConfigFieldError("identifiers", f"no training mixture {identifier!r} in the mixture folder")
     cands.sort(key=lambda i: (i.base is not None, i.file))  # without base rows first
     return cands[0]
 
@@ -102,6 +103,7 @@ class MergeBaseConfig:
     identifiers: list[str] = field(default_factory=lambda: ["all"])  # "all", "paper-cc", or identifiers
     name: str | None = None  # output prefix [default: base file name without -train.tsv]
     check_files: bool = False
+    force: bool = False  # overwrite existing TSVs
 
 
 def resolve_identifiers(requested: Sequence[str], index: dict[str, MixtureInfo]) -> list[str]:
@@ -110,7 +112,7 @@ def resolve_identifiers(requested: Sequence[str], index: dict[str, MixtureInfo])
         ids = sorted({i.identifier for i in index.values() if i.split == "train" and i.identifier
                       and i.source is None and i.in_sketch is None})
         if not ids:
-            raise option_error("--mixtures", "the mixture folder holds no training mixture")
+            raise ConfigFieldError("mixtures", "the mixture folder holds no training mixture")
         return ids
     if req == ["paper-cc"]:
         req = list(PAPER_CC_IDENTIFIERS)
@@ -130,29 +132,29 @@ class MergeBaseResult:
     base_rows: int
 
 
-def merge_base(cfg: MergeBaseConfig, *, force: bool = False, progress: bool = True) -> MergeBaseResult:
+def run_merge_base(cfg: MergeBaseConfig, *, progress: bool = True) -> MergeBaseResult:
     from clipgen.artifacts import config_record, write_json_atomic
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv
 
     folder = Path(cfg.mixtures)
     if not folder.is_dir():
-        raise option_error("--mixtures", f"{folder} is not a folder")
+        raise ConfigFieldError("mixtures", f"{folder} is not a folder")
     index = load_index(folder)
     ids = resolve_identifiers(cfg.identifiers, index)
     name = cfg.name or default_base_name(cfg.base)
     if not name or "/" in name:
-        raise option_error("--name", f"{name!r} is not a usable file name prefix")
+        raise ConfigFieldError("name", f"{name!r} is not a usable file name prefix")
     out = Path(cfg.out)
     targets = [out / f"{name}-train-{i}.tsv" for i in ids]
-    if not force:
+    if not cfg.force:
         for p in targets:
             if p.exists():
                 raise ClipgenError(f"{p}: already exists (pass --force to overwrite)")
     # validate the base TSV once (and count it) before writing anything
     n_base = sum(1 for _ in iter_base(cfg.base, check_files=cfg.check_files))
     if n_base == 0:
-        raise option_error("--base", f"{cfg.base}: base TSV has no rows")
+        raise ConfigFieldError("base", f"{cfg.base}: base TSV has no rows")
     sources = [dn_part_source(index, i) for i in ids]
     parts = [read_dn_part(folder, s) for s in sources]
     base_abs = str(Path(cfg.base).resolve())

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from clipgen import domainnet as dn
 from clipgen.artifacts import atomic_path, config_record, write_json_atomic
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 
 ALIGNED_DIR = "aligned-captions"
 DEFAULT_SUBDIR = "captions"
@@ -56,6 +56,7 @@ class CaptionConfig:
     seed: int = PAPER_SEED
     aligned: bool = True  # also write the aligned captions
     check_files: bool = False  # check that every image exists
+    force: bool = False  # overwrite existing caption files
 
 
 def default_captions_dir(root: str | Path) -> Path:
@@ -121,17 +122,17 @@ def write_caption_file(path: Path, rows: list[CaptionRow], force: bool) -> None:
         f.writelines(f"{p}\t{label}\t{cap}\n" for p, label, cap in rows)
 
 
-def build_captions(cfg: CaptionConfig, *, force: bool = False, progress: bool = True) -> CaptionResult:
+def run_captions(cfg: CaptionConfig, *, progress: bool = True) -> CaptionResult:
     """Read and validate all split files, then write the standard (and aligned) caption files."""
     from clipgen.progress import make_progress
 
     root = Path(cfg.root)
     if not root.is_dir():
-        raise option_error("--root", f"{root} is not a folder")
+        raise ConfigFieldError("root", f"{root} is not a folder")
     out = Path(cfg.out) if cfg.out is not None else default_captions_dir(root)
     kinds = [False, True] if cfg.aligned else [False]
     targets = [caption_path(out, d, s, a) for a in kinds for d in dn.DOMAINS for s in dn.SPLITS]
-    if not force:
+    if not cfg.force:
         existing = [p for p in targets if p.exists()]
         if existing:
             raise ClipgenError(f"{existing[0]}: already exists (pass --force to overwrite)")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipgen.artifacts import config_record, write_json_atomic, write_text_atomic
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 
 TRAIN_NAME = "in-captions-train.tsv"
 VAL_NAME = "in-captions-val.tsv"
@@ -70,6 +70,7 @@ class ImageNetCaptionsConfig:
     out: Path
     val_fraction: float = 0.08
     seed: int = 0
+    force: bool = False  # overwrite existing TSVs
 
 
 @dataclass
@@ -86,7 +87,7 @@ class ImageNetCaptionsResult:
 
 def _load_entries(path: Path) -> list[dict]:
     if not path.is_file():
-        raise option_error("--captions-json", f"{path}: file not found")
+        raise ConfigFieldError("captions_json", f"{path}: file not found")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -110,20 +111,19 @@ def _load_entries(path: Path) -> list[dict]:
     return data
 
 
-def build_imagenet_captions(cfg: ImageNetCaptionsConfig, *, force: bool = False,
-                            progress: bool = True) -> ImageNetCaptionsResult:
+def run_imagenet_captions(cfg: ImageNetCaptionsConfig, *, progress: bool = True) -> ImageNetCaptionsResult:
     """Write ``in-captions-train.tsv`` and ``in-captions-val.tsv`` (absolute paths) into ``cfg.out``."""
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv
 
     if not 0 <= cfg.val_fraction < 1:
-        raise option_error("--val-fraction", f"{cfg.val_fraction} is not in [0, 1)")
+        raise ConfigFieldError("val_fraction", f"{cfg.val_fraction} is not in [0, 1)")
     train_dir = Path(cfg.imagenet_train)
     if not train_dir.is_dir():
-        raise option_error("--imagenet-train", f"{train_dir} is not a folder")
+        raise ConfigFieldError("imagenet_train", f"{train_dir} is not a folder")
     out = Path(cfg.out)
     targets = [out / TRAIN_NAME, out / VAL_NAME]
-    if not force:
+    if not cfg.force:
         for p in targets:
             if p.exists():
                 raise ClipgenError(f"{p}: already exists (pass --force to overwrite)")
@@ -156,8 +156,8 @@ def build_imagenet_captions(cfg: ImageNetCaptionsConfig, *, force: bool = False,
                 rows.append((key[0], key[1], str(root / key[0] / key[1]), make_caption(e)))
             bar.advance(task)
     if not rows:
-        raise option_error("--imagenet-train", f"none of the {len(entries)} images of {cfg.captions_json} is under "
-                                               f"{train_dir} (expected <train>/<wnid>/<filename>)")
+        raise ConfigFieldError("imagenet_train", f"none of the {len(entries)} images of {cfg.captions_json} is under "
+                                                 f"{train_dir} (expected <train>/<wnid>/<filename>)")
     by_class: dict[str, list[str]] = {}
     for wnid, fn, _, _ in rows:
         by_class.setdefault(wnid, []).append(fn)
@@ -165,7 +165,7 @@ def build_imagenet_captions(cfg: ImageNetCaptionsConfig, *, force: bool = False,
     train_rows = [(p, c) for w, fn, p, c in rows if (w, fn) not in val]
     val_rows = [(p, c) for w, fn, p, c in rows if (w, fn) in val]
     if not train_rows:
-        raise option_error("--val-fraction", "no training images left")
+        raise ConfigFieldError("val_fraction", "no training images left")
     write_tsv(targets[0], train_rows, force=True)
     write_tsv(targets[1], val_rows, force=True)
     missing_file = None

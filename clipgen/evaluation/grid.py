@@ -19,7 +19,7 @@ from pathlib import Path
 
 from clipgen import domainnet as dn
 from clipgen.artifacts import write_config
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.evaluation.results import RESULTS_NAME, read_results
 from clipgen.runs import MANIFEST_NAME, RunManifest, list_checkpoints, parse_epochs, read_manifest
 from clipgen.slurm import SlurmConfig, run_local, submit, write_array_job
@@ -28,7 +28,7 @@ MODES = ("write", "dry-run", "submit", "local")
 
 
 @dataclass
-class GridConfig:
+class EvalGridConfig:
     """Options of ``clipgen eval grid``."""
 
     runs: list[Path]  # run directories, or folders holding run directories
@@ -68,10 +68,10 @@ def discover_runs(paths: Sequence[str | Path]) -> list[Path]:
             found.append(p)
             continue
         if not p.is_dir():
-            raise option_error("RUNS", f"{p} is not a directory")
+            raise ConfigFieldError("runs", f"{p} is not a directory")
         hits = sorted({m.parent for pat in (f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}") for m in p.glob(pat)})
         if not hits:
-            raise option_error("RUNS", f"no clipgen run (with {MANIFEST_NAME}) in or under {p}")
+            raise ConfigFieldError("runs", f"no clipgen run (with {MANIFEST_NAME}) in or under {p}")
         found += hits
     return list(dict.fromkeys(found))
 
@@ -100,10 +100,10 @@ def _done_epochs(out: Path, checkpoints: dict[int, Path]) -> list[int]:
     return [e for e in done if e not in changed]
 
 
-def plan(cfg: GridConfig) -> tuple[list[GridTask], list[str]]:
+def plan(cfg: EvalGridConfig) -> tuple[list[GridTask], list[str]]:
     """The tasks still to run, and one note per (run, test domain) already complete."""
     if cfg.mode not in MODES:
-        raise option_error("--mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
+        raise ConfigFieldError("mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
     tasks: list[GridTask] = []
     notes: list[str] = []
     for run in discover_runs(cfg.runs):
@@ -142,7 +142,7 @@ def plan(cfg: GridConfig) -> tuple[list[GridTask], list[str]]:
     return tasks, notes
 
 
-def task_workers(cfg: GridConfig) -> int:
+def task_workers(cfg: EvalGridConfig) -> int:
     """Data-loading processes of each task: the task's CPUs but one (SLURM), or this machine's usable CPUs but one
     (``--local``)."""
     from clipgen.devices import default_workers
@@ -158,7 +158,7 @@ class GridOutcome:
     job_id: str | None
 
 
-def run_grid(cfg: GridConfig) -> GridOutcome:
+def run_grid(cfg: EvalGridConfig) -> GridOutcome:
     """Plan the grid, then write the job script (write, submit) and submit it, or run the tasks here (local);
     ``dry-run`` plans only."""
     tasks, notes = plan(cfg)

@@ -28,7 +28,7 @@ import numpy as np
 from clipgen import domainnet as dn
 from clipgen.artifacts import atomic_path, write_config, write_text_atomic
 from clipgen.data.mixture_info import SETUP_TITLES
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 from clipgen.evaluation.metrics import SCALAR_METRICS
 from clipgen.evaluation.results import RESULTS_NAME, read_results
 
@@ -80,12 +80,12 @@ def find_results(inputs: Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             hits = sorted(p.rglob(RESULTS_NAME))
             if not hits:
-                raise option_error("RESULTS", f"no {RESULTS_NAME} under {p}")
+                raise ConfigFieldError("inputs", f"no {RESULTS_NAME} under {p}")
             found += hits
         elif p.is_file():
             found.append(p)
         else:
-            raise option_error("RESULTS", f"{p} does not exist")
+            raise ConfigFieldError("inputs", f"{p} does not exist")
     seen, out = set(), []
     for f in found:
         r = f.resolve()
@@ -160,9 +160,9 @@ def value_at(r: RunResult, domain: str, metric: str, epoch: str) -> tuple[float,
         try:
             e = int(epoch)
         except ValueError:
-            raise option_error("--epoch", f"{epoch!r} is not 'last' or an epoch number") from None
+            raise ConfigFieldError("epoch", f"{epoch!r} is not 'last' or an epoch number") from None
         if e not in r.epochs:
-            raise option_error("--epoch", f"{r.path} has no epoch {e} (evaluated: {r.epochs})")
+            raise ConfigFieldError("epoch", f"{r.path} has no epoch {e} (evaluated: {r.epochs})")
         i = r.epochs.index(e)
     d = r.test_domain if domain == "test" else domain
     if metric not in (r.metrics.get(d) or {}):
@@ -407,16 +407,16 @@ class SummaryOutcome:
     files: list[Path]
 
 
-def summarise(cfg: SummaryConfig) -> SummaryOutcome:
+def run_summary(cfg: SummaryConfig) -> SummaryOutcome:
     """Read the results, group them, and write summary.csv, summary.md, figure2.png and curves.png."""
     if cfg.metric not in SCALAR_METRICS:
-        raise option_error("--metric", f"unknown metric {cfg.metric!r} (one of {', '.join(SCALAR_METRICS)})")
+        raise ConfigFieldError("metric", f"unknown metric {cfg.metric!r} (one of {', '.join(SCALAR_METRICS)})")
     if cfg.domain not in ("test", "real"):
-        raise option_error("--domain", f"must be 'test' or 'real', not {cfg.domain!r}")
+        raise ConfigFieldError("domain", f"must be 'test' or 'real', not {cfg.domain!r}")
     out = Path(cfg.out)
     existing = [out / f for f in OUTPUT_FILES if (out / f).exists()]
     if existing and not cfg.force:
-        raise option_error("--out", f"{existing[0]} already exists (use --force to replace it)")
+        raise ConfigFieldError("out", f"{existing[0]} already exists (use --force to replace it)")
     runs = [load_run(p) for p in find_results(cfg.inputs)]
     groups = group_runs(runs)
     rows = summary_rows(groups, cfg.metric, cfg.epoch, cfg.domain)

@@ -30,7 +30,7 @@ from clipgen.report.sections import (
     _sae_section,
 )
 
-__all__ = ["SETUP_LABELS", "SETUP_ORDER", "Block", "Document", "ReportConfig", "build_report", "cka_layer_means",
+__all__ = ["SETUP_LABELS", "SETUP_ORDER", "Block", "Document", "ReportConfig", "run_report", "cka_layer_means",
            "intermediate", "num", "pct", "std_error", "verdict"]
 
 
@@ -47,7 +47,7 @@ class ReportConfig:
 
 
 
-def build_report(cfg: ReportConfig, *, invocation_seconds: float | None = None) -> tuple[Path, Path]:
+def run_report(cfg: ReportConfig, *, invocation_seconds: float | None = None) -> tuple[Path, Path]:
     """Find everything under ``cfg.inputs`` and write ``OUT/report.md`` and ``OUT/report.html`` (figures embedded),
     plus ``report.config.json``. Returns the two report paths."""
     from clipgen.artifacts import write_config, write_text_atomic

@@ -4,8 +4,9 @@ Mixtures are found through the ``mixtures.json`` index that ``clipgen data mixtu
 (:mod:`clipgen.data.mixture_info`), never by parsing file names. Each task is one ``clipgen train clip``
 command (the same command continues its run, so a requeued or re-submitted task continues where it stopped; the
 ``--resume`` it carries changes nothing and keeps the task lines valid for older clipgen versions); tasks whose last
-checkpoint exists are skipped. The tasks go to a SLURM array job (:mod:`clipgen.slurm`), or run one after
-another on this machine (``--local``).
+checkpoint exists are skipped. :func:`run_grid` plans the tasks, then, by the config's ``mode``, writes them as a SLURM
+array job (:mod:`clipgen.slurm`; ``write``, the default), writes and submits it (``submit``), runs them one after
+another on this machine (``local``), or only plans (``dry-run``), as ``clipgen eval grid`` does.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
+from clipgen.slurm import SlurmConfig
 
 #: The main grid of the paper (Figure 2).
 MAIN_SETUPS: tuple[str, ...] = ("natural-only", "cg-low", "cg-high", "leave-out-domain")
+#: What :func:`run_grid` does with the planned tasks.
+MODES = ("write", "dry-run", "submit", "local")
 
 
 @dataclass
-class GridConfig:
+class TrainGridConfig:
     """Options of ``clipgen train grid``."""
 
     index: Path  # folder with mixtures.json (or the mixtures.json file itself)
@@ -47,6 +52,11 @@ class GridConfig:
     gpus: int | None = None  # per task; default: the preset's reference GPU count for SLURM, auto for --local
     name_prefix: str = ""
     train_args: list[str] = field(default_factory=list)  # extra arguments for every 'clipgen train clip'
+    mode: str = "write"  # one of MODES
+    out: Path | None = None  # where the job script goes (default: LOGS/grid)
+    slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(job_name="clipgen-train", time="24:00:00",
+                                                                     cpus_per_task=6))
+    #  (slurm.job_name also names the script; its GPUs per node, tasks per node and srun come from ``gpus``)
 
 
 @dataclass
@@ -69,8 +79,8 @@ def _index_path(index: Path) -> Path:
     if p.is_dir():
         p = p / INDEX_NAME
     if not p.is_file():
-        raise option_error("--index", f"{p} not found (run 'clipgen data mixtures' first; it writes mixtures.json "
-                                      f"next to the TSVs)")
+        raise ConfigFieldError("index", f"{p} not found (run 'clipgen data mixtures' first; it writes mixtures.json "
+                                        f"next to the TSVs)")
     return p
 
 
@@ -91,7 +101,7 @@ def load_index(index: Path) -> tuple[Path, list[dict[str, Any]]]:
     return p.parent, entries
 
 
-def _matches(e: dict[str, Any], setup: str, domain: str | None, split: str, cfg: GridConfig) -> bool:
+def _matches(e: dict[str, Any], setup: str, domain: str | None, split: str, cfg: TrainGridConfig) -> bool:
     return (e.get("setup") == setup and e.get("split") == split
             and (domain is None or e.get("test_domain") == domain)
             and bool(e.get("pseudo", False)) == cfg.pseudo and bool(e.get("aligned", False)) == cfg.aligned
@@ -109,7 +119,7 @@ def select_base(found: list[dict[str, Any]], base: str | None) -> list[dict[str,
     return [e for e in found if e.get("base") and (e["base"] == base or base in Path(e["base"]).name)]
 
 
-def find_mixture(entries: list[dict[str, Any]], setup: str, domain: str | None, split: str, cfg: GridConfig,
+def find_mixture(entries: list[dict[str, Any]], setup: str, domain: str | None, split: str, cfg: TrainGridConfig,
                  index_file: Path, required: bool = True) -> dict[str, Any] | None:
     found = select_base([e for e in entries if _matches(e, setup, domain, split, cfg)], cfg.base)
     what = f"{setup}" + (f" / {domain}" if domain else "") + f" ({split})"
@@ -139,7 +149,7 @@ def run_name(setup: str, domain: str | None, seed: int, prefix: str = "") -> str
     return f"{prefix}{setup}" + (f"-{domain}" if domain else "") + f"-s{seed}"
 
 
-def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
+def plan_grid(cfg: TrainGridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     """All tasks of the grid, in a fixed order (seed, then setup, then test domain, each in the paper's order),
     with their status."""
     from clipgen.training.clip import get_preset
@@ -147,15 +157,15 @@ def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     preset = get_preset(cfg.preset)
     for s in cfg.setups:
         if s not in MAIN_SETUPS:
-            raise option_error("--setups", f"unknown setup {s!r} (one of {', '.join(MAIN_SETUPS)})")
+            raise ConfigFieldError("setups", f"unknown setup {s!r} (one of {', '.join(MAIN_SETUPS)})")
     chosen = {dn.parse_test_domain(d, option="--test-domains") for d in cfg.test_domains}
     domains = [d for d in dn.TEST_DOMAINS if d in chosen]  # canonical order, no repeats
     setups = [s for s in MAIN_SETUPS if s in cfg.setups]
     if not domains or not setups:
-        raise option_error("--setups" if not setups else "--test-domains", "nothing selected")
+        raise ConfigFieldError("setups" if not setups else "test_domains", "nothing selected")
     seeds = list(preset.seeds if cfg.seeds is None else cfg.seeds)
     if not seeds:
-        raise option_error("--seeds", "no seed given")
+        raise ConfigFieldError("seeds", "no seed given")
     epochs = cfg.epochs or preset.epochs
     folder, entries = load_index(cfg.index)
     index_file = _index_path(cfg.index)
@@ -163,7 +173,7 @@ def plan_grid(cfg: GridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     val_fixed = None
     if cfg.val is not None:
         if not Path(cfg.val).is_file():
-            raise option_error("--val", f"{cfg.val}: TSV file not found")
+            raise ConfigFieldError("val", f"{cfg.val}: TSV file not found")
         val_fixed = os.path.abspath(cfg.val)
 
     combos: list[tuple[str, str | None]] = []
@@ -225,3 +235,46 @@ def write_grid(tasks: list[GridTask], out_dir: Path, job_name: str, slurm_cfg) -
     write_json_atomic(Path(out_dir) / f"{job_name}.grid.json",
                       {"tasks": [asdict(t) for t in tasks], "array": [t.name for t in pending]})
     return script
+
+
+@dataclass
+class TrainGridOutcome:
+    tasks: list[GridTask]  # every run of the grid, complete or not
+    script: Path | None  # the array job (write, submit)
+    job_id: str | None  # (submit)
+
+    @property
+    def pending(self) -> list[GridTask]:
+        return [t for t in self.tasks if not t.done]
+
+    @property
+    def summary(self) -> str:
+        n, todo = len(self.tasks), len(self.pending)
+        return f"{n} runs, {n - todo} complete, {todo} to train"
+
+
+def run_grid(cfg: TrainGridConfig, on_plan: Callable[[TrainGridOutcome], None] | None = None) -> TrainGridOutcome:
+    """Plan the grid, then by ``cfg.mode`` write its array job (write), write and submit it (submit), train the
+    pending runs one after another here (local), or stop (dry-run). ``on_plan`` sees the planned grid, with its
+    job script written, before any run starts or the job is submitted (to report it first). Without ``cfg.gpus``
+    a SLURM task gets the preset's reference GPU count, a local run chooses by itself."""
+    from clipgen.slurm import run_local, submit
+    from clipgen.training.clip import get_preset
+
+    if cfg.mode not in MODES:
+        raise ConfigFieldError("mode", f"unknown mode {cfg.mode!r} (one of {', '.join(MODES)})")
+    local = cfg.mode == "local"
+    if not local and cfg.gpus is None:
+        cfg = replace(cfg, gpus=get_preset(cfg.preset).reference_gpus or None)
+    outcome = TrainGridOutcome(plan_grid(cfg, log_mode="bar" if local else "live"), None, None)
+    if not local and cfg.mode != "dry-run":
+        n_gpus = cfg.gpus or 0
+        scfg = replace(cfg.slurm, gpus_per_node=n_gpus, ntasks_per_node=max(1, n_gpus), use_srun=n_gpus > 1)
+        outcome.script = write_grid(outcome.tasks, cfg.out or Path(cfg.logs) / "grid", scfg.job_name, scfg)
+    if on_plan is not None:
+        on_plan(outcome)
+    if local and outcome.pending:
+        run_local([t.argv for t in outcome.pending], description="grid runs")
+    if cfg.mode == "submit":
+        outcome.job_id = submit(outcome.script)
+    return outcome

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 LAUNCHERS = ("auto", "local", "torchrun", "srun")
 
@@ -64,18 +64,18 @@ def resolve_launch(device: str = "auto", gpus: int | None = None, nproc: int | N
     """
     env = os.environ if env is None else env
     if launcher not in LAUNCHERS:
-        raise option_error("--launcher", f"unknown launcher {launcher!r} (one of {', '.join(LAUNCHERS)})")
+        raise ConfigFieldError("launcher", f"unknown launcher {launcher!r} (one of {', '.join(LAUNCHERS)})")
     dev = (device or "auto").strip().lower()
     if dev not in ("auto", "cpu", "cuda"):
-        raise option_error("--device", f"unknown device {device!r} (auto, cpu or cuda; use --gpus N for several)")
+        raise ConfigFieldError("device", f"unknown device {device!r} (auto, cpu or cuda; use --gpus N for several)")
     if gpus is not None and gpus < 0:
-        raise option_error("--gpus", "must be >= 0")
+        raise ConfigFieldError("gpus", "must be >= 0")
     if nproc is not None and nproc < 1:
-        raise option_error("--nproc", "must be >= 1")
+        raise ConfigFieldError("nproc", "must be >= 1")
     if gpus and dev == "cpu":
-        raise option_error("--gpus", "cannot be combined with --device cpu (use --nproc N for CPU processes)")
+        raise ConfigFieldError("gpus", "cannot be combined with --device cpu (use --nproc N for CPU processes)")
     if gpus and nproc and nproc != gpus:
-        raise option_error("--nproc", f"{nproc} differs from --gpus {gpus} (one process per GPU)")
+        raise ConfigFieldError("nproc", f"{nproc} differs from --gpus {gpus} (one process per GPU)")
 
     step_tasks = slurm_step_tasks(env)
     in_srun = launcher == "srun" or (launcher == "auto" and step_tasks > 1)
@@ -87,28 +87,28 @@ def resolve_launch(device: str = "auto", gpus: int | None = None, nproc: int | N
     if dev == "auto":
         dev = "cuda" if (gpus or cuda_count > 0) else "cpu"
     if dev == "cuda" and cuda_count == 0:
-        opt = "--gpus" if gpus else "--device"
-        raise option_error(opt, "a GPU was requested but no CUDA GPU is available here (use --device cpu)")
+        raise ConfigFieldError("gpus" if gpus else "device",
+                               "a GPU was requested but no CUDA GPU is available here (use --device cpu)")
 
     if in_srun:
         if step_tasks < 1:
-            raise option_error("--launcher", "srun requested but this is not a SLURM job step (no SLURM_PROCID)")
+            raise ConfigFieldError("launcher", "srun requested but this is not a SLURM job step (no SLURM_PROCID)")
         want = gpus or nproc
         if want and want != step_tasks:
-            raise option_error("--gpus" if gpus else "--nproc",
-                               f"{want} processes requested but this SLURM step has {step_tasks} tasks "
-                               f"(one task per GPU: --ntasks-per-node)")
+            raise ConfigFieldError("gpus" if gpus else "nproc",
+                                   f"{want} processes requested but this SLURM step has {step_tasks} tasks "
+                                   f"(one task per GPU: --ntasks-per-node)")
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
         if missing and step_tasks > 1:
-            raise option_error("--launcher", f"srun: {' and '.join(missing)} not set (export them in the job "
-                                             f"script, as the scripts of 'clipgen train grid' do)")
+            raise ConfigFieldError("launcher", f"srun: {' and '.join(missing)} not set (export them in the job "
+                                               f"script, as the scripts of 'clipgen train grid' do)")
         return LaunchPlan("srun", dev, step_tasks, int(env.get("SLURM_PROCID", "0")))
 
     world = gpus or nproc or 1
     if dev == "cuda" and world > cuda_count:
-        raise option_error("--gpus", f"{world} GPUs requested but only {cuda_count} visible")
+        raise ConfigFieldError("gpus", f"{world} GPUs requested but only {cuda_count} visible")
     if launcher == "local" and world > 1:
-        raise option_error("--launcher", f"local runs one process; {world} requested (use torchrun)")
+        raise ConfigFieldError("launcher", f"local runs one process; {world} requested (use torchrun)")
     if launcher == "torchrun" or world > 1:
         return LaunchPlan("torchrun", dev, world)
     return LaunchPlan("local", dev, 1)
