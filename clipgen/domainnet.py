@@ -305,7 +305,7 @@ class HeldOut:
     labels: list[int]  # the held-out labels with images in the data, sorted
     by_name: dict[str, int]  # class name -> its label in the data, in the order asked (names, or the paper's order)
     source: str  # "option" (names given), "manifest" (labels recorded by a run) or "paper" (the paper's 15)
-    absent: list[str] = field(default_factory=list)  # the paper's classes without images in the data
+    absent: list[str] = field(default_factory=list)  # default classes without images in the data, by name
     absent_labels: list[int] = field(default_factory=list)  # recorded labels without images, in recorded order
 
     @property
