@@ -90,7 +90,7 @@ def test_run_state_and_reuse(tmp_path):
     with pytest.raises(ClipgenError, match=r"/f: exists and is not a directory$"):
         check_run_dir(run_state(tmp_path / "logs" / "f"))
     refuse_other_settings(d, [])
-    with pytest.raises(ClipgenError, match=r"^name: run .*/r was started with other settings \(lr 1 -> 2; seed 0 "
+    with pytest.raises(ClipgenError, match=r"^--name: run .*/r was started with other settings \(lr 1 -> 2; seed 0 "
                                            r"-> 1\); rerun with its settings to continue it, pass --force to start "
                                            r"it over, or choose another --name$"):
         refuse_other_settings(d, ["lr 1 -> 2", "seed 0 -> 1"])

@@ -179,7 +179,7 @@ def test_heads_layers(heads):
     assert heads.node_kind == "heads" and heads.names == ["input", "heads1", "heads2", "heads3", "heads4", "proj"]
     # ViT-tiny: width 128, head width 64 -> 2 heads, plus the stream that bypasses them; positions: tokens x width
     assert [(la.shape, la.channels, la.positions) for la in heads.layers[1:-1]] == [((65, 3, 128), 3, 65 * 128)] * 4
-    with pytest.raises(ClipgenError, match="--nodes: 'heads' nodes exist for ViTs only"):
+    with pytest.raises(ClipgenError, match="^nodes: 'heads' nodes exist for ViTs only"):
         from tests._circuits_helpers import perturbed_visual
 
         make_chain(perturbed_visual("RN-tiny"), "RN-tiny", nodes="heads")

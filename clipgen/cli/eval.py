@@ -258,9 +258,10 @@ def grid(
                      out_root=out_root, templates=templates, imagenet=imagenet, stores=list(store or []), images=images,
                      extra_args=shlex.split(task_args) if task_args else [], per_checkpoint=per_checkpoint,
                      jobs_dir=jobs_dir, name=name, mode=modes[0] if modes else "write",
-                     slurm=SlurmConfig(job_name="clipgen-eval", partition=partition, account=account, qos=qos,
-                                       time=time, cpus_per_task=cpus_per_task, gpus_per_node=gpus, mem=mem,
-                                       max_parallel=max_parallel, setup=list(setup or [])))
+                     slurm=SlurmConfig(job_name=default(EvalGridConfig, "slurm.job_name"), partition=partition,
+                                       account=account, qos=qos, time=time, cpus_per_task=cpus_per_task,
+                                       gpus_per_node=gpus, mem=mem, max_parallel=max_parallel,
+                                       setup=list(setup or [])))
     res = run_grid(cfg)
     for n in res.notes:
         con.print(f"skip: {n}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clipgen.artifacts import sha256_file
-from clipgen.errors import ClipgenError, ConfigFieldError, file_error, option_error
+from clipgen.errors import ClipgenError, file_error, option_error
 from clipgen.runs import MANIFEST_NAME, list_checkpoints
 
 
@@ -123,9 +123,9 @@ def check_run_dir(state: RunState) -> None:
 def refuse_other_settings(run_dir: str | Path, diff: list[str]) -> None:
     """The one-line error for a run continued with settings that differ from its manifest (``diff``: what changed)."""
     if diff:
-        raise ConfigFieldError("name", f"run {run_dir} was started with other settings ({'; '.join(diff)}); rerun with "
-                                       f"its settings to continue it, pass --force to start it over, or choose another "
-                                       f"--name")
+        raise option_error("--name", f"run {run_dir} was started with other settings ({'; '.join(diff)}); rerun with "
+                                     f"its settings to continue it, pass --force to start it over, or choose another "
+                                     f"--name")
 
 
 class UnreadableCheckpoint(ClipgenError):
