@@ -331,7 +331,8 @@ class Demo:
         return [s for s, n in smallest.items() if n >= 4], smallest
 
     def stage_cka(self) -> dict[str, Any]:
-        from clipgen.analysis.cka import CKAConfig, run_cka
+        from clipgen.analysis.cka import CKAConfig
+        from clipgen.analysis.cka_sweep import run_cka
 
         store = self.store("cg-high", "test")
         subsets, smallest = self.cka_subsets(store)
