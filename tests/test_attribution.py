@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from clipgen.circuits import attribution as A
+from clipgen.circuits import attribution_reference as R
+from clipgen.circuits.attribution_reference import perturbed_visual
 from clipgen.circuits.chain import ResNetChain, metric
 from clipgen.errors import ClipgenError
-from tests._circuits_helpers import perturbed_visual
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +67,14 @@ def test_nodes_and_edges_equal_the_per_channel_method(chain, rule, steps, pairs)
     images, target = _batch(chain, n=2)
     ig = A.IGConfig(steps, rule)
     res = A.compute_circuit(chain, images, target, ig=ig, node_fraction=0.1)
-    ref_nodes = A.reference_nodes(chain, images, target, ig)
+    ref_nodes = R.reference_nodes(chain, images, target, ig)
     assert list(res.nodes) == chain.names
     for name in chain.names:
         assert res.nodes[name].dtype == np.float32 and res.nodes[name].shape == (chain.layers[chain.index(name)]
                                                                                   .channels,)
         assert _rel(res.nodes[name], ref_nodes[name]) < 1e-4, name
         assert res.selected[name].tolist() == A.select_channels(res.nodes[name], 0.1).tolist()
-    ref_edges = A.reference_edges(chain, images, target, res.selected, ig, pairs=pairs)
+    ref_edges = R.reference_edges(chain, images, target, res.selected, ig, pairs=pairs)
     assert list(res.edges) == chain.names[1:]  # consecutive pairs only: input->act1 .. resblock4->attnpool
     for up, down in pairs or chain.pairs:
         e = res.edges[down]
@@ -93,7 +94,7 @@ def test_edges_of_a_wide_selection_equal_the_per_channel_method(chain):
            for la in chain.layers}
     pairs = [("avgpool", "resblock1"), ("resblock1", "resblock2")]
     ours = A.compute_circuit(chain, images, target, ig=ig, selected=sel)
-    ref = A.reference_edges(chain, images, target, sel, ig, pairs=pairs)
+    ref = R.reference_edges(chain, images, target, sel, ig, pairs=pairs)
     for _, down in pairs:
         assert _rel(ours.edges[down], ref[down]) < 1e-4, down
 

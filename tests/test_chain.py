@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from clipgen.circuits.attribution import reference_clean
+from clipgen.circuits.attribution_reference import perturbed_visual, reference_clean
 from clipgen.circuits.chain import ResNetChain, chain_names, metric, pairs_of
 from clipgen.errors import ClipgenError
-from tests._circuits_helpers import perturbed_visual
 
 
 @pytest.fixture(scope="module")

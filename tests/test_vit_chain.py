@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clipgen.circuits import attribution as A
+from clipgen.circuits import attribution_reference as R
 from clipgen.circuits.chain import CircuitChain, make_chain, metric
 from clipgen.circuits.vit import ViTChain
 from clipgen.errors import ClipgenError
@@ -51,7 +52,7 @@ def test_layers_are_the_residual_stream_with_tokens_as_positions(chain):
 
 def test_every_stage_equals_the_real_modules(chain):
     images, _ = _batch(3)
-    ref = A.reference_clean(chain, images)  # forward hooks on the real modules (proj: the tower's output)
+    ref = R.reference_clean(chain, images)  # forward hooks on the real modules (proj: the tower's output)
     with torch.no_grad():
         ours = chain.activations(images)
         emb = chain.visual(images)
@@ -91,12 +92,12 @@ def test_nodes_and_edges_equal_the_per_channel_method(chain, rule, steps):
     images, target = _batch(2)
     ig = A.IGConfig(steps, rule)
     res = A.compute_circuit(chain, images, target, ig=ig, node_fraction=0.1)
-    ref_nodes = A.reference_nodes(chain, images, target, ig)
+    ref_nodes = R.reference_nodes(chain, images, target, ig)
     for la in chain.layers:
         assert res.nodes[la.name].shape == (la.channels,)
         assert _rel(res.nodes[la.name], ref_nodes[la.name]) < 1e-4, la.name
     assert [len(res.selected[la.name]) for la in chain.layers] == [1, 13, 13, 13, 13, 7]
-    ref_edges = A.reference_edges(chain, images, target, res.selected, ig)
+    ref_edges = R.reference_edges(chain, images, target, res.selected, ig)
     scale = max(np.abs(ref_edges[d]).max() for d in chain.names[1:-1])
     for up, down in chain.pairs:
         assert res.edges[down].shape == (len(res.selected[down]), len(res.selected[up]))
@@ -180,7 +181,7 @@ def test_heads_layers(heads):
     # ViT-tiny: width 128, head width 64 -> 2 heads, plus the stream that bypasses them; positions: tokens x width
     assert [(la.shape, la.channels, la.positions) for la in heads.layers[1:-1]] == [((65, 3, 128), 3, 65 * 128)] * 4
     with pytest.raises(ClipgenError, match="--nodes: 'heads' nodes exist for ViTs only"):
-        from tests._circuits_helpers import perturbed_visual
+        from clipgen.circuits.attribution_reference import perturbed_visual
 
         make_chain(perturbed_visual("RN-tiny"), "RN-tiny", nodes="heads")
 
@@ -213,7 +214,7 @@ def test_attention_state_splits_the_real_attention_by_head(heads):
 
 def test_heads_stages_equal_the_real_model(heads):
     images, _ = _batch(3)
-    ref = A.reference_clean(heads, images)  # hooks: the block's input and its attention module's input
+    ref = R.reference_clean(heads, images)  # hooks: the block's input and its attention module's input
     with torch.no_grad():
         ours = heads.activations(images)
         for i in range(1, heads.n_stages + 1):
@@ -226,10 +227,10 @@ def test_head_nodes_and_edges_equal_the_per_channel_method(heads, rule, steps):
     images, target = _batch(2, seed=4)
     ig = A.IGConfig(steps, rule)
     res = A.compute_circuit(heads, images, target, ig=ig, node_fraction=0.5)
-    ref_nodes = A.reference_nodes(heads, images, target, ig)
+    ref_nodes = R.reference_nodes(heads, images, target, ig)
     for la in heads.layers:
         assert _rel(res.nodes[la.name], ref_nodes[la.name]) < 1e-4, la.name
-    ref_edges = A.reference_edges(heads, images, target, res.selected, ig)
+    ref_edges = R.reference_edges(heads, images, target, res.selected, ig)
     for _, down in heads.pairs:
         assert res.edges[down].shape == (len(res.selected[down]), len(res.selected[heads.names[heads.index(down) - 1]]))
         assert np.abs(ref_edges[down]).max() > 0, down
