@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one Demo method per stage, kept together so the stage order reads top to bottom.
 """``clipgen demo``: the whole study on the embedded synthetic DomainNet, in one command.
 
 Stages (each a call of the library function behind a ``clipgen`` command, so every intermediate artifact is the
