@@ -284,6 +284,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
+@pytest.mark.slow
 def test_run_node_similarity_writes_everything(tmp_path):
     out = tmp_path / "nodes"
     cfg = NodeSimilarityConfig(circuits=node_source(), out=out)
@@ -328,6 +329,7 @@ def test_run_node_similarity_failure_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_run_circuit_similarity_writes_everything(tmp_path):
     out = tmp_path / "circ"
     cfg = CircuitSimilarityConfig(circuits=circuit_source(), out=out, edge_k=1, metrics="jaccard,wl_h1")
@@ -355,6 +357,7 @@ def test_run_circuit_similarity_writes_everything(tmp_path):
         run_circuit_similarity(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_run_plot_png_and_exports(tmp_path):
     cfg = PlotConfig(circuits=circuit_source(), domain="q", class_name="Aircraft_Carrier", out=tmp_path / "c.png",
                      edge_k=1)
@@ -374,6 +377,7 @@ def test_run_plot_png_and_exports(tmp_path):
     assert [p.name for p in run_plot(cfg)] == ["c.png", "c.config.json"]
 
 
+@pytest.mark.slow
 def test_run_plot_into_a_folder_by_label(tmp_path):
     cfg = PlotConfig(circuits=circuit_source(), domain="painting", class_name="1", out=tmp_path / "figs",
                      export="dot")
@@ -414,6 +418,7 @@ def test_path_source_goes_through_open_circuits(tmp_path):
         node_similarity(tmp_path / "missing.h5")
 
 
+@pytest.mark.slow
 def test_node_highlight_band_stays_within_0_and_1():
     """A mean Jaccard of 1/6 with a std of 0.5 must not draw a band below 0 (nor above 1 for 5/6 + 0.5)."""
     from clipgen.circuits.similarity import jaccard_band, node_highlight_figure

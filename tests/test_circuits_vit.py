@@ -87,6 +87,7 @@ def test_out_channels_and_split_input(chain):
         assert _rel(gs, gf.index_select(up.axis, cols)) < 1e-5, down.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule,steps", [("left", 3), ("midpoint", 2)])
 def test_nodes_and_edges_equal_the_per_channel_method(chain, rule, steps):
     images, target = _batch(2)
@@ -110,6 +111,7 @@ def test_nodes_and_edges_equal_the_per_channel_method(chain, rule, steps):
             assert _rel(res.edges[down], ref_edges[down]) < 1e-4, down
 
 
+@pytest.mark.slow
 def test_completeness_of_the_input_node_scores(chain):
     """Midpoint rule, many steps: the input's scores sum to the metric's change when the image is zeroed.
 
@@ -127,6 +129,7 @@ def test_completeness_of_the_input_node_scores(chain):
                 clean.abs().mean())
 
 
+@pytest.mark.slow
 def test_chunking_by_a_tiny_budget_changes_nothing(chain):
     images, target = _batch(2)
     ig = A.IGConfig(2)
@@ -141,6 +144,7 @@ def test_chunking_by_a_tiny_budget_changes_nothing(chain):
 
 
 
+@pytest.mark.slow
 def test_batched_and_one_by_one_backward_agree():
     """On the CPU a ViT's edges run one backward per downstream channel; the batched backward gives the same."""
     images, target = _batch(2)
@@ -222,6 +226,7 @@ def test_heads_stages_equal_the_real_model(heads):
         assert _rel(ours[-1], heads.visual(images)) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule,steps", [("left", 3), ("midpoint", 2)])
 def test_head_nodes_and_edges_equal_the_per_channel_method(heads, rule, steps):
     images, target = _batch(2, seed=4)

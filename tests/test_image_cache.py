@@ -40,6 +40,7 @@ def sketch_cache(random_run_dir, uneven_root, tmp_path_factory):
     return _cache(uneven_root, tmp_path_factory.mktemp("cache") / "c.h5", model_dir=random_run_dir).path
 
 
+@pytest.mark.slow
 def test_cached_images_are_exactly_the_model_inputs(sketch_cache, random_run_dir, uneven_root):
     m = load_clip(random_run_dir, 0)
     s = build_eval_set(uneven_root, "sketch")
@@ -55,6 +56,7 @@ def test_cached_images_are_exactly_the_model_inputs(sketch_cache, random_run_dir
     assert x.dtype == torch.float32 and torch.equal(x, want)  # bit-identical: uint8 before ToTensor + Normalize
 
 
+@pytest.mark.slow
 def test_zero_shot_from_the_cache_equals_decoding_the_jpegs(sketch_cache, random_run_dir, uneven_root, tmp_path):
     base = dict(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch", templates="simple",
                 workers=0, progress=False)
@@ -70,6 +72,7 @@ def test_zero_shot_from_the_cache_equals_decoding_the_jpegs(sketch_cache, random
     assert {c["image_cache"] for c in a["checkpoints"]} == {None}
 
 
+@pytest.mark.slow
 def test_supervised_from_the_cache_equals_decoding_the_jpegs(sketch_cache, uneven_root, tmp_path):
     from clipgen.evaluation.supervised_eval import SupervisedConfig, run_supervised
     from clipgen.models.registry import model_config
@@ -93,6 +96,7 @@ def test_supervised_from_the_cache_equals_decoding_the_jpegs(sketch_cache, uneve
                                   read_predictions(tmp_path / "cache")["topk"])
 
 
+@pytest.mark.slow
 def test_an_interrupted_cache_continues_and_equals_an_uninterrupted_one(random_run_dir, uneven_root, tmp_path,
                                                                           sketch_cache):
     out = tmp_path / "c.h5"
@@ -112,6 +116,7 @@ def test_an_interrupted_cache_continues_and_equals_an_uninterrupted_one(random_r
     assert again.already_complete and again.blocks_computed == 0
 
 
+@pytest.mark.slow
 def test_the_fingerprint_covers_the_image_set_and_the_transform(random_run_dir, uneven_root, tmp_path, sketch_cache):
     with open_cache(sketch_cache) as c:
         fp = c.fingerprint
@@ -128,6 +133,7 @@ def test_the_fingerprint_covers_the_image_set_and_the_transform(random_run_dir, 
         assert c.fingerprint != fp and c.shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line(random_run_dir, uneven_root, tmp_path, sketch_cache, tiny_store):
     base = dict(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch", templates="simple",
                 workers=0, progress=False, out=tmp_path / "o")
@@ -152,6 +158,7 @@ def test_refusals_are_one_line(random_run_dir, uneven_root, tmp_path, sketch_cac
     assert describe_transform(load_clip(random_run_dir, 0).preprocess)["steps"][-1] == "MaybeConvertMode(mode='RGB')"
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_or_refused(random_run_dir, uneven_root, tmp_path):
     from tests._fixtures_eval import derived_root
 
@@ -178,6 +185,7 @@ def test_unreadable_images_are_skipped_or_refused(random_run_dir, uneven_root, t
     np.testing.assert_array_equal(read_predictions(tmp_path / "o")["topk"], read_predictions(tmp_path / "j")["topk"])
 
 
+@pytest.mark.slow
 def test_cli_data_cache_and_eval_images(cli, random_run_dir, uneven_root, tmp_path):
     out = tmp_path / "c.h5"
     r = cli("data", "cache", "--data", uneven_root, "--domains", "sketch,real", "--model-dir", random_run_dir,
@@ -207,6 +215,7 @@ def test_cli_data_cache_and_eval_images(cli, random_run_dir, uneven_root, tmp_pa
     shutil.rmtree(tmp_path / "e")
 
 
+@pytest.mark.slow
 def test_a_folder_of_caches_one_per_domain_is_read_as_one(random_run_dir, uneven_root, tmp_path):
     folder = tmp_path / "caches"
     for d in ("real", "sketch"):

@@ -105,6 +105,7 @@ def test_topk_keeps_exactly_k():
     assert int((f2 > 0).sum(1).max()) < k
 
 
+@pytest.mark.slow
 def test_decoder_stays_unit_norm_every_step(tmp_path, planted):
     x, _ = planted
     norms = []
@@ -118,6 +119,7 @@ def test_decoder_stays_unit_norm_every_step(tmp_path, planted):
     torch.testing.assert_close(allnorms, torch.ones_like(allnorms), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_training_recovers_planted_atoms(tmp_path, planted):
     x, atoms = planted
     cfg = _cfg(tmp_path / "run", epochs=20)
@@ -161,6 +163,7 @@ def _model_with_dead(n_dead: int) -> SparseAutoencoder:
     return m
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [0, 128 * 16])
 def test_resampling_revives_dead_latents(tmp_path, planted, every):
     x, _ = planted
@@ -298,6 +301,7 @@ def test_published_resample_weights_are_the_squared_total_loss():
     assert np.abs(resample_probabilities(m, x, l1=0.05) - resample_probabilities(m, x)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_paper_config_switches_on_the_published_computation(tmp_path, planted, monkeypatch):
     import clipgen.analysis.sae as S
 
@@ -382,6 +386,7 @@ def _strip(log):
     return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in log]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
 def test_resume_continues_exactly(tmp_path, planted, streaming):
     x, _ = planted
@@ -420,6 +425,7 @@ def test_resume_continues_exactly(tmp_path, planted, streaming):
     assert more.steps == 128 and not more.already_complete
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, planted):
     """Nothing to continue from: the same call clears the partial log and trains from the start, as a fresh run."""
     x, _ = planted
@@ -436,6 +442,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, planted
     assert res.steps == ref.steps == 64 and _strip(_log(tmp_path / "run")) == _strip(_log(tmp_path / "ref"))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tmp_path, planted):
     x, _ = planted
     train_sae(_cfg(tmp_path / "run", epochs=1), TrainingData(ArraySource(x)), progress=False)
@@ -477,6 +484,7 @@ def test_load_sae_errors_and_width_check(tmp_path):
                                    "is 512 wide")
 
 
+@pytest.mark.slow
 def test_topk_training_run(tmp_path, planted):
     x, _ = planted
     res = train_sae(_cfg(tmp_path / "run", activation="topk", k=4, l1=None, epochs=3), TrainingData(ArraySource(x)),
@@ -534,6 +542,7 @@ def _store_cfg(out, stores, **kw):
     return SAETrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_train_from_store_with_split_and_held_out_validation(tmp_path):
     from tests._fixtures_sae import make_store
 
@@ -570,6 +579,7 @@ def test_store_streaming_reads_exactly_the_training_rows(tmp_path):
         assert data.info["mode"] == ("resident" if buffer_mb == 1.0 else "streaming")
 
 
+@pytest.mark.slow
 def test_streaming_keeps_the_store_dtype_and_trains(tmp_path):
     from contextlib import ExitStack
 
@@ -617,6 +627,7 @@ def test_store_refusals(tmp_path):
     assert not any((tmp_path / n).exists() for n in "abcde")
 
 
+@pytest.mark.slow
 def test_final_statistics_are_the_final_models_not_the_runs_average(tmp_path, planted):
     """With one log interval spanning the whole run, the interval mean includes the untrained model's first steps;
     the reported final statistics are a pass of the final model over the training rows."""
@@ -636,6 +647,7 @@ def test_final_statistics_are_the_final_models_not_the_runs_average(tmp_path, pl
     assert metrics["final"]["fve"] == pytest.approx(res.final["fve"])
 
 
+@pytest.mark.slow
 def test_curves_png_beside_the_log(tmp_path, planted):
     from clipgen.analysis.sae import curves_figure, read_log
 
@@ -655,6 +667,7 @@ def test_curves_png_beside_the_log(tmp_path, planted):
     assert {"validation", "final model (training rows)"} <= labels
 
 
+@pytest.mark.slow
 def test_default_batch_size_fits_a_small_training_set(tmp_path, planted, capsys):
     x, _ = planted
     cfg = _cfg(tmp_path / "run", batch_size=None, epochs=3)

@@ -42,6 +42,7 @@ def test_imagenet_classnames_are_the_published_list():
     assert all(n == n.strip() and n for n in names)
 
 
+@pytest.mark.slow
 def test_classifier_equals_hand_built(random_run_dir):
     m = load_clip(random_run_dir, 1)
     names = ["axe", "The Eiffel Tower", "cell phone"]
@@ -61,6 +62,7 @@ def test_classifier_equals_hand_built(random_run_dir):
     assert not torch.allclose(w, w1)
 
 
+@pytest.mark.slow
 def test_classifier_tokenises_the_prompts_once_across_checkpoints(random_run_dir):
     """Every epoch of a run builds the same prompts: they are tokenised once, and the classifier equals open_clip's
     ``build_zero_shot_classifier`` on every call."""
@@ -89,6 +91,7 @@ def test_classifier_tokenises_the_prompts_once_across_checkpoints(random_run_dir
     assert calls == [len(names) * len(ts), 2 * len(ts)]
 
 
+@pytest.mark.slow
 def test_encode_images_matches_direct_forward(random_run_dir, synth_root):
     m = load_clip(random_run_dir, 0)
     recs = domainnet_records(synth_root, ["sketch"], "test")[:5]
@@ -110,6 +113,7 @@ def test_predict_topk_maps_to_labels_and_marks_skipped():
     assert predict_topk(x[:2], w, np.array([1, 2, 3]), k=1).tolist() == [[2], [1]]
 
 
+@pytest.mark.slow
 def test_unreadable_image_in_a_worker_is_a_one_line_error(random_run_dir, synth_root, tmp_path):
     m = load_clip(random_run_dir, 0)
     recs = domainnet_records(synth_root, ["sketch"], "test")[:3]
@@ -125,6 +129,7 @@ def test_unreadable_image_in_a_worker_is_a_one_line_error(random_run_dir, synth_
         encode_images(m.model, recs, m.preprocess, on_error="ignore")
 
 
+@pytest.mark.slow
 def test_topk_many_equals_the_labels_of_the_embeddings_and_holds_no_embeddings(random_run_dir, synth_root, tmp_path,
                                                                                monkeypatch):
     """Top-k labels computed batch by batch for two checkpoints: the same as predict_topk of the full (N, D)
