@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -28,6 +28,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+# The everyday loop: every test module, without the tests marked slow (training, extraction, the demo end to end).
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

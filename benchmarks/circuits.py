@@ -4,7 +4,8 @@ Measures, in the same run, on one batch of images of one (class, domain):
 
 * **agreement** (fp32): the node scores of every layer and the edge matrix of one layer pair, batched/local
   (:func:`clipgen.circuits.attribution.compute_circuit`) against the per-channel method
-  (:func:`~clipgen.circuits.attribution.reference_nodes` / :func:`~clipgen.circuits.attribution.reference_edges`:
+  (:func:`~clipgen.circuits.attribution_reference.reference_nodes` /
+  :func:`~clipgen.circuits.attribution_reference.reference_edges`:
   the full model with forward hooks on the real modules, one forward over all steps and one backward per
   downstream channel, weight gradients included as in the published script); relative error = max |a - b| / max |b|;
 * **one layer pair** (a pair inside layer3 by default, the issue's "layer3 pair"): the per-channel method's time
@@ -44,7 +45,7 @@ def _sync(device):
 def _perturbed(name: str, device, seed: int = 0):
     """The image tower with random batch-norm statistics (open_clip zeroes the residual branches' last gain), as
     the circuits tests use it."""
-    from tests._circuits_helpers import perturbed_visual
+    from clipgen.circuits.attribution_reference import perturbed_visual
 
     return perturbed_visual(name, seed).to(device)
 
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     from clipgen.circuits import attribution as A
+    from clipgen.circuits import attribution_reference as R
     from clipgen.circuits.chain import make_chain, metric
     from clipgen.devices import autocast, resolve_device, resolve_precision
 
@@ -141,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     exact_chain = make_chain(_perturbed(name, device).double(), name, nodes=args.nodes)
     refs = {}
     for label, ch_, x_, t_ in (("fp32", chain, x_c, t_c), ("float64", exact_chain, x_c.double(), t_c.double())):
-        refs[label] = (A.reference_nodes(ch_, x_, t_, ig),
-                       A.reference_edges(ch_, x_, t_, sel, ig, pairs=[(up, down)])[down])
+        refs[label] = (R.reference_nodes(ch_, x_, t_, ig),
+                       R.reference_edges(ch_, x_, t_, sel, ig, pairs=[(up, down)])[down])
     if cuda:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     errs = {}
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         _sync(device)
         t0 = time.perf_counter()
         with amp() if cuda else contextlib.nullcontext():
-            A.reference_edges(chain, images, target, sub, ig, pairs=[(up, down)], clean=clean)
+            R.reference_edges(chain, images, target, sub, ig, pairs=[(up, down)], clean=clean)
         _sync(device)
         return time.perf_counter() - t0
 
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def one_full_pass():  # what the per-channel method does per node layer and per downstream channel
             x = images.repeat(args.steps, 1, 1, 1).requires_grad_()
-            with A._trainable(visual):
+            with R.trainable(visual):
                 _sync(device)
                 t0 = time.perf_counter()
                 with amp() if cuda else contextlib.nullcontext():

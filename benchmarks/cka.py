@@ -4,12 +4,12 @@ Builds a store with RN50's 21 CKA layers (act1 ... attnpool, widths 32 ... 2048)
 (``--per-class`` images per class and domain, one painting class missing as in DomainNet, 15 held-out classes),
 then times, in the same run:
 
-* ``clipgen`` sweep: :func:`clipgen.analysis.cka.compute_cka` on the open store (class means streamed once per
+* ``clipgen`` sweep: :func:`clipgen.analysis.cka_sweep.compute_cka` on the open store (class means streamed once per
   (layer, domain); Gram matrices once per (layer, domain, class set, kernel); cross terms as one matrix product per
   class set), 21 layers x 15 pairs x 3 subsets x 2 kernels;
-* baseline: :func:`clipgen.analysis.cka.naive_cka_sweep` with the same store (class means read for every pair and
-  subset, Gram matrices rebuilt per cell, HSIC with explicit n x n matrix products). By default it runs on every
-  3rd layer (all widths represented) and its time is scaled to 21 layers (stated in the output);
+* baseline: :func:`clipgen.analysis.cka_reference.naive_cka_sweep` with the same store (class means read for every
+  pair and subset, Gram matrices rebuilt per cell, HSIC with explicit n x n matrix products). By default it runs on
+  every 3rd layer (all widths represented) and its time is scaled to 21 layers (stated in the output);
 
 and checks that both agree. CKA is CPU/numpy only (n = 345 classes is small), so there is no GPU variant.
 Usage: ``python benchmarks/cka.py [--threads 2] [--per-class 2] [--baseline-every 3]``.
@@ -78,6 +78,8 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     from clipgen.analysis import cka as C
+    from clipgen.analysis import cka_reference as R
+    from clipgen.analysis import cka_sweep as S
     from clipgen.store import open_store
 
     tmpdir = None
@@ -98,22 +100,22 @@ def main() -> None:
         best, best_cpu = float("inf"), float("inf")
         for _ in range(args.repeats):
             t, c = time.perf_counter(), time.process_time()
-            res = C.compute_cka(st, layers=layers, subsets=C.SUBSETS, kernels=C.KERNELS, estimators=["unbiased"])
+            res = S.compute_cka(st, layers=layers, subsets=C.SUBSETS, kernels=C.KERNELS, estimators=["unbiased"])
             best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
         n_cells = len(res.records)
 
         # the same sweep with the class means already in memory: the maths alone
-        means = {(layer, d): C.store_means_fn(st)(layer, d) for layer in layers for d in res.domains}
+        means = {(layer, d): S.store_means_fn(st)(layer, d) for layer in layers for d in res.domains}
         plan = C.plan_class_sets(C.present_labels(st, res.domains), res.pairs, C.SUBSETS, st.held_out_labels)
         maths = float("inf")
         for _ in range(args.repeats):
             t = time.perf_counter()
-            C.cka_sweep(layers, lambda la, d: means[(la, d)], plan, C.KERNELS, ["unbiased"])
+            S.cka_sweep(layers, lambda la, d: means[(la, d)], plan, C.KERNELS, ["unbiased"])
             maths = min(maths, time.perf_counter() - t)
 
         base_layers = layers[::max(1, args.baseline_every)]
         t = time.perf_counter()
-        naive = C.naive_cka_sweep(base_layers, C.store_means_fn(st), plan, C.KERNELS, ["unbiased"])
+        naive = R.naive_cka_sweep(base_layers, S.store_means_fn(st), plan, C.KERNELS, ["unbiased"])
         base = (time.perf_counter() - t) * len(layers) / len(base_layers)
 
     fast = {(r.layer, r.domain_a, r.domain_b, r.subset, r.kernel): r.cka for r in res.records}

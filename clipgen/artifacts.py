@@ -51,10 +51,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses, paths, tuples, sets and numpy scalars/arrays to plain JSON types."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -77,9 +77,9 @@ def read_manifest(run_dir: str | Path, option: str = "--model-dir") -> RunManife
         raise file_error(path, f"incomplete manifest ({e})") from None
 
 
-def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
-    """``{epoch: path}`` of ``checkpoints/epoch_N.pt``, sorted by epoch."""
-    ck = Path(run_dir) / "checkpoints"
+def checkpoint_files(checkpoint_dir: str | Path) -> dict[int, Path]:
+    """``{epoch: path}`` of the ``epoch_N.pt`` files in ``checkpoint_dir``, sorted by epoch (empty if missing)."""
+    ck = Path(checkpoint_dir)
     found = {}
     if ck.is_dir():
         for p in ck.iterdir():
@@ -87,6 +87,11 @@ def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
             if m:
                 found[int(m.group(1))] = p
     return dict(sorted(found.items()))
+
+
+def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """``{epoch: path}`` of ``checkpoints/epoch_N.pt``, sorted by epoch."""
+    return checkpoint_files(Path(run_dir) / "checkpoints")
 
 
 def parse_epochs(spec: str, available: list[int], option: str = "--epochs") -> list[int]:

@@ -1,44 +1,16 @@
-"""Helpers for the circuits tests: an RN-tiny image tower with non-degenerate weights, a run directory of it, a small
-circuits computation and exact file comparisons (the fixtures are in tests/_fixtures_circuits.py).
+"""Helpers for the circuits tests: a run directory of a model with non-degenerate weights, a small circuits
+computation and exact file comparisons (the fixtures are in tests/_fixtures_circuits.py).
 
-open_clip initialises every Bottleneck's last batch-norm gain to zero, so a freshly created ResNet's residual
-branches are dead and half of what the circuit code does would go untested. :func:`perturbed_visual` draws every
-batch-norm parameter and running statistic at random (seeded) instead.
+The models themselves (:func:`~clipgen.circuits.attribution_reference.perturbed_model`, with live residual branches)
+are in clipgen.circuits.attribution_reference, which the benchmarks use too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from clipgen.circuits.attribution_reference import perturbed_model
 from tests.conftest import h5_datasets
-
-
-def perturb_batchnorm(model, seed: int = 1) -> None:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            n = mod.num_features
-            mod.weight.data = 0.5 + torch.rand(n, generator=g)
-            mod.bias.data = 0.2 * torch.randn(n, generator=g)
-            mod.running_mean.data = 0.2 * torch.randn(n, generator=g)
-            mod.running_var.data = 0.5 + torch.rand(n, generator=g)
-
-
-def perturbed_model(name: str = "RN-tiny", seed: int = 0):
-    import torch
-
-    from clipgen.models.registry import create_model
-
-    torch.manual_seed(seed)
-    model, _, _ = create_model(name)
-    perturb_batchnorm(model, seed + 1)
-    return model.eval()
-
-
-def perturbed_visual(name: str = "RN-tiny", seed: int = 0):
-    return perturbed_model(name, seed).visual
 
 
 def make_perturbed_run(path: Path, model: str = "RN-tiny", epochs: tuple[int, ...] = (1, 2), seed: int = 0) -> Path:

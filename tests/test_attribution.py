@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from clipgen.circuits import attribution as A
+from clipgen.circuits import attribution_reference as R
+from clipgen.circuits.attribution_reference import perturbed_visual
 from clipgen.circuits.chain import ResNetChain, metric
 from clipgen.errors import ClipgenError
-from tests._circuits_helpers import perturbed_visual
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +61,21 @@ def test_node_selection_by_hand_with_ties():
 
 # -- the batched/local method equals the per-channel method -------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule,steps,pairs", [("left", 3, None), ("midpoint", 2, [("input", "act1"),
                                                                                ("resblock3", "resblock4")])])
 def test_nodes_and_edges_equal_the_per_channel_method(chain, rule, steps, pairs):
     images, target = _batch(chain, n=2)
     ig = A.IGConfig(steps, rule)
     res = A.compute_circuit(chain, images, target, ig=ig, node_fraction=0.1)
-    ref_nodes = A.reference_nodes(chain, images, target, ig)
+    ref_nodes = R.reference_nodes(chain, images, target, ig)
     assert list(res.nodes) == chain.names
     for name in chain.names:
         assert res.nodes[name].dtype == np.float32 and res.nodes[name].shape == (chain.layers[chain.index(name)]
                                                                                   .channels,)
         assert _rel(res.nodes[name], ref_nodes[name]) < 1e-4, name
         assert res.selected[name].tolist() == A.select_channels(res.nodes[name], 0.1).tolist()
-    ref_edges = A.reference_edges(chain, images, target, res.selected, ig, pairs=pairs)
+    ref_edges = R.reference_edges(chain, images, target, res.selected, ig, pairs=pairs)
     assert list(res.edges) == chain.names[1:]  # consecutive pairs only: input->act1 .. resblock4->attnpool
     for up, down in pairs or chain.pairs:
         e = res.edges[down]
@@ -84,6 +86,7 @@ def test_nodes_and_edges_equal_the_per_channel_method(chain, rule, steps, pairs)
     np.testing.assert_allclose(res.metric, clean, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_edges_of_a_wide_selection_equal_the_per_channel_method(chain):
     """Many selected channels on both sides (identity and downsample paths overlap the selected inputs)."""
     images, target = _batch(chain, n=2, seed=3)
@@ -93,7 +96,7 @@ def test_edges_of_a_wide_selection_equal_the_per_channel_method(chain):
            for la in chain.layers}
     pairs = [("avgpool", "resblock1"), ("resblock1", "resblock2")]
     ours = A.compute_circuit(chain, images, target, ig=ig, selected=sel)
-    ref = A.reference_edges(chain, images, target, sel, ig, pairs=pairs)
+    ref = R.reference_edges(chain, images, target, sel, ig, pairs=pairs)
     for _, down in pairs:
         assert _rel(ours.edges[down], ref[down]) < 1e-4, down
 
@@ -117,6 +120,7 @@ def test_attnpool_node_scores_match_the_closed_form(chain):
     assert abs(res.nodes["attnpool"].sum()) < 1e-5 * np.abs(expected).sum()  # Euler: g . e = 0
 
 
+@pytest.mark.slow
 def test_avgpool_edges_match_the_closed_form(chain):
     """act3 -> avgpool is linear: E[j, u] = 0 for u != j and (2 sum(alpha) / S) * sum_{b,p} c_j^2 / (B^2 P) for u = j,
     with c = the clean avgpool activation."""
@@ -145,6 +149,7 @@ def test_left_rule_with_one_step_is_gradient_times_activation(chain):
     assert _rel(res.nodes["input"], expected) < 1e-5
 
 
+@pytest.mark.slow
 def test_ig_completeness_with_the_midpoint_rule(chain):
     """The input layer's node effects sum to metric(zero input) - metric(clean) (averaged over images), better
     and better as the number of steps grows."""
@@ -166,6 +171,7 @@ def test_ig_completeness_with_the_midpoint_rule(chain):
 
 # -- memory budget -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_chunking_by_a_tiny_memory_budget_gives_the_same_numbers(chain):
     images, target = _batch(chain, n=3, seed=15)
     ig = A.IGConfig(3, "left")
@@ -203,6 +209,7 @@ def test_circuit_result_helpers(chain):
     assert set(res.timings) == {"nodes", "edges"} and math.isfinite(res.timings["nodes"])
 
 
+@pytest.mark.slow
 def test_forward_and_reverse_edges_agree_on_every_pair(chain):
     images, target = _batch(chain, n=2, seed=16)
     ig = A.IGConfig(3, "left")
@@ -219,6 +226,7 @@ def test_forward_and_reverse_edges_agree_on_every_pair(chain):
         A.edge_matrix(chain, 1, images, images, [0], [0], ig, A.make_plan(chain), mode="sideways")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["reverse", "forward"])
 def test_bf16_autocast_runs_every_path_close_to_fp32(chain, mode):
     """The GPU default (bf16 autocast) on the CPU: the same code paths, within bf16 rounding of fp32."""

@@ -102,6 +102,7 @@ def test_merge_bad_input(cc_mixtures, tmp_path):
           base=write_base(tmp_path / "x" / "missing.tsv", 2), check_files=True)
 
 
+@pytest.mark.slow
 def test_base_captions_survive_merging_as_pandas_reads_them(cc_mixtures, tmp_path):
     pd = pytest.importorskip("pandas")
     cc = tmp_path / "cc3m-train.tsv"

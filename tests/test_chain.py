@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from clipgen.circuits.attribution import reference_clean
+from clipgen.circuits.attribution_reference import perturbed_visual, reference_clean
 from clipgen.circuits.chain import ResNetChain, chain_names, metric, pairs_of
 from clipgen.errors import ClipgenError
-from tests._circuits_helpers import perturbed_visual
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +41,7 @@ def test_names_shapes_and_pairs(visual):
         ch.index("layer9")
 
 
+@pytest.mark.slow
 def test_rn_small_has_two_blocks_per_stage():
     ch = ResNetChain(perturbed_visual("RN-small"), "RN-small")
     assert ch.names == chain_names(8) and ch.module_path("resblock4") == "layer2.1"
@@ -160,6 +160,7 @@ def test_a_changed_resnet_is_refused(visual):
         ResNetChain(v, "custom")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
 def test_stage_jvp_equals_autograd_forward_mode(visual, images):
     """The written-out forward-mode derivative of every stage but the attention pool, against torch.func.jvp."""

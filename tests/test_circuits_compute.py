@@ -76,6 +76,7 @@ def test_the_image_draw_is_seeded_per_entry(synth_root):
         draw_images(samples, synth_root, "sketch", 200, 3, seed=1)
 
 
+@pytest.mark.slow
 def test_an_entry_equals_a_direct_computation(small_circuits, circuits_run_dir):
     from clipgen.models.zeroshot_classifier import build_classifier, templates
     from clipgen.runs import load_clip
@@ -99,6 +100,7 @@ def test_an_entry_equals_a_direct_computation(small_circuits, circuits_run_dir):
     np.testing.assert_allclose(stored.metric, (emb @ text[0]).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_vit_model_gets_its_chain_recorded_in_the_settings(tmp_path, synth_root):
     run = make_random_run(tmp_path / "vit", model="ViT-tiny", epochs=(0,))
     res = compute_circuits(small_config(tmp_path / "c.h5", run, synth_root, classes="cello", domains="q"),
@@ -138,6 +140,7 @@ def test_bad_data_and_model_paths(tmp_path, circuits_run_dir, synth_root):
         compute_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, shard="0/5"), progress=False)
 
 
+@pytest.mark.slow
 def test_all_classes_skip_the_absent_pair_and_few_images_are_recorded(tmp_path, circuits_run_dir, synth_root):
     notes = []
     run = compute_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, classes="teddy-bear,axe",
@@ -151,6 +154,7 @@ def test_all_classes_skip_the_absent_pair_and_few_images_are_recorded(tmp_path, 
                                       domains="cp"), progress=False)
 
 
+@pytest.mark.slow
 def test_circuits_from_the_image_cache_equal_decoding_the_jpegs(tmp_path, small_circuits, circuits_run_dir,
                                                                 synth_root):
     from clipgen.data.image_cache import CacheConfig, build_cache

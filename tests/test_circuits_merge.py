@@ -14,6 +14,7 @@ pytest_plugins = ["tests._fixtures_circuits"]  # circuits_run_dir, small_circuit
 PLAN = [("clipart", 11), ("quickdraw", 11), ("clipart", 66), ("quickdraw", 66)]  # class-major, held-out first
 
 
+@pytest.mark.slow
 def test_shards_merge_equal_a_single_run(small_circuits, circuits_run_dir, synth_root, tmp_path, monkeypatch):
     out = tmp_path / "c.h5"
     r0 = compute_circuits(small_config(out, circuits_run_dir, synth_root, shard="0/2"), progress=False)

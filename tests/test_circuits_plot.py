@@ -12,6 +12,7 @@ from clipgen.errors import ClipgenError
 from tests._similarity_fakes import circuit_source
 
 
+@pytest.mark.slow
 def test_run_plot_png_and_exports(tmp_path):
     cfg = PlotConfig(circuits=circuit_source(), domain="q", class_name="Aircraft_Carrier", out=tmp_path / "c.png",
                      edge_k=1)
@@ -31,6 +32,7 @@ def test_run_plot_png_and_exports(tmp_path):
     assert [p.name for p in run_plot(cfg)] == ["c.png", "c.config.json"]
 
 
+@pytest.mark.slow
 def test_run_plot_into_a_folder_by_label(tmp_path):
     cfg = PlotConfig(circuits=circuit_source(), domain="painting", class_name="1", out=tmp_path / "figs",
                      export="dot")

@@ -25,6 +25,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
+@pytest.mark.slow
 def test_run_node_similarity_writes_everything(tmp_path):
     out = tmp_path / "nodes"
     cfg = NodeSimilarityConfig(circuits=node_source(), out=out)
@@ -69,6 +70,7 @@ def test_run_node_similarity_failure_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_run_circuit_similarity_writes_everything(tmp_path):
     out = tmp_path / "circ"
     cfg = CircuitSimilarityConfig(circuits=circuit_source(), out=out, edge_k=1, metrics="jaccard,wl_h1")

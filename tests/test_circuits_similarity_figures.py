@@ -9,6 +9,7 @@ from clipgen.circuits.similarity_compute import node_similarity
 from tests._similarity_fakes import node_source
 
 
+@pytest.mark.slow
 def test_node_highlight_band_stays_within_0_and_1():
     """A mean Jaccard of 1/6 with a std of 0.5 must not draw a band below 0 (nor above 1 for 5/6 + 0.5)."""
     from clipgen.circuits.similarity_figures import jaccard_band, node_highlight_figure

@@ -21,6 +21,7 @@ CHANNELS = [3, 8, 8, 16, 16, 64, 128, 256, 512, 64]
 PLAN = [("clipart", 11), ("quickdraw", 11), ("clipart", 66), ("quickdraw", 66)]  # class-major, held-out first
 
 
+@pytest.mark.slow
 def test_schema_of_a_computed_file(small_circuits, circuits_run_dir, synth_root):
     with h5py.File(small_circuits, "r") as f:
         a = f.attrs
@@ -66,6 +67,7 @@ def test_schema_of_a_computed_file(small_circuits, circuits_run_dir, synth_root)
     assert cfg["command"] == "circuits compute" and cfg["config"]["classes"] == "axe,cello"
 
 
+@pytest.mark.slow
 def test_reader_api(small_circuits, circuits_run_dir):
     with S.open_circuits(small_circuits) as cf:
         assert cf.path == small_circuits and cf.layers == LAYERS and cf.domains == ["clipart", "quickdraw"]
@@ -93,6 +95,7 @@ def test_reader_api(small_circuits, circuits_run_dir):
         assert s["images_per_entry"] == {"min": 3, "max": 3, "total": 12} and s["n_classes"] == 2
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_identical(small_circuits, circuits_run_dir, synth_root, tmp_path):
     out = tmp_path / "c.h5"
     cfg = small_config(out, circuits_run_dir, synth_root)
@@ -124,6 +127,7 @@ def test_resume_after_a_crash_is_identical(small_circuits, circuits_run_dir, syn
     assert again.already_complete and again.computed == 0
 
 
+@pytest.mark.slow
 def test_resume_refusals(small_circuits, circuits_run_dir, synth_root, tmp_path):
     out = tmp_path / "c.h5"
     shutil.copy(small_circuits, out)

@@ -1,4 +1,4 @@
-"""CKA maths (plain arrays), the class-subset logic, the vectorised sweep, and the store-backed sweep."""
+"""CKA maths (plain arrays) and the class-subset logic."""
 
 from __future__ import annotations
 
@@ -225,83 +225,3 @@ def test_plan_class_sets_per_pair_and_errors():
     faithful = C.plan_class_sets(present, pairs, ["all", "id"], held_out=[0, 1, 2], reference=present["painting"])
     assert faithful[("real", "sketch", "all")].tolist() == [0, 1, 2, 4, 5, 6, 7]
     assert faithful[("real", "sketch", "id")].tolist() == [4, 5, 6, 7]
-
-
-# ----------------------------------------------------------------------------- the sweep
-
-
-def _toy_means(layers, domains, n_classes=9, missing=None, seed=0):
-    rng = np.random.default_rng(seed)
-    shared = {layer: rng.normal(size=(n_classes, w)) for layer, w in layers.items()}
-    out = {}
-    for di, d in enumerate(domains):
-        labels = np.array([c for c in range(n_classes) if not (missing and d == missing[0] and c == missing[1])])
-        for layer, w in layers.items():
-            out[(layer, d)] = (labels, shared[layer][labels] + (0.3 + 0.4 * di) * rng.normal(size=(labels.size, w)))
-    return out
-
-
-def test_vectorised_sweep_equals_naive_loop_and_direct_cka():
-    layers = {"l1": 3, "l2": 11, "l3": 5}
-    domains = ["real", "quickdraw", "painting", "sketch"]
-    means = _toy_means(layers, domains, missing=("painting", 4))
-    calls = []
-
-    def means_for(layer, domain):
-        calls.append((layer, domain))
-        return means[(layer, domain)]
-
-    present = {d: means[("l1", d)][0] for d in domains}
-    pairs = C.domain_pairs(domains)
-    plan = C.plan_class_sets(present, pairs, ["all", "id", "ood"], held_out=[0, 1, 2, 3, 4])
-    recs = C.cka_sweep(list(layers), means_for, plan, C.KERNELS, C.ESTIMATORS)
-    assert len(recs) == 3 * 6 * 3 * 2 * 2
-    assert sorted(calls) == sorted(set(calls)) and len(calls) == 3 * 4  # class means once per (layer, domain)
-    naive = C.naive_cka_sweep(list(layers), means_for, plan, C.KERNELS, C.ESTIMATORS)
-    assert [r[:7] for r in map(_tuple, recs)] == [r[:7] for r in map(_tuple, naive)]
-    np.testing.assert_allclose([r.cka for r in recs], [r.cka for r in naive], rtol=1e-9, atol=1e-12)
-    # one cell against the plain-array API on hand-picked rows
-    r = next(r for r in recs if (r.layer, r.domain_a, r.domain_b, r.subset, r.kernel, r.estimator)
-             == ("l2", "quickdraw", "painting", "ood", "rbf", "unbiased"))
-    assert r.n_classes == 4  # held-out 0..4 minus painting's missing class 4
-    la, xa = means[("l2", "quickdraw")]
-    lb, xb = means[("l2", "painting")]
-    cls = [0, 1, 2, 3]
-    assert r.cka == pytest.approx(C.cka(xa[np.isin(la, cls)], xb[np.isin(lb, cls)], "rbf", "unbiased"), rel=1e-10)
-    assert all(np.isfinite(r.cka) for r in recs)
-
-
-def _tuple(r):
-    return (r.layer, r.domain_a, r.domain_b, r.subset, r.kernel, r.estimator, r.n_classes, r.cka)
-
-
-def test_pair_plot_highlights_the_highlighted_domains_pairs_and_mutes_the_others():
-    import itertools
-
-    import matplotlib.colors as mcolors
-
-    from clipgen.analysis.cka import CKARecord, CKAResult, pairs_figure
-
-    domains = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
-    pairs = list(itertools.combinations(domains, 2))  # 15 pairs
-    layers = ["l1", "l2"]
-    recs = [CKARecord(layer, a, b, "all", "linear", "unbiased", 3, 0.5) for layer in layers for a, b in pairs]
-    res = CKAResult(layers, domains, pairs, ["all"], ["linear"], ["unbiased"], [], {}, recs)
-    fig = pairs_figure(res, "all", "linear", "unbiased", highlight="quickdraw")
-    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
-    assert len(lines) == 15
-    hl = [ln for lab, ln in lines.items() if "quickdraw" in lab]
-    other = [ln for lab, ln in lines.items() if "quickdraw" not in lab]
-    assert len(hl) == 5
-    # the 5 highlighted pairs: 5 different saturated colours, thicker than every other line
-    colours = {mcolors.to_hex(ln.get_color()) for ln in hl}
-    assert len(colours) == 5
-    assert all(mcolors.rgb_to_hsv(mcolors.to_rgb(c))[1] > 0.3 for c in colours)
-    assert min(ln.get_linewidth() for ln in hl) > max(ln.get_linewidth() for ln in other)
-    # the others are muted: no saturation
-    assert all(mcolors.rgb_to_hsv(mcolors.to_rgb(ln.get_color()))[1] < 0.05 for ln in other)
-    # and the 10 others are still told apart by grey level x dash pattern
-    assert len({(mcolors.to_hex(ln.get_color()), ln.get_linestyle()) for ln in other}) == 10
-    # highlighted pairs first in the legend
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert all("quickdraw" in t for t in legend[:5])

@@ -39,6 +39,7 @@ def test_help_lists_every_command(cli):
         assert name in r.stdout
 
 
+@pytest.mark.slow
 def test_compute_info_nodes_similarity_plot(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
     out = tmp_path / "c.h5"
     r = cli(*_compute_args(circuits_run_dir, synth_root, out))
@@ -103,6 +104,7 @@ def test_compute_info_nodes_similarity_plot(cli, circuits_run_dir, synth_root, s
     _one_line_error(r, "already exists")
 
 
+@pytest.mark.slow
 def test_a_vit_end_to_end(cli, synth_root, tmp_path):
     """A randomly initialised ViT-tiny run: compute -> info -> nodes -> similarity -> plot."""
     vit = make_random_run(tmp_path / "vit", model="ViT-tiny", epochs=(0,))
@@ -141,6 +143,7 @@ def test_a_vit_end_to_end(cli, synth_root, tmp_path):
     assert r.exit_code == 0, r
 
 
+@pytest.mark.slow
 def test_shards_and_merge(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
     out = tmp_path / "c.h5"
     for i in (0, 1):
@@ -157,6 +160,7 @@ def test_shards_and_merge(cli, circuits_run_dir, synth_root, small_circuits, tmp
     assert json.loads((tmp_path / "m.config.json").read_text())["command"] == "circuits merge"
 
 
+@pytest.mark.slow
 def test_one_line_errors(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
     out = tmp_path / "c.h5"
     _one_line_error(cli(*_compute_args(circuits_run_dir, synth_root, out, classes="zebraa")),
@@ -185,6 +189,7 @@ def test_one_line_errors(cli, circuits_run_dir, synth_root, small_circuits, tmp_
     assert r.exit_code == 2 and "--out" in r.stderr
 
 
+@pytest.mark.slow
 def test_compute_from_a_checkpoint_file_with_model(cli, circuits_run_dir, synth_root, small_circuits, tmp_path):
     """A weights file not trained by clipgen (here the run's last epoch as a plain OpenAI-layout state dict):
     --checkpoint FILE --model NAME computes the same circuits and records the file's sha256."""
@@ -213,6 +218,7 @@ def test_compute_from_a_checkpoint_file_with_model(cli, circuits_run_dir, synth_
 
 # -- failures: disk full, a second writer, a killed assembly ----------------------------------------------------
 
+@pytest.mark.slow
 def test_disk_full_is_one_line_keeps_finished_entries_and_resumes(cli, circuits_run_dir, synth_root, tmp_path,
                                                                    monkeypatch):
     import builtins
@@ -252,6 +258,7 @@ def test_disk_full_is_one_line_keeps_finished_entries_and_resumes(cli, circuits_
     assert open_circuits(out).summary()["entries"]["complete"] == 4
 
 
+@pytest.mark.slow
 def test_real_full_disk_is_one_line_without_hdf5_noise(circuits_run_dir, synth_root, tmp_path):
     """On a 64 KiB tmpfs (the header and one entry fit): a clean exit 2, not a crash with HDF5's error stack."""
     import os
@@ -269,6 +276,7 @@ def test_real_full_disk_is_one_line_without_hdf5_noise(circuits_run_dir, synth_r
         assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_second_writer_refused_and_stale_assembly_temporaries_removed(cli, circuits_run_dir, synth_root,
                                                                       tmp_path):
     import os

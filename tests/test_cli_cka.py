@@ -16,6 +16,7 @@ def _class_means(x, lab, cls):
     return np.stack([x[lab == c].astype(np.float64).mean(axis=0) for c in cls])
 
 
+@pytest.mark.slow
 def test_cka_on_a_real_extraction(cli, tiny_store, tmp_path):
     from clipgen.store import open_store
 
@@ -207,6 +208,7 @@ def test_rbf_median_lower_by_default_mean_as_an_option(cli, tmp_path):
             C.cka(xa, xb, "rbf", rbf_median=name), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_cka_summary_and_json(cli, tiny_store, tmp_path):
     """Per layer the mean CKA of the highlighted domain's pairs vs the other pairs, in the human summary and, with
     --json, as one JSON document on stdout (summary on stderr); both equal the means of cka.json's values."""

@@ -78,6 +78,7 @@ def test_common_options_are_spelled_the_same_everywhere():
             assert opts["--device"].default == "auto", path
 
 
+@pytest.mark.slow
 def test_help_fits_80_columns_and_flags_have_no_type():
     """No help line is cut ('…') or wider than 80 columns, and flags show no '<bool>' type (they take no value)."""
     problems = []

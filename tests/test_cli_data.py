@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from clipgen.data.mixture_info import read_info
 from clipgen.tsv import read_tsv
 
@@ -22,6 +24,7 @@ def test_help_lists_the_data_commands(cli):
         assert c in r.stdout
 
 
+@pytest.mark.slow
 def test_captions_then_paper_mixtures(cli, synth_root, tmp_path):
     caps = tmp_path / "captions"
     r = cli("data", "captions", "--root", synth_root, "--out", caps)
@@ -86,6 +89,7 @@ def test_captions_then_paper_mixtures(cli, synth_root, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow
 def test_mixture_errors_are_one_line(cli, synth_root, tmp_path):
     caps = tmp_path / "captions"
     assert cli("data", "captions", "--root", synth_root, "--out", caps, "--no-aligned").exit_code == 0
@@ -113,6 +117,7 @@ def test_imagenet_captions_cli(cli, tmp_path):
                        tmp_path / "o"), "in-captions-train.tsv: already exists")
 
 
+@pytest.mark.slow
 def test_imagenet_sketch_cli(cli, synth_root, tmp_path):
     caps = tmp_path / "captions"
     assert cli("data", "captions", "--root", synth_root, "--out", caps, "--no-aligned").exit_code == 0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.slow
 def test_embeddings_without_umap_numbers_match_raw_rows(cli, tiny_store, tmp_path):
     from clipgen.store import open_store
 
@@ -39,6 +40,7 @@ def test_embeddings_without_umap_numbers_match_raw_rows(cli, tiny_store, tmp_pat
     assert len(q["dims"]) == x.shape[1]
 
 
+@pytest.mark.slow
 def test_embeddings_with_umap_seeded_and_reproducible(cli, tiny_store, tmp_path):
     from clipgen.analysis.embeddings import fit_umap
     from clipgen.store import open_store
@@ -127,6 +129,7 @@ def test_embeddings_bad_options_are_one_line_errors(cli, tiny_store, tmp_path, a
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_embeddings_refuses_incomplete_store_and_existing_output(cli, tiny_store, tmp_path):
     import shutil
 
@@ -143,6 +146,7 @@ def test_embeddings_refuses_incomplete_store_and_existing_output(cli, tiny_store
     assert r.exit_code == 2 and "--force" in r.stderr
 
 
+@pytest.mark.slow
 def test_embeddings_json(cli, tiny_store, tmp_path):
     """--json: one JSON document on stdout (the summary on stderr) whose distance is the one in embeddings.json."""
     out = tmp_path / "e"

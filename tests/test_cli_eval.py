@@ -9,6 +9,7 @@ from tests.conftest import small_disk
 FIXTURES = (uneven_root,)
 
 
+@pytest.mark.slow
 def test_zero_shot_command(cli, random_run_dir, uneven_root, tmp_path):
     out = tmp_path / "o"
     r = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "p",
@@ -49,6 +50,7 @@ def test_errors_are_one_line(cli, random_run_dir, uneven_root, tmp_path):
     assert not (tmp_path / "eval-grid").exists()
 
 
+@pytest.mark.slow
 def test_summary_and_grid_commands(cli, random_run_dir, uneven_root, tmp_path, monkeypatch):
     for seed, v in enumerate((0.2, 0.4)):
         fake_results(tmp_path / "r" / f"s{seed}" / "results.json", setup="cg-high", test_domain="quickdraw",
@@ -98,6 +100,7 @@ def test_zero_shot_numeric_options_refused(cli, random_run_dir, uneven_root, tmp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_failed_evaluation_leaves_no_output_folder(cli, random_run_dir, synth_root, tmp_path):
     from tests._fixtures_eval import derived_root
 
@@ -112,6 +115,7 @@ def test_failed_evaluation_leaves_no_output_folder(cli, random_run_dir, synth_ro
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_disk_full_at_results_json_leaves_no_predictions(cli, random_run_dir, uneven_root, tmp_path, monkeypatch):
     import errno
 
@@ -127,6 +131,7 @@ def test_disk_full_at_results_json_leaves_no_predictions(cli, random_run_dir, un
     assert not out.exists()  # neither predictions.npz without its results.json, nor an empty folder
 
 
+@pytest.mark.slow
 def test_real_full_disk_is_one_line_and_leaves_nothing(cli, random_run_dir, uneven_root, tmp_path):
 
     with small_disk(tmp_path, "8k") as mnt:

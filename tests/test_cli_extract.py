@@ -24,6 +24,7 @@ def _one_line_error(r, *needles):
         assert n in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_extract_info_validate(cli, base, tmp_path):
     out = tmp_path / "s.h5"
     r = cli(*base, "--out", out)
@@ -67,6 +68,7 @@ def test_layers_command(cli, random_run_dir):
     assert act3["channels"] == 16 and act3["shape"] == [16, 32, 32] and act3["pooled_bytes_fp16"] == 32
 
 
+@pytest.mark.slow
 def test_shards_and_merge(cli, base, tmp_path):
     out = tmp_path / "s.h5"
     for i in range(2):
@@ -83,6 +85,7 @@ def test_shards_and_merge(cli, base, tmp_path):
     assert not (tmp_path / "g.h5").exists() and not (tmp_path / "o.h5").exists()
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(cli, base, tmp_path, random_run_dir, synth_root):
     out = tmp_path / "s.h5"
     assert cli(*base, "--out", out).exit_code == 0
@@ -109,6 +112,7 @@ def test_errors_are_one_line(cli, base, tmp_path, random_run_dir, synth_root):
                     "checkpoint.sha256, epoch", "pass --force")
 
 
+@pytest.mark.slow
 def test_numeric_options_are_checked_up_front(cli, base, tmp_path):
     out = tmp_path / "s.h5"
     for opt, val in (("--batch-size", "-4"), ("--batch-size", "0"), ("--block-rows", "0"), ("--workers", "-1"),
@@ -117,6 +121,7 @@ def test_numeric_options_are_checked_up_front(cli, base, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_validate_checks_coverage_and_progress(cli, base, tmp_path):
     from clipgen.store import build_store_from_arrays
 
@@ -137,6 +142,7 @@ def test_validate_checks_coverage_and_progress(cli, base, tmp_path):
                     f"n_samples is {n}")
 
 
+@pytest.mark.slow
 def test_disk_full_is_one_line_and_the_same_command_resumes(cli, base, tmp_path, monkeypatch):
     import errno
 
@@ -162,6 +168,7 @@ def test_disk_full_is_one_line_and_the_same_command_resumes(cli, base, tmp_path,
     assert cli("extract", "validate", out).exit_code == 0
 
 
+@pytest.mark.slow
 def test_real_full_disk_is_one_line_and_resumes_when_space_is_freed(random_run_dir, synth_root, tmp_path):
     """On a 400 KiB tmpfs every block fits but not the final store (where HDF5 used to fail closing the file and
     crash the interpreter): exit 2 with one line, no temporary file; with more space the same command resumes."""

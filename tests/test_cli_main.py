@@ -5,6 +5,7 @@ import time
 import pytest
 
 
+@pytest.mark.slow
 def test_help_is_fast_and_lists_groups():
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "clipgen.cli.main", "--help"], capture_output=True, text=True)
@@ -111,6 +112,7 @@ def _outputs_under_a_file(name, tmp_path, synth_root, tiny_store):
     raise AssertionError(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["data synth", "data captions", "data mixtures", "cka", "embeddings", "sae train",
                                   "eval summary", "extract", "extract merge", "circuits nodes", "circuits compute",
                                   "train clip"])
@@ -121,6 +123,7 @@ def test_output_under_a_regular_file_is_one_line(cli, name, tmp_path, synth_root
     assert (tmp_path / "f").read_text() == "a file, not a folder\n"
 
 
+@pytest.mark.slow
 def test_permission_denied_while_writing_is_one_line(cli, tmp_path, monkeypatch):
     # as root a read-only folder is writable, so the refusal the kernel gives a user is simulated where it happens
     import errno

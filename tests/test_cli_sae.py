@@ -20,6 +20,7 @@ def _train(cli, store, out, *extra):
                "--l1", "1e-3", "--lr", "1e-2", "--log-every", "32", "--device", "cpu", *extra)
 
 
+@pytest.mark.slow
 def test_train_then_features(cli, store, tmp_path):
     out = tmp_path / "sae"
     r = _train(cli, store, out)
@@ -48,6 +49,7 @@ def test_train_then_features(cli, store, tmp_path):
     assert r.exit_code == 2 and "--force" in r.stderr and r.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_paper_setting_and_option_errors(cli, store, tmp_path):
     r = _train(cli, store, tmp_path / "p", "--paper")
     assert r.exit_code == 0, r.output
@@ -63,6 +65,7 @@ def test_paper_setting_and_option_errors(cli, store, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow
 def test_features_refusals(cli, store, tmp_path):
     assert _train(cli, store, tmp_path / "sae").exit_code == 0
     wide = make_store(tmp_path / "wide.h5", width=24)[0]
@@ -78,6 +81,7 @@ def test_features_refusals(cli, store, tmp_path):
     assert r.exit_code == 2 and "no such SAE file" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_stores_are_one_line_errors(cli, store, tmp_path):
     import shutil
 
@@ -112,6 +116,7 @@ def test_bad_stores_are_one_line_errors(cli, store, tmp_path):
     assert not (tmp_path / "f").exists()
 
 
+@pytest.mark.slow
 def test_names_end_to_end_with_an_openai_format_checkpoint(cli, tmp_path):
     """Train an SAE on a 64-wide embedding store, compute feature sharing, then name the latents with the text tower
     of a weights file in OpenAI's layout (no clipgen run): names, the cache and the labelled features appear."""
@@ -152,6 +157,7 @@ def test_names_end_to_end_with_an_openai_format_checkpoint(cli, tmp_path):
     assert "joint image-text space" in r.stderr
 
 
+@pytest.mark.slow
 def test_second_writer_of_a_run_folder_is_refused(cli, store, tmp_path):
     import os
     import signal
@@ -184,6 +190,7 @@ def test_real_full_disk_is_one_line_naming_the_checkpoint(cli, store, tmp_path):
         assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_json_output_and_progress_option(cli, store, tmp_path):
     """--json: stdout is one JSON document with the key numbers and paths; the human summary goes to stderr.
     --no-progress is accepted by both commands; the sharing table keeps full domain names."""

@@ -25,6 +25,7 @@ def test_help_lists_commands(cli):
     assert r.exit_code == 0 and all(c in r.stdout for c in ("clip", "supervised", "grid"))
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2(cli, train_mixtures, tmp_path):
     train = train_mixtures / mixture_file("natural-only", None, "train")
     base = ("train", "clip", "--train", train, "--logs", tmp_path / "logs", "--device", "cpu")
@@ -56,6 +57,7 @@ def test_gpu_requested_where_none_exists(cli, train_mixtures):
     _one_line_error(cli("train", "supervised", "--train", train, "--device", "cuda"), r"--device: a GPU was requested")
 
 
+@pytest.mark.slow
 def test_the_same_command_continues_and_other_settings_are_refused(cli, trained_run_dir, train_mixtures, tmp_path):
     """Rerunning the same command skips a finished run (with or without --resume); other settings on the existing run
     are one line that points to --force; a checkpoint that cannot be resumed from is one line."""
@@ -77,6 +79,7 @@ def test_the_same_command_continues_and_other_settings_are_refused(cli, trained_
     assert read_manifest(logs / "run").extra["status"] == "complete"  # refusals change nothing
 
 
+@pytest.mark.slow
 def test_supervised_command(cli, train_mixtures, tmp_path):
     train = train_mixtures / mixture_file("natural-only", None, "train")
     args = ("train", "supervised", "--train", train, "--logs", tmp_path, "--name", "s", "--epochs", "1", "--device",

@@ -70,6 +70,7 @@ def cli():
     return run
 
 
+@pytest.mark.slow
 def test_every_stage_and_artifact(tiny_demo):
     out, r = tiny_demo
     state = json.loads((out / "demo.json").read_text())
@@ -103,6 +104,7 @@ def test_every_stage_and_artifact(tiny_demo):
         assert cf.settings["steps"] == SCALES["tiny"].circuit_steps
 
 
+@pytest.mark.slow
 def test_report_has_every_section_and_its_numbers(tiny_demo):
     out, _ = tiny_demo
     md = (out / "report.md").read_text()
@@ -124,6 +126,7 @@ def test_report_has_every_section_and_its_numbers(tiny_demo):
     assert "Which of the paper&#x27;s findings hold here" in html or "Which of the paper's findings" in html
 
 
+@pytest.mark.slow
 def test_rerun_skips_every_stage(demo_copy):
     out = demo_copy
     before = (out / "runs" / "cg-high-sketch-s0" / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns
@@ -132,6 +135,7 @@ def test_rerun_skips_every_stage(demo_copy):
     assert (out / "runs" / "cg-high-sketch-s0" / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_rerun_commands_in_the_report_work(tiny_demo, cli, tmp_path):
     out, _ = tiny_demo
     md = (out / "report.md").read_text()
@@ -150,6 +154,7 @@ def test_bad_options_are_one_line_errors(cli, tmp_path):
     assert r.exit_code == 2 and "--scale" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_changed_setting_reruns_only_its_stage(demo_copy, monkeypatch):
     import dataclasses
 
@@ -163,6 +168,7 @@ def test_a_changed_setting_reruns_only_its_stage(demo_copy, monkeypatch):
     assert metrics["epochs"] == 21
 
 
+@pytest.mark.slow
 def test_force_redoes_every_stage(demo_copy):
     """--force starts every stage afresh (the runs are retrained, not resumed)."""
     out = demo_copy

@@ -67,6 +67,7 @@ def _manual_resnet(visual, x) -> dict[str, torch.Tensor]:
 
 # -- values --------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_stored_values_equal_a_direct_forward(tiny_store, random_run_dir):
     from clipgen.runs import load_clip
 
@@ -90,6 +91,7 @@ def test_stored_values_equal_a_direct_forward(tiny_store, random_run_dir):
         np.testing.assert_allclose(np.linalg.norm(st.read_layer("embedding"), axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_float32_store_matches_hooks_tightly(tmp_path, random_run_dir, synth_root):
     from clipgen.runs import load_clip
 
@@ -107,6 +109,7 @@ def test_float32_store_matches_hooks_tightly(tmp_path, random_run_dir, synth_roo
             np.testing.assert_allclose(st.read_layer(name, dtype=np.float64), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_store_metadata(tiny_store, synth_root, random_run_dir):
     from clipgen.datasets import domainnet_records, folders_of
     from clipgen.models.zeroshot_classifier import build_classifier, templates
@@ -134,6 +137,7 @@ def test_store_metadata(tiny_store, synth_root, random_run_dir):
         assert prov["model"]["name"] == "RN-tiny" and prov["clipgen_version"]
 
 
+@pytest.mark.slow
 def test_unpooled_maps(tmp_path, random_run_dir, synth_root):
     p = tmp_path / "full.h5"
     extract(_cfg(p, random_run_dir, synth_root, domains="c", layers="act3,resblock4", pooling="none",
@@ -152,6 +156,7 @@ def test_unpooled_maps(tmp_path, random_run_dir, synth_root):
                 progress=False)
 
 
+@pytest.mark.slow
 def test_vit_token_pooling(tmp_path, synth_root, tmp_path_factory):
     from clipgen.runs import load_clip
 
@@ -183,6 +188,7 @@ def test_vit_token_pooling(tmp_path, synth_root, tmp_path_factory):
         np.testing.assert_allclose(a.read_layer("embedding"), emb.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tsv_image_set(tmp_path, random_run_dir, synth_root):
     lines = (synth_root / "sketch_test.txt").read_text().split("\n")[:5]
     tsv = tmp_path / "set.tsv"
@@ -205,6 +211,7 @@ def reference_store(tmp_path_factory, random_run_dir, synth_root) -> Path:
     return p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_crash_and_resume_is_bit_identical(k, tmp_path, reference_store, random_run_dir, synth_root):
     p = tmp_path / "s.h5"
@@ -230,6 +237,7 @@ def test_crash_and_resume_is_bit_identical(k, tmp_path, reference_store, random_
     assert extract(cfg, progress=False).already_complete
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume(tmp_path, random_run_dir, synth_root):
     """A real SIGKILL in the middle of writing: the same command finishes an identical store."""
     p = tmp_path / "k.h5"
@@ -258,6 +266,7 @@ def test_kill_9_then_resume(tmp_path, random_run_dir, synth_root):
     _assert_same_store(p, ref)
 
 
+@pytest.mark.slow
 def test_fingerprint_mismatch_refused(tmp_path, random_run_dir, synth_root):
     p = tmp_path / "s.h5"
     with pytest.raises(SimulatedCrash):
@@ -276,6 +285,7 @@ def test_fingerprint_mismatch_refused(tmp_path, random_run_dir, synth_root):
 
 # -- shards --------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_shards_merged_equal_a_single_run(tmp_path, reference_store, random_run_dir, synth_root):
     out = tmp_path / "s.h5"
     shards = []
@@ -330,6 +340,7 @@ def broken_root(tmp_path, synth_root) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_bad_images_fail_or_skip(tmp_path, broken_root, random_run_dir):
     with pytest.raises(ClipgenError, match="image not found"):
         extract(_cfg(tmp_path / "a.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2),
@@ -349,6 +360,7 @@ def test_bad_images_fail_or_skip(tmp_path, broken_root, random_run_dir):
         assert validate_store(res.path) == []
 
 
+@pytest.mark.slow
 def test_refusals(tmp_path, random_run_dir, synth_root):
     with pytest.raises(ClipgenError, match="--layer: unknown layer.*valid: act1 act2"):
         extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, layers="act1,conv9"), progress=False)
@@ -368,6 +380,7 @@ def test_refusals(tmp_path, random_run_dir, synth_root):
         extract(_cfg(res.path, random_run_dir, synth_root, domains="s"), progress=False)
 
 
+@pytest.mark.slow
 def test_unreadable_image_in_a_loader_worker_is_a_one_line_error(tmp_path, broken_root, random_run_dir):
     with pytest.raises(ClipgenError) as e:
         extract(_cfg(tmp_path / "w.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2,
@@ -378,6 +391,7 @@ def test_unreadable_image_in_a_loader_worker_is_a_one_line_error(tmp_path, broke
     assert [i for i, _, _ in res.skipped] == [1, 4] and res.rows == 4
 
 
+@pytest.mark.slow
 def test_config_beside_the_store_and_stale_parts_cleaned(tmp_path, random_run_dir, synth_root):
     import json
 
@@ -393,6 +407,7 @@ def test_config_beside_the_store_and_stale_parts_cleaned(tmp_path, random_run_di
     assert extract(cfg, progress=False).already_complete and not parts_dir(p).exists()
 
 
+@pytest.mark.slow
 def test_resume_with_every_block_written_only_assembles(tmp_path, reference_store, random_run_dir, synth_root):
     """Killed during the final assembly: every part file exists, so resuming computes nothing."""
     p = tmp_path / "s.h5"
@@ -405,6 +420,7 @@ def test_resume_with_every_block_written_only_assembles(tmp_path, reference_stor
     _assert_same_store(p, reference_store)
 
 
+@pytest.mark.slow
 def test_float16_overflow_is_an_error_not_inf(tmp_path, random_run_dir, synth_root):
     """Raised in the writer thread (block checks), reported in the main thread; no block was written, so nothing is
     left behind."""
@@ -424,6 +440,7 @@ def test_float16_overflow_is_an_error_not_inf(tmp_path, random_run_dir, synth_ro
         assert np.abs(st.read_layer("attnpool")).max() > 65504
 
 
+@pytest.mark.slow
 def test_store_records_the_runs_mixture(tmp_path, trained_run_dir, random_run_dir, synth_root):
     """The run's training mixture travels into the store, so analyses default to its test domain."""
     from clipgen.analysis.feature_sharing import find_test_domain
@@ -439,6 +456,7 @@ def test_store_records_the_runs_mixture(tmp_path, trained_run_dir, random_run_di
         assert st.provenance["run"]["mixture"] is None and find_test_domain(st.provenance) is None
 
 
+@pytest.mark.slow
 def test_a_store_from_the_image_cache_equals_one_from_the_jpegs(tmp_path, tiny_store, random_run_dir, synth_root):
     """The same store, value for value, with not one JPEG decoded; a cache of other images is refused."""
     from clipgen.data.image_cache import CacheConfig, build_cache
@@ -470,6 +488,7 @@ def test_numeric_settings_refused_before_any_work(tmp_path, random_run_dir, synt
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_failed_run_without_rows_leaves_nothing_and_the_rerun_is_accepted(tmp_path, broken_root, random_run_dir,
                                                                          monkeypatch):
     import clipgen.extraction as ex
@@ -491,6 +510,7 @@ def test_failed_run_without_rows_leaves_nothing_and_the_rerun_is_accepted(tmp_pa
     assert res.rows == 3 and not parts_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_stale_assembly_temporaries_are_removed_on_resume_and_force(tmp_path, random_run_dir, synth_root):
     out = tmp_path / "s.h5"
     cfg = _cfg(out, random_run_dir, synth_root, domains="c")
@@ -509,6 +529,7 @@ def test_stale_assembly_temporaries_are_removed_on_resume_and_force(tmp_path, ra
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_second_writer_on_the_same_store_is_refused(tmp_path, random_run_dir, synth_root):
     from tests.test_locks import _holder
 
@@ -524,6 +545,7 @@ def test_second_writer_on_the_same_store_is_refused(tmp_path, random_run_dir, sy
     assert extract(_cfg(out, random_run_dir, synth_root, domains="c"), progress=False).rows > 0  # lock freed
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_finished_blocks_and_no_temporary_file(tmp_path, random_run_dir, synth_root, monkeypatch):
     import errno
 

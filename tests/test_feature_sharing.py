@@ -119,6 +119,7 @@ def _sae_file(path, width=16, seed=0, layer="embedding"):
     return m
 
 
+@pytest.mark.slow
 def test_run_feature_sharing_matches_arrays(tmp_path):
     store, x = make_store(tmp_path / "s.h5", provenance={"run": {"mixture": {"test_domain": "sketch"}}})
     model = _sae_file(tmp_path / "sae.pt")
@@ -159,6 +160,7 @@ def test_run_feature_sharing_matches_arrays(tmp_path):
     assert res2.images.tolist() == [[12, 12, 12], [12, 12, 12]]
 
 
+@pytest.mark.slow
 def test_run_feature_sharing_refusals(tmp_path):
     store, _ = make_store(tmp_path / "s.h5")
     _sae_file(tmp_path / "sae.pt")

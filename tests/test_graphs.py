@@ -354,6 +354,7 @@ def test_export_rejects_unknown_formats(tmp_path):
         parse_export("png")
 
 
+@pytest.mark.slow
 def test_draw_circuit_writes_png(tmp_path):
     import matplotlib.image as mpimg
 

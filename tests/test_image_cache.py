@@ -43,6 +43,7 @@ def sketch_cache(random_run_dir, uneven_root, tmp_path_factory):
     return _cache(uneven_root, tmp_path_factory.mktemp("cache") / "c.h5", model_dir=random_run_dir).path
 
 
+@pytest.mark.slow
 def test_cached_images_are_exactly_the_model_inputs(sketch_cache, random_run_dir, uneven_root):
     m = load_clip(random_run_dir, 0)
     s = build_eval_set(uneven_root, "sketch")
@@ -58,6 +59,7 @@ def test_cached_images_are_exactly_the_model_inputs(sketch_cache, random_run_dir
     assert x.dtype == torch.float32 and torch.equal(x, want)  # bit-identical: uint8 before ToTensor + Normalize
 
 
+@pytest.mark.slow
 def test_zero_shot_from_the_cache_equals_decoding_the_jpegs(sketch_cache, random_run_dir, uneven_root, tmp_path):
     base = dict(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch", templates="simple",
                 workers=0, progress=False)
@@ -73,6 +75,7 @@ def test_zero_shot_from_the_cache_equals_decoding_the_jpegs(sketch_cache, random
     assert {c["image_cache"] for c in a["checkpoints"]} == {None}
 
 
+@pytest.mark.slow
 def test_supervised_from_the_cache_equals_decoding_the_jpegs(sketch_cache, uneven_root, tmp_path):
     from clipgen.evaluation.supervised_eval import SupervisedConfig, run_supervised
     from clipgen.models.registry import model_config
@@ -96,6 +99,7 @@ def test_supervised_from_the_cache_equals_decoding_the_jpegs(sketch_cache, uneve
                                   read_predictions(tmp_path / "cache")["topk"])
 
 
+@pytest.mark.slow
 def test_an_interrupted_cache_continues_and_equals_an_uninterrupted_one(random_run_dir, uneven_root, tmp_path,
                                                                           sketch_cache):
     out = tmp_path / "c.h5"
@@ -115,6 +119,7 @@ def test_an_interrupted_cache_continues_and_equals_an_uninterrupted_one(random_r
     assert again.already_complete and again.blocks_computed == 0
 
 
+@pytest.mark.slow
 def test_the_fingerprint_covers_the_image_set_and_the_transform(random_run_dir, uneven_root, tmp_path, sketch_cache):
     with open_cache(sketch_cache) as c:
         fp = c.fingerprint
@@ -131,6 +136,7 @@ def test_the_fingerprint_covers_the_image_set_and_the_transform(random_run_dir, 
         assert c.fingerprint != fp and c.shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line(random_run_dir, uneven_root, tmp_path, sketch_cache, tiny_store):
     base = dict(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch", templates="simple",
                 workers=0, progress=False, out=tmp_path / "o")
@@ -172,6 +178,7 @@ def _root_with_a_corrupt_image(uneven_root, tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_or_refused(random_run_dir, uneven_root, tmp_path):
     root = _root_with_a_corrupt_image(uneven_root, tmp_path)
     with pytest.raises(ClipgenError, match="corrupt or unreadable image"):
@@ -209,6 +216,7 @@ def test_a_failed_cache_leaves_nothing_and_a_second_writer_is_refused(uneven_roo
     assert _cache(uneven_root, out, size=64).rows == 36  # the lock is freed
 
 
+@pytest.mark.slow
 def test_cli_data_cache_and_eval_images(cli, random_run_dir, uneven_root, tmp_path):
     out = tmp_path / "c.h5"
     r = cli("data", "cache", "--data", uneven_root, "--domains", "sketch,real", "--model-dir", random_run_dir,
@@ -238,6 +246,7 @@ def test_cli_data_cache_and_eval_images(cli, random_run_dir, uneven_root, tmp_pa
     shutil.rmtree(tmp_path / "e")
 
 
+@pytest.mark.slow
 def test_a_folder_of_caches_one_per_domain_is_read_as_one(random_run_dir, uneven_root, tmp_path):
     folder = tmp_path / "caches"
     for d in ("real", "sketch"):

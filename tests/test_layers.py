@@ -6,6 +6,7 @@ from clipgen.models.layers import get_module, layer_catalogue, layer_modules, se
 from clipgen.models.registry import create_model
 
 
+@pytest.mark.slow
 def test_resnet_catalogue_names_and_shapes():
     model, _, _ = create_model("RN-tiny")
     cat = layer_catalogue(model.visual)
@@ -16,12 +17,14 @@ def test_resnet_catalogue_names_and_shapes():
     assert by["resblock4"].shape == (512, 2, 2) and by["attnpool"].shape == (64,) and by["attnpool"].kind == "vector"
 
 
+@pytest.mark.slow
 def test_rn50_catalogue_is_the_papers():
     model, _, _ = create_model("RN50")
     names = [n for n, _ in layer_modules(model.visual)]
     assert len(names) == 21 and names[3] == "avgpool" and names[-2] == "resblock16"
 
 
+@pytest.mark.slow
 def test_hooked_output_equals_manual_stem():
     """The act3 hook output equals recomputing the stem by hand (in-place ReLUs do not fool hooks)."""
     model, _, _ = create_model("RN-tiny")
@@ -43,6 +46,7 @@ def test_vit_catalogue():
     assert cat[1].kind == "tokens" and cat[1].shape == (65, 128)
 
 
+@pytest.mark.slow
 def test_select_layers():
     model, _, _ = create_model("RN-tiny")
     cat = layer_catalogue(model.visual)

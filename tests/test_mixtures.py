@@ -221,6 +221,7 @@ def test_upper_bounds_match_the_rule(text_root, tmp_path, variant, x, domains):
     assert val == reference_val(text_root, domains, x, HELD_LABELS, filtered=False)
 
 
+@pytest.mark.slow
 def test_domain_interpolation_subsets_and_nosub(text_root, tmp_path):
     subsets = ["qrs", "prs", "irs", "crs", "cqrs", "cprs", "cirs", "cpqrs", "ciprs"]
     cfg = MixturesConfig(root=text_root, out=tmp_path, domain_sets=subsets, test_domains=["sketch"],
@@ -240,6 +241,7 @@ def test_domain_interpolation_subsets_and_nosub(text_root, tmp_path):
     assert read_info(tmp_path / "combined-captions-train-lso-cipqrs-noclipartclasses-nosub.tsv").subsample == "none"
 
 
+@pytest.mark.slow
 def test_random_subsampling_same_sizes_seeded(text_root, tmp_path):
     kw = dict(root=text_root, setups=["cg-high"], test_domains=["painting"], held_out=list(TEXT_HELD_OUT))
     build_mixtures(MixturesConfig(out=tmp_path / "k", **kw), progress=False)

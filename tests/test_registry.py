@@ -18,6 +18,7 @@ def test_rn_tiny_has_rn50_module_structure():
     assert pre.transforms[0].size == 64
 
 
+@pytest.mark.slow
 def test_override_config_recreates_architecture():
     cfg = model_config("RN-tiny")
     cfg["embed_dim"] = 32

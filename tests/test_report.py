@@ -84,6 +84,7 @@ def _cell(values):
     return f"{100 * mean(values):.1f} ± {100 * stdev(values):.1f}% (n={len(values)})"
 
 
+@pytest.mark.slow
 def test_study_report_figure2_means_and_stds_by_hand(study, cli):
     r = cli("report", study)
     assert r.exit_code == 0, r.output
@@ -106,6 +107,7 @@ def test_study_report_figure2_means_and_stds_by_hand(study, cli):
     assert cfg["command"] == "report" and cfg["config"]["inputs"] == [str(study)]
 
 
+@pytest.mark.slow
 def test_study_report_sections_cka_and_not_computed_yet(study, tmp_path):
     from clipgen.report import ReportConfig, run_report
 
@@ -163,6 +165,7 @@ def test_study_report_without_anything_computed(tmp_path, cli):
     assert "*No finding can be checked yet: its inputs are not computed.*" in md
 
 
+@pytest.mark.slow
 def test_study_report_bad_input_is_one_line(tmp_path, cli, study):
     r = cli("report", tmp_path / "nope")
     assert r.exit_code == 2 and r.stderr.strip() == f"error: STUDY_DIR: {tmp_path / 'nope'} is not a directory"
@@ -173,6 +176,7 @@ def test_study_report_bad_input_is_one_line(tmp_path, cli, study):
     assert len(r.stderr.strip().splitlines()) == 1 and not (study / "report.md").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
                     reason="no headless chromium installed")
 def test_report_html_in_headless_chromium(study, tmp_path):
@@ -217,6 +221,7 @@ def _feature_sharing(study, run_dir, name, score):
                                                           test_domain="sketch"))
 
 
+@pytest.mark.slow
 def test_study_report_sae_finding_with_a_zero_accuracy(study):
     """The CG high-diversity model at 0% held-out accuracy still enters the SAE finding (0.0 is a value)."""
     from clipgen.report import ReportConfig, run_report

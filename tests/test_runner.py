@@ -72,6 +72,7 @@ def test_epoch_metrics_exclude_skipped_rows(synth_root):
     assert m["sketch"]["ood_acc"] == 1.0 and m["real"]["id_acc"] == 1.0
 
 
+@pytest.mark.slow
 def test_unreadable_image_fails_or_is_skipped(random_run_dir, uneven_root, tmp_path):
     root = derived_root(uneven_root, tmp_path / "dn")
     (root / "sketch").unlink()
@@ -102,6 +103,7 @@ def test_imagenet_metrics_by_hand():
     assert m["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_is_evaluated_again(random_run_dir, uneven_root, tmp_path):
     import os
 
@@ -131,6 +133,7 @@ def test_a_changed_checkpoint_is_evaluated_again(random_run_dir, uneven_root, tm
     assert _done_epochs(tmp_path / "o", {0: ck}) == []
 
 
+@pytest.mark.slow
 def test_accuracy_curves_beside_results_json(random_run_dir, uneven_root, tmp_path):
     """Every evaluation (re)draws OUT/accuracy.png from the whole results.json, also when it only adds epochs."""
     from clipgen.evaluation.summary import accuracy_figure

@@ -94,6 +94,7 @@ def _expected(model, name="RN-tiny"):
         return x, t, ref.encode_image(x), ref.encode_text(t)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["RN-tiny", "ViT-tiny"])  # the layouts of OpenAI's RN50 and ViT-B-32 files
 def test_openai_format_state_dict_loads_by_path(tmp_path, name):
     torch.manual_seed(1)
@@ -111,6 +112,7 @@ def test_openai_format_state_dict_loads_by_path(tmp_path, name):
     assert loaded.checkpoint_sha256() == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_openai_torchscript_archive_loads_by_path(run_dir, tmp_path):
     _, model = run_dir
     half, _, _ = create_model("RN-tiny")

@@ -17,6 +17,7 @@ from tests._fixtures_sae import (
 )
 
 
+@pytest.mark.slow
 def test_curves_png_beside_the_log(tmp_path, planted):
     from clipgen.analysis.sae import curves_figure, read_log
 

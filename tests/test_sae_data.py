@@ -58,6 +58,7 @@ def test_array_source_permutation():
     assert torch.equal(torch.cat(list(src.batches(0, 1, 6))), torch.cat(b[1:]))
 
 
+@pytest.mark.slow
 def test_train_from_store_with_split_and_held_out_validation(tmp_path):
     from tests._fixtures_sae import make_store
 
@@ -94,6 +95,7 @@ def test_store_streaming_reads_exactly_the_training_rows(tmp_path):
         assert data.info["mode"] == ("resident" if buffer_mb == 1.0 else "streaming")
 
 
+@pytest.mark.slow
 def test_streaming_keeps_the_store_dtype_and_trains(tmp_path):
     from contextlib import ExitStack
 

@@ -53,6 +53,7 @@ def setup(tmp_path, random_run_dir):
     return run, vocab, t, sae.W_dec.detach().numpy().astype(np.float64)
 
 
+@pytest.mark.slow
 def test_names_equal_a_hand_computation(setup):
     run, vocab, t, dec = setup
     res = run_sae_names(SaeNamesConfig(sae=str(run), vocab=str(vocab), top_k=3, device="cpu"))
@@ -77,6 +78,7 @@ def test_names_equal_a_hand_computation(setup):
     assert load_names(run / "names").names(0) == doc["latents"][0]["names"]
 
 
+@pytest.mark.slow
 def test_text_embeddings_are_cached_per_checkpoint_vocabulary_and_template(setup):
     run, vocab, _, _ = setup
     cfg = SaeNamesConfig(sae=str(run), vocab=str(vocab), device="cpu")
@@ -141,6 +143,7 @@ def test_shared_and_specific_by_hand():
     assert shared == [0, 3] and spec == {0: [1], 1: [2]}
 
 
+@pytest.mark.slow
 def test_names_label_feature_sharing(setup, tmp_path):
     from clipgen.analysis.feature_sharing import FeatureSharingConfig, run_feature_sharing
 

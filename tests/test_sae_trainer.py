@@ -30,6 +30,7 @@ from tests._fixtures_sae import (
 # -- training ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_decoder_stays_unit_norm_every_step(tmp_path, planted):
     x, _ = planted
     norms = []
@@ -43,6 +44,7 @@ def test_decoder_stays_unit_norm_every_step(tmp_path, planted):
     torch.testing.assert_close(allnorms, torch.ones_like(allnorms), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_training_recovers_planted_atoms(tmp_path, planted):
     x, atoms = planted
     cfg = sae_cfg(tmp_path / "run", epochs=20)
@@ -65,6 +67,7 @@ def test_training_recovers_planted_atoms(tmp_path, planted):
 # -- resampling ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [0, 128 * 16])
 def test_resampling_revives_dead_latents(tmp_path, planted, every):
     x, _ = planted
@@ -85,6 +88,7 @@ def test_resampling_revives_dead_latents(tmp_path, planted, every):
 # -- the published computation (paper=True) ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_paper_config_switches_on_the_published_computation(tmp_path, planted, monkeypatch):
     import clipgen.analysis.sae.resample as S
 
@@ -125,6 +129,7 @@ def _strip(log):
     return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in log]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
 def test_resume_continues_exactly(tmp_path, planted, streaming):
     x, _ = planted
@@ -163,6 +168,7 @@ def test_resume_continues_exactly(tmp_path, planted, streaming):
     assert more.steps == 128 and not more.already_complete
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, planted):
     """Nothing to continue from: the same call clears the partial log and trains from the start, as a fresh run."""
     x, _ = planted
@@ -179,6 +185,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, planted
     assert res.steps == ref.steps == 64 and _strip(run_log(tmp_path / "run")) == _strip(run_log(tmp_path / "ref"))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tmp_path, planted):
     x, _ = planted
     train_sae(sae_cfg(tmp_path / "run", epochs=1), TrainingData(ArraySource(x)), progress=False)
@@ -203,6 +210,7 @@ def test_bad_settings_are_one_line_errors(tmp_path, planted):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_topk_training_run(tmp_path, planted):
     x, _ = planted
     res = train_sae(sae_cfg(tmp_path / "run", activation="topk", k=4, l1=None, epochs=3), TrainingData(ArraySource(x)),
@@ -230,6 +238,7 @@ def test_gpu_graph_bf16_training_recovers_atoms_and_resamples(tmp_path, planted)
     assert metrics["step_mode"] == "graph" and metrics["precision"] == "bfloat16"
 
 
+@pytest.mark.slow
 def test_final_statistics_are_the_final_models_not_the_runs_average(tmp_path, planted):
     """With one log interval spanning the whole run, the interval mean includes the untrained model's first steps;
     the reported final statistics are a pass of the final model over the training rows."""
@@ -249,6 +258,7 @@ def test_final_statistics_are_the_final_models_not_the_runs_average(tmp_path, pl
     assert metrics["final"]["fve"] == pytest.approx(res.final["fve"])
 
 
+@pytest.mark.slow
 def test_default_batch_size_fits_a_small_training_set(tmp_path, planted, capsys):
     x, _ = planted
     cfg = sae_cfg(tmp_path / "run", batch_size=None, epochs=3)

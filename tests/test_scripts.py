@@ -163,6 +163,7 @@ def test_missing_domainnet_path_is_one_line_exit_2(script, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_other_bad_input(tmp_path, synth_root):
     env = base_env(tmp_path, OUT=tmp_path / "out", DOMAINNET=synth_root)
     cases = [
@@ -191,6 +192,7 @@ def test_other_bad_input(tmp_path, synth_root):
 # Stage 1: data preparation, for real
 
 
+@pytest.mark.slow
 def test_prepare_data_makes_captions_and_mixtures(prepared, synth_root, tmp_path):
     data = prepared / "data"
     for d in dn.DOMAINS:
@@ -237,6 +239,7 @@ def test_prepare_data_makes_captions_and_mixtures(prepared, synth_root, tmp_path
     assert r.returncode == 1 and r.stdout.strip() == "data: to do: upper-bounds"
 
 
+@pytest.mark.slow
 def test_lib_identifiers_match_the_mixture_index(prepared):
     index = json.loads((prepared / "data" / "mixtures" / "mixtures.json").read_text())["mixtures"]
     pairs = sorted({(e["setup"], e["test_domain"] or "") for e in index.values() if not e.get("aligned")})
@@ -279,6 +282,7 @@ def test_prepare_data_dry_run_with_every_input(tmp_path, synth_root):
 # Stage 2: training arrays
 
 
+@pytest.mark.slow
 def test_train_dry_run_lists_the_grid(tmp_path, synth_root, prepared):
     env = data_env(tmp_path, synth_root, prepared, SUPERVISED="1", AFTER="4242")
     stdout = ok(run("train.sh", env, "--dry-run"))
@@ -313,6 +317,7 @@ def test_train_dry_run_lists_the_grid(tmp_path, synth_root, prepared):
 # Stages 3 and 4: extraction and analyses
 
 
+@pytest.mark.slow
 def test_extract_and_analyses_dry_run_chain(tmp_path, synth_root, random_run_dir):
     out = tmp_path / "out"
     run_dir = str(random_run_dir)
@@ -392,6 +397,7 @@ def test_extract_and_analyses_dry_run_chain(tmp_path, synth_root, random_run_dir
 # Stage 5: evaluation
 
 
+@pytest.mark.slow
 def test_evaluate_dry_run(tmp_path, synth_root, random_run_dir):
     out = tmp_path / "out"
     (out / "runs" / "clip").mkdir(parents=True)
@@ -426,6 +432,7 @@ def test_evaluate_dry_run(tmp_path, synth_root, random_run_dir):
 # The driver
 
 
+@pytest.mark.slow
 def test_reproduce_dry_run_from_scratch_chains_every_stage(tmp_path, synth_root):
     out = tmp_path / "out"
     env = base_env(tmp_path, OUT=out, DOMAINNET=synth_root, BASE_TRAIN=synth_root / "base_train.tsv",
@@ -459,6 +466,7 @@ def test_reproduce_dry_run_from_scratch_chains_every_stage(tmp_path, synth_root)
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_reproduce_submits_for_real(tmp_path, synth_root, prepared):
     """Against a fake sbatch: job scripts written by clipgen, task-level dependencies, the eval continuation."""
     fake = tmp_path / "bin"
@@ -530,6 +538,7 @@ def _readme_block(marker: str) -> str:
     return next(b for b in blocks if marker in b)
 
 
+@pytest.mark.slow
 def test_readme_reproduce_block_works_as_written_in_dry_run(tmp_path):
     """README's block, with its variables pointed at existing folders and without the real (non-dry) run: no CLIPGEN
     variable, clipgen not on PATH (the project's .venv is found) or on it (an activated environment)."""

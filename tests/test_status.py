@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from clipgen.status import epoch_ranges
 from tests._fixtures_study import ACC, PLANNED_EPOCHS, build_study
 
@@ -40,6 +42,7 @@ def test_status_json(tmp_path, cli):
     assert evaluated == sum(len(v) for v in ACC.values())
 
 
+@pytest.mark.slow
 def test_status_table_and_bad_input(tmp_path, cli):
     study = build_study(tmp_path / "study")
     r = cli("status", study)

@@ -35,6 +35,7 @@ def _stats(xs):
     return m, sd
 
 
+@pytest.mark.slow
 def test_means_and_stds_by_hand(results_dir, tmp_path):
     res = run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "s"))
     rows = {(r["test_domain"], r["setup"]): r for r in res.rows}
@@ -68,6 +69,7 @@ def test_means_and_stds_by_hand(results_dir, tmp_path):
         run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "s"))
 
 
+@pytest.mark.slow
 def test_epoch_metric_and_domain_choices(results_dir, tmp_path):
     res = run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "s", epoch="0",
                                     metric="ood_acc_unweighted"))
@@ -82,6 +84,7 @@ def test_epoch_metric_and_domain_choices(results_dir, tmp_path):
         run_summary(SummaryConfig(inputs=[results_dir], out=tmp_path / "t", domain="clipart"))
 
 
+@pytest.mark.slow
 def test_grouping_rules(tmp_path):
     a = fake_results(tmp_path / "a" / "results.json", setup="cg-high", test_domain="sketch", seed=0, values=[0.5])
     b = fake_results(tmp_path / "b" / "results.json", setup="cg-high", test_domain="sketch", seed=0, values=[0.6])
@@ -112,6 +115,7 @@ def test_find_results(tmp_path, results_dir):
         find_results([tmp_path / "nope.json"])
 
 
+@pytest.mark.slow
 def test_paper_setups_come_before_their_variants(tmp_path):
     """A run evaluated off its own test domain ("trained for quickdraw") sorts after every paper setup, whatever the
     alphabetical order of the domains."""

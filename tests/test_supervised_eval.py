@@ -32,6 +32,7 @@ def sup_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_predictions_are_the_restricted_domainnet_argmax(sup_run, uneven_root, tmp_path):
     res = run_supervised(SupervisedConfig(data_root=uneven_root, model_dir=sup_run, progress=False))
     assert res.out_dir == sup_run / "eval" / "supervised" / "sketch" and res.evaluated == [4, 9]
@@ -58,6 +59,7 @@ def test_predictions_are_the_restricted_domainnet_argmax(sup_run, uneven_root, t
     assert pr["predictions"][0].tolist() != pr["predictions"][1].tolist()
 
 
+@pytest.mark.slow
 def test_supervised_precision_auto_is_resolved_for_the_supervised_kind(sup_run, uneven_root, tmp_path, monkeypatch):
     import clipgen.devices as devices
 
@@ -84,6 +86,7 @@ def test_supervised_refusals(sup_run, random_run_dir, uneven_root, tmp_path):
                                         out=tmp_path / "x", progress=False))
 
 
+@pytest.mark.slow
 def test_one_decode_pass_equals_the_per_checkpoint_loop(sup_run, uneven_root, tmp_path):
     from clipgen.datasets import DECODES
 

@@ -44,6 +44,7 @@ def test_prepare_errors(train_mixtures, tmp_path):
     assert not (tmp_path / "ok").exists()  # preparing writes nothing
 
 
+@pytest.mark.slow
 def test_trained_run_manifest_and_files(trained_run_dir, train_mixtures):
     m = read_manifest(trained_run_dir)
     train = train_mixtures / mixture_file("cg-low", "sketch", "train")
@@ -71,6 +72,7 @@ def test_trained_run_manifest_and_files(trained_run_dir, train_mixtures):
     assert len((trained_run_dir / "checkpoints" / "results.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_trained_run_loads_and_learned(trained_run_dir, train_mixtures):
     from clipgen.tsv import read_tsv
 
@@ -113,6 +115,7 @@ def _assert_same_training_state(a, b):
     assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_mixtures):
     """Stopped during the last epoch, the same command continues from epoch 1 and ends with exactly the weights of
     the uninterrupted run (random states of the data order and augmentations restored with the checkpoint)."""
@@ -142,6 +145,7 @@ def test_resume_continues_from_the_right_epoch(trained_run_dir, tmp_path, train_
     assert (run / "out.log").read_text() == log
 
 
+@pytest.mark.slow
 def test_resume_sets_a_truncated_last_checkpoint_aside(trained_run_dir, tmp_path, train_mixtures, cli):
     """A kill during the save of epoch 2 left a truncated epoch_2.pt under its final name: the same command notes it,
     sets it aside and continues from epoch 1, ending with exactly the uninterrupted run's epoch 2."""
@@ -169,6 +173,7 @@ def test_resume_sets_a_truncated_last_checkpoint_aside(trained_run_dir, tmp_path
     assert read_manifest(run).extra["history"][-1]["from_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_a_complete_run_with_a_stale_manifest_is_finalised(trained_run_dir, tmp_path, train_mixtures, cli):
     """clipgen stopped while the trainer finished (status still 'running', no losses): the same command finds every
     epoch, marks the run complete and reads the losses back from out.log."""
@@ -235,6 +240,7 @@ def test_sigterm_stops_the_trainer_and_the_same_command_continues(train_mixtures
     assert m.extra["status"] == "complete" and sorted(list_checkpoints(logs / "run")) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_describe_checkpoints(trained_run_dir):
     from clipgen.training.clip import ClipRunResult
 
@@ -311,6 +317,7 @@ def test_preset_is_chosen_from_the_data_and_a_mismatch_is_warned(train_mixtures,
     assert choose_preset(None, "t.tsv", 10_000_000, cc, SUP)[0] == "imagenet-captions"
 
 
+@pytest.mark.slow
 def test_more_epochs_extend_a_complete_run(trained_run_dir, tmp_path, train_mixtures):
     """--epochs 3 on a complete 2-epoch run trains epoch 3 from epoch_2.pt on the cosine schedule of 3 epochs; fewer
     epochs, or more epochs with another setting, stay refused."""

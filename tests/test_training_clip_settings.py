@@ -78,6 +78,7 @@ def test_extra_arguments_pass_through_last_and_untouched():
         parse_open_clip_args([*argv, "--bogus"])
 
 
+@pytest.mark.slow
 def test_parsing_from_many_threads_leaves_stderr_alone():
     """The demo prepares its runs side by side: concurrent parses must restore ``sys.stderr`` to what it was (a
     race here once left the test runner's stream replaced and closed, failing CLI invocations later)."""

@@ -9,6 +9,7 @@ from tests._fixtures_train import train_mixtures, trained_run_dir
 FIXTURES = (train_mixtures, trained_run_dir)
 
 
+@pytest.mark.slow
 def test_training_loss_curves_in_the_run_directory(trained_run_dir):
     png = trained_run_dir / "curves" / "training_loss.png"
     assert png.read_bytes()[:4] == b"\x89PNG"

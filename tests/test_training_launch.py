@@ -103,6 +103,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stream_process_forwards_a_signal_to_the_childs_whole_group(signum):
     """SIGTERM (or Ctrl-C's SIGINT) sent to clipgen reaches the child and its own children (as torchrun's workers):

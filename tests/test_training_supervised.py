@@ -65,6 +65,7 @@ def _accuracy_by_hand(run_dir, epoch, val_tsv):
     return int((pred == y).sum()) / len(rows), len(rows)
 
 
+@pytest.mark.slow
 def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     logs = tmp_path / "logs"
     res = train_supervised(_cfg(train_mixtures, logs, "a", 3))

@@ -8,6 +8,7 @@ from clipgen.evaluation.zeroshot import encode_images, predict_topk
 from clipgen.runs import load_clip
 
 
+@pytest.mark.slow
 def test_encode_images_matches_direct_forward(random_run_dir, synth_root):
     m = load_clip(random_run_dir, 0)
     recs = domainnet_records(synth_root, ["sketch"], "test")[:5]
@@ -29,6 +30,7 @@ def test_predict_topk_maps_to_labels_and_marks_skipped():
     assert predict_topk(x[:2], w, np.array([1, 2, 3]), k=1).tolist() == [[2], [1]]
 
 
+@pytest.mark.slow
 def test_unreadable_image_in_a_worker_is_a_one_line_error(random_run_dir, synth_root, tmp_path):
     m = load_clip(random_run_dir, 0)
     recs = domainnet_records(synth_root, ["sketch"], "test")[:3]
@@ -44,6 +46,7 @@ def test_unreadable_image_in_a_worker_is_a_one_line_error(random_run_dir, synth_
         encode_images(m.model, recs, m.preprocess, on_error="ignore")
 
 
+@pytest.mark.slow
 def test_topk_many_equals_the_labels_of_the_embeddings_and_holds_no_embeddings(random_run_dir, synth_root, tmp_path,
                                                                                monkeypatch):
     """Top-k labels computed batch by batch for two checkpoints: the same as predict_topk of the full (N, D)

@@ -20,6 +20,7 @@ def test_template_sets():
     assert classnames_from_folders(["The_Eiffel_Tower", "axe"]) == ["The Eiffel Tower", "axe"]
 
 
+@pytest.mark.slow
 def test_classifier_equals_hand_built(random_run_dir):
     m = load_clip(random_run_dir, 1)
     names = ["axe", "The Eiffel Tower", "cell phone"]
@@ -39,6 +40,7 @@ def test_classifier_equals_hand_built(random_run_dir):
     assert not torch.allclose(w, w1)
 
 
+@pytest.mark.slow
 def test_classifier_tokenises_the_prompts_once_across_checkpoints(random_run_dir):
     """Every epoch of a run builds the same prompts: they are tokenised once, and the classifier equals open_clip's
     ``build_zero_shot_classifier`` on every call."""

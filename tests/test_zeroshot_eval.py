@@ -35,6 +35,7 @@ def _recompute(labels, pred, held):
     return w_ood, w_id, u_ood, u_id, per_class
 
 
+@pytest.mark.slow
 def test_accuracies_recomputed_from_saved_predictions(zs_sketch, uneven_root):
     doc = read_results(zs_sketch)
     pr = read_predictions(zs_sketch)
@@ -79,6 +80,7 @@ def test_accuracies_recomputed_from_saved_predictions(zs_sketch, uneven_root):
     assert cfg["command"] == "eval zero-shot" and cfg["config"]["test_domain"] == "sketch"
 
 
+@pytest.mark.slow
 def test_predictions_equal_a_hand_built_zero_shot_classifier(zs_sketch, random_run_dir, uneven_root):
     s = build_eval_set(uneven_root, "sketch")
     m = load_clip(random_run_dir, 1)
@@ -88,6 +90,7 @@ def test_predictions_equal_a_hand_built_zero_shot_classifier(zs_sketch, random_r
     assert read_predictions(zs_sketch, [1])["predictions"][0].tolist() == pred.tolist()
 
 
+@pytest.mark.slow
 def test_skip_existing_and_resume(random_run_dir, uneven_root, tmp_path, monkeypatch):
     from clipgen.evaluation import zeroshot_eval
 
@@ -115,6 +118,7 @@ def test_skip_existing_and_resume(random_run_dir, uneven_root, tmp_path, monkeyp
                                      out=out, progress=False, templates="openai"))
 
 
+@pytest.mark.slow
 def test_class_count_mismatch_with_existing_results(random_run_dir, uneven_root, tmp_path):
     out = tmp_path / "o"
     run_zero_shot(ZeroShotConfig(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch",
@@ -127,6 +131,7 @@ def test_class_count_mismatch_with_existing_results(random_run_dir, uneven_root,
                                      epochs="1", out=out, progress=False, templates="simple"))
 
 
+@pytest.mark.slow
 def test_explicit_checkpoints_and_bad_inputs(random_run_dir, uneven_root, tmp_path):
     cks = list_checkpoints(random_run_dir)
     out = tmp_path / "explicit"
@@ -167,6 +172,7 @@ def test_explicit_checkpoints_and_bad_inputs(random_run_dir, uneven_root, tmp_pa
         zs(model_dir=random_run_dir, data_root=noheld)
 
 
+@pytest.mark.slow
 def test_manifest_mixture_sets_test_domain_and_held_out(random_run_dir, uneven_root, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(random_run_dir, run)
@@ -183,6 +189,7 @@ def test_manifest_mixture_sets_test_domain_and_held_out(random_run_dir, uneven_r
     assert doc["run"]["mixture"]["test_domain"] == "clipart"
 
 
+@pytest.mark.slow
 def test_imagenet_accuracy(random_run_dir, synth_root, uneven_root, tmp_path, monkeypatch):
     import clipgen.devices as devices
     import clipgen.evaluation.zeroshot_eval as zse
@@ -237,6 +244,7 @@ def _store_for(run_dir, epoch, root, path, *, text=True, drop=0, templ="simple")
     return path
 
 
+@pytest.mark.slow
 def test_store_embeddings_replace_the_forward_pass(random_run_dir, uneven_root, tmp_path, monkeypatch):
     from clipgen.evaluation import zeroshot_eval
 
@@ -270,6 +278,7 @@ def test_store_embeddings_replace_the_forward_pass(random_run_dir, uneven_root, 
     assert torch.allclose(hit.features.norm(dim=1), torch.ones(len(hit.features)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_real_extraction_store_replaces_model_and_forward(tiny_store, random_run_dir, synth_root, tmp_path,
                                                             monkeypatch):
     """The store of 'clipgen extract' (epoch 2, every test image, the paper's templates): the same predictions as
@@ -331,6 +340,7 @@ def _same_results(a, b):
         np.testing.assert_array_equal(pa[k], pb[k])
 
 
+@pytest.mark.slow
 def test_one_decode_pass_evaluates_every_epoch(random_run_dir, synth_root, uneven_root, tmp_path):
     """Each image is decoded once for the three epochs (and the ImageNet images once), with the same results as
     the per-checkpoint loop, which decodes everything once per epoch."""
@@ -354,6 +364,7 @@ def test_one_decode_pass_evaluates_every_epoch(random_run_dir, synth_root, uneve
     assert [c["chunk"] for c in read_results(tmp_path / "True")["checkpoints"]] == [1, 1, 1]
 
 
+@pytest.mark.slow
 def test_chunks_follow_memory_and_a_crash_loses_only_the_chunk_in_progress(random_run_dir, uneven_root, tmp_path,
                                                                              monkeypatch):
     from clipgen.datasets import DECODES

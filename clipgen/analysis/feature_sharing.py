@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: Alg. 1-2 on arrays, the run from a store and its figures all share FeatureSharing.
 """SAE feature sharing between domains (the paper's App. C.1, Alg. 1 "get topk features" and Alg. 2
 "measure feature sharing").
 

@@ -24,8 +24,8 @@ How (the published code runs one full-model forward and backward per downstream 
   ``alpha = 0`` is skipped for edges: the recomputed downstream activation equals the clean one there, so the
   objective's gradient is exactly zero.
 
-:func:`reference_nodes` and :func:`reference_edges` implement the published per-channel method (full model,
-forward hooks on the real modules, one backward per downstream channel) for tests and ``benchmarks/circuits.py``.
+:mod:`clipgen.circuits.attribution_reference` implements the published per-channel method (full model, forward hooks
+on the real modules, one backward per downstream channel) for the tests and ``benchmarks/circuits.py``.
 """
 
 from __future__ import annotations
@@ -210,14 +210,14 @@ def _interpolated_rows(a, alphas: Sequence[float], r0: int, r1: int):
     return scale * a[img], img
 
 
-def _cf(t, axis: int, to: int = 1):
+def channels_first(t, axis: int, to: int = 1):
     """``t`` with its channel axis ``axis`` moved to ``to`` (a view; ``t`` itself when it is there already)."""
     return t if axis == to else t.movedim(axis, to)
 
 
 def _reduce_rows(g, a, axis: int = 1):
     """``sum over rows and positions of g * a`` per channel (along ``axis``), in float64: ``(R, ...) -> (C,)``."""
-    p = _cf(g.float() * a.float(), axis)
+    p = channels_first(g.float() * a.float(), axis)
     return p.reshape(p.shape[0], p.shape[1], -1).sum(dim=(0, 2)).double()
 
 
@@ -338,26 +338,26 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
         return total
     forward = chain.has_jvp(stage) and (mode == "forward" or (mode == "auto" and nu < nj))
     ax_up, ax_down = chain.layers[stage - 1].axis, chain.layers[stage].axis  # channel axes (1: channels first)
-    clean = _cf(down.index_select(ax_down, down_sel), ax_down)
+    clean = channels_first(down.index_select(ax_down, down_sel), ax_down)
     norm = 2.0 / (b * chain.layers[stage].positions)  # d/dy of mean over (images, positions) of (y - clean)^2
     n_rows = len(alphas) * b
     for r0, r1 in _chunks(n_rows, plan.edge_rows(stage, n_rows)):
         x, img = _interpolated_rows(up, alphas, r0, r1)
         rest, xs = chain.split_input(x, up_sel, ax_up)
         del x
-        a_up = _cf(up[img].index_select(ax_up, up_sel), ax_up)
+        a_up = channels_first(up[img].index_select(ax_up, up_sel), ax_up)
         if forward:
             xs = xs.detach()
             with torch.no_grad(), amp():
                 y, apply = chain.linearize(stage, rest, xs, up_sel, down_sel)
-            resid = ((_cf(y, ax_down).float() - clean[img].float()) * norm).reshape(r1 - r0, nj, -1)
+            resid = ((channels_first(y, ax_down).float() - clean[img].float()) * norm).reshape(r1 - r0, nj, -1)
             cu = plan.edge_channels(stage, r1 - r0, nu)
             for u0, u1 in _chunks(nu, cu):
                 t = torch.zeros((u1 - u0, *xs.shape), dtype=xs.dtype, device=xs.device)
                 idx = torch.arange(u1 - u0, device=xs.device)
-                _cf(t, ax_up + 1, 2)[idx, :, u0 + idx] = a_up[:, u0:u1].transpose(0, 1).to(xs.dtype)
+                channels_first(t, ax_up + 1, 2)[idx, :, u0 + idx] = a_up[:, u0:u1].transpose(0, 1).to(xs.dtype)
                 with torch.no_grad(), amp():
-                    dy = _cf(apply(t), ax_down + 1, 2)
+                    dy = channels_first(apply(t), ax_down + 1, 2)
                 total[:, u0:u1] += torch.einsum("urjp,rjp->ju", dy.float().reshape(u1 - u0, r1 - r0, nj, -1),
                                                 resid).double()
                 del t, dy
@@ -367,20 +367,20 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
                 y = chain.stage(stage, rest, down_sel, x_sel=xs, in_channels=up_sel)
             if not y.requires_grad:  # no selected downstream channel depends on a selected upstream one
                 continue
-            resid = (_cf(y.detach(), ax_down).float() - clean[img].float()) * norm
+            resid = (channels_first(y.detach(), ax_down).float() - clean[img].float()) * norm
             a_flat = a_up.float().reshape(r1 - r0, nu, -1)
             one_by_one = not up.is_cuda and not getattr(chain, "cpu_batched_backward", True)
             cc = 1 if one_by_one else plan.edge_channels(stage, r1 - r0, nj)
             for c0, c1 in _chunks(nj, cc):
                 v = torch.zeros((c1 - c0, *y.shape), dtype=y.dtype, device=y.device)
                 idx = torch.arange(c1 - c0, device=y.device)
-                _cf(v, ax_down + 1, 2)[idx, :, c0 + idx] = resid[:, c0:c1].transpose(0, 1).to(y.dtype)
+                channels_first(v, ax_down + 1, 2)[idx, :, c0 + idx] = resid[:, c0:c1].transpose(0, 1).to(y.dtype)
                 if one_by_one:
                     (g,) = torch.autograd.grad(y, xs, v[0], retain_graph=c1 < nj)
                     g = g.unsqueeze(0)
                 else:
                     (g,) = torch.autograd.grad(y, xs, v, is_grads_batched=True, retain_graph=c1 < nj)
-                g = _cf(g, ax_up + 1, 2).float()
+                g = channels_first(g, ax_up + 1, 2).float()
                 total[c0:c1] += torch.einsum("crup,rup->cu", g.reshape(c1 - c0, r1 - r0, nu, -1), a_flat).double()
                 del v, g
             del y
@@ -422,108 +422,3 @@ def compute_circuit(chain, images, targets, *, ig: IGConfig = IGConfig(), node_f
         sync()
         times["edges"] = time.perf_counter() - t0 - times["nodes"]
     return CircuitResult(list(chain.names), nodes, sel, mats, m.cpu().numpy(), times)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the published per-channel method (reference and benchmark baseline)
-
-
-@contextlib.contextmanager
-def _hooks(chain, replace: tuple[str, Any] | None = None, capture: str | None = None) -> Iterator[dict]:
-    """Forward hooks on the real modules: replace a layer's output, capture another's."""
-    store: dict[str, Any] = {}
-    handles = []
-    if replace is not None and replace[0] != "input":
-        handles += chain.hook_replace(replace[0], replace[1])
-    if capture is not None:
-        handles += chain.hook_capture(capture, lambda o: store.__setitem__(capture, o))
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _full_model(chain, images, targets, alphas, layer, value, capture=None):
-    """Run the whole classifier on ``len(alphas)`` copies of ``images`` with ``layer`` replaced by ``value``."""
-    import torch
-
-    from clipgen.circuits.chain import metric
-
-    k = len(alphas)
-    x_in = value if layer == "input" else images.repeat(k, *([1] * (images.dim() - 1)))
-    with _hooks(chain, replace=(layer, value), capture=capture) as store:
-        z = chain.visual(x_in)
-    m = metric(z, targets.repeat(k, 1))
-    return m, store.get(capture) if capture else None, torch
-
-
-def reference_clean(chain, images):
-    """Clean activations of every chain layer from the real modules (forward hooks)."""
-    import torch
-
-    acts = {"input": images}
-    handles = [h for n in chain.names[1:] for h in chain.hook_capture(n, lambda o, n=n: acts.__setitem__(n, o.clone()))]
-    try:
-        with torch.no_grad():
-            chain.visual(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return [acts[n] for n in chain.names]
-
-
-def _trainable(module):
-    """Parameters with ``requires_grad`` (as in the published scripts, whose backward also fills weight grads)."""
-    return requires_grad(module, True, clear_grads=True)
-
-
-def reference_nodes(chain, images, targets, ig: IGConfig = IGConfig(), layers: Sequence[str] | None = None,
-                    clean=None) -> dict[str, Any]:
-    """Node scores by the published method: per layer, one full-model pass over all steps and one backward."""
-    import torch
-
-    clean = clean or reference_clean(chain, images)
-    b = images.shape[0]
-    out = {}
-    with _trainable(chain.visual):
-        for name in layers or chain.names:
-            la = chain.layers[chain.index(name)]
-            a = clean[chain.index(name)]
-            x = torch.cat([(1 - al) * a for al in ig.alphas]).requires_grad_()
-            m, _, _ = _full_model(chain, images, targets, ig.alphas, name, x)
-            m.sum().backward()
-            g = x.grad.double().reshape(len(ig.alphas), *a.shape).mean(0)  # reductions in float64
-            out[name] = _cf(g * -a.double(), la.axis).reshape(b, la.channels, -1).sum(2).mean(0).detach().cpu().numpy()
-    return out
-
-
-def reference_edges(chain, images, targets, selected: Mapping[str, Any], ig: IGConfig = IGConfig(),
-                    pairs: Sequence[tuple[str, str]] | None = None, clean=None) -> dict[str, Any]:
-    """Edge matrices by the published method: per downstream channel, one full-model forward over all steps
-    (the upstream module's output replaced by the interpolation) and one backward of the MSE objective."""
-    import torch
-    import torch.nn.functional as F
-
-    clean = clean or reference_clean(chain, images)
-    b = images.shape[0]
-    out = {}
-    with _trainable(chain.visual):
-        for up, down in pairs or chain.pairs:
-            a_up, a_down = clean[chain.index(up)], clean[chain.index(down)]
-            l_up, l_down = chain.layers[chain.index(up)], chain.layers[chain.index(down)]
-            u_sel = torch.as_tensor(selected[up], dtype=torch.long)
-            mat = torch.zeros(len(selected[down]), len(u_sel), dtype=torch.float64)
-            for row, j in enumerate(selected[down]):
-                x = torch.cat([(1 - al) * a_up for al in ig.alphas]).requires_grad_()
-                _, d, _ = _full_model(chain, images, targets, ig.alphas, up, x, capture=down)
-                d = _cf(d.reshape(len(ig.alphas), *a_down.shape), l_down.axis + 1, 2).reshape(
-                    len(ig.alphas), b, l_down.channels, -1)
-                c = _cf(a_down, l_down.axis).reshape(b, l_down.channels, -1)
-                loss = sum(F.mse_loss(c[:, int(j)], d[k, :, int(j)]) for k in range(len(ig.alphas)))
-                loss.backward()
-                g = x.grad.double().reshape(len(ig.alphas), *a_up.shape).mean(0)
-                eff = _cf(g * -a_up.double(), l_up.axis).reshape(b, l_up.channels, -1).sum(2).mean(0)
-                mat[row] = eff[u_sel].detach().cpu().double()
-            out[down] = mat.numpy()
-    return out

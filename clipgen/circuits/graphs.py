@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: the graph arrays, the WL kernel, drawing and export all work on one CircuitGraph.
 """Circuit graphs: the DAG of a circuit, Jaccard overlap, the Weisfeiler-Lehman subtree kernel, drawing and export.
 
 The graph of one circuit (:class:`~clipgen.circuits.attribution.CircuitResult`):

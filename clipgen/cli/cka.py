@@ -49,7 +49,8 @@ def cka(
     Uses the classes present in both domains of each pair, float64, and the unbiased HSIC estimator by default.
     Writes cka.json, cka.csv (layer x pair x subset x kernel x estimator), config.json and the figures.
     """
-    from clipgen.analysis.cka import CKAConfig, run_cka
+    from clipgen.analysis.cka import CKAConfig
+    from clipgen.analysis.cka_sweep import run_cka
     from clipgen.cli.common import emit_json, summary_console
 
     if out is None:

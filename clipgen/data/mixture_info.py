@@ -22,8 +22,6 @@ SETUPS = ("natural-only", "cg-low", "cg-high", "leave-out-domain", "custom")
 #: (CG high-diversity with ImageNet sketches, DomainNet sketches kept for a percentage of the C1 classes;
 #: modes in the published order, which fixes the random stream).
 SKETCH_MIX_MODES = {"fiftyp": 50, "twentyfivep": 25, "thirtyp": 30, "tenp": 10, "fivep": 5, "onep": 1, "one": None}
-SKETCH_SETUPS = ("natural-only+in-sketch", "leave-out-domain+in-sketch", "cg-high+in-sketch") + tuple(
-    f"in-sketch-mix-{m}" for m in SKETCH_MIX_MODES)
 SETUP_TITLES = {
     "natural-only": "Natural-only",
     "cg-low": "CG low-diversity",

@@ -154,14 +154,6 @@ def make_spec(setup: str | None, test_domain: str | None, *, domains: Sequence[s
                        subsample if size_match else "first-k", seed)
 
 
-def paper_specs(test_domains: Sequence[str] = dn.TEST_DOMAINS, **kw) -> list[MixtureSpec]:
-    """The main grid of Figure 2: natural-only plus CG low, CG high and leave-out-domain per test domain."""
-    specs = [make_spec("natural-only", None, aligned=kw.get("aligned", False))]
-    for x in test_domains:
-        specs += [make_spec(s, x, **kw) for s in ("cg-low", "cg-high", "leave-out-domain")]
-    return specs
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Data: the captioned DomainNet
 

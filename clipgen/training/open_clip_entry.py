@@ -26,22 +26,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from clipgen.runs import checkpoint_files
+
 EPOCH0_NAME = "epoch_0.pt"
-_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 def latest_resumable(checkpoint_dir: str | Path) -> str | None:
     """The ``epoch_N.pt`` with the highest N >= 1 in ``checkpoint_dir``, or None."""
-    d = Path(checkpoint_dir)
-    if not d.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _EPOCH_RE.match(p.name)) and int(m.group(1)) >= 1]
-    return str(max(found)[1]) if found else None
+    found = [p for epoch, p in checkpoint_files(checkpoint_dir).items() if epoch >= 1]
+    return str(found[-1]) if found else None
 
 
 def _global_rank() -> int:

@@ -40,6 +40,7 @@ def test_full_size_plan_is_the_papers(ps):
     assert 15 * 60 < ps.estimate_seconds(plan, ps.STAGE_NAMES) < 60 * 60
 
 
+@pytest.mark.slow
 def test_stage_accounting_and_resume(ps, tmp_path):
     ctx = ps.Ctx(tmp_path, ps.Plan(0.01, 12), workers=1)
     out = tmp_path / "payload"
@@ -79,6 +80,7 @@ def test_memory_growth_flags_peaks_that_grow_with_the_rows(ps):
     assert not rows["extract"]["grows_with_n"] and not rows["extract"]["over_limit"]
 
 
+@pytest.mark.slow
 def test_first_stages_end_to_end(ps, tmp_path):
     """data, captions and mixtures through the CLI at a tiny size: the synthetic DomainNet has the plan's split
     sizes exactly, spread evenly over the classes."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clipgen.circuits import attribution as A
+from clipgen.circuits import attribution_reference as R
 from clipgen.circuits.chain import CircuitChain, make_chain, metric
 from clipgen.circuits.vit import ViTChain
 from clipgen.errors import ClipgenError
@@ -51,7 +52,7 @@ def test_layers_are_the_residual_stream_with_tokens_as_positions(chain):
 
 def test_every_stage_equals_the_real_modules(chain):
     images, _ = _batch(3)
-    ref = A.reference_clean(chain, images)  # forward hooks on the real modules (proj: the tower's output)
+    ref = R.reference_clean(chain, images)  # forward hooks on the real modules (proj: the tower's output)
     with torch.no_grad():
         ours = chain.activations(images)
         emb = chain.visual(images)
@@ -86,17 +87,18 @@ def test_out_channels_and_split_input(chain):
         assert _rel(gs, gf.index_select(up.axis, cols)) < 1e-5, down.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule,steps", [("left", 3), ("midpoint", 2)])
 def test_nodes_and_edges_equal_the_per_channel_method(chain, rule, steps):
     images, target = _batch(2)
     ig = A.IGConfig(steps, rule)
     res = A.compute_circuit(chain, images, target, ig=ig, node_fraction=0.1)
-    ref_nodes = A.reference_nodes(chain, images, target, ig)
+    ref_nodes = R.reference_nodes(chain, images, target, ig)
     for la in chain.layers:
         assert res.nodes[la.name].shape == (la.channels,)
         assert _rel(res.nodes[la.name], ref_nodes[la.name]) < 1e-4, la.name
     assert [len(res.selected[la.name]) for la in chain.layers] == [1, 13, 13, 13, 13, 7]
-    ref_edges = A.reference_edges(chain, images, target, res.selected, ig)
+    ref_edges = R.reference_edges(chain, images, target, res.selected, ig)
     scale = max(np.abs(ref_edges[d]).max() for d in chain.names[1:-1])
     for up, down in chain.pairs:
         assert res.edges[down].shape == (len(res.selected[down]), len(res.selected[up]))
@@ -109,6 +111,7 @@ def test_nodes_and_edges_equal_the_per_channel_method(chain, rule, steps):
             assert _rel(res.edges[down], ref_edges[down]) < 1e-4, down
 
 
+@pytest.mark.slow
 def test_completeness_of_the_input_node_scores(chain):
     """Midpoint rule, many steps: the input's scores sum to the metric's change when the image is zeroed.
 
@@ -126,6 +129,7 @@ def test_completeness_of_the_input_node_scores(chain):
                 clean.abs().mean())
 
 
+@pytest.mark.slow
 def test_chunking_by_a_tiny_budget_changes_nothing(chain):
     images, target = _batch(2)
     ig = A.IGConfig(2)
@@ -140,6 +144,7 @@ def test_chunking_by_a_tiny_budget_changes_nothing(chain):
 
 
 
+@pytest.mark.slow
 def test_batched_and_one_by_one_backward_agree():
     """On the CPU a ViT's edges run one backward per downstream channel; the batched backward gives the same."""
     images, target = _batch(2)
@@ -180,7 +185,7 @@ def test_heads_layers(heads):
     # ViT-tiny: width 128, head width 64 -> 2 heads, plus the stream that bypasses them; positions: tokens x width
     assert [(la.shape, la.channels, la.positions) for la in heads.layers[1:-1]] == [((65, 3, 128), 3, 65 * 128)] * 4
     with pytest.raises(ClipgenError, match="^nodes: 'heads' nodes exist for ViTs only"):
-        from tests._circuits_helpers import perturbed_visual
+        from clipgen.circuits.attribution_reference import perturbed_visual
 
         make_chain(perturbed_visual("RN-tiny"), "RN-tiny", nodes="heads")
 
@@ -213,7 +218,7 @@ def test_attention_state_splits_the_real_attention_by_head(heads):
 
 def test_heads_stages_equal_the_real_model(heads):
     images, _ = _batch(3)
-    ref = A.reference_clean(heads, images)  # hooks: the block's input and its attention module's input
+    ref = R.reference_clean(heads, images)  # hooks: the block's input and its attention module's input
     with torch.no_grad():
         ours = heads.activations(images)
         for i in range(1, heads.n_stages + 1):
@@ -221,15 +226,16 @@ def test_heads_stages_equal_the_real_model(heads):
         assert _rel(ours[-1], heads.visual(images)) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule,steps", [("left", 3), ("midpoint", 2)])
 def test_head_nodes_and_edges_equal_the_per_channel_method(heads, rule, steps):
     images, target = _batch(2, seed=4)
     ig = A.IGConfig(steps, rule)
     res = A.compute_circuit(heads, images, target, ig=ig, node_fraction=0.5)
-    ref_nodes = A.reference_nodes(heads, images, target, ig)
+    ref_nodes = R.reference_nodes(heads, images, target, ig)
     for la in heads.layers:
         assert _rel(res.nodes[la.name], ref_nodes[la.name]) < 1e-4, la.name
-    ref_edges = A.reference_edges(heads, images, target, res.selected, ig)
+    ref_edges = R.reference_edges(heads, images, target, res.selected, ig)
     for _, down in heads.pairs:
         assert res.edges[down].shape == (len(res.selected[down]), len(res.selected[heads.names[heads.index(down) - 1]]))
         assert np.abs(ref_edges[down]).max() > 0, down

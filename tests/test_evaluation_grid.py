@@ -80,6 +80,7 @@ def test_job_script_and_modes(runs, uneven_root, tmp_path):
         discover_runs([tmp_path / "jobs"])
 
 
+@pytest.mark.slow
 def test_local_mode_runs_the_tasks(runs, uneven_root, cli, monkeypatch):
     from clipgen.evaluation import grid
 
