@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from clipgen.circuits.compute import CircuitsConfig
-from clipgen.circuits.similarity import CircuitSimilarityConfig, NodeSimilarityConfig, PlotConfig
+from clipgen.circuits.plot import PlotConfig
+from clipgen.circuits.similarity import CircuitSimilarityConfig, NodeSimilarityConfig
 from clipgen.cli.common import (
     default,
     device_option,
@@ -264,7 +265,7 @@ def plot(
 ) -> None:
     """Draw one circuit as a layered graph (bottom: the first layer after input; top: the embedding) and export it
     as GraphML/DOT."""
-    from clipgen.circuits.similarity import PlotConfig, run_plot
+    from clipgen.circuits.plot import PlotConfig, run_plot
     from clipgen.progress import out as con
 
     cfg = PlotConfig(circuits=circuits, domain=domain, class_name=class_name,

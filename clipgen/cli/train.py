@@ -17,7 +17,7 @@ from clipgen.cli.common import (
     split_list,
     writable,
 )
-from clipgen.training.clip import ClipTrainConfig
+from clipgen.training.clip_settings import ClipTrainConfig
 from clipgen.training.grid import TrainGridConfig
 from clipgen.training.supervised import SupervisedTrainConfig
 
