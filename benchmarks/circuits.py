@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from clipgen.circuits import attribution as A
     from clipgen.circuits import attribution_reference as R
-    from clipgen.circuits.chain import make_chain, metric
+    from clipgen.circuits.chain import metric
+    from clipgen.circuits.chains import make_chain
     from clipgen.devices import autocast, resolve_device, resolve_precision
 
     if args.threads:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from clipgen.circuits import attribution as A
 from clipgen.circuits import attribution_reference as R
 from clipgen.circuits.attribution_reference import perturbed_visual
-from clipgen.circuits.chain import ResNetChain, metric
+from clipgen.circuits.chain import metric
+from clipgen.circuits.resnet import ResNetChain
 from clipgen.errors import ClipgenError
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from clipgen.circuits.attribution_reference import perturbed_visual, reference_clean
-from clipgen.circuits.chain import ResNetChain, chain_names, metric, pairs_of
+from clipgen.circuits.chain import metric, pairs_of
+from clipgen.circuits.resnet import ResNetChain, chain_names
 from clipgen.errors import ClipgenError
 
 
@@ -194,7 +195,8 @@ def test_stage_jvp_equals_autograd_forward_mode(visual, images):
 
 
 def test_make_chain_builds_the_family_chain_behind_one_interface(visual):
-    from clipgen.circuits.chain import CHAINS, CircuitChain, make_chain
+    from clipgen.circuits.chain import CircuitChain
+    from clipgen.circuits.chains import CHAINS, make_chain
     from clipgen.circuits.vit import ViTChain
     from clipgen.models.registry import create_model
 

@@ -6,7 +6,6 @@ import torch
 
 from clipgen import domainnet as dn
 from clipgen.circuits import attribution as A
-from clipgen.circuits.chain import ResNetChain
 from clipgen.circuits.compute import (
     EntryImages,
     compute_circuits,
@@ -16,6 +15,7 @@ from clipgen.circuits.compute import (
     plan_entries,
     read_test_splits,
 )
+from clipgen.circuits.resnet import ResNetChain
 from clipgen.circuits.store import open_circuits
 from clipgen.errors import ClipgenError
 from tests._circuits_helpers import small_config

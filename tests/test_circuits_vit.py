@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from clipgen.circuits import attribution as A
 from clipgen.circuits import attribution_reference as R
-from clipgen.circuits.chain import CircuitChain, make_chain, metric
+from clipgen.circuits.chain import CircuitChain, metric
+from clipgen.circuits.chains import make_chain
 from clipgen.circuits.vit import ViTChain
 from clipgen.errors import ClipgenError
 

@@ -18,7 +18,7 @@ How (the published code runs one full-model forward and backward per downstream 
   once, gives every layer's gradient at ``alpha = 0``;
 * the node scores of layer ``l`` need the metric's gradient at ``S - 1`` (left) or ``S`` (midpoint) other points:
   one batched pass of the sub-network *after* ``l``, with all steps in the batch (rows chunked to fit memory);
-* an edge matrix re-runs only the stage between the two layers (:class:`~clipgen.circuits.chain.ResNetChain`),
+* an edge matrix re-runs only the stage between the two layers (:class:`~clipgen.circuits.resnet.ResNetChain`),
   with all steps in one batch and only the selected downstream channels computed; the per-downstream-channel
   backward passes are one batched ``torch.autograd.grad(..., is_grads_batched=True)`` per chunk of channels.
   ``alpha = 0`` is skipped for edges: the recomputed downstream activation equals the clean one there, so the
@@ -310,7 +310,7 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
     """The ``(len(down_sel), len(up_sel))`` IG edge matrix of stage ``stage`` (float64), computed locally.
 
     Only the stage is re-run, on all integration steps at once, computing only the selected downstream channels,
-    with the upstream input split (:meth:`~clipgen.circuits.chain.ResNetChain.split_input`) so derivatives reach
+    with the upstream input split (:meth:`~clipgen.circuits.resnet.ResNetChain.split_input`) so derivatives reach
     only the selected upstream channels. ``E[j, u] = -(1 / (S B)) sum_k <v_kj, J_k (a_u e_u)>`` with ``v_kj`` the
     objective's gradient (non-zero on channel ``j`` only) and ``J_k`` the stage's Jacobian at step ``k``:
 
@@ -318,7 +318,7 @@ def edge_matrix(chain, stage: int, up, down, up_sel, down_sel, ig: IGConfig, pla
       ``torch.autograd.grad(..., is_grads_batched=True)`` (one after the other on the CPU for a chain whose
       ``cpu_batched_backward`` is false: a ViT's batched backward through attention and layer norms is slower there);
     * ``forward``: one forward-mode pass per selected upstream channel ``u`` (``J a_u e_u``,
-      :meth:`~clipgen.circuits.chain.ResNetChain.linearize`), the directions batched with the rows (every stage
+      :meth:`~clipgen.circuits.resnet.ResNetChain.linearize`), the directions batched with the rows (every stage
       but the attention pool; that one stays reverse);
     * ``auto``: forward where the stage has it and there are fewer upstream than downstream channels (a
       stage that widens, e.g. the first block of every residual stage, costs half), reverse otherwise.

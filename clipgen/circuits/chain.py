@@ -1,4 +1,4 @@
-"""The model under study as a chain of stages between consecutive circuit layers: the interface and the factory.
+"""The model under study as a chain of stages between consecutive circuit layers: the interface.
 
 The zero-shot classifier of the paper is ``visual -> L2-normalise -> cosine similarity with the template-averaged,
 normalised class text embedding`` (no logit scale); the metric of an image is the logit of its true class
@@ -14,7 +14,8 @@ embedding before normalisation); stage ``i`` maps layer ``i - 1`` to layer ``i``
 * ``activations``/``run`` for the clean pass and the suffix passes, ``is_linear`` and ``has_jvp``/``linearize``
   for the shortcuts a family may offer.
 
-:func:`make_chain` builds the chain of an image tower, keyed by its family (:data:`CHAINS`): ``resnet``
+:func:`clipgen.circuits.chains.make_chain` builds the chain of an image tower, keyed by its family
+(:data:`clipgen.circuits.chains.CHAINS`): ``resnet``
 (:class:`~clipgen.circuits.resnet.ResNetChain`, open_clip's ``ModifiedResNet``) and ``vit``
 (:class:`~clipgen.circuits.vit.ViTChain`, open_clip's ``VisionTransformer``).
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from clipgen.errors import ClipgenError, ConfigFieldError
+from clipgen.errors import ClipgenError
 
 INPUT = "input"
 #: Node kinds: every chain has ``channels``; a ViT also offers ``heads`` (its attention heads).
@@ -243,56 +244,3 @@ def metric(embedding, targets):
 def pairs_of(names: Sequence[str]) -> list[tuple[str, str]]:
     """``(upstream, downstream)`` of consecutive names."""
     return [(names[i - 1], names[i]) for i in range(1, len(names))]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the factory
-
-
-def _resnet(visual, model_name: str, nodes: str):
-    from clipgen.circuits.resnet import ResNetChain
-
-    if nodes != "channels":
-        raise ConfigFieldError("nodes", f"{nodes!r} nodes exist for ViTs only; a ResNet's nodes are its channels "
-                                        f"(model {model_name})")
-    return ResNetChain(visual, model_name)
-
-
-def _vit(visual, model_name: str, nodes: str):
-    from clipgen.circuits.vit import ViTChain
-
-    return ViTChain(visual, model_name, nodes=nodes)
-
-
-#: Chain builders by model family (:func:`clipgen.models.layers.family`): ``(visual, model_name, nodes) -> chain``.
-CHAINS: dict[str, Callable[[Any, str, str], CircuitChain]] = {"resnet": _resnet, "vit": _vit}
-#: What ``clipgen circuits`` supports, for error messages.
-SUPPORTED = ("the ModifiedResNet family (RN50, RN101, RN50x4, ..., clipgen's RN-tiny and RN-small) and open_clip's "
-             "VisionTransformer (ViT-B-32, ..., clipgen's ViT-tiny)")
-
-
-def make_chain(visual: Any, model_name: str = "?", *, nodes: str = "channels") -> CircuitChain:
-    """The circuit chain of an image tower, by its family; ``nodes`` is ``channels`` or (ViTs) ``heads``."""
-    from clipgen.models.layers import family
-
-    if nodes not in NODE_KINDS:
-        raise ConfigFieldError("nodes", f"unknown node kind {nodes!r} (one of {', '.join(NODE_KINDS)})")
-    try:
-        fam = family(visual)
-    except ClipgenError:
-        fam = None
-    if fam not in CHAINS:
-        raise ClipgenError(f"model {model_name}: its image tower is a {type(visual).__name__}; clipgen circuits "
-                           f"supports {SUPPORTED}")
-    return CHAINS[fam](visual, model_name, nodes)
-
-
-_RESNET_NAMES = ("ResNetChain", "chain_names", "check_visual", "FoldedConv", "AVGPOOL_STAGE")
-
-
-def __getattr__(name: str):  # the ResNet implementation, under its old address
-    if name in _RESNET_NAMES:
-        from clipgen.circuits import resnet
-
-        return getattr(resnet, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

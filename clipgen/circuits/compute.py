@@ -310,7 +310,7 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
 
     from clipgen.artifacts import config_path_for, utc_now, write_config
     from clipgen.circuits.attribution import IGConfig, compute_circuit, default_budget, make_plan
-    from clipgen.circuits.chain import make_chain
+    from clipgen.circuits.chains import make_chain
     from clipgen.datasets import ImageRecord, folders_of
     from clipgen.devices import autocast, resolve_device, resolve_precision
     from clipgen.models.zeroshot_classifier import build_classifier, classnames_from_folders, templates
