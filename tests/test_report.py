@@ -241,7 +241,7 @@ def test_study_report_sae_finding_with_a_zero_accuracy(study):
 
 
 def test_sae_names_table_from_named_latents(tmp_path):
-    from clipgen.report.sections import _sae_names_table
+    from clipgen.report.analysis_sections import _sae_names_table
 
     base = tmp_path / "features"
     base.mkdir()

@@ -14,20 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipgen.report.analysis_sections import _circuits_section, _cka_section, _embedding_section, _sae_section
 from clipgen.report.document import Block, Document
 from clipgen.report.numbers import SETUP_LABELS, cka_layer_means, intermediate, num, pct, std_error, verdict
 from clipgen.report.sections import (
     SETUP_ORDER,
     _accuracy_section,
-    _circuits_section,
-    _cka_section,
     _Ctx,
     _data_section,
-    _embedding_section,
     _files_section,
     _intro,
     _read_json,
-    _sae_section,
 )
 
 __all__ = ["SETUP_LABELS", "SETUP_ORDER", "Block", "Document", "ReportConfig", "run_report", "cka_layer_means",
