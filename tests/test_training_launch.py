@@ -104,6 +104,28 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
+def test_stream_process_forwards_a_signal_this_process_ignored():
+    """clipgen started with SIGINT and SIGHUP ignored (a background job of a script, nohup): the child must not
+    inherit that, or the forwarded signal would not stop it."""
+    code = "print('ready', flush=True)\nimport time\ntime.sleep(60)\n"
+
+    def on_line(line):
+        if line == "ready":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)}
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Interrupted) as e:
+            stream_process([sys.executable, "-c", code], on_line, env=child_env())
+        assert time.monotonic() - t0 < 30 and e.value.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # restored
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stream_process_forwards_a_signal_to_the_childs_whole_group(signum):
     """SIGTERM (or Ctrl-C's SIGINT) sent to clipgen reaches the child and its own children (as torchrun's workers):

@@ -170,18 +170,32 @@ def stream_process(cmd: Sequence[str], on_line: Callable[[str], None], env: Mapp
     terminal's Ctrl-C reaches it directly.
     """
     forward = threading.current_thread() is threading.main_thread()
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(env or os.environ),
-                            cwd=cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
-                            start_new_session=forward)
-    assert proc.stdout is not None
     received: list[int] = []
+    child: list[int] = []  # the child's pid (its group's id) once it is started
 
     def relay(signum, _frame):
         received.append(signum)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
+        if child:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child[0], signum)
 
+    # the handlers are set before the child starts: a signal this process ignored (SIGINT in a background job,
+    # SIGHUP under nohup) would stay ignored in the child, and a forwarded one would not stop it; a handled one is
+    # reset to its default in the child
     previous = {s: signal.signal(s, relay) for s in FORWARDED_SIGNALS} if forward else {}
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=dict(env or os.environ), cwd=cwd, text=True, encoding="utf-8", errors="replace",
+                                bufsize=1, start_new_session=forward)
+    except BaseException:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        raise
+    child.append(proc.pid)
+    assert proc.stdout is not None
+    if received:  # a signal that came while the child was starting
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, received[0])
     try:
         for line in proc.stdout:
             on_line(line.rstrip("\n"))
