@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from clipgen.analysis.cka_figures import pair_styles  # noqa: F401 - re-exported: circuits.similarity uses it
 from clipgen.analysis.selection import (  # noqa: F401 - re-exported: part of this module's store API
     class_name_map,
     domain_name_to_id,

@@ -42,7 +42,7 @@ def _class_range(result: dict, subset: str) -> str:
 
 def plot_node_pairs(result: dict, subset: str, path: Path) -> Path:
     """Node similarity vs layer, one line per domain pair (the highlighted domain's pairs stand out)."""
-    from clipgen.analysis.cka import pair_styles
+    from clipgen.analysis.cka_figures import pair_styles
 
     plt = _plt()
     layers = result["layers"]
