@@ -42,14 +42,14 @@ def test_run_plot_into_a_folder_by_label(tmp_path):
 
 
 @pytest.mark.parametrize("domain, cls, message", [
-    ("real", "aircraft carrierr", "--class: unknown DomainNet class 'aircraft carrierr'.*did you mean"),
-    ("real", "lion", "--class: class 'lion' was not computed in /data/fake-circuits.h5"),
-    ("real", "7", "--class: class label 7 is not in"),
-    ("quickdraw", "airplane", r"--class: class 'airplane' \(1\) has no complete circuit in quickdraw.*painting, "
+    ("real", "aircraft carrierr", "class_name: unknown DomainNet class 'aircraft carrierr'.*did you mean"),
+    ("real", "lion", "class_name: class 'lion' was not computed in /data/fake-circuits.h5"),
+    ("real", "7", "class_name: class label 7 is not in"),
+    ("quickdraw", "airplane", r"class_name: class 'airplane' \(1\) has no complete circuit in quickdraw.*painting, "
                               "real"),
-    ("moon", "airplane", "--domain: unknown domain"),
-    ("sketch", "airplane", "--domain: domain 'sketch' is not in"),
-    ("all", "airplane", "--domain: names one domain"),
+    ("moon", "airplane", "domain: unknown domain"),
+    ("sketch", "airplane", "domain: domain 'sketch' is not in"),
+    ("all", "airplane", "domain: names one domain"),
 ])
 def test_run_plot_bad_input(tmp_path, domain, cls, message):
     with pytest.raises(ClipgenError, match=message):

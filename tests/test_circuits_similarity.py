@@ -65,7 +65,7 @@ def test_run_node_similarity_writes_everything(tmp_path):
 
 def test_run_node_similarity_failure_leaves_nothing(tmp_path):
     cfg = NodeSimilarityConfig(circuits=node_source(), out=tmp_path / "nodes", subsets="ood,banana")
-    with pytest.raises(ClipgenError, match="--subsets"):
+    with pytest.raises(ClipgenError, match="^subsets: "):
         run_node_similarity(cfg, progress=False)
     assert list(tmp_path.iterdir()) == []
 

@@ -97,7 +97,7 @@ def compute(
     progress: bool = progress_option(),
 ) -> None:
     """Compute the circuit of every (domain, class) into a circuits file; rerun the same command to resume."""
-    from clipgen.circuits.compute import CircuitsConfig, compute_circuits
+    from clipgen.circuits.compute import CircuitsConfig, run_circuits
     from clipgen.progress import out as con
 
     cfg = CircuitsConfig(out=out, model_dir=model_dir, data=data, epoch=epoch, checkpoint=checkpoint, model=model,
@@ -105,7 +105,7 @@ def compute(
                          samples_per_class=samples_per_class, seed=seed, steps=steps, rule=rule,
                          node_fraction=node_fraction, nodes=nodes, templates=templates, device=device,
                          precision=precision, memory_gb=memory_gb, images=images, shard=shard, force=force)
-    res = compute_circuits(cfg, progress=progress, note=_say)
+    res = run_circuits(cfg, progress=progress, note=_say)
     per = f", {sum(res.seconds) / len(res.seconds):.2f} s per entry" if res.seconds else ""
     con.print(f"circuits {res.path}: {res.planned} (domain, class) entries, {res.computed} computed now{per}, "
               f"fingerprint {res.fingerprint[:12]}" + (" (already complete)" if res.already_complete else ""),

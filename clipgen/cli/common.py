@@ -70,8 +70,12 @@ def writable(ctx: typer.Context, param, value):
     or in a folder this process may not write in (one line naming the option and the path)."""
     if value is not None and not ctx.resilient_parsing:
         from clipgen.artifacts import check_writable
+        from clipgen.errors import ConfigFieldError, option_error
 
-        check_writable(value, param.opts[0] if param.opts else "--out")
+        try:
+            check_writable(value, param.name)
+        except ConfigFieldError as e:  # this option, whatever config field it sets
+            raise option_error(param.opts[0] if param.opts else "--out", e.detail) from None
     return value
 
 
