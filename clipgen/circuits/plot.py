@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipgen.circuits.graphs import check_edge_k, circuit_graph, draw_circuit, export_graph, parse_export, to_networkx
@@ -22,7 +22,7 @@ class PlotConfig:
     class_name: str
     out: Path
     edge_k: int = 3
-    export: str = "graphml,dot"
+    export: list[str] = field(default_factory=lambda: ["graphml", "dot"])
     force: bool = False
 
 
