@@ -33,7 +33,6 @@ from clipgen import __version__
 from clipgen import domainnet as dn
 from clipgen.circuits.store import (
     CircuitsHeader,
-    SimulatedCrash,
     assemble,
     fingerprint_diff,
     parts_dir,
@@ -45,6 +44,7 @@ from clipgen.circuits.store import (
     write_header,
 )
 from clipgen.errors import ClipgenError, ConfigFieldError, file_error
+from clipgen.store.testing import SimulatedCrash, crash_point
 
 SPLIT = "test"
 SAMPLING = ("numpy default_rng([seed, domain id, label]).permutation(n)[:k] of the (domain, class) test images in "
@@ -424,8 +424,7 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
             run.seconds.append(time.perf_counter() - t0)
             run.computed += 1
             bar.advance(task)
-            if crash_after is not None and run.computed >= crash_after:
-                raise SimulatedCrash(f"simulated crash after {run.computed} entries")
+            crash_point(run.computed, crash_after, "entries")
     assemble(out, header)
     write_config(out, "circuits compute", cfg)
     return run
