@@ -26,9 +26,12 @@ def test_run_plot_png_and_exports(tmp_path):
     assert '"l1/1" -> "l2/0" [score="1.0", color="red"];' in dot
     config = json.loads((tmp_path / "c.config.json").read_text())
     assert config["command"] == "circuits plot" and config["config"]["class_name"] == "Aircraft_Carrier"
+    assert config["config"]["export"] == ["graphml", "dot"]  # a list (files written before hold "graphml,dot")
     with pytest.raises(ClipgenError, match="already exists"):
         run_plot(cfg)
-    cfg.force, cfg.export = True, "none"
+    cfg.force, cfg.export = True, "none"  # a string (as an old config.json holds it) still parses
+    assert [p.name for p in run_plot(cfg)] == ["c.png", "c.config.json"]
+    cfg.export = []
     assert [p.name for p in run_plot(cfg)] == ["c.png", "c.config.json"]
 
 
