@@ -280,7 +280,7 @@ def _existing(out: Path, header: CircuitsHeader, force: bool) -> tuple[CircuitsH
 # -- the run ---------------------------------------------------------------------------------------------------
 
 def run_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callable[[str], None] | None = None,
-                     crash_after: int | None = None) -> CircuitsRun:
+                 crash_after: int | None = None) -> CircuitsRun:
     """Compute (or resume, or finish) a circuits file and return where it is.
 
     The file is written under an exclusive writer lock (:mod:`clipgen.locks`); temporary files a killed final
