@@ -178,6 +178,7 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
                    "max_parallel": "slurm.max_parallel", "setup": "slurm.setup"}),
     "extract": ("clipgen.extraction:ExtractConfig", {"layer": "layers"}),
     "extract layers": ("clipgen.extraction:ExtractConfig", {}),
+    "extract merge": ("clipgen.store.merge:MergeConfig", {}),
     "report": ("clipgen.report:ReportConfig", {"study": "inputs"}),
     "sae train": ("clipgen.analysis.sae.config:SAETrainConfig", {}),
     "sae features": ("clipgen.analysis.feature_sharing:FeatureSharingConfig", {}),
