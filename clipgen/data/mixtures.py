@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: planning, building, writing and summarising mixtures share MixtureSpec and its names.
 """Training and validation mixtures, named as the published files.
 
 A mixture is the base dataset (optional here; ImageNet-Captions in the paper, ``base_train.tsv`` of a synthetic
