@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     from clipgen.data.mixtures import (
         MixturesConfig,
         build_mixture,
-        build_mixtures,
         load_domainnet,
         make_spec,
         resolve_held_out,
+        run_mixtures,
     )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{t_ref:.3f} s -> {t_ref / max(t_mine, 1e-9):.1f}x")
 
         t = time.perf_counter()
-        res = build_mixtures(MixturesConfig(root=root, out=work / "mix", paper=True), force=True, progress=False)
+        res = run_mixtures(MixturesConfig(root=root, out=work / "mix", paper=True, force=True), progress=False)
         t_grid = time.perf_counter() - t
         rows = sum(int(i.counts["total"]) for i in res.infos)
         print(f"--paper grid: 16 mixtures, {len(res.infos)} TSVs, {rows:,} rows written in {t_grid:.1f} s "

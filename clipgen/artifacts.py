@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clipgen import __version__
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, flag_for
 
 CONFIG_SUFFIX = ".config.json"
 
@@ -68,15 +68,16 @@ def to_jsonable(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, *, force: bool = True, option: str = "--force") -> Iterator[Path]:
+def atomic_path(path: str | Path, *, force: bool = True, field: str = "force") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block completes.
 
-    With ``force=False`` an existing ``path`` is refused (exit 2, naming ``option``). On any exception the
-    temporary file or directory is removed, so no half-written output is ever left under the final name.
+    With ``force=False`` an existing ``path`` is refused (exit 2, naming the flag of config field ``field``). On
+    any exception the temporary file or directory is removed, so no half-written output is ever left under the
+    final name.
     """
     path = Path(path)
     if path.exists() and not force:
-        raise ClipgenError(f"{path}: already exists (pass {option} to overwrite)")
+        raise ClipgenError(f"{path}: already exists (pass {flag_for(field)} to overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -97,8 +98,8 @@ def atomic_path(path: str | Path, *, force: bool = True, option: str = "--force"
         raise
 
 
-def write_text_atomic(path: str | Path, text: str, *, force: bool = True, option: str = "--force") -> Path:
-    with atomic_path(path, force=force, option=option) as tmp:
+def write_text_atomic(path: str | Path, text: str, *, force: bool = True, field: str = "force") -> Path:
+    with atomic_path(path, force=force, field=field) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
@@ -149,15 +150,15 @@ def write_config(artifact: str | Path, command: str, config: Any) -> Path:
     return write_json_atomic(path, config_record(command, config))
 
 
-def ensure_writable_output(path: str | Path, force: bool, option: str = "--force") -> Path:
+def ensure_writable_output(path: str | Path, force: bool, field: str = "force") -> Path:
     """Refuse an existing output unless ``force``; the caller then writes through :func:`atomic_path`."""
     path = Path(path)
     if path.exists() and not force:
-        raise option_error(option, f"output {path} already exists; pass {option} to overwrite it")
+        raise ConfigFieldError(field, f"output {path} already exists; pass {flag_for(field)} to overwrite it")
     return path
 
 
-def check_writable(path: str | Path, option: str) -> Path:
+def check_writable(path: str | Path, field: str) -> Path:
     """Refuse, before any work, an output that cannot be created: a path under a regular file, or a folder this
     process may not write in (permissions, read-only file system). Creates nothing."""
     path = Path(path)
@@ -167,9 +168,9 @@ def check_writable(path: str | Path, option: str) -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise option_error(option, f"{path}: {probe} is a regular file, not a folder")
+        raise ConfigFieldError(field, f"{path}: {probe} is a regular file, not a folder")
     if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
-        raise option_error(option, f"{path}: cannot write in {probe} (permission denied or read-only file system)")
+        raise ConfigFieldError(field, f"{path}: cannot write in {probe} (permission denied or read-only file system)")
     return path
 
 

@@ -188,8 +188,8 @@ class Demo:
 
         self.cfg = cfg
         self.scale = cfg.resolved_scale()
-        self.test_domain = dn.parse_test_domain(cfg.test_domain, option="--test-domain")
-        self.highlight = dn.parse_domains([cfg.highlight], option="--highlight")[0]
+        self.test_domain = dn.parse_test_domain(cfg.test_domain, field="test_domain")
+        self.highlight = dn.parse_domains([cfg.highlight], field="highlight")[0]
         self.device = resolve_device(cfg.device)
         self.device_line = describe_device(self.device)
         self.out = Path(cfg.out).resolve()
@@ -229,14 +229,14 @@ class Demo:
         return {"root": str(self.data), "contact_sheet": str(res.contact_sheet)}
 
     def stage_mixtures(self) -> dict[str, Any]:
-        from clipgen.data.mixtures import MixturesConfig, build_mixtures
+        from clipgen.data.mixtures import MixturesConfig, run_mixtures
 
         cfg = MixturesConfig(root=self.data, out=self.mixtures, setups=list(SETUPS), test_domains=[self.test_domain],
                              base=self.data / "base_train.tsv", base_val=self.data / "base_val.tsv",
-                             seed=self.cfg.seed)
+                             seed=self.cfg.seed, force=True)
         if self.mixtures.exists():
             shutil.rmtree(self.mixtures)
-        build_mixtures(cfg, force=True, progress=self.cfg.progress)
+        run_mixtures(cfg, progress=self.cfg.progress)
         return {"index": str(self.mixtures / "mixtures.json")}
 
     def train_parallelism(self) -> tuple[int, int | None]:
@@ -391,7 +391,7 @@ class Demo:
         return self.out / "circuits" / self.run_name("cg-high")
 
     def stage_circuits(self) -> dict[str, Any]:
-        from clipgen.circuits.compute import CircuitsConfig, compute_circuits
+        from clipgen.circuits.compute import CircuitsConfig, run_circuits
         from clipgen.circuits.similarity import (
             CircuitSimilarityConfig,
             NodeSimilarityConfig,
@@ -405,7 +405,7 @@ class Demo:
         path = base / "circuits.h5"
         labels = self.circuit_labels()
         s = self.scale
-        compute_circuits(CircuitsConfig(out=path, model_dir=self.run_dir("cg-high"), data=self.data,
+        run_circuits(CircuitsConfig(out=path, model_dir=self.run_dir("cg-high"), data=self.data,
                                         classes=",".join(map(str, labels)), samples_per_class=s.circuit_samples,
                                         steps=s.circuit_steps, device=self.device_arg), progress=self.cfg.progress)
         nodes = run_node_similarity(NodeSimilarityConfig(circuits=path, out=base / "nodes", highlight=self.highlight,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: What ``--precision auto`` gives on a GPU for each model kind. The evaluation follows the published scripts:
@@ -14,7 +14,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTO_GPU_PRECISION: dict[str | None, str] = {None: "bf16", "clip": "fp16", "supervised": "fp32"}
 
 
-def resolve_device(spec: str = "auto", option: str = "--device"):
+def resolve_device(spec: str = "auto", field: str = "device"):
     """``auto`` -> cuda if present else cpu; ``cuda[:N]`` where no GPU exists is an error, not a fallback."""
     import torch
 
@@ -23,32 +23,32 @@ def resolve_device(spec: str = "auto", option: str = "--device"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if s.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise option_error(option, f"{spec!r} requested but no CUDA GPU is available (use --device cpu)")
+            raise ConfigFieldError(field, f"{spec!r} requested but no CUDA GPU is available (use --device cpu)")
         dev = torch.device(s)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise option_error(option, f"{spec!r}: only {torch.cuda.device_count()} GPU(s) present")
+            raise ConfigFieldError(field, f"{spec!r}: only {torch.cuda.device_count()} GPU(s) present")
         return dev
     if s == "cpu":
         return torch.device("cpu")
     if s == "mps":
         if not torch.backends.mps.is_available():
-            raise option_error(option, "'mps' requested but not available")
+            raise ConfigFieldError(field, "'mps' requested but not available")
         return torch.device("mps")
-    raise option_error(option, f"unknown device {spec!r} (auto, cpu, cuda, cuda:N)")
+    raise ConfigFieldError(field, f"unknown device {spec!r} (auto, cpu, cuda, cuda:N)")
 
 
-def resolve_precision(spec: str, device, option: str = "--precision", kind: str | None = None) -> str:
+def resolve_precision(spec: str, device, field: str = "precision", kind: str | None = None) -> str:
     """``auto`` -> fp32 on CPU; on a GPU :data:`AUTO_GPU_PRECISION` of ``kind`` (the evaluation's ``clip``: fp16
     autocast, ``supervised``: fp32, as the published scripts ran them; otherwise bf16 autocast)."""
     if kind not in AUTO_GPU_PRECISION:
         raise ValueError(f"unknown model kind {kind!r} (one of {', '.join(map(str, AUTO_GPU_PRECISION))})")
     s = (spec or "auto").lower()
     if s not in PRECISIONS:
-        raise option_error(option, f"unknown precision {spec!r} (one of {', '.join(PRECISIONS)})")
+        raise ConfigFieldError(field, f"unknown precision {spec!r} (one of {', '.join(PRECISIONS)})")
     if s == "auto":
         return AUTO_GPU_PRECISION[kind] if getattr(device, "type", str(device)) == "cuda" else "fp32"
     if s in ("bf16", "fp16") and getattr(device, "type", str(device)) == "cpu" and s == "fp16":
-        raise option_error(option, "fp16 autocast is not supported on CPU (use fp32 or bf16)")
+        raise ConfigFieldError(field, "fp16 autocast is not supported on CPU (use fp32 or bf16)")
     return s
 
 
@@ -91,12 +91,12 @@ def default_memory_gb(device) -> float:
     return available_ram() / 4 / 2**30
 
 
-def check_memory_gb(memory_gb: float | None, device, option: str = "--memory-gb") -> float:
+def check_memory_gb(memory_gb: float | None, device, field: str = "memory_gb") -> float:
     """``memory_gb`` when given (must be positive), else :func:`default_memory_gb`."""
     if memory_gb is None:
         return default_memory_gb(device)
     if not memory_gb > 0:
-        raise option_error(option, f"must be a positive number of GiB, not {memory_gb}")
+        raise ConfigFieldError(field, f"must be a positive number of GiB, not {memory_gb}")
     return float(memory_gb)
 
 
@@ -125,10 +125,10 @@ def default_workers(cpus: int | None = None) -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, (available_cpus() if cpus is None else int(cpus)) - 1))
 
 
-def resolve_workers(workers: int | None, option: str = "--workers") -> int:
+def resolve_workers(workers: int | None, field: str = "workers") -> int:
     """``workers`` when given (0 or more), else :func:`default_workers`."""
     if workers is None:
         return default_workers()
     if workers < 0:
-        raise option_error(option, f"must be 0 or more, not {workers}")
+        raise ConfigFieldError(field, f"must be 0 or more, not {workers}")
     return int(workers)

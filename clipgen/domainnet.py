@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 
 #: The six domains in the fixed order used for mixture names (``c i p q r s``).
 DOMAINS: tuple[str, ...] = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
@@ -113,7 +113,7 @@ def normalise_class_name(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
 
-def class_by_name(name: str, option: str = "--classes") -> DNClass:
+def class_by_name(name: str, field: str = "classes") -> DNClass:
     """Look a class up by name or folder (case-insensitive, ``_`` or space); unknown names are an error."""
     c = _class_lookup().get(normalise_class_name(name))
     if c is None:
@@ -121,7 +121,7 @@ def class_by_name(name: str, option: str = "--classes") -> DNClass:
 
         close = difflib.get_close_matches(normalise_class_name(name), [x.name for x in class_table()], n=3)
         hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-        raise option_error(option, f"unknown DomainNet class {name!r}{hint}")
+        raise ConfigFieldError(field, f"unknown DomainNet class {name!r}{hint}")
     return c
 
 
@@ -136,7 +136,7 @@ def folder_to_name(folder: str) -> str:
     return folder.replace("_", " ")
 
 
-def parse_domains(spec: str | Sequence[str], option: str = "--domains", allowed: Sequence[str] = DOMAINS) -> tuple[
+def parse_domains(spec: str | Sequence[str], field: str = "domains", allowed: Sequence[str] = DOMAINS) -> tuple[
         str, ...]:
     """Parse ``all``, a letter string (``cipqrs``), or comma/space separated names into canonical order."""
     if isinstance(spec, str):
@@ -148,10 +148,10 @@ def parse_domains(spec: str | Sequence[str], option: str = "--domains", allowed:
             word = parts[0]
             bad = sorted({ch for ch in word if ch not in DOMAIN_LETTERS})
             if bad:
-                raise option_error(option, f"unknown domain or domain letters {spec!r} (letters: c i p q r s; names: "
-                                           f"{', '.join(DOMAINS)})")
+                raise ConfigFieldError(field, f"unknown domain or domain letters {spec!r} (letters: c i p q r s; "
+                                               f"names: {', '.join(DOMAINS)})")
             if len(set(word)) != len(word):
-                raise option_error(option, f"repeated domain letter in {spec!r}")
+                raise ConfigFieldError(field, f"repeated domain letter in {spec!r}")
             parts = [DOMAIN_LETTERS[ch] for ch in word]
     else:
         parts = [p.strip().lower() for p in spec]
@@ -159,20 +159,20 @@ def parse_domains(spec: str | Sequence[str], option: str = "--domains", allowed:
     for p in parts:
         d = DOMAIN_LETTERS.get(p, p)
         if d not in DOMAINS:
-            raise option_error(option, f"unknown domain {p!r} (one of {', '.join(DOMAINS)})")
+            raise ConfigFieldError(field, f"unknown domain {p!r} (one of {', '.join(DOMAINS)})")
         if d not in allowed:
-            raise option_error(option, f"domain {d!r} is not allowed here (one of {', '.join(allowed)})")
+            raise ConfigFieldError(field, f"domain {d!r} is not allowed here (one of {', '.join(allowed)})")
         if d not in out:
             out.append(d)
     if not out:
-        raise option_error(option, "no domain given")
+        raise ConfigFieldError(field, "no domain given")
     return tuple(d for d in DOMAINS if d in out)
 
 
-def parse_test_domain(name: str, option: str = "--test-domain") -> str:
+def parse_test_domain(name: str, field: str = "test_domain") -> str:
     d = DOMAIN_LETTERS.get(name.strip().lower(), name.strip().lower())
     if d not in TEST_DOMAINS:
-        raise option_error(option, f"{name!r} is not a test domain (one of {', '.join(TEST_DOMAINS)})")
+        raise ConfigFieldError(field, f"{name!r} is not a test domain (one of {', '.join(TEST_DOMAINS)})")
     return d
 
 
@@ -186,7 +186,7 @@ def split_list(spec: str | Sequence[str] | None) -> list[str]:
 
 
 def choose_domains(have: Sequence[str], requested: str | Sequence[str] | None, *, where: str,
-                   option: str = "--domains", minimum: int = 2, order: Sequence[str] | None = None,
+                   field: str = "domains", minimum: int = 2, order: Sequence[str] | None = None,
                    parse: bool = False,
                    too_few: str = "needs at least {minimum} domains, got {n} ({domains})") -> list[str]:
     """The domains an analysis compares: ``requested`` (default: every domain of ``have``), each one the data
@@ -202,18 +202,18 @@ def choose_domains(have: Sequence[str], requested: str | Sequence[str] | None, *
     if not parts or (parse and parts == ["all"]):
         chosen = list(have)
     elif parse:
-        chosen = list(parse_domains(parts if len(parts) > 1 else parts[0], option=option))
+        chosen = list(parse_domains(parts if len(parts) > 1 else parts[0], field=field))
     else:
         chosen = list(dict.fromkeys(parts))
     if order is not None:
         chosen = [d for d in order if d in set(chosen)]
     missing = [d for d in chosen if d not in have]
     if missing:
-        raise option_error(option, f"domain {missing[0]!r} is not in {where} (it has: "
-                                   f"{', '.join(have) or 'no domains'})")
+        raise ConfigFieldError(field, f"domain {missing[0]!r} is not in {where} (it has: "
+                                       f"{', '.join(have) or 'no domains'})")
     if len(chosen) < minimum:
-        raise option_error(option, too_few.format(minimum=minimum, n=len(chosen), domains=", ".join(chosen) or "none",
-                                                  where=where))
+        raise ConfigFieldError(field, too_few.format(minimum=minimum, n=len(chosen),
+                                                     domains=", ".join(chosen) or "none", where=where))
     return chosen
 
 
@@ -289,9 +289,9 @@ def folders_by_label(samples: Iterable[Sample], source: str = "split files") -> 
     return out
 
 
-def held_out_labels(names: Sequence[str], samples: Iterable[Sample], option: str = "--held-out") -> dict[str, int]:
+def held_out_labels(names: Sequence[str], samples: Iterable[Sample], field: str = "held_out") -> dict[str, int]:
     """Resolve held-out class names to labels *as the split files give them* (via each class's folder)."""
-    return resolve_held_out(folders_by_label(samples), names, option=option).by_name
+    return resolve_held_out(folders_by_label(samples), names, field=field).by_name
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ def not_in_data(name: str, folder: str | None) -> str:
 
 
 def resolve_held_out(present: Mapping[int, str], names: Sequence[str] | None = None,
-                     recorded: Iterable[int] | None = None, *, option: str = "--held-out",
+                     recorded: Iterable[int] | None = None, *, field: str = "held_out",
                      missing: Callable[[str, str | None], str] = not_in_data,
                      match: Callable[[str], int | None] | None = None) -> HeldOut:
     """The held-out classes of some data, from the first source given: ``names``, ``recorded`` labels (a run's
@@ -351,14 +351,14 @@ def resolve_held_out(present: Mapping[int, str], names: Sequence[str] | None = N
             for n in names:
                 label = match(n)
                 if label is None:
-                    raise option_error(option, missing(n, None))
+                    raise ConfigFieldError(field, missing(n, None))
                 by_name[n] = label
         else:
             by_folder = {folder: label for label, folder in present.items()}
             for n in names:
-                c = class_by_name(n, option=option)
+                c = class_by_name(n, field=field)
                 if c.folder not in by_folder:
-                    raise option_error(option, missing(c.name, c.folder))
+                    raise ConfigFieldError(field, missing(c.name, c.folder))
                 by_name[c.name] = by_folder[c.folder]
         return HeldOut(sorted(set(by_name.values())), by_name, "option")
     wanted = [int(x) for x in recorded or ()]

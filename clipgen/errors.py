@@ -36,6 +36,12 @@ class ConfigFieldError(ClipgenError):
         self.detail = message
 
 
+def flag_for(field: str) -> str:
+    """The flag that sets config field ``field`` by the CLI's naming rule (``--`` + the field with dashes), for a
+    message body that tells the user what to pass (``pass --force to overwrite``)."""
+    return "--" + field.replace("_", "-")
+
+
 def file_error(path: str | Path, message: str, line: int | None = None) -> ClipgenError:
     """A ClipgenError that names a file (and optionally a 1-based line number)."""
     where = f"{path}:{line}" if line is not None else f"{path}"

@@ -7,7 +7,7 @@ All layers of a batch are packed into one tensor and copied to the host asynchro
 (:mod:`clipgen.store.blocks`) assembles row blocks and writes them as part files (:mod:`clipgen.store.parts`),
 compressing chunks on a thread pool while the model computes the next batches. The store is resumable after any
 interruption and identical to an uninterrupted run; ``--shard i/n`` writes one part of the image set for
-:func:`clipgen.store.merge.merge_shards`.
+:func:`clipgen.store.merge.run_merge`.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def writing_output(out: str | Path, discard: Callable[[Path], None], *,
     from clipgen.artifacts import check_writable, remove_stale_temps
 
     out = Path(out)
-    check_writable(out, "--out")
+    check_writable(out, "out")
     with output_lock(out):
         remove_stale_temps(out)
         existed = out.exists()

@@ -16,7 +16,7 @@ from typing import Any
 
 from clipgen import __version__
 from clipgen.artifacts import command_line, sha256_file, utc_now, write_json_atomic
-from clipgen.errors import ClipgenError, ConfigFieldError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 
 MANIFEST_NAME = "clipgen-run.json"
 RUN_FORMAT = "clipgen-run"
@@ -53,10 +53,10 @@ def write_manifest(run_dir: str | Path, manifest: RunManifest) -> Path:
     return write_json_atomic(manifest_path(run_dir), asdict(manifest))
 
 
-def read_manifest(run_dir: str | Path, option: str = "--model-dir") -> RunManifest:
+def read_manifest(run_dir: str | Path, field: str = "model_dir") -> RunManifest:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise option_error(option, f"{run_dir} is not a directory")
+        raise ConfigFieldError(field, f"{run_dir} is not a directory")
     path = manifest_path(run_dir)
     if not path.is_file():
         raise file_error(path, "no clipgen run manifest here; for a run trained elsewhere pass the checkpoint "
@@ -94,10 +94,10 @@ def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
     return checkpoint_files(Path(run_dir) / "checkpoints")
 
 
-def parse_epochs(spec: str, available: list[int], option: str = "--epochs") -> list[int]:
+def parse_epochs(spec: str, available: list[int], field: str = "epochs") -> list[int]:
     """``all``, ``last``, ``N``, ``A-B`` or a comma list of those; every epoch must exist."""
     if not available:
-        raise option_error(option, "the run has no checkpoints")
+        raise ConfigFieldError(field, "the run has no checkpoints")
     s = spec.strip().lower()
     if s == "all":
         return list(available)
@@ -113,11 +113,11 @@ def parse_epochs(spec: str, available: list[int], option: str = "--epochs") -> l
             elif part:
                 out.append(int(part))
         except ValueError:
-            raise option_error(option, f"cannot parse {part!r} (use all, last, N, A-B or a comma list)") from None
+            raise ConfigFieldError(field, f"cannot parse {part!r} (use all, last, N, A-B or a comma list)") from None
     missing = [e for e in out if e not in available]
     if missing:
-        raise option_error(option, f"no checkpoint for epoch(s) {', '.join(map(str, missing))}; available: "
-                                   f"{_ranges(available)}")
+        raise ConfigFieldError(field, f"no checkpoint for epoch(s) {', '.join(map(str, missing))}; available: "
+                                       f"{_ranges(available)}")
     return sorted(set(out))
 
 
@@ -129,7 +129,7 @@ def _ranges(xs: list[int]) -> str:
     return ", ".join(map(str, xs))
 
 
-def resolve_checkpoint(run_dir: str | Path, epoch: int | None = None, option: str = "--epoch") -> tuple[int, Path]:
+def resolve_checkpoint(run_dir: str | Path, epoch: int | None = None, field: str = "epoch") -> tuple[int, Path]:
     """The checkpoint of ``epoch`` (default: the last one)."""
     cks = list_checkpoints(run_dir)
     if not cks:
@@ -137,7 +137,7 @@ def resolve_checkpoint(run_dir: str | Path, epoch: int | None = None, option: st
     if epoch is None:
         epoch = max(cks)
     if epoch not in cks:
-        raise option_error(option, f"no checkpoint for epoch {epoch} in {run_dir}; available: {_ranges(list(cks))}")
+        raise ConfigFieldError(field, f"no checkpoint for epoch {epoch} in {run_dir}; available: {_ranges(list(cks))}")
     return epoch, cks[epoch]
 
 

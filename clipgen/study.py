@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clipgen.artifacts import CONFIG_SUFFIX
-from clipgen.errors import file_error, option_error
+from clipgen.errors import ConfigFieldError, file_error
 
 #: Commands whose configuration JSON marks an analysis output, in the report's order.
 ANALYSIS_COMMANDS = ("eval summary", "cka", "embeddings", "sae train", "sae features", "circuits compute",
@@ -126,10 +126,10 @@ def discover(inputs: Sequence[str | Path], *, runs: Sequence[str | Path] = (), s
              analyses: Sequence[str | Path] = ()) -> Study:
     """Everything under ``inputs``; ``runs`` / ``stores`` / ``analyses`` add folders searched for that kind only."""
     roots = [Path(p) for p in inputs]
-    for opt, paths in (("STUDY_DIR", roots), ("--runs", runs), ("--stores", stores), ("--analyses", analyses)):
+    for name, paths in (("inputs", roots), ("runs", runs), ("stores", stores), ("analyses", analyses)):
         for p in paths:
             if not Path(p).is_dir():
-                raise option_error(opt, f"{p} is not a directory")
+                raise ConfigFieldError(name, f"{p} is not a directory")
     scans = [(Path(p), "all") for p in roots] + [(Path(p), "runs") for p in runs] + \
         [(Path(p), "stores") for p in stores] + [(Path(p), "analyses") for p in analyses]
     seen: set[tuple[Path, str]] = set()

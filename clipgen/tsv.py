@@ -112,7 +112,7 @@ def count_rows(path: str | Path) -> int:
 
 
 def write_tsv(path: str | Path, rows: Iterable[tuple[str, str]], *, force: bool = True,
-              option: str = "--force", clean: bool = True) -> int:
+              field: str = "force", clean: bool = True) -> int:
     """Write rows atomically (temporary name, renamed when complete); returns the number of rows.
 
     ``clean`` (the default) writes each caption as :func:`clean_caption` (one line, single spaces); ``clean=False``
@@ -121,7 +121,7 @@ def write_tsv(path: str | Path, rows: Iterable[tuple[str, str]], *, force: bool 
     """
     tidy = clean_caption if clean else one_line
     n = 0
-    with atomic_path(path, force=force, option=option) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_path(path, force=force, field=field) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         w.writerow(HEADER)
         for fp, title in rows:

@@ -24,7 +24,7 @@ def small_circuits(tmp_path_factory, circuits_run_dir, synth_root) -> Path:
     Built once per test process (a few seconds), not shared across xdist workers: the tests compare circuits
     computed in their own process with it bit for bit, and CPU float results are only guaranteed to repeat within
     one process (a shuffled run once saw 1e-5 relative differences between two workers' files)."""
-    from clipgen.circuits.compute import compute_circuits
+    from clipgen.circuits.compute import run_circuits
 
     p = tmp_path_factory.mktemp("circuits-small")
-    return compute_circuits(small_config(p / "small.h5", circuits_run_dir, synth_root), progress=False).path
+    return run_circuits(small_config(p / "small.h5", circuits_run_dir, synth_root), progress=False).path

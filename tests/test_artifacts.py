@@ -66,9 +66,9 @@ def test_check_writable_refuses_a_path_under_a_file_and_creates_nothing(tmp_path
     from clipgen.errors import ClipgenError
 
     (tmp_path / "f").write_text("x")
-    with pytest.raises(ClipgenError, match=r"^--out: .*/f/a/b: .*/f is a regular file, not a folder$"):
-        check_writable(tmp_path / "f" / "a" / "b", "--out")
-    assert check_writable(tmp_path / "new" / "deep", "--out") == tmp_path / "new" / "deep"
+    with pytest.raises(ClipgenError, match=r"^out: .*/f/a/b: .*/f is a regular file, not a folder$"):
+        check_writable(tmp_path / "f" / "a" / "b", "out")
+    assert check_writable(tmp_path / "new" / "deep", "out") == tmp_path / "new" / "deep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 

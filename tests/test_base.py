@@ -5,7 +5,7 @@ import pytest
 
 from clipgen.data.base import PAPER_CC_IDENTIFIERS, MergeBaseConfig, default_base_name, run_merge_base
 from clipgen.data.mixture_info import read_info
-from clipgen.data.mixtures import MixturesConfig, build_mixtures
+from clipgen.data.mixtures import MixturesConfig, run_mixtures
 from clipgen.errors import ClipgenError
 from clipgen.tsv import read_tsv
 
@@ -22,7 +22,7 @@ def cc_mixtures(text_root, tmp_path_factory):
     for with_base in (True, False):
         d = tmp_path_factory.mktemp("mix")
         kw = dict(base=text_root / "base_train.tsv", base_val=text_root / "base_val.tsv") if with_base else {}
-        build_mixtures(MixturesConfig(root=text_root, out=d, setups=["natural-only", "cg-low", "cg-high",
+        run_mixtures(MixturesConfig(root=text_root, out=d, setups=["natural-only", "cg-low", "cg-high",
                                                                      "leave-out-domain"],
                                       test_domains=["clipart", "sketch"], held_out=list(TEXT_HELD_OUT), **kw),
                        progress=False)
@@ -90,7 +90,7 @@ def test_merge_bad_input(cc_mixtures, tmp_path):
 
     fails(r"^identifiers: no training mixture 'lso-ir-noinfographclasses'", identifiers=["ir-noinfographclasses"])
     fails(r"^mixtures: .* has no mixtures.json", mixtures=tmp_path)
-    fails(r"--base: .*nothing.tsv: base TSV not found", base=tmp_path / "nothing.tsv")
+    fails(r"base: .*nothing.tsv: base TSV not found", base=tmp_path / "nothing.tsv")
     bad = tmp_path / "bad.tsv"
     bad.write_text("filepath\ttitle\n/a.jpg\tok\n/b.jpg\n")
     fails(r"bad.tsv:3: expected 2 tab-separated fields", base=bad)

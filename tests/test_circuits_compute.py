@@ -1,4 +1,4 @@
-"""compute_circuits: classes and plan, the seeded image draw, entries equal a direct computation, bad input."""
+"""run_circuits: classes and plan, the seeded image draw, entries equal a direct computation, bad input."""
 
 import numpy as np
 import pytest
@@ -8,12 +8,12 @@ from clipgen import domainnet as dn
 from clipgen.circuits import attribution as A
 from clipgen.circuits.compute import (
     EntryImages,
-    compute_circuits,
     draw_images,
     load_batch,
     parse_classes,
     plan_entries,
     read_test_splits,
+    run_circuits,
 )
 from clipgen.circuits.resnet import ResNetChain
 from clipgen.circuits.store import open_circuits
@@ -34,11 +34,11 @@ def test_parse_classes_by_hand():
     # names (any case, _ or space) and labels, held-out first, duplicates once
     assert parse_classes("cell phone, 308,Banana,the eiffel tower,13", FOLDERS, held)[0] == [13, 67, 308]
     assert parse_classes("The Eiffel Tower,teddy-bear", FOLDERS, held) == ([308, 303], True)
-    with pytest.raises(ClipgenError, match=r"--classes: unknown DomainNet class 'zebraa' \(did you mean: zebra\?\)"):
+    with pytest.raises(ClipgenError, match=r"classes: unknown DomainNet class 'zebraa' \(did you mean: zebra\?\)"):
         parse_classes("zebraa", FOLDERS, held)
-    with pytest.raises(ClipgenError, match=r"--classes: class 'zebra' has no test images in the chosen domains"):
+    with pytest.raises(ClipgenError, match=r"classes: class 'zebra' has no test images in the chosen domains"):
         parse_classes("zebra", FOLDERS, held)
-    with pytest.raises(ClipgenError, match=r"--classes: class label 0 \(aircraft carrier\) has no test images"):
+    with pytest.raises(ClipgenError, match=r"classes: class label 0 \(aircraft carrier\) has no test images"):
         parse_classes("0", FOLDERS, held)
     with pytest.raises(ClipgenError, match=r"out of range 0\.\.344"):
         parse_classes("345", FOLDERS, held)
@@ -54,7 +54,7 @@ def test_plan_is_class_major_and_records_absent_pairs(synth_root):
     # the tiny synthetic painting test split has no teddy-bear, like the real one lacks one class
     assert plan == [("clipart", 11), ("painting", 11), ("clipart", 303), ("clipart", 66), ("painting", 66)]
     assert absent == [("painting", 303)]
-    with pytest.raises(ClipgenError, match=r"--classes: class 'teddy-bear' \(303\) has no test images in painting "
+    with pytest.raises(ClipgenError, match=r"classes: class 'teddy-bear' \(303\) has no test images in painting "
                                            r"\(.*painting_test\.txt\)"):
         plan_entries(splits, [303], True, synth_root)
 
@@ -103,14 +103,14 @@ def test_an_entry_equals_a_direct_computation(small_circuits, circuits_run_dir):
 @pytest.mark.slow
 def test_a_vit_model_gets_its_chain_recorded_in_the_settings(tmp_path, synth_root):
     run = make_random_run(tmp_path / "vit", model="ViT-tiny", epochs=(0,))
-    res = compute_circuits(small_config(tmp_path / "c.h5", run, synth_root, classes="cello", domains="q"),
+    res = run_circuits(small_config(tmp_path / "c.h5", run, synth_root, classes="cello", domains="q"),
                            progress=False)
     assert res.computed == 1
     with open_circuits(tmp_path / "c.h5") as cf:
         assert cf.settings["family"] == "vit" and cf.settings["nodes"] == "channels"
         assert cf.layers == ["input", "resblock1", "resblock2", "resblock3", "resblock4", "proj"]
-    with pytest.raises(ClipgenError, match="--nodes: unknown node kind 'bogus'"):
-        compute_circuits(small_config(tmp_path / "d.h5", run, synth_root, nodes="bogus"), progress=False)
+    with pytest.raises(ClipgenError, match="nodes: unknown node kind 'bogus'"):
+        run_circuits(small_config(tmp_path / "d.h5", run, synth_root, nodes="bogus"), progress=False)
     assert not (tmp_path / "d.h5").exists()
 
 
@@ -118,39 +118,39 @@ def test_a_vit_model_gets_its_chain_recorded_in_the_settings(tmp_path, synth_roo
     ({"steps": 0}, "--steps: must be at least 1"),
     ({"rule": "simpson"}, "--rule: unknown rule 'simpson'"),
     ({"node_fraction": 0.0}, r"--node-fraction: must be in \(0, 1\]"),
-    ({"samples_per_class": 0}, "--samples-per-class: must be at least 1"),
-    ({"memory_gb": -1.0}, "--memory-gb: must be positive"),
-    ({"shard": "2/2"}, "--shard: shard 2/2: need 0 <= i < n"),
-    ({"domains": "cz"}, "--domains: unknown domain"),
-    ({"precision": "fp8"}, "--precision: unknown precision"),
+    ({"samples_per_class": 0}, "samples_per_class: must be at least 1"),
+    ({"memory_gb": -1.0}, "memory_gb: must be positive"),
+    ({"shard": "2/2"}, "shard: shard 2/2: need 0 <= i < n"),
+    ({"domains": "cz"}, "domains: unknown domain"),
+    ({"precision": "fp8"}, "precision: unknown precision"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, circuits_run_dir, synth_root, kw, match):
     with pytest.raises(ClipgenError, match=match):
-        compute_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, **kw), progress=False)
+        run_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, **kw), progress=False)
 
 
 def test_bad_data_and_model_paths(tmp_path, circuits_run_dir, synth_root):
-    with pytest.raises(ClipgenError, match="--data: .* is not a directory"):
-        compute_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, tmp_path / "none"), progress=False)
+    with pytest.raises(ClipgenError, match="data: .* is not a directory"):
+        run_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, tmp_path / "none"), progress=False)
     with pytest.raises(ClipgenError, match=r"sketch_test\.txt: split file not found"):
-        compute_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, tmp_path, domains="s"), progress=False)
-    with pytest.raises(ClipgenError, match="--epoch: no checkpoint for epoch 7"):
-        compute_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, epoch=7), progress=False)
-    with pytest.raises(ClipgenError, match="--shard: shard 0/5 of 4 entries is empty"):
-        compute_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, shard="0/5"), progress=False)
+        run_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, tmp_path, domains="s"), progress=False)
+    with pytest.raises(ClipgenError, match="epoch: no checkpoint for epoch 7"):
+        run_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, epoch=7), progress=False)
+    with pytest.raises(ClipgenError, match="shard: shard 0/5 of 4 entries is empty"):
+        run_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, shard="0/5"), progress=False)
 
 
 @pytest.mark.slow
 def test_all_classes_skip_the_absent_pair_and_few_images_are_recorded(tmp_path, circuits_run_dir, synth_root):
     notes = []
-    run = compute_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, classes="teddy-bear,axe",
+    run = run_circuits(small_config(tmp_path / "c.h5", circuits_run_dir, synth_root, classes="teddy-bear,axe",
                                         domains="c", samples_per_class=9), progress=False, note=notes.append)
     assert run.planned == 2 and any("clipart/axe: only 4 test image(s)" in n for n in notes)
     with open_circuits(run.path) as cf:
         assert cf.held_out == [11] and cf.entries() == [("clipart", 11), ("clipart", 303)]
         assert cf.n_images("clipart", 303) == 4
     with pytest.raises(ClipgenError, match=r"class 'teddy-bear' \(303\) has no test images in painting"):
-        compute_circuits(small_config(tmp_path / "d.h5", circuits_run_dir, synth_root, classes="teddy-bear",
+        run_circuits(small_config(tmp_path / "d.h5", circuits_run_dir, synth_root, classes="teddy-bear",
                                       domains="cp"), progress=False)
 
 
@@ -164,11 +164,11 @@ def test_circuits_from_the_image_cache_equal_decoding_the_jpegs(tmp_path, small_
     cache = build_cache(CacheConfig(out=tmp_path / "c.h5", data=synth_root, split="test", size=64, workers=0),
                         progress=False).path
     DECODES.reset()
-    out = compute_circuits(small_config(tmp_path / "x.h5", circuits_run_dir, synth_root, images=cache),
+    out = run_circuits(small_config(tmp_path / "x.h5", circuits_run_dir, synth_root, images=cache),
                            progress=False).path
     assert DECODES.reset() == 0
     assert_same_entries(out, small_circuits)
     small = build_cache(CacheConfig(out=tmp_path / "s.h5", data=synth_root, split="test", size=32, workers=0),
                         progress=False).path
     with pytest.raises(ClipgenError, match="--images: .*s.h5 was made for another preprocessing"):
-        compute_circuits(small_config(tmp_path / "y.h5", circuits_run_dir, synth_root, images=small), progress=False)
+        run_circuits(small_config(tmp_path / "y.h5", circuits_run_dir, synth_root, images=small), progress=False)

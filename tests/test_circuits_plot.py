@@ -26,9 +26,12 @@ def test_run_plot_png_and_exports(tmp_path):
     assert '"l1/1" -> "l2/0" [score="1.0", color="red"];' in dot
     config = json.loads((tmp_path / "c.config.json").read_text())
     assert config["command"] == "circuits plot" and config["config"]["class_name"] == "Aircraft_Carrier"
+    assert config["config"]["export"] == ["graphml", "dot"]  # a list (files written before hold "graphml,dot")
     with pytest.raises(ClipgenError, match="already exists"):
         run_plot(cfg)
-    cfg.force, cfg.export = True, "none"
+    cfg.force, cfg.export = True, "none"  # a string (as an old config.json holds it) still parses
+    assert [p.name for p in run_plot(cfg)] == ["c.png", "c.config.json"]
+    cfg.export = []
     assert [p.name for p in run_plot(cfg)] == ["c.png", "c.config.json"]
 
 
@@ -42,14 +45,14 @@ def test_run_plot_into_a_folder_by_label(tmp_path):
 
 
 @pytest.mark.parametrize("domain, cls, message", [
-    ("real", "aircraft carrierr", "--class: unknown DomainNet class 'aircraft carrierr'.*did you mean"),
-    ("real", "lion", "--class: class 'lion' was not computed in /data/fake-circuits.h5"),
-    ("real", "7", "--class: class label 7 is not in"),
-    ("quickdraw", "airplane", r"--class: class 'airplane' \(1\) has no complete circuit in quickdraw.*painting, "
+    ("real", "aircraft carrierr", "class_name: unknown DomainNet class 'aircraft carrierr'.*did you mean"),
+    ("real", "lion", "class_name: class 'lion' was not computed in /data/fake-circuits.h5"),
+    ("real", "7", "class_name: class label 7 is not in"),
+    ("quickdraw", "airplane", r"class_name: class 'airplane' \(1\) has no complete circuit in quickdraw.*painting, "
                               "real"),
-    ("moon", "airplane", "--domain: unknown domain"),
-    ("sketch", "airplane", "--domain: domain 'sketch' is not in"),
-    ("all", "airplane", "--domain: names one domain"),
+    ("moon", "airplane", "domain: unknown domain"),
+    ("sketch", "airplane", "domain: domain 'sketch' is not in"),
+    ("all", "airplane", "domain: names one domain"),
 ])
 def test_run_plot_bad_input(tmp_path, domain, cls, message):
     with pytest.raises(ClipgenError, match=message):

@@ -14,6 +14,8 @@ import pytest
 from clipgen.circuits.similarity import (
     CircuitSimilarityConfig,
     NodeSimilarityConfig,
+    parse_metrics,
+    parse_subsets,
     run_circuit_similarity,
     run_node_similarity,
 )
@@ -52,6 +54,7 @@ def test_run_node_similarity_writes_everything(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["command"] == "circuits nodes"
     assert config["config"]["circuits"] == "/data/fake-circuits.h5" and config["config"]["highlight"] == "quickdraw"
+    assert config["config"]["subsets"] == ["all", "id", "ood"]  # a list (files written before hold "all,id,ood")
     assert (out / "nodes_pairs_all.png").read_bytes()[:4] == b"\x89PNG"
     # an existing output is refused without force, and left as it was
     with pytest.raises(ClipgenError, match="--force"):
@@ -65,7 +68,7 @@ def test_run_node_similarity_writes_everything(tmp_path):
 
 def test_run_node_similarity_failure_leaves_nothing(tmp_path):
     cfg = NodeSimilarityConfig(circuits=node_source(), out=tmp_path / "nodes", subsets="ood,banana")
-    with pytest.raises(ClipgenError, match="--subsets"):
+    with pytest.raises(ClipgenError, match="^subsets: "):
         run_node_similarity(cfg, progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -73,7 +76,7 @@ def test_run_node_similarity_failure_leaves_nothing(tmp_path):
 @pytest.mark.slow
 def test_run_circuit_similarity_writes_everything(tmp_path):
     out = tmp_path / "circ"
-    cfg = CircuitSimilarityConfig(circuits=circuit_source(), out=out, edge_k=1, metrics="jaccard,wl_h1")
+    cfg = CircuitSimilarityConfig(circuits=circuit_source(), out=out, edge_k=1, metrics=["jaccard", "wl_h1"])
     run_circuit_similarity(cfg, progress=False)
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["circuit_similarity.json", "circuit_similarity.csv", "circuit_similarity_per_class.csv",
@@ -94,5 +97,16 @@ def test_run_circuit_similarity_writes_everything(tmp_path):
     assert len(per_class) == 2 * (3 + 1)
     config = json.loads((out / "config.json").read_text())
     assert config["command"] == "circuits similarity" and config["config"]["edge_k"] == 1
+    assert config["config"]["metrics"] == ["jaccard", "wl_h1"] and config["config"]["subsets"] == ["all", "id", "ood"]
     with pytest.raises(ClipgenError, match="--force"):
         run_circuit_similarity(cfg, progress=False)
+
+
+def test_list_fields_of_a_config_read_back_from_a_file_that_holds_strings():
+    """config.json written before the list fields holds comma-separated strings: both forms give the same config."""
+    old = {"circuits": "c.h5", "out": "o", "metrics": "jaccard,wl_h1", "subsets": "all,ood"}
+    new = {"circuits": "c.h5", "out": "o", "metrics": ["jaccard", "wl_h1"], "subsets": ["all", "ood"]}
+    for doc in (old, new):
+        cfg = CircuitSimilarityConfig(**doc)
+        assert parse_metrics(cfg.metrics) == ["jaccard", "wl_h1"]
+        assert parse_subsets(cfg.subsets) == (["all", "ood"], True)

@@ -79,19 +79,19 @@ def test_no_held_out_class_default_skips_explicit_errors():
     assert res["subsets"] == ["all", "id"] and res["skipped_subsets"] == ["ood"]
     assert any("'ood' skipped" in n for n in res["notes"])
     assert res["similarity"]["all"]["l2"]["real/sketch"] == 1.0
-    with pytest.raises(ClipgenError, match="--subsets: subset 'ood' has no classes"):
+    with pytest.raises(ClipgenError, match="subsets: subset 'ood' has no classes"):
         node_similarity(src, subsets="all,ood")
-    with pytest.raises(ClipgenError, match="--subsets: subset 'ood' has no classes"):
+    with pytest.raises(ClipgenError, match="subsets: subset 'ood' has no classes"):
         circuit_similarity(src, subsets=["ood"])
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"domains": "moon"}, "--domains: unknown domain"),
-    ({"domains": "real,sketch"}, "--domains: domain 'sketch' is not in /data/fake-circuits.h5"),
-    ({"domains": "real"}, "--domains: needs at least 2 domains"),
-    ({"subsets": "all,odd"}, "--subsets: unknown class subset 'odd'"),
-    ({"highlight": "sketch"}, "--highlight: domain 'sketch' is not among the analysed domains"),
-    ({"highlight": "moon"}, "--highlight: unknown domain"),
+    ({"domains": "moon"}, "domains: unknown domain"),
+    ({"domains": "real,sketch"}, "domains: domain 'sketch' is not in /data/fake-circuits.h5"),
+    ({"domains": "real"}, "domains: needs at least 2 domains"),
+    ({"subsets": "all,odd"}, "subsets: unknown class subset 'odd'"),
+    ({"highlight": "sketch"}, "highlight: domain 'sketch' is not among the analysed domains"),
+    ({"highlight": "moon"}, "highlight: unknown domain"),
 ])
 def test_node_similarity_bad_input(kwargs, message):
     with pytest.raises(ClipgenError, match=message):
@@ -177,11 +177,11 @@ def test_highlight_summary_by_hand():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"metrics": "jaccard,edit"}, "--metrics: unknown metric 'edit'"),
-    ({"metrics": "wl_h11"}, "--metrics: unknown metric"),
-    ({"metrics": ","}, "--metrics: needs at least one metric"),
+    ({"metrics": "jaccard,edit"}, "metrics: unknown metric 'edit'"),
+    ({"metrics": "wl_h11"}, "metrics: unknown metric"),
+    ({"metrics": ","}, "metrics: needs at least one metric"),
     ({"edge_k": 0}, "--edge-k"),
-    ({"domains": "clipart"}, "--domains: domain 'clipart' is not in"),
+    ({"domains": "clipart"}, "domains: domain 'clipart' is not in"),
 ])
 def test_circuit_similarity_bad_input(kwargs, message):
     with pytest.raises(ClipgenError, match=message):

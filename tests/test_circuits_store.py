@@ -10,7 +10,7 @@ import pytest
 from clipgen.artifacts import sha256_file
 from clipgen.circuits import store as S
 from clipgen.circuits.attribution import CircuitResult, n_selected
-from clipgen.circuits.compute import compute_circuits
+from clipgen.circuits.compute import run_circuits
 from clipgen.errors import ClipgenError
 from tests._circuits_helpers import assert_same_entries, small_config
 
@@ -100,7 +100,7 @@ def test_resume_after_a_crash_is_identical(small_circuits, circuits_run_dir, syn
     out = tmp_path / "c.h5"
     cfg = small_config(out, circuits_run_dir, synth_root)
     with pytest.raises(S.SimulatedCrash):
-        compute_circuits(cfg, progress=False, crash_after=2)
+        run_circuits(cfg, progress=False, crash_after=2)
     parts = S.parts_dir(out)
     assert sorted(p.name for p in parts.iterdir()) == ["clipart-011.h5", "quickdraw-011.h5"]
     with h5py.File(out, "r") as f:
@@ -117,13 +117,13 @@ def test_resume_after_a_crash_is_identical(small_circuits, circuits_run_dir, syn
     (parts / ".clipart-066.h5.tmp").write_bytes(b"half")
     shutil.copy(parts / "clipart-011.h5", parts / "clipart-066.h5")
     notes = []
-    run = compute_circuits(cfg, progress=False, note=notes.append)
+    run = run_circuits(cfg, progress=False, note=notes.append)
     assert run.resumed_from == 2 and run.computed == 2 and any("resuming, 2 of 4" in n for n in notes)
     assert not parts.exists() and out.with_name("c.config.json").is_file()
     assert_same_entries(out, small_circuits)
     with S.open_circuits(out) as cf:
         assert len(cf.provenance["resumed"]) == 1
-    again = compute_circuits(cfg, progress=False)
+    again = run_circuits(cfg, progress=False)
     assert again.already_complete and again.computed == 0
 
 
@@ -133,15 +133,15 @@ def test_resume_refusals(small_circuits, circuits_run_dir, synth_root, tmp_path)
     shutil.copy(small_circuits, out)
     with pytest.raises(ClipgenError, match=r"c\.h5: fingerprint mismatch: it was computed with a different "
                                            r"settings\.steps; pass --force"):
-        compute_circuits(small_config(out, circuits_run_dir, synth_root, steps=3), progress=False)
+        run_circuits(small_config(out, circuits_run_dir, synth_root, steps=3), progress=False)
     with pytest.raises(ClipgenError, match=r"fingerprint mismatch: .* different checkpoint\.sha256, epoch;"):
-        compute_circuits(small_config(out, circuits_run_dir, synth_root, epoch=1), progress=False)
+        run_circuits(small_config(out, circuits_run_dir, synth_root, epoch=1), progress=False)
     with pytest.raises(ClipgenError, match=r"different list of \(domain, class\) entries \(4 entries, this command "
                                            r"plans 2\)"):
-        compute_circuits(small_config(out, circuits_run_dir, synth_root, classes="axe"), progress=False)
+        run_circuits(small_config(out, circuits_run_dir, synth_root, classes="axe"), progress=False)
     out.write_bytes(b"not hdf5")
     with pytest.raises(ClipgenError, match="not a readable circuits file; pass --force"):
-        compute_circuits(small_config(out, circuits_run_dir, synth_root), progress=False)
+        run_circuits(small_config(out, circuits_run_dir, synth_root), progress=False)
 
 
 def _hand_result(seed=0):

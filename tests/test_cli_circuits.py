@@ -184,7 +184,7 @@ def test_one_line_errors(cli, circuits_run_dir, synth_root, small_circuits, tmp_
     _one_line_error(cli("circuits", "plot", small_circuits, "--domain", "sketch", "--class", "axe",
                         "--out", tmp_path / "x.png"), "--domain", "sketch")
     _one_line_error(cli("circuits", "plot", small_circuits, "--domain", "c", "--class", "banana",
-                        "--out", tmp_path / "x.png"), "--class")
+                        "--out", tmp_path / "x.png"), "--class", "error: --class: ")
     r = cli("circuits", "compute", "--model-dir", circuits_run_dir, "--data", synth_root)
     assert r.exit_code == 2 and "--out" in r.stderr
 

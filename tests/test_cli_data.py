@@ -94,14 +94,18 @@ def test_mixture_errors_are_one_line(cli, synth_root, tmp_path):
     caps = tmp_path / "captions"
     assert cli("data", "captions", "--root", synth_root, "--out", caps, "--no-aligned").exit_code == 0
     base = ["data", "mixtures", "--root", synth_root, "--captions", caps, "--out", tmp_path / "o"]
-    one_line_error(cli(*base, "--setup", "cg-low", "--test-domain", "real"), "--test-domain", "'real'")
+    one_line_error(cli(*base, "--setup", "cg-low", "--test-domain", "real"), "--test-domain", "'real'",
+                   "error: --test-domain: domain 'real' is not allowed here")
+    one_line_error(cli(*base, "--setup", "cg-lo"), "error: --setup: unknown setup 'cg-lo'")
     one_line_error(cli(*base, "--domains", "crz"), "--domains: unknown domain or domain letters 'crz'")
     one_line_error(cli(*base, "--domains", "cr", "--test-domain", "sketch"), "not among the domains")
     one_line_error(cli(*base, "--setup", "cg-low", "--held-out", "axe,lion"), "--held-out", "'lion'", "no images")
     one_line_error(cli(*base, "--setup", "cg-low", "--held-out", "axxe"), "--held-out: unknown DomainNet class")
     one_line_error(cli(*base, "--setup", "cg-low", "--allow-pct", "lots"), "--allow-pct: 'lots' is not a number")
     one_line_error(cli(*base, "--setup", "cg-low", "--aligned"), "aligned-captions", "caption file not found")
-    one_line_error(cli(*base), "nothing to build")
+    one_line_error(cli(*base), "nothing to build", "error: --setup: nothing to build")
+    one_line_error(cli("data", "mixtures", "--root", synth_root, "--captions", tmp_path / "nocaps", "--out",
+                       tmp_path / "o", "--paper"), "error: --captions: caption folder")
     one_line_error(cli("data", "mixtures", "--root", tmp_path / "nope", "--out", tmp_path / "o", "--paper"),
                    "--root:", "is not a folder")
     assert not (tmp_path / "o").exists()
@@ -131,3 +135,5 @@ def test_imagenet_sketch_cli(cli, synth_root, tmp_path):
         "combined-captions-train-lso-cipqrs-nosketchclasses-with-in-sketches-one.tsv"]
     one_line_error(cli("data", "imagenet-sketch", "--root", synth_root, "--captions", caps, "--sketch-root", sk,
                        "--out", tmp_path / "o2", "--modes", "most"), "--modes: unknown mix mode 'most'")
+    one_line_error(cli("data", "imagenet-sketch", "--root", synth_root, "--captions", caps, "--sketch-root", sk,
+                       "--out", tmp_path / "o2", "--variant", "blend"), "error: --variant: unknown variant 'blend'")

@@ -43,6 +43,10 @@ def test_errors_are_one_line(cli, random_run_dir, uneven_root, tmp_path):
     r = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", tmp_path / "bare", "--test-domain", "s")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("error: ") and "pass the checkpoint file(s) and --model NAME" in r.stderr
+    r = cli("eval", "zero-shot", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "s",
+            "--store", tmp_path / "nope.h5", "--out", tmp_path / "zs")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: --store: ") and "nope.h5 does not exist" in r.stderr
     r = cli("eval", "supervised", "--data-root", uneven_root, "--model-dir", random_run_dir, "--test-domain", "s")
     assert r.exit_code == 2 and "evaluate it with 'clipgen eval zero-shot'" in r.stderr
     r = cli("eval", "grid", random_run_dir, "--data-root", uneven_root, "--dry-run", "--local")

@@ -32,9 +32,9 @@ def test_explicit_precisions_win_over_the_kind(kind):
     for p in ("fp32", "bf16", "fp16"):
         assert resolve_precision(p, GPU, kind=kind) == p
     assert resolve_precision("bf16", CPU, kind=kind) == "bf16"
-    with pytest.raises(ClipgenError, match="--precision: fp16 autocast is not supported on CPU"):
+    with pytest.raises(ClipgenError, match="precision: fp16 autocast is not supported on CPU"):
         resolve_precision("fp16", CPU, kind=kind)
-    with pytest.raises(ClipgenError, match="--precision: unknown precision 'fp8'"):
+    with pytest.raises(ClipgenError, match="precision: unknown precision 'fp8'"):
         resolve_precision("fp8", GPU, kind=kind)
 
 
@@ -58,11 +58,11 @@ def test_available_cpus_follow_affinity_and_slurm(monkeypatch):
 def test_resolve_workers_and_memory():
     assert devices.resolve_workers(0) == 0 and devices.resolve_workers(3) == 3
     assert devices.resolve_workers(None) == devices.default_workers()
-    with pytest.raises(ClipgenError, match="--workers: must be 0 or more, not -1"):
+    with pytest.raises(ClipgenError, match="workers: must be 0 or more, not -1"):
         devices.resolve_workers(-1)
     assert devices.check_memory_gb(1.5, torch.device("cpu")) == 1.5
     assert devices.check_memory_gb(None, torch.device("cpu")) > 0
-    with pytest.raises(ClipgenError, match="--memory-gb: must be a positive number of GiB, not -2"):
+    with pytest.raises(ClipgenError, match="memory_gb: must be a positive number of GiB, not -2"):
         devices.check_memory_gb(-2, torch.device("cpu"))
 
 

@@ -140,11 +140,11 @@ def test_resolve_held_out_by_name_uses_the_data_labels():
     held = dn.resolve_held_out(present, ["the eiffel tower", "AXE", "axe"])
     assert (held.labels, held.by_name, held.source, held.absent, held.explicit) == (
         [7, 308], {"the eiffel tower": 308, "axe": 7}, "option", [], True)
-    with pytest.raises(ClipgenError, match=r"^--held-out: held-out class 'lion' \(folder lion\) has no images in the "
+    with pytest.raises(ClipgenError, match=r"^held_out: held-out class 'lion' \(folder lion\) has no images in the "
                                            r"data$"):
         dn.resolve_held_out(present, ["lion"])
-    with pytest.raises(ClipgenError, match=r"^--x: held-out class 'lion' is missing$"):
-        dn.resolve_held_out(present, ["lion"], option="--x", missing=lambda n, f: f"held-out class {n!r} is missing")
+    with pytest.raises(ClipgenError, match=r"^x: held-out class 'lion' is missing$"):
+        dn.resolve_held_out(present, ["lion"], field="x", missing=lambda n, f: f"held-out class {n!r} is missing")
     with pytest.raises(ClipgenError, match="did you mean"):
         dn.resolve_held_out(present, ["bananna"])
 
@@ -158,7 +158,7 @@ def test_resolve_held_out_recorded_and_matched():
     names = {"class 0": 0, "class 1": 1}
     held = dn.resolve_held_out({0: "class 0", 1: "class 1"}, ["class 1"], match=names.get)
     assert (held.labels, held.by_name) == ([1], {"class 1": 1})
-    with pytest.raises(ClipgenError, match=r"^--held-out: nope 'class 9'$"):
+    with pytest.raises(ClipgenError, match=r"^held_out: nope 'class 9'$"):
         dn.resolve_held_out({}, ["class 9"], match=names.get, missing=lambda n, _: f"nope {n!r}")
 
 
@@ -185,11 +185,11 @@ def test_choose_domains_as_stored():
     have = ["clipart", "real", "sketch", "imagenet"]
     assert dn.choose_domains(have, None, where="the store") == have
     assert dn.choose_domains(have, ["Sketch", "real", "sketch"], where="the store") == ["sketch", "real"]
-    with pytest.raises(ClipgenError, match=r"^--domains: domain 'quickdraw' is not in the store \(it has: clipart, "
+    with pytest.raises(ClipgenError, match=r"^domains: domain 'quickdraw' is not in the store \(it has: clipart, "
                                            r"real, sketch, imagenet\)$"):
         dn.choose_domains(have, ["real", "quickdraw"], where="the store")
-    with pytest.raises(ClipgenError, match=r"^--x: needs at least 3 domains, got 2 \(real, sketch\)$"):
-        dn.choose_domains(have, "real,sketch", where="the store", option="--x", minimum=3)
+    with pytest.raises(ClipgenError, match=r"^x: needs at least 3 domains, got 2 \(real, sketch\)$"):
+        dn.choose_domains(have, "real,sketch", where="the store", field="x", minimum=3)
 
 
 def test_choose_domains_parsed_in_a_pair_order():
@@ -198,11 +198,11 @@ def test_choose_domains_parsed_in_a_pair_order():
     assert dn.choose_domains(have, "all", **kw) == ["real", "quickdraw", "sketch"]  # imagenet: in no pair order
     assert dn.choose_domains(have, "sq", **kw) == ["quickdraw", "sketch"]
     assert dn.choose_domains(have, ["sketch", "r"], **kw) == ["real", "sketch"]
-    with pytest.raises(ClipgenError, match=r"^--domains: domain 'clipart' is not in f.h5 \(it has: sketch, real, "):
+    with pytest.raises(ClipgenError, match=r"^domains: domain 'clipart' is not in f.h5 \(it has: sketch, real, "):
         dn.choose_domains(have, "c,s", **kw)
-    with pytest.raises(ClipgenError, match=r"^--domains: domain 'clipart' is not in f.h5 \(it has: no domains\)$"):
+    with pytest.raises(ClipgenError, match=r"^domains: domain 'clipart' is not in f.h5 \(it has: no domains\)$"):
         dn.choose_domains([], "c", **kw)
-    with pytest.raises(ClipgenError, match=r"^--domains: needs at least 2 domains to compare, got 1 \(sketch\) in "
+    with pytest.raises(ClipgenError, match=r"^domains: needs at least 2 domains to compare, got 1 \(sketch\) in "
                                            r"f.h5$"):
         dn.choose_domains(have, "s", too_few="needs at least {minimum} domains to compare, got {n} ({domains}) in "
                                              "{where}", **kw)

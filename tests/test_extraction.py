@@ -14,7 +14,7 @@ from clipgen import domainnet as dn
 from clipgen.errors import ClipgenError
 from clipgen.extraction import ExtractConfig, extract
 from clipgen.store import open_store
-from clipgen.store.merge import merge_shards
+from clipgen.store.merge import MergeConfig, run_merge
 from clipgen.store.parts import parts_dir
 from clipgen.store.testing import SimulatedCrash
 from tests.conftest import h5_datasets, make_random_run, shared_artifact
@@ -276,7 +276,7 @@ def test_fingerprint_mismatch_refused(tmp_path, random_run_dir, synth_root):
         extract(_cfg(p, random_run_dir, synth_root, epoch=0, resume=True), progress=False)
     with pytest.raises(ClipgenError, match="different dtype"):
         extract(_cfg(p, random_run_dir, synth_root, dtype="float32", resume=True), progress=False)
-    with pytest.raises(ClipgenError, match="--batch-size: the interrupted store was started with --batch-size 8"):
+    with pytest.raises(ClipgenError, match="batch_size: the interrupted store was started with --batch-size 8"):
         extract(_cfg(p, random_run_dir, synth_root, batch_size=16, block_rows=16, resume=True), progress=False)
     res = extract(_cfg(p, random_run_dir, synth_root, epoch=0, force=True), progress=False)  # a new store
     with open_store(res.path) as st:
@@ -295,8 +295,8 @@ def test_shards_merged_equal_a_single_run(tmp_path, reference_store, random_run_
         shards.append(res.path)
     with pytest.raises(ClipgenError, match="shard 0/3"):
         open_store(shards[1])
-    virtual = merge_shards(shards, tmp_path / "merged.h5")
-    copied = merge_shards(shards, tmp_path / "copied.h5", copy=True)
+    virtual = run_merge(MergeConfig(shards, tmp_path / "merged.h5"))
+    copied = run_merge(MergeConfig(shards, tmp_path / "copied.h5", copy=True))
     assert virtual.virtual and not copied.virtual and virtual.rows == 48
     for m in (virtual.path, copied.path):
         with open_store(m) as st, open_store(reference_store) as ref:
@@ -307,11 +307,11 @@ def test_shards_merged_equal_a_single_run(tmp_path, reference_store, random_run_
                 np.testing.assert_array_equal(st.read_layer(name), ref.read_layer(name), err_msg=name)
     # refusals: gap, overlap, unfinished shard
     with pytest.raises(ClipgenError, match=r"gap: .*\(shard\(s\) 1 of 3 not given\)"):
-        merge_shards([shards[0], shards[1]], tmp_path / "gap.h5")
+        run_merge(MergeConfig([shards[0], shards[1]], tmp_path / "gap.h5"))
     with pytest.raises(ClipgenError, match="overlap: row 0 of the image set is also in"):
-        merge_shards([shards[1], shards[1], shards[2], shards[0]], tmp_path / "dup.h5")
+        run_merge(MergeConfig([shards[1], shards[1], shards[2], shards[0]], tmp_path / "dup.h5"))
     with pytest.raises(ClipgenError, match="already exists"):
-        merge_shards(shards, tmp_path / "merged.h5")
+        run_merge(MergeConfig(shards, tmp_path / "merged.h5"))
     # a virtual store needs its shards
     moved = tmp_path / "elsewhere"
     moved.mkdir()
@@ -362,7 +362,7 @@ def test_bad_images_fail_or_skip(tmp_path, broken_root, random_run_dir):
 
 @pytest.mark.slow
 def test_refusals(tmp_path, random_run_dir, synth_root):
-    with pytest.raises(ClipgenError, match="--layer: unknown layer.*valid: act1 act2"):
+    with pytest.raises(ClipgenError, match="layer: unknown layer.*valid: act1 act2"):
         extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, layers="act1,conv9"), progress=False)
     with pytest.raises(ClipgenError, match="--data: give exactly one image set"):
         extract(_cfg(tmp_path / "x.h5", random_run_dir, None), progress=False)

@@ -3,9 +3,9 @@ import random
 import pytest
 
 from clipgen import domainnet as dn
-from clipgen.data.imagenet_sketch import SketchConfig, build_sketch_mixtures, mix_class_counts
+from clipgen.data.imagenet_sketch import SketchConfig, mix_class_counts, run_sketch_mixtures
 from clipgen.data.mixture_info import read_info
-from clipgen.data.mixtures import MixturesConfig, build_mixtures
+from clipgen.data.mixtures import MixturesConfig, run_mixtures
 from clipgen.errors import ClipgenError
 from clipgen.tsv import read_tsv
 
@@ -30,10 +30,10 @@ def sketch_run(synth_root, synth_captioned, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("insk")
     sk = make_sketch_root(tmp / "sketch", COUNTS)
     base = dict(base=synth_root / "base_train.tsv", base_val=synth_root / "base_val.tsv")
-    res = build_sketch_mixtures(SketchConfig(root=synth_root, sketch_root=sk, out=tmp / "out",
+    res = run_sketch_mixtures(SketchConfig(root=synth_root, sketch_root=sk, out=tmp / "out",
                                              captions=synth_captioned, **base), progress=False)
     # the source mixtures, written by `clipgen data mixtures`, for an independent comparison
-    build_mixtures(MixturesConfig(root=synth_root, captions=synth_captioned, out=tmp / "src",
+    run_mixtures(MixturesConfig(root=synth_root, captions=synth_captioned, out=tmp / "src",
                                   setups=["natural-only", "leave-out-domain", "cg-high"], test_domains=["sketch"],
                                   **base), progress=False)
     return tmp, sk, res
@@ -137,14 +137,14 @@ def test_substring_filter_and_determinism(sketch_run, synth_root, synth_captione
     tmp, sk, res = sketch_run
     cfg = SketchConfig(root=synth_root, sketch_root=sk, out=tmp_path / "a", captions=synth_captioned,
                        filter="substring", variants=["add"])
-    r = build_sketch_mixtures(cfg, progress=False)
+    r = run_sketch_mixtures(cfg, progress=False)
     assert r.n_kept == 12 and r.n_kept_other_filter == 18
     rows = read_tsv(tmp_path / "a" / "combined-captions-train-lso-real-only-with-in-sketches.tsv")
     wnids = {dn.imagenet_class_index()[i][0] for i in (150, 440)}
     assert not any(p.split("/")[-2] in wnids for p, _ in rows)  # "sea lion" and "beer bottle" dropped
     assert sum(p.split("/")[-2] in {dn.imagenet_class_index()[i][0] for i in (25, 26)} for p, _ in rows) == 12
     cfg.out = tmp_path / "b"
-    build_sketch_mixtures(cfg, progress=False)
+    run_sketch_mixtures(cfg, progress=False)
     for f in (tmp_path / "a").glob("*.tsv"):
         assert f.read_text() == (tmp_path / "b" / f.name).read_text()
 
@@ -156,19 +156,19 @@ def test_bad_input(sketch_run, synth_root, synth_captioned, tmp_path):
         cfg = dict(root=synth_root, sketch_root=sk, out=tmp_path / "bad", captions=synth_captioned)
         cfg.update(kw)
         with pytest.raises(ClipgenError, match=message):
-            build_sketch_mixtures(SketchConfig(**cfg), progress=False)
+            run_sketch_mixtures(SketchConfig(**cfg), progress=False)
         assert not (tmp_path / "bad").exists()
 
-    fails(r"--variant: unknown variant 'blend'", variants=["blend"])
-    fails(r"--modes: unknown mix mode 'half'", modes=["half"])
-    fails(r"--modes: no mix mode given", modes=[])
-    fails(r"--filter: unknown filter 'name'", filter="name")
+    fails(r"variants: unknown variant 'blend'", variants=["blend"])
+    fails(r"modes: unknown mix mode 'half'", modes=["half"])
+    fails(r"modes: no mix mode given", modes=[])
+    fails(r"filter: unknown filter 'name'", filter="name")
     odd = tmp_path / "odd"
     (odd / "n99999999").mkdir(parents=True)
-    fails(r"--sketch-root: .*n99999999: folder name is not an ImageNet WordNet id", sketch_root=odd)
-    fails(r"--sketch-root: .* is not a folder", sketch_root=tmp_path / "none")
+    fails(r"sketch_root: .*n99999999: folder name is not an ImageNet WordNet id", sketch_root=odd)
+    fails(r"sketch_root: .* is not a folder", sketch_root=tmp_path / "none")
     shared_only = make_sketch_root(tmp_path / "shared", {596: 2})
-    fails(r"--sketch-root: no ImageNet-Sketch image of a class without a DomainNet counterpart",
+    fails(r"sketch_root: no ImageNet-Sketch image of a class without a DomainNet counterpart",
           sketch_root=shared_only)
     many = make_sketch_root(tmp_path / "many", {25: 60})
     fails(r"add: 60 ImageNet sketches but only 48 DomainNet rows in lso-real-only", sketch_root=many,
@@ -176,5 +176,5 @@ def test_bad_input(sketch_run, synth_root, synth_captioned, tmp_path):
     fails(r"mix fiftyp: .* but only 1 ImageNet sketches", sketch_root=make_sketch_root(tmp_path / "one", {25: 1}),
           variants=["mix"])
     with pytest.raises(ClipgenError, match="already exists .*--force"):
-        build_sketch_mixtures(SketchConfig(root=synth_root, sketch_root=sk, out=tmp / "out",
+        run_sketch_mixtures(SketchConfig(root=synth_root, sketch_root=sk, out=tmp / "out",
                                            captions=synth_captioned), progress=False)

@@ -8,7 +8,7 @@ import pytest
 
 from clipgen import domainnet as dn
 from clipgen.data.mixture_info import read_info
-from clipgen.data.mixtures import MixturesConfig, build_mixtures, make_spec, plan_specs
+from clipgen.data.mixtures import MixturesConfig, make_spec, plan_specs, run_mixtures
 from clipgen.errors import ClipgenError
 from clipgen.tsv import read_tsv
 
@@ -98,7 +98,7 @@ def paper_grid(text_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("grid")
     cfg = MixturesConfig(root=text_root, out=out, paper=True, held_out=list(TEXT_HELD_OUT),
                          base=text_root / "base_train.tsv", base_val=text_root / "base_val.tsv")
-    res = build_mixtures(cfg, progress=False)
+    res = run_mixtures(cfg, progress=False)
     return out, res
 
 
@@ -208,7 +208,7 @@ def test_upper_bounds_match_the_rule(text_root, tmp_path, variant, x, domains):
     cfg = MixturesConfig(root=text_root, out=tmp_path, domain_sets=[dn.domain_letters(domains)], test_domains=[x],
                          pseudo=variant == "pseudo", allow_pct=[allow] if allow else [],
                          held_out=list(TEXT_HELD_OUT))
-    res = build_mixtures(cfg, progress=False)
+    res = run_mixtures(cfg, progress=False)
     (info,) = [i for i in res.infos if i.split == "train"]
     suffix = "-pseudo" if allow is None else f"-allow{allow}"
     assert info.file == f"combined-captions-train-lso-{dn.domain_letters(domains)}-no{x}classes{suffix}.tsv"
@@ -226,7 +226,7 @@ def test_domain_interpolation_subsets_and_nosub(text_root, tmp_path):
     subsets = ["qrs", "prs", "irs", "crs", "cqrs", "cprs", "cirs", "cpqrs", "ciprs"]
     cfg = MixturesConfig(root=text_root, out=tmp_path, domain_sets=subsets, test_domains=["sketch"],
                          held_out=list(TEXT_HELD_OUT))
-    res = build_mixtures(cfg, progress=False)
+    res = run_mixtures(cfg, progress=False)
     for s in subsets:
         info = read_info(tmp_path / f"combined-captions-train-lso-{s}-nosketchclasses.tsv")
         assert info.setup == "custom" and dn.domain_letters(info.domains) == s
@@ -235,7 +235,7 @@ def test_domain_interpolation_subsets_and_nosub(text_root, tmp_path):
     assert len({len(read_tsv(tmp_path / i.file)) for i in res.infos if i.split == "train"}) == 1
     cfg = MixturesConfig(root=text_root, out=tmp_path, setups=["cg-high"], test_domains=["clipart"],
                          size_match=False, held_out=list(TEXT_HELD_OUT))
-    build_mixtures(cfg, progress=False)
+    run_mixtures(cfg, progress=False)
     got = rel(read_tsv(tmp_path / "combined-captions-train-lso-cipqrs-noclipartclasses-nosub.tsv"), text_root)
     assert got == reference_train(text_root, ALL, "clipart", HELD_LABELS, subsample=False)
     assert read_info(tmp_path / "combined-captions-train-lso-cipqrs-noclipartclasses-nosub.tsv").subsample == "none"
@@ -244,10 +244,10 @@ def test_domain_interpolation_subsets_and_nosub(text_root, tmp_path):
 @pytest.mark.slow
 def test_random_subsampling_same_sizes_seeded(text_root, tmp_path):
     kw = dict(root=text_root, setups=["cg-high"], test_domains=["painting"], held_out=list(TEXT_HELD_OUT))
-    build_mixtures(MixturesConfig(out=tmp_path / "k", **kw), progress=False)
-    build_mixtures(MixturesConfig(out=tmp_path / "a", subsample="random", seed=3, **kw), progress=False)
-    build_mixtures(MixturesConfig(out=tmp_path / "b", subsample="random", seed=3, **kw), progress=False)
-    build_mixtures(MixturesConfig(out=tmp_path / "c", subsample="random", seed=4, **kw), progress=False)
+    run_mixtures(MixturesConfig(out=tmp_path / "k", **kw), progress=False)
+    run_mixtures(MixturesConfig(out=tmp_path / "a", subsample="random", seed=3, **kw), progress=False)
+    run_mixtures(MixturesConfig(out=tmp_path / "b", subsample="random", seed=3, **kw), progress=False)
+    run_mixtures(MixturesConfig(out=tmp_path / "c", subsample="random", seed=4, **kw), progress=False)
     name = "combined-captions-train-lso-cipqrs-nopaintingclasses"
     first = rel(read_tsv(tmp_path / "k" / f"{name}.tsv"), text_root)
     a = rel(read_tsv(tmp_path / "a" / f"{name}-random3.tsv"), text_root)
@@ -268,7 +268,7 @@ def test_random_subsampling_same_sizes_seeded(text_root, tmp_path):
 def test_aligned_captions(text_root, tmp_path):
     cfg = MixturesConfig(root=text_root, out=tmp_path, setups=["cg-high"], test_domains=["quickdraw"], aligned=True,
                          held_out=list(TEXT_HELD_OUT))
-    build_mixtures(cfg, progress=False)
+    run_mixtures(cfg, progress=False)
     rows = read_tsv(tmp_path / "combined-captions-train-lso-cipqrs-noquickdrawclasses-aligned.tsv")
     assert rel(rows, text_root) == reference_train(text_root, ALL, "quickdraw", HELD_LABELS)
     terms = [t for d in ALL for t in dn.DOMAIN_TERMS[d]]
@@ -277,7 +277,7 @@ def test_aligned_captions(text_root, tmp_path):
 
 
 def test_synthetic_quirks_and_default_held_out(synth_root, synth_captioned, tmp_path):
-    res = build_mixtures(MixturesConfig(root=synth_root, captions=synth_captioned, out=tmp_path,
+    res = run_mixtures(MixturesConfig(root=synth_root, captions=synth_captioned, out=tmp_path,
                                         setups=["cg-low", "cg-high"], test_domains=["painting"]), progress=False)
     # the synthetic default holds 2 of the paper's 15 held-out classes; the default uses those and says so
     assert res.held_out.names == ["axe", "banana"] and len(res.held_out.absent) == 13
@@ -294,16 +294,16 @@ def test_synthetic_quirks_and_default_held_out(synth_root, synth_captioned, tmp_
 
 
 def test_explicit_held_out(synth_root, synth_captioned, tmp_path):
-    res = build_mixtures(MixtureConfig(synth_root, synth_captioned, tmp_path, "cello,The Eiffel Tower"),
+    res = run_mixtures(MixtureConfig(synth_root, synth_captioned, tmp_path, "cello,The Eiffel Tower"),
                          progress=False)
     assert res.held_out.by_name == {"cello": 66, "the eiffel tower": 308}
     rows = read_tsv(tmp_path / "combined-captions-train-lso-rs-nosketchclasses.tsv")
     sk = {Path(p).parent.name for p, _ in rows if "/sketch/" in p}
     assert sk == {"axe", "banana", "cell_phone", "teddy-bear"}
-    with pytest.raises(ClipgenError, match="--held-out: unknown DomainNet class 'cellos'"):
-        build_mixtures(MixtureConfig(synth_root, synth_captioned, tmp_path / "x", "cellos"), progress=False)
-    with pytest.raises(ClipgenError, match="--held-out: held-out class 'lion' .* has no images in the data"):
-        build_mixtures(MixtureConfig(synth_root, synth_captioned, tmp_path / "y", "axe,lion"), progress=False)
+    with pytest.raises(ClipgenError, match="held_out: unknown DomainNet class 'cellos'"):
+        run_mixtures(MixtureConfig(synth_root, synth_captioned, tmp_path / "x", "cellos"), progress=False)
+    with pytest.raises(ClipgenError, match="held_out: held-out class 'lion' .* has no images in the data"):
+        run_mixtures(MixtureConfig(synth_root, synth_captioned, tmp_path / "y", "axe,lion"), progress=False)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
@@ -323,18 +323,18 @@ def _copy(text_root: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(setups=["cg-low"], test_domains=["real"]), r"--test-domain: 'real' is not a test domain"),
-    (dict(domain_sets=["rsx"]), r"--domains: unknown domain or domain letters 'rsx'"),
-    (dict(domain_sets=["cr"], test_domains=["sketch"]), r"--domains: test domain 'sketch' is not among the domains"),
-    (dict(setups=["leave-out-domain"], test_domains=["sketch"], pseudo=True), r"--pseudo: .* does not contain"),
-    (dict(setups=["natural-only"], pseudo=True), r"--pseudo: does not apply to natural-only"),
-    (dict(setups=["cg-low"], allow_pct=[1.5]), r"--allow-pct: 1.5 is not in \(0, 1\]"),
-    (dict(setups=["cg-low"], allow_pct=[0.1], pseudo=True), r"--pseudo: cannot be combined with --allow-pct"),
-    (dict(setups=["cg-low"], allow_pct=[0.1], size_match=False), r"--allow-pct: requires size matching"),
-    (dict(setups=["cg-lo"]), r"--setup: unknown setup 'cg-lo'"),
-    (dict(), r"--setup: nothing to build"),
-    (dict(paper=True, setups=["cg-low"]), r"--paper: cannot be combined"),
-    (dict(setups=["cg-high"], subsample="shuffle"), r"--subsample: unknown mode 'shuffle'"),
+    (dict(setups=["cg-low"], test_domains=["real"]), r"test_domains: 'real' is not a test domain"),
+    (dict(domain_sets=["rsx"]), r"domain_sets: unknown domain or domain letters 'rsx'"),
+    (dict(domain_sets=["cr"], test_domains=["sketch"]), r"domain_sets: test domain 'sketch' is not among the domains"),
+    (dict(setups=["leave-out-domain"], test_domains=["sketch"], pseudo=True), r"pseudo: .* does not contain"),
+    (dict(setups=["natural-only"], pseudo=True), r"pseudo: does not apply to natural-only"),
+    (dict(setups=["cg-low"], allow_pct=[1.5]), r"allow_pct: 1.5 is not in \(0, 1\]"),
+    (dict(setups=["cg-low"], allow_pct=[0.1], pseudo=True), r"pseudo: cannot be combined with --allow-pct"),
+    (dict(setups=["cg-low"], allow_pct=[0.1], size_match=False), r"allow_pct: requires size matching"),
+    (dict(setups=["cg-lo"]), r"setups: unknown setup 'cg-lo'"),
+    (dict(), r"setups: nothing to build"),
+    (dict(paper=True, setups=["cg-low"]), r"paper: cannot be combined"),
+    (dict(setups=["cg-high"], subsample="shuffle"), r"subsample: unknown mode 'shuffle'"),
 ])
 def test_bad_options(text_root, tmp_path, kw, message):
     kw.setdefault("held_out", list(TEXT_HELD_OUT))
@@ -342,10 +342,10 @@ def test_bad_options(text_root, tmp_path, kw, message):
         for t in kw["test_domains"]:
             if t == "real":
                 with pytest.raises(ClipgenError, match=message):
-                    dn.parse_test_domain(t)
+                    dn.parse_test_domain(t, field="test_domains")
                 return
     with pytest.raises(ClipgenError, match=message):
-        build_mixtures(MixturesConfig(root=text_root, out=tmp_path / "o", **kw), progress=False)
+        run_mixtures(MixturesConfig(root=text_root, out=tmp_path / "o", **kw), progress=False)
     assert not (tmp_path / "o").exists()
 
 
@@ -356,7 +356,7 @@ def test_bad_options(text_root, tmp_path, kw, message):
     (lambda r: _append(r / "real_test.txt", "real/zebra/x.jpg -1"), r"real_test.txt:\d+: label -1 out of range"),
     (lambda r: _append(r / "real_test.txt", "real/zebra/x.jpg 344"), r"real_test.tsv: does not match .*rerun"),
     (lambda r: (r / "captions" / "clipart_test.tsv").unlink(), r"clipart_test.tsv: caption file not found"),
-    (lambda r: shutil.rmtree(r / "captions"), r"--captions: caption folder .* not found"),
+    (lambda r: shutil.rmtree(r / "captions"), r"captions: caption folder .* not found"),
     (lambda r: _append(r / "base_train.tsv", "only-one-field"), r"base_train.tsv:52: expected 2 tab-separated"),
 ])
 def test_bad_files(text_root, tmp_path, damage, message):
@@ -365,7 +365,7 @@ def test_bad_files(text_root, tmp_path, damage, message):
     cfg = MixturesConfig(root=root, out=tmp_path / "o", paper=True, held_out=list(TEXT_HELD_OUT),
                          base=root / "base_train.tsv")
     with pytest.raises(ClipgenError, match=message):
-        build_mixtures(cfg, progress=False)
+        run_mixtures(cfg, progress=False)
     assert not (tmp_path / "o").exists()
 
 
@@ -377,34 +377,35 @@ def test_check_files_and_empty_results(synth_root, synth_captioned, tmp_path):
     cfg = MixturesConfig(root=root, captions=synth_captioned, out=tmp_path / "o", setups=["cg-low"],
                          test_domains=["sketch"], check_files=True)
     with pytest.raises(ClipgenError, match=rf"sketch_train.txt:{victim.line}: image .* does not exist"):
-        build_mixtures(cfg, progress=False)
+        run_mixtures(cfg, progress=False)
     cfg.check_files = False
-    build_mixtures(cfg, progress=False)  # without --check-files the missing image is not looked for
+    run_mixtures(cfg, progress=False)  # without --check-files the missing image is not looked for
     # every sketch class held out: the sketch part of CG low-diversity is empty, but real is not -> fine;
     # held-out classes covering everything in a one-domain mixture give an empty result
     every = [c.name for c in dn.class_table() if c.folder in {s.folder for s in dn.read_split(root, "real", "train")}]
     cfg2 = MixturesConfig(root=root, captions=synth_captioned, out=tmp_path / "e", domain_sets=["s"],
                           test_domains=["sketch"], size_match=False, held_out=every)
     with pytest.raises(ClipgenError, match="mixture lso-s-nosketchclasses-nosub: no training images"):
-        build_mixtures(cfg2, progress=False)
+        run_mixtures(cfg2, progress=False)
     assert not (tmp_path / "e").exists()
 
 
 def test_existing_outputs_need_force(text_root, tmp_path):
     cfg = MixturesConfig(root=text_root, out=tmp_path, setups=["cg-low"], test_domains=["clipart"],
                          held_out=list(TEXT_HELD_OUT))
-    build_mixtures(cfg, progress=False)
+    run_mixtures(cfg, progress=False)
     f = tmp_path / "combined-captions-train-lso-cr-noclipartclasses.tsv"
     before = f.read_text()
     cfg.subsample = "first-k"
     cfg.held_out = ["axe"]
     with pytest.raises(ClipgenError, match="already exists .*pass --force"):
-        build_mixtures(cfg, progress=False)
+        run_mixtures(cfg, progress=False)
     assert f.read_text() == before
-    build_mixtures(cfg, force=True, progress=False)
+    cfg.force = True
+    run_mixtures(cfg, progress=False)
     assert f.read_text() != before
     # a second invocation into the same folder extends the index
-    build_mixtures(MixturesConfig(root=text_root, out=tmp_path, setups=["natural-only"]), progress=False)
+    run_mixtures(MixturesConfig(root=text_root, out=tmp_path, setups=["natural-only"]), progress=False)
     index = json.loads((tmp_path / "mixtures.json").read_text())["mixtures"]
     assert {"combined-captions-train-lso-real-only.tsv", f.name} <= set(index)
     assert len(json.loads((tmp_path / "mixtures.config.json").read_text())["invocations"]) == 3

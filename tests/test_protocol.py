@@ -28,12 +28,12 @@ def test_eval_set_is_test_domain_then_real_with_present_label_space(synth_root):
 
 def test_absent_test_domain_and_bad_names(synth_root, tmp_path):
     root = derived_root(synth_root, tmp_path / "dn", drop_splits=("quickdraw_test",))
-    with pytest.raises(ClipgenError, match=r"--test-domain: domain 'quickdraw' is absent from the data: .*"
+    with pytest.raises(ClipgenError, match=r"test_domain: domain 'quickdraw' is absent from the data: .*"
                                            r"quickdraw_test.txt not found"):
         build_eval_set(root, "quickdraw")
-    with pytest.raises(ClipgenError, match="--test-domain: 'real' is not a test domain"):
+    with pytest.raises(ClipgenError, match="test_domain: 'real' is not a test domain"):
         build_eval_set(root, "real")
-    with pytest.raises(ClipgenError, match="--data-root: .* is not a directory"):
+    with pytest.raises(ClipgenError, match="data_root: .* is not a directory"):
         build_eval_set(tmp_path / "nope", "sketch")
 
 
@@ -46,9 +46,9 @@ def test_held_out_sources(synth_root):
     assert (h.labels, h.source, h.absent) == ([13], "manifest", ["aircraft carrier"])
     h = resolve_held_out(s, names=["Cell_Phone", "cello"])
     assert (h.labels, h.names, h.source) == ([66, 67], ["cello", "cell phone"], "option")
-    with pytest.raises(ClipgenError, match="--held-out: held-out class 'lion' has no test images"):
+    with pytest.raises(ClipgenError, match="held_out: held-out class 'lion' has no test images"):
         resolve_held_out(s, names=["lion"])
-    with pytest.raises(ClipgenError, match="--held-out: no held-out class .manifest. has test images"):
+    with pytest.raises(ClipgenError, match="held_out: no held-out class .manifest. has test images"):
         resolve_held_out(s, manifest_labels=[0, 174])
     with pytest.raises(ClipgenError, match="every evaluated class is held out"):
         resolve_held_out(s, names=["axe", "banana", "cello", "cell phone", "teddy-bear", "the eiffel tower"])
@@ -58,7 +58,7 @@ def test_no_paper_held_out_class_in_data(synth_root, tmp_path):
     root = derived_root(synth_root, tmp_path / "dn",
                         keep=lambda d, s, lines: [x for x in lines if int(x.split()[1]) not in (11, 13)])
     s = build_eval_set(root, "sketch")
-    with pytest.raises(ClipgenError, match=r"--held-out: no held-out class \(paper\) has test images"):
+    with pytest.raises(ClipgenError, match=r"held_out: no held-out class \(paper\) has test images"):
         resolve_held_out(s)
 
 
@@ -73,9 +73,9 @@ def test_imagenet_val_layout(synth_root, tmp_path):
     assert [r.label for r in recs] == [0, 0, 999]
     assert recs[0].rel == "n01440764/ILSVRC2012_val_00000000.JPEG"
     (root / "not_a_wnid").mkdir()
-    with pytest.raises(ClipgenError, match="--imagenet: .*not_a_wnid is not an ImageNet class folder"):
+    with pytest.raises(ClipgenError, match="imagenet: .*not_a_wnid is not an ImageNet class folder"):
         imagenet_val_records(root)
-    with pytest.raises(ClipgenError, match="--imagenet: no images under"):
+    with pytest.raises(ClipgenError, match="imagenet: no images under"):
         (tmp_path / "empty").mkdir()
         imagenet_val_records(tmp_path / "empty")
 

@@ -36,7 +36,7 @@ def test_resolve_checkpoints(random_run_dir, tmp_path):
         resolve_checkpoints(random_run_dir, "all", files)
     with pytest.raises(ClipgenError, match="--model-dir: pass --model-dir RUN_DIR, or checkpoint files together"):
         resolve_checkpoints(None, "all")
-    with pytest.raises(ClipgenError, match="--epochs: no checkpoint for epoch"):
+    with pytest.raises(ClipgenError, match="epochs: no checkpoint for epoch"):
         resolve_checkpoints(random_run_dir, "7")
     odd = tmp_path / "weights.pt"
     shutil.copy(files[0], odd)

@@ -50,7 +50,7 @@ def test_epoch_parsing(run_dir):
     assert parse_epochs("0-1", avail) == [0, 1]
     with pytest.raises(ClipgenError, match="no checkpoint for epoch"):
         parse_epochs("5", avail)
-    with pytest.raises(ClipgenError, match="--epoch: no checkpoint for epoch 7"):
+    with pytest.raises(ClipgenError, match="epoch: no checkpoint for epoch 7"):
         resolve_checkpoint(d, 7)
 
 

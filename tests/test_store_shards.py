@@ -11,7 +11,7 @@ from clipgen.store.shards import missing_shards_hint, opened_shards, parse_shard
 def test_shard_specs(monkeypatch):
     assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
     for bad in ("4/4", "x", "1/0", "-1/3"):
-        with pytest.raises(ClipgenError, match="--shard"):
+        with pytest.raises(ClipgenError, match="^shard: "):
             parse_shard(bad)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")

@@ -51,5 +51,5 @@ def test_moved_store_is_tied_by_run_name_and_extra_folders(study, tmp_path):
     s = discover([study], stores=[elsewhere])
     lod = next(r for r in s.runs if r.name == "exp-leave-out-domain-sketch-seed1")
     assert [st.path for st in lod.stores] == [elsewhere / "lod.h5"]
-    with pytest.raises(ClipgenError, match="--stores: .* is not a directory"):
+    with pytest.raises(ClipgenError, match="stores: .* is not a directory"):
         discover([study], stores=[tmp_path / "nowhere"])

@@ -30,7 +30,7 @@ FIXTURES = (train_mixtures, trained_run_dir)
 def test_prepare_errors(train_mixtures, tmp_path):
     train = train_mixtures / mixture_file("cg-low", "sketch", "train")
     base = dict(train=train, logs=tmp_path, device="cpu")
-    with pytest.raises(ClipgenError, match=r"^--model: unknown model 'RN51'"):
+    with pytest.raises(ClipgenError, match=r"^model: unknown model 'RN51'"):
         prepare_clip_run(ClipTrainConfig(**base, model="RN51"))
     with pytest.raises(ClipgenError, match=r"^--name: '\.\./x' is not a usable run name"):
         prepare_clip_run(ClipTrainConfig(**base, name="../x"))

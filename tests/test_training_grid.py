@@ -59,7 +59,7 @@ def test_index_errors(train_mixtures, tmp_path):
         plan_grid(TrainGridConfig(index=tmp_path))
     with pytest.raises(ClipgenError, match=r"^setups: unknown setup 'cg-mid'"):
         plan_grid(TrainGridConfig(index=train_mixtures, setups=["cg-mid"]))
-    with pytest.raises(ClipgenError, match=r"^--test-domains: 'real' is not a test domain"):
+    with pytest.raises(ClipgenError, match=r"^test_domains: 'real' is not a test domain"):
         plan_grid(TrainGridConfig(index=train_mixtures, test_domains=["real"]))
     # an index without one of the mixtures, and one with two candidates for the same slot
     folder, entries = load_index(train_mixtures)

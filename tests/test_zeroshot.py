@@ -42,7 +42,7 @@ def test_unreadable_image_in_a_worker_is_a_one_line_error(random_run_dir, synth_
     assert str(e.value) == f"{bad}: corrupt or unreadable image (UnidentifiedImageError)"
     f = encode_images(m.model, recs, m.preprocess, batch_size=2, workers=1, on_error="skip")
     assert torch.isnan(f[1]).all() and not torch.isnan(f[[0, 2]]).any()
-    with pytest.raises(ClipgenError, match="--on-error: must be 'fail' or 'skip'"):
+    with pytest.raises(ClipgenError, match="on_error: must be 'fail' or 'skip'"):
         encode_images(m.model, recs, m.preprocess, on_error="ignore")
 
 

@@ -15,7 +15,7 @@ def test_template_sets():
     assert len(named) == 10
     assert all(any(w in t for w in ("clipart", "infograph", "painting", "quickdraw", "sketch")) for t in named)
     assert "a quickdraw of a {}." in paper and "a photo of a {}." in paper
-    with pytest.raises(ClipgenError, match="--templates: unknown template set 'nope'"):
+    with pytest.raises(ClipgenError, match="templates: unknown template set 'nope'"):
         templates("nope")
     assert classnames_from_folders(["The_Eiffel_Tower", "axe"]) == ["The Eiffel Tower", "axe"]
 

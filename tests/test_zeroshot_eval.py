@@ -159,16 +159,16 @@ def test_explicit_checkpoints_and_bad_inputs(random_run_dir, uneven_root, tmp_pa
         zs(checkpoints=[bad / "epoch_0.pt"], model="RN-tiny")
     with pytest.raises(ClipgenError, match="no clipgen run manifest here; .*--model NAME"):
         zs(model_dir=tmp_path / "run")
-    with pytest.raises(ClipgenError, match="--test-domain: domain 'quickdraw' is absent"):
+    with pytest.raises(ClipgenError, match="test_domain: domain 'quickdraw' is absent"):
         zs(model_dir=random_run_dir, test_domain="quickdraw",
            data_root=derived_root(uneven_root, tmp_path / "noq", drop_splits=("quickdraw_test",)))
     with pytest.raises(ClipgenError, match="--test-domain: required"):
         zs(model_dir=random_run_dir, test_domain=None)
-    with pytest.raises(ClipgenError, match="--templates: unknown template set"):
+    with pytest.raises(ClipgenError, match="templates: unknown template set"):
         zs(model_dir=random_run_dir, templates="fancy")
     noheld = derived_root(uneven_root, tmp_path / "noheld",
                           keep=lambda d, s, lines: [x for x in lines if int(x.split()[1]) not in (11, 13)])
-    with pytest.raises(ClipgenError, match="--held-out: no held-out class"):
+    with pytest.raises(ClipgenError, match="held_out: no held-out class"):
         zs(model_dir=random_run_dir, data_root=noheld)
 
 
@@ -312,7 +312,7 @@ def test_a_real_extraction_store_replaces_model_and_forward(tiny_store, random_r
     with pytest.raises(ClipgenError, match="foreign.h5: not a clipgen activation store"):
         run_zero_shot(ZeroShotConfig(data_root=synth_root, model_dir=random_run_dir, test_domain="sketch",
                                      epochs="2", out=tmp_path / "x", stores=[folder / "foreign.h5"], progress=False))
-    with pytest.raises(ClipgenError, match="--store: .*nope.h5 does not exist"):
+    with pytest.raises(ClipgenError, match="stores: .*nope.h5 does not exist"):
         run_zero_shot(ZeroShotConfig(data_root=synth_root, model_dir=random_run_dir, test_domain="sketch",
                                      epochs="2", out=tmp_path / "x", stores=[tmp_path / "nope.h5"], progress=False))
 
@@ -326,7 +326,7 @@ def test_find_stores(tmp_path):
     assert find_stores([tmp_path / "a", tmp_path / "two.h5"]) == [(tmp_path / "a" / "one.h5", False),
                                                                   (tmp_path / "two.h5", True)]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ClipgenError, match="--store: no \\*.h5 activation store under"):
+    with pytest.raises(ClipgenError, match="stores: no \\*.h5 activation store under"):
         find_stores([tmp_path / "empty"])
 
 
@@ -397,7 +397,7 @@ def test_chunks_follow_memory_and_a_crash_loses_only_the_chunk_in_progress(rando
     ref = tmp_path / "ref"
     run_zero_shot(ZeroShotConfig(**{**cfg, "out": ref, "per_checkpoint": True}))
     _same_results(out, ref)
-    with pytest.raises(ClipgenError, match="--memory-gb: must be a positive number"):
+    with pytest.raises(ClipgenError, match="memory_gb: must be a positive number"):
         run_zero_shot(ZeroShotConfig(**{**cfg, "memory_gb": 0}))
-    with pytest.raises(ClipgenError, match="--workers: must be 0 or more"):
+    with pytest.raises(ClipgenError, match="workers: must be 0 or more"):
         run_zero_shot(ZeroShotConfig(**{**cfg, "workers": -1}))

@@ -273,7 +273,7 @@ def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence
     pairs = domain_pairs(domains)
     reference = None
     if classes_from is not None:
-        ref_domain = resolve_domains(store, [classes_from], option="--classes-from", minimum=1)[0]
+        ref_domain = resolve_domains(store, [classes_from], field="classes_from", minimum=1)[0]
         reference = present_labels(store, [ref_domain])[ref_domain]
     plan = plan_class_sets(present_labels(store, domains), pairs, subsets, held, reference)
     names = class_name_map(store)

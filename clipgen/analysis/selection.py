@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from clipgen import domainnet as dn
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
 
 def class_name_map(store) -> dict[int, str]:
@@ -36,30 +36,30 @@ def store_domain_names(store) -> list[str]:
     return [str(n) for i, n in enumerate(store.samples.domain_names) if i in present]
 
 
-def resolve_domains(store, domains: Sequence[str] | None, option: str = "--domains", minimum: int = 2) -> list[str]:
+def resolve_domains(store, domains: Sequence[str] | None, field: str = "domains", minimum: int = 2) -> list[str]:
     """The requested domains (default: every stored one), checked against the store; at least ``minimum``
     (:func:`clipgen.domainnet.choose_domains`, in the order requested, else the store's)."""
-    return dn.choose_domains(store_domain_names(store), domains, where="the store", option=option, minimum=minimum)
+    return dn.choose_domains(store_domain_names(store), domains, where="the store", field=field, minimum=minimum)
 
 
-def resolve_layers(store, layers: Sequence[str] | None, option: str = "--layers") -> list[str]:
+def resolve_layers(store, layers: Sequence[str] | None, field: str = "layers") -> list[str]:
     """The requested layers (default: every stored layer, forward order), checked against the store."""
     if not layers:
         return list(store.layers)
     missing = [name for name in layers if name not in store.layers]
     if missing:
-        raise option_error(option, f"layer {missing[0]!r} is not in the store (it has: {', '.join(store.layers)})")
+        raise ConfigFieldError(field, f"layer {missing[0]!r} is not in the store (it has: {', '.join(store.layers)})")
     return list(dict.fromkeys(layers))
 
 
-def resolve_held_out(store, names: Sequence[str] | None, option: str = "--held-out") -> list[int]:
+def resolve_held_out(store, names: Sequence[str] | None, field: str = "held_out") -> list[int]:
     """Held-out labels: the store's, or the given class names looked up in the store's class names (by
     :func:`clipgen.domainnet.resolve_held_out`, matching the store's own names: it may hold any classes)."""
     if names is None:
         return sorted({int(h) for h in store.held_out_labels})
     classes = class_name_map(store)
     by_name = {" ".join(n.split()).lower(): lab for lab, n in classes.items()}
-    held = dn.resolve_held_out(classes, names, option=option,
+    held = dn.resolve_held_out(classes, names, field=field,
                                match=lambda n: by_name.get(dn.normalise_class_name(n)),
                                missing=lambda n, _: f"class {n!r} is not among the store's class names")
     return held.labels

@@ -33,7 +33,6 @@ from clipgen import __version__
 from clipgen import domainnet as dn
 from clipgen.circuits.store import (
     CircuitsHeader,
-    SimulatedCrash,
     assemble,
     fingerprint_diff,
     parts_dir,
@@ -44,7 +43,8 @@ from clipgen.circuits.store import (
     write_entry,
     write_header,
 )
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
+from clipgen.store.testing import SimulatedCrash, crash_point
 
 SPLIT = "test"
 SAMPLING = ("numpy default_rng([seed, domain id, label]).permutation(n)[:k] of the (domain, class) test images in "
@@ -108,23 +108,23 @@ def _check_settings(cfg: CircuitsConfig) -> None:
 
     IGConfig(cfg.steps, cfg.rule)
     if cfg.nodes not in NODE_KINDS:
-        raise option_error("--nodes", f"unknown node kind {cfg.nodes!r} (one of {', '.join(NODE_KINDS)})")
+        raise ConfigFieldError("nodes", f"unknown node kind {cfg.nodes!r} (one of {', '.join(NODE_KINDS)})")
     n_selected(10, cfg.node_fraction)
     if cfg.samples_per_class < 1:
-        raise option_error("--samples-per-class", f"must be at least 1, not {cfg.samples_per_class}")
+        raise ConfigFieldError("samples_per_class", f"must be at least 1, not {cfg.samples_per_class}")
     if cfg.memory_gb is not None and not cfg.memory_gb > 0:
-        raise option_error("--memory-gb", f"must be positive, not {cfg.memory_gb}")
+        raise ConfigFieldError("memory_gb", f"must be positive, not {cfg.memory_gb}")
 
 
 def read_test_splits(root: Path, domains: Sequence[str]) -> dict[str, list[dn.Sample]]:
     root = Path(root)
     if not root.is_dir():
-        raise option_error("--data", f"{root} is not a directory")
+        raise ConfigFieldError("data", f"{root} is not a directory")
     return {d: dn.read_split(root, d, SPLIT) for d in domains}
 
 
 def parse_classes(spec: str, folders: dict[int, str], held_out: Sequence[int],
-                  option: str = "--classes") -> tuple[list[int], bool]:
+                  field: str = "classes") -> tuple[list[int], bool]:
     """``(labels, explicit)``: ``all`` / ``ood`` / ``id`` / a comma list of names or labels, held-out first.
 
     ``explicit`` (a list, or ``ood``) means every class must have images in every domain."""
@@ -135,12 +135,12 @@ def parse_classes(spec: str, folders: dict[int, str], held_out: Sequence[int],
         labels, explicit = sorted(folders), False
     elif low == "ood":
         if not held:
-            raise option_error(option, "'ood': the data has none of the held-out classes")
+            raise ConfigFieldError(field, "'ood': the data has none of the held-out classes")
         labels, explicit = list(held), True
     elif low == "id":
         labels, explicit = [lab for lab in sorted(folders) if lab not in held], False
         if not labels:
-            raise option_error(option, "'id': every class of the data is held out")
+            raise ConfigFieldError(field, "'id': every class of the data is held out")
     else:
         by_folder = {f: lab for lab, f in folders.items()}
         labels, explicit = [], True
@@ -148,19 +148,19 @@ def parse_classes(spec: str, folders: dict[int, str], held_out: Sequence[int],
             if part.isdigit():
                 lab = int(part)
                 if not 0 <= lab < dn.NUM_CLASSES:
-                    raise option_error(option, f"class label {lab} is out of range 0..{dn.NUM_CLASSES - 1}")
+                    raise ConfigFieldError(field, f"class label {lab} is out of range 0..{dn.NUM_CLASSES - 1}")
                 if lab not in folders:
-                    raise option_error(option, f"class label {lab} ({dn.class_by_label(lab).name}) has no test "
-                                               f"images in the chosen domains")
+                    raise ConfigFieldError(field, f"class label {lab} ({dn.class_by_label(lab).name}) has no test "
+                                                   f"images in the chosen domains")
             else:
-                c = dn.class_by_name(part, option)
+                c = dn.class_by_name(part, field)
                 if c.folder not in by_folder:
-                    raise option_error(option, f"class {c.name!r} has no test images in the chosen domains")
+                    raise ConfigFieldError(field, f"class {c.name!r} has no test images in the chosen domains")
                 lab = by_folder[c.folder]
             if lab not in labels:
                 labels.append(lab)
         if not labels:
-            raise option_error(option, "no class given (all, ood, id, or a comma list of names or labels)")
+            raise ConfigFieldError(field, "no class given (all, ood, id, or a comma list of names or labels)")
     hs = set(held)
     return [lab for lab in labels if lab in hs] + [lab for lab in labels if lab not in hs], explicit
 
@@ -177,12 +177,12 @@ def plan_entries(splits: dict[str, list[dn.Sample]], labels: Sequence[int], expl
                 plan.append((d, lab))
             elif explicit:
                 name = dn.class_by_label(lab).name if 0 <= lab < dn.NUM_CLASSES else str(lab)
-                raise option_error("--classes", f"class {name!r} ({lab}) has no test images in {d} "
+                raise ConfigFieldError("classes", f"class {name!r} ({lab}) has no test images in {d} "
                                                 f"({dn.split_file(root, d, SPLIT)})")
             else:
                 absent.append((d, lab))
     if not plan:
-        raise option_error("--classes", "nothing to compute: no (domain, class) with test images")
+        raise ConfigFieldError("classes", "nothing to compute: no (domain, class) with test images")
     return plan, absent
 
 
@@ -279,8 +279,8 @@ def _existing(out: Path, header: CircuitsHeader, force: bool) -> tuple[CircuitsH
 
 # -- the run ---------------------------------------------------------------------------------------------------
 
-def compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callable[[str], None] | None = None,
-                     crash_after: int | None = None) -> CircuitsRun:
+def run_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Callable[[str], None] | None = None,
+                 crash_after: int | None = None) -> CircuitsRun:
     """Compute (or resume, or finish) a circuits file and return where it is.
 
     The file is written under an exclusive writer lock (:mod:`clipgen.locks`); temporary files a killed final
@@ -331,7 +331,8 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
     records = [ImageRecord(str(root / s.path), s.label, d, SPLIT, s.path) for d, ss in splits.items() for s in ss]
     folders = folders_of(records)
     if cfg.model_dir is None and cfg.checkpoint is None:
-        raise option_error("--model-dir", "missing: the run directory of the model (or --checkpoint FILE --model NAME)")
+        raise ConfigFieldError("model_dir",
+                               "missing: the run directory of the model (or --checkpoint FILE --model NAME)")
     loaded = load_clip(cfg.model_dir, cfg.epoch, checkpoint=cfg.checkpoint, model_name=cfg.model, device=device)
     chain = make_chain(loaded.model.visual, loaded.model_name, nodes=cfg.nodes)
     held = dn.run_held_out_labels(getattr(loaded.manifest, "mixture", None), folders)
@@ -347,7 +348,7 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
         i, n = shard
         a, b = shard_range(len(plan), i, n)
         if a == b:
-            raise option_error("--shard", f"shard {i}/{n} of {len(plan)} entries is empty; use fewer shards")
+            raise ConfigFieldError("shard", f"shard {i}/{n} of {len(plan)} entries is empty; use fewer shards")
         plan = plan[a:b]
         shard_info = {"index": i, "count": n, "start": a, "stop": b, "total": len(full_plan),
                       "plan_sha256": plan_sha256(full_plan), "full_plan": [[d, lab] for d, lab in full_plan]}
@@ -423,8 +424,7 @@ def _compute_circuits(cfg: CircuitsConfig, progress: bool = True, *, note: Calla
             run.seconds.append(time.perf_counter() - t0)
             run.computed += 1
             bar.advance(task)
-            if crash_after is not None and run.computed >= crash_after:
-                raise SimulatedCrash(f"simulated crash after {run.computed} entries")
+            crash_point(run.computed, crash_after, "entries")
     assemble(out, header)
     write_config(out, "circuits compute", cfg)
     return run

@@ -7,7 +7,6 @@ every entry (:mod:`clipgen.circuits.store` describes the file).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +29,28 @@ class MergeResult:
     entries: int
 
 
-def merge_circuits(shards: Sequence[str | Path], out: str | Path, *, force: bool = False) -> MergeResult:
-    """Join finished shard files (``clipgen circuits compute --shard i/n``) into one circuits file.
+@dataclass
+class MergeConfig:
+    """``clipgen circuits merge``: written beside the merged file as ``OUT.config.json``."""
+
+    shards: list[Path]
+    out: Path
+    force: bool = False
+
+
+def run_merge(cfg: MergeConfig) -> MergeResult:
+    """Join finished shard files (``clipgen circuits compute --shard i/n``) into one circuits file ``cfg.out``, its
+    config written beside it.
 
     Every shard must be complete, carry the same fingerprint, shard count and full plan, and together the shards
     must hold each planned (domain, class) exactly once: gaps, overlaps and mismatches are refused.
     """
-    out = Path(out)
+    from clipgen.artifacts import write_config
+
+    shards, out = cfg.shards, Path(cfg.out)
     if not shards:
         raise ClipgenError("merge: no shard files given")
-    with opened_shards(shards, out, lambda p: open_circuits(p, allow_incomplete=True), force=force) as opened:
+    with opened_shards(shards, out, lambda p: open_circuits(p, allow_incomplete=True), force=cfg.force) as opened:
         for cf in opened:
             if not cf.shard:
                 raise file_error(cf.path, "is not a shard file (computed without --shard); nothing to merge")
@@ -84,21 +95,6 @@ def merge_circuits(shards: Sequence[str | Path], out: str | Path, *, force: bool
             write_attrs(f, header, complete=True)  # merged_from is not part of the identity: same fingerprint
             for key in full:
                 copy_entry(by_path[owner[key]]._f, f, *key)
-        return MergeResult(out, len(opened), len(full))
-
-
-@dataclass
-class MergeConfig:
-    """``clipgen circuits merge``: written beside the merged file as ``OUT.config.json``."""
-
-    shards: list[Path]
-    out: Path
-    force: bool = False
-
-
-def run_merge(cfg: MergeConfig) -> MergeResult:
-    from clipgen.artifacts import write_config
-
-    res = merge_circuits(cfg.shards, cfg.out, force=cfg.force)
+        res = MergeResult(out, len(opened), len(full))
     write_config(res.path, "circuits merge", cfg)
     return res

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipgen.circuits.graphs import check_edge_k, circuit_graph, draw_circuit, export_graph, parse_export, to_networkx
 from clipgen.circuits.similarity_compute import config_for_source, opened, read_circuit, resolve_domains, source_name
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
 
 @dataclass
@@ -22,11 +22,11 @@ class PlotConfig:
     class_name: str
     out: Path
     edge_k: int = 3
-    export: str = "graphml,dot"
+    export: list[str] = field(default_factory=lambda: ["graphml", "dot"])
     force: bool = False
 
 
-def resolve_class(source, spec: str | int, option: str = "--class") -> int:
+def resolve_class(source, spec: str | int, field: str = "class_name") -> int:
     """A class of the source by label (digits) or name (case-insensitive, ``_`` or space)."""
     from clipgen.domainnet import class_by_name, normalise_class_name
 
@@ -35,16 +35,16 @@ def resolve_class(source, spec: str | int, option: str = "--class") -> int:
     if re.fullmatch(r"\d+", text):
         label = int(text)
         if label not in names:
-            raise option_error(option, f"class label {label} is not in {source_name(source)}")
+            raise ConfigFieldError(field, f"class label {label} is not in {source_name(source)}")
         return label
     key = normalise_class_name(text)
     for label, name in names.items():
         if normalise_class_name(name) == key:
             return label
-    dn = class_by_name(text, option)  # unknown DomainNet names: an error with suggestions
+    dn = class_by_name(text, field)  # unknown DomainNet names: an error with suggestions
     if dn.label in names:
         return dn.label
-    raise option_error(option, f"class {dn.name!r} was not computed in {source_name(source)}")
+    raise ConfigFieldError(field, f"class {dn.name!r} was not computed in {source_name(source)}")
 
 
 def _file_stem(text: str) -> str:
@@ -68,16 +68,16 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     edge_k = check_edge_k(cfg.edge_k)
     formats = parse_export(cfg.export)
     with opened(cfg.circuits) as src:
-        domain = resolve_domains(src, cfg.domain, option="--domain", minimum=1)
+        domain = resolve_domains(src, cfg.domain, field="domain", minimum=1)
         if len(domain) != 1:
-            raise option_error("--domain", f"names one domain, not {cfg.domain!r}")
+            raise ConfigFieldError("domain", f"names one domain, not {cfg.domain!r}")
         domain = domain[0]
         label = resolve_class(src, cfg.class_name)
         name = str(dict(src.classes)[label])
         complete = {(str(d), int(lab)) for d, lab in src.entries()}
         if (domain, label) not in complete:
             where = sorted(d for d, lab in complete if lab == label)
-            raise option_error("--class", f"class {name!r} ({label}) has no complete circuit in {domain} in "
+            raise ConfigFieldError("class_name", f"class {name!r} ({label}) has no complete circuit in {domain} in "
                                           f"{source_name(src)} (it has one in: {', '.join(where) or 'no domain'})")
         png, exports = plot_paths(cfg, domain, name, formats)
         for p in [png, *exports, config_path_for(png)]:

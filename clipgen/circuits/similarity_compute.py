@@ -33,7 +33,7 @@ import numpy as np
 
 from clipgen.circuits.graphs import check_edge_k, circuit_graph, circuit_wl, jaccard_arrays
 from clipgen.domainnet import CIRCUIT_PAIR_ORDER, DEFAULT_HIGHLIGHT, SUBSETS, choose_domains, split_list
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 #: The published scripts' domain order for pairs (real first; see clipgen.domainnet for why CKA's differs).
 PAIR_ORDER: tuple[str, ...] = CIRCUIT_PAIR_ORDER
@@ -76,10 +76,10 @@ def config_for_source(cfg, src):
     return dataclasses.replace(cfg, circuits=Path(source_name(src)))
 
 
-def resolve_domains(source, domains: str | Sequence[str] | None = None, option: str = "--domains",
+def resolve_domains(source, domains: str | Sequence[str] | None = None, field: str = "domains",
                     minimum: int = 2) -> list[str]:
     """The domains to compare, in :data:`PAIR_ORDER`; each must be a DomainNet domain present in the source."""
-    return choose_domains(source.domains, domains, where=source_name(source), option=option, minimum=minimum,
+    return choose_domains(source.domains, domains, where=source_name(source), field=field, minimum=minimum,
                           order=PAIR_ORDER, parse=True,
                           too_few="needs at least {minimum} domains to compare, got {n} ({domains}) in {where}")
 
@@ -100,11 +100,11 @@ def parse_subsets(subsets: str | Sequence[str] | None) -> tuple[list[str], bool]
     out: list[str] = []
     for p in parts:
         if p not in SUBSETS:
-            raise option_error("--subsets", f"unknown class subset {p!r} (choose from {', '.join(SUBSETS)})")
+            raise ConfigFieldError("subsets", f"unknown class subset {p!r} (choose from {', '.join(SUBSETS)})")
         if p not in out:
             out.append(p)
     if not out:
-        raise option_error("--subsets", "needs at least one of " + ", ".join(SUBSETS))
+        raise ConfigFieldError("subsets", "needs at least one of " + ", ".join(SUBSETS))
     return out, out != list(SUBSETS)
 
 
@@ -114,12 +114,12 @@ def parse_metrics(metrics: str | Sequence[str] | None) -> list[str]:
     for p in split_list(metrics if metrics is not None else DEFAULT_METRICS):
         m = re.fullmatch(r"wl_h(\d+)", p)
         if p != "jaccard" and not (m and int(m[1]) <= MAX_WL_H):
-            raise option_error("--metrics", f"unknown metric {p!r} (jaccard, or wl_h<N> with N in 0..{MAX_WL_H}: "
+            raise ConfigFieldError("metrics", f"unknown metric {p!r} (jaccard, or wl_h<N> with N in 0..{MAX_WL_H}: "
                                             "the normalised Weisfeiler-Lehman kernel with h = N)")
         if p not in out:
             out.append(p)
     if not out:
-        raise option_error("--metrics", "needs at least one metric")
+        raise ConfigFieldError("metrics", "needs at least one metric")
     return out
 
 
@@ -138,12 +138,12 @@ def parse_highlight(highlight: str | None, domains: Sequence[str]) -> tuple[str 
 
     h = DOMAIN_LETTERS.get(h, h)
     if h not in DOMAINS:
-        raise option_error("--highlight", f"unknown domain {highlight!r} (one of {', '.join(DOMAINS)}, or none)")
+        raise ConfigFieldError("highlight", f"unknown domain {highlight!r} (one of {', '.join(DOMAINS)}, or none)")
     if h not in domains:
         if h == DEFAULT_HIGHLIGHT:
             return None, [f"the default highlighted domain {h} is not among the analysed domains "
                           f"({', '.join(domains)}): no highlight summary"]
-        raise option_error("--highlight", f"domain {h!r} is not among the analysed domains ({', '.join(domains)})")
+        raise ConfigFieldError("highlight", f"domain {h!r} is not among the analysed domains ({', '.join(domains)})")
     return h, []
 
 
@@ -190,7 +190,7 @@ def plan_classes(source, domains: Sequence[str], subsets: str | Sequence[str] | 
             why = ("no held-out class was computed" if s == "ood" else
                    "every computed class is held out" if s == "id" else "no class was computed")
             if explicit:
-                raise option_error("--subsets", f"subset {s!r} has no classes in {source_name(source)} ({why})")
+                raise ConfigFieldError("subsets", f"subset {s!r} has no classes in {source_name(source)} ({why})")
             notes.append(f"subset {s!r} skipped: {why}")
             skipped.append(s)
         else:

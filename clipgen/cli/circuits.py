@@ -11,6 +11,7 @@ from clipgen.circuits.plot import PlotConfig
 from clipgen.circuits.similarity import CircuitSimilarityConfig, NodeSimilarityConfig
 from clipgen.cli.common import (
     default,
+    default_list,
     device_option,
     force_option,
     json_option,
@@ -19,6 +20,7 @@ from clipgen.cli.common import (
     progress_option,
     writable,
 )
+from clipgen.domainnet import split_list  # commas and spaces, as the library parses these lists
 
 app = typer.Typer(
     help="Neuron circuits of the zero-shot classifier (Fig. 6b/6c): integrated-gradient node scores and "
@@ -34,7 +36,7 @@ app = typer.Typer(
 _CIRCUITS = typer.Argument(..., help="A complete circuits file.")
 _DOMAINS = typer.Option(default(NodeSimilarityConfig, "domains"), "--domains",
                         help="all, letters or comma-separated names (at least two).")
-_SUBSETS = typer.Option(default(NodeSimilarityConfig, "subsets"), "--subsets",
+_SUBSETS = typer.Option(default_list(NodeSimilarityConfig, "subsets"), "--subsets",
                         help="Class subsets: all, id (not held out), ood.")
 
 
@@ -97,7 +99,7 @@ def compute(
     progress: bool = progress_option(),
 ) -> None:
     """Compute the circuit of every (domain, class) into a circuits file; rerun the same command to resume."""
-    from clipgen.circuits.compute import CircuitsConfig, compute_circuits
+    from clipgen.circuits.compute import CircuitsConfig, run_circuits
     from clipgen.progress import out as con
 
     cfg = CircuitsConfig(out=out, model_dir=model_dir, data=data, epoch=epoch, checkpoint=checkpoint, model=model,
@@ -105,7 +107,7 @@ def compute(
                          samples_per_class=samples_per_class, seed=seed, steps=steps, rule=rule,
                          node_fraction=node_fraction, nodes=nodes, templates=templates, device=device,
                          precision=precision, memory_gb=memory_gb, images=images, shard=shard, force=force)
-    res = compute_circuits(cfg, progress=progress, note=_say)
+    res = run_circuits(cfg, progress=progress, note=_say)
     per = f", {sum(res.seconds) / len(res.seconds):.2f} s per entry" if res.seconds else ""
     con.print(f"circuits {res.path}: {res.planned} (domain, class) entries, {res.computed} computed now{per}, "
               f"fingerprint {res.fingerprint[:12]}" + (" (already complete)" if res.already_complete else ""),
@@ -189,7 +191,7 @@ def nodes(
     from clipgen.circuits.similarity import NodeSimilarityConfig, run_node_similarity
 
     cfg = NodeSimilarityConfig(circuits=circuits, out=out or circuits.with_name(circuits.stem + "-nodes"),
-                               domains=domains, subsets=subsets, highlight=highlight, force=force)
+                               domains=domains, subsets=split_list(subsets), highlight=highlight, force=force)
     path = run_node_similarity(cfg, progress=progress)
     _similarity_summary("node similarity", path, as_json)
 
@@ -203,7 +205,7 @@ def similarity(
     edge_k: int = typer.Option(default(CircuitSimilarityConfig, "edge_k"), "--edge-k", min=1,
                                help="Edges per downstream node: its top-k upstream nodes by signed "
                                     "edge score."),
-    metrics: str = typer.Option(default(CircuitSimilarityConfig, "metrics"), "--metrics",
+    metrics: str = typer.Option(default_list(CircuitSimilarityConfig, "metrics"), "--metrics",
                                 help="jaccard (edge sets) and/or "
                                      "wl_hN (Weisfeiler-Lehman, h = N)."),
     domains: str = _DOMAINS,
@@ -219,7 +221,8 @@ def similarity(
     from clipgen.circuits.similarity import CircuitSimilarityConfig, run_circuit_similarity
 
     cfg = CircuitSimilarityConfig(circuits=circuits, out=out or circuits.with_name(circuits.stem + "-similarity"),
-                                  edge_k=edge_k, metrics=metrics, domains=domains, subsets=subsets,
+                                  edge_k=edge_k, metrics=split_list(metrics), domains=domains,
+                                  subsets=split_list(subsets),
                                   highlight=highlight, force=force)
     path = run_circuit_similarity(cfg, progress=progress)
     _similarity_summary("circuit similarity", path, as_json)
@@ -258,7 +261,7 @@ def plot(
                                          "'-plots' beside it)."),
     edge_k: int = typer.Option(default(PlotConfig, "edge_k"), "--edge-k", min=1,
                                help="Edges per downstream node (top-k upstream by signed score)."),
-    export: str = typer.Option(default(PlotConfig, "export"), "--export",
+    export: str = typer.Option(default_list(PlotConfig, "export"), "--export",
                                help="Graph files next to the PNG: graphml, dot, or "
                                     "none."),
     force: bool = force_option("Replace existing files."),
@@ -269,7 +272,7 @@ def plot(
     from clipgen.progress import out as con
 
     cfg = PlotConfig(circuits=circuits, domain=domain, class_name=class_name,
-                     out=out or circuits.with_name(circuits.stem + "-plots"), edge_k=edge_k, export=export,
+                     out=out or circuits.with_name(circuits.stem + "-plots"), edge_k=edge_k, export=split_list(export),
                      force=force)
     for p in run_plot(cfg):
         con.print(str(p), markup=False, highlight=False)

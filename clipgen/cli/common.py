@@ -70,8 +70,12 @@ def writable(ctx: typer.Context, param, value):
     or in a folder this process may not write in (one line naming the option and the path)."""
     if value is not None and not ctx.resilient_parsing:
         from clipgen.artifacts import check_writable
+        from clipgen.errors import ConfigFieldError, option_error
 
-        check_writable(value, param.opts[0] if param.opts else "--out")
+        try:
+            check_writable(value, param.name)
+        except ConfigFieldError as e:  # this option, whatever config field it sets
+            raise option_error(param.opts[0] if param.opts else "--out", e.detail) from None
     return value
 
 
@@ -174,6 +178,7 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
                    "max_parallel": "slurm.max_parallel", "setup": "slurm.setup"}),
     "extract": ("clipgen.extraction:ExtractConfig", {"layer": "layers"}),
     "extract layers": ("clipgen.extraction:ExtractConfig", {}),
+    "extract merge": ("clipgen.store.merge:MergeConfig", {}),
     "report": ("clipgen.report:ReportConfig", {"study": "inputs"}),
     "sae train": ("clipgen.analysis.sae.config:SAETrainConfig", {}),
     "sae features": ("clipgen.analysis.feature_sharing:FeatureSharingConfig", {}),

@@ -174,17 +174,17 @@ def mixtures(
     """Training/validation TSVs of the paper's data mixtures, with the published names and size matching."""
     from clipgen import domainnet as dn
     from clipgen.cli.common import emit_json, summary_console
-    from clipgen.data.mixtures import MixturesConfig, build_mixtures, render_summary
+    from clipgen.data.mixtures import MixturesConfig, render_summary, run_mixtures
 
-    tds = list(dn.parse_domains(test_domain, option="--test-domain", allowed=dn.TEST_DOMAINS))
+    tds = list(dn.parse_domains(test_domain, field="test_domains", allowed=dn.TEST_DOMAINS))
     cfg = MixturesConfig(
         root=root, out=out, captions=captions_dir, paper=paper, setups=split_list(setup) or [],
         domain_sets=split_list(domains) or [], test_domains=tds, pseudo=pseudo,
         allow_pct=_float_list(allow_pct, "--allow-pct"), aligned=aligned, size_match=size_match,
         subsample=subsample, seed=seed, held_out=split_list(held_out),
-        base=base, base_val=base_val, check_files=check_files,
+        base=base, base_val=base_val, check_files=check_files, force=force,
     )
-    res = build_mixtures(cfg, force=force, progress=progress)
+    res = run_mixtures(cfg, progress=progress)
     con = summary_console(as_json)
     h = res.held_out
     if h.explicit:
@@ -289,7 +289,7 @@ def imagenet_sketch(
     force: bool = force_option("Overwrite existing TSVs."),
 ) -> None:
     """ImageNet-Sketch experiments for the sketch test domain: add sketches to three mixtures, or mix them in."""
-    from clipgen.data.imagenet_sketch import SketchConfig, build_sketch_mixtures, render_sketch_summary
+    from clipgen.data.imagenet_sketch import SketchConfig, render_sketch_summary, run_sketch_mixtures
     from clipgen.data.mixture_info import SKETCH_MIX_MODES
     from clipgen.progress import out as con
 
@@ -298,8 +298,8 @@ def imagenet_sketch(
                        filter=filter_, caption_seed=caption_seed, seed=seed, captions=captions_dir,
                        held_out=split_list(held_out), base=base,
                        base_val=base_val, size_match=size_match, subsample=subsample, subsample_seed=subsample_seed,
-                       check_files=check_files)
-    res = build_sketch_mixtures(cfg, force=force)
+                       check_files=check_files, force=force)
+    res = run_sketch_mixtures(cfg)
     other = "substring" if filter_ == "class" else "class"
     con.print(f"ImageNet-Sketch: {res.n_images:,} images, {res.n_kept:,} kept ({res.n_classes_kept} classes without "
               f"a DomainNet counterpart, filter {filter_}); the {other} filter would keep {res.n_kept_other_filter:,}")

@@ -164,9 +164,9 @@ def merge(
 ) -> None:
     """Join shard files into one store, checking fingerprints and that no row is missing or duplicated."""
     from clipgen.progress import out as con
-    from clipgen.store.merge import merge_shards
+    from clipgen.store.merge import MergeConfig, run_merge
 
-    res = merge_shards(shards, out, copy=copy, force=force)
+    res = run_merge(MergeConfig(shards=list(shards), out=out, copy=copy, force=force))
     kind = "virtual datasets over the shard files (keep them beside it)" if res.virtual else "self-contained copy"
     con.print(f"merged {res.shards} shard(s) into {res.path}: {res.rows} rows, {kind}", markup=False,
               highlight=False)

@@ -11,8 +11,9 @@ from clipgen.report import ReportConfig
 
 
 def report(
-    study: list[Path] = typer.Argument(..., help="Study folder(s): run directories, evaluation results, stores and "
-                                                 "analysis outputs are found under them by their marker files."),
+    study: list[Path] = typer.Argument(..., metavar="STUDY_DIR",
+                                       help="Study folder(s): run directories, evaluation results, stores and "
+                                            "analysis outputs are found under them by their marker files."),
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="Folder for report.md and report.html (default: the first STUDY folder)."),
     runs: list[Path] = typer.Option(default(ReportConfig, "runs"), "--runs",

@@ -12,7 +12,8 @@ from clipgen.status import StatusConfig
 
 
 def status(
-    study: list[Path] = typer.Argument(..., help="Study folder(s) searched for runs, results, stores and analyses."),
+    study: list[Path] = typer.Argument(..., metavar="STUDY_DIR",
+                                       help="Study folder(s) searched for runs, results, stores and analyses."),
     runs: list[Path] = typer.Option(default(StatusConfig, "runs"), "--runs",
                                     help="Another folder of run directories (repeatable)."),
     stores: list[Path] = typer.Option(default(StatusConfig, "stores"), "--stores",

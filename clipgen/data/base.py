@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from clipgen.data.mixture_info import INDEX_NAME, MixtureInfo, write_index
-from clipgen.errors import ClipgenError, ConfigFieldError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 
 #: The seven mixtures of the paper's CC3M/CC12M runs (natural-only; CG low, CG high, LOD for clipart and sketch).
 PAPER_CC_IDENTIFIERS: tuple[str, ...] = (
@@ -30,13 +30,13 @@ PAPER_CC_IDENTIFIERS: tuple[str, ...] = (
 )
 
 
-def iter_base(path: str | Path, option: str = "--base", check_files: bool = False) -> Iterator[tuple[str, str]]:
+def iter_base(path: str | Path, field: str = "base", check_files: bool = False) -> Iterator[tuple[str, str]]:
     """Stream ``(absolute path, caption)`` rows of a base TSV (relative paths: relative to the TSV's folder)."""
     from clipgen.tsv import iter_tsv_lines
 
     path = Path(path)
     if not path.is_file():
-        raise option_error(option, f"{path}: base TSV not found")
+        raise ConfigFieldError(field, f"{path}: base TSV not found")
     folder = path.resolve().parent
     for i, fp, title in iter_tsv_lines(path):
         p = Path(fp)

@@ -41,7 +41,7 @@ from typing import Any
 
 from clipgen import domainnet as dn
 from clipgen.data.mixture_info import SKETCH_MIX_MODES, MixtureInfo, write_index
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 SKETCH_TEMPLATES: tuple[str, ...] = (
     "{}.", "a {}.", "the {}.",
@@ -71,14 +71,14 @@ def scan_sketch_root(root: str | Path) -> list[tuple[str, int]]:
     """``(absolute path, ImageNet index)`` in ImageFolder order; folders must be ImageNet WordNet ids."""
     root = Path(root)
     if not root.is_dir():
-        raise option_error("--sketch-root", f"{root} is not a folder")
+        raise ConfigFieldError("sketch_root", f"{root} is not a folder")
     wnid_index = {wnid: i for i, (wnid, _) in dn.imagenet_class_index().items()}
     dirs = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not dirs:
-        raise option_error("--sketch-root", f"{root} has no class folders (expected <root>/<wnid>/*.JPEG)")
+        raise ConfigFieldError("sketch_root", f"{root} has no class folders (expected <root>/<wnid>/*.JPEG)")
     bad = [d for d in dirs if d not in wnid_index]
     if bad:
-        raise option_error("--sketch-root", f"{root / bad[0]}: folder name is not an ImageNet WordNet id "
+        raise ConfigFieldError("sketch_root", f"{root / bad[0]}: folder name is not an ImageNet WordNet id "
                                             f"({len(bad)} such folders)")
     out = []
     base = root.resolve()
@@ -88,7 +88,7 @@ def scan_sketch_root(root: str | Path) -> list[tuple[str, int]]:
                 if f.lower().endswith(IMG_EXTENSIONS):
                     out.append((os.path.join(dirpath, f), wnid_index[wnid]))
     if not out:
-        raise option_error("--sketch-root", f"{root} holds no images")
+        raise ConfigFieldError("sketch_root", f"{root} holds no images")
     return out
 
 
@@ -117,7 +117,7 @@ def filter_sketches(images: Sequence[SketchImage], classnames: Sequence[str], mo
     if mode == "substring":
         names = [classnames[i] for i in sorted(shared)]
         return [im for im in images if not any(n in im.caption for n in names)]
-    raise option_error("--filter", f"unknown filter {mode!r} (one of {', '.join(FILTERS)})")
+    raise ConfigFieldError("filter", f"unknown filter {mode!r} (one of {', '.join(FILTERS)})")
 
 
 def mix_class_counts(n: int) -> dict[str, int]:
@@ -160,6 +160,7 @@ class SketchConfig:
     subsample: str = "first-k"
     subsample_seed: int = 0
     check_files: bool = False
+    force: bool = False  # overwrite existing TSVs
 
 
 @dataclass
@@ -181,7 +182,7 @@ def _counts(rows: Sequence[tuple[Any, ...]], held: frozenset[int]) -> dict[str, 
     return {d: out[d] for d in dn.DOMAINS if d in out}
 
 
-def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: bool = True) -> SketchResult:
+def run_sketch_mixtures(cfg: SketchConfig, *, progress: bool = True) -> SketchResult:
     from clipgen.artifacts import config_record, write_json_atomic
     from clipgen.data.mixtures import (
         _caption_seed,
@@ -198,16 +199,16 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
     variants = [v.strip() for v in cfg.variants if v.strip()]
     for v in variants:
         if v not in VARIANTS:
-            raise option_error("--variant", f"unknown variant {v!r} (one of {', '.join(VARIANTS)})")
+            raise ConfigFieldError("variants", f"unknown variant {v!r} (one of {', '.join(VARIANTS)})")
     if not variants:
-        raise option_error("--variant", "no variant given")
+        raise ConfigFieldError("variants", "no variant given")
     if "mix" in variants and not cfg.modes:
-        raise option_error("--modes", "no mix mode given")
+        raise ConfigFieldError("modes", "no mix mode given")
     for m in cfg.modes:
         if m not in SKETCH_MIX_MODES:
-            raise option_error("--modes", f"unknown mix mode {m!r} (one of {', '.join(SKETCH_MIX_MODES)})")
+            raise ConfigFieldError("modes", f"unknown mix mode {m!r} (one of {', '.join(SKETCH_MIX_MODES)})")
     if cfg.filter not in FILTERS:
-        raise option_error("--filter", f"unknown filter {cfg.filter!r} (one of {', '.join(FILTERS)})")
+        raise ConfigFieldError("filter", f"unknown filter {cfg.filter!r} (one of {', '.join(FILTERS)})")
     kw = dict(size_match=cfg.size_match, subsample=cfg.subsample, seed=cfg.subsample_seed)
     sources = {setup: make_spec(setup, None if setup == "natural-only" else TEST_DOMAIN,
                                 **({} if setup == "natural-only" else kw))
@@ -224,7 +225,7 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
         return f"combined-captions-{split}-{sources[setup].identifier}{suffix}.tsv"
 
     targets = [out / CAPTIONS_NAME] + [out / fname(sp, s, m) for s, m, _ in planned for sp in ("train", "val")]
-    if not force:
+    if not cfg.force:
         for p in targets:
             if p.exists():
                 raise ClipgenError(f"{p}: already exists (pass --force to overwrite)")
@@ -234,12 +235,12 @@ def build_sketch_mixtures(cfg: SketchConfig, *, force: bool = False, progress: b
     kept = filter_sketches(images, classnames, cfg.filter)
     other = filter_sketches(images, classnames, "substring" if cfg.filter == "class" else "class")
     if not kept:
-        raise option_error("--sketch-root", f"no ImageNet-Sketch image of a class without a DomainNet counterpart "
+        raise ConfigFieldError("sketch_root", f"no ImageNet-Sketch image of a class without a DomainNet counterpart "
                                             f"in {cfg.sketch_root}")
     data = load_domainnet(cfg.root, dn.DOMAINS, captions=cfg.captions, check_files=cfg.check_files)
     held = resolve_held_out(cfg.held_out, data.all_samples())
-    base = read_base(cfg.base, "--base", cfg.check_files) if cfg.base else []
-    base_val = read_base(cfg.base_val, "--base-val", cfg.check_files) if cfg.base_val else []
+    base = read_base(cfg.base, "base", cfg.check_files) if cfg.base else []
+    base_val = read_base(cfg.base_val, "base_val", cfg.check_files) if cfg.base_val else []
     built = {s: build_mixture(data, spec, held.label_set) for s, spec in sources.items()}
     sketch_rows = [(im.path, -1, im.caption, "imagenet-sketch") for im in kept]
 

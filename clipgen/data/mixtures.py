@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: planning, building, writing and summarising mixtures share MixtureSpec and its names.
 """Training and validation mixtures, named as the published files.
 
 A mixture is the base dataset (optional here; ImageNet-Captions in the paper, ``base_train.tsv`` of a synthetic
@@ -37,7 +38,7 @@ from clipgen import domainnet as dn
 from clipgen.data.captions import caption_path, check_matches_split, default_captions_dir, read_caption_file
 from clipgen.data.mixture_info import MixtureInfo, write_index
 from clipgen.data.subsample import SUBSAMPLE_MODES, Group, first_k_counts, select
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 MAIN_SETUPS: tuple[str, ...] = ("natural-only", "cg-low", "cg-high", "leave-out-domain")
 SUMMARY_NAME = "mixtures-summary.json"
@@ -96,14 +97,14 @@ def setup_domains(setup: str, test_domain: str | None) -> tuple[str, ...]:
     if setup == "natural-only":
         return ("real",)
     if test_domain is None:
-        raise option_error("--test-domain", f"setup {setup!r} needs a test domain")
+        raise ConfigFieldError("test_domains", f"setup {setup!r} needs a test domain")
     if setup == "cg-low":
         return tuple(d for d in dn.DOMAINS if d in ("real", test_domain))
     if setup == "cg-high":
         return dn.DOMAINS
     if setup == "leave-out-domain":
         return tuple(d for d in dn.DOMAINS if d != test_domain)
-    raise option_error("--setup", f"unknown setup {setup!r} (one of {', '.join(MAIN_SETUPS)})")
+    raise ConfigFieldError("setups", f"unknown setup {setup!r} (one of {', '.join(MAIN_SETUPS)})")
 
 
 def infer_setup(domains: Sequence[str], test_domain: str) -> str:
@@ -120,36 +121,36 @@ def make_spec(setup: str | None, test_domain: str | None, *, domains: Sequence[s
               subsample: str = "first-k", seed: int = 0) -> MixtureSpec:
     """A validated spec, from a setup name or from an explicit domain set (``domains``)."""
     if subsample not in SUBSAMPLE_MODES:
-        raise option_error("--subsample", f"unknown mode {subsample!r} (one of {', '.join(SUBSAMPLE_MODES)})")
+        raise ConfigFieldError("subsample", f"unknown mode {subsample!r} (one of {', '.join(SUBSAMPLE_MODES)})")
     if domains is not None:
-        ds = dn.parse_domains(list(domains), option="--domains")
+        ds = dn.parse_domains(list(domains), field="domain_sets")
         if test_domain is None:
-            raise option_error("--test-domain", "a domain subset needs a test domain")
+            raise ConfigFieldError("test_domains", "a domain subset needs a test domain")
         if test_domain not in ds:
-            raise option_error("--domains", f"test domain {test_domain!r} is not among the domains "
+            raise ConfigFieldError("domain_sets", f"test domain {test_domain!r} is not among the domains "
                                             f"{dn.domain_letters(ds)!r} (use --setup leave-out-domain for the "
                                             f"leave-out-domain mixture)")
         setup = infer_setup(ds, test_domain)
     else:
         if setup not in MAIN_SETUPS:
-            raise option_error("--setup", f"unknown setup {setup!r} (one of {', '.join(MAIN_SETUPS)})")
+            raise ConfigFieldError("setups", f"unknown setup {setup!r} (one of {', '.join(MAIN_SETUPS)})")
         ds = setup_domains(setup, test_domain)
     if setup == "natural-only":
         if pseudo or allow_pct is not None:
-            raise option_error("--pseudo" if pseudo else "--allow-pct",
-                               "natural-only has no test domain to pseudo-exclude or allow classes of")
+            raise ConfigFieldError("pseudo" if pseudo else "allow_pct",
+                                   "natural-only has no test domain to pseudo-exclude or allow classes of")
         return MixtureSpec("natural-only", ds, None, aligned=aligned, size_match=False, subsample="first-k",
                            seed=seed)
     if pseudo and allow_pct is not None:
-        raise option_error("--pseudo", "cannot be combined with --allow-pct")
+        raise ConfigFieldError("pseudo", "cannot be combined with --allow-pct")
     if (pseudo or allow_pct is not None) and test_domain not in ds:
-        raise option_error("--pseudo" if pseudo else "--allow-pct",
-                           f"the {setup} mixture for {test_domain} does not contain {test_domain}")
+        raise ConfigFieldError("pseudo" if pseudo else "allow_pct",
+                               f"the {setup} mixture for {test_domain} does not contain {test_domain}")
     if allow_pct is not None:
         if not 0 < allow_pct <= 1:
-            raise option_error("--allow-pct", f"{allow_pct} is not in (0, 1]")
+            raise ConfigFieldError("allow_pct", f"{allow_pct} is not in (0, 1]")
         if not size_match:
-            raise option_error("--allow-pct", "requires size matching (drop --no-size-match)")
+            raise ConfigFieldError("allow_pct", "requires size matching (drop --no-size-match)")
     return MixtureSpec(setup, ds, test_domain, pseudo, allow_pct, aligned, size_match,
                        subsample if size_match else "first-k", seed)
 
@@ -188,10 +189,10 @@ def load_domainnet(root: str | Path, domains: Iterable[str], *, captions: str | 
     """Read split files and caption files of ``domains`` (both splits), checking they agree."""
     root = Path(root)
     if not root.is_dir():
-        raise option_error("--root", f"{root} is not a folder")
+        raise ConfigFieldError("root", f"{root} is not a folder")
     cap_dir = Path(captions) if captions is not None else default_captions_dir(root)
     if not cap_dir.is_dir():
-        raise option_error("--captions", f"caption folder {cap_dir} not found (run 'clipgen data captions --root "
+        raise ConfigFieldError("captions", f"caption folder {cap_dir} not found (run 'clipgen data captions --root "
                                          f"{root}' first)")
     data = CaptionedDomainNet(root, cap_dir, aligned)
     prefix = str(root.resolve())
@@ -214,10 +215,10 @@ def resolve_held_out(names: Sequence[str] | None, samples: Sequence[dn.Sample]) 
     if names is not None:
         names = [n.strip() for n in names if n.strip()]
         if not names:
-            raise option_error("--held-out", "no class given")
-    held = dn.resolve_held_out(dn.folders_by_label(samples), names, option="--held-out")
+            raise ConfigFieldError("held_out", "no class given")
+    held = dn.resolve_held_out(dn.folders_by_label(samples), names, field="held_out")
     if not held.labels:
-        raise option_error("--held-out", "none of the paper's 15 held-out classes is in the data; name the held-out "
+        raise ConfigFieldError("held_out", "none of the paper's 15 held-out classes is in the data; name the held-out "
                                          "classes explicitly")
     return held
 
@@ -302,14 +303,14 @@ def build_mixture(data: CaptionedDomainNet, spec: MixtureSpec, held: frozenset[i
 # Base dataset rows
 
 
-def read_base(path: str | Path, option: str = "--base", check_files: bool = False) -> list[tuple[str, str]]:
+def read_base(path: str | Path, field: str = "base", check_files: bool = False) -> list[tuple[str, str]]:
     """``(absolute path, caption)`` rows of a ``filepath<TAB>title`` TSV; relative paths are taken relative to the
     TSV's folder."""
     from clipgen.data.base import iter_base
 
-    rows = list(iter_base(path, option=option, check_files=check_files))
+    rows = list(iter_base(path, field=field, check_files=check_files))
     if not rows:
-        raise option_error(option, f"{path}: base TSV has no rows")
+        raise ConfigFieldError(field, f"{path}: base TSV has no rows")
     return rows
 
 
@@ -338,6 +339,7 @@ class MixturesConfig:
     base: Path | None = None
     base_val: Path | None = None
     check_files: bool = False
+    force: bool = False  # overwrite existing TSVs
     caption_seed: int | None = None  # read from captions-summary.json when present
 
 
@@ -345,14 +347,14 @@ def plan_specs(cfg: MixturesConfig) -> list[MixtureSpec]:
     """Every mixture the options ask for, de-duplicated, in a stable order."""
     tds = list(cfg.test_domains) if cfg.test_domains else list(dn.TEST_DOMAINS)
     for t in tds:
-        dn.parse_test_domain(t)
+        dn.parse_test_domain(t, field="test_domains")
     if cfg.paper and (cfg.setups or cfg.domain_sets):
-        raise option_error("--paper", "cannot be combined with --setup or --domains")
+        raise ConfigFieldError("paper", "cannot be combined with --setup or --domains")
     setups = list(MAIN_SETUPS) if cfg.paper else list(cfg.setups)
     if not setups and not cfg.domain_sets:
-        raise option_error("--setup", "nothing to build: give --paper, --setup or --domains")
+        raise ConfigFieldError("setups", "nothing to build: give --paper, --setup or --domains")
     if cfg.pseudo and cfg.allow_pct:
-        raise option_error("--pseudo", "cannot be combined with --allow-pct")
+        raise ConfigFieldError("pseudo", "cannot be combined with --allow-pct")
     kw: dict[str, Any] = dict(aligned=cfg.aligned, size_match=cfg.size_match, subsample=cfg.subsample,
                               seed=cfg.seed)
     variants: list[dict[str, Any]] = [dict(pseudo=cfg.pseudo)] if not cfg.allow_pct else [
@@ -361,7 +363,7 @@ def plan_specs(cfg: MixturesConfig) -> list[MixtureSpec]:
     for s in setups:
         if s == "natural-only":
             if cfg.pseudo or cfg.allow_pct:
-                raise option_error("--pseudo" if cfg.pseudo else "--allow-pct",
+                raise ConfigFieldError("pseudo" if cfg.pseudo else "allow_pct",
                                    "does not apply to natural-only; leave natural-only out of --setup")
             specs.append(make_spec("natural-only", None, aligned=cfg.aligned))
             continue
@@ -369,7 +371,7 @@ def plan_specs(cfg: MixturesConfig) -> list[MixtureSpec]:
             for v in variants:
                 specs.append(make_spec(s, t, **kw, **v))
     for letters in cfg.domain_sets:
-        ds = dn.parse_domains(letters, option="--domains")
+        ds = dn.parse_domains(letters, field="domain_sets")
         for t in tds:
             for v in variants:
                 specs.append(make_spec(None, t, domains=ds, **kw, **v))
@@ -422,7 +424,7 @@ def _caption_seed(captions: Path) -> int | None:
         return None
 
 
-def build_mixtures(cfg: MixturesConfig, *, force: bool = False, progress: bool = True) -> MixturesResult:
+def run_mixtures(cfg: MixturesConfig, *, progress: bool = True) -> MixturesResult:
     """Build every requested mixture, then write all TSVs (atomically), ``mixtures.json`` and the summary."""
     from clipgen.progress import make_progress
     from clipgen.tsv import write_tsv
@@ -432,7 +434,7 @@ def build_mixtures(cfg: MixturesConfig, *, force: bool = False, progress: bool =
     with_dn_files = cfg.base is not None or cfg.base_val is not None
     targets = [out / s.file(sp, k) for s in specs for sp in ("train", "val")
                for k in (("combined", "dn") if with_dn_files else ("combined",))]
-    if not force:
+    if not cfg.force:
         existing = [p for p in targets if p.exists()]
         if existing:
             raise ClipgenError(f"{existing[0]}: already exists ({len(existing)} of {len(targets)} outputs exist; "
@@ -441,8 +443,8 @@ def build_mixtures(cfg: MixturesConfig, *, force: bool = False, progress: bool =
     data = load_domainnet(cfg.root, needed, captions=cfg.captions, aligned=cfg.aligned,
                           check_files=cfg.check_files)
     held = resolve_held_out(cfg.held_out, data.all_samples())
-    base_rows = {"train": read_base(cfg.base, "--base", cfg.check_files) if cfg.base else [],
-                 "val": read_base(cfg.base_val, "--base-val", cfg.check_files) if cfg.base_val else []}
+    base_rows = {"train": read_base(cfg.base, "base", cfg.check_files) if cfg.base else [],
+                 "val": read_base(cfg.base_val, "base_val", cfg.check_files) if cfg.base_val else []}
     base_paths = {"train": Path(cfg.base) if cfg.base else None, "val": Path(cfg.base_val) if cfg.base_val else None}
     caption_seed = cfg.caption_seed if cfg.caption_seed is not None else _caption_seed(data.captions)
     # build everything in memory first: a bad option or empty mixture leaves no file behind

@@ -130,7 +130,7 @@ def parse_split_sizes(text: str, option: str = "--split-sizes") -> dict[str, lis
             raise option_error(option, f"{part!r} is not DOMAIN=TRAIN/TEST (or 'paper')") from None
         if min(counts) < 0:
             raise option_error(option, f"{part!r}: sizes must not be negative")
-        out[parse_domains([name.strip()], option=option)[0]] = counts
+        out[parse_domains([name.strip()], field="split_sizes")[0]] = counts
     if not out:
         raise option_error(option, "empty; give 'paper' or DOMAIN=TRAIN/TEST,...")
     return out
@@ -162,7 +162,7 @@ def resolve_classes(cfg: SynthConfig) -> list[DNClass]:
     if cfg.classes:
         out = []
         for name in cfg.classes:
-            c = class_by_name(name, option="--classes")
+            c = class_by_name(name, field="classes")
             if c in out:
                 raise option_error("--classes", f"class {c.name!r} given twice")
             out.append(c)

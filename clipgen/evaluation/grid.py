@@ -81,7 +81,7 @@ def test_domains_for(manifest: RunManifest, spec: str) -> list[str]:
     if s == "auto":
         td = (manifest.mixture or {}).get("test_domain")
         return [td] if td else list(dn.TEST_DOMAINS)
-    return list(dn.parse_domains(spec, option="--test-domains", allowed=dn.TEST_DOMAINS))
+    return list(dn.parse_domains(spec, field="test_domains", allowed=dn.TEST_DOMAINS))
 
 
 def _done_epochs(out: Path, checkpoints: dict[int, Path]) -> list[int]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from clipgen import domainnet as dn
 from clipgen.datasets import ImageRecord, domainnet_records, folders_of
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, flag_for
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".webp", ".bmp")
 
@@ -69,24 +69,24 @@ def fingerprint_records(records: Sequence[ImageRecord]) -> str:
     return h.hexdigest()
 
 
-def build_eval_set(root: str | Path, test_domain: str, option: str = "--test-domain",
-                   root_option: str = "--data-root") -> EvalImageSet:
+def build_eval_set(root: str | Path, test_domain: str, field: str = "test_domain",
+                   root_field: str = "data_root") -> EvalImageSet:
     """The test-split images of ``test_domain`` and ``real`` under a DomainNet ``root``."""
     root = Path(root)
     if not root.is_dir():
-        raise option_error(root_option, f"{root} is not a directory")
-    test_domain = dn.parse_test_domain(test_domain, option=option)
+        raise ConfigFieldError(root_field, f"{root} is not a directory")
+    test_domain = dn.parse_test_domain(test_domain, field=field)
     domains = (test_domain, "real")
     for d in domains:
         f = dn.split_file(root, d, "test")
         if not f.is_file():
-            raise option_error(option if d == test_domain else root_option,
-                               f"domain {d!r} is absent from the data: {f} not found")
+            raise ConfigFieldError(field if d == test_domain else root_field,
+                                   f"domain {d!r} is absent from the data: {f} not found")
     records = domainnet_records(root, domains, split="test")
     for d in domains:
         if not any(r.domain == d for r in records):
-            raise option_error(option if d == test_domain else root_option,
-                               f"domain {d!r} has no test images in {dn.split_file(root, d, 'test')}")
+            raise ConfigFieldError(field if d == test_domain else root_field,
+                                   f"domain {d!r} has no test images in {dn.split_file(root, d, 'test')}")
     folders = folders_of(records)
     labels = np.array([r.label for r in records], dtype=np.int64)
     missing = sorted(set(labels.tolist()) - set(folders))
@@ -102,39 +102,39 @@ def build_eval_set(root: str | Path, test_domain: str, option: str = "--test-dom
 
 
 def resolve_held_out(image_set: EvalImageSet, names: Sequence[str] | None = None,
-                     manifest_labels: Sequence[int] | None = None, option: str = "--held-out") -> dn.HeldOut:
+                     manifest_labels: Sequence[int] | None = None, field: str = "held_out") -> dn.HeldOut:
     """Held-out classes present in ``image_set`` (see the module docstring for the order of sources), by
     :func:`clipgen.domainnet.resolve_held_out`; an evaluation needs held-out and in-distribution classes. Names
     are the prompt names of the image set."""
     where = f"{' or '.join(image_set.domains)} under {image_set.root}"
     held = dn.resolve_held_out(dict(zip(image_set.class_labels, image_set.class_folders, strict=True)),
-                               names or None, manifest_labels, option=option,
+                               names or None, manifest_labels, field=field,
                                missing=lambda name, _: f"held-out class {name!r} has no test images in {where}")
     source = held.source
     absent = [dn.class_by_label(c).name for c in held.absent_labels] if source == "manifest" else held.absent
     if not held.labels:
-        raise option_error(option, f"no held-out class ({source}) has test images in {where}; name the held-out "
-                                   f"classes with {option}")
+        raise ConfigFieldError(field, f"no held-out class ({source}) has test images in {where}; name the held-out "
+                                      f"classes with {flag_for(field)}")
     if len(held.labels) == len(image_set.class_labels):
-        raise option_error(option, "every evaluated class is held out; no in-distribution classes remain")
+        raise ConfigFieldError(field, "every evaluated class is held out; no in-distribution classes remain")
     name_of = dict(zip(image_set.class_labels, image_set.class_names, strict=True))
     return dn.HeldOut(held.labels, {name_of[c]: c for c in held.labels}, source, absent, held.absent_labels)
 
 
-def imagenet_val_records(root: str | Path, option: str = "--imagenet") -> list[ImageRecord]:
+def imagenet_val_records(root: str | Path, field: str = "imagenet") -> list[ImageRecord]:
     """ImageNet validation images laid out as ``<root>/<wnid>/*.JPEG``, labelled by the 1000-class index."""
     root = Path(root)
     if not root.is_dir():
-        raise option_error(option, f"{root} is not a directory")
+        raise ConfigFieldError(field, f"{root} is not a directory")
     wnid_to_idx = {w: i for i, (w, _) in dn.imagenet_class_index().items()}
     records = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         if d.name not in wnid_to_idx:
-            raise option_error(option, f"{d} is not an ImageNet class folder (expected <root>/<wnid>/*.JPEG)")
+            raise ConfigFieldError(field, f"{d} is not an ImageNet class folder (expected <root>/<wnid>/*.JPEG)")
         for f in sorted(d.iterdir()):
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 records.append(ImageRecord(str(f.resolve()), wnid_to_idx[d.name], "imagenet", "val",
                                            f"{d.name}/{f.name}"))
     if not records:
-        raise option_error(option, f"no images under {root} (expected <root>/<wnid>/*.JPEG)")
+        raise ConfigFieldError(field, f"no images under {root} (expected <root>/<wnid>/*.JPEG)")
     return records

@@ -291,7 +291,7 @@ def results_dir(out_dir: Path) -> Iterator[Path]:
     from clipgen.artifacts import check_writable
 
     out_dir = Path(out_dir)
-    check_writable(out_dir, "--out")
+    check_writable(out_dir, "out")
     made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # folders this run creates, deepest first
     out_dir.mkdir(parents=True, exist_ok=True)
     try:

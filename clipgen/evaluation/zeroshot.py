@@ -13,7 +13,7 @@ from typing import Any
 
 from clipgen.datasets import raise_unreadable
 from clipgen.domainnet import IMAGENET_NAME_DIFFERENCES, imagenet_classnames
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.models.zeroshot_classifier import (
     DOMAIN_TEMPLATES,
     TEMPLATE_SETS,
@@ -31,9 +31,9 @@ __all__ = [
 ]
 
 
-def check_on_error(on_error: str, option: str = "--on-error") -> str:
+def check_on_error(on_error: str, field: str = "on_error") -> str:
     if on_error not in ("fail", "skip"):
-        raise option_error(option, f"must be 'fail' or 'skip', not {on_error!r}")
+        raise ConfigFieldError(field, f"must be 'fail' or 'skip', not {on_error!r}")
     return on_error
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from clipgen.artifacts import sha256_file, write_config
 from clipgen.domainnet import imagenet_classnames
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 from clipgen.evaluation.protocol import (
     EvalImageSet,
     build_eval_set,
@@ -61,7 +61,7 @@ def _image_key(path: str) -> str:
     return "/".join(Path(path).parts[-3:])
 
 
-def find_stores(paths: Sequence[str | Path], option: str = "--store") -> list[tuple[Path, bool]]:
+def find_stores(paths: Sequence[str | Path], field: str = "stores") -> list[tuple[Path, bool]]:
     """``(store file, named explicitly)`` for every ``--store``: a file as given, a folder searched recursively for
     ``*.h5`` (the part files of extractions in progress excluded)."""
     out: list[tuple[Path, bool]] = []
@@ -70,12 +70,12 @@ def find_stores(paths: Sequence[str | Path], option: str = "--store") -> list[tu
         if p.is_dir():
             hits = sorted(x for x in p.rglob("*.h5") if not any(q.name.endswith(".parts") for q in x.parents))
             if not hits:
-                raise option_error(option, f"no *.h5 activation store under {p}")
+                raise ConfigFieldError(field, f"no *.h5 activation store under {p}")
             out += [(h, False) for h in hits]
         elif p.is_file():
             out.append((p, True))
         else:
-            raise option_error(option, f"{p} does not exist")
+            raise ConfigFieldError(field, f"{p} does not exist")
     return list(dict.fromkeys(out))
 
 

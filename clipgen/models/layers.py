@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 SUPPORTED = "ModifiedResNet (RN50, RN101, RN50x4..., clipgen RN-tiny/RN-small) and VisionTransformer (ViT-*)"
 
@@ -118,7 +118,7 @@ def _image_size(visual) -> int:
     return s[0] if isinstance(s, (tuple, list)) else int(s)
 
 
-def select_layers(catalogue: list[LayerSpec], spec: str, option: str = "--layer",
+def select_layers(catalogue: list[LayerSpec], spec: str, field: str = "layer",
                   extra: tuple[str, ...] = ("embedding",)) -> list[str]:
     """Parse ``all`` or a comma list of layer names; an unknown name lists the valid ones."""
     valid = [s.name for s in catalogue] + list(extra)
@@ -127,7 +127,7 @@ def select_layers(catalogue: list[LayerSpec], spec: str, option: str = "--layer"
     names = [n.strip() for n in spec.split(",") if n.strip()]
     bad = [n for n in names if n not in valid]
     if bad:
-        raise option_error(option, f"unknown layer(s) {', '.join(bad)}; valid: {' '.join(valid)}")
+        raise ConfigFieldError(field, f"unknown layer(s) {', '.join(bad)}; valid: {' '.join(valid)}")
     if not names:
-        raise option_error(option, "no layer given")
+        raise ConfigFieldError(field, "no layer given")
     return [n for n in valid if n in names]

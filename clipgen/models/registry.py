@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -49,7 +49,7 @@ def list_models() -> list[str]:
     return list(open_clip.list_models())
 
 
-def model_config(name: str, option: str = "--model") -> dict[str, Any]:
+def model_config(name: str, field: str = "model") -> dict[str, Any]:
     """The open_clip configuration dict of ``name``; an unknown name is an error listing similar names."""
     own = CONFIG_DIR / f"{name}.json"
     if own.is_file():
@@ -63,7 +63,7 @@ def model_config(name: str, option: str = "--model") -> dict[str, Any]:
 
         close = difflib.get_close_matches(name, list_models(), n=4)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see 'open_clip.list_models()'"
-        raise option_error(option, f"unknown model {name!r}{hint}")
+        raise ConfigFieldError(field, f"unknown model {name!r}{hint}")
     return cfg
 
 

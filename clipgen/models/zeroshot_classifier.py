@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from clipgen.domainnet import TEMPLATE_DOMAIN_WORDS
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 #: The paper's six additional domain templates.
 DOMAIN_TEMPLATES: tuple[str, ...] = (
@@ -33,7 +33,7 @@ def openai_templates() -> list[str]:
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 
-def templates(name: str = "paper", option: str = "--templates") -> list[str]:
+def templates(name: str = "paper", field: str = "templates") -> list[str]:
     """A named template set: ``paper`` (80 + 6 = 86, the default), ``openai`` (80), ``named-domain``
     (the 10 of ``paper`` that name a domain: the published ``--domain_invariant``), ``simple`` (1)."""
     if name == "paper":
@@ -44,7 +44,7 @@ def templates(name: str = "paper", option: str = "--templates") -> list[str]:
         return [t for t in templates("paper") if any(w in t for w in TEMPLATE_DOMAIN_WORDS)]
     if name == "simple":
         return ["a photo of a {}."]
-    raise option_error(option, f"unknown template set {name!r} (one of {', '.join(TEMPLATE_SETS)})")
+    raise ConfigFieldError(field, f"unknown template set {name!r} (one of {', '.join(TEMPLATE_SETS)})")
 
 
 #: Tokenised prompts of recent (tokenizer, class names, templates), newest last: evaluating every epoch of a run

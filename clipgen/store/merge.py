@@ -24,6 +24,17 @@ from clipgen.store.writer import LayerDef, SampleTable, StoreLayout, copy_rows_r
 
 
 @dataclass
+class MergeConfig:
+    """``clipgen extract merge``: the shard files and the merged store."""
+
+    shards: list[Path]
+    out: Path
+    copy: bool = False  # a self-contained store (default: virtual datasets over the shard files)
+    force: bool = False  # overwrite an existing store
+    block_rows: int = 8192  # rows per copied block
+
+
+@dataclass
 class MergeResult:
     path: Path
     shards: int
@@ -82,13 +93,12 @@ def check_shards(stores: list[ActivationStore]) -> list[ActivationStore]:
     return stores
 
 
-def merge_shards(shards: list[str | Path], out: str | Path, *, copy: bool = False, force: bool = False,
-                 block_rows: int = 8192) -> MergeResult:
-    """Merge shard files into ``out`` (virtual datasets, or a self-contained copy)."""
+def run_merge(cfg: MergeConfig) -> MergeResult:
+    """Merge shard files into ``cfg.out`` (virtual datasets, or a self-contained copy)."""
     import h5py
 
-    out = Path(out)
-    with opened_shards(shards, out, lambda p: open_store(p, allow_incomplete=True), force=force) as opened:
+    out, copy, block_rows = Path(cfg.out), cfg.copy, cfg.block_rows
+    with opened_shards(cfg.shards, out, lambda p: open_store(p, allow_incomplete=True), force=cfg.force) as opened:
         stores = check_shards(opened)
         first = stores[0]
         s = [st.samples for st in stores]

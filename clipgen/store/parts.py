@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import clipgen.store.schema as schema
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 from clipgen.store.kind import open_h5, parts_dir
 from clipgen.store.writer import (
     LayerDef,
@@ -257,7 +257,7 @@ def check_existing(plan: StorePlan, force: bool) -> dict[str, Any] | None:
                               f"{', '.join(diff) or 'configuration'}; pass --force (or another --out) for a new store")
     s = head["settings"]
     if not head["complete"] and (s["block_rows"] != plan.block_rows or s["batch_size"] != plan.batch_size):
-        raise option_error("--batch-size", f"the interrupted store was started with --batch-size {s['batch_size']} "
+        raise ConfigFieldError("batch_size", f"the interrupted store was started with --batch-size {s['batch_size']} "
                                            f"--block-rows {s['block_rows']}; rerun with those to continue it, "
                                            f"or pass --force to start over")
     return head

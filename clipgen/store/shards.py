@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipgen.errors import file_error, option_error
+from clipgen.errors import ConfigFieldError, file_error
 
 
-def parse_shard(spec: str | None, option: str = "--shard") -> tuple[int, int] | None:
+def parse_shard(spec: str | None, field: str = "shard") -> tuple[int, int] | None:
     """``i/n`` (0 <= i < n) or ``auto`` (SLURM_ARRAY_TASK_ID/COUNT, or torchrun RANK/WORLD_SIZE)."""
     if not spec:
         return None
@@ -29,15 +29,16 @@ def parse_shard(spec: str | None, option: str = "--shard") -> tuple[int, int] | 
         elif "RANK" in env and "WORLD_SIZE" in env:
             i, n = int(env["RANK"]), int(env["WORLD_SIZE"])
         else:
-            raise option_error(option, "'auto' needs SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE in the environment")
+            raise ConfigFieldError(field,
+                                   "'auto' needs SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE in the environment")
     else:
         try:
             a, b = s.split("/")
             i, n = int(a), int(b)
         except ValueError:
-            raise option_error(option, f"expected i/n (e.g. 0/4), got {spec!r}") from None
+            raise ConfigFieldError(field, f"expected i/n (e.g. 0/4), got {spec!r}") from None
     if not (n >= 1 and 0 <= i < n):
-        raise option_error(option, f"shard {i}/{n}: need 0 <= i < n")
+        raise ConfigFieldError(field, f"shard {i}/{n}: need 0 <= i < n")
     return i, n
 
 

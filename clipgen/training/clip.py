@@ -143,7 +143,7 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     extended_from: int | None = None
     if resuming:
         if state.has_manifest:
-            old = read_manifest(run_dir, option="--name")
+            old = read_manifest(run_dir, field="name")
             if old.kind != "clip":
                 raise option_error("--name", f"{run_dir} is a {old.kind} run, not a CLIP run; pass --force to "
                                              f"replace it or choose another --name")
@@ -258,7 +258,7 @@ def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         extra: dict[str, Any] = {"versions": _versions(), "started": utc_now()}
         if prep.resuming and (run_dir / "clipgen-run.json").is_file():
-            old = read_manifest(run_dir, option="--name")
+            old = read_manifest(run_dir, field="name")
             entry: dict[str, Any] = {"resumed": utc_now(), "from_epoch": prep.start_epoch, "command": command_line()}
             if prep.extended_from is not None:
                 entry.update(extended_from_epochs=prep.extended_from, extended_to_epochs=hp.epochs)
@@ -330,7 +330,7 @@ def _update_manifest(run_dir: Path, **fields: Any) -> None:
     from clipgen.runs import manifest_path, read_manifest, write_manifest
 
     if manifest_path(run_dir).is_file():
-        m = read_manifest(run_dir, option="--name")
+        m = read_manifest(run_dir, field="name")
         m.extra.update(fields)
         write_manifest(run_dir, m)
 
@@ -341,7 +341,7 @@ def _finalise_manifest(run_dir: Path, epochs: list[int], train_loss: dict[int, f
     from clipgen.artifacts import utc_now
     from clipgen.runs import read_manifest, write_manifest
 
-    m = read_manifest(run_dir, option="--name")
+    m = read_manifest(run_dir, field="name")
     prev_train = {int(k): v for k, v in m.extra.get("train_loss", {}).items()}
     prev_val = {int(k): v for k, v in m.extra.get("val_loss", {}).items()}
     m.extra.update(status="complete", finished=utc_now(), epochs_saved=epochs,
@@ -361,7 +361,7 @@ def _repair_complete_manifest(run_dir: Path, epochs: int) -> None:
 
     if not manifest_path(run_dir).is_file():
         return
-    status = read_manifest(run_dir, option="--name").extra.get("status")
+    status = read_manifest(run_dir, field="name").extra.get("status")
     if status == "complete":
         return
     monitor = TrainLogMonitor(epochs)

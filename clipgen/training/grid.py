@@ -158,7 +158,7 @@ def plan_grid(cfg: TrainGridConfig, *, log_mode: str = "bar") -> list[GridTask]:
     for s in cfg.setups:
         if s not in MAIN_SETUPS:
             raise ConfigFieldError("setups", f"unknown setup {s!r} (one of {', '.join(MAIN_SETUPS)})")
-    chosen = {dn.parse_test_domain(d, option="--test-domains") for d in cfg.test_domains}
+    chosen = {dn.parse_test_domain(d, field="test_domains") for d in cfg.test_domains}
     domains = [d for d in dn.TEST_DOMAINS if d in chosen]  # canonical order, no repeats
     setups = [s for s in MAIN_SETUPS if s in cfg.setups]
     if not domains or not setups:

@@ -39,7 +39,7 @@ def imagenet_to_joint() -> dict[int, int]:
     for name, indices in dn.imagenet_to_domainnet().items():
         if not indices:
             continue
-        label = dn.class_by_name(name, option="in_to_dn_mapping.json").label
+        label = dn.class_by_name(name, field="in_to_dn_mapping.json").label
         for i in indices:
             if i in out and out[i] != NUM_IMAGENET + label:
                 raise ClipgenError(f"in_to_dn_mapping.json: ImageNet class {i} maps to two DomainNet classes")

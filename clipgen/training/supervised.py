@@ -209,7 +209,7 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
     latest = run_dir / "checkpoints" / LATEST_NAME
     if state.started and not cfg.force:  # the same command continues a run (--resume is implied)
         if state.has_manifest:
-            old = read_manifest(run_dir, option="--name")
+            old = read_manifest(run_dir, field="name")
             if old.kind != "supervised":
                 raise option_error("--name", f"{run_dir} is a {old.kind} run, not a supervised run; pass --force "
                                              f"to replace it or choose another --name")
@@ -263,7 +263,7 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
                 console.print(note, markup=False, highlight=False)
             shutil.rmtree(run_dir)
         ck_dir.mkdir(parents=True, exist_ok=True)
-        old = read_manifest(run_dir, option="--name") if (not cfg.force and (run_dir / "clipgen-run.json").is_file()) \
+        old = read_manifest(run_dir, field="name") if (not cfg.force and (run_dir / "clipgen-run.json").is_file()) \
             else None
         m = RunManifest(kind="supervised", name=run_dir.name, model=s.model, model_config=s.model_config,
                         preset=cfg.preset, hyperparameters=s.hyperparameters(), data=prep.data, seed=s.seed,
@@ -292,7 +292,7 @@ def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
     metrics = read_metrics(run_dir)
     seconds = time.perf_counter() - t0
     if prep.plan.is_rank0:
-        m = read_manifest(run_dir, option="--name")
+        m = read_manifest(run_dir, field="name")
         m.extra.update(status="complete", finished=utc_now(), epochs_saved=epochs, seconds=round(seconds, 1))
         if metrics:
             m.extra["final_metrics"] = metrics[-1]
