@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError, file_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 from clipgen.models.supervised import NUM_DOMAINNET, NUM_IMAGENET, NUM_JOINT
 
 WNID_RE = re.compile(r"^n\d{8}$")
@@ -39,7 +39,10 @@ def imagenet_to_joint() -> dict[int, int]:
     for name, indices in dn.imagenet_to_domainnet().items():
         if not indices:
             continue
-        label = dn.class_by_name(name, field="in_to_dn_mapping.json").label
+        try:
+            label = dn.class_by_name(name).label
+        except ConfigFieldError as e:  # the bundled mapping names a class that is not DomainNet's: a file error
+            raise ClipgenError(f"in_to_dn_mapping.json: {e.detail}") from None
         for i in indices:
             if i in out and out[i] != NUM_IMAGENET + label:
                 raise ClipgenError(f"in_to_dn_mapping.json: ImageNet class {i} maps to two DomainNet classes")
