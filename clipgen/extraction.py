@@ -313,8 +313,8 @@ def _run_info(manifest) -> dict[str, Any] | None:
     return {"name": manifest.name, "seed": manifest.seed, "mixture": {k: mix.get(k) for k in keys} if mix else None}
 
 
-def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
-            note: Callable[[str], None] | None = None) -> ExtractResult:
+def run_extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
+                note: Callable[[str], None] | None = None) -> ExtractResult:
     """Run (or resume) an extraction and return where the finished store is.
 
     The store is written under an exclusive writer lock (:mod:`clipgen.locks`): a second process on the same output
@@ -481,5 +481,5 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
     return ExtractResult(out, rows, skipped, written, plan.n_blocks, fingerprint=plan.fingerprint)
 
 
-__all__ = ["ExtractConfig", "ExtractResult", "Extractor", "default_block_rows", "extract", "layer_defs", "list_layers",
-           "row_bytes", "run_blocks"]
+__all__ = ["ExtractConfig", "ExtractResult", "Extractor", "default_block_rows", "layer_defs", "list_layers",
+           "row_bytes", "run_blocks", "run_extract"]

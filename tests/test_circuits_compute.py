@@ -157,18 +157,18 @@ def test_all_classes_skip_the_absent_pair_and_few_images_are_recorded(tmp_path, 
 @pytest.mark.slow
 def test_circuits_from_the_image_cache_equal_decoding_the_jpegs(tmp_path, small_circuits, circuits_run_dir,
                                                                 synth_root):
-    from clipgen.data.image_cache import CacheConfig, build_cache
+    from clipgen.data.image_cache import CacheConfig, run_cache
     from clipgen.datasets import DECODES
     from tests._circuits_helpers import assert_same_entries
 
-    cache = build_cache(CacheConfig(out=tmp_path / "c.h5", data=synth_root, split="test", size=64, workers=0),
-                        progress=False).path
+    cache = run_cache(CacheConfig(out=tmp_path / "c.h5", data=synth_root, split="test", size=64, workers=0),
+                      progress=False).path
     DECODES.reset()
     out = compute_circuits(small_config(tmp_path / "x.h5", circuits_run_dir, synth_root, images=cache),
                            progress=False).path
     assert DECODES.reset() == 0
     assert_same_entries(out, small_circuits)
-    small = build_cache(CacheConfig(out=tmp_path / "s.h5", data=synth_root, split="test", size=32, workers=0),
-                        progress=False).path
+    small = run_cache(CacheConfig(out=tmp_path / "s.h5", data=synth_root, split="test", size=32, workers=0),
+                      progress=False).path
     with pytest.raises(ClipgenError, match="--images: .*s.h5 was made for another preprocessing"):
         compute_circuits(small_config(tmp_path / "y.h5", circuits_run_dir, synth_root, images=small), progress=False)

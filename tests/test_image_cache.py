@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipgen.data.image_cache import CacheConfig, build_cache, describe_transform, open_cache
+from clipgen.data.image_cache import CacheConfig, describe_transform, open_cache, run_cache
 from clipgen.datasets import DECODES, load_image
 from clipgen.errors import ClipgenError
 from clipgen.evaluation.protocol import build_eval_set
@@ -34,7 +34,7 @@ def one_line_error(r, *fragments):
 
 def _cache(root, out, **kw):
     cfg = dict(out=out, data=root, domains="sketch,real", batch_size=4, block_rows=8, workers=0)
-    return build_cache(CacheConfig(**{**cfg, **kw}), progress=False)
+    return run_cache(CacheConfig(**{**cfg, **kw}), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def test_an_interrupted_cache_continues_and_equals_an_uninterrupted_one(random_r
                                                                           sketch_cache):
     out = tmp_path / "c.h5"
     with pytest.raises(SimulatedCrash):
-        build_cache(CacheConfig(out=out, data=uneven_root, domains="sketch,real", batch_size=4, block_rows=8,
-                                workers=0, model_dir=random_run_dir), progress=False, crash_after_blocks=2)
+        run_cache(CacheConfig(out=out, data=uneven_root, domains="sketch,real", batch_size=4, block_rows=8,
+                              workers=0, model_dir=random_run_dir), progress=False, crash_after_blocks=2)
     with pytest.raises(ClipgenError, match=r"c\.h5: incomplete store \(16 of 36 rows written\).*clipgen data cache"):
         open_cache(out)
     DECODES.reset()

@@ -98,7 +98,7 @@ def train(
     interval), OUT/metrics.json and OUT/checkpoints/. Never loads a CLIP model. Rerun the same command to continue an
     interrupted run (or, with a larger --epochs, to train a finished one further).
     """
-    from clipgen.analysis.sae import SAETrainConfig, train_sae
+    from clipgen.analysis.sae import SAETrainConfig, run_train_sae
     from clipgen.cli.common import emit_json, summary_console
     from clipgen.errors import option_error
 
@@ -117,7 +117,7 @@ def train(
         keep_checkpoints=keep_checkpoints, buffer_mb=buffer_mb, block_rows=block_rows, device=device,
         precision=precision, step_mode=step_mode, paper=paper,
     )
-    res = train_sae(cfg, resume=resume, force=force, progress=progress)
+    res = run_train_sae(cfg, resume=resume, force=force, progress=progress)
     con = summary_console(as_json)
     f = res.final or {}
     if res.already_complete:

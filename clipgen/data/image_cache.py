@@ -143,8 +143,8 @@ def crop_size(transform: Any) -> int:
 
 # -- writing ---------------------------------------------------------------------------------------------------
 
-def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
-                note: Any = None) -> CacheResult:
+def run_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
+              note: Any = None) -> CacheResult:
     """Write (or continue) the cache of ``cfg``; an interrupted cache continues where it stopped.
 
     As an extraction, under the output's writer lock (a second writer is refused); a run that fails before writing a

@@ -328,7 +328,7 @@ class SynthResult:
     contact_sheet: Path
 
 
-def generate(cfg: SynthConfig, *, force: bool = False, progress: bool = True) -> SynthResult:
+def run_synth(cfg: SynthConfig, *, force: bool = False, progress: bool = True) -> SynthResult:
     """Generate the synthetic DomainNet under ``cfg.out`` (deterministic in ``cfg.seed``).
 
     An existing non-empty ``cfg.out`` is refused unless ``force``; it is then replaced only once the new

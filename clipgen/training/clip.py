@@ -46,7 +46,7 @@ __all__ = [
     "CURVES_DIR", "PRESETS", "REAL_DATA_ROWS", "TRAINING_LOSS_FIGURE", "ClipHyper", "ClipPreset", "ClipRunResult",
     "ClipTrainConfig", "PreparedClipRun", "TrainingFailed", "build_argv", "check_run_name", "choose_preset",
     "data_preset", "default_run_name", "describe_checkpoints", "force_note", "get_preset", "parse_open_clip_args",
-    "plot_training_curves", "prepare_clip_run", "resolve_hyper", "train_clip", "training_loss_figure",
+    "plot_training_curves", "prepare_clip_run", "resolve_hyper", "run_train_clip", "training_loss_figure",
 ]
 
 ENTRY_MODULE = "clipgen.training.open_clip_entry"
@@ -216,7 +216,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
+def run_train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     """Check, write the manifest, run open_clip_train, and summarise. The library function behind the CLI."""
     from clipgen.artifacts import command_line, utc_now, write_config
     from clipgen.progress import console, make_progress

@@ -233,7 +233,7 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
                                  complete, preset_note)
 
 
-def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
+def run_train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
     """Check, write the manifest, train (in this process, under torchrun, or as one srun task)."""
     import subprocess
 

@@ -4,7 +4,7 @@ One module per part: :mod:`~clipgen.analysis.sae.model` (the SAE variants, :func
 :mod:`~clipgen.analysis.sae.steps` (the fused and graph training steps), :mod:`~clipgen.analysis.sae.data`
 (training rows), :mod:`~clipgen.analysis.sae.resample` (evaluation, dead-latent resampling),
 :mod:`~clipgen.analysis.sae.config` (:class:`SAETrainConfig`), :mod:`~clipgen.analysis.sae.trainer`
-(:func:`train_sae`, :class:`SAETrainer`), :mod:`~clipgen.analysis.sae.io` (SAE files, checkpoints, the log) and
+(:func:`run_train_sae`, :class:`SAETrainer`), :mod:`~clipgen.analysis.sae.io` (SAE files, checkpoints, the log) and
 :mod:`~clipgen.analysis.sae.curves`. Everything public is importable from this package.
 
 The model follows the paper's SAE (adapted from Discover-then-Name / ``sparse_autoencoder`` 1.x):
@@ -76,7 +76,7 @@ from clipgen.analysis.sae.model import (
 )
 from clipgen.analysis.sae.resample import evaluate, resample_dead_latents, resample_probabilities
 from clipgen.analysis.sae.steps import FusedStep, GraphStep, make_optimizer
-from clipgen.analysis.sae.trainer import SAETrainer, TrainResult, train_sae
+from clipgen.analysis.sae.trainer import SAETrainer, TrainResult, run_train_sae
 
 __all__ = [
     "ACTIVATIONS", "CHECKPOINT_DIR", "CHECKPOINT_FORMAT", "CURVES_FILE", "DEFAULT_BATCH_SIZE", "FINAL_EVAL_ROWS",
@@ -84,6 +84,6 @@ __all__ = [
     "SAE_FORMAT", "SAE_VERSION", "STEP_MODES", "ArraySource", "FusedStep", "GraphStep", "ReLUSAE", "SAEArch",
     "SAETrainConfig", "SAETrainer", "SparseAutoencoder", "StreamingSource", "TopKSAE", "TrainResult", "TrainingData",
     "check_width", "create_sae", "curves_figure", "evaluate", "list_checkpoints", "load_sae", "make_optimizer",
-    "open_training_data", "plot_curves", "read_log", "resample_dead_latents", "resample_probabilities", "sae_loss",
-    "save_sae", "train_sae",
+    "open_training_data", "plot_curves", "read_log", "resample_dead_latents", "resample_probabilities", "run_train_sae",
+    "sae_loss", "save_sae",
 ]

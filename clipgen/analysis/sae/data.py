@@ -174,7 +174,7 @@ class StreamingSource:
 
 @dataclass
 class TrainingData:
-    """What :func:`train_sae` trains and validates on."""
+    """What :func:`run_train_sae` trains and validates on."""
 
     source: ArraySource | StreamingSource
     val: torch.Tensor | None = None

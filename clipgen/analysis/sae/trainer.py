@@ -1,4 +1,4 @@
-"""Training an SAE run: :func:`train_sae` (the entry point) builds an :class:`SAETrainer` and runs it.
+"""Training an SAE run: :func:`run_train_sae` (the entry point) builds an :class:`SAETrainer` and runs it.
 
 The trainer owns one run folder: it starts it (or continues it from its newest checkpoint), feeds batches to the
 fused step, and between steps resamples dead latents, logs, validates and checkpoints; at the end it evaluates the
@@ -381,9 +381,9 @@ class SAETrainer:
                            samples_per_s=sps, already_complete=already)
 
 
-def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: SparseAutoencoder | None = None,
-              resume: bool = False, force: bool = False, progress: bool = True,
-              callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+def run_train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: SparseAutoencoder | None = None,
+                  resume: bool = False, force: bool = False, progress: bool = True,
+                  callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
     """Train an SAE on ``data`` (default: the stores of ``cfg``) and write the run to ``cfg.out``.
 
     ``OUT/config.json`` (this config), ``OUT/log.jsonl`` (one JSON object per log interval, validation and
