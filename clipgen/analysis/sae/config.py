@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipgen.analysis.sae.model import ACTIVATIONS
 from clipgen.errors import option_error
 
+#: The SAE variants by activation (:data:`clipgen.analysis.sae.model.SAE_CLASSES` implements each).
+ACTIVATIONS = ("relu", "topk")
 STEP_MODES = ("auto", "eager", "graph")
 #: The published loss-estimation sample count of the resampler.
 PUBLISHED_RESAMPLE_SAMPLES = 819_200

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from clipgen.analysis.sae.config import ACTIVATIONS
 from clipgen.errors import option_error
 
-ACTIVATIONS = ("relu", "topk")
 #: Initialisations: ``default`` = nn.Linear's (encoder weight and bias uniform in +-1/sqrt(d_in)), dictionary
 #: vectors uniform in [-1, 1] then unit-normalised; ``published`` = the ``sparse_autoencoder`` library's on its
 #: (components=1, d_sae, d_in) encoder weight: ``kaiming_uniform_(nonlinearity="relu")``, whose fan-in of a 3-D
