@@ -223,8 +223,8 @@ class Demo:
         synth = SynthConfig(out=self.data, n_classes=s.n_classes, n_held_out=s.n_held_out,
                             train_per_class=s.train_per_class, test_per_class=s.test_per_class,
                             base_per_class=s.base_per_class, base_extra_classes=s.base_extra_classes,
-                            image_size=s.image_size, seed=self.cfg.seed)
-        res = run_synth(synth, force=True, progress=self.cfg.progress)
+                            image_size=s.image_size, seed=self.cfg.seed, force=True)
+        res = run_synth(synth, progress=self.cfg.progress)
         run_captions(CaptionConfig(root=self.data, force=True), progress=self.cfg.progress)
         return {"root": str(self.data), "contact_sheet": str(res.contact_sheet)}
 
@@ -368,7 +368,7 @@ class Demo:
             feats = out / "features"
             run_feature_sharing(FeatureSharingConfig(store=str(self.store(setup, "test")), sae=str(out),
                                                      out=str(feats), test_domain=self.test_domain,
-                                                     device=self.device_arg), force=True,
+                                                     device=self.device_arg, force=True),
                                 progress=self.cfg.progress)
             outs[setup] = {"sae": str(out), "names": str(out / "names"), "features": str(feats)}
         return outs

@@ -152,6 +152,9 @@ def test_run_feature_sharing_matches_arrays(tmp_path):
     assert json.loads((out / "config.json").read_text())["command"] == "sae features"
     with pytest.raises(ClipgenError, match="already exists; pass --force"):
         run_feature_sharing(cfg, progress=False)
+    cfg.force = True  # force is a config field, recorded in config.json like the others
+    assert run_feature_sharing(cfg, progress=False)[0].classes == res.classes
+    assert json.loads((out / "config.json").read_text())["config"]["force"] is True
     # explicit classes and test domain (letters accepted), every row
     cfg2 = FeatureSharingConfig(store=str(store), sae=str(tmp_path / "sae.pt"), out=str(tmp_path / "fs2"),
                                 classes=["Aircraft Carrier", "bed"], test_domain="c", split="all", device="cpu")

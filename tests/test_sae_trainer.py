@@ -192,9 +192,10 @@ def test_resume_refuses_changed_settings(tmp_path, planted):
     with pytest.raises(ClipgenError, match="^--l1: .*0.03.*0.01.*pass --force to start over$"):
         run_train_sae(sae_cfg(tmp_path / "run", epochs=2, l1=1e-2), TrainingData(ArraySource(x)), progress=False)
     # --force starts over
-    res = run_train_sae(sae_cfg(tmp_path / "run", epochs=1, l1=1e-2), TrainingData(ArraySource(x)), progress=False,
-                        force=True)
+    res = run_train_sae(sae_cfg(tmp_path / "run", epochs=1, l1=1e-2, force=True), TrainingData(ArraySource(x)),
+                        progress=False)
     assert res.steps == 32
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["force"] is True
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, planted):

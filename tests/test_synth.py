@@ -1,4 +1,5 @@
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,13 @@ def test_deterministic_by_seed(tmp_path):
 
 
 def test_refusals(tmp_path, synth_root):
+    assert json.loads((synth_root / "config.json").read_text())["config"]["force"] is False  # a config field
     with pytest.raises(ClipgenError, match="not empty"):
         run_synth(SynthConfig(out=synth_root))
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "mine.txt").write_text("keep me")
     with pytest.raises(ClipgenError, match="does not look like"):
-        run_synth(SynthConfig(out=tmp_path / "x"), force=True)
+        run_synth(SynthConfig(out=tmp_path / "x", force=True))
     assert (tmp_path / "x" / "mine.txt").read_text() == "keep me"
     with pytest.raises(ClipgenError, match="--image-size"):
         run_synth(SynthConfig(out=tmp_path / "y", image_size=8))

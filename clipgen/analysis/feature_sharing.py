@@ -247,6 +247,7 @@ class FeatureSharingConfig:
     batch_size: int = 4096
     device: str = "auto"
     names: str | None = None  # 'sae names' output to attach (default: SAE_RUN/names when it exists)
+    force: bool = False  # overwrite existing results in out
 
 
 def find_test_domain(provenance: Any) -> str | None:
@@ -292,8 +293,7 @@ def _resolve_classes(st: Any, names: Sequence[str] | None) -> dict[int, str]:
     return {int(lab): table.get(int(lab), str(lab)) for lab in held}
 
 
-def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
-                        progress: bool = True) -> tuple[FeatureSharing, Path]:
+def run_feature_sharing(cfg: FeatureSharingConfig, *, progress: bool = True) -> tuple[FeatureSharing, Path]:
     """Encode the selected rows of the store with the SAE and write results, histograms and figures to ``cfg.out``.
 
     ``OUT/feature-sharing.json`` (:meth:`FeatureSharing.to_json` plus the inputs), ``OUT/histograms.npz``
@@ -318,7 +318,7 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
     out = Path(cfg.out)
     if not cfg.out:
         raise option_error("--out", "an output folder is required")
-    if (out / RESULT_FILE).exists() and not force:
+    if (out / RESULT_FILE).exists() and not cfg.force:
         raise option_error("--out", f"{out / RESULT_FILE} already exists; pass --force to overwrite it")
     device = resolve_device(cfg.device)
     model, info = load_sae(cfg.sae, device=device)

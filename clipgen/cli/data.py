@@ -69,9 +69,9 @@ def synth(
         n_classes=n_classes, n_held_out=n_held_out, train_per_class=train_per_class, test_per_class=test_per_class,
         base_per_class=base_per_class, base_extra_classes=base_extra_classes, image_size=image_size, seed=seed,
         quirks=quirks, workers=workers, split_sizes=parse_split_sizes(split_sizes) if split_sizes else None,
-        base_rows=base_rows, fast=fast, distinct_images=distinct_images,
+        base_rows=base_rows, fast=fast, distinct_images=distinct_images, force=force,
     )
-    res = run_synth(cfg, force=force)
+    res = run_synth(cfg)
     total = sum(sum(v.values()) for v in res.counts.values())
     con.print(f"[bold]synthetic DomainNet[/] in {res.root}: {len(res.classes)} classes "
               f"({len(res.held_out)} held-out: {', '.join(res.held_out)}), {total} images in {len(res.counts)} "

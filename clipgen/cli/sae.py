@@ -126,9 +126,9 @@ def train(
         resample_max=resample_max, resample_window=resample_window, resample_samples=resample_samples,
         dead_window=dead_window, log_every=log_every, val_every=val_every, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, buffer_mb=buffer_mb, block_rows=block_rows, device=device,
-        precision=precision, step_mode=step_mode, paper=paper,
+        precision=precision, step_mode=step_mode, paper=paper, force=force,
     )
-    res = run_train_sae(cfg, resume=resume, force=force, progress=progress)
+    res = run_train_sae(cfg, resume=resume, progress=progress)
     con = summary_console(as_json)
     f = res.final or {}
     if res.already_complete:
@@ -202,8 +202,8 @@ def features(
     cfg = FeatureSharingConfig(store=str(store), sae=str(sae), out=str(out), layer=layer, test_domain=test_domain,
                                classes=split_list(classes), split=split, top=top, ks=k_values,
                                zero_bins=zero_bins.strip().lower(), batch_size=batch_size, device=device,
-                               names=str(names) if names else None)
-    res, path = run_feature_sharing(cfg, force=force, progress=progress)
+                               names=str(names) if names else None, force=force)
+    res, path = run_feature_sharing(cfg, progress=progress)
     con = summary_console(as_json)
     con.print(f"[bold]feature sharing[/] (mpct over k={','.join(map(str, res.ks))}, top {res.top}), "
               f"{len(res.classes)} classes: {', '.join(res.classes)}")

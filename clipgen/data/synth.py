@@ -104,6 +104,7 @@ class SynthConfig:
     # At most this many distinct images per (domain, split, class); the others are hard links to them (the files,
     # paths and decoding cost of a large dataset, rendered in a fraction of the time). None: every image distinct.
     distinct_images: int | None = None
+    force: bool = False  # replace an existing synthetic dataset in out
 
 
 def spread(total: int, n: int) -> list[int]:
@@ -328,10 +329,10 @@ class SynthResult:
     contact_sheet: Path
 
 
-def run_synth(cfg: SynthConfig, *, force: bool = False, progress: bool = True) -> SynthResult:
+def run_synth(cfg: SynthConfig, *, progress: bool = True) -> SynthResult:
     """Generate the synthetic DomainNet under ``cfg.out`` (deterministic in ``cfg.seed``).
 
-    An existing non-empty ``cfg.out`` is refused unless ``force``; it is then replaced only once the new
+    An existing non-empty ``cfg.out`` is refused unless ``cfg.force``; it is then replaced only once the new
     dataset is complete.
     """
     from clipgen.progress import make_progress
@@ -355,7 +356,7 @@ def run_synth(cfg: SynthConfig, *, force: bool = False, progress: bool = True) -
         if any(len(v) != 2 or min(v) < 0 for v in cfg.split_sizes.values()):
             raise option_error("--split-sizes", "each domain needs two sizes (train, test), none negative")
     root = Path(cfg.out)
-    check_out_dir(root, force)
+    check_out_dir(root, cfg.force)
     classes = resolve_classes(cfg)
     layout, empty_painting = plan(cfg, classes)
     base_classes = _base_classes(cfg, classes)

@@ -55,6 +55,7 @@ class SAETrainConfig:
     precision: str = "auto"  # fp32 or bf16 (bf16: matrix products in bf16, fp32 master weights)
     step_mode: str = "auto"  # eager, graph (CUDA graph) or auto (graph on CUDA)
     paper: bool = False  # the published computation: projected decoder gradient, library init, total-loss resampling
+    force: bool = False  # start over, replacing the run in out (needed when its settings differ)
 
     def resolved_l1(self) -> float:
         if self.l1 is not None:

@@ -120,10 +120,10 @@ class SAETrainer:
     """
 
     def __init__(self, cfg: SAETrainConfig, data: TrainingData | None = None, *,
-                 model: SparseAutoencoder | None = None, force: bool = False, progress: bool = True,
+                 model: SparseAutoencoder | None = None, progress: bool = True,
                  callback: Callable[[int, dict[str, Any]], None] | None = None):
         self.cfg, self.data, self.model = cfg, data, model
-        self.force, self.progress, self.callback = force, progress, callback
+        self.progress, self.callback = progress, callback
         self.out = Path(cfg.out)
         self.step = self.resample_checks = self.revived = self.last_log = self.revived_since_log = 0
         self.last_train: dict[str, Any] = {}
@@ -132,14 +132,15 @@ class SAETrainer:
     # -- setup ----------------------------------------------------------------------------------------------------
 
     def _checkpoints(self) -> dict[int, Path]:
-        """The run's checkpoints to continue from; a run without any (or ``force``) starts over in a clean folder."""
+        """The run's checkpoints to continue from; a run without any (or ``cfg.force``) starts over in a clean
+        folder."""
         out = self.out
         if out.exists() and not out.is_dir():
             raise option_error("--out", f"{out} exists and is not a folder")
         existing = run_files(out) if out.exists() else []
         # the same command continues the run in OUT (``resume`` is implied and kept for compatibility); a run stopped
         # before its first checkpoint has nothing to continue from and starts over, as does ``force``
-        ckpts = {} if self.force else list_checkpoints(out)
+        ckpts = {} if self.cfg.force else list_checkpoints(out)
         if existing and not ckpts:
             for p in existing:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -382,7 +383,7 @@ class SAETrainer:
 
 
 def run_train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: SparseAutoencoder | None = None,
-                  resume: bool = False, force: bool = False, progress: bool = True,
+                  resume: bool = False, progress: bool = True,
                   callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
     """Train an SAE on ``data`` (default: the stores of ``cfg``) and write the run to ``cfg.out``.
 
@@ -390,7 +391,7 @@ def run_train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, mode
     resampling event), ``OUT/checkpoints/step_N.pt`` (model, Adam, counters; the last ``keep_checkpoints`` kept),
     ``OUT/sae.pt`` (the final SAE, see :func:`load_sae`) and ``OUT/metrics.json``. An existing run in ``OUT``
     continues from its newest checkpoint (``epochs`` may be raised to train longer; other settings are refused) unless
-    ``force`` starts over; ``resume`` is accepted for compatibility and changes nothing. ``model`` replaces the
+    ``cfg.force`` starts over; ``resume`` is accepted for compatibility and changes nothing. ``model`` replaces the
     freshly initialised SAE (tests use it to plant dead latents). ``callback(step, info)`` runs after every step.
     The run folder is written under an exclusive writer lock (:mod:`clipgen.locks`): a second process is refused.
     """
@@ -400,4 +401,4 @@ def run_train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, mode
     if not cfg.out:
         raise option_error("--out", "an output folder is required")
     with output_lock(cfg.out):
-        return SAETrainer(cfg, data, model=model, force=force, progress=progress, callback=callback).run()
+        return SAETrainer(cfg, data, model=model, progress=progress, callback=callback).run()
