@@ -13,7 +13,7 @@ from clipgen.analysis.sae import (
     StreamingSource,
     run_train_sae,
 )
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from tests._fixtures_sae import run_log, store_cfg
 
 
@@ -129,13 +129,13 @@ def test_store_refusals(tmp_path):
 
     store, _ = make_store(tmp_path / "s.h5")
     wide, _ = make_store(tmp_path / "w.h5", width=20)
-    with pytest.raises(ClipgenError, match="^--layer: .*s.h5: no layer 'resblock1'"):
+    with pytest.raises(ConfigFieldError, match="^layer: .*s.h5: no layer 'resblock1'"):
         run_train_sae(store_cfg(tmp_path / "a", [store], layer="resblock1"), progress=False)
-    with pytest.raises(ClipgenError, match="^STORE: layer 'embedding' has different widths"):
+    with pytest.raises(ConfigFieldError, match="^stores: layer 'embedding' has different widths"):
         run_train_sae(store_cfg(tmp_path / "b", [store, wide]), progress=False)
-    with pytest.raises(ClipgenError, match="^--split: .*no rows of split 'val' .*splits: test, train"):
+    with pytest.raises(ConfigFieldError, match="^split: .*no rows of split 'val' .*splits: test, train"):
         run_train_sae(store_cfg(tmp_path / "c", [store], split="val"), progress=False)
-    with pytest.raises(ClipgenError, match="^--val-store: .*w.h5: layer 'embedding' is 20 wide"):
+    with pytest.raises(ConfigFieldError, match="^val_store: .*w.h5: layer 'embedding' is 20 wide"):
         run_train_sae(store_cfg(tmp_path / "d", [store], val_store=str(wide)), progress=False)
     with pytest.raises(ClipgenError, match="not an HDF5 file"):
         (tmp_path / "junk.h5").write_text("junk")

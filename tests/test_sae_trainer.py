@@ -19,7 +19,7 @@ from clipgen.analysis.sae import (
     load_sae,
     run_train_sae,
 )
-from clipgen.errors import ClipgenError
+from clipgen.errors import ConfigFieldError
 from tests._fixtures_sae import (
     model_with_dead,
     planted_fixture,  # noqa: F401 (the `planted` fixture)
@@ -189,7 +189,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, planted
 def test_resume_refuses_changed_settings(tmp_path, planted):
     x, _ = planted
     run_train_sae(sae_cfg(tmp_path / "run", epochs=1), TrainingData(ArraySource(x)), progress=False)
-    with pytest.raises(ClipgenError, match="^--l1: .*0.03.*0.01.*pass --force to start over$"):
+    with pytest.raises(ConfigFieldError, match="^l1: .*0.03.*0.01.*pass --force to start over$"):
         run_train_sae(sae_cfg(tmp_path / "run", epochs=2, l1=1e-2), TrainingData(ArraySource(x)), progress=False)
     # --force starts over
     res = run_train_sae(sae_cfg(tmp_path / "run", epochs=1, l1=1e-2, force=True), TrainingData(ArraySource(x)),
@@ -200,13 +200,13 @@ def test_resume_refuses_changed_settings(tmp_path, planted):
 
 def test_bad_settings_are_one_line_errors(tmp_path, planted):
     x, _ = planted
-    with pytest.raises(ClipgenError, match="^--batch-size: 8192 is larger than the 4096 training rows"):
+    with pytest.raises(ConfigFieldError, match="^batch_size: 8192 is larger than the 4096 training rows"):
         run_train_sae(sae_cfg(tmp_path / "a", batch_size=8192), TrainingData(ArraySource(x)), progress=False)
-    with pytest.raises(ClipgenError, match="^--precision"):
+    with pytest.raises(ConfigFieldError, match="^precision: "):
         run_train_sae(sae_cfg(tmp_path / "b", precision="fp16"), TrainingData(ArraySource(x)), progress=False)
-    with pytest.raises(ClipgenError, match="^--step-mode"):
+    with pytest.raises(ConfigFieldError, match="^step_mode: "):
         run_train_sae(sae_cfg(tmp_path / "c", step_mode="graph"), TrainingData(ArraySource(x)), progress=False)
-    with pytest.raises(ClipgenError, match="^--k"):
+    with pytest.raises(ConfigFieldError, match="^k: "):
         SparseAutoencoder(SAEArch(d_in=4, d_sae=8, activation="topk", k=9))
     assert not (tmp_path / "a").exists()
 
@@ -274,6 +274,6 @@ def test_default_batch_size_fits_a_small_training_set(tmp_path, planted, capsys)
     # the paper's 2048 when there are enough rows
     assert run_train_sae(sae_cfg(tmp_path / "big", batch_size=None, epochs=1), TrainingData(ArraySource(x)),
                          progress=False).steps == 2
-    with pytest.raises(ClipgenError, match=r"^--batch-size: 4096 is larger than the 1577 training rows; pass "
+    with pytest.raises(ConfigFieldError, match=r"^batch_size: 4096 is larger than the 1577 training rows; pass "
                                            r"--batch-size 1577 or less"):
         run_train_sae(sae_cfg(tmp_path / "c", batch_size=4096), TrainingData(ArraySource(x[:1577])), progress=False)

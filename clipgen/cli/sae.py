@@ -28,7 +28,7 @@ app = typer.Typer(help="Sparse autoencoders on an activation store: train, and S
 
 @app.command("train")
 def train(
-    stores: list[Path] = typer.Argument(..., help="Activation store(s) with the training rows (read only)."),
+    store: list[Path] = typer.Argument(..., help="Activation store(s) with the training rows (read only)."),
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: first STORE without suffix + '-sae' beside it)."),
     layer: str = typer.Option(default(SAETrainConfig, "layer"), "--layer",
@@ -116,9 +116,9 @@ def train(
     if paper and resample_every not in (None, 0):
         raise option_error("--paper", "cannot be combined with --resample-every (the published run never resamples)")
     if out is None:
-        out = stores[0].with_name(stores[0].stem + "-sae")
+        out = store[0].with_name(store[0].stem + "-sae")
     cfg = SAETrainConfig(
-        stores=[str(s) for s in stores], out=str(out), layer=layer, split=split,
+        stores=[str(s) for s in store], out=str(out), layer=layer, split=split,
         val_store=str(val_store) if val_store else None, val_split=val_split, val_fraction=val_fraction,
         val_max_rows=val_max_rows, expansion=expansion, activation=activation.strip().lower(), k=k,
         scale_inputs=scale_inputs, l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed,
