@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.extraction import ExtractConfig, run_extract
 from clipgen.store import open_store
 from clipgen.store.merge import merge_shards
@@ -151,7 +151,7 @@ def test_unpooled_maps(tmp_path, random_run_dir, synth_root):
         for name in ("act3", "resblock4"):
             m = full.read_layer(name, dtype=np.float64).mean(axis=(2, 3))
             np.testing.assert_allclose(m, pooled.read_layer(name), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ClipgenError, match="--pooling: 'none' would store about .* raise --max-size-gb"):
+    with pytest.raises(ConfigFieldError, match="^pooling: 'none' would store about .* raise --max-size-gb"):
         run_extract(_cfg(tmp_path / "big.h5", random_run_dir, synth_root, pooling="none", max_size_gb=0.001),
                     progress=False)
 
@@ -366,9 +366,9 @@ def test_refusals(tmp_path, random_run_dir, synth_root):
         run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, layers="act1,conv9"), progress=False)
     with pytest.raises(ClipgenError, match="--data: give exactly one image set"):
         run_extract(_cfg(tmp_path / "x.h5", random_run_dir, None), progress=False)
-    with pytest.raises(ClipgenError, match="--block-rows: 12 is not a multiple"):
+    with pytest.raises(ConfigFieldError, match="^block_rows: 12 is not a multiple"):
         run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, block_rows=12), progress=False)
-    with pytest.raises(ClipgenError, match="--pooling: unknown value 'max'"):
+    with pytest.raises(ConfigFieldError, match="^pooling: unknown value 'max'"):
         run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, pooling="max"), progress=False)
     foreign = tmp_path / "foreign.h5"
     foreign.write_text("something else")
@@ -480,10 +480,10 @@ def test_a_store_from_the_image_cache_equals_one_from_the_jpegs(tmp_path, tiny_s
 # -- failures: nothing left behind, finished work kept, one writer at a time -----------------------------------
 
 def test_numeric_settings_refused_before_any_work(tmp_path, random_run_dir, synth_root):
-    for kw, opt in ((dict(batch_size=-4), "--batch-size"), (dict(batch_size=0), "--batch-size"),
-                    (dict(block_rows=0), "--block-rows"), (dict(workers=-1), "--workers"),
-                    (dict(writer_threads=-2), "--writer-threads"), (dict(max_size_gb=0.0), "--max-size-gb")):
-        with pytest.raises(ClipgenError, match=f"^{opt}: "):
+    for kw, field in ((dict(batch_size=-4), "batch_size"), (dict(batch_size=0), "batch_size"),
+                      (dict(block_rows=0), "block_rows"), (dict(workers=-1), "workers"),
+                      (dict(writer_threads=-2), "writer_threads"), (dict(max_size_gb=0.0), "max_size_gb")):
+        with pytest.raises(ConfigFieldError, match=f"^{field}: "):
             run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, **kw), progress=False)
     assert list(tmp_path.iterdir()) == []
 

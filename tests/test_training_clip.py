@@ -7,7 +7,7 @@ import torch
 
 from clipgen.artifacts import sha256_file
 from clipgen.data.mixture_info import read_info
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.models.registry import model_config
 from clipgen.runs import list_checkpoints, load_clip, load_state_dict, read_manifest
 from clipgen.training.clip import (
@@ -32,7 +32,7 @@ def test_prepare_errors(train_mixtures, tmp_path):
     base = dict(train=train, logs=tmp_path, device="cpu")
     with pytest.raises(ClipgenError, match=r"^--model: unknown model 'RN51'"):
         prepare_clip_run(ClipTrainConfig(**base, model="RN51"))
-    with pytest.raises(ClipgenError, match=r"^--name: '\.\./x' is not a usable run name"):
+    with pytest.raises(ConfigFieldError, match=r"^name: '\.\./x' is not a usable run name"):
         prepare_clip_run(ClipTrainConfig(**base, name="../x"))
     with pytest.raises(ClipgenError, match=r"fewer than one optimizer step \(effective batch 4096\)"):
         prepare_clip_run(ClipTrainConfig(**base, batch_size=4096))

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.models.supervised import create_supervised
 from clipgen.runs import list_checkpoints, load_state_dict, read_manifest
 from clipgen.training.launch import LaunchPlan
@@ -31,12 +31,12 @@ def test_paper_preset_settings(tmp_path):
     cpu = resolve_settings(SupervisedTrainConfig(train=tmp_path / "t.tsv", preset="imagenet-captions"), tmp_path,
                            LaunchPlan("local", "cpu", 1))
     assert cpu.precision == "fp32" and cpu.batch_per_process == 256
-    with pytest.raises(ClipgenError, match=r"^--batch-size: global batch 256 is not divisible by 3 processes"):
+    with pytest.raises(ConfigFieldError, match=r"^batch_size: global batch 256 is not divisible by 3 processes"):
         resolve_settings(SupervisedTrainConfig(train="t", preset="imagenet-captions"), tmp_path,
                          LaunchPlan("torchrun", "cuda", 3))
-    with pytest.raises(ClipgenError, match=r"^--precision: fp16 mixed precision needs a GPU"):
+    with pytest.raises(ConfigFieldError, match=r"^precision: fp16 mixed precision needs a GPU"):
         resolve_settings(SupervisedTrainConfig(train="t", precision="fp16"), tmp_path, LaunchPlan("local", "cpu", 1))
-    with pytest.raises(ClipgenError, match=r"^--milestones: \[5, 3\]: must be increasing"):
+    with pytest.raises(ConfigFieldError, match=r"^milestones: \[5, 3\]: must be increasing"):
         resolve_settings(SupervisedTrainConfig(train="t", milestones=[5, 3]), tmp_path, LaunchPlan("local", "cpu", 1))
 
 
@@ -111,7 +111,7 @@ def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     assert read_manifest(logs / "b").extra["history"][-1]["from_epoch"] == 2
     again = run_train_supervised(_cfg(train_mixtures, logs, "b", 3, resume=True))  # --resume: accepted, changes nothing
     assert again.skipped
-    with pytest.raises(ClipgenError, match=r"^--name: run .*/b was started with other settings \(lr 0\.01 -> 0\.5\); "
+    with pytest.raises(ConfigFieldError, match=r"^name: run .*/b was started with other settings \(lr 0\.01 -> 0\.5\); "
                                            r"rerun with its settings to continue it, pass --force to start it over"):
         run_train_supervised(_cfg(train_mixtures, logs, "b", 4, lr=0.5))
     # a corrupt latest.pt is a one-line error on resume
