@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from clipgen import domainnet as dn
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
 STATE_FILE = "demo.json"
 STATE_VERSION = 1
@@ -112,7 +112,7 @@ class DemoConfig:
     def resolved_scale(self) -> DemoScale:
         name = self.scale or ("full" if self.full else "default")
         if name not in SCALES:
-            raise option_error("--scale", f"unknown scale {name!r} (one of {', '.join(SCALES)})")
+            raise ConfigFieldError("scale", f"unknown scale {name!r} (one of {', '.join(SCALES)})")
         return SCALES[name]
 
 
