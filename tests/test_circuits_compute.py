@@ -115,9 +115,9 @@ def test_a_vit_model_gets_its_chain_recorded_in_the_settings(tmp_path, synth_roo
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"steps": 0}, "--steps: must be at least 1"),
-    ({"rule": "simpson"}, "--rule: unknown rule 'simpson'"),
-    ({"node_fraction": 0.0}, r"--node-fraction: must be in \(0, 1\]"),
+    ({"steps": 0}, "^steps: must be at least 1"),
+    ({"rule": "simpson"}, "^rule: unknown rule 'simpson'"),
+    ({"node_fraction": 0.0}, r"^node_fraction: must be in \(0, 1\]"),
     ({"samples_per_class": 0}, "--samples-per-class: must be at least 1"),
     ({"memory_gb": -1.0}, "--memory-gb: must be positive"),
     ({"shard": "2/2"}, "--shard: shard 2/2: need 0 <= i < n"),
@@ -170,5 +170,5 @@ def test_circuits_from_the_image_cache_equal_decoding_the_jpegs(tmp_path, small_
     assert_same_entries(out, small_circuits)
     small = run_cache(CacheConfig(out=tmp_path / "s.h5", data=synth_root, split="test", size=32, workers=0),
                       progress=False).path
-    with pytest.raises(ClipgenError, match="--images: .*s.h5 was made for another preprocessing"):
+    with pytest.raises(ClipgenError, match="^images: .*s.h5 was made for another preprocessing"):
         compute_circuits(small_config(tmp_path / "y.h5", circuits_run_dir, synth_root, images=small), progress=False)
