@@ -364,7 +364,7 @@ def test_bad_images_fail_or_skip(tmp_path, broken_root, random_run_dir):
 def test_refusals(tmp_path, random_run_dir, synth_root):
     with pytest.raises(ClipgenError, match="--layer: unknown layer.*valid: act1 act2"):
         run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, layers="act1,conv9"), progress=False)
-    with pytest.raises(ClipgenError, match="--data: give exactly one image set"):
+    with pytest.raises(ConfigFieldError, match="^data: give exactly one image set"):
         run_extract(_cfg(tmp_path / "x.h5", random_run_dir, None), progress=False)
     with pytest.raises(ConfigFieldError, match="^block_rows: 12 is not a multiple"):
         run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, block_rows=12), progress=False)
@@ -472,7 +472,7 @@ def test_a_store_from_the_image_cache_equals_one_from_the_jpegs(tmp_path, tiny_s
     _assert_same_store(out, tiny_store)
     with open_store(out) as st:
         assert st.provenance["image_cache"]["path"] == str(cache.resolve())
-    with pytest.raises(ClipgenError, match="--images: .*c.h5 does not hold 96 of the 96 requested images"):
+    with pytest.raises(ConfigFieldError, match="^images: .*c.h5 does not hold 96 of the 96 requested images"):
         run_extract(_cfg(tmp_path / "t.h5", random_run_dir, synth_root, split="train", images=cache), progress=False)
     assert not (tmp_path / "t.h5").exists()
 
