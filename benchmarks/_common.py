@@ -53,11 +53,11 @@ def photo_sized_root(out: Path, n_classes: int, per_class: int, width: int = 400
     of a typical DomainNet image, so that decoding costs what it costs on the real data."""
     from PIL import Image
 
-    from clipgen.data.synth import SynthConfig, generate
+    from clipgen.data.synth import SynthConfig, run_synth
 
-    generate(SynthConfig(out=out, n_classes=n_classes, train_per_class=1, test_per_class=per_class,
-                         base_per_class=1, base_extra_classes=0, image_size=64, workers=0, domains=list(domains)),
-             progress=False)
+    run_synth(SynthConfig(out=out, n_classes=n_classes, train_per_class=1, test_per_class=per_class,
+                          base_per_class=1, base_extra_classes=0, image_size=64, workers=0, domains=list(domains)),
+              progress=False)
     for d in domains:
         for line in (out / f"{d}_test.txt").read_text().split("\n"):
             if line.strip():

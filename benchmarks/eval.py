@@ -36,20 +36,20 @@ def measure(model: str, image_size: int, n_classes: int, per_class: int, device:
             workers: int, repeats: int, tmp: Path) -> dict:
     import numpy as np
 
-    from clipgen.data.synth import SynthConfig, generate
+    from clipgen.data.synth import SynthConfig, run_synth
     from clipgen.evaluation.results import read_predictions, read_results
     from clipgen.evaluation.zeroshot_eval import ZeroShotConfig, run_zero_shot
-    from clipgen.extraction import ExtractConfig, extract
+    from clipgen.extraction import ExtractConfig, run_extract
 
     run = make_run(tmp / f"run-{model}", model)
     root = tmp / f"dn-{model}"
-    generate(SynthConfig(out=root, n_classes=n_classes, train_per_class=1, test_per_class=per_class,
-                         base_per_class=1, base_extra_classes=0, image_size=image_size, workers=0,
-                         domains=["real", "sketch"]), progress=False)
+    run_synth(SynthConfig(out=root, n_classes=n_classes, train_per_class=1, test_per_class=per_class,
+                          base_per_class=1, base_extra_classes=0, image_size=image_size, workers=0,
+                          domains=["real", "sketch"]), progress=False)
     store = tmp / f"store-{model}.h5"
     t0 = time.perf_counter()
-    extract(ExtractConfig(out=store, model_dir=run, data=root, domains="rs", device=device, precision=precision,
-                          workers=workers), progress=False)
+    run_extract(ExtractConfig(out=store, model_dir=run, data=root, domains="rs", device=device, precision=precision,
+                              workers=workers), progress=False)
     t_extract = time.perf_counter() - t0
 
     def once(tag: str, stores: list[Path]) -> tuple[float, dict, Path]:

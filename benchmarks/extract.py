@@ -13,9 +13,9 @@ Sections, each on the same model, batch, precision and device:
    ratio = full extraction / model only (the issue's target on an H100 with RN50 bf16: >= 0.8).
 2. **Writer capacity**: img/s the store writer alone sustains for RN50-shaped rows (21 pooled layers + embedding,
    float16, gzip + shuffle), per number of compression threads, so the GPU target can be judged without a GPU.
-3. **From JPEG files**: ``clipgen.extraction.extract`` end to end (decoding in the data loader), and the data
+3. **From JPEG files**: ``clipgen.extraction.run_extract`` end to end (decoding in the data loader), and the data
    loader alone (decode + transform, no model), for several ``--workers`` settings; the best one is reported.
-4. **Memory** (CPU): the RSS ``extract`` adds (sampled every 2 ms) in a fresh process, for N and 4N images at the
+4. **Memory** (CPU): the RSS ``run_extract`` adds (sampled every 2 ms) in a fresh process, for N and 4N images at the
    same batch size (both at least one block): bounded by the batch/block size, not by the image set.
 
 Defaults: CPU, RN-tiny (64 px), batch 32, fp32 (sections 1, 3, 4; section 2 uses RN50 shapes). With a GPU (unless
@@ -38,10 +38,10 @@ from _common import make_run, set_threads
 
 
 def make_images(root: Path, image_size: int, per_class: int, n_classes: int = 12) -> Path:
-    from clipgen.data.synth import SynthConfig, generate
+    from clipgen.data.synth import SynthConfig, run_synth
 
-    generate(SynthConfig(out=root, n_classes=n_classes, train_per_class=1, test_per_class=per_class,
-                         base_per_class=1, base_extra_classes=0, image_size=image_size, workers=0), progress=False)
+    run_synth(SynthConfig(out=root, n_classes=n_classes, train_per_class=1, test_per_class=per_class,
+                          base_per_class=1, base_extra_classes=0, image_size=image_size, workers=0), progress=False)
     return root
 
 
@@ -262,7 +262,7 @@ def loader_only(records, preprocess, batch: int, workers: int, pin: bool) -> flo
 def jpeg_section(run: Path, tsv: Path, batch: int, device_name: str, precision: str, workers_list: list[int],
                  tmp: Path) -> dict:
     from clipgen.datasets import tsv_records
-    from clipgen.extraction import ExtractConfig, extract
+    from clipgen.extraction import ExtractConfig, run_extract
     from clipgen.runs import load_clip
 
     loaded = load_clip(run)
@@ -272,8 +272,8 @@ def jpeg_section(run: Path, tsv: Path, batch: int, device_name: str, precision: 
         res["loader_img_per_s"][w] = loader_only(recs, loaded.preprocess, batch, w, device_name == "cuda")
         out = tmp / f"jpeg-{w}.h5"
         t0 = time.perf_counter()
-        extract(ExtractConfig(out=out, model_dir=run, tsv=tsv, device=device_name, precision=precision,
-                              batch_size=batch, workers=w, text=False), progress=False)
+        run_extract(ExtractConfig(out=out, model_dir=run, tsv=tsv, device=device_name, precision=precision,
+                                  batch_size=batch, workers=w, text=False), progress=False)
         res["extract_img_per_s"][w] = len(recs) / (time.perf_counter() - t0)
         out.unlink()
     best = max(res["extract_img_per_s"], key=res["extract_img_per_s"].get)
@@ -287,7 +287,7 @@ def jpeg_section(run: Path, tsv: Path, batch: int, device_name: str, precision: 
 _CHILD = """
 import os, sys, threading, time
 from pathlib import Path
-from clipgen.extraction import ExtractConfig, extract
+from clipgen.extraction import ExtractConfig, run_extract
 from clipgen.runs import load_clip
 out, run, tsv, batch = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 page = os.sysconf("SC_PAGE_SIZE")
@@ -304,8 +304,8 @@ def poll():
 th = threading.Thread(target=poll, daemon=True)
 th.start()
 t0 = time.perf_counter()
-res = extract(ExtractConfig(out=out, model_dir=run, tsv=tsv, device="cpu", batch_size=batch, workers=0, text=False),
-              progress=False)
+res = run_extract(ExtractConfig(out=out, model_dir=run, tsv=tsv, device="cpu", batch_size=batch, workers=0, text=False),
+                  progress=False)
 secs = time.perf_counter() - t0
 done.set()
 th.join()

@@ -33,7 +33,7 @@ def measure(size: int, n_classes: int, per_class: int, batch: int, repeats: int,
     import torch
     from open_clip import image_transform
 
-    from clipgen.data.image_cache import CacheConfig, build_cache, open_cache
+    from clipgen.data.image_cache import CacheConfig, open_cache, run_cache
     from clipgen.datasets import make_loader
     from clipgen.evaluation.protocol import build_eval_set
 
@@ -43,8 +43,8 @@ def measure(size: int, n_classes: int, per_class: int, batch: int, repeats: int,
     caches, build_s = {}, {}
     for comp in ("none", "lzf"):
         t0 = time.perf_counter()
-        caches[comp] = build_cache(CacheConfig(out=tmp / f"cache-{comp}.h5", data=root, domains="sketch,real",
-                                               size=size, workers=0, compression=comp), progress=False).path
+        caches[comp] = run_cache(CacheConfig(out=tmp / f"cache-{comp}.h5", data=root, domains="sketch,real",
+                                             size=size, workers=0, compression=comp), progress=False).path
         build_s[comp] = time.perf_counter() - t0
 
     def jpeg(keep: bool = False):

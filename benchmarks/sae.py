@@ -9,7 +9,7 @@ Times, in the same run and at the same shapes and precision:
 * ``fused``: :class:`clipgen.analysis.sae.FusedStep` (hand-written gradients, five products, fused Adam,
   statistics kept on the device), batches gathered from device-resident data as in training;
 * ``graph`` (CUDA only): the fused step captured once in a CUDA graph and replayed (``--step-mode graph``);
-* ``train``: :func:`clipgen.analysis.sae.train_sae` end to end on in-memory rows (logging and bookkeeping in);
+* ``train``: :func:`clipgen.analysis.sae.run_train_sae` end to end on in-memory rows (logging and bookkeeping in);
 * ``read``: rows/s that the training data source delivers when it streams an HDF5 store (float16; gzip, as
   ``clipgen extract`` writes by default, and uncompressed), through the same code as ``clipgen sae train``
   (:func:`clipgen.analysis.sae.open_training_data`), without training.
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         SparseAutoencoder,
         TrainingData,
         make_optimizer,
+        run_train_sae,
         sae_loss,
-        train_sae,
     )
     from clipgen.devices import resolve_device
 
@@ -175,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
 
         results["graph"] = best_of(timer, graph_run, steps, warmup=GraphStep.WARMUP + 2)
 
-    # end to end: train_sae on in-memory rows
+    # end to end: run_train_sae on in-memory rows
     with tempfile.TemporaryDirectory() as tmp:
         epochs = max(1, (steps * 3) // (n_rows // b))
         cfg = SAETrainConfig(out=str(Path(tmp) / "run"), expansion=args.expansion, batch_size=b, epochs=epochs,
                              l1=l1, resample_every=0, log_every=b * 50, val_every=0, checkpoint_every=0,
                              device=str(device), precision=prec)
-        res = train_sae(cfg, TrainingData(ArraySource(data, seed=0, device=device)), progress=False)
+        res = run_train_sae(cfg, TrainingData(ArraySource(data, seed=0, device=device)), progress=False)
         results["train"] = b / res.samples_per_s if res.samples_per_s else float("nan")
 
         read_rates: dict[str, float] = {}

@@ -97,11 +97,11 @@ def bare_loop(model_name: str, batch: int, steps: int, device: str, precision: s
 
 def make_mixture(root: Path, per_class: int) -> Path:
     from clipgen import domainnet as dn
-    from clipgen.data.synth import SynthConfig, generate
+    from clipgen.data.synth import SynthConfig, run_synth
     from clipgen.tsv import read_tsv, write_tsv
 
-    generate(SynthConfig(out=root / "dn", n_classes=8, train_per_class=per_class, test_per_class=2, base_per_class=24,
-                         base_extra_classes=4, workers=1), progress=False)
+    run_synth(SynthConfig(out=root / "dn", n_classes=8, train_per_class=per_class, test_per_class=2, base_per_class=24,
+                          base_extra_classes=4, workers=1), progress=False)
     dnr = root / "dn"
     rows = read_tsv(dnr / "base_train.tsv")
     for d in ("real", "sketch", "clipart"):
@@ -112,12 +112,12 @@ def make_mixture(root: Path, per_class: int) -> Path:
 
 
 def run_trainer(tsv: Path, logs: Path, name: str, epochs: int, precision: str, batch: int) -> dict:
-    from clipgen.training.clip import ClipTrainConfig, train_clip
+    from clipgen.training.clip import ClipTrainConfig, run_train_clip
     from clipgen.tsv import count_rows
 
     t0 = time.perf_counter()
-    train_clip(ClipTrainConfig(train=tsv, logs=logs, name=name, preset="synthetic", epochs=epochs, device="cpu",
-                               precision=precision, batch_size=batch, log="quiet"))
+    run_train_clip(ClipTrainConfig(train=tsv, logs=logs, name=name, preset="synthetic", epochs=epochs, device="cpu",
+                                   precision=precision, batch_size=batch, log="quiet"))
     wall = time.perf_counter() - t0
     rows = count_rows(tsv)
     steps_per_epoch = rows // batch
@@ -155,11 +155,11 @@ def side_by_side(tsv: Path, logs: Path, epochs: int, batch: int) -> dict:
     """Wall time of two trainings one after the other (default threads) and side by side (1 thread each)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from clipgen.training.clip import ClipTrainConfig, train_clip
+    from clipgen.training.clip import ClipTrainConfig, run_train_clip
 
     def train(name: str, threads: int | None) -> None:
-        train_clip(ClipTrainConfig(train=tsv, logs=logs, name=name, preset="synthetic", epochs=epochs, device="cpu",
-                                   precision="fp32", batch_size=batch, threads=threads, log="quiet"))
+        run_train_clip(ClipTrainConfig(train=tsv, logs=logs, name=name, preset="synthetic", epochs=epochs, device="cpu",
+                                       precision="fp32", batch_size=batch, threads=threads, log="quiet"))
 
     t0 = time.perf_counter()
     for name in ("seq-a", "seq-b"):

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from clipgen import domainnet as dn
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
 STATE_FILE = "demo.json"
 STATE_VERSION = 1
@@ -112,7 +112,7 @@ class DemoConfig:
     def resolved_scale(self) -> DemoScale:
         name = self.scale or ("full" if self.full else "default")
         if name not in SCALES:
-            raise option_error("--scale", f"unknown scale {name!r} (one of {', '.join(SCALES)})")
+            raise ConfigFieldError("scale", f"unknown scale {name!r} (one of {', '.join(SCALES)})")
         return SCALES[name]
 
 
@@ -217,14 +217,14 @@ class Demo:
     # -- stages --------------------------------------------------------------------------------------------------
     def stage_data(self) -> dict[str, Any]:
         from clipgen.data.captions import CaptionConfig, run_captions
-        from clipgen.data.synth import SynthConfig, generate
+        from clipgen.data.synth import SynthConfig, run_synth
 
         s = self.scale
         synth = SynthConfig(out=self.data, n_classes=s.n_classes, n_held_out=s.n_held_out,
                             train_per_class=s.train_per_class, test_per_class=s.test_per_class,
                             base_per_class=s.base_per_class, base_extra_classes=s.base_extra_classes,
-                            image_size=s.image_size, seed=self.cfg.seed)
-        res = generate(synth, force=True, progress=self.cfg.progress)
+                            image_size=s.image_size, seed=self.cfg.seed, force=True)
+        res = run_synth(synth, progress=self.cfg.progress)
         run_captions(CaptionConfig(root=self.data, force=True), progress=self.cfg.progress)
         return {"root": str(self.data), "contact_sheet": str(res.contact_sheet)}
 
@@ -255,7 +255,7 @@ class Demo:
 
         from clipgen.progress import make_progress
         from clipgen.runs import list_checkpoints
-        from clipgen.training.clip import ClipTrainConfig, train_clip
+        from clipgen.training.clip import ClipTrainConfig, run_train_clip
         from clipgen.training.grid import TrainGridConfig, plan_grid
 
         s = self.scale
@@ -266,10 +266,10 @@ class Demo:
         parallel, threads = self.train_parallelism()
 
         def train(task):
-            return train_clip(ClipTrainConfig(train=Path(task.train), logs=self.runs, name=task.name,
-                                              preset="synthetic", model=s.model, epochs=s.epochs,
-                                              seed=self.cfg.seed, device=self.device.type, resume=True,
-                                              threads=threads, log="quiet"))
+            return run_train_clip(ClipTrainConfig(train=Path(task.train), logs=self.runs, name=task.name,
+                                                  preset="synthetic", model=s.model, epochs=s.epochs,
+                                                  seed=self.cfg.seed, device=self.device.type, resume=True,
+                                                  threads=threads, log="quiet"))
 
         runs = {}
         with make_progress(disable=not self.cfg.progress) as bar, ThreadPoolExecutor(parallel) as pool:
@@ -300,15 +300,15 @@ class Demo:
         return {"results": results, "summary": str(summary.out_dir)}
 
     def stage_extract(self) -> dict[str, Any]:
-        from clipgen.extraction import ExtractConfig, extract
+        from clipgen.extraction import ExtractConfig, run_extract
 
         stores = {}
         for setup in ANALYSED:
             for split, layers in (("test", "all"), ("train", "embedding")):
                 path = self.store(setup, split)
-                extract(ExtractConfig(out=path, model_dir=self.run_dir(setup), data=self.data, split=split,
-                                      domains="all", layers=layers, device=self.device_arg, resume=True,
-                                      text=split == "test"), progress=self.cfg.progress)
+                run_extract(ExtractConfig(out=path, model_dir=self.run_dir(setup), data=self.data, split=split,
+                                          domains="all", layers=layers, device=self.device_arg, resume=True,
+                                          text=split == "test"), progress=self.cfg.progress)
                 stores[f"{setup}/{split}"] = str(path)
         return {"stores": stores}
 
@@ -353,22 +353,22 @@ class Demo:
 
     def stage_sae(self) -> dict[str, Any]:
         from clipgen.analysis.feature_sharing import FeatureSharingConfig, run_feature_sharing
-        from clipgen.analysis.sae import SAETrainConfig, train_sae
+        from clipgen.analysis.sae import SAETrainConfig, run_train_sae
         from clipgen.analysis.sae_names import SaeNamesConfig, run_sae_names
 
         outs = {}
         for setup in ANALYSED:
             out = self.out / "sae" / self.run_name(setup)
             s = self.scale
-            train_sae(SAETrainConfig(stores=[str(self.store(setup, "train"))], out=str(out), layer="embedding",
-                                     epochs=s.sae_epochs, lr=s.sae_lr, batch_size=s.sae_batch, seed=self.cfg.seed,
-                                     device=self.device_arg), resume=True, progress=self.cfg.progress)
+            run_train_sae(SAETrainConfig(stores=[str(self.store(setup, "train"))], out=str(out), layer="embedding",
+                                         epochs=s.sae_epochs, lr=s.sae_lr, batch_size=s.sae_batch, seed=self.cfg.seed,
+                                         device=self.device_arg), resume=True, progress=self.cfg.progress)
             # names from the built-in vocabulary; the features below are labelled with them
             run_sae_names(SaeNamesConfig(sae=str(out), device=self.device_arg, force=True))
             feats = out / "features"
             run_feature_sharing(FeatureSharingConfig(store=str(self.store(setup, "test")), sae=str(out),
                                                      out=str(feats), test_domain=self.test_domain,
-                                                     device=self.device_arg), force=True,
+                                                     device=self.device_arg, force=True),
                                 progress=self.cfg.progress)
             outs[setup] = {"sae": str(out), "names": str(out / "names"), "features": str(feats)}
         return outs

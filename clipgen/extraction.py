@@ -22,7 +22,7 @@ import numpy as np
 from clipgen import __version__
 from clipgen import domainnet as dn
 from clipgen.data.image_sets import cache_batches, make_batches, resolve_image_set
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 from clipgen.store import schema
 from clipgen.store.blocks import BlockWriter
 from clipgen.store.parts import (
@@ -313,8 +313,8 @@ def _run_info(manifest) -> dict[str, Any] | None:
     return {"name": manifest.name, "seed": manifest.seed, "mixture": {k: mix.get(k) for k in keys} if mix else None}
 
 
-def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
-            note: Callable[[str], None] | None = None) -> ExtractResult:
+def run_extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
+                note: Callable[[str], None] | None = None) -> ExtractResult:
     """Run (or resume) an extraction and return where the finished store is.
 
     The store is written under an exclusive writer lock (:mod:`clipgen.locks`): a second process on the same output
@@ -333,13 +333,13 @@ def extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: in
 
 def _check_numbers(cfg: ExtractConfig) -> None:
     """Numeric options, checked before any work (the CLI checks them too; this guards library callers)."""
-    for opt, val, lo in (("--batch-size", cfg.batch_size, 1), ("--block-rows", cfg.block_rows, 1),
-                         ("--workers", cfg.workers, 0), ("--writer-threads", cfg.writer_threads, 0),
-                         ("--epoch", cfg.epoch, 0)):
+    for name, val, lo in (("batch_size", cfg.batch_size, 1), ("block_rows", cfg.block_rows, 1),
+                          ("workers", cfg.workers, 0), ("writer_threads", cfg.writer_threads, 0),
+                          ("epoch", cfg.epoch, 0)):
         if val is not None and val < lo:
-            raise option_error(opt, f"{val} is below the minimum {lo}")
+            raise ConfigFieldError(name, f"{val} is below the minimum {lo}")
     if not cfg.max_size_gb > 0:
-        raise option_error("--max-size-gb", f"{cfg.max_size_gb:g} is not a positive size")
+        raise ConfigFieldError("max_size_gb", f"{cfg.max_size_gb:g} is not a positive size")
 
 
 def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
@@ -352,12 +352,12 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
     from clipgen.progress import make_progress
 
     say = note or (lambda _m: None)
-    for opt, val, allowed in (("--pooling", cfg.pooling, POOLINGS), ("--token-pooling", cfg.token_pooling,
-                              TOKEN_POOLINGS), ("--dtype", cfg.dtype, schema.DTYPES),
-                              ("--on-error", cfg.on_error, ("fail", "skip")),
-                              ("--channels-last", cfg.channels_last, ("auto", "on", "off"))):
+    for name, val, allowed in (("pooling", cfg.pooling, POOLINGS), ("token_pooling", cfg.token_pooling,
+                               TOKEN_POOLINGS), ("dtype", cfg.dtype, schema.DTYPES),
+                               ("on_error", cfg.on_error, ("fail", "skip")),
+                               ("channels_last", cfg.channels_last, ("auto", "on", "off"))):
         if val not in allowed:
-            raise option_error(opt, f"unknown value {val!r} (one of {', '.join(allowed)})")
+            raise ConfigFieldError(name, f"unknown value {val!r} (one of {', '.join(allowed)})")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     records, image_set = resolve_image_set(cfg)
@@ -369,16 +369,16 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
     per_row = row_bytes(defs, cfg.dtype)
     total = per_row * len(records)
     if cfg.pooling == "none" and total > cfg.max_size_gb * 1e9:
-        raise option_error("--pooling", f"'none' would store about {total / 1e9:.1f} GB for {len(records)} images "
-                                        f"(limit {cfg.max_size_gb:g} GB): select fewer --layer/--domains or raise "
-                                        f"--max-size-gb")
+        raise ConfigFieldError("pooling", f"'none' would store about {total / 1e9:.1f} GB for {len(records)} images "
+                                          f"(limit {cfg.max_size_gb:g} GB): select fewer --layer/--domains or raise "
+                                          f"--max-size-gb")
     cuda = device.type == "cuda"
     out = shard_path(Path(cfg.out), *shard) if shard is not None else Path(cfg.out)
     old = {} if cfg.force else existing_settings(out)
     batch_size = cfg.batch_size or old.get("batch_size") or (256 if cuda else 32)
     block_rows = cfg.block_rows or old.get("block_rows") or default_block_rows(batch_size, per_row)
     if block_rows % batch_size:
-        raise option_error("--block-rows", f"{block_rows} is not a multiple of --batch-size {batch_size}")
+        raise ConfigFieldError("block_rows", f"{block_rows} is not a multiple of --batch-size {batch_size}")
     if shard is not None:
         i, n = shard
         a, b = shard_range(len(records), i, n, align=batch_size)
@@ -387,7 +387,7 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
         a, b, shard_info = 0, len(records), None
     sub = records[a:b]
     if not sub:
-        raise option_error("--shard", f"shard {cfg.shard} of {len(records)} images is empty; use fewer shards")
+        raise ConfigFieldError("shard", f"shard {cfg.shard} of {len(records)} images is empty; use fewer shards")
     pcfg = dict(loaded.model.visual.preprocess_cfg) if hasattr(loaded.model.visual, "preprocess_cfg") else {}
     provenance = {
         "model": {"name": loaded.model_name, "config": loaded.model_config},
@@ -481,5 +481,5 @@ def _extract(cfg: ExtractConfig, *, progress: bool = True, crash_after_blocks: i
     return ExtractResult(out, rows, skipped, written, plan.n_blocks, fingerprint=plan.fingerprint)
 
 
-__all__ = ["ExtractConfig", "ExtractResult", "Extractor", "default_block_rows", "extract", "layer_defs", "list_layers",
-           "row_bytes", "run_blocks"]
+__all__ = ["ExtractConfig", "ExtractResult", "Extractor", "default_block_rows", "layer_defs", "list_layers",
+           "row_bytes", "run_blocks", "run_extract"]

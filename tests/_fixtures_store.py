@@ -14,10 +14,10 @@ from tests.conftest import shared_artifact
 
 
 def build_tiny_store(out: Path, run_dir: Path, synth_root: Path) -> Path:
-    from clipgen.extraction import ExtractConfig, extract
+    from clipgen.extraction import ExtractConfig, run_extract
 
-    extract(ExtractConfig(out=out, model_dir=run_dir, data=synth_root, split="test", domains="all", layers="all",
-                          device="cpu", batch_size=32), progress=False)
+    run_extract(ExtractConfig(out=out, model_dir=run_dir, data=synth_root, split="test", domains="all", layers="all",
+                              device="cpu", batch_size=32), progress=False)
     return out
 
 

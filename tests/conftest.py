@@ -55,10 +55,10 @@ TINY_SYNTH = dict(n_classes=6, n_held_out=2, train_per_class=8, test_per_class=4
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A tiny synthetic DomainNet root (read-only for tests: copy it before modifying)."""
-    from clipgen.data.synth import SynthConfig, generate
+    from clipgen.data.synth import SynthConfig, run_synth
 
     def build(path: Path) -> None:
-        generate(SynthConfig(out=path / "dn", **TINY_SYNTH), progress=False)
+        run_synth(SynthConfig(out=path / "dn", **TINY_SYNTH), progress=False)
 
     return shared_artifact(tmp_path_factory, "synth-tiny", build) / "dn"
 

@@ -13,7 +13,7 @@ from clipgen.circuits import attribution_reference as R
 from clipgen.circuits.attribution_reference import perturbed_visual
 from clipgen.circuits.chain import metric
 from clipgen.circuits.resnet import ResNetChain
-from clipgen.errors import ClipgenError
+from clipgen.errors import ConfigFieldError
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,9 @@ def test_ig_alphas_by_rule():
     assert A.IGConfig(4, "left").alphas == [0.0, 0.25, 0.5, 0.75]
     assert A.IGConfig(4, "midpoint").alphas == [0.125, 0.375, 0.625, 0.875]
     assert A.IGConfig().steps == 10 and A.IGConfig().alphas[0] == 0.0 and A.IGConfig().alphas[-1] == 0.9
-    with pytest.raises(ClipgenError, match="--steps"):
+    with pytest.raises(ConfigFieldError, match="^steps"):
         A.IGConfig(0)
-    with pytest.raises(ClipgenError, match="--rule.*trapezoid"):
+    with pytest.raises(ConfigFieldError, match="^rule.*trapezoid"):
         A.IGConfig(10, "trapezoid")
 
 
@@ -56,7 +56,7 @@ def test_node_selection_by_hand_with_ties():
     assert [A.n_selected(c, 0.1) for c in (3, 32, 64, 256, 512, 1024, 2048, 30, 10)] == [
         1, 4, 7, 26, 52, 103, 205, 3, 1]
     for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ClipgenError, match="--node-fraction"):
+        with pytest.raises(ConfigFieldError, match="^node_fraction"):
             A.n_selected(10, bad)
 
 

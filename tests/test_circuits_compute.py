@@ -115,9 +115,9 @@ def test_a_vit_model_gets_its_chain_recorded_in_the_settings(tmp_path, synth_roo
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"steps": 0}, "--steps: must be at least 1"),
-    ({"rule": "simpson"}, "--rule: unknown rule 'simpson'"),
-    ({"node_fraction": 0.0}, r"--node-fraction: must be in \(0, 1\]"),
+    ({"steps": 0}, "^steps: must be at least 1"),
+    ({"rule": "simpson"}, "^rule: unknown rule 'simpson'"),
+    ({"node_fraction": 0.0}, r"^node_fraction: must be in \(0, 1\]"),
     ({"samples_per_class": 0}, "samples_per_class: must be at least 1"),
     ({"memory_gb": -1.0}, "memory_gb: must be positive"),
     ({"shard": "2/2"}, "shard: shard 2/2: need 0 <= i < n"),
@@ -157,18 +157,18 @@ def test_all_classes_skip_the_absent_pair_and_few_images_are_recorded(tmp_path, 
 @pytest.mark.slow
 def test_circuits_from_the_image_cache_equal_decoding_the_jpegs(tmp_path, small_circuits, circuits_run_dir,
                                                                 synth_root):
-    from clipgen.data.image_cache import CacheConfig, build_cache
+    from clipgen.data.image_cache import CacheConfig, run_cache
     from clipgen.datasets import DECODES
     from tests._circuits_helpers import assert_same_entries
 
-    cache = build_cache(CacheConfig(out=tmp_path / "c.h5", data=synth_root, split="test", size=64, workers=0),
-                        progress=False).path
+    cache = run_cache(CacheConfig(out=tmp_path / "c.h5", data=synth_root, split="test", size=64, workers=0),
+                      progress=False).path
     DECODES.reset()
     out = run_circuits(small_config(tmp_path / "x.h5", circuits_run_dir, synth_root, images=cache),
                            progress=False).path
     assert DECODES.reset() == 0
     assert_same_entries(out, small_circuits)
-    small = build_cache(CacheConfig(out=tmp_path / "s.h5", data=synth_root, split="test", size=32, workers=0),
-                        progress=False).path
-    with pytest.raises(ClipgenError, match="--images: .*s.h5 was made for another preprocessing"):
+    small = run_cache(CacheConfig(out=tmp_path / "s.h5", data=synth_root, split="test", size=32, workers=0),
+                      progress=False).path
+    with pytest.raises(ClipgenError, match="^images: .*s.h5 was made for another preprocessing"):
         run_circuits(small_config(tmp_path / "y.h5", circuits_run_dir, synth_root, images=small), progress=False)

@@ -61,10 +61,10 @@ def test_run_plot_bad_input(tmp_path, domain, cls, message):
 
 
 def test_run_plot_bad_export_and_edge_k(tmp_path):
-    with pytest.raises(ClipgenError, match="--export"):
+    with pytest.raises(ClipgenError, match="^export: "):
         run_plot(PlotConfig(circuits=circuit_source(), domain="real", class_name="airplane", out=tmp_path / "c.png",
                             export="svg"))
-    with pytest.raises(ClipgenError, match="--edge-k"):
+    with pytest.raises(ClipgenError, match="^edge_k: "):
         run_plot(PlotConfig(circuits=circuit_source(), domain="real", class_name="airplane", out=tmp_path / "c.png",
                             edge_k=0))
     assert list(tmp_path.iterdir()) == []

@@ -180,7 +180,7 @@ def test_highlight_summary_by_hand():
     ({"metrics": "jaccard,edit"}, "metrics: unknown metric 'edit'"),
     ({"metrics": "wl_h11"}, "metrics: unknown metric"),
     ({"metrics": ","}, "metrics: needs at least one metric"),
-    ({"edge_k": 0}, "--edge-k"),
+    ({"edge_k": 0}, "^edge_k: "),
     ({"domains": "clipart"}, "domains: domain 'clipart' is not in"),
 ])
 def test_circuit_similarity_bad_input(kwargs, message):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clipgen.analysis import cka as C
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 # ----------------------------------------------------------------------------- independent reference formulas
 
@@ -110,7 +110,7 @@ def test_rbf_sigma_for_an_even_number_of_pairs_is_the_lower_middle_value_by_defa
     np.testing.assert_allclose(C.rbf_gram(x)[0, 1:], np.exp(-np.array([1.0, 9.0, 49.0]) / 18.0), rtol=1e-14)
     np.testing.assert_allclose(C.rbf_gram(x, median="mean")[0, 1:], np.exp(-np.array([1.0, 9.0, 49.0]) / 25.0),
                                rtol=1e-14)
-    with pytest.raises(ClipgenError, match="--rbf-median"):
+    with pytest.raises(ConfigFieldError, match="^rbf_median"):
         C.rbf_sigma2(d, "upper")
 
 
@@ -204,7 +204,7 @@ def test_pair_classes_use_the_intersection_of_both_domains():
     np.testing.assert_array_equal(C.pair_classes(a, b, "all", held), [0, 1, 2, 4, 5, 6])
     np.testing.assert_array_equal(C.pair_classes(a, b, "id", held), [1, 2, 4, 6])
     np.testing.assert_array_equal(C.pair_classes(a, b, "ood", held), [0, 5])
-    with pytest.raises(ClipgenError, match="--subsets"):
+    with pytest.raises(ConfigFieldError, match="^subsets"):
         C.pair_classes(a, b, "odd", held)
 
 

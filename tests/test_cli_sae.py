@@ -215,3 +215,17 @@ def test_json_output_and_progress_option(cli, store, tmp_path):
     assert doc["test_domain"] == "clipart" and doc["score"] == pytest.approx(res["score"])
     assert doc["mean"]["clipart"]["sketch"] == pytest.approx(doc["mean"]["sketch"]["clipart"])
     assert "score(clipart)" in r.stderr
+
+
+def test_train_errors_of_a_field_name_its_argument_or_flag(cli, store, tmp_path):
+    """Library errors name config fields; the CLI shows the argument (STORE for the field stores) or the flag."""
+    wide = make_store(tmp_path / "w.h5", width=20, provenance={})[0]
+    r = cli("sae", "train", store, wide, "--out", tmp_path / "x", "--device", "cpu")
+    assert r.exit_code == 2 and r.stderr.startswith("error: STORE: layer 'embedding' has different widths")
+    r = cli("sae", "train", store, "--out", tmp_path / "x", "--split", "val", "--device", "cpu")
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: --split: {store}: no rows of split 'val'")
+    r = cli("sae", "train", store, "--out", tmp_path / "x", "--val-store", wide, "--device", "cpu")
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: --val-store: {wide}: layer 'embedding' is 20 wide")
+    r = cli("sae", "train", store, "--out", tmp_path / "x", "--val-fraction", "1", "--device", "cpu")
+    assert r.exit_code == 2 and r.stderr == "error: --val-fraction: must be in [0, 1), got 1.0\n"
+    assert not (tmp_path / "x").exists()

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError
-from clipgen.extraction import ExtractConfig, extract
+from clipgen.errors import ClipgenError, ConfigFieldError
+from clipgen.extraction import ExtractConfig, run_extract
 from clipgen.store import open_store
 from clipgen.store.merge import MergeConfig, run_merge
 from clipgen.store.parts import parts_dir
@@ -96,8 +96,8 @@ def test_float32_store_matches_hooks_tightly(tmp_path, random_run_dir, synth_roo
     from clipgen.runs import load_clip
 
     p = tmp_path / "f32.h5"
-    extract(_cfg(p, random_run_dir, synth_root, domains="q", dtype="float32", layers="act1,resblock2,attnpool",
-                 epoch=1), progress=False)
+    run_extract(_cfg(p, random_run_dir, synth_root, domains="q", dtype="float32", layers="act1,resblock2,attnpool",
+                     epoch=1), progress=False)
     loaded = load_clip(random_run_dir, 1)
     with open_store(p) as st:
         assert st.layers == ["act1", "resblock2", "attnpool"] and st.layer_info("act1")["dtype"] == "float32"
@@ -140,20 +140,20 @@ def test_store_metadata(tiny_store, synth_root, random_run_dir):
 @pytest.mark.slow
 def test_unpooled_maps(tmp_path, random_run_dir, synth_root):
     p = tmp_path / "full.h5"
-    extract(_cfg(p, random_run_dir, synth_root, domains="c", layers="act3,resblock4", pooling="none",
-                 dtype="float32"), progress=False)
+    run_extract(_cfg(p, random_run_dir, synth_root, domains="c", layers="act3,resblock4", pooling="none",
+                     dtype="float32"), progress=False)
     q = tmp_path / "pooled.h5"
-    extract(_cfg(q, random_run_dir, synth_root, domains="c", layers="act3,resblock4", dtype="float32"),
-            progress=False)
+    run_extract(_cfg(q, random_run_dir, synth_root, domains="c", layers="act3,resblock4", dtype="float32"),
+                progress=False)
     with open_store(p) as full, open_store(q) as pooled:
         info = full.layer_info("act3")
         assert info["pooling"] == "none" and info["shape"] == (24, 16, 32, 32)
         for name in ("act3", "resblock4"):
             m = full.read_layer(name, dtype=np.float64).mean(axis=(2, 3))
             np.testing.assert_allclose(m, pooled.read_layer(name), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ClipgenError, match="--pooling: 'none' would store about .* raise --max-size-gb"):
-        extract(_cfg(tmp_path / "big.h5", random_run_dir, synth_root, pooling="none", max_size_gb=0.001),
-                progress=False)
+    with pytest.raises(ConfigFieldError, match="^pooling: 'none' would store about .* raise --max-size-gb"):
+        run_extract(_cfg(tmp_path / "big.h5", random_run_dir, synth_root, pooling="none", max_size_gb=0.001),
+                    progress=False)
 
 
 @pytest.mark.slow
@@ -167,8 +167,8 @@ def test_vit_token_pooling(tmp_path, synth_root, tmp_path_factory):
     stores = {}
     for tp in ("cls", "mean"):
         stores[tp] = tmp_path / f"{tp}.h5"
-        extract(_cfg(stores[tp], run, synth_root, domains="s", token_pooling=tp, dtype="float32",
-                     batch_size=24, block_rows=24), progress=False)
+        run_extract(_cfg(stores[tp], run, synth_root, domains="s", token_pooling=tp, dtype="float32",
+                         batch_size=24, block_rows=24), progress=False)
     with open_store(stores["cls"]) as a, open_store(stores["mean"]) as b:
         assert a.layers == ["patch_embed", "resblock1", "resblock2", "resblock3", "resblock4", "ln_post",
                             "embedding"]
@@ -194,7 +194,7 @@ def test_tsv_image_set(tmp_path, random_run_dir, synth_root):
     tsv = tmp_path / "set.tsv"
     tsv.write_text("filepath\ttitle\n" + "".join(f"{synth_root / ln.split()[0]}\ta picture\n" for ln in lines))
     p = tmp_path / "tsv.h5"
-    extract(_cfg(p, random_run_dir, None, tsv=tsv, text=True, batch_size=4, block_rows=4), progress=False)
+    run_extract(_cfg(p, random_run_dir, None, tsv=tsv, text=True, batch_size=4, block_rows=4), progress=False)
     with open_store(p) as st:
         assert st.n_samples == 5 and st.samples.labels.tolist() == [-1] * 5
         assert st.samples.domains.tolist() == [-1] * 5 and st.text_embeddings is None
@@ -207,7 +207,7 @@ def test_tsv_image_set(tmp_path, random_run_dir, synth_root):
 @pytest.fixture(scope="module")
 def reference_store(tmp_path_factory, random_run_dir, synth_root) -> Path:
     p = tmp_path_factory.mktemp("ref") / "ref.h5"
-    extract(_cfg(p, random_run_dir, synth_root), progress=False)
+    run_extract(_cfg(p, random_run_dir, synth_root), progress=False)
     return p
 
 
@@ -217,7 +217,7 @@ def test_crash_and_resume_is_bit_identical(k, tmp_path, reference_store, random_
     p = tmp_path / "s.h5"
     cfg = _cfg(p, random_run_dir, synth_root)
     with pytest.raises(SimulatedCrash):
-        extract(cfg, progress=False, crash_after_blocks=k)
+        run_extract(cfg, progress=False, crash_after_blocks=k)
     assert len(list(parts_dir(p).glob("block-*.h5"))) == k  # exactly k blocks survived
     with pytest.raises(ClipgenError, match=rf"incomplete store \({8 * k} of 48 rows"):
         open_store(p)
@@ -227,14 +227,14 @@ def test_crash_and_resume_is_bit_identical(k, tmp_path, reference_store, random_
         with open_store(reference_store) as ref:
             np.testing.assert_array_equal(x[:8 * k], ref.read_layer("resblock3")[:8 * k])
         assert np.isnan(x[8 * k:]).all()
-    res = extract(cfg, progress=False)  # the same command continues (no --resume needed)
+    res = run_extract(cfg, progress=False)  # the same command continues (no --resume needed)
     assert res.blocks_computed == 6 - k and res.rows == 48
     assert not parts_dir(p).exists()
     _assert_same_store(p, reference_store)
-    again = extract(cfg, progress=False)  # rerunning on a complete store is a no-op
+    again = run_extract(cfg, progress=False)  # rerunning on a complete store is a no-op
     assert again.already_complete
     cfg.resume = True  # --resume is accepted and changes nothing
-    assert extract(cfg, progress=False).already_complete
+    assert run_extract(cfg, progress=False).already_complete
 
 
 @pytest.mark.slow
@@ -270,15 +270,15 @@ def test_kill_9_then_resume(tmp_path, random_run_dir, synth_root):
 def test_fingerprint_mismatch_refused(tmp_path, random_run_dir, synth_root):
     p = tmp_path / "s.h5"
     with pytest.raises(SimulatedCrash):
-        extract(_cfg(p, random_run_dir, synth_root), progress=False, crash_after_blocks=1)
+        run_extract(_cfg(p, random_run_dir, synth_root), progress=False, crash_after_blocks=1)
     mismatch = r"fingerprint mismatch: .*different checkpoint\.sha256, epoch; pass --force"
     with pytest.raises(ClipgenError, match=mismatch):
-        extract(_cfg(p, random_run_dir, synth_root, epoch=0, resume=True), progress=False)
+        run_extract(_cfg(p, random_run_dir, synth_root, epoch=0, resume=True), progress=False)
     with pytest.raises(ClipgenError, match="different dtype"):
-        extract(_cfg(p, random_run_dir, synth_root, dtype="float32", resume=True), progress=False)
+        run_extract(_cfg(p, random_run_dir, synth_root, dtype="float32", resume=True), progress=False)
     with pytest.raises(ClipgenError, match="batch_size: the interrupted store was started with --batch-size 8"):
-        extract(_cfg(p, random_run_dir, synth_root, batch_size=16, block_rows=16, resume=True), progress=False)
-    res = extract(_cfg(p, random_run_dir, synth_root, epoch=0, force=True), progress=False)  # a new store
+        run_extract(_cfg(p, random_run_dir, synth_root, batch_size=16, block_rows=16, resume=True), progress=False)
+    res = run_extract(_cfg(p, random_run_dir, synth_root, epoch=0, force=True), progress=False)  # a new store
     with open_store(res.path) as st:
         assert st.provenance["epoch"] == 0 and st.complete
 
@@ -290,7 +290,7 @@ def test_shards_merged_equal_a_single_run(tmp_path, reference_store, random_run_
     out = tmp_path / "s.h5"
     shards = []
     for i in (2, 0, 1):
-        res = extract(_cfg(out, random_run_dir, synth_root, shard=f"{i}/3"), progress=False)
+        res = run_extract(_cfg(out, random_run_dir, synth_root, shard=f"{i}/3"), progress=False)
         assert res.path.name == f"s.shard-{i}-of-3.h5"
         shards.append(res.path)
     with pytest.raises(ClipgenError, match="shard 0/3"):
@@ -343,12 +343,12 @@ def broken_root(tmp_path, synth_root) -> Path:
 @pytest.mark.slow
 def test_bad_images_fail_or_skip(tmp_path, broken_root, random_run_dir):
     with pytest.raises(ClipgenError, match="image not found"):
-        extract(_cfg(tmp_path / "a.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2),
-                progress=False)
+        run_extract(_cfg(tmp_path / "a.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2),
+                    progress=False)
     assert not (tmp_path / "a.h5").exists() or not open_store(tmp_path / "a.h5", allow_incomplete=True).complete
     notes = []
-    res = extract(_cfg(tmp_path / "b.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=4,
-                       on_error="skip"), progress=False, note=notes.append)
+    res = run_extract(_cfg(tmp_path / "b.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=4,
+                           on_error="skip"), progress=False, note=notes.append)
     assert res.rows == 4 and [i for i, _, _ in res.skipped] == [1, 4]
     assert "image not found" in res.skipped[0][2] and "corrupt or unreadable" in res.skipped[1][2]
     assert any("skipped 2 unreadable" in n for n in notes)
@@ -363,31 +363,31 @@ def test_bad_images_fail_or_skip(tmp_path, broken_root, random_run_dir):
 @pytest.mark.slow
 def test_refusals(tmp_path, random_run_dir, synth_root):
     with pytest.raises(ClipgenError, match="layer: unknown layer.*valid: act1 act2"):
-        extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, layers="act1,conv9"), progress=False)
-    with pytest.raises(ClipgenError, match="--data: give exactly one image set"):
-        extract(_cfg(tmp_path / "x.h5", random_run_dir, None), progress=False)
-    with pytest.raises(ClipgenError, match="--block-rows: 12 is not a multiple"):
-        extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, block_rows=12), progress=False)
-    with pytest.raises(ClipgenError, match="--pooling: unknown value 'max'"):
-        extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, pooling="max"), progress=False)
+        run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, layers="act1,conv9"), progress=False)
+    with pytest.raises(ConfigFieldError, match="^data: give exactly one image set"):
+        run_extract(_cfg(tmp_path / "x.h5", random_run_dir, None), progress=False)
+    with pytest.raises(ConfigFieldError, match="^block_rows: 12 is not a multiple"):
+        run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, block_rows=12), progress=False)
+    with pytest.raises(ConfigFieldError, match="^pooling: unknown value 'max'"):
+        run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, pooling="max"), progress=False)
     foreign = tmp_path / "foreign.h5"
     foreign.write_text("something else")
     with pytest.raises(ClipgenError, match="foreign.h5: exists and is not a readable clipgen store; pass --force"):
-        extract(_cfg(foreign, random_run_dir, synth_root, domains="c"), progress=False)
-    res = extract(_cfg(tmp_path / "ok.h5", random_run_dir, synth_root, domains="c"), progress=False)
-    assert extract(_cfg(res.path, random_run_dir, synth_root, domains="c"), progress=False).already_complete
+        run_extract(_cfg(foreign, random_run_dir, synth_root, domains="c"), progress=False)
+    res = run_extract(_cfg(tmp_path / "ok.h5", random_run_dir, synth_root, domains="c"), progress=False)
+    assert run_extract(_cfg(res.path, random_run_dir, synth_root, domains="c"), progress=False).already_complete
     with pytest.raises(ClipgenError, match=r"ok\.h5: fingerprint mismatch: .* different image_set.*; pass --force"):
-        extract(_cfg(res.path, random_run_dir, synth_root, domains="s"), progress=False)
+        run_extract(_cfg(res.path, random_run_dir, synth_root, domains="s"), progress=False)
 
 
 @pytest.mark.slow
 def test_unreadable_image_in_a_loader_worker_is_a_one_line_error(tmp_path, broken_root, random_run_dir):
     with pytest.raises(ClipgenError) as e:
-        extract(_cfg(tmp_path / "w.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2,
-                     workers=1), progress=False)
+        run_extract(_cfg(tmp_path / "w.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2,
+                         workers=1), progress=False)
     assert str(e.value).endswith("image not found") and "Traceback" not in str(e.value)
-    res = extract(_cfg(tmp_path / "w2.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2,
-                       workers=1, on_error="skip"), progress=False)
+    res = run_extract(_cfg(tmp_path / "w2.h5", random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2,
+                           workers=1, on_error="skip"), progress=False)
     assert [i for i, _, _ in res.skipped] == [1, 4] and res.rows == 4
 
 
@@ -397,14 +397,14 @@ def test_config_beside_the_store_and_stale_parts_cleaned(tmp_path, random_run_di
 
     p = tmp_path / "s.h5"
     cfg = _cfg(p, random_run_dir, synth_root, domains="c")
-    extract(cfg, progress=False)
+    run_extract(cfg, progress=False)
     rec = json.loads((tmp_path / "s.config.json").read_text())
     assert rec["command"] == "extract" and rec["config"]["domains"] == "c" and rec["config"]["out"] == str(p)
     # a kill between the final rename and the removal of the parts folder: the resumed command cleans it up
     parts_dir(p).mkdir()
     (parts_dir(p) / "block-000000.h5").write_bytes(b"")
     cfg.resume = True
-    assert extract(cfg, progress=False).already_complete and not parts_dir(p).exists()
+    assert run_extract(cfg, progress=False).already_complete and not parts_dir(p).exists()
 
 
 @pytest.mark.slow
@@ -413,9 +413,9 @@ def test_resume_with_every_block_written_only_assembles(tmp_path, reference_stor
     p = tmp_path / "s.h5"
     cfg = _cfg(p, random_run_dir, synth_root)
     with pytest.raises(SimulatedCrash):
-        extract(cfg, progress=False, crash_after_blocks=6)  # the 6th (last) block written, then dead
+        run_extract(cfg, progress=False, crash_after_blocks=6)  # the 6th (last) block written, then dead
     cfg.resume = True
-    res = extract(cfg, progress=False)
+    res = run_extract(cfg, progress=False)
     assert res.blocks_computed == 0 and res.rows == 48
     _assert_same_store(p, reference_store)
 
@@ -432,10 +432,10 @@ def test_float16_overflow_is_an_error_not_inf(tmp_path, random_run_dir, synth_ro
     torch.save(state, ck)
     p = tmp_path / "o.h5"
     with pytest.raises(ClipgenError, match="layer attnpool: activations exceed the float16 range .*--dtype float32"):
-        extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool"), progress=False)
+        run_extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool"), progress=False)
     assert not p.exists() and not parts_dir(p).exists()
-    res = extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool", dtype="float32"),
-                  progress=False)
+    res = run_extract(_cfg(p, run, synth_root, domains="c", layers="act1,attnpool", dtype="float32"),
+                      progress=False)
     with open_store(res.path) as st:
         assert np.abs(st.read_layer("attnpool")).max() > 65504
 
@@ -445,13 +445,13 @@ def test_store_records_the_runs_mixture(tmp_path, trained_run_dir, random_run_di
     """The run's training mixture travels into the store, so analyses default to its test domain."""
     from clipgen.analysis.feature_sharing import find_test_domain
 
-    res = extract(_cfg(tmp_path / "m.h5", trained_run_dir, synth_root, layers="embedding"), progress=False)
+    res = run_extract(_cfg(tmp_path / "m.h5", trained_run_dir, synth_root, layers="embedding"), progress=False)
     with open_store(res.path) as st:
         run = st.provenance["run"]
         assert run["name"] == trained_run_dir.name and run["seed"] == 0
         assert run["mixture"]["setup"] == "cg-low" and run["mixture"]["test_domain"] == "sketch"
         assert find_test_domain(st.provenance) == "sketch"
-    res = extract(_cfg(tmp_path / "r.h5", random_run_dir, synth_root, layers="embedding"), progress=False)
+    res = run_extract(_cfg(tmp_path / "r.h5", random_run_dir, synth_root, layers="embedding"), progress=False)
     with open_store(res.path) as st:  # a run without a mixture records none
         assert st.provenance["run"]["mixture"] is None and find_test_domain(st.provenance) is None
 
@@ -459,32 +459,32 @@ def test_store_records_the_runs_mixture(tmp_path, trained_run_dir, random_run_di
 @pytest.mark.slow
 def test_a_store_from_the_image_cache_equals_one_from_the_jpegs(tmp_path, tiny_store, random_run_dir, synth_root):
     """The same store, value for value, with not one JPEG decoded; a cache of other images is refused."""
-    from clipgen.data.image_cache import CacheConfig, build_cache
+    from clipgen.data.image_cache import CacheConfig, run_cache
     from clipgen.datasets import DECODES
 
-    cache = build_cache(CacheConfig(out=tmp_path / "c.h5", data=synth_root, split="test", size=64, workers=0),
-                        progress=False).path
+    cache = run_cache(CacheConfig(out=tmp_path / "c.h5", data=synth_root, split="test", size=64, workers=0),
+                      progress=False).path
     DECODES.reset()
-    out = extract(ExtractConfig(out=tmp_path / "s.h5", model_dir=random_run_dir, data=synth_root, split="test",
-                                domains="all", layers="all", device="cpu", batch_size=32, images=cache),
-                  progress=False).path
+    out = run_extract(ExtractConfig(out=tmp_path / "s.h5", model_dir=random_run_dir, data=synth_root, split="test",
+                                    domains="all", layers="all", device="cpu", batch_size=32, images=cache),
+                      progress=False).path
     assert DECODES.reset() == 0
     _assert_same_store(out, tiny_store)
     with open_store(out) as st:
         assert st.provenance["image_cache"]["path"] == str(cache.resolve())
-    with pytest.raises(ClipgenError, match="--images: .*c.h5 does not hold 96 of the 96 requested images"):
-        extract(_cfg(tmp_path / "t.h5", random_run_dir, synth_root, split="train", images=cache), progress=False)
+    with pytest.raises(ConfigFieldError, match="^images: .*c.h5 does not hold 96 of the 96 requested images"):
+        run_extract(_cfg(tmp_path / "t.h5", random_run_dir, synth_root, split="train", images=cache), progress=False)
     assert not (tmp_path / "t.h5").exists()
 
 
 # -- failures: nothing left behind, finished work kept, one writer at a time -----------------------------------
 
 def test_numeric_settings_refused_before_any_work(tmp_path, random_run_dir, synth_root):
-    for kw, opt in ((dict(batch_size=-4), "--batch-size"), (dict(batch_size=0), "--batch-size"),
-                    (dict(block_rows=0), "--block-rows"), (dict(workers=-1), "--workers"),
-                    (dict(writer_threads=-2), "--writer-threads"), (dict(max_size_gb=0.0), "--max-size-gb")):
-        with pytest.raises(ClipgenError, match=f"^{opt}: "):
-            extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, **kw), progress=False)
+    for kw, field in ((dict(batch_size=-4), "batch_size"), (dict(batch_size=0), "batch_size"),
+                      (dict(block_rows=0), "block_rows"), (dict(workers=-1), "workers"),
+                      (dict(writer_threads=-2), "writer_threads"), (dict(max_size_gb=0.0), "max_size_gb")):
+        with pytest.raises(ConfigFieldError, match=f"^{field}: "):
+            run_extract(_cfg(tmp_path / "x.h5", random_run_dir, synth_root, **kw), progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -496,17 +496,17 @@ def test_failed_run_without_rows_leaves_nothing_and_the_rerun_is_accepted(tmp_pa
     out = tmp_path / "a.h5"
     cfg = _cfg(out, random_run_dir, broken_root, domains="c", batch_size=2, block_rows=2)
     with pytest.raises(ClipgenError, match="image not found"):  # block 0 holds the missing image
-        extract(cfg, progress=False)
+        run_extract(cfg, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dn"]  # no header, no .parts, no lock file
     # a 0-row header left by an earlier failed run (as older versions did) does not block the same command
     monkeypatch.setattr(ex, "discard_if_empty", lambda out: None)
     with pytest.raises(ClipgenError, match="image not found"):
-        extract(cfg, progress=False)
+        run_extract(cfg, progress=False)
     assert out.is_file()
     monkeypatch.undo()
     lines = (broken_root / "clipart_test.txt").read_text().split("\n")
     (broken_root / "clipart_test.txt").write_text("\n".join([lines[0], lines[2], lines[3]]) + "\n")  # good images
-    res = extract(cfg, progress=False)
+    res = run_extract(cfg, progress=False)
     assert res.rows == 3 and not parts_dir(out).exists()
 
 
@@ -515,17 +515,17 @@ def test_stale_assembly_temporaries_are_removed_on_resume_and_force(tmp_path, ra
     out = tmp_path / "s.h5"
     cfg = _cfg(out, random_run_dir, synth_root, domains="c")
     with pytest.raises(SimulatedCrash):
-        extract(cfg, progress=False, crash_after_blocks=1)
+        run_extract(cfg, progress=False, crash_after_blocks=1)
     stale = tmp_path / ".s.h5.k3j9a_x2.tmp"  # what a kill during the final assembly leaves (atomic_path's name)
     stale.write_bytes(b"\0" * 4096)
     other = tmp_path / ".s.h5.config.json.abcd1234.tmp"  # another output's temporary: not ours
     other.write_text("{}")
     cfg.resume = True
-    extract(cfg, progress=False)
+    run_extract(cfg, progress=False)
     assert not stale.exists() and other.exists()
     stale.write_bytes(b"\0" * 4096)
     cfg.resume, cfg.force = False, True
-    extract(cfg, progress=False)
+    run_extract(cfg, progress=False)
     assert not stale.exists()
 
 
@@ -537,12 +537,12 @@ def test_second_writer_on_the_same_store_is_refused(tmp_path, random_run_dir, sy
     p = _holder(out)
     try:
         with pytest.raises(ClipgenError, match=rf"^{out} is being written by another process \(pid {p.pid}\)"):
-            extract(_cfg(out, random_run_dir, synth_root, domains="c"), progress=False)
+            run_extract(_cfg(out, random_run_dir, synth_root, domains="c"), progress=False)
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
     assert not out.exists() and not parts_dir(out).exists()
-    assert extract(_cfg(out, random_run_dir, synth_root, domains="c"), progress=False).rows > 0  # lock freed
+    assert run_extract(_cfg(out, random_run_dir, synth_root, domains="c"), progress=False).rows > 0  # lock freed
 
 
 @pytest.mark.slow
@@ -564,12 +564,12 @@ def test_disk_full_keeps_finished_blocks_and_no_temporary_file(tmp_path, random_
 
     monkeypatch.setattr(parts, "write_rows", write_rows)
     with pytest.raises(OSError) as e:
-        extract(cfg, progress=False)
+        run_extract(cfg, progress=False)
     from clipgen.errors import is_disk_full
 
     assert is_disk_full(e.value)
     assert sorted(p.name for p in parts_dir(out).iterdir()) == ["block-000000.h5"]  # kept; no .tmp left
     monkeypatch.undo()
     cfg.resume = True
-    res = extract(cfg, progress=False)
+    res = run_extract(cfg, progress=False)
     assert res.blocks_computed == res.blocks_total - 1

@@ -21,7 +21,7 @@ from clipgen.analysis.feature_sharing import (
     top_latents,
 )
 from clipgen.analysis.sae import SAEArch, SparseAutoencoder, save_sae
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from tests._fixtures_sae import make_store
 
 
@@ -152,6 +152,9 @@ def test_run_feature_sharing_matches_arrays(tmp_path):
     assert json.loads((out / "config.json").read_text())["command"] == "sae features"
     with pytest.raises(ClipgenError, match="already exists; pass --force"):
         run_feature_sharing(cfg, progress=False)
+    cfg.force = True  # force is a config field, recorded in config.json like the others
+    assert run_feature_sharing(cfg, progress=False)[0].classes == res.classes
+    assert json.loads((out / "config.json").read_text())["config"]["force"] is True
     # explicit classes and test domain (letters accepted), every row
     cfg2 = FeatureSharingConfig(store=str(store), sae=str(tmp_path / "sae.pt"), out=str(tmp_path / "fs2"),
                                 classes=["Aircraft Carrier", "bed"], test_domain="c", split="all", device="cpu")
@@ -170,32 +173,32 @@ def test_run_feature_sharing_refusals(tmp_path):
         base.update(kw)
         return run_feature_sharing(FeatureSharingConfig(**base), progress=False)
 
-    with pytest.raises(ClipgenError, match="^--test-domain: .* does not record the run's test domain"):
+    with pytest.raises(ConfigFieldError, match="^test_domain: .* does not record the run's test domain"):
         run()
-    with pytest.raises(ClipgenError, match="^--test-domain: 'quickdraw' is not a domain"):
+    with pytest.raises(ConfigFieldError, match="^test_domain: 'quickdraw' is not a domain"):
         run(test_domain="quickdraw")
-    with pytest.raises(ClipgenError, match="^--classes: .*unknown class 'zebra'"):
+    with pytest.raises(ConfigFieldError, match="^classes: .*unknown class 'zebra'"):
         run(test_domain="sketch", classes=["zebra"])
-    with pytest.raises(ClipgenError, match="^--split: .*no rows of split 'val'"):
+    with pytest.raises(ConfigFieldError, match="^split: .*no rows of split 'val'"):
         run(test_domain="sketch", split="val")
     none_held, _ = make_store(tmp_path / "n.h5", held_out=())
-    with pytest.raises(ClipgenError, match="^--classes: .*records no held-out classes"):
+    with pytest.raises(ConfigFieldError, match="^classes: .*records no held-out classes"):
         run(store=str(none_held), test_domain="sketch")
     _sae_file(tmp_path / "wide.pt", width=24)
     with pytest.raises(ClipgenError, match=r"wide.pt: SAE expects 24-wide inputs, but layer 'embedding' .* is 16"):
         run(sae=str(tmp_path / "wide.pt"), test_domain="sketch")
     # the SAE has 64 latents: top-k sets larger than that are meaningless
-    with pytest.raises(ClipgenError, match=r"^--ks: 65 exceeds the 64 latents of the SAE .*sae.pt"):
+    with pytest.raises(ConfigFieldError, match=r"^ks: 65 exceeds the 64 latents of the SAE .*sae.pt"):
         run(test_domain="sketch", ks=[5, 65])
-    with pytest.raises(ClipgenError, match=r"^--top: 100 exceeds the 64 latents"):
+    with pytest.raises(ConfigFieldError, match=r"^top: 100 exceeds the 64 latents"):
         run(test_domain="sketch", top=100)
-    with pytest.raises(ClipgenError, match=r"^--batch-size: must be at least 1, got 0"):
+    with pytest.raises(ConfigFieldError, match=r"^batch_size: must be at least 1, got 0"):
         run(test_domain="sketch", batch_size=0)
-    with pytest.raises(ClipgenError, match=r"^--layer: .*s.h5: no layer 'attnpool' in this store"):
+    with pytest.raises(ConfigFieldError, match=r"^layer: .*s.h5: no layer 'attnpool' in this store"):
         run(test_domain="sketch", layer="attnpool")
     unpooled, _ = make_store(tmp_path / "u.h5", layer="conv", x=np.zeros((144, 4, 2, 2), dtype=np.float32))
-    with pytest.raises(ClipgenError, match=r"^--layer: .*u.h5: layer 'conv' is stored unpooled \(\(4, 2, 2\) per "
-                                          r"row\); the SAE needs one vector per image"):
+    with pytest.raises(ConfigFieldError, match=r"^layer: .*u.h5: layer 'conv' is stored unpooled \(\(4, 2, 2\) per "
+                                              r"row\); the SAE needs one vector per image"):
         run(store=str(unpooled), test_domain="sketch", layer="conv")
     assert not (tmp_path / "o").exists()
 

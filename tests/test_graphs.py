@@ -24,7 +24,7 @@ from clipgen.circuits.graphs import (
     wl_kernel_matrices,
     wl_similarity,
 )
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 
 def tiny_result() -> CircuitResult:
@@ -122,7 +122,7 @@ def test_bad_circuits_are_one_line_errors(mutate, message):
 
 @pytest.mark.parametrize("k", [0, -1, 1.5, True])
 def test_edge_k_must_be_positive_int(k):
-    with pytest.raises(ClipgenError, match="--edge-k"):
+    with pytest.raises(ConfigFieldError, match="^edge_k"):
         build_dag(tiny_result(), edge_k=k)
 
 
@@ -277,7 +277,7 @@ def test_circuit_wl_matches_networkx_path():
         for a in range(3):
             for b in range(3):
                 assert sims[h][a, b] == pytest.approx(wl_similarity(dags[a], dags[b], h))
-    with pytest.raises(ClipgenError, match="--metrics"):
+    with pytest.raises(ConfigFieldError, match="^metrics"):
         circuit_wl(cgs, [-1])
 
 
@@ -350,7 +350,7 @@ def test_export_rejects_unknown_formats(tmp_path):
         export_graph(nx.DiGraph(), tmp_path / "c.gexf")
     assert parse_export("graphml, dot") == ["graphml", "dot"]
     assert parse_export("none") == [] and parse_export("") == []
-    with pytest.raises(ClipgenError, match="--export"):
+    with pytest.raises(ConfigFieldError, match="^export"):
         parse_export("png")
 
 

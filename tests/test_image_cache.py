@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipgen.data.image_cache import CacheConfig, build_cache, describe_transform, open_cache
+from clipgen.data.image_cache import CacheConfig, describe_transform, open_cache, run_cache
 from clipgen.datasets import DECODES, load_image
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.evaluation.protocol import build_eval_set
 from clipgen.evaluation.results import read_predictions, read_results
 from clipgen.evaluation.zeroshot_eval import ZeroShotConfig, run_zero_shot
@@ -34,7 +34,7 @@ def one_line_error(r, *fragments):
 
 def _cache(root, out, **kw):
     cfg = dict(out=out, data=root, domains="sketch,real", batch_size=4, block_rows=8, workers=0)
-    return build_cache(CacheConfig(**{**cfg, **kw}), progress=False)
+    return run_cache(CacheConfig(**{**cfg, **kw}), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def test_an_interrupted_cache_continues_and_equals_an_uninterrupted_one(random_r
                                                                           sketch_cache):
     out = tmp_path / "c.h5"
     with pytest.raises(SimulatedCrash):
-        build_cache(CacheConfig(out=out, data=uneven_root, domains="sketch,real", batch_size=4, block_rows=8,
-                                workers=0, model_dir=random_run_dir), progress=False, crash_after_blocks=2)
+        run_cache(CacheConfig(out=out, data=uneven_root, domains="sketch,real", batch_size=4, block_rows=8,
+                              workers=0, model_dir=random_run_dir), progress=False, crash_after_blocks=2)
     with pytest.raises(ClipgenError, match=r"c\.h5: incomplete store \(16 of 36 rows written\).*clipgen data cache"):
         open_cache(out)
     DECODES.reset()
@@ -141,11 +141,11 @@ def test_refusals_are_one_line(random_run_dir, uneven_root, tmp_path, sketch_cac
     base = dict(data_root=uneven_root, model_dir=random_run_dir, test_domain="sketch", templates="simple",
                 workers=0, progress=False, out=tmp_path / "o")
     small = _cache(uneven_root, tmp_path / "32.h5", size=32).path
-    with pytest.raises(ClipgenError, match="--images: .*32.h5 was made for another preprocessing"):
+    with pytest.raises(ConfigFieldError, match="^images: .*32.h5 was made for another preprocessing"):
         run_zero_shot(ZeroShotConfig(**base, images=small))
     only_sketch = _cache(uneven_root, tmp_path / "sk.h5", size=64, domains="sketch").path
-    with pytest.raises(ClipgenError, match=r"--images: .*sk.h5 does not hold 18 of the 36 requested images "
-                                           r"\(first: real/"):
+    with pytest.raises(ConfigFieldError, match=r"^images: .*sk.h5 does not hold 18 of the 36 requested images "
+                                               r"\(first: real/"):
         run_zero_shot(ZeroShotConfig(**base, images=only_sketch))
     with pytest.raises(ClipgenError, match="nope.h5: image cache not found"):
         open_cache(tmp_path / "nope.h5")
@@ -156,7 +156,7 @@ def test_refusals_are_one_line(random_run_dir, uneven_root, tmp_path, sketch_cac
     with pytest.raises(ClipgenError, match="trunc.h5: "):
         open_cache(bad)
     assert not (tmp_path / "o" / "results.json").exists()  # nothing written by a refused evaluation
-    with pytest.raises(ClipgenError, match="--size: give exactly one of"):
+    with pytest.raises(ConfigFieldError, match="^size: give exactly one of"):
         _cache(uneven_root, tmp_path / "x.h5")
     assert describe_transform(load_clip(random_run_dir, 0).preprocess)["steps"][-1] == "MaybeConvertMode(mode='RGB')"
 
@@ -269,7 +269,7 @@ def test_a_folder_of_caches_one_per_domain_is_read_as_one(random_run_dir, uneven
     _cache(uneven_root, folder / "x-32.h5", size=32, domains="real")
     with pytest.raises(ClipgenError, match="x-32.h5: made for another preprocessing than"):
         open_cache(folder)
-    with pytest.raises(ClipgenError, match="--images: no image cache"):
+    with pytest.raises(ConfigFieldError, match="^images: no image cache"):
         open_cache(tmp_path)
 
 

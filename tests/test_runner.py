@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.evaluation.protocol import build_eval_set
 from clipgen.evaluation.results import read_predictions, read_results
 from clipgen.evaluation.runner import (
@@ -32,9 +32,9 @@ def test_resolve_checkpoints(random_run_dir, tmp_path):
     assert manifest is None and [r.epoch for r in refs] == [0, 2]  # sorted by epoch
     info = run_info(None, None, "RN-tiny", refs)
     assert info["name"] == random_run_dir.name and info["setup"] is None and info["model"] == "RN-tiny"
-    with pytest.raises(ClipgenError, match="--model-dir: pass either --model-dir RUN_DIR or checkpoint files"):
+    with pytest.raises(ConfigFieldError, match="^model_dir: pass either --model-dir RUN_DIR or checkpoint files"):
         resolve_checkpoints(random_run_dir, "all", files)
-    with pytest.raises(ClipgenError, match="--model-dir: pass --model-dir RUN_DIR, or checkpoint files together"):
+    with pytest.raises(ConfigFieldError, match="^model_dir: pass --model-dir RUN_DIR, or checkpoint files together"):
         resolve_checkpoints(None, "all")
     with pytest.raises(ClipgenError, match="epochs: no checkpoint for epoch"):
         resolve_checkpoints(random_run_dir, "7")
@@ -58,7 +58,7 @@ def test_defaults(random_run_dir, tmp_path):
     assert default_test_domain(m, None) == "painting"
     assert default_out_dir(None, random_run_dir, "zero-shot", "sketch") == random_run_dir / "eval/zero-shot/sketch"
     assert default_out_dir(tmp_path, None, "zero-shot", "sketch") == tmp_path
-    with pytest.raises(ClipgenError, match="--out: required with explicit checkpoint files"):
+    with pytest.raises(ConfigFieldError, match="^out: required with explicit checkpoint files"):
         default_out_dir(None, None, "zero-shot", "sketch")
 
 

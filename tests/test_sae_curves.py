@@ -8,7 +8,7 @@ import torch
 from clipgen.analysis.sae import (
     ArraySource,
     TrainingData,
-    train_sae,
+    run_train_sae,
 )
 from tests._fixtures_sae import (
     planted_fixture,  # noqa: F401 (the `planted` fixture)
@@ -22,8 +22,8 @@ def test_curves_png_beside_the_log(tmp_path, planted):
     from clipgen.analysis.sae import curves_figure, read_log
 
     x, _ = planted
-    train_sae(sae_cfg(tmp_path / "run", epochs=2, val_every=128 * 16),
-              TrainingData(ArraySource(x), val=torch.from_numpy(x[:256])), progress=False)
+    run_train_sae(sae_cfg(tmp_path / "run", epochs=2, val_every=128 * 16),
+                  TrainingData(ArraySource(x), val=torch.from_numpy(x[:256])), progress=False)
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = curves_figure(read_log(tmp_path / "run" / "log.jsonl"))
     titles = [ax.get_title() for ax in fig.axes]

@@ -11,9 +11,9 @@ import torch
 from clipgen.analysis.sae import (
     ArraySource,
     StreamingSource,
-    train_sae,
+    run_train_sae,
 )
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from tests._fixtures_sae import run_log, store_cfg
 
 
@@ -63,7 +63,7 @@ def test_train_from_store_with_split_and_held_out_validation(tmp_path):
     from tests._fixtures_sae import make_store
 
     store, x = make_store(tmp_path / "s.h5")  # 4 labels x 3 domains x 6 rows x 2 splits = 144 rows
-    res = train_sae(store_cfg(tmp_path / "run", [store], split="train", val_fraction=0.25), progress=False)
+    res = run_train_sae(store_cfg(tmp_path / "run", [store], split="train", val_fraction=0.25), progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train_rows"] == 72 - 18 and res.val["rows"] == 18
     assert res.steps == 2 * (54 // 16)
@@ -119,7 +119,7 @@ def test_streaming_keeps_the_store_dtype_and_trains(tmp_path):
     assert sorted(order.tolist()) == list(range(n))  # every row once (144 = 18 batches of 8)
     np.testing.assert_array_equal(seen, x[order].astype(np.float16).astype(np.float32))
     assert sample.dtype == torch.float32 and sample.shape == (5, 8)
-    res = train_sae(cfg, progress=False)
+    res = run_train_sae(cfg, progress=False)
     log = [r for r in run_log(tmp_path / "run") if r["kind"] == "train"]
     assert res.steps == 3 * 18 and all(np.isfinite(r["loss"]) for r in log) and log[-1]["loss"] < log[0]["loss"]
 
@@ -129,15 +129,15 @@ def test_store_refusals(tmp_path):
 
     store, _ = make_store(tmp_path / "s.h5")
     wide, _ = make_store(tmp_path / "w.h5", width=20)
-    with pytest.raises(ClipgenError, match="^--layer: .*s.h5: no layer 'resblock1'"):
-        train_sae(store_cfg(tmp_path / "a", [store], layer="resblock1"), progress=False)
-    with pytest.raises(ClipgenError, match="^STORE: layer 'embedding' has different widths"):
-        train_sae(store_cfg(tmp_path / "b", [store, wide]), progress=False)
-    with pytest.raises(ClipgenError, match="^--split: .*no rows of split 'val' .*splits: test, train"):
-        train_sae(store_cfg(tmp_path / "c", [store], split="val"), progress=False)
-    with pytest.raises(ClipgenError, match="^--val-store: .*w.h5: layer 'embedding' is 20 wide"):
-        train_sae(store_cfg(tmp_path / "d", [store], val_store=str(wide)), progress=False)
+    with pytest.raises(ConfigFieldError, match="^layer: .*s.h5: no layer 'resblock1'"):
+        run_train_sae(store_cfg(tmp_path / "a", [store], layer="resblock1"), progress=False)
+    with pytest.raises(ConfigFieldError, match="^stores: layer 'embedding' has different widths"):
+        run_train_sae(store_cfg(tmp_path / "b", [store, wide]), progress=False)
+    with pytest.raises(ConfigFieldError, match="^split: .*no rows of split 'val' .*splits: test, train"):
+        run_train_sae(store_cfg(tmp_path / "c", [store], split="val"), progress=False)
+    with pytest.raises(ConfigFieldError, match="^val_store: .*w.h5: layer 'embedding' is 20 wide"):
+        run_train_sae(store_cfg(tmp_path / "d", [store], val_store=str(wide)), progress=False)
     with pytest.raises(ClipgenError, match="not an HDF5 file"):
         (tmp_path / "junk.h5").write_text("junk")
-        train_sae(store_cfg(tmp_path / "e", [tmp_path / "junk.h5"]), progress=False)
+        run_train_sae(store_cfg(tmp_path / "e", [tmp_path / "junk.h5"]), progress=False)
     assert not any((tmp_path / n).exists() for n in "abcde")

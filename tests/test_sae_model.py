@@ -14,7 +14,7 @@ from clipgen.analysis.sae import (
     TopKSAE,
     create_sae,
 )
-from clipgen.errors import ClipgenError
+from clipgen.errors import ConfigFieldError
 
 
 def test_create_sae_builds_the_variant_named_and_the_interface_dispatches():
@@ -37,11 +37,11 @@ def test_create_sae_builds_the_variant_named_and_the_interface_dispatches():
         assert torch.equal(relu.activate_(pre.clone()), relu.activate(pre))
         _, xh = relu(x)
         assert torch.equal(xh, relu.decode(relu.encode(x)))
-    with pytest.raises(ClipgenError, match="^--activation: unknown activation 'gelu'"):
+    with pytest.raises(ConfigFieldError, match="^activation: unknown activation 'gelu'"):
         create_sae("gelu", 8, 32)
-    with pytest.raises(ClipgenError, match="^--activation: unknown activation 'gelu'"):
+    with pytest.raises(ConfigFieldError, match="^activation: unknown activation 'gelu'"):
         SparseAutoencoder(SAEArch(d_in=8, d_sae=32, activation="gelu"))
-    with pytest.raises(ClipgenError, match="^--k: TopK needs"):
+    with pytest.raises(ConfigFieldError, match="^k: TopK needs"):
         create_sae("topk", 8, 32)
 
 

@@ -1,4 +1,5 @@
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 from PIL import Image
 
 from clipgen import domainnet as dn
-from clipgen.data.synth import SynthConfig, default_classes, generate
-from clipgen.errors import ClipgenError
+from clipgen.data.synth import SynthConfig, default_classes, run_synth
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.tsv import read_tsv
 
 from .conftest import TINY_SYNTH
@@ -65,25 +66,26 @@ def test_base_dataset_tsv(synth_root):
 @pytest.mark.slow
 def test_deterministic_by_seed(tmp_path):
     kw = dict(TINY_SYNTH, train_per_class=2, test_per_class=1, base_per_class=2)
-    a = generate(SynthConfig(out=tmp_path / "a", **kw), progress=False).root
-    b = generate(SynthConfig(out=tmp_path / "b", **kw), progress=False).root
-    c = generate(SynthConfig(out=tmp_path / "c", **dict(kw, seed=1)), progress=False).root
+    a = run_synth(SynthConfig(out=tmp_path / "a", **kw), progress=False).root
+    b = run_synth(SynthConfig(out=tmp_path / "b", **kw), progress=False).root
+    c = run_synth(SynthConfig(out=tmp_path / "c", **dict(kw, seed=1)), progress=False).root
     assert _digest(a) == _digest(b)
     assert _digest(a) != _digest(c)
 
 
 def test_refusals(tmp_path, synth_root):
+    assert json.loads((synth_root / "config.json").read_text())["config"]["force"] is False  # a config field
     with pytest.raises(ClipgenError, match="not empty"):
-        generate(SynthConfig(out=synth_root))
+        run_synth(SynthConfig(out=synth_root))
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "mine.txt").write_text("keep me")
     with pytest.raises(ClipgenError, match="does not look like"):
-        generate(SynthConfig(out=tmp_path / "x"), force=True)
+        run_synth(SynthConfig(out=tmp_path / "x", force=True))
     assert (tmp_path / "x" / "mine.txt").read_text() == "keep me"
-    with pytest.raises(ClipgenError, match="--image-size"):
-        generate(SynthConfig(out=tmp_path / "y", image_size=8))
-    with pytest.raises(ClipgenError, match="--classes"):
-        generate(SynthConfig(out=tmp_path / "y", classes=["axe"]))
+    with pytest.raises(ConfigFieldError, match="^image_size"):
+        run_synth(SynthConfig(out=tmp_path / "y", image_size=8))
+    with pytest.raises(ConfigFieldError, match="^classes"):
+        run_synth(SynthConfig(out=tmp_path / "y", classes=["axe"]))
 
 
 @pytest.mark.slow
@@ -102,8 +104,8 @@ def test_cli_synth_force_replaces(cli, tmp_path):
 def test_split_sizes_spread_exactly_over_the_classes(tmp_path):
     """Per-domain totals are met exactly; the painting test split skips the quirk's class; the rest spread evenly."""
     sizes = {"quickdraw": [12, 6], "painting": [7, 11], "real": [5, 0]}
-    res = generate(SynthConfig(out=tmp_path / "s", **dict(TINY_SYNTH, base_per_class=2), split_sizes=sizes,
-                               domains=["painting", "quickdraw", "real"], fast=True), progress=False)
+    res = run_synth(SynthConfig(out=tmp_path / "s", **dict(TINY_SYNTH, base_per_class=2), split_sizes=sizes,
+                                domains=["painting", "quickdraw", "real"], fast=True), progress=False)
     got = {d: {s: dn.read_split(res.root, d, s, check_files=True) for s in dn.SPLITS} for d in sizes}
     for d, (train, test) in sizes.items():
         assert [len(got[d]["train"]), len(got[d]["test"])] == [train, test]
@@ -126,14 +128,14 @@ def test_paper_split_sizes_and_spread():
     assert parse_split_sizes("q=3/2, real=4/1") == {"quickdraw": [3, 2], "real": [4, 1]}
     assert DOMAINNET_SPLIT_SIZES["painting"] == (50_416, 21_850)
     for bad in ("q=3", "q=a/2", "x=1/1", "q=-1/2", ""):
-        with pytest.raises(ClipgenError, match=r"^(--split-sizes|split_sizes): "):
+        with pytest.raises(ClipgenError, match="^split_sizes: "):  # (an unknown domain: its domain check says it)
             parse_split_sizes(bad)
 
 
 @pytest.mark.slow
 def test_base_rows_cycle_over_images_without_sharing_across_splits(tmp_path):
     kw = dict(TINY_SYNTH, train_per_class=1, test_per_class=1, base_per_class=4, base_val_fraction=0.25)
-    res = generate(SynthConfig(out=tmp_path / "s", **kw, base_rows=101), progress=False)
+    res = run_synth(SynthConfig(out=tmp_path / "s", **kw, base_rows=101), progress=False)
     train, val = read_tsv(res.root / "base_train.tsv", check_files=True), read_tsv(res.root / "base_val.tsv")
     assert len(train) + len(val) == 101 and res.base_counts == {"train": len(train), "val": len(val)}
     assert len({p for p, _ in train} | {p for p, _ in val}) == 8 * 4  # 8 base classes x 4 images, all used
@@ -159,7 +161,7 @@ def test_distinct_images_links_the_rest(tmp_path):
     """Every listed file exists; only N per (domain, split, class) are rendered, the others link to those."""
     kw = dict(TINY_SYNTH, n_classes=3, n_held_out=1, train_per_class=5, test_per_class=3, base_per_class=2,
               base_extra_classes=0, domains=["quickdraw", "real"])
-    res = generate(SynthConfig(out=tmp_path / "s", **kw, distinct_images=2, fast=True), progress=False)
+    res = run_synth(SynthConfig(out=tmp_path / "s", **kw, distinct_images=2, fast=True), progress=False)
     for d in ("quickdraw", "real"):
         for split, per in (("train", 5), ("test", 3)):
             samples = dn.read_split(res.root, d, split, check_files=True)
@@ -168,8 +170,8 @@ def test_distinct_images_links_the_rest(tmp_path):
                 files = [res.root / s.path for s in samples if s.label == lab]
                 assert len({f.stat().st_ino for f in files}) == 2
                 assert files[2].read_bytes() == files[0].read_bytes()  # image i links to image i mod 2
-    plain = generate(SynthConfig(out=tmp_path / "p", **kw, fast=True), progress=False)
+    plain = run_synth(SynthConfig(out=tmp_path / "p", **kw, fast=True), progress=False)
     files = [plain.root / s.path for s in dn.read_split(plain.root, "real", "train")]
     assert len({f.stat().st_ino for f in files}) == len(files)
-    with pytest.raises(ClipgenError, match="--distinct-images"):
-        generate(SynthConfig(out=tmp_path / "z", **kw, distinct_images=0))
+    with pytest.raises(ConfigFieldError, match="^distinct_images"):
+        run_synth(SynthConfig(out=tmp_path / "z", **kw, distinct_images=0))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from clipgen.artifacts import sha256_file
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.training.checks import (
     check_run_dir,
     check_tsv,
@@ -67,8 +67,8 @@ def test_malformed_and_missing_tsv(tmp_path):
     p.write_text("filepath\ttitle\na.jpg\tx\tsurplus\n")
     with pytest.raises(ClipgenError, match=r"m\.tsv:2: expected 2 tab-separated fields, found 3"):
         check_tsv(p)
-    with pytest.raises(ClipgenError, match=r"^--val: .*nothere\.tsv: TSV file not found"):
-        check_tsv(tmp_path / "nothere.tsv", "--val")
+    with pytest.raises(ConfigFieldError, match=r"^val: .*nothere\.tsv: TSV file not found"):
+        check_tsv(tmp_path / "nothere.tsv", "val")
     (tmp_path / "h.tsv").write_text("filepath\ttitle\n")
     with pytest.raises(ClipgenError, match="has 0 data rows"):
         check_tsv(tmp_path / "h.tsv")
@@ -90,7 +90,7 @@ def test_run_state_and_reuse(tmp_path):
     with pytest.raises(ClipgenError, match=r"/f: exists and is not a directory$"):
         check_run_dir(run_state(tmp_path / "logs" / "f"))
     refuse_other_settings(d, [])
-    with pytest.raises(ClipgenError, match=r"^--name: run .*/r was started with other settings \(lr 1 -> 2; seed 0 "
+    with pytest.raises(ConfigFieldError, match=r"^name: run .*/r was started with other settings \(lr 1 -> 2; seed 0 "
                                            r"-> 1\); rerun with its settings to continue it, pass --force to start "
                                            r"it over, or choose another --name$"):
         refuse_other_settings(d, ["lr 1 -> 2", "seed 0 -> 1"])

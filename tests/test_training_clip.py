@@ -7,7 +7,7 @@ import torch
 
 from clipgen.artifacts import sha256_file
 from clipgen.data.mixture_info import read_info
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.models.registry import model_config
 from clipgen.runs import list_checkpoints, load_clip, load_state_dict, read_manifest
 from clipgen.training.clip import (
@@ -32,7 +32,7 @@ def test_prepare_errors(train_mixtures, tmp_path):
     base = dict(train=train, logs=tmp_path, device="cpu")
     with pytest.raises(ClipgenError, match=r"^model: unknown model 'RN51'"):
         prepare_clip_run(ClipTrainConfig(**base, model="RN51"))
-    with pytest.raises(ClipgenError, match=r"^--name: '\.\./x' is not a usable run name"):
+    with pytest.raises(ConfigFieldError, match=r"^name: '\.\./x' is not a usable run name"):
         prepare_clip_run(ClipTrainConfig(**base, name="../x"))
     with pytest.raises(ClipgenError, match=r"fewer than one optimizer step \(effective batch 4096\)"):
         prepare_clip_run(ClipTrainConfig(**base, batch_size=4096))
@@ -267,7 +267,7 @@ def test_resume_of_a_run_stopped_in_its_first_epoch(train_mixtures, tmp_path):
 def test_threads_reach_the_training_process(train_mixtures, tmp_path, monkeypatch):
     """--threads sets OMP_NUM_THREADS of the trainer process only (the launcher is stubbed out here)."""
     import clipgen.training.launch as launch
-    from clipgen.training.clip import TrainingFailed, train_clip
+    from clipgen.training.clip import TrainingFailed, run_train_clip
 
     seen = []
 
@@ -280,8 +280,8 @@ def test_threads_reach_the_training_process(train_mixtures, tmp_path, monkeypatc
     for threads, want in ((2, "2"), (None, None)):
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         with pytest.raises(TrainingFailed, match="exit code 3"):
-            train_clip(ClipTrainConfig(train=train, logs=tmp_path, name=f"t{threads}", device="cpu",
-                                       threads=threads, log="quiet"))
+            run_train_clip(ClipTrainConfig(train=train, logs=tmp_path, name=f"t{threads}", device="cpu",
+                                           threads=threads, log="quiet"))
         assert seen[-1].get("OMP_NUM_THREADS") == want
 
 

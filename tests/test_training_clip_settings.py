@@ -2,7 +2,7 @@
 
 import pytest
 
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.training.clip_settings import (
     PRESETS,
     ClipTrainConfig,
@@ -106,10 +106,10 @@ def test_parsing_from_many_threads_leaves_stderr_alone():
 
 
 def test_effective_batch_must_divide():
-    with pytest.raises(ClipgenError, match=r"^--effective-batch: 1024 is not a multiple of batch 128 x 3"):
+    with pytest.raises(ConfigFieldError, match=r"^effective_batch: 1024 is not a multiple of batch 128 x 3"):
         _argv("imagenet-captions", 3)
-    with pytest.raises(ClipgenError, match=r"^--effective-batch: 100 != batch 32"):
+    with pytest.raises(ConfigFieldError, match=r"^effective_batch: 100 != batch 32"):
         _argv("synthetic", 1, device="cpu", effective_batch=100, accum_freq=2)
-    with pytest.raises(ClipgenError, match="^--preset: unknown preset 'imagenet'"):
+    with pytest.raises(ConfigFieldError, match="^preset: unknown preset 'imagenet'"):
         get_preset("imagenet")
     assert default_run_name("/x/mix-train.tsv", "RN50", 2) == "mix-train-RN50-s2"

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from clipgen.errors import ClipgenError
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.models.supervised import create_supervised
 from clipgen.runs import list_checkpoints, load_state_dict, read_manifest
 from clipgen.training.launch import LaunchPlan
@@ -13,7 +13,7 @@ from clipgen.training.supervised import (
     SupervisedTrainConfig,
     read_metrics,
     resolve_settings,
-    train_supervised,
+    run_train_supervised,
 )
 from tests._fixtures_train import mixture_file, train_mixtures
 
@@ -31,12 +31,12 @@ def test_paper_preset_settings(tmp_path):
     cpu = resolve_settings(SupervisedTrainConfig(train=tmp_path / "t.tsv", preset="imagenet-captions"), tmp_path,
                            LaunchPlan("local", "cpu", 1))
     assert cpu.precision == "fp32" and cpu.batch_per_process == 256
-    with pytest.raises(ClipgenError, match=r"^--batch-size: global batch 256 is not divisible by 3 processes"):
+    with pytest.raises(ConfigFieldError, match=r"^batch_size: global batch 256 is not divisible by 3 processes"):
         resolve_settings(SupervisedTrainConfig(train="t", preset="imagenet-captions"), tmp_path,
                          LaunchPlan("torchrun", "cuda", 3))
-    with pytest.raises(ClipgenError, match=r"^--precision: fp16 mixed precision needs a GPU"):
+    with pytest.raises(ConfigFieldError, match=r"^precision: fp16 mixed precision needs a GPU"):
         resolve_settings(SupervisedTrainConfig(train="t", precision="fp16"), tmp_path, LaunchPlan("local", "cpu", 1))
-    with pytest.raises(ClipgenError, match=r"^--milestones: \[5, 3\]: must be increasing"):
+    with pytest.raises(ConfigFieldError, match=r"^milestones: \[5, 3\]: must be increasing"):
         resolve_settings(SupervisedTrainConfig(train="t", milestones=[5, 3]), tmp_path, LaunchPlan("local", "cpu", 1))
 
 
@@ -68,7 +68,7 @@ def _accuracy_by_hand(run_dir, epoch, val_tsv):
 @pytest.mark.slow
 def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     logs = tmp_path / "logs"
-    res = train_supervised(_cfg(train_mixtures, logs, "a", 3))
+    res = run_train_supervised(_cfg(train_mixtures, logs, "a", 3))
     run = logs / "a"
     assert res.run_dir == run and sorted(list_checkpoints(run)) == [0, 2, 3]  # step 0, every 2, and the last
     assert (run / "checkpoints" / "latest.pt").is_file()
@@ -98,27 +98,27 @@ def test_tiny_supervised_trains_evaluates_and_resumes(train_mixtures, tmp_path):
     assert acc > acc0 and acc > 1.5 / 8  # well above chance (8 classes in the val set)
 
     # resume: 2 epochs, then continue to 3 -> the same weights as the uninterrupted run
-    train_supervised(_cfg(train_mixtures, logs, "b", 2))
+    run_train_supervised(_cfg(train_mixtures, logs, "b", 2))
     assert sorted(list_checkpoints(logs / "b")) == [0, 2]
     with open(logs / "b" / "metrics.jsonl", "a") as f:  # as if stopped after writing epoch 3's line, before saving
         f.write(json.dumps({"epoch": 3, "train_loss": -1.0}) + "\n")
-    r = train_supervised(_cfg(train_mixtures, logs, "b", 3))  # the same command continues (no --resume needed)
+    r = run_train_supervised(_cfg(train_mixtures, logs, "b", 3))  # the same command continues (no --resume needed)
     assert r.epochs == [0, 2, 3] and [x["epoch"] for x in r.metrics] == [1, 2, 3]
     assert r.metrics[-1]["train_loss"] > 0
     a3 = load_state_dict(run / "checkpoints" / "epoch_3.pt")
     b3 = load_state_dict(logs / "b" / "checkpoints" / "epoch_3.pt")
     assert all(torch.equal(a3[k], b3[k]) for k in a3)
     assert read_manifest(logs / "b").extra["history"][-1]["from_epoch"] == 2
-    again = train_supervised(_cfg(train_mixtures, logs, "b", 3, resume=True))  # --resume: accepted, changes nothing
+    again = run_train_supervised(_cfg(train_mixtures, logs, "b", 3, resume=True))  # --resume: accepted, changes nothing
     assert again.skipped
-    with pytest.raises(ClipgenError, match=r"^--name: run .*/b was started with other settings \(lr 0\.01 -> 0\.5\); "
+    with pytest.raises(ConfigFieldError, match=r"^name: run .*/b was started with other settings \(lr 0\.01 -> 0\.5\); "
                                            r"rerun with its settings to continue it, pass --force to start it over"):
-        train_supervised(_cfg(train_mixtures, logs, "b", 4, lr=0.5))
+        run_train_supervised(_cfg(train_mixtures, logs, "b", 4, lr=0.5))
     # a corrupt latest.pt is a one-line error on resume
     shutil.copytree(logs / "b", logs / "c")
     (logs / "c" / "checkpoints" / "latest.pt").write_bytes(b"broken")
     with pytest.raises(ClipgenError, match=r"latest\.pt: corrupt or unreadable checkpoint"):
-        train_supervised(_cfg(train_mixtures, logs, "c", 4, resume=True))
+        run_train_supervised(_cfg(train_mixtures, logs, "c", 4, resume=True))
     assert json.loads((run / "train-settings.json").read_text())["batch_per_process"] == 16
 
 
@@ -132,7 +132,7 @@ def test_unlabeled_row_is_an_error_before_training(train_mixtures, tmp_path):
     rows.insert(3, (str(bad / "1.jpg"), "a caption from the web"))
     write_tsv(tmp_path / "t.tsv", rows)
     with pytest.raises(ClipgenError, match=r"t\.tsv:5: cannot determine the class of .*/cc/000/1\.jpg"):
-        train_supervised(SupervisedTrainConfig(train=tmp_path / "t.tsv", logs=tmp_path / "logs", device="cpu"))
+        run_train_supervised(SupervisedTrainConfig(train=tmp_path / "t.tsv", logs=tmp_path / "logs", device="cpu"))
     assert not (tmp_path / "logs").exists()
 
 
@@ -156,7 +156,7 @@ def test_full_disk_at_a_checkpoint_is_an_os_error_naming_it(train_mixtures, tmp_
 
     with small_disk(tmp_path, "1m") as mnt:
         with pytest.raises(OSError) as e:
-            train_supervised(_cfg(train_mixtures, mnt / "logs", "full", 1))
+            run_train_supervised(_cfg(train_mixtures, mnt / "logs", "full", 1))
         msg = os_error_message(e.value)
         assert msg is not None and msg.startswith(f"disk full: no space left on the device while writing "
                                                   f"{mnt}/logs/full/checkpoints/epoch_0.pt"), msg

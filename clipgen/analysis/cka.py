@@ -47,7 +47,7 @@ from clipgen.analysis.selection import (  # noqa: F401 - re-exported: part of th
     store_domain_names,
 )
 from clipgen.domainnet import DEFAULT_HIGHLIGHT, SUBSETS
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 KERNELS: tuple[str, ...] = ("linear", "rbf")
 ESTIMATORS: tuple[str, ...] = ("unbiased", "biased")
@@ -94,7 +94,7 @@ def _upper(n: int) -> np.ndarray:
 
 def check_rbf_median(median: str) -> None:
     if median not in RBF_MEDIANS:
-        raise option_error("--rbf-median", f"unknown median {median!r} (choose from {', '.join(RBF_MEDIANS)})")
+        raise ConfigFieldError("rbf_median", f"unknown median {median!r} (choose from {', '.join(RBF_MEDIANS)})")
 
 
 def rbf_sigma2(sq_dists: np.ndarray, median: str = "lower") -> float:
@@ -136,12 +136,12 @@ def gram(x: np.ndarray, kernel: str = "linear", rbf_median: str = "lower") -> np
         return linear_gram(x)
     if kernel == "rbf":
         return rbf_gram(x, median=rbf_median)
-    raise option_error("--kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
+    raise ConfigFieldError("kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
 
 
 def check_estimator(estimator: str) -> None:
     if estimator not in ESTIMATORS:
-        raise option_error("--estimators", f"unknown estimator {estimator!r} (choose from {', '.join(ESTIMATORS)})")
+        raise ConfigFieldError("estimators", f"unknown estimator {estimator!r} (choose from {', '.join(ESTIMATORS)})")
 
 
 @dataclass
@@ -293,7 +293,7 @@ def subset_classes(present: Iterable[int], subset: str, held_out: Iterable[int])
         return present[~np.isin(present, held)]
     if subset == "ood":
         return present[np.isin(present, held)]
-    raise option_error("--subsets", f"unknown class subset {subset!r} (choose from {', '.join(SUBSETS)})")
+    raise ConfigFieldError("subsets", f"unknown class subset {subset!r} (choose from {', '.join(SUBSETS)})")
 
 
 def pair_classes(present_a: Iterable[int], present_b: Iterable[int], subset: str,
@@ -316,8 +316,8 @@ def plan_class_sets(present: Mapping[str, Iterable[int]], pairs: Sequence[tuple[
     Fewer than :data:`MIN_CLASSES` classes is an error naming the pair and the subset."""
     held = sorted(set(int(h) for h in held_out))
     if "ood" in subsets and not held:
-        raise option_error("--subsets", "'ood' needs held-out classes, but none are known (the store lists none; "
-                                        "pass --held-out NAMES or leave 'ood' out of --subsets)")
+        raise ConfigFieldError("subsets", "'ood' needs held-out classes, but none are known (the store lists none; "
+                                          "pass --held-out NAMES or leave 'ood' out of --subsets)")
     ref = None if reference is None else np.unique(np.asarray(list(reference), dtype=np.int64))
     plan: dict[tuple[str, str, str], np.ndarray] = {}
     for a, b in pairs:
@@ -326,8 +326,8 @@ def plan_class_sets(present: Mapping[str, Iterable[int]], pairs: Sequence[tuple[
             if ref is not None:
                 cls = np.intersect1d(cls, ref)
             if cls.size < MIN_CLASSES:
-                raise option_error("--subsets", f"subset {s!r} of the pair {a}/{b} has {cls.size} classes present "
-                                                f"in both domains; CKA needs at least {MIN_CLASSES}")
+                raise ConfigFieldError("subsets", f"subset {s!r} of the pair {a}/{b} has {cls.size} classes present "
+                                                  f"in both domains; CKA needs at least {MIN_CLASSES}")
             plan[(a, b, s)] = cls
     return plan
 

@@ -44,7 +44,7 @@ from clipgen.analysis.selection import (
     resolve_held_out,
     resolve_layers,
 )
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 # ---------------------------------------------------------------------------------------------------------------
 # The sweep
@@ -116,7 +116,7 @@ class _LayerCache:
                 except ClipgenError as e:
                     raise ClipgenError(f"layer {self.layer!r}, domain {domain!r}: {e}") from None
             else:
-                raise option_error("--kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
+                raise ConfigFieldError("kernels", f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
             self.terms[key] = gram_terms(k)
         return self.terms[key]
 
@@ -227,18 +227,18 @@ class CKAResult:
         return rows
 
 
-def _parse_choices(values: Sequence[str], allowed: Sequence[str], option: str) -> list[str]:
+def _parse_choices(values: Sequence[str], allowed: Sequence[str], field: str) -> list[str]:
     out: list[str] = []
     for v in values:
         v = v.strip().lower()
         if not v:
             continue
         if v not in allowed:
-            raise option_error(option, f"unknown value {v!r} (choose from {', '.join(allowed)})")
+            raise ConfigFieldError(field, f"unknown value {v!r} (choose from {', '.join(allowed)})")
         if v not in out:
             out.append(v)
     if not out:
-        raise option_error(option, "needs at least one value")
+        raise ConfigFieldError(field, "needs at least one value")
     return out
 
 
@@ -263,10 +263,10 @@ def compute_cka(store, *, layers: Sequence[str] | None = None, domains: Sequence
     ``classes_from`` (a domain of the store) restricts every pair to the classes present in that domain as well:
     ``"painting"`` reproduces the published script, whose class list always came from painting.
     """
-    subsets = _parse_choices(subsets, SUBSETS, "--subsets")
-    kernels = _parse_choices(kernels, KERNELS, "--kernels")
-    estimators = _parse_choices(estimators, ESTIMATORS, "--estimators")
-    rbf_median = _parse_choices([rbf_median], RBF_MEDIANS, "--rbf-median")[0]
+    subsets = _parse_choices(subsets, SUBSETS, "subsets")
+    kernels = _parse_choices(kernels, KERNELS, "kernels")
+    estimators = _parse_choices(estimators, ESTIMATORS, "estimators")
+    rbf_median = _parse_choices([rbf_median], RBF_MEDIANS, "rbf_median")[0]
     layers = resolve_layers(store, layers)
     domains = resolve_domains(store, domains)
     held = resolve_held_out(store, held_out)
@@ -320,8 +320,8 @@ def run_cka(cfg: CKAConfig, *, progress: bool = True) -> CKAResult:
     with open_store(cfg.store) as store:
         domains = resolve_domains(store, cfg.domains)
         if cfg.figures and cfg.highlight not in domains:
-            raise option_error("--highlight", f"domain {cfg.highlight!r} is not among the analysed domains "
-                                              f"({', '.join(domains)})")
+            raise ConfigFieldError("highlight", f"domain {cfg.highlight!r} is not among the analysed domains "
+                                                f"({', '.join(domains)})")
         result = compute_cka(store, layers=cfg.layers, domains=domains, subsets=cfg.subsets, kernels=cfg.kernels,
                              estimators=cfg.estimators, held_out=cfg.held_out, classes_from=cfg.classes_from,
                              rbf_median=cfg.rbf_median, progress=progress)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 DEFAULT_KS = (5, 10, 15, 20)
 TOP_LATENTS = 20
@@ -193,7 +193,7 @@ def feature_sharing_from_histograms(hist: np.ndarray, images: np.ndarray, classe
                                     zero_bins: str = "include") -> FeatureSharing:
     """Matrices, mean and scores from histograms ``hist`` (C, D, m) and image counts ``images`` (C, D)."""
     if zero_bins not in ZERO_BINS:
-        raise option_error("--zero-bins", f"unknown value {zero_bins!r} (one of {', '.join(ZERO_BINS)})")
+        raise ConfigFieldError("zero_bins", f"unknown value {zero_bins!r} (one of {', '.join(ZERO_BINS)})")
     mats = np.stack([sharing_matrix(hist[c], images[c] > 0, ks, zero_bins=zero_bins) for c in range(len(classes))])
     defined = ~np.isnan(mats)
     n_cls = defined.sum(axis=0)
@@ -247,6 +247,7 @@ class FeatureSharingConfig:
     batch_size: int = 4096
     device: str = "auto"
     names: str | None = None  # 'sae names' output to attach (default: SAE_RUN/names when it exists)
+    force: bool = False  # overwrite existing results in out
 
 
 def find_test_domain(provenance: Any) -> str | None:
@@ -281,19 +282,18 @@ def _resolve_classes(st: Any, names: Sequence[str] | None) -> dict[int, str]:
         for n in names:
             key = normalise_class_name(n)
             if key not in by_name:
-                raise option_error("--classes", f"{st.path}: unknown class {n!r} (not among the store's "
-                                                f"{len(table)} classes)")
+                raise ConfigFieldError("classes", f"{st.path}: unknown class {n!r} (not among the store's "
+                                                  f"{len(table)} classes)")
             out[by_name[key]] = table[by_name[key]]
         return out
     held = st.held_out_labels
     if not held:
-        raise option_error("--classes", f"{st.path} records no held-out classes; name the classes to analyse "
-                                        "with --classes")
+        raise ConfigFieldError("classes", f"{st.path} records no held-out classes; name the classes to analyse "
+                                          "with --classes")
     return {int(lab): table.get(int(lab), str(lab)) for lab in held}
 
 
-def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
-                        progress: bool = True) -> tuple[FeatureSharing, Path]:
+def run_feature_sharing(cfg: FeatureSharingConfig, *, progress: bool = True) -> tuple[FeatureSharing, Path]:
     """Encode the selected rows of the store with the SAE and write results, histograms and figures to ``cfg.out``.
 
     ``OUT/feature-sharing.json`` (:meth:`FeatureSharing.to_json` plus the inputs), ``OUT/histograms.npz``
@@ -310,16 +310,16 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
     from clipgen.store import open_store
 
     if cfg.top < 1 or not cfg.ks or min(cfg.ks) < 1:
-        raise option_error("--ks" if cfg.top >= 1 else "--top", "must be positive")
+        raise ConfigFieldError("ks" if cfg.top >= 1 else "top", "must be positive")
     if cfg.batch_size < 1:
-        raise option_error("--batch-size", f"must be at least 1, got {cfg.batch_size}")
+        raise ConfigFieldError("batch_size", f"must be at least 1, got {cfg.batch_size}")
     if cfg.zero_bins not in ZERO_BINS:
-        raise option_error("--zero-bins", f"unknown value {cfg.zero_bins!r} (one of {', '.join(ZERO_BINS)})")
+        raise ConfigFieldError("zero_bins", f"unknown value {cfg.zero_bins!r} (one of {', '.join(ZERO_BINS)})")
     out = Path(cfg.out)
     if not cfg.out:
-        raise option_error("--out", "an output folder is required")
-    if (out / RESULT_FILE).exists() and not force:
-        raise option_error("--out", f"{out / RESULT_FILE} already exists; pass --force to overwrite it")
+        raise ConfigFieldError("out", "an output folder is required")
+    if (out / RESULT_FILE).exists() and not cfg.force:
+        raise ConfigFieldError("out", f"{out / RESULT_FILE} already exists; pass --force to overwrite it")
     device = resolve_device(cfg.device)
     model, info = load_sae(cfg.sae, device=device)
     names = _names_file(cfg, info["path"])  # checked before any work
@@ -328,19 +328,19 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
         from clipgen.analysis.sae_names import load_names
 
         if load_names(names).indices.shape[0] != m:
-            raise option_error("--names", f"{names} names the latents of another SAE (not {m} latents)")
-    for opt, vals in (("--top", [cfg.top]), ("--ks", cfg.ks)):
+            raise ConfigFieldError("names", f"{names} names the latents of another SAE (not {m} latents)")
+    for name, vals in (("top", [cfg.top]), ("ks", cfg.ks)):
         if max(vals) > m:
-            raise option_error(opt, f"{max(vals)} exceeds the {m} latents of the SAE {info['path']}")
+            raise ConfigFieldError(name, f"{max(vals)} exceeds the {m} latents of the SAE {info['path']}")
     layer = cfg.layer or info.get("layer") or "embedding"
     with open_store(cfg.store) as st:
         if layer not in st.layers:
-            raise option_error("--layer", f"{cfg.store}: no layer {layer!r} in this store (layers: "
-                                          f"{' '.join(st.layers)})")
+            raise ConfigFieldError("layer", f"{cfg.store}: no layer {layer!r} in this store (layers: "
+                                            f"{' '.join(st.layers)})")
         shape = st.layer_info(layer)["shape"]
         if len(shape) != 2:
-            raise option_error("--layer", f"{cfg.store}: layer {layer!r} is stored unpooled ({shape[1:]} per row); "
-                                          "the SAE needs one vector per image")
+            raise ConfigFieldError("layer", f"{cfg.store}: layer {layer!r} is stored unpooled ({shape[1:]} per row); "
+                                            "the SAE needs one vector per image")
         check_width(info["path"], model.arch, cfg.store, layer, int(shape[1]))
         classes = _resolve_classes(st, cfg.classes)
         smp = st.samples
@@ -352,16 +352,16 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
             split = cfg.split
             if not (smp.splits == split).any():
                 have = sorted({str(x) for x in smp.splits})
-                raise option_error("--split", f"{cfg.store}: no rows of split {split!r} (splits: {', '.join(have)})")
+                raise ConfigFieldError("split", f"{cfg.store}: no rows of split {split!r} (splits: {', '.join(have)})")
         domains = _ordered_domains(smp.domain_names, np.unique(smp.domains))
         test = cfg.test_domain or find_test_domain(st.provenance)
         if test is None:
-            raise option_error("--test-domain", f"{cfg.store} does not record the run's test domain; pass "
-                                                "--test-domain")
+            raise ConfigFieldError("test_domain", f"{cfg.store} does not record the run's test domain; pass "
+                                                  "--test-domain")
         test = DOMAIN_LETTERS.get(test.strip().lower(), test.strip().lower())
         if test not in domains:
-            raise option_error("--test-domain", f"{test!r} is not a domain of {cfg.store} (domains: "
-                                                f"{', '.join(domains)})")
+            raise ConfigFieldError("test_domain", f"{test!r} is not a domain of {cfg.store} (domains: "
+                                                  f"{', '.join(domains)})")
         labs = list(classes)
         mask = np.isin(smp.labels, labs) & (smp.domains >= 0)
         if split is not None:
@@ -369,7 +369,7 @@ def run_feature_sharing(cfg: FeatureSharingConfig, *, force: bool = False,
         missing = [classes[lab] for lab in labs if not (mask & (smp.labels == lab)).any()]
         if missing:
             where = f"{split!r} rows" if split else "rows"
-            raise option_error("--classes", f"{cfg.store}: no {where} of class(es) {', '.join(missing)}")
+            raise ConfigFieldError("classes", f"{cfg.store}: no {where} of class(es) {', '.join(missing)}")
         rows = np.flatnonzero(mask)
         c_of = {lab: i for i, lab in enumerate(labs)}
         d_of = {smp.domain_names.index(d): j for j, d in enumerate(domains)}
@@ -418,7 +418,7 @@ def _names_file(cfg: FeatureSharingConfig, sae_path: str) -> Path | None:
         p = Path(cfg.names)
         p = p / NAMES_JSON if p.is_dir() else p
         if not p.is_file():
-            raise option_error("--names", f"{p}: no such names file (run 'clipgen sae names' first)")
+            raise ConfigFieldError("names", f"{p}: no such names file (run 'clipgen sae names' first)")
         return p
     auto = sae_run_dir(Path(sae_path)) / NAMES_DIR / NAMES_JSON
     return auto if auto.is_file() else None

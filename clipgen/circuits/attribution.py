@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
 RULES = ("left", "midpoint")
 
@@ -50,9 +50,9 @@ class IGConfig:
 
     def __post_init__(self):
         if self.steps < 1:
-            raise option_error("--steps", f"must be at least 1, not {self.steps}")
+            raise ConfigFieldError("steps", f"must be at least 1, not {self.steps}")
         if self.rule not in RULES:
-            raise option_error("--rule", f"unknown rule {self.rule!r} (one of {', '.join(RULES)})")
+            raise ConfigFieldError("rule", f"unknown rule {self.rule!r} (one of {', '.join(RULES)})")
 
     @property
     def alphas(self) -> list[float]:
@@ -68,7 +68,7 @@ def n_selected(channels: int, fraction: float) -> int:
     published ``math.ceil`` turns into 4).
     """
     if not 0 < fraction <= 1:
-        raise option_error("--node-fraction", f"must be in (0, 1], not {fraction}")
+        raise ConfigFieldError("node_fraction", f"must be in (0, 1], not {fraction}")
     return max(1, min(channels, math.ceil(fraction * channels - 1e-9)))
 
 

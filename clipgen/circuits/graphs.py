@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 INPUT = "input"
 #: Node codes: ``layer index << CHANNEL_BITS | channel`` (unique per (layer, channel) of one chain).
@@ -45,15 +45,16 @@ NODE_BITS = 31
 EXPORT_FORMATS: tuple[str, ...] = ("graphml", "dot")
 
 
-def check_edge_k(edge_k: int, option: str = "--edge-k") -> int:
+def check_edge_k(edge_k: int, field: str = "edge_k") -> int:
     if isinstance(edge_k, bool) or not isinstance(edge_k, (int, np.integer)) or edge_k < 1:
-        raise option_error(option, f"must be a whole number of at least 1, not {edge_k!r}")
+        raise ConfigFieldError(field, f"must be a whole number of at least 1, not {edge_k!r}")
     return int(edge_k)
 
 
-def check_h(h: int, option: str = "--metrics") -> int:
+def check_h(h: int, field: str = "metrics") -> int:
     if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 0:
-        raise option_error(option, f"the Weisfeiler-Lehman iteration count h must be a whole number >= 0, not {h!r}")
+        raise ConfigFieldError(field, f"the Weisfeiler-Lehman iteration count h must be a whole number >= 0, not "
+                                      f"{h!r}")
     return int(h)
 
 
@@ -489,7 +490,7 @@ def export_graph(graph, path: str | Path) -> Path:
     return path
 
 
-def parse_export(spec: str | Sequence[str], option: str = "--export") -> list[str]:
+def parse_export(spec: str | Sequence[str], field: str = "export") -> list[str]:
     """``"graphml,dot"`` -> ``["graphml", "dot"]``; ``""`` or ``"none"`` -> no export."""
     parts = spec.replace(",", " ").split() if isinstance(spec, str) else [str(s) for s in spec]
     out: list[str] = []
@@ -497,7 +498,8 @@ def parse_export(spec: str | Sequence[str], option: str = "--export") -> list[st
         if not p or p == "none":
             continue
         if p not in EXPORT_FORMATS:
-            raise option_error(option, f"unknown graph format {p!r} (choose from {', '.join(EXPORT_FORMATS)}, none)")
+            raise ConfigFieldError(field, f"unknown graph format {p!r} (choose from {', '.join(EXPORT_FORMATS)}, "
+                                          "none)")
         if p not in out:
             out.append(p)
     return out

@@ -180,7 +180,7 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "extract layers": ("clipgen.extraction:ExtractConfig", {}),
     "extract merge": ("clipgen.store.merge:MergeConfig", {}),
     "report": ("clipgen.report:ReportConfig", {"study": "inputs"}),
-    "sae train": ("clipgen.analysis.sae.config:SAETrainConfig", {}),
+    "sae train": ("clipgen.analysis.sae.config:SAETrainConfig", {"store": "stores"}),
     "sae features": ("clipgen.analysis.feature_sharing:FeatureSharingConfig", {}),
     "sae names": ("clipgen.analysis.sae_names:SaeNamesConfig", {}),
     "status": ("clipgen.status:StatusConfig", {"study": "inputs"}),

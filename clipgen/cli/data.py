@@ -61,7 +61,7 @@ def synth(
     force: bool = force_option("Replace an existing synthetic dataset in --out."),
 ) -> None:
     """Generate a synthetic DomainNet (six rendering styles) plus a natural-style base dataset, offline."""
-    from clipgen.data.synth import SynthConfig, generate, parse_split_sizes
+    from clipgen.data.synth import SynthConfig, parse_split_sizes, run_synth
     from clipgen.progress import out as con
 
     cfg = SynthConfig(
@@ -69,9 +69,9 @@ def synth(
         n_classes=n_classes, n_held_out=n_held_out, train_per_class=train_per_class, test_per_class=test_per_class,
         base_per_class=base_per_class, base_extra_classes=base_extra_classes, image_size=image_size, seed=seed,
         quirks=quirks, workers=workers, split_sizes=parse_split_sizes(split_sizes) if split_sizes else None,
-        base_rows=base_rows, fast=fast, distinct_images=distinct_images,
+        base_rows=base_rows, fast=fast, distinct_images=distinct_images, force=force,
     )
-    res = generate(cfg, force=force)
+    res = run_synth(cfg)
     total = sum(sum(v.values()) for v in res.counts.values())
     con.print(f"[bold]synthetic DomainNet[/] in {res.root}: {len(res.classes)} classes "
               f"({len(res.held_out)} held-out: {', '.join(res.held_out)}), {total} images in {len(res.counts)} "
@@ -342,13 +342,13 @@ def cache(
     that 'eval zero-shot', 'eval supervised', 'extract' and 'circuits compute' read with --images CACHE; rerun
     the same command to continue an interrupted cache."""
     from clipgen.cli.common import emit_json, summary_console
-    from clipgen.data.image_cache import CacheConfig, build_cache
+    from clipgen.data.image_cache import CacheConfig, run_cache
 
     con = summary_console(as_json)
     cfg = CacheConfig(out=out, data=data, tsv=tsv, split=split, domains=domains, size=size, model=model,
                       model_dir=model_dir, batch_size=batch_size, block_rows=block_rows, workers=workers,
                       on_error=on_error, compression=compression, force=force)
-    res = build_cache(cfg, progress=progress, note=lambda m: con.print(m, markup=False, highlight=False))
+    res = run_cache(cfg, progress=progress, note=lambda m: con.print(m, markup=False, highlight=False))
     if not res.already_complete:
         con.print(f"wrote {res.rows:,} images to {res.path} ({res.blocks_computed} of {res.blocks_total} blocks "
                   f"computed now; {len(res.skipped)} skipped)", markup=False, highlight=False)

@@ -105,8 +105,7 @@ def extract(
     if out is None:
         raise option_error("--out", "missing: where to write the store (STORE.h5)")
     from clipgen.cli.common import emit_json, summary_console
-    from clipgen.extraction import ExtractConfig
-    from clipgen.extraction import extract as run
+    from clipgen.extraction import ExtractConfig, run_extract
     from clipgen.progress import console
 
     con = summary_console(as_json)
@@ -117,7 +116,7 @@ def extract(
                         on_error=on_error, templates=templates, text=text, compression=compression,
                         max_size_gb=max_size_gb, channels_last=channels_last, shard=shard,
                         writer_threads=writer_threads, resume=resume, force=force)
-    res = run(cfg, progress=progress, note=lambda m: console.print(m, markup=False, highlight=False))
+    res = run_extract(cfg, progress=progress, note=lambda m: console.print(m, markup=False, highlight=False))
     size = res.path.stat().st_size
     con.print(f"store {res.path}: {res.rows} rows, fingerprint {res.fingerprint[:12]}, {size / 1e6:.1f} MB"
               + (f", {len(res.skipped)} image(s) skipped (see /skipped)" if res.skipped else "")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from clipgen.analysis.feature_sharing import FeatureSharingConfig
+from clipgen.analysis.sae.config import SAETrainConfig
 from clipgen.analysis.sae_names import SaeNamesConfig
 from clipgen.cli.common import (
     default,
@@ -25,65 +26,75 @@ app = typer.Typer(help="Sparse autoencoders on an activation store: train, and S
                   no_args_is_help=True)
 
 
-# The defaults of 'sae train' are written here, not read from SAETrainConfig: its module imports torch, which the CLI
-# keeps out of its import (tests/test_cli_common.py checks them against the config's).
 @app.command("train")
 def train(
-    stores: list[Path] = typer.Argument(..., help="Activation store(s) with the training rows (read only)."),
+    store: list[Path] = typer.Argument(..., help="Activation store(s) with the training rows (read only)."),
     out: Path | None = typer.Option(None, "--out", "-o", callback=writable,
                                     help="Output folder (default: first STORE without suffix + '-sae' beside it)."),
-    layer: str = typer.Option("embedding", "--layer", help="Stored layer to train on (embedding: the "
-                                                           "L2-normalised image embedding, as in the paper)."),
+    layer: str = typer.Option(default(SAETrainConfig, "layer"), "--layer",
+                              help="Stored layer to train on (embedding: the L2-normalised image embedding, as in the "
+                                   "paper)."),
     split: str | None = typer.Option(None, "--split", help="Train only on store rows of this split (default: all "
                                                            "rows)."),
     val_store: Path | None = typer.Option(None, "--val-store", help="Store with the validation rows."),
     val_split: str | None = typer.Option(None, "--val-split", help="Split of --val-store to validate on."),
-    val_fraction: float = typer.Option(0.05, "--val-fraction",
+    val_fraction: float = typer.Option(default(SAETrainConfig, "val_fraction"), "--val-fraction",
                                        help="Without --val-store: seeded fraction of the training rows held out "
                                             "for validation (0: none)."),
-    val_max_rows: int = typer.Option(65_536, "--val-max-rows", min=0, help="At most this many validation rows."),
-    expansion: int = typer.Option(4, "--expansion", min=1, help="Latents per input dimension (paper: 4)."),
-    activation: str = typer.Option("relu", "--activation", help="relu (paper) or topk."),
-    k: int = typer.Option(32, "--k", min=1, help="Active latents per sample for --activation topk."),
+    val_max_rows: int = typer.Option(default(SAETrainConfig, "val_max_rows"), "--val-max-rows", min=0,
+                                     help="At most this many validation rows."),
+    expansion: int = typer.Option(default(SAETrainConfig, "expansion"), "--expansion", min=1,
+                                  help="Latents per input dimension (paper: 4)."),
+    activation: str = typer.Option(default(SAETrainConfig, "activation"), "--activation",
+                                   help="relu (paper) or topk."),
+    k: int = typer.Option(default(SAETrainConfig, "k"), "--k", min=1,
+                          help="Active latents per sample for --activation topk."),
     l1: float | None = typer.Option(None, "--l1", min=0.0, help="L1 coefficient (default: 1e-4 (paper) for relu, 0 for "
                                                                 "topk)."),
-    lr: float = typer.Option(1e-4, "--lr", callback=positive, help="Adam learning rate (paper: 1e-4)."),
+    lr: float = typer.Option(default(SAETrainConfig, "lr"), "--lr", callback=positive,
+                             help="Adam learning rate (paper: 1e-4)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="Batch size (default: the paper's 2048, or all training rows when "
                                                "there are fewer)."),
-    epochs: int = typer.Option(200, "--epochs", min=1, help="Passes over the training rows (paper: 200)."),
-    seed: int = typer.Option(49, "--seed", help="Seed of the initialisation and data order (paper: 49)."),
+    epochs: int = typer.Option(default(SAETrainConfig, "epochs"), "--epochs", min=1,
+                               help="Passes over the training rows (paper: 200)."),
+    seed: int = typer.Option(default(SAETrainConfig, "seed"), "--seed",
+                             help="Seed of the initialisation and data order (paper: 49)."),
     resample_every: int | None = typer.Option(None, "--resample-every", min=0,
                                               help="Samples between dead-latent resampling checks; 0 never "
                                                    "resamples (default: 10,000,000; 0 with --paper)."),
-    resample_max: int = typer.Option(4, "--resample-max", min=0, help="Resampling checks at most (0: unlimited)."),
+    resample_max: int = typer.Option(default(SAETrainConfig, "resample_max"), "--resample-max", min=0,
+                                     help="Resampling checks at most (0: unlimited)."),
     resample_window: int | None = typer.Option(None, "--resample-window", min=1,
                                                help="A latent is dead after this many samples without firing "
                                                     "(default: --resample-every)."),
-    resample_samples: int = typer.Option(819_200, "--resample-samples", min=0,
+    resample_samples: int = typer.Option(default(SAETrainConfig, "resample_samples"), "--resample-samples", min=0,
                                          help="Inputs whose loss decides where dead latents are re-initialised."),
-    paper: bool = typer.Option(False, "--paper",
+    paper: bool = typer.Option(default(SAETrainConfig, "paper"), "--paper",
                                help="The published computation: no resampling (its resampler never fires), the "
                                     "decoder gradient projected off each dictionary vector before the Adam step, "
                                     "the published initialisation, fp32 with --precision auto (see docs/sae.md)."),
-    dead_window: int = typer.Option(1_000_000, "--dead-window", min=0,
+    dead_window: int = typer.Option(default(SAETrainConfig, "dead_window"), "--dead-window", min=0,
                                     help="Samples without firing after which the logs count a latent as dead."),
-    log_every: int = typer.Option(1_000_000, "--log-every", min=1, help="Samples between log lines."),
-    val_every: int = typer.Option(10_000_000, "--val-every", min=0, help="Samples between validations (0: only at the "
-                                                                         "end)."),
-    checkpoint_every: int = typer.Option(10_000_000, "--checkpoint-every", min=0,
+    log_every: int = typer.Option(default(SAETrainConfig, "log_every"), "--log-every", min=1,
+                                  help="Samples between log lines."),
+    val_every: int = typer.Option(default(SAETrainConfig, "val_every"), "--val-every", min=0,
+                                  help="Samples between validations (0: only at the end)."),
+    checkpoint_every: int = typer.Option(default(SAETrainConfig, "checkpoint_every"), "--checkpoint-every", min=0,
                                          help="Samples between checkpoints (0: only at the end)."),
-    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", min=1, help="Checkpoints kept (newest)."),
-    buffer_mb: float = typer.Option(4096, "--buffer-mb", callback=positive,
+    keep_checkpoints: int = typer.Option(default(SAETrainConfig, "keep_checkpoints"), "--keep-checkpoints", min=1,
+                                         help="Checkpoints kept (newest)."),
+    buffer_mb: float = typer.Option(default(SAETrainConfig, "buffer_mb"), "--buffer-mb", callback=positive,
                                     help="Training rows up to this size (MiB, float32) are held in memory (on the "
                                          "GPU when it has room); larger sets stream in shuffled buffers."),
-    block_rows: int = typer.Option(16_384, "--block-rows", min=1, help="Rows per contiguous read when streaming."),
-    scale_inputs: bool = typer.Option(False, "--scale-inputs",
+    block_rows: int = typer.Option(default(SAETrainConfig, "block_rows"), "--block-rows", min=1,
+                                   help="Rows per contiguous read when streaming."),
+    scale_inputs: bool = typer.Option(default(SAETrainConfig, "scale_inputs"), "--scale-inputs",
                                       help="Scale inputs so their mean norm is sqrt(width) (useful for raw layers; "
                                            "the paper trains on the unit-norm embedding unscaled)."),
     device: str = device_option(),
     precision: str = precision_option("fp32 or bf16 matrix products (fp32 master weights) (auto: bf16 on GPU)."),
-    step_mode: str = typer.Option("auto", "--step-mode",
+    step_mode: str = typer.Option(default(SAETrainConfig, "step_mode"), "--step-mode",
                                   help="eager, or graph (the whole step captured in a CUDA graph) (auto: graph on "
                                        "GPU)."),
     resume: bool = typer.Option(False, "--resume", help="Accepted for compatibility: the same command continues the "
@@ -98,16 +109,16 @@ def train(
     interval), OUT/metrics.json and OUT/checkpoints/. Never loads a CLIP model. Rerun the same command to continue an
     interrupted run (or, with a larger --epochs, to train a finished one further).
     """
-    from clipgen.analysis.sae import SAETrainConfig, train_sae
+    from clipgen.analysis.sae import SAETrainConfig, run_train_sae
     from clipgen.cli.common import emit_json, summary_console
     from clipgen.errors import option_error
 
     if paper and resample_every not in (None, 0):
         raise option_error("--paper", "cannot be combined with --resample-every (the published run never resamples)")
     if out is None:
-        out = stores[0].with_name(stores[0].stem + "-sae")
+        out = store[0].with_name(store[0].stem + "-sae")
     cfg = SAETrainConfig(
-        stores=[str(s) for s in stores], out=str(out), layer=layer, split=split,
+        stores=[str(s) for s in store], out=str(out), layer=layer, split=split,
         val_store=str(val_store) if val_store else None, val_split=val_split, val_fraction=val_fraction,
         val_max_rows=val_max_rows, expansion=expansion, activation=activation.strip().lower(), k=k,
         scale_inputs=scale_inputs, l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed,
@@ -115,9 +126,9 @@ def train(
         resample_max=resample_max, resample_window=resample_window, resample_samples=resample_samples,
         dead_window=dead_window, log_every=log_every, val_every=val_every, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, buffer_mb=buffer_mb, block_rows=block_rows, device=device,
-        precision=precision, step_mode=step_mode, paper=paper,
+        precision=precision, step_mode=step_mode, paper=paper, force=force,
     )
-    res = train_sae(cfg, resume=resume, force=force, progress=progress)
+    res = run_train_sae(cfg, resume=resume, progress=progress)
     con = summary_console(as_json)
     f = res.final or {}
     if res.already_complete:
@@ -191,8 +202,8 @@ def features(
     cfg = FeatureSharingConfig(store=str(store), sae=str(sae), out=str(out), layer=layer, test_domain=test_domain,
                                classes=split_list(classes), split=split, top=top, ks=k_values,
                                zero_bins=zero_bins.strip().lower(), batch_size=batch_size, device=device,
-                               names=str(names) if names else None)
-    res, path = run_feature_sharing(cfg, force=force, progress=progress)
+                               names=str(names) if names else None, force=force)
+    res, path = run_feature_sharing(cfg, progress=progress)
     con = summary_console(as_json)
     con.print(f"[bold]feature sharing[/] (mpct over k={','.join(map(str, res.ks))}, top {res.top}), "
               f"{len(res.classes)} classes: {', '.join(res.classes)}")

@@ -75,7 +75,7 @@ def clip(
     (put them after `--`), e.g. `clipgen train clip --train t.tsv -- --grad-clip-norm 1.0`. Rerun the same command to
     continue an interrupted run; a finished run is skipped."""
     from clipgen.progress import out
-    from clipgen.training.clip import ClipTrainConfig, describe_checkpoints, train_clip
+    from clipgen.training.clip import ClipTrainConfig, describe_checkpoints, run_train_clip
 
     cfg = ClipTrainConfig(
         train=train, val=val, logs=logs, name=name, preset=preset, model=model, epochs=epochs, lr=lr, warmup=warmup,
@@ -83,7 +83,7 @@ def clip(
         workers=workers, seed=seed, device=device, gpus=gpus, nproc=nproc, launcher=launcher, resume=resume,
         force=force, extra_args=list(ctx.args), log=log, check_sample=check_sample, threads=threads,
     )
-    res = train_clip(cfg)
+    res = run_train_clip(cfg)
     if not res.skipped and res.train_loss:
         last = max(res.train_loss)
         out.print(f"run {res.run_dir}: {len(res.epochs)} checkpoints, train loss {res.train_loss[last]:.4f} at "
@@ -135,7 +135,7 @@ def supervised(
     """Train the paper's supervised baseline (image tower + ReLU + linear head over 1000 ImageNet + 345 DomainNet
     classes) on a mixture TSV."""
     from clipgen.progress import out
-    from clipgen.training.supervised import SupervisedTrainConfig, train_supervised
+    from clipgen.training.supervised import SupervisedTrainConfig, run_train_supervised
 
     try:
         ms = split_list(milestones, int)
@@ -149,7 +149,7 @@ def supervised(
         workers=workers, save_every=save_every, seed=seed, device=device, gpus=gpus, nproc=nproc, launcher=launcher,
         resume=resume, force=force, progress=progress and not quiet, check_sample=check_sample,
     )
-    res = train_supervised(cfg)
+    res = run_train_supervised(cfg)
     if res.metrics and not res.skipped:
         last = res.metrics[-1]
         val_txt = f", val DomainNet accuracy {last['val_acc_domainnet']:.3f}" if "val_acc_domainnet" in last else ""

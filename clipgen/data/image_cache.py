@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clipgen.errors import file_error, option_error
+from clipgen.errors import ConfigFieldError, file_error
 
 #: Version of the cache's content (part of the fingerprint): bump when what is stored changes.
 CACHE_VERSION = 1
@@ -78,29 +78,29 @@ def _step_name(t: Any) -> str:
     return r
 
 
-def split_transform(transform: Any, option: str = "--images") -> tuple[list[Any], list[float], list[float]]:
+def split_transform(transform: Any, field: str = "images") -> tuple[list[Any], list[float], list[float]]:
     """``(geometric steps, mean, std)`` of an evaluation transform ``Compose([..., ToTensor(), Normalize()])``."""
     from torchvision import transforms as T
 
     steps = list(getattr(transform, "transforms", []))
     if len(steps) < 2 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize):
-        raise option_error(option, f"cannot cache images for this preprocessing (expected Compose([..., ToTensor(), "
-                                   f"Normalize(...)]), got {transform!r})")
+        raise ConfigFieldError(field, f"cannot cache images for this preprocessing (expected Compose([..., ToTensor(), "
+                                       f"Normalize(...)]), got {transform!r})")
     norm = steps[-1]
     return steps[:-2], [float(x) for x in norm.mean], [float(x) for x in norm.std]
 
 
-def describe_transform(transform: Any, option: str = "--images") -> dict[str, Any]:
+def describe_transform(transform: Any, field: str = "images") -> dict[str, Any]:
     """What a cache made for ``transform`` stores: its geometric steps (the fingerprinted part) and normalisation."""
-    geo, mean, std = split_transform(transform, option)
+    geo, mean, std = split_transform(transform, field)
     return {"steps": [_step_name(t) for t in geo], "mean": mean, "std": std}
 
 
-def uint8_transform(transform: Any, option: str = "--images") -> Any:
+def uint8_transform(transform: Any, field: str = "images") -> Any:
     """The geometric steps of ``transform`` followed by PILToTensor: the uint8 ``(3, S, S)`` model input."""
     from torchvision import transforms as T
 
-    geo, _, _ = split_transform(transform, option)
+    geo, _, _ = split_transform(transform, field)
     return T.Compose([*geo, T.PILToTensor()])
 
 
@@ -109,11 +109,11 @@ def cache_transform(cfg: CacheConfig) -> tuple[Any, str]:
     given = [o for o, v in (("--size", cfg.size), ("--model", cfg.model), ("--model-dir", cfg.model_dir))
              if v is not None]
     if len(given) != 1:
-        raise option_error("--size", "give exactly one of --size N, --model NAME or --model-dir RUN_DIR (the "
-                                     "preprocessing the cached images are made for)")
+        raise ConfigFieldError("size", "give exactly one of --size N, --model NAME or --model-dir RUN_DIR (the "
+                                       "preprocessing the cached images are made for)")
     if cfg.size is not None:
         if cfg.size < 1:
-            raise option_error("--size", f"must be a positive number of pixels, not {cfg.size}")
+            raise ConfigFieldError("size", f"must be a positive number of pixels, not {cfg.size}")
         from open_clip import image_transform
 
         return image_transform(int(cfg.size), is_train=False), f"open_clip evaluation transform, {cfg.size} px"
@@ -143,8 +143,8 @@ def crop_size(transform: Any) -> int:
 
 # -- writing ---------------------------------------------------------------------------------------------------
 
-def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
-                note: Any = None) -> CacheResult:
+def run_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: int | None = None,
+              note: Any = None) -> CacheResult:
     """Write (or continue) the cache of ``cfg``; an interrupted cache continues where it stopped.
 
     As an extraction, under the output's writer lock (a second writer is refused); a run that fails before writing a
@@ -154,13 +154,13 @@ def build_cache(cfg: CacheConfig, *, progress: bool = True, crash_after_blocks: 
     from clipgen.store.testing import SimulatedCrash
 
     if cfg.on_error not in ("fail", "skip"):
-        raise option_error("--on-error", f"must be 'fail' or 'skip', not {cfg.on_error!r}")
+        raise ConfigFieldError("on_error", f"must be 'fail' or 'skip', not {cfg.on_error!r}")
     if cfg.compression not in COMPRESSIONS:
-        raise option_error("--compression", f"unknown compression {cfg.compression!r} (one of "
-                                            f"{', '.join(COMPRESSIONS)})")
+        raise ConfigFieldError("compression", f"unknown compression {cfg.compression!r} (one of "
+                                              f"{', '.join(COMPRESSIONS)})")
     if cfg.batch_size < 1 or cfg.block_rows < 1 or cfg.block_rows % cfg.batch_size:
-        raise option_error("--block-rows", f"{cfg.block_rows} must be a positive multiple of --batch-size "
-                                           f"{cfg.batch_size}")
+        raise ConfigFieldError("block_rows", f"{cfg.block_rows} must be a positive multiple of --batch-size "
+                                             f"{cfg.batch_size}")
     with writing_output(Path(cfg.out), discard_if_empty, keep=(SimulatedCrash,)):
         return _build_cache(cfg, progress=progress, crash_after_blocks=crash_after_blocks, note=note)
 
@@ -256,8 +256,8 @@ class ImageCache:
     or use ``with``). Several files (a folder of caches, e.g. one per domain and split) must share one
     preprocessing."""
 
-    def __init__(self, path: Path, stores: Sequence[Any], option: str):
-        self.path, self.stores, self.option = Path(path), list(stores), option
+    def __init__(self, path: Path, stores: Sequence[Any], field: str):
+        self.path, self.stores, self.field = Path(path), list(stores), field  # the config field that names the cache
         provs = [st.provenance for st in self.stores]
         self.provenance = provs[0]
         self.steps = list(provs[0]["preprocess"]["steps"])
@@ -298,11 +298,12 @@ class ImageCache:
 
     def check_transform(self, transform: Any) -> dict[str, Any]:
         """Refuse a model whose preprocessing is not the one the cache was made for; returns the model's."""
-        desc = describe_transform(transform, self.option)
+        desc = describe_transform(transform, self.field)
         if desc["steps"] != self.steps:
-            raise option_error(self.option, f"{self.path} was made for another preprocessing ({'; '.join(self.steps)})"
-                                            f" than the model's ({'; '.join(desc['steps'])}); build a cache for it "
-                                            f"with 'clipgen data cache'")
+            raise ConfigFieldError(self.field, f"{self.path} was made for another preprocessing "
+                                               f"({'; '.join(self.steps)}) than the model's "
+                                               f"({'; '.join(desc['steps'])}); build a cache for it with "
+                                               f"'clipgen data cache'")
         return desc
 
     def rows_of(self, records: Sequence[Any], on_error: str = "fail") -> np.ndarray:
@@ -315,21 +316,21 @@ class ImageCache:
             unread = [k for k in missing if k in self._skipped]
             if len(unread) < len(missing):
                 first = next(k for k in missing if k not in self._skipped)
-                raise option_error(self.option, f"{self.path} does not hold {len(missing) - len(unread)} of the "
-                                                f"{len(keys)} requested images (first: {first}); it was made for "
-                                                f"another image set")
+                raise ConfigFieldError(self.field, f"{self.path} does not hold {len(missing) - len(unread)} of the "
+                                                   f"{len(keys)} requested images (first: {first}); it was made for "
+                                                   f"another image set")
             if on_error == "fail":
                 k = unread[0]
-                raise option_error(self.option, f"{k} could not be read when {self.path} was built "
-                                                f"({self._skipped[k]}); pass --on-error skip to leave it out")
+                raise ConfigFieldError(self.field, f"{k} could not be read when {self.path} was built "
+                                                   f"({self._skipped[k]}); pass --on-error skip to leave it out")
         ok = rows >= 0
         want = np.array([r.label for r in records], dtype=np.int64)
         have = self._labels[rows[ok]]
         bad = np.flatnonzero((want[ok] >= 0) & (have >= 0) & (want[ok] != have))
         if len(bad):
             i = np.flatnonzero(ok)[bad[0]]
-            raise option_error(self.option, f"{self.path}: image {keys[i]} has label {int(self._labels[rows[i]])} "
-                                            f"in the cache but {int(want[i])} in the requested image set")
+            raise ConfigFieldError(self.field, f"{self.path}: image {keys[i]} has label {int(self._labels[rows[i]])} "
+                                               f"in the cache but {int(want[i])} in the requested image set")
         return rows
 
     def read(self, rows: np.ndarray) -> np.ndarray:
@@ -411,7 +412,7 @@ class ImageCache:
         return x
 
 
-def open_cache(path: str | Path | Sequence[str | Path], option: str = "--images") -> ImageCache:
+def open_cache(path: str | Path | Sequence[str | Path], field: str = "images") -> ImageCache:
     """Open a complete image cache, or several read as one (a folder: its ``*.h5`` files; or a list of files);
     anything else (missing, corrupt, partial, an activation store) is a one-line error naming the file."""
     if isinstance(path, (str, Path)):
@@ -419,20 +420,20 @@ def open_cache(path: str | Path | Sequence[str | Path], option: str = "--images"
         if p.is_dir():
             files = sorted(x for x in p.glob("*.h5"))
             if not files:
-                raise option_error(option, f"no image cache (*.h5) in the folder {p}")
+                raise ConfigFieldError(field, f"no image cache (*.h5) in the folder {p}")
         else:
             files = [p]
         where = p
     else:
         files = [Path(x) for x in path]
         if not files:
-            raise option_error(option, "no image cache given")
+            raise ConfigFieldError(field, "no image cache given")
         where = files[0]
     stores: list[Any] = []
     try:
         for f in files:
             stores.append(_open_one(f))
-        return ImageCache(where, stores, option)
+        return ImageCache(where, stores, field)
     except BaseException:
         for st in stores:
             st.close()

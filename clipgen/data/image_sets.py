@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.store.schema import image_set_sha256
 
 
@@ -22,11 +22,11 @@ def resolve_image_set(cfg: Any):
     from clipgen.datasets import domainnet_records, tsv_records
 
     if (cfg.data is None) == (cfg.tsv is None):
-        raise option_error("--data", "give exactly one image set: --data DOMAINNET_ROOT or --tsv FILE")
+        raise ConfigFieldError("data", "give exactly one image set: --data DOMAINNET_ROOT or --tsv FILE")
     if cfg.data is not None:
         root = Path(cfg.data)
         if not root.is_dir():
-            raise option_error("--data", f"{root} is not a directory")
+            raise ConfigFieldError("data", f"{root} is not a directory")
         domains = dn.parse_domains(cfg.domains)
         recs = domainnet_records(root, domains, cfg.split)
         sources = [dn.split_file(root, d, cfg.split) for d in domains]
@@ -37,7 +37,7 @@ def resolve_image_set(cfg: Any):
         sources = [tsv]
         info = {"kind": "tsv", "index": str(tsv.resolve())}
     if not recs:
-        raise option_error("--data" if cfg.data is not None else "--tsv", "the image set is empty")
+        raise ConfigFieldError("data" if cfg.data is not None else "tsv", "the image set is empty")
     info["sources"] = [{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in sources]
     info["sha256"] = image_set_sha256([r.rel or r.path for r in recs], [r.label for r in recs],
                                       [r.domain for r in recs], [r.split for r in recs])

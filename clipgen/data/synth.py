@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw
 from clipgen.artifacts import atomic_path, write_config
 from clipgen.data.synth_render import render
 from clipgen.domainnet import DOMAINS, HELD_OUT_CLASSES, DNClass, class_by_name, class_table
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.tsv import write_tsv
 
 #: Non-held-out classes the default set starts with: they carry the real dataset's quirks (capitals and
@@ -104,6 +104,7 @@ class SynthConfig:
     # At most this many distinct images per (domain, split, class); the others are hard links to them (the files,
     # paths and decoding cost of a large dataset, rendered in a fraction of the time). None: every image distinct.
     distinct_images: int | None = None
+    force: bool = False  # replace an existing synthetic dataset in out
 
 
 def spread(total: int, n: int) -> list[int]:
@@ -114,8 +115,9 @@ def spread(total: int, n: int) -> list[int]:
     return [q + 1 if i < r else q for i in range(n)]
 
 
-def parse_split_sizes(text: str, option: str = "--split-sizes") -> dict[str, list[int]]:
-    """``paper`` (the real DomainNet's) or ``domain=TRAIN/TEST,...`` (names or letters)."""
+def parse_split_sizes(text: str, field: str = "split_sizes") -> dict[str, list[int]]:
+    """``paper`` (the real DomainNet's) or ``domain=TRAIN/TEST,...`` (names or letters); a malformed text is an error
+    of config field ``field``."""
     from clipgen.domainnet import parse_domains
 
     if text.strip() == "paper":
@@ -127,12 +129,12 @@ def parse_split_sizes(text: str, option: str = "--split-sizes") -> dict[str, lis
         try:
             counts = [int(train), int(test)]
         except ValueError:
-            raise option_error(option, f"{part!r} is not DOMAIN=TRAIN/TEST (or 'paper')") from None
+            raise ConfigFieldError(field, f"{part!r} is not DOMAIN=TRAIN/TEST (or 'paper')") from None
         if min(counts) < 0:
-            raise option_error(option, f"{part!r}: sizes must not be negative")
-        out[parse_domains([name.strip()], field="split_sizes")[0]] = counts
+            raise ConfigFieldError(field, f"{part!r}: sizes must not be negative")
+        out[parse_domains([name.strip()], field)[0]] = counts
     if not out:
-        raise option_error(option, "empty; give 'paper' or DOMAIN=TRAIN/TEST,...")
+        raise ConfigFieldError(field, "empty; give 'paper' or DOMAIN=TRAIN/TEST,...")
     return out
 
 
@@ -143,11 +145,11 @@ def parse_split_sizes(text: str, option: str = "--split-sizes") -> dict[str, lis
 def default_classes(n_classes: int, n_held_out: int | None = None, seed: int = 0) -> list[DNClass]:
     """The default class set: ``n_held_out`` paper held-out classes, the quirky classes, then others by seed."""
     if n_classes < 2:
-        raise option_error("--n-classes", "need at least 2 classes")
+        raise ConfigFieldError("n_classes", "need at least 2 classes")
     if n_held_out is None:
         n_held_out = max(1, round(n_classes / 3))
     if not 0 <= n_held_out <= min(len(HELD_OUT_ORDER), n_classes - 1):
-        raise option_error("--n-held-out", f"must be between 0 and {min(len(HELD_OUT_ORDER), n_classes - 1)}")
+        raise ConfigFieldError("n_held_out", f"must be between 0 and {min(len(HELD_OUT_ORDER), n_classes - 1)}")
     chosen = [class_by_name(n) for n in HELD_OUT_ORDER[:n_held_out]]
     chosen += [class_by_name(n) for n in QUIRKY_CLASSES[: n_classes - len(chosen)]]
     held = {class_by_name(n).label for n in HELD_OUT_CLASSES}
@@ -164,10 +166,10 @@ def resolve_classes(cfg: SynthConfig) -> list[DNClass]:
         for name in cfg.classes:
             c = class_by_name(name, field="classes")
             if c in out:
-                raise option_error("--classes", f"class {c.name!r} given twice")
+                raise ConfigFieldError("classes", f"class {c.name!r} given twice")
             out.append(c)
         if len(out) < 2:
-            raise option_error("--classes", "need at least 2 classes")
+            raise ConfigFieldError("classes", "need at least 2 classes")
         return sorted(out, key=lambda c: c.label)
     return default_classes(cfg.n_classes, cfg.n_held_out, cfg.seed)
 
@@ -328,34 +330,34 @@ class SynthResult:
     contact_sheet: Path
 
 
-def generate(cfg: SynthConfig, *, force: bool = False, progress: bool = True) -> SynthResult:
+def run_synth(cfg: SynthConfig, *, progress: bool = True) -> SynthResult:
     """Generate the synthetic DomainNet under ``cfg.out`` (deterministic in ``cfg.seed``).
 
-    An existing non-empty ``cfg.out`` is refused unless ``force``; it is then replaced only once the new
+    An existing non-empty ``cfg.out`` is refused unless ``cfg.force``; it is then replaced only once the new
     dataset is complete.
     """
     from clipgen.progress import make_progress
 
     if cfg.image_size < 16 or cfg.image_size > 512:
-        raise option_error("--image-size", "must be between 16 and 512")
+        raise ConfigFieldError("image_size", "must be between 16 and 512")
     if cfg.train_per_class < 1:
-        raise option_error("--train-per-class", "must be at least 1")
+        raise ConfigFieldError("train_per_class", "must be at least 1")
     if cfg.test_per_class < 1:
-        raise option_error("--test-per-class", "must be at least 1")
+        raise ConfigFieldError("test_per_class", "must be at least 1")
     if not 0 < cfg.base_val_fraction < 1:
-        raise option_error("--base-val-fraction", "must be strictly between 0 and 1")
+        raise ConfigFieldError("base_val_fraction", "must be strictly between 0 and 1")
     if cfg.distinct_images is not None and cfg.distinct_images < 1:
-        raise option_error("--distinct-images", "must be at least 1")
+        raise ConfigFieldError("distinct_images", "must be at least 1")
     if cfg.base_rows is not None and cfg.base_rows < 1:
-        raise option_error("--base-rows", "must be at least 1")
+        raise ConfigFieldError("base_rows", "must be at least 1")
     if cfg.split_sizes:
         unknown = sorted(set(cfg.split_sizes) - set(DOMAINS))
         if unknown:
-            raise option_error("--split-sizes", f"unknown domain {unknown[0]!r}")
+            raise ConfigFieldError("split_sizes", f"unknown domain {unknown[0]!r}")
         if any(len(v) != 2 or min(v) < 0 for v in cfg.split_sizes.values()):
-            raise option_error("--split-sizes", "each domain needs two sizes (train, test), none negative")
+            raise ConfigFieldError("split_sizes", "each domain needs two sizes (train, test), none negative")
     root = Path(cfg.out)
-    check_out_dir(root, force)
+    check_out_dir(root, cfg.force)
     classes = resolve_classes(cfg)
     layout, empty_painting = plan(cfg, classes)
     base_classes = _base_classes(cfg, classes)
@@ -423,10 +425,10 @@ def check_out_dir(out: Path, force: bool) -> None:
     """Refuse a non-empty output folder unless ``force``, and never replace a folder clipgen did not make."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise option_error("--out", f"{out} exists and is not a folder")
+        raise ConfigFieldError("out", f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise option_error("--out", f"{out} exists and is not empty (pass --force to replace it)")
+            raise ConfigFieldError("out", f"{out} exists and is not empty (pass --force to replace it)")
         if not (out / "config.json").is_file():
             raise ClipgenError(f"--force: refusing to replace {out}: it does not look like a clipgen synthetic "
                                f"dataset (no config.json)")

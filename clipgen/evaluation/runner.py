@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from clipgen import domainnet as dn
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 from clipgen.evaluation.metrics import accuracy, domain_metrics, macro_f1, topk_accuracy
 from clipgen.evaluation.protocol import EvalImageSet
 from clipgen.evaluation.results import LOCK_NAME, EpochResult, ResultsWriter
@@ -39,22 +39,22 @@ def resolve_checkpoints(model_dir: str | Path | None, epochs: str, checkpoints: 
                         model: str | None = None, kind: str = "clip") -> tuple[RunManifest | None, list[CheckpointRef]]:
     """The checkpoints to evaluate: ``--model-dir RUN_DIR --epochs SPEC``, or explicit files with ``--model``."""
     if model_dir is not None and checkpoints:
-        raise option_error("--model-dir", "pass either --model-dir RUN_DIR or checkpoint files, not both")
+        raise ConfigFieldError("model_dir", "pass either --model-dir RUN_DIR or checkpoint files, not both")
     if model_dir is not None:
         manifest = read_manifest(model_dir)
         if manifest.kind != kind:
             other = "supervised" if manifest.kind == "supervised" else "zero-shot"
-            raise option_error("--model-dir", f"{model_dir} is a {manifest.kind} run; evaluate it with "
-                                              f"'clipgen eval {other}'")
+            raise ConfigFieldError("model_dir", f"{model_dir} is a {manifest.kind} run; evaluate it with "
+                                                f"'clipgen eval {other}'")
         cks = list_checkpoints(model_dir)
         if not cks:
-            raise option_error("--model-dir", f"{model_dir} has no checkpoints/epoch_N.pt files")
+            raise ConfigFieldError("model_dir", f"{model_dir} has no checkpoints/epoch_N.pt files")
         return manifest, [CheckpointRef(e, cks[e]) for e in parse_epochs(epochs, list(cks))]
     if not checkpoints:
-        raise option_error("--model-dir", "pass --model-dir RUN_DIR, or checkpoint files together with --model NAME")
+        raise ConfigFieldError("model_dir", "pass --model-dir RUN_DIR, or checkpoint files together with --model NAME")
     if model is None:
-        raise option_error("--model", "explicit checkpoint files need --model NAME (the architecture); a clipgen run "
-                                      "directory names it itself: pass --model-dir RUN_DIR instead")
+        raise ConfigFieldError("model", "explicit checkpoint files need --model NAME (the architecture); a clipgen run "
+                                        "directory names it itself: pass --model-dir RUN_DIR instead")
     refs: dict[int, CheckpointRef] = {}
     for p in checkpoints:
         p = Path(p)
@@ -92,8 +92,8 @@ def default_test_domain(manifest: RunManifest | None, test_domain: str | None) -
     mix = (manifest.mixture or {}) if manifest is not None else {}
     if mix.get("test_domain"):
         return str(mix["test_domain"])
-    raise option_error("--test-domain", "required: the run's mixture names no test domain (natural-only runs serve "
-                                        f"every test domain: {', '.join(dn.TEST_DOMAINS)})")
+    raise ConfigFieldError("test_domain", "required: the run's mixture names no test domain (natural-only runs serve "
+                                          f"every test domain: {', '.join(dn.TEST_DOMAINS)})")
 
 
 def default_out_dir(out: str | Path | None, model_dir: str | Path | None, kind: str, test_domain: str) -> Path:
@@ -101,7 +101,7 @@ def default_out_dir(out: str | Path | None, model_dir: str | Path | None, kind: 
     if out is not None:
         return Path(out)
     if model_dir is None:
-        raise option_error("--out", "required with explicit checkpoint files")
+        raise ConfigFieldError("out", "required with explicit checkpoint files")
     return Path(model_dir) / "eval" / kind / test_domain
 
 

@@ -1,6 +1,6 @@
 """Testing hooks of the resumable writers: a simulated crash that dies like a killed process.
 
-``extract(..., crash_after_blocks=k)``, ``build_cache(..., crash_after_blocks=k)`` and
+``run_extract(..., crash_after_blocks=k)``, ``run_cache(..., crash_after_blocks=k)`` and
 ``run_circuits(..., crash_after=k)`` stop dead after k whole part files, leaving the header and parts a kill would
 leave, so tests can check that the same command resumes to an identical file. Nothing else uses them.
 """

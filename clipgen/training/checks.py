@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clipgen.artifacts import sha256_file
-from clipgen.errors import ClipgenError, file_error, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError, file_error
 from clipgen.runs import MANIFEST_NAME, list_checkpoints
 
 
@@ -58,17 +58,18 @@ def sample_indices(n: int, sample: int, seed: int = 0) -> list[int]:
     return sorted(set(head + tail + rand))
 
 
-def check_tsv(path: str | Path, option: str = "--train", *, sample: int = 256, decode: int = 2,
+def check_tsv(path: str | Path, field: str = "train", *, sample: int = 256, decode: int = 2,
               min_rows: int = 1) -> TsvSummary:
     """Validate a ``filepath<TAB>title`` TSV and a sample of its image paths; returns path, sha256 and rows.
 
-    Relative image paths are resolved against the current directory, as open_clip_train resolves them.
+    Relative image paths are resolved against the current directory, as open_clip_train resolves them. A missing
+    file is an error of config field ``field``.
     """
     from clipgen.tsv import iter_tsv
 
     p = Path(path)
     if not p.is_file():
-        raise option_error(option, f"{p}: TSV file not found")
+        raise ConfigFieldError(field, f"{p}: TSV file not found")
     files = [fp for fp, _ in iter_tsv(p)]
     if len(files) < min_rows:
         raise file_error(p, f"has {len(files)} data rows; need at least {min_rows}")
@@ -123,9 +124,9 @@ def check_run_dir(state: RunState) -> None:
 def refuse_other_settings(run_dir: str | Path, diff: list[str]) -> None:
     """The one-line error for a run continued with settings that differ from its manifest (``diff``: what changed)."""
     if diff:
-        raise option_error("--name", f"run {run_dir} was started with other settings ({'; '.join(diff)}); rerun with "
-                                     f"its settings to continue it, pass --force to start it over, or choose another "
-                                     f"--name")
+        raise ConfigFieldError("name", f"run {run_dir} was started with other settings ({'; '.join(diff)}); rerun with "
+                                       f"its settings to continue it, pass --force to start it over, or choose another "
+                                       f"--name")
 
 
 class UnreadableCheckpoint(ClipgenError):

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.training.clip_settings import (
     PRESETS,
     REAL_DATA_ROWS,
@@ -46,7 +46,7 @@ __all__ = [
     "CURVES_DIR", "PRESETS", "REAL_DATA_ROWS", "TRAINING_LOSS_FIGURE", "ClipHyper", "ClipPreset", "ClipRunResult",
     "ClipTrainConfig", "PreparedClipRun", "TrainingFailed", "build_argv", "check_run_name", "choose_preset",
     "data_preset", "default_run_name", "describe_checkpoints", "force_note", "get_preset", "parse_open_clip_args",
-    "plot_training_curves", "prepare_clip_run", "resolve_hyper", "train_clip", "training_loss_figure",
+    "plot_training_curves", "prepare_clip_run", "resolve_hyper", "run_train_clip", "training_loss_figure",
 ]
 
 ENTRY_MODULE = "clipgen.training.open_clip_entry"
@@ -108,10 +108,10 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     from clipgen.training.launch import module_command, resolve_launch
 
     if cfg.log not in ("bar", "live", "quiet"):
-        raise option_error("--log", f"unknown mode {cfg.log!r} (bar, live or quiet)")
+        raise ConfigFieldError("log", f"unknown mode {cfg.log!r} (bar, live or quiet)")
     train = None
     if cfg.preset is None:  # the preset depends on the data: read it first
-        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        train = check_tsv(cfg.train, "train", sample=cfg.check_sample)
         chosen, preset_note = choose_preset(None, cfg.train, train.rows, read_info(cfg.train))
         cfg = replace(cfg, preset=chosen)
     get_preset(cfg.preset)
@@ -123,14 +123,14 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
     run_dir = logs / name
 
     if train is None:
-        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        train = check_tsv(cfg.train, "train", sample=cfg.check_sample)
         _, preset_note = choose_preset(cfg.preset, cfg.train, train.rows, read_info(cfg.train))
     if train.rows < hp.effective_batch:
-        raise option_error("--train", f"{cfg.train} has {train.rows} rows, fewer than one optimizer step "
-                                      f"(effective batch {hp.effective_batch}); lower --batch-size")
+        raise ConfigFieldError("train", f"{cfg.train} has {train.rows} rows, fewer than one optimizer step "
+                                        f"(effective batch {hp.effective_batch}); lower --batch-size")
     data: dict[str, Any] = {"train": train.manifest_entry()}
     if cfg.val is not None:
-        data["val"] = check_tsv(cfg.val, "--val", sample=cfg.check_sample).manifest_entry()
+        data["val"] = check_tsv(cfg.val, "val", sample=cfg.check_sample).manifest_entry()
     info = read_info(cfg.train)
     mixture = asdict(info) if info is not None else None
 
@@ -145,8 +145,8 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
         if state.has_manifest:
             old = read_manifest(run_dir, field="name")
             if old.kind != "clip":
-                raise option_error("--name", f"{run_dir} is a {old.kind} run, not a CLIP run; pass --force to "
-                                             f"replace it or choose another --name")
+                raise ConfigFieldError("name", f"{run_dir} is a {old.kind} run, not a CLIP run; pass --force to "
+                                               f"replace it or choose another --name")
             old_hp = dict(old.hyperparameters, model=old.model)
             old_epochs = old_hp.get("epochs")
             # more epochs on a complete run extend it (every other setting as it was); fewer stay refused
@@ -181,8 +181,9 @@ def prepare_clip_run(cfg: ClipTrainConfig) -> PreparedClipRun:
              "--train-data": (ns.train_data, str(cfg.train)), "--val-data": (ns.val_data, cfg.val and str(cfg.val))}
     clash = [k for k, (got, want) in owned.items() if got != want]
     if clash:
-        raise option_error(clash[0], "is set by clipgen (the run directory and manifest depend on it); use clipgen's "
-                                     "own option instead of passing it through to open_clip_train")
+        # an open_clip_train argument among the pass-through ones (not a clipgen option): the message names it
+        raise ClipgenError(f"{clash[0]}: is set by clipgen (the run directory and manifest depend on it); use "
+                           "clipgen's own option instead of passing it through to open_clip_train")
     hp = replace(hp, beta1=ns.beta1, beta2=ns.beta2, eps=ns.eps, lr_scheduler=ns.lr_scheduler, lr=ns.lr,
                  epochs=ns.epochs, warmup=ns.warmup, wd=ns.wd, precision=ns.precision, model=ns.model)
     model_config(hp.model)  # extra arguments may name another model
@@ -216,7 +217,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
+def run_train_clip(cfg: ClipTrainConfig) -> ClipRunResult:
     """Check, write the manifest, run open_clip_train, and summarise. The library function behind the CLI."""
     from clipgen.artifacts import command_line, utc_now, write_config
     from clipgen.progress import console, make_progress

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,15 @@ PRESETS: dict[str, ClipPreset] = {
 }
 
 
-def get_preset(name: str, presets: dict[str, Any] | None = None, option: str = "--preset"):
+def get_preset(name: str, presets: dict[str, Any] | None = None, field: str = "preset"):
+    """The preset ``name`` of ``presets`` (default: the CLIP presets); an unknown one is an error of ``field``."""
     presets = PRESETS if presets is None else presets
     if name not in presets:
         import difflib
 
         close = difflib.get_close_matches(name, list(presets), n=2)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise option_error(option, f"unknown preset {name!r} (one of {', '.join(presets)}){hint}")
+        raise ConfigFieldError(field, f"unknown preset {name!r} (one of {', '.join(presets)}){hint}")
     return presets[name]
 
 
@@ -180,8 +181,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._+=@-][A-Za-z0-9._+=@/-]*$")
 
 def check_run_name(name: str) -> str:
     if not _NAME_RE.match(name) or ".." in name.split("/") or name.endswith("/"):
-        raise option_error("--name", f"{name!r} is not a usable run name (letters, digits, . _ - + = @, and / for "
-                                     f"sub-folders)")
+        raise ConfigFieldError("name", f"{name!r} is not a usable run name (letters, digits, . _ - + = @, and / for "
+                                       f"sub-folders)")
     return name
 
 
@@ -190,15 +191,15 @@ def resolve_hyper(cfg: ClipTrainConfig, world_size: int, device: str, launcher: 
     p = get_preset(cfg.preset or "synthetic")  # no preset and no data read (prepare_clip_run chooses one first)
     model = cfg.model or p.model
     batch = cfg.batch_size or p.batch_size
-    for opt, v in (("--batch-size", batch), ("--epochs", cfg.epochs), ("--accum-freq", cfg.accum_freq),
-                   ("--effective-batch", cfg.effective_batch)):
+    for name, v in (("batch_size", batch), ("epochs", cfg.epochs), ("accum_freq", cfg.accum_freq),
+                    ("effective_batch", cfg.effective_batch)):
         if v is not None and v < 1:
-            raise option_error(opt, "must be >= 1")
+            raise ConfigFieldError(name, "must be >= 1")
     if cfg.accum_freq is not None:
         accum = cfg.accum_freq
         if cfg.effective_batch is not None and cfg.effective_batch != batch * world_size * accum:
-            raise option_error("--effective-batch", f"{cfg.effective_batch} != batch {batch} x {world_size} "
-                                                    f"process(es) x accum {accum}; give only one of them")
+            raise ConfigFieldError("effective_batch", f"{cfg.effective_batch} != batch {batch} x {world_size} "
+                                                      f"process(es) x accum {accum}; give only one of them")
     else:
         eff = cfg.effective_batch or p.effective_batch
         if eff is None:
@@ -206,9 +207,9 @@ def resolve_hyper(cfg: ClipTrainConfig, world_size: int, device: str, launcher: 
         else:
             per_step = batch * world_size
             if eff % per_step:
-                raise option_error("--effective-batch", f"{eff} is not a multiple of batch {batch} x {world_size} "
-                                                        f"process(es) = {per_step}; adjust --batch-size or pass "
-                                                        f"--accum-freq")
+                raise ConfigFieldError("effective_batch", f"{eff} is not a multiple of batch {batch} x {world_size} "
+                                                          f"process(es) = {per_step}; adjust --batch-size or pass "
+                                                          f"--accum-freq")
             accum = eff // per_step
     if cfg.precision:
         precision = cfg.precision

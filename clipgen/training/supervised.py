@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 from clipgen.training.supervised_worker import (
     LATEST_NAME,
     SupervisedSettings,
@@ -122,22 +122,22 @@ def resolve_settings(cfg: SupervisedTrainConfig, run_dir: Path, plan) -> Supervi
     model = cfg.model or p.model
     cfg_model = model_config(model)
     if "embed_dim" not in cfg_model:
-        raise option_error("--model", f"{model}: configuration has no embed_dim")
+        raise ConfigFieldError("model", f"{model}: configuration has no embed_dim")
     batch = cfg.batch_size or p.batch_size
     epochs = cfg.epochs or p.epochs
-    for opt, v in (("--batch-size", batch), ("--epochs", epochs), ("--save-every", cfg.save_every)):
+    for name, v in (("batch_size", batch), ("epochs", epochs), ("save_every", cfg.save_every)):
         if v is not None and v < 1:
-            raise option_error(opt, "must be >= 1")
+            raise ConfigFieldError(name, "must be >= 1")
     if batch % plan.world_size:
-        raise option_error("--batch-size", f"global batch {batch} is not divisible by {plan.world_size} processes")
+        raise ConfigFieldError("batch_size", f"global batch {batch} is not divisible by {plan.world_size} processes")
     milestones = list(p.milestones if cfg.milestones is None else cfg.milestones)
     if milestones != sorted(milestones) or any(m < 1 for m in milestones):
-        raise option_error("--milestones", f"{milestones}: must be increasing positive epochs")
+        raise ConfigFieldError("milestones", f"{milestones}: must be increasing positive epochs")
     precision = cfg.precision or (p.precision if plan.device == "cuda" else "fp32")
     if precision not in PRECISIONS:
-        raise option_error("--precision", f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
+        raise ConfigFieldError("precision", f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
     if precision == "fp16" and plan.device == "cpu":
-        raise option_error("--precision", "fp16 mixed precision needs a GPU (use fp32 or bf16 on CPU)")
+        raise ConfigFieldError("precision", "fp16 mixed precision needs a GPU (use fp32 or bf16 on CPU)")
     return SupervisedSettings(
         run_dir=str(run_dir), train=str(Path(cfg.train).resolve()),
         val=str(Path(cfg.val).resolve()) if cfg.val else None, model=model, model_config=cfg_model,
@@ -180,7 +180,7 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
 
     train = None
     if cfg.preset is None:  # the preset depends on the data: read it first
-        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        train = check_tsv(cfg.train, "train", sample=cfg.check_sample)
         chosen, preset_note = choose_preset(None, cfg.train, train.rows, read_info(cfg.train), PRESETS)
         cfg = replace(cfg, preset=chosen)
     p = get_preset(cfg.preset, PRESETS)
@@ -190,15 +190,15 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
     settings = resolve_settings(cfg, run_dir, plan)
 
     if train is None:
-        train = check_tsv(cfg.train, "--train", sample=cfg.check_sample)
+        train = check_tsv(cfg.train, "train", sample=cfg.check_sample)
         _, preset_note = choose_preset(cfg.preset, cfg.train, train.rows, read_info(cfg.train), PRESETS)
     tsv_labels(cfg.train)
     if train.rows < settings.batch_size:
-        raise option_error("--train", f"{cfg.train} has {train.rows} rows, fewer than one batch "
-                                      f"({settings.batch_size}); lower --batch-size")
+        raise ConfigFieldError("train", f"{cfg.train} has {train.rows} rows, fewer than one batch "
+                                        f"({settings.batch_size}); lower --batch-size")
     data: dict[str, Any] = {"train": train.manifest_entry()}
     if cfg.val is not None:
-        data["val"] = check_tsv(cfg.val, "--val", sample=cfg.check_sample).manifest_entry()
+        data["val"] = check_tsv(cfg.val, "val", sample=cfg.check_sample).manifest_entry()
         tsv_labels(cfg.val)
     info = read_info(cfg.train)
 
@@ -211,8 +211,8 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
         if state.has_manifest:
             old = read_manifest(run_dir, field="name")
             if old.kind != "supervised":
-                raise option_error("--name", f"{run_dir} is a {old.kind} run, not a supervised run; pass --force "
-                                             f"to replace it or choose another --name")
+                raise ConfigFieldError("name", f"{run_dir} is a {old.kind} run, not a supervised run; pass --force "
+                                               f"to replace it or choose another --name")
             new = settings.hyperparameters()
             diff = [f"{k} {old.hyperparameters.get(k)!r} -> {new[k]!r}" for k in _RESUME_KEYS
                     if k in old.hyperparameters and old.hyperparameters[k] != new[k]]
@@ -227,13 +227,13 @@ def prepare_supervised_run(cfg: SupervisedTrainConfig) -> PreparedSupervisedRun:
             start_epoch = int(ck["epoch"])
             complete = start_epoch >= settings.epochs
         elif any(e >= 1 for e in state.checkpoints):
-            raise option_error("--name", f"{latest} is missing, so the optimizer state is lost; start over with "
-                                         f"--force")
+            raise ConfigFieldError("name", f"{latest} is missing, so the optimizer state is lost; start over with "
+                                           f"--force")
     return PreparedSupervisedRun(cfg, settings, run_dir, plan, data, asdict(info) if info else None, start_epoch,
                                  complete, preset_note)
 
 
-def train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
+def run_train_supervised(cfg: SupervisedTrainConfig) -> SupervisedRunResult:
     """Check, write the manifest, train (in this process, under torchrun, or as one srun task)."""
     import subprocess
 

@@ -1,5 +1,5 @@
 """The supervised trainer's worker: one training process (one rank of a DistributedDataParallel run, or the only
-process on CPU), started in-process by :func:`clipgen.training.supervised.train_supervised` or by torchrun as
+process on CPU), started in-process by :func:`clipgen.training.supervised.run_train_supervised` or by torchrun as
 ``python -m clipgen.training.supervised_worker --settings RUN_DIR/train-settings.json``.
 
 It reads everything from :class:`SupervisedSettings` (the parent resolves them), and writes the run's checkpoints

@@ -4,7 +4,7 @@ One module per part: :mod:`~clipgen.analysis.sae.model` (the SAE variants, :func
 :mod:`~clipgen.analysis.sae.steps` (the fused and graph training steps), :mod:`~clipgen.analysis.sae.data`
 (training rows), :mod:`~clipgen.analysis.sae.resample` (evaluation, dead-latent resampling),
 :mod:`~clipgen.analysis.sae.config` (:class:`SAETrainConfig`), :mod:`~clipgen.analysis.sae.trainer`
-(:func:`train_sae`, :class:`SAETrainer`), :mod:`~clipgen.analysis.sae.io` (SAE files, checkpoints, the log) and
+(:func:`run_train_sae`, :class:`SAETrainer`), :mod:`~clipgen.analysis.sae.io` (SAE files, checkpoints, the log) and
 :mod:`~clipgen.analysis.sae.curves`. Everything public is importable from this package.
 
 The model follows the paper's SAE (adapted from Discover-then-Name / ``sparse_autoencoder`` 1.x):
@@ -38,45 +38,25 @@ their Adam state is reset. The published configuration never resamples:
 ``resample_every=0`` reproduces that.
 """
 
+import importlib
+from typing import Any
 
-from clipgen.analysis.sae.config import (
-    DEFAULT_BATCH_SIZE,
-    FINAL_EVAL_ROWS,
-    FROZEN_ON_RESUME,
-    PUBLISHED_RESAMPLE_SAMPLES,
-    STEP_MODES,
-    SAETrainConfig,
-)
-from clipgen.analysis.sae.curves import CURVES_FILE, curves_figure, plot_curves
-from clipgen.analysis.sae.data import ArraySource, StreamingSource, TrainingData, open_training_data
-from clipgen.analysis.sae.io import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_FORMAT,
-    LOG_FILE,
-    METRICS_FILE,
-    SAE_FILE,
-    SAE_FORMAT,
-    SAE_VERSION,
-    check_width,
-    list_checkpoints,
-    load_sae,
-    read_log,
-    save_sae,
-)
-from clipgen.analysis.sae.model import (
-    ACTIVATIONS,
-    INITS,
-    SAE_CLASSES,
-    ReLUSAE,
-    SAEArch,
-    SparseAutoencoder,
-    TopKSAE,
-    create_sae,
-    sae_loss,
-)
-from clipgen.analysis.sae.resample import evaluate, resample_dead_latents, resample_probabilities
-from clipgen.analysis.sae.steps import FusedStep, GraphStep, make_optimizer
-from clipgen.analysis.sae.trainer import SAETrainer, TrainResult, train_sae
+#: submodule -> the public names it provides. The package imports them lazily (PEP 562), so that importing a
+#: torch-free part (``clipgen.analysis.sae.config``: the CLI reads its defaults) does not import torch.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "config": ("ACTIVATIONS", "DEFAULT_BATCH_SIZE", "FINAL_EVAL_ROWS", "FROZEN_ON_RESUME", "PUBLISHED_RESAMPLE_SAMPLES",
+               "STEP_MODES", "SAETrainConfig"),
+    "curves": ("CURVES_FILE", "curves_figure", "plot_curves"),
+    "data": ("ArraySource", "StreamingSource", "TrainingData", "open_training_data"),
+    "io": ("CHECKPOINT_DIR", "CHECKPOINT_FORMAT", "LOG_FILE", "METRICS_FILE", "SAE_FILE", "SAE_FORMAT", "SAE_VERSION",
+           "check_width", "list_checkpoints", "load_sae", "read_log", "save_sae"),
+    "model": ("INITS", "SAE_CLASSES", "ReLUSAE", "SAEArch", "SparseAutoencoder", "TopKSAE",
+              "create_sae", "sae_loss"),
+    "resample": ("evaluate", "resample_dead_latents", "resample_probabilities"),
+    "steps": ("FusedStep", "GraphStep", "make_optimizer"),
+    "trainer": ("SAETrainer", "TrainResult", "run_train_sae"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "ACTIVATIONS", "CHECKPOINT_DIR", "CHECKPOINT_FORMAT", "CURVES_FILE", "DEFAULT_BATCH_SIZE", "FINAL_EVAL_ROWS",
@@ -84,6 +64,20 @@ __all__ = [
     "SAE_FORMAT", "SAE_VERSION", "STEP_MODES", "ArraySource", "FusedStep", "GraphStep", "ReLUSAE", "SAEArch",
     "SAETrainConfig", "SAETrainer", "SparseAutoencoder", "StreamingSource", "TopKSAE", "TrainResult", "TrainingData",
     "check_width", "create_sae", "curves_figure", "evaluate", "list_checkpoints", "load_sae", "make_optimizer",
-    "open_training_data", "plot_curves", "read_log", "resample_dead_latents", "resample_probabilities", "sae_loss",
-    "save_sae", "train_sae",
+    "open_training_data", "plot_curves", "read_log", "resample_dead_latents", "resample_probabilities", "run_train_sae",
+    "sae_loss", "save_sae",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next access skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipgen.analysis.sae.model import ACTIVATIONS
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
+#: The SAE variants by activation (:data:`clipgen.analysis.sae.model.SAE_CLASSES` implements each).
+ACTIVATIONS = ("relu", "topk")
 STEP_MODES = ("auto", "eager", "graph")
 #: The published loss-estimation sample count of the resampler.
 PUBLISHED_RESAMPLE_SAMPLES = 819_200
@@ -54,6 +55,7 @@ class SAETrainConfig:
     precision: str = "auto"  # fp32 or bf16 (bf16: matrix products in bf16, fp32 master weights)
     step_mode: str = "auto"  # eager, graph (CUDA graph) or auto (graph on CUDA)
     paper: bool = False  # the published computation: projected decoder gradient, library init, total-loss resampling
+    force: bool = False  # start over, replacing the run in out (needed when its settings differ)
 
     def resolved_l1(self) -> float:
         if self.l1 is not None:
@@ -80,21 +82,21 @@ def check_config(cfg: SAETrainConfig) -> None:
     """One-line errors for settings out of range, before anything is read or written."""
     for name in ("batch_size", "epochs", "expansion", "block_rows", "log_every", "keep_checkpoints"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise option_error("--" + name.replace("_", "-"), f"must be at least 1, got {getattr(cfg, name)}")
+            raise ConfigFieldError(name, f"must be at least 1, got {getattr(cfg, name)}")
     for name in ("resample_every", "resample_max", "resample_samples", "dead_window", "val_every",
                  "checkpoint_every", "val_max_rows"):
         if getattr(cfg, name) < 0:
-            raise option_error("--" + name.replace("_", "-"), f"must not be negative, got {getattr(cfg, name)}")
+            raise ConfigFieldError(name, f"must not be negative, got {getattr(cfg, name)}")
     if not cfg.buffer_mb > 0:
-        raise option_error("--buffer-mb", f"must be positive, got {cfg.buffer_mb}")
+        raise ConfigFieldError("buffer_mb", f"must be positive, got {cfg.buffer_mb}")
     if cfg.resample_window is not None and cfg.resample_window < 1:
-        raise option_error("--resample-window", f"must be at least 1, got {cfg.resample_window}")
+        raise ConfigFieldError("resample_window", f"must be at least 1, got {cfg.resample_window}")
     if not 0.0 <= cfg.val_fraction < 1.0:
-        raise option_error("--val-fraction", f"must be in [0, 1), got {cfg.val_fraction}")
+        raise ConfigFieldError("val_fraction", f"must be in [0, 1), got {cfg.val_fraction}")
     if cfg.resolved_l1() < 0 or cfg.lr <= 0:
-        raise option_error("--l1" if cfg.resolved_l1() < 0 else "--lr", "must be positive")
+        raise ConfigFieldError("l1" if cfg.resolved_l1() < 0 else "lr", "must be positive")
     if cfg.activation not in ACTIVATIONS:
-        raise option_error("--activation", f"unknown activation {cfg.activation!r} (one of {', '.join(ACTIVATIONS)})")
+        raise ConfigFieldError("activation", f"unknown activation {cfg.activation!r} (one of {', '.join(ACTIVATIONS)})")
     if cfg.step_mode not in STEP_MODES:
-        raise option_error("--step-mode", f"unknown step mode {cfg.step_mode!r} (one of {', '.join(STEP_MODES)})")
+        raise ConfigFieldError("step_mode", f"unknown step mode {cfg.step_mode!r} (one of {', '.join(STEP_MODES)})")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clipgen.analysis.sae.config import RNG_BLOCKS, RNG_BUFFER, RNG_PERMUTATION, RNG_VAL, SAETrainConfig
-from clipgen.errors import ClipgenError, option_error
+from clipgen.errors import ClipgenError, ConfigFieldError
 
 
 class ArraySource:
@@ -174,7 +174,7 @@ class StreamingSource:
 
 @dataclass
 class TrainingData:
-    """What :func:`train_sae` trains and validates on."""
+    """What :func:`run_train_sae` trains and validates on."""
 
     source: ArraySource | StreamingSource
     val: torch.Tensor | None = None
@@ -182,24 +182,26 @@ class TrainingData:
 
 
 
-def _layer_width(store: Any, path: str, layer: str, option: str) -> int:
+def _layer_width(store: Any, path: str, layer: str, field: str) -> int:
+    """The width of ``layer`` in ``store``; a missing layer is an error of config field ``field``."""
     if layer not in store.layers:
-        raise option_error(option, f"{path}: no layer {layer!r} in this store (layers: {' '.join(store.layers)})")
+        raise ConfigFieldError(field, f"{path}: no layer {layer!r} in this store (layers: {' '.join(store.layers)})")
     shape = store.layer_info(layer)["shape"]
     if len(shape) != 2:
-        raise option_error("--layer", f"{path}: layer {layer!r} is stored unpooled ({shape[1:]} per row); an SAE "
-                                      "needs one vector per image (extract it with pooling)")
+        raise ConfigFieldError("layer", f"{path}: layer {layer!r} is stored unpooled ({shape[1:]} per row); an SAE "
+                                        "needs one vector per image (extract it with pooling)")
     return int(shape[1])
 
 
-def _split_mask(store: Any, path: str, split: str | None, option: str) -> np.ndarray:
+def _split_mask(store: Any, path: str, split: str | None, field: str) -> np.ndarray:
+    """The rows of ``split`` (all rows for None); a split without rows is an error of config field ``field``."""
     if split is None:
         return np.ones(store.n_samples, dtype=bool)
     splits = store.samples.splits
     mask = splits == split
     if not mask.any():
         have = sorted({str(x) for x in splits}) or ["none"]
-        raise option_error(option, f"{path}: no rows of split {split!r} (splits: {', '.join(have)})")
+        raise ConfigFieldError(field, f"{path}: no rows of split {split!r} (splits: {', '.join(have)})")
     return mask
 
 
@@ -215,20 +217,20 @@ def open_training_data(cfg: SAETrainConfig, stack: Any, *, device: torch.device)
     from clipgen.store import open_store
 
     if not cfg.stores:
-        raise option_error("STORE", "at least one activation store is required")
+        raise ConfigFieldError("stores", "at least one activation store is required")
     segments: list[tuple[Any, int, int]] = []  # (store, first global row, rows)
     masks, widths, stores_info = [], {}, []
     offset = 0
     for path in cfg.stores:
         st = stack.enter_context(open_store(path))
-        widths[str(path)] = _layer_width(st, str(path), cfg.layer, "--layer")
-        masks.append(_split_mask(st, str(path), cfg.split, "--split"))
+        widths[str(path)] = _layer_width(st, str(path), cfg.layer, "layer")
+        masks.append(_split_mask(st, str(path), cfg.split, "split"))
         segments.append((st, offset, st.n_samples))
         stores_info.append({"fingerprint": st.fingerprint, "rows": st.n_samples})
         offset += st.n_samples
     if len(set(widths.values())) > 1:
         desc = ", ".join(f"{p}: {w}" for p, w in widths.items())
-        raise option_error("STORE", f"layer {cfg.layer!r} has different widths in the stores ({desc})")
+        raise ConfigFieldError("stores", f"layer {cfg.layer!r} has different widths in the stores ({desc})")
     width = next(iter(widths.values()))
     keep = np.concatenate(masks)
 
@@ -244,11 +246,11 @@ def open_training_data(cfg: SAETrainConfig, stack: Any, *, device: torch.device)
     val, val_info = None, {"source": "none", "rows": 0}
     if cfg.val_store:
         vs = stack.enter_context(open_store(cfg.val_store))
-        vw = _layer_width(vs, str(cfg.val_store), cfg.layer, "--val-store")
+        vw = _layer_width(vs, str(cfg.val_store), cfg.layer, "val_store")
         if vw != width:
-            raise option_error("--val-store", f"{cfg.val_store}: layer {cfg.layer!r} is {vw} wide, the training "
-                                              f"stores' is {width}")
-        rows = np.flatnonzero(_split_mask(vs, str(cfg.val_store), cfg.val_split, "--val-split"))
+            raise ConfigFieldError("val_store", f"{cfg.val_store}: layer {cfg.layer!r} is {vw} wide, the training "
+                                                f"stores' is {width}")
+        rows = np.flatnonzero(_split_mask(vs, str(cfg.val_store), cfg.val_split, "val_split"))
         if cfg.val_max_rows and len(rows) > cfg.val_max_rows:
             rows = np.sort(rng.choice(rows, size=cfg.val_max_rows, replace=False))
         val = torch.from_numpy(vs.read_layer(cfg.layer, rows=rows))
@@ -265,7 +267,7 @@ def open_training_data(cfg: SAETrainConfig, stack: Any, *, device: torch.device)
             val_info = {"source": "held-out fraction", "fraction": cfg.val_fraction, "rows": n_val}
     n_keep = int(keep.sum())
     if n_keep == 0:
-        raise option_error("--split" if cfg.split else "STORE", "no training rows")
+        raise ConfigFieldError("split" if cfg.split else "stores", "no training rows")
     budget_rows = max(1, int(cfg.buffer_mb * (1 << 20)) // (4 * width))
     if n_keep <= budget_rows:
         arr = np.empty((n_keep, width), dtype=np.float32)

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from clipgen.errors import option_error
+from clipgen.analysis.sae.config import ACTIVATIONS
+from clipgen.errors import ConfigFieldError
 
-ACTIVATIONS = ("relu", "topk")
 #: Initialisations: ``default`` = nn.Linear's (encoder weight and bias uniform in +-1/sqrt(d_in)), dictionary
 #: vectors uniform in [-1, 1] then unit-normalised; ``published`` = the ``sparse_autoencoder`` library's on its
 #: (components=1, d_sae, d_in) encoder weight: ``kaiming_uniform_(nonlinearity="relu")``, whose fan-in of a 3-D
@@ -36,14 +36,14 @@ class SAEArch:
 
     def check(self) -> None:
         if self.d_in < 1 or self.d_sae < 1:
-            raise option_error("--expansion", f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae})")
+            raise ConfigFieldError("expansion", f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae})")
         if self.activation not in ACTIVATIONS:
-            raise option_error("--activation",
-                               f"unknown activation {self.activation!r} (one of {', '.join(ACTIVATIONS)})")
+            raise ConfigFieldError("activation",
+                                   f"unknown activation {self.activation!r} (one of {', '.join(ACTIVATIONS)})")
         if self.activation == "topk" and not (self.k and 1 <= self.k <= self.d_sae):
-            raise option_error("--k", f"TopK needs 1 <= k <= {self.d_sae} latents, got {self.k}")
+            raise ConfigFieldError("k", f"TopK needs 1 <= k <= {self.d_sae} latents, got {self.k}")
         if not (self.input_scale > 0 and math.isfinite(self.input_scale)):
-            raise option_error("--scale-inputs", f"invalid input scale {self.input_scale}")
+            raise ConfigFieldError("scale_inputs", f"invalid input scale {self.input_scale}")
 
 
 class SparseAutoencoder(nn.Module):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from clipgen.analysis.sae.model import SparseAutoencoder
-from clipgen.errors import option_error
+from clipgen.errors import ConfigFieldError
 
 
 class FusedStep:
@@ -101,7 +101,7 @@ class GraphStep:
         self.step = step
         dev = step.model.W_enc.device
         if dev.type != "cuda":
-            raise option_error("--step-mode", "'graph' needs a CUDA device")
+            raise ConfigFieldError("step_mode", "'graph' needs a CUDA device")
         self.static_x = torch.zeros(batch_size, d_in, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0

@@ -1,4 +1,4 @@
-"""Training an SAE run: :func:`train_sae` (the entry point) builds an :class:`SAETrainer` and runs it.
+"""Training an SAE run: :func:`run_train_sae` (the entry point) builds an :class:`SAETrainer` and runs it.
 
 The trainer owns one run folder: it starts it (or continues it from its newest checkpoint), feeds batches to the
 fused step, and between steps resamples dead latents, logs, validates and checkpoints; at the end it evaluates the
@@ -50,7 +50,7 @@ from clipgen.analysis.sae.model import SparseAutoencoder, create_sae
 from clipgen.analysis.sae.resample import evaluate, resample_dead_latents
 from clipgen.analysis.sae.steps import FusedStep, GraphStep, make_optimizer
 from clipgen.artifacts import save_torch_atomic, to_jsonable, write_config, write_json_atomic
-from clipgen.errors import file_error, option_error
+from clipgen.errors import ConfigFieldError, file_error
 
 
 @dataclass
@@ -83,8 +83,8 @@ def resolve_precision(spec: str, device: torch.device, paper: bool = False) -> t
         return torch.float32
     if s == "bf16":
         return torch.bfloat16
-    raise option_error("--precision", f"{spec!r} is not supported for SAE training (fp32, bf16 or auto; fp16 "
-                                      "underflows the gradients)")
+    raise ConfigFieldError("precision", f"{spec!r} is not supported for SAE training (fp32, bf16 or auto; fp16 "
+                                        "underflows the gradients)")
 
 
 def run_files(out: Path) -> list[Path]:
@@ -104,12 +104,12 @@ def check_resume(ck: dict, path: Path, cfg: SAETrainConfig, info: dict[str, Any]
     defaults = {f.name: f.default for f in dataclasses.fields(SAETrainConfig)}
     for key in FROZEN_ON_RESUME:
         if old.get(key, defaults.get(key)) != new.get(key):  # a setting newer than the checkpoint: its default
-            raise option_error("--" + key.replace("_", "-"),
-                               f"the run in {path.parent.parent} was trained with {old.get(key)!r}, now "
-                               f"{new.get(key)!r}; use the same value to continue it, or pass --force to start over")
+            raise ConfigFieldError(key, f"the run in {path.parent.parent} was trained with {old.get(key)!r}, now "
+                                        f"{new.get(key)!r}; use the same value to continue it, or pass --force to "
+                                        "start over")
     if ck.get("data") != to_jsonable(info):
-        raise option_error("--out", f"the training data differ from those of {path} (other stores, layer or rows); "
-                                    "use the same data to continue it, or pass --force to start over")
+        raise ConfigFieldError("out", f"the training data differ from those of {path} (other stores, layer or rows); "
+                                      "use the same data to continue it, or pass --force to start over")
 
 
 class SAETrainer:
@@ -120,10 +120,10 @@ class SAETrainer:
     """
 
     def __init__(self, cfg: SAETrainConfig, data: TrainingData | None = None, *,
-                 model: SparseAutoencoder | None = None, force: bool = False, progress: bool = True,
+                 model: SparseAutoencoder | None = None, progress: bool = True,
                  callback: Callable[[int, dict[str, Any]], None] | None = None):
         self.cfg, self.data, self.model = cfg, data, model
-        self.force, self.progress, self.callback = force, progress, callback
+        self.progress, self.callback = progress, callback
         self.out = Path(cfg.out)
         self.step = self.resample_checks = self.revived = self.last_log = self.revived_since_log = 0
         self.last_train: dict[str, Any] = {}
@@ -132,14 +132,15 @@ class SAETrainer:
     # -- setup ----------------------------------------------------------------------------------------------------
 
     def _checkpoints(self) -> dict[int, Path]:
-        """The run's checkpoints to continue from; a run without any (or ``force``) starts over in a clean folder."""
+        """The run's checkpoints to continue from; a run without any (or ``cfg.force``) starts over in a clean
+        folder."""
         out = self.out
         if out.exists() and not out.is_dir():
-            raise option_error("--out", f"{out} exists and is not a folder")
+            raise ConfigFieldError("out", f"{out} exists and is not a folder")
         existing = run_files(out) if out.exists() else []
         # the same command continues the run in OUT (``resume`` is implied and kept for compatibility); a run stopped
         # before its first checkpoint has nothing to continue from and starts over, as does ``force``
-        ckpts = {} if self.force else list_checkpoints(out)
+        ckpts = {} if self.cfg.force else list_checkpoints(out)
         if existing and not ckpts:
             for p in existing:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -153,7 +154,7 @@ class SAETrainer:
         self.cdt = resolve_precision(cfg.precision, device, cfg.paper)
         self.step_mode = cfg.step_mode if cfg.step_mode != "auto" else ("graph" if device.type == "cuda" else "eager")
         if self.step_mode == "graph" and device.type != "cuda":
-            raise option_error("--step-mode", "'graph' needs a CUDA device")
+            raise ConfigFieldError("step_mode", "'graph' needs a CUDA device")
 
     def _open_data(self, stack: ExitStack) -> None:
         from clipgen.progress import console
@@ -172,9 +173,9 @@ class SAETrainer:
         self.b = b
         self.spe = src.n_rows // b
         if self.spe == 0:
-            raise option_error("--batch-size", f"{b} is larger than the {src.n_rows} training rows; pass "
-                                               f"--batch-size {src.n_rows} or less (or leave it out: the default "
-                                               f"fits it to the rows)")
+            raise ConfigFieldError("batch_size", f"{b} is larger than the {src.n_rows} training rows; pass "
+                                                 f"--batch-size {src.n_rows} or less (or leave it out: the default "
+                                                 f"fits it to the rows)")
         self.total_steps = self.cfg.epochs * self.spe
         self.l1 = self.cfg.resolved_l1()
 
@@ -188,7 +189,7 @@ class SAETrainer:
         sample = src.sample(65_536, np.random.default_rng([self.cfg.seed, 0, RNG_INIT]))
         mean_norm = float(torch.linalg.vector_norm(sample.double(), dim=1).mean())
         if not mean_norm > 0:
-            raise option_error("--scale-inputs", "the training rows are all zero")
+            raise ConfigFieldError("scale_inputs", "the training rows are all zero")
         return math.sqrt(src.d) / mean_norm
 
     def _build(self, ckpts: dict[int, Path]) -> None:
@@ -204,7 +205,7 @@ class SAETrainer:
                                k=cfg.k if cfg.activation == "topk" else None, input_scale=self._input_scale(ck),
                                seed=cfg.seed, init="published" if cfg.paper else "default")
         elif model.arch.d_in != src.d:
-            raise option_error("--layer", f"the SAE expects width {model.arch.d_in}, the training rows have {src.d}")
+            raise ConfigFieldError("layer", f"the SAE expects width {model.arch.d_in}, the training rows have {src.d}")
         self.model = model = model.to(self.device)
         self.arch = model.arch
         self.opt = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps)
@@ -381,16 +382,16 @@ class SAETrainer:
                            samples_per_s=sps, already_complete=already)
 
 
-def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: SparseAutoencoder | None = None,
-              resume: bool = False, force: bool = False, progress: bool = True,
-              callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+def run_train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: SparseAutoencoder | None = None,
+                  resume: bool = False, progress: bool = True,
+                  callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
     """Train an SAE on ``data`` (default: the stores of ``cfg``) and write the run to ``cfg.out``.
 
     ``OUT/config.json`` (this config), ``OUT/log.jsonl`` (one JSON object per log interval, validation and
     resampling event), ``OUT/checkpoints/step_N.pt`` (model, Adam, counters; the last ``keep_checkpoints`` kept),
     ``OUT/sae.pt`` (the final SAE, see :func:`load_sae`) and ``OUT/metrics.json``. An existing run in ``OUT``
     continues from its newest checkpoint (``epochs`` may be raised to train longer; other settings are refused) unless
-    ``force`` starts over; ``resume`` is accepted for compatibility and changes nothing. ``model`` replaces the
+    ``cfg.force`` starts over; ``resume`` is accepted for compatibility and changes nothing. ``model`` replaces the
     freshly initialised SAE (tests use it to plant dead latents). ``callback(step, info)`` runs after every step.
     The run folder is written under an exclusive writer lock (:mod:`clipgen.locks`): a second process is refused.
     """
@@ -398,6 +399,6 @@ def train_sae(cfg: SAETrainConfig, data: TrainingData | None = None, *, model: S
 
     check_config(cfg)
     if not cfg.out:
-        raise option_error("--out", "an output folder is required")
+        raise ConfigFieldError("out", "an output folder is required")
     with output_lock(cfg.out):
-        return SAETrainer(cfg, data, model=model, force=force, progress=progress, callback=callback).run()
+        return SAETrainer(cfg, data, model=model, progress=progress, callback=callback).run()
