@@ -40,7 +40,8 @@ def components(run: Path, root: Path, device, precision: str, batch: int, worker
 
     from clipgen.devices import autocast
     from clipgen.evaluation.protocol import build_eval_set
-    from clipgen.evaluation.zeroshot import build_classifier, image_batches, templates
+    from clipgen.evaluation.zeroshot import image_batches
+    from clipgen.models.zeroshot_classifier import build_classifier, templates
     from clipgen.runs import load_clip
 
     s = build_eval_set(root, "sketch")

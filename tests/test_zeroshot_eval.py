@@ -12,8 +12,9 @@ from clipgen.artifacts import sha256_file
 from clipgen.errors import ClipgenError
 from clipgen.evaluation.protocol import build_eval_set
 from clipgen.evaluation.results import read_predictions, read_results
-from clipgen.evaluation.zeroshot import build_classifier, encode_images, templates
+from clipgen.evaluation.zeroshot import encode_images
 from clipgen.evaluation.zeroshot_eval import ZeroShotConfig, run_zero_shot
+from clipgen.models.zeroshot_classifier import build_classifier, templates
 from clipgen.runs import list_checkpoints, load_clip, read_manifest, write_manifest
 from tests._fixtures_eval import derived_root, uneven_root, zs_sketch
 

@@ -1,9 +1,8 @@
 """Zero-shot prediction: image embeddings of a CLIP model (one decode pass for several models), cosine-similarity
-top-k against class embeddings, and the one-line errors of unreadable images.
+top-k against class embeddings.
 
 The classifier itself (templates, class text embeddings) is model-level, in
-:mod:`clipgen.models.zeroshot_classifier`; its names are re-exported here, where evaluation code has always found
-them, as are the ImageNet class names of :mod:`clipgen.domainnet`.
+:mod:`clipgen.models.zeroshot_classifier`; the ImageNet class names are in :mod:`clipgen.domainnet`.
 """
 
 from __future__ import annotations
@@ -12,23 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from clipgen.datasets import raise_unreadable
-from clipgen.domainnet import IMAGENET_NAME_DIFFERENCES, imagenet_classnames
 from clipgen.errors import ClipgenError, ConfigFieldError
-from clipgen.models.zeroshot_classifier import (
-    DOMAIN_TEMPLATES,
-    TEMPLATE_SETS,
-    build_classifier,
-    classnames_from_folders,
-    openai_templates,
-    prompt_tokens,
-    templates,
-)
 
-__all__ = [
-    "DOMAIN_TEMPLATES", "IMAGENET_NAME_DIFFERENCES", "TEMPLATE_SETS", "build_classifier", "check_on_error",
-    "classnames_from_folders", "encode_images", "encode_images_many", "image_batches", "imagenet_classnames",
-    "openai_templates", "predict_topk", "prompt_tokens", "raise_unreadable", "templates", "topk_many",
-]
+__all__ = ["check_on_error", "encode_images", "encode_images_many", "image_batches", "predict_topk", "topk_many"]
 
 
 def check_on_error(on_error: str, field: str = "on_error") -> str:
