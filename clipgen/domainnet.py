@@ -176,7 +176,7 @@ def parse_test_domain(name: str, field: str = "test_domain") -> str:
     return d
 
 
-def split_list(spec: str | Sequence[str] | None) -> list[str]:
+def split_names(spec: str | Sequence[str] | None) -> list[str]:
     """Option values as a list: a string split at commas and spaces, or the items of a sequence; each stripped and
     lower-cased, empty ones dropped."""
     if spec is None:
@@ -198,7 +198,7 @@ def choose_domains(have: Sequence[str], requested: str | Sequence[str] | None, *
     text of too few domains (``{minimum}``, ``{n}``, ``{domains}`` and ``{where}`` filled in).
     """
     have = [str(d) for d in have]
-    parts = split_list(requested)
+    parts = split_names(requested)
     if not parts or (parse and parts == ["all"]):
         chosen = list(have)
     elif parse:

@@ -176,9 +176,9 @@ def test_imagenet_classnames_are_the_published_list():
     assert all(n == n.strip() and n for n in names)
 
 
-def test_split_list():
-    assert dn.split_list(" Real, sketch  clipart,,") == ["real", "sketch", "clipart"]
-    assert dn.split_list(["Real ", " ", "x y"]) == ["real", "x y"] and dn.split_list(None) == []
+def test_split_names():
+    assert dn.split_names(" Real, sketch  clipart,,") == ["real", "sketch", "clipart"]
+    assert dn.split_names(["Real ", " ", "x y"]) == ["real", "x y"] and dn.split_names(None) == []
 
 
 def test_choose_domains_as_stored():

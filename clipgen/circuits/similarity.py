@@ -54,7 +54,7 @@ from clipgen.circuits.similarity_figures import (
     plot_node_highlight,
     plot_node_pairs,
 )
-from clipgen.domainnet import DEFAULT_HIGHLIGHT, SUBSETS, split_list
+from clipgen.domainnet import DEFAULT_HIGHLIGHT, SUBSETS, split_names
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configurations
@@ -67,7 +67,7 @@ class NodeSimilarityConfig:
     circuits: Path
     out: Path
     domains: str = "all"
-    subsets: list[str] = field(default_factory=lambda: split_list(DEFAULT_SUBSETS))
+    subsets: list[str] = field(default_factory=lambda: split_names(DEFAULT_SUBSETS))
     highlight: str = DEFAULT_HIGHLIGHT
     force: bool = False
 
@@ -79,9 +79,9 @@ class CircuitSimilarityConfig:
     circuits: Path
     out: Path
     edge_k: int = 3
-    metrics: list[str] = field(default_factory=lambda: split_list(DEFAULT_METRICS))
+    metrics: list[str] = field(default_factory=lambda: split_names(DEFAULT_METRICS))
     domains: str = "all"
-    subsets: list[str] = field(default_factory=lambda: split_list(DEFAULT_SUBSETS))
+    subsets: list[str] = field(default_factory=lambda: split_names(DEFAULT_SUBSETS))
     highlight: str = DEFAULT_HIGHLIGHT
     force: bool = False
 

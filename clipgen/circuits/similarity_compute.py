@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from clipgen.circuits.graphs import check_edge_k, circuit_graph, circuit_wl, jaccard_arrays
-from clipgen.domainnet import CIRCUIT_PAIR_ORDER, DEFAULT_HIGHLIGHT, SUBSETS, choose_domains, split_list
+from clipgen.domainnet import CIRCUIT_PAIR_ORDER, DEFAULT_HIGHLIGHT, SUBSETS, choose_domains, split_names
 from clipgen.errors import ClipgenError, ConfigFieldError
 
 #: The published scripts' domain order for pairs (real first; see clipgen.domainnet for why CKA's differs).
@@ -96,7 +96,7 @@ def pair_key(a: str, b: str) -> str:
 
 def parse_subsets(subsets: str | Sequence[str] | None) -> tuple[list[str], bool]:
     """``(subsets, explicit)``: ``explicit`` is False for the default ``all,id,ood``."""
-    parts = split_list(subsets if subsets is not None else DEFAULT_SUBSETS)
+    parts = split_names(subsets if subsets is not None else DEFAULT_SUBSETS)
     out: list[str] = []
     for p in parts:
         if p not in SUBSETS:
@@ -111,7 +111,7 @@ def parse_subsets(subsets: str | Sequence[str] | None) -> tuple[list[str], bool]
 def parse_metrics(metrics: str | Sequence[str] | None) -> list[str]:
     """``jaccard`` and ``wl_h<N>`` (``0 <= N <= 10``), in the order given, without repeats."""
     out: list[str] = []
-    for p in split_list(metrics if metrics is not None else DEFAULT_METRICS):
+    for p in split_names(metrics if metrics is not None else DEFAULT_METRICS):
         m = re.fullmatch(r"wl_h(\d+)", p)
         if p != "jaccard" and not (m and int(m[1]) <= MAX_WL_H):
             raise ConfigFieldError("metrics", f"unknown metric {p!r} (jaccard, or wl_h<N> with N in 0..{MAX_WL_H}: "

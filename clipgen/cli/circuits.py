@@ -20,7 +20,7 @@ from clipgen.cli.common import (
     progress_option,
     writable,
 )
-from clipgen.domainnet import split_list  # commas and spaces, as the library parses these lists
+from clipgen.domainnet import split_names  # commas and spaces, lower-cased: as the library parses these names
 
 app = typer.Typer(
     help="Neuron circuits of the zero-shot classifier (Fig. 6b/6c): integrated-gradient node scores and "
@@ -191,7 +191,7 @@ def nodes(
     from clipgen.circuits.similarity import NodeSimilarityConfig, run_node_similarity
 
     cfg = NodeSimilarityConfig(circuits=circuits, out=out or circuits.with_name(circuits.stem + "-nodes"),
-                               domains=domains, subsets=split_list(subsets), highlight=highlight, force=force)
+                               domains=domains, subsets=split_names(subsets), highlight=highlight, force=force)
     path = run_node_similarity(cfg, progress=progress)
     _similarity_summary("node similarity", path, as_json)
 
@@ -221,8 +221,8 @@ def similarity(
     from clipgen.circuits.similarity import CircuitSimilarityConfig, run_circuit_similarity
 
     cfg = CircuitSimilarityConfig(circuits=circuits, out=out or circuits.with_name(circuits.stem + "-similarity"),
-                                  edge_k=edge_k, metrics=split_list(metrics), domains=domains,
-                                  subsets=split_list(subsets),
+                                  edge_k=edge_k, metrics=split_names(metrics), domains=domains,
+                                  subsets=split_names(subsets),
                                   highlight=highlight, force=force)
     path = run_circuit_similarity(cfg, progress=progress)
     _similarity_summary("circuit similarity", path, as_json)
@@ -272,7 +272,7 @@ def plot(
     from clipgen.progress import out as con
 
     cfg = PlotConfig(circuits=circuits, domain=domain, class_name=class_name,
-                     out=out or circuits.with_name(circuits.stem + "-plots"), edge_k=edge_k, export=split_list(export),
+                     out=out or circuits.with_name(circuits.stem + "-plots"), edge_k=edge_k, export=split_names(export),
                      force=force)
     for p in run_plot(cfg):
         con.print(str(p), markup=False, highlight=False)
