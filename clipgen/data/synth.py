@@ -37,10 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from clipgen.artifacts import atomic_path, write_config
-from clipgen.data.synth_render import render
 from clipgen.domainnet import DOMAINS, HELD_OUT_CLASSES, DNClass, class_by_name, class_table
 from clipgen.errors import ClipgenError, ConfigFieldError
 from clipgen.tsv import write_tsv
@@ -187,6 +185,8 @@ class _Job:
 
 
 def _render_chunk(args: tuple[list[_Job], int, str, bool]) -> int:
+    from clipgen.data.synth_render import render  # (PIL): not on the CLI's start-up path, which imports the config
+
     jobs, size, root, fast = args
     made: set[Path] = set()
     for job in jobs:
@@ -300,6 +300,8 @@ def base_caption(name: str, rng: np.random.Generator) -> str:
 def contact_sheet(root: Path, layout: dict, domains: Sequence[str], classes: list[DNClass], out: Path,
                   cell: int = 64) -> None:
     """A grid of examples: one row per domain, one column per class (first train image)."""
+    from PIL import Image, ImageDraw  # (PIL): not on the CLI's start-up path, which imports the config
+
     cols = classes[:16]
     label_w, head_h = 80, 14
     sheet = Image.new("RGB", (label_w + cell * len(cols), head_h + cell * len(domains)), (255, 255, 255))
